@@ -1,0 +1,122 @@
+/*
+ * api.h - slimd's REST API on libmicrohttpd.
+ *
+ * The server runs libmicrohttpd with a thread per connection: an upload
+ * streams to disk from its own thread without holding up other clients,
+ * and handlers may block on SQLite and the file system.  Connections are
+ * capped (--max-connections would be the knob; 256 now) so a flood
+ * cannot create unbounded threads.
+ *
+ * The API knows nothing of the runner: it talks to it through the hooks
+ * below (wake the runner after a job is queued; ask it to stop a running
+ * job), both safe to call from any thread.
+ */
+#ifndef SLIM_API_H
+#define SLIM_API_H
+
+#include <stdint.h>
+#include "passes/slim.h"
+#include "storage/store.h"
+
+struct api_hooks {
+    void (*wake)(void *ud);
+    void (*cancel)(void *ud, const char *job_id);
+    void *ud;
+};
+
+struct api_config {
+    const char *host;        /* numeric IPv4 or IPv6 address */
+    uint16_t port;
+    uint64_t max_upload;     /* bytes; larger uploads get 413 */
+};
+
+struct api_server;
+
+/* Starts serving.  Borrows st and hooks (they must outlive the server).
+ * *out is a new server; release with api_server_stop. */
+int api_server_start(struct store *st, const struct api_config *cfg,
+                     const struct api_hooks *hooks, struct api_server **out,
+                     struct slim_error *err);
+/* Stops accepting connections and waits for the open ones to finish,
+ * then frees the server. */
+void api_server_stop(struct api_server *srv);
+/* The port actually bound (useful with port 0). */
+uint16_t api_server_port(const struct api_server *srv);
+
+/* ---- internal to api/: shared by the resource files ---- */
+
+#include <microhttpd.h>
+
+struct api_request;   /* per-request state, api/server.c */
+
+struct api_ctx {
+    struct store *st;
+    const struct api_hooks *hooks;
+    uint64_t max_upload;
+};
+
+/* Replies: each queues a response on conn and returns MHD's result.
+ * body/json are stolen (freed even on failure). */
+enum MHD_Result api_reply_json(struct MHD_Connection *conn, struct api_request *req, int status,
+                               json_t *body, const char *location);
+enum MHD_Result api_reply_error(struct MHD_Connection *conn, struct api_request *req, int code,
+                                const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+/* Replies with err's code and message. */
+enum MHD_Result api_reply_slim_error(struct MHD_Connection *conn, struct api_request *req,
+                                     const struct slim_error *err);
+enum MHD_Result api_reply_empty(struct MHD_Connection *conn, struct api_request *req, int status);
+/* Serves a file: ETag, Range (one range), If-None-Match, optional
+ * Content-Disposition filename. */
+enum MHD_Result api_reply_file(struct MHD_Connection *conn, struct api_request *req,
+                               const char *path, const char *sha, const char *content_type,
+                               const char *filename);
+void api_request_set_status(struct api_request *req, int status);
+
+/* The request body, when the route buffers it (JSON bodies, <= 1 MiB). */
+const char *api_request_body(const struct api_request *req, size_t *len);
+
+/* Resource handlers. */
+enum MHD_Result api_models_upload(struct api_ctx *ctx, struct MHD_Connection *conn,
+                                  struct api_request *req);
+enum MHD_Result api_models_get(struct api_ctx *ctx, struct MHD_Connection *conn,
+                               struct api_request *req, const char *id, const char *sub);
+enum MHD_Result api_models_list(struct api_ctx *ctx, struct MHD_Connection *conn,
+                                struct api_request *req);
+enum MHD_Result api_models_delete(struct api_ctx *ctx, struct MHD_Connection *conn,
+                                  struct api_request *req, const char *id);
+enum MHD_Result api_jobs_submit(struct api_ctx *ctx, struct MHD_Connection *conn,
+                                struct api_request *req);
+enum MHD_Result api_jobs_list(struct api_ctx *ctx, struct MHD_Connection *conn,
+                              struct api_request *req);
+enum MHD_Result api_jobs_get(struct api_ctx *ctx, struct MHD_Connection *conn,
+                             struct api_request *req, const char *id, const char *sub);
+enum MHD_Result api_jobs_cancel(struct api_ctx *ctx, struct MHD_Connection *conn,
+                                struct api_request *req, const char *id);
+enum MHD_Result api_metrics(struct api_ctx *ctx, struct MHD_Connection *conn,
+                            struct api_request *req);
+enum MHD_Result api_health(struct api_ctx *ctx, struct MHD_Connection *conn,
+                           struct api_request *req);
+enum MHD_Result api_dashboard(struct api_ctx *ctx, struct MHD_Connection *conn,
+                              struct api_request *req);
+
+/* Upload state kept by server.c for POST /v1/models: the blob being
+ * written, and the multipart parser when the body is multipart. */
+struct api_upload {
+    struct blob_writer *bw;
+    struct MHD_PostProcessor *pp;
+    char *filename;      /* multipart filename, if any */
+    int saw_file;        /* multipart: the "file" field appeared */
+    int failed;          /* enum slim_errno of the first failure, 0 if none */
+    char msg[160];
+};
+struct api_upload *api_request_upload(struct api_request *req);
+
+/* Parses ?limit=&offset= (defaults 50 and 0; limit 1..1000).  On a bad
+ * value replies 400 and returns 0; else returns 1. */
+int api_paging(struct MHD_Connection *conn, struct api_request *req, int *limit, int *offset,
+               enum MHD_Result *ret);
+
+/* Request counters for /metrics. */
+void api_metrics_count(int status);
+
+#endif

@@ -1,0 +1,246 @@
+/*
+ * jobs.c - /v1/jobs: submit, list, get, cancel, report, artifact.
+ *
+ * A submission is validated whole by the same parser the runner uses
+ * (slim_spec_parse), so what is accepted will run; the job is inserted
+ * queued and the runner is woken.  The API never touches a running
+ * pipeline: a cancel marks the row (queued jobs end at once) and asks the
+ * runner through its hook to stop a running one, which the pipeline
+ * notices at its next progress check.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+#include "api/api.h"
+#include "daemon/log.h"
+
+static const char *const spec_top_keys[] = {"model", NULL};
+
+enum MHD_Result api_jobs_submit(struct api_ctx *ctx, struct MHD_Connection *conn,
+                                struct api_request *req)
+{
+    const char *ct = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                 MHD_HTTP_HEADER_CONTENT_TYPE);
+    struct slim_spec *spec = NULL;
+    struct slim_error err;
+    json_error_t jerr;
+    json_t *body, *model, *mrow, *row;
+    size_t len;
+    const char *text = api_request_body(req, &len);
+    char loc[128];
+
+    if (ct && !strncasecmp(ct, "multipart/", 10))
+        return api_reply_error(conn, req, SLIM_EMEDIA,
+                               "job specs are JSON: send them with -H 'Content-Type: "
+                               "application/json' -d @spec.json");
+    if (len == 0)
+        return api_reply_error(conn, req, SLIM_ESPEC,
+                               "empty body: expected a job spec {\"model\": ..., \"passes\": [...]}");
+    body = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!body)
+        return api_reply_error(conn, req, SLIM_ESPEC, "body is not valid JSON: %s (line %d, column %d)",
+                               jerr.text, jerr.line, jerr.column);
+    if (!json_is_object(body)) {
+        json_decref(body);
+        return api_reply_error(conn, req, SLIM_ESPEC, "job spec: expected a JSON object");
+    }
+    model = json_object_get(body, "model");
+    if (!json_is_string(model)) {
+        json_decref(body);
+        return api_reply_error(conn, req, SLIM_ESPEC,
+                               "model: required, the id of an uploaded model (mdl_...)");
+    }
+    if (slim_spec_parse(body, spec_top_keys, &spec, &err)) {
+        json_decref(body);
+        return api_reply_slim_error(conn, req, &err);
+    }
+    slim_spec_free(spec);
+    if (store_model_get(ctx->st, json_string_value(model), &mrow, &err)) {
+        json_decref(body);
+        return api_reply_slim_error(conn, req, &err);
+    }
+    json_decref(mrow);
+    if (store_job_insert(ctx->st, json_string_value(model), body, &row, &err)) {
+        json_decref(body);
+        return api_reply_slim_error(conn, req, &err);
+    }
+    log_info("job %s queued (model %s)", json_string_value(json_object_get(row, "id")),
+             json_string_value(model));
+    json_decref(body);
+    if (ctx->hooks && ctx->hooks->wake)
+        ctx->hooks->wake(ctx->hooks->ud);
+    snprintf(loc, sizeof loc, "/v1/jobs/%s", json_string_value(json_object_get(row, "id")));
+    return api_reply_json(conn, req, 202, row, loc);
+}
+
+enum MHD_Result api_jobs_list(struct api_ctx *ctx, struct MHD_Connection *conn,
+                              struct api_request *req)
+{
+    const char *state = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "state");
+    struct slim_error err;
+    int limit, offset, total, st = -1;
+    enum MHD_Result ret;
+    json_t *rows;
+
+    if (!api_paging(conn, req, &limit, &offset, &ret))
+        return ret;
+    if (state && (st = store_job_state_parse(state)) < 0)
+        return api_reply_error(conn, req, SLIM_EINVAL,
+                               "state: '%.40s' is not one of queued, running, succeeded, failed, "
+                               "canceled", state);
+    if (store_job_list(ctx->st, st, limit, offset, &rows, &total, &err))
+        return api_reply_slim_error(conn, req, &err);
+    return api_reply_json(conn, req, 200,
+                          json_pack("{s:o, s:i, s:i, s:i}", "jobs", rows, "total", total,
+                                    "limit", limit, "offset", offset),
+                          NULL);
+}
+
+/* The job's state as a reason why its report/artifact is not there. */
+static enum MHD_Result not_ready(struct MHD_Connection *conn, struct api_request *req,
+                                 json_t *row, const char *what)
+{
+    const char *state = json_string_value(json_object_get(row, "state"));
+    enum MHD_Result r = api_reply_error(conn, req, SLIM_ECONFLICT,
+                                        "job %s is %s: its %s exists once it has succeeded",
+                                        json_string_value(json_object_get(row, "id")), state,
+                                        what);
+    json_decref(row);
+    return r;
+}
+
+static void html_escape(FILE *f, const char *s)
+{
+    for (; s && *s; s++) {
+        switch (*s) {
+        case '<': fputs("&lt;", f); break;
+        case '>': fputs("&gt;", f); break;
+        case '&': fputs("&amp;", f); break;
+        case '"': fputs("&quot;", f); break;
+        default: fputc(*s, f);
+        }
+    }
+}
+
+/* A page for people: totals, then a bar per tensor of its relative
+ * error (inline SVG, no scripts), then the table. */
+static char *report_html(const char *job_id, json_t *rep)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    json_t *tensors = json_object_get(rep, "tensors"), *t, *totals = json_object_get(rep, "totals");
+    size_t i, n = json_array_size(tensors);
+    double maxe = 0;
+    if (!f)
+        return NULL;
+    json_array_foreach(tensors, i, t) {
+        double e = json_number_value(json_object_get(t, "rel_error"));
+        if (e > maxe)
+            maxe = e;
+    }
+    fprintf(f, "<!doctype html><html><head><meta charset=\"utf-8\"><title>slimd report %s</title>"
+               "<style>body{font:14px system-ui,sans-serif;margin:2em}table{border-collapse:"
+               "collapse}td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}"
+               "td:first-child,th:first-child{text-align:left}</style></head><body>",
+            job_id);
+    fprintf(f, "<h1>Report for %s</h1><p>%lld bytes &rarr; %lld bytes (ratio %.2f), %lld "
+               "parameters</p>", job_id,
+            (long long)json_integer_value(json_object_get(totals, "bytes_before")),
+            (long long)json_integer_value(json_object_get(totals, "bytes_after")),
+            json_number_value(json_object_get(totals, "ratio")),
+            (long long)json_integer_value(json_object_get(totals, "params")));
+    fprintf(f, "<h2>Relative error per tensor</h2><svg width=\"720\" height=\"%zu\" "
+               "role=\"img\">", n * 18 + 4);
+    json_array_foreach(tensors, i, t) {
+        double e = json_number_value(json_object_get(t, "rel_error"));
+        double w = maxe > 0 ? 440.0 * e / maxe : 0;
+        fprintf(f, "<text x=\"0\" y=\"%zu\" font-size=\"12\">", i * 18 + 14);
+        html_escape(f, json_string_value(json_object_get(t, "name")));
+        fprintf(f, "</text><rect x=\"220\" y=\"%zu\" width=\"%.1f\" height=\"14\" "
+                   "fill=\"#4a7\"/><text x=\"%.1f\" y=\"%zu\" font-size=\"12\">%.3g</text>",
+                i * 18 + 2, w, 224 + w, i * 18 + 14, e);
+    }
+    fputs("</svg><h2>Tensors</h2><table><tr><th>name</th><th>dtype</th><th>bytes before</th>"
+          "<th>bytes after</th><th>rel. error</th><th>SNR dB</th></tr>", f);
+    json_array_foreach(tensors, i, t) {
+        json_t *snr = json_object_get(t, "snr_db");
+        fputs("<tr><td>", f);
+        html_escape(f, json_string_value(json_object_get(t, "name")));
+        fprintf(f, "</td><td>%s &rarr; %s</td><td>%lld</td><td>%lld</td><td>%.3g</td><td>",
+                json_string_value(json_object_get(t, "dtype_before")),
+                json_string_value(json_object_get(t, "dtype_after")),
+                (long long)json_integer_value(json_object_get(t, "bytes_before")),
+                (long long)json_integer_value(json_object_get(t, "bytes_after")),
+                json_number_value(json_object_get(t, "rel_error")));
+        if (json_is_number(snr))
+            fprintf(f, "%.1f", json_number_value(snr));
+        else
+            fputs("exact", f);
+        fputs("</td></tr>", f);
+    }
+    fputs("</table></body></html>\n", f);
+    fclose(f);
+    return buf;
+}
+
+enum MHD_Result api_jobs_get(struct api_ctx *ctx, struct MHD_Connection *conn,
+                             struct api_request *req, const char *id, const char *sub)
+{
+    struct slim_error err;
+    json_t *row, *rep, *art;
+    char path[4096], fname[200];
+    enum MHD_Result r;
+
+    if (store_job_get(ctx->st, id, &row, &err))
+        return api_reply_slim_error(conn, req, &err);
+    if (!sub)
+        return api_reply_json(conn, req, 200, row, NULL);
+    if (strcmp(json_string_value(json_object_get(row, "state")), "succeeded"))
+        return not_ready(conn, req, row, strcmp(sub, "artifact") ? "report" : "artifact");
+    if (!strcmp(sub, "artifact")) {
+        art = json_object_get(row, "artifact");
+        const char *sha = json_string_value(json_object_get(art, "sha256"));
+        store_blob_path(ctx->st, sha, path, sizeof path);
+        snprintf(fname, sizeof fname, "%s.safetensors", id);
+        r = api_reply_file(conn, req, path, sha, "application/octet-stream", fname);
+        json_decref(row);
+        return r;
+    }
+    json_decref(row);
+    if (store_job_report(ctx->st, id, &rep, &err))
+        return api_reply_slim_error(conn, req, &err);
+    if (!strcmp(sub, "report"))
+        return api_reply_json(conn, req, 200, rep, NULL);
+    char *html = report_html(id, rep);
+    json_decref(rep);
+    if (!html)
+        return api_reply_error(conn, req, SLIM_ENOMEM, "out of memory");
+    struct MHD_Response *resp = MHD_create_response_from_buffer(strlen(html), html,
+                                                                MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(html);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, "Content-Type", "text/html; charset=utf-8");
+    api_request_set_status(req, 200);
+    r = MHD_queue_response(conn, 200, resp);
+    MHD_destroy_response(resp);
+    return r;
+}
+
+enum MHD_Result api_jobs_cancel(struct api_ctx *ctx, struct MHD_Connection *conn,
+                                struct api_request *req, const char *id)
+{
+    struct slim_error err;
+    int was_running = 0;
+    json_t *row;
+    if (store_job_cancel(ctx->st, id, &was_running, &err))
+        return api_reply_slim_error(conn, req, &err);
+    if (was_running && ctx->hooks && ctx->hooks->cancel)
+        ctx->hooks->cancel(ctx->hooks->ud, id);
+    log_info("job %s %s", id, was_running ? "cancel requested" : "canceled");
+    if (store_job_get(ctx->st, id, &row, &err))
+        return api_reply_slim_error(conn, req, &err);
+    return api_reply_json(conn, req, 200, row, NULL);
+}

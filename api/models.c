@@ -1,0 +1,140 @@
+/*
+ * models.c - /v1/models: upload, list, get, download, delete.
+ *
+ * An upload is stored only once it is whole and valid: server.c streams
+ * the body into a blob writer (temp file, hashed on the way); here, at
+ * the end, the temp file's first bytes decide the format (415 if it is
+ * no format slimd reads), the strict parser checks every bound (400 with
+ * the parser's message), and only then is the blob committed (fsync,
+ * rename) and the row inserted.  Any failure aborts the writer, which
+ * removes the temp file: a failed upload leaves nothing behind.
+ */
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include "api/api.h"
+#include "daemon/log.h"
+
+static int read_head(const char *path, unsigned char *buf, size_t len, size_t *got)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    ssize_t n;
+    if (fd < 0)
+        return -1;
+    n = read(fd, buf, len);
+    close(fd);
+    if (n < 0)
+        return -1;
+    *got = (size_t)n;
+    return 0;
+}
+
+enum MHD_Result api_models_upload(struct api_ctx *ctx, struct MHD_Connection *conn,
+                                  struct api_request *req)
+{
+    struct api_upload *up = api_request_upload(req);
+    const char *name = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "name");
+    unsigned char head[16];
+    size_t got = 0;
+    struct slim_error err;
+    json_t *info = NULL, *row = NULL;
+    char sha[65], loc[128];
+    uint64_t bytes;
+    const char *fmt;
+
+    if (up->pp)
+        MHD_post_process(up->pp, NULL, 0);
+    if (up->failed)
+        return api_reply_error(conn, req, up->failed, "%s", up->msg);
+    if (up->pp && !up->saw_file)
+        return api_reply_error(conn, req, SLIM_EINVAL,
+                               "multipart body has no field named 'file' (use curl -F "
+                               "file=@model.safetensors)");
+    bytes = store_blob_bytes(up->bw);
+    if (bytes == 0)
+        return api_reply_error(conn, req, SLIM_EFORMAT,
+                               "empty body: send the model file as the body "
+                               "(curl --data-binary @model.safetensors) or as multipart field 'file'");
+    if (name && (!*name || strlen(name) > 200))
+        return api_reply_error(conn, req, SLIM_EINVAL, "name: expected 1 to 200 characters");
+    if (read_head(store_blob_temp_path(up->bw), head, sizeof head, &got))
+        return api_reply_error(conn, req, SLIM_EIO, "cannot read the uploaded file back");
+    fmt = slim_format_detect(head, got);
+    if (!fmt)
+        return api_reply_error(conn, req, SLIM_EMEDIA,
+                               "unrecognised model format: expected safetensors (an 8-byte "
+                               "little-endian header length, then a JSON header)");
+    if (slim_model_describe(store_blob_temp_path(up->bw), &info, &err)) {
+        if (err.code == SLIM_EFORMAT)
+            slim_error_prefix(&err, "invalid safetensors file");
+        return api_reply_slim_error(conn, req, &err);
+    }
+    if (!name)
+        name = up->filename ? up->filename : "model";
+    /* commit frees the writer whatever happens */
+    if (store_blob_commit(up->bw, sha, &err)) {
+        up->bw = NULL;
+        json_decref(info);
+        return api_reply_slim_error(conn, req, &err);
+    }
+    up->bw = NULL;
+    if (store_model_insert(ctx->st, name, sha, bytes, info, &row, &err)) {
+        json_decref(info);
+        return api_reply_slim_error(conn, req, &err);
+    }
+    json_decref(info);
+    snprintf(loc, sizeof loc, "/v1/models/%s", json_string_value(json_object_get(row, "id")));
+    log_info("model %s stored (%s, %llu bytes, sha256 %.12s)", json_string_value(json_object_get(row, "id")),
+             name, (unsigned long long)bytes, sha);
+    return api_reply_json(conn, req, 201, row, loc);
+}
+
+enum MHD_Result api_models_list(struct api_ctx *ctx, struct MHD_Connection *conn,
+                                struct api_request *req)
+{
+    struct slim_error err;
+    json_t *rows;
+    int limit, offset, total;
+    enum MHD_Result ret;
+    if (!api_paging(conn, req, &limit, &offset, &ret))
+        return ret;
+    if (store_model_list(ctx->st, limit, offset, &rows, &total, &err))
+        return api_reply_slim_error(conn, req, &err);
+    return api_reply_json(conn, req, 200,
+                          json_pack("{s:o, s:i, s:i, s:i}", "models", rows, "total", total,
+                                    "limit", limit, "offset", offset),
+                          NULL);
+}
+
+enum MHD_Result api_models_get(struct api_ctx *ctx, struct MHD_Connection *conn,
+                               struct api_request *req, const char *id, const char *sub)
+{
+    struct slim_error err;
+    json_t *row;
+    char path[4096], fname[256];
+    const char *sha, *name;
+    enum MHD_Result r;
+
+    if (store_model_get(ctx->st, id, &row, &err))
+        return api_reply_slim_error(conn, req, &err);
+    if (!sub)
+        return api_reply_json(conn, req, 200, row, NULL);
+    sha = json_string_value(json_object_get(row, "sha256"));
+    name = json_string_value(json_object_get(row, "name"));
+    store_blob_path(ctx->st, sha, path, sizeof path);
+    snprintf(fname, sizeof fname, "%s", name && !strpbrk(name, "\"\\/\r\n") ? name : id);
+    r = api_reply_file(conn, req, path, sha, "application/octet-stream", fname);
+    json_decref(row);
+    return r;
+}
+
+enum MHD_Result api_models_delete(struct api_ctx *ctx, struct MHD_Connection *conn,
+                                  struct api_request *req, const char *id)
+{
+    struct slim_error err;
+    if (store_model_delete(ctx->st, id, &err))
+        return api_reply_slim_error(conn, req, &err);
+    log_info("model %s deleted", id);
+    return api_reply_empty(conn, req, 204);
+}

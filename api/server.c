@@ -1,0 +1,599 @@
+/*
+ * server.c - the HTTP side: libmicrohttpd setup, the routing table, the
+ * request lifecycle (body streaming or buffering), the JSON error
+ * envelope, file responses, and one log line per request.
+ *
+ * libmicrohttpd calls the access handler several times per request:
+ * first with no body (we route and decide how the body is taken), then
+ * once per chunk of body, then once more with no data (we reply).  A
+ * model upload streams each chunk into a blob writer that hashes as it
+ * writes, so memory does not grow with the file; JSON bodies are
+ * buffered up to 1 MiB.  An error found mid-body (too large, disk full)
+ * is remembered, the rest of the body is drained, and the error is sent
+ * at the end; an upload whose Content-Length is already too large gets
+ * its 413 before a byte of it is read.
+ *
+ * Routes are a table of (method, pattern) -> handler; patterns have
+ * {id} segments.  A path that matches with another method gets 405 and
+ * an Allow header listing the methods it has.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include "api/api.h"
+#include "daemon/log.h"
+
+#define JSON_BODY_MAX (1u << 20)
+
+struct api_server {
+    struct MHD_Daemon *mhd;
+    struct api_ctx ctx;
+    uint16_t port;
+};
+
+enum body_mode { BODY_NONE, BODY_JSON, BODY_UPLOAD };
+
+struct api_request {
+    enum body_mode mode;
+    char *body;
+    size_t body_len;
+    int body_too_big;
+    struct api_upload up;
+    int status;
+    double started;
+    int routed;
+    char method[8];
+    char url[256];
+};
+
+struct route {
+    const char *method;
+    const char *pattern;   /* "/v1/models/{id}/file" */
+    enum body_mode mode;
+    int kind;
+};
+
+enum route_kind {
+    R_HEALTH, R_MODELS_LIST, R_MODELS_UPLOAD, R_MODEL_GET, R_MODEL_DELETE, R_MODEL_FILE,
+    R_JOBS_LIST, R_JOBS_SUBMIT, R_JOB_GET, R_JOB_CANCEL, R_JOB_REPORT, R_JOB_REPORT_HTML,
+    R_JOB_ARTIFACT, R_METRICS, R_DASHBOARD,
+};
+
+static const struct route routes[] = {
+    {"GET", "/v1/health", BODY_NONE, R_HEALTH},
+    {"GET", "/v1/models", BODY_NONE, R_MODELS_LIST},
+    {"POST", "/v1/models", BODY_UPLOAD, R_MODELS_UPLOAD},
+    {"GET", "/v1/models/{id}", BODY_NONE, R_MODEL_GET},
+    {"DELETE", "/v1/models/{id}", BODY_NONE, R_MODEL_DELETE},
+    {"GET", "/v1/models/{id}/file", BODY_NONE, R_MODEL_FILE},
+    {"GET", "/v1/jobs", BODY_NONE, R_JOBS_LIST},
+    {"POST", "/v1/jobs", BODY_JSON, R_JOBS_SUBMIT},
+    {"GET", "/v1/jobs/{id}", BODY_NONE, R_JOB_GET},
+    {"POST", "/v1/jobs/{id}/cancel", BODY_NONE, R_JOB_CANCEL},
+    {"GET", "/v1/jobs/{id}/report", BODY_NONE, R_JOB_REPORT},
+    {"GET", "/v1/jobs/{id}/report.html", BODY_NONE, R_JOB_REPORT_HTML},
+    {"GET", "/v1/jobs/{id}/artifact", BODY_NONE, R_JOB_ARTIFACT},
+    {"GET", "/metrics", BODY_NONE, R_METRICS},
+    {"GET", "/", BODY_NONE, R_DASHBOARD},
+};
+#define N_ROUTES (sizeof routes / sizeof routes[0])
+
+/* Matches url against pattern; copies the {id} segment into id. */
+static int match(const char *pattern, const char *url, char *id, size_t idlen)
+{
+    const char *p = pattern, *u = url;
+    while (*p && *u) {
+        if (!strncmp(p, "{id}", 4)) {
+            size_t n = strcspn(u, "/");
+            if (n == 0 || n >= idlen)
+                return 0;
+            memcpy(id, u, n);
+            id[n] = 0;
+            u += n;
+            p += 4;
+            continue;
+        }
+        if (*p != *u)
+            return 0;
+        p++;
+        u++;
+    }
+    return !*p && !*u;
+}
+
+void api_request_set_status(struct api_request *req, int status)
+{
+    if (req)
+        req->status = status;
+}
+
+const char *api_request_body(const struct api_request *req, size_t *len)
+{
+    *len = req->body_len;
+    return req->body ? req->body : "";
+}
+
+struct api_upload *api_request_upload(struct api_request *req)
+{
+    return &req->up;
+}
+
+static enum MHD_Result queue(struct MHD_Connection *conn, struct api_request *req, int status,
+                             struct MHD_Response *resp)
+{
+    enum MHD_Result r;
+    if (!resp)
+        return MHD_NO;
+    api_request_set_status(req, status);
+    MHD_add_response_header(resp, "Cache-Control", "no-store");
+    r = MHD_queue_response(conn, (unsigned)status, resp);
+    MHD_destroy_response(resp);
+    return r;
+}
+
+enum MHD_Result api_reply_json(struct MHD_Connection *conn, struct api_request *req, int status,
+                               json_t *body, const char *location)
+{
+    char *text = json_dumps(body, JSON_INDENT(2) | JSON_REAL_PRECISION(9));
+    struct MHD_Response *resp;
+    json_decref(body);
+    if (!text)
+        return MHD_NO;
+    size_t len = strlen(text);
+    text[len] = '\n'; /* json_dumps leaves room for the NUL; a newline is friendlier to curl */
+    resp = MHD_create_response_from_buffer(len + 1, text, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(text);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, "Content-Type", "application/json");
+    if (location)
+        MHD_add_response_header(resp, "Location", location);
+    return queue(conn, req, status, resp);
+}
+
+static enum MHD_Result reply_error_status(struct MHD_Connection *conn, struct api_request *req,
+                                          int status, const char *code, const char *msg,
+                                          const char *allow)
+{
+    json_t *body = json_pack("{s:{s:s, s:s}}", "error", "code", code, "message", msg);
+    char *text = body ? json_dumps(body, JSON_INDENT(2)) : NULL;
+    struct MHD_Response *resp;
+    json_decref(body);
+    if (!text)
+        return MHD_NO;
+    size_t len = strlen(text);
+    text[len] = '\n';
+    resp = MHD_create_response_from_buffer(len + 1, text, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(text);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, "Content-Type", "application/json");
+    if (allow)
+        MHD_add_response_header(resp, "Allow", allow);
+    return queue(conn, req, status, resp);
+}
+
+enum MHD_Result api_reply_error(struct MHD_Connection *conn, struct api_request *req, int code,
+                                const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return reply_error_status(conn, req, slim_http_status(code), slim_errcode(code), msg, NULL);
+}
+
+enum MHD_Result api_reply_slim_error(struct MHD_Connection *conn, struct api_request *req,
+                                     const struct slim_error *err)
+{
+    return api_reply_error(conn, req, err->code, "%s", err->msg);
+}
+
+enum MHD_Result api_reply_empty(struct MHD_Connection *conn, struct api_request *req, int status)
+{
+    return queue(conn, req, status,
+                 MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT));
+}
+
+/* Parses a single "bytes=a-b" range against size; 1 if a valid range was
+ * found (start/len set), 0 if no usable Range header, -1 if unsatisfiable. */
+static int parse_range(const char *h, uint64_t size, uint64_t *start, uint64_t *len)
+{
+    unsigned long long a, b;
+    char *end;
+    if (!h || strncmp(h, "bytes=", 6) || strchr(h, ','))
+        return 0;
+    h += 6;
+    if (*h == '-') {
+        errno = 0;
+        b = strtoull(h + 1, &end, 10);
+        if (errno || *end || end == h + 1)
+            return 0;
+        if (b == 0 || size == 0)
+            return -1;
+        if (b > size)
+            b = size;
+        *start = size - b;
+        *len = b;
+        return 1;
+    }
+    errno = 0;
+    a = strtoull(h, &end, 10);
+    if (errno || end == h || *end != '-')
+        return 0;
+    h = end + 1;
+    if (*h) {
+        b = strtoull(h, &end, 10);
+        if (*end || b < a)
+            return 0;
+    } else {
+        b = size ? size - 1 : 0;
+    }
+    if (a >= size)
+        return -1;
+    if (b >= size)
+        b = size - 1;
+    *start = a;
+    *len = b - a + 1;
+    return 1;
+}
+
+enum MHD_Result api_reply_file(struct MHD_Connection *conn, struct api_request *req,
+                               const char *path, const char *sha, const char *content_type,
+                               const char *filename)
+{
+    char etag[80], hdr[512];
+    const char *inm = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "If-None-Match");
+    const char *range = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Range");
+    struct MHD_Response *resp;
+    struct stat st;
+    uint64_t start = 0, len;
+    int status = 200, fd, r;
+
+    snprintf(etag, sizeof etag, "\"%s\"", sha);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        if (fd >= 0)
+            close(fd);
+        return api_reply_error(conn, req, SLIM_EIO, "stored file %s is missing: %s", sha,
+                               strerror(errno));
+    }
+    len = (uint64_t)st.st_size;
+    if (inm && (strstr(inm, etag) || !strcmp(inm, "*"))) {
+        close(fd);
+        resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+        if (resp)
+            MHD_add_response_header(resp, "ETag", etag);
+        return queue(conn, req, 304, resp);
+    }
+    r = parse_range(range, (uint64_t)st.st_size, &start, &len);
+    if (r < 0) {
+        close(fd);
+        snprintf(hdr, sizeof hdr, "bytes */%lld", (long long)st.st_size);
+        resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+        if (resp)
+            MHD_add_response_header(resp, "Content-Range", hdr);
+        return queue(conn, req, 416, resp);
+    }
+    if (r > 0)
+        status = 206;
+    resp = MHD_create_response_from_fd_at_offset64(len, fd, start);
+    if (!resp) {
+        close(fd);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, "Content-Type", content_type);
+    MHD_add_response_header(resp, "ETag", etag);
+    MHD_add_response_header(resp, "Accept-Ranges", "bytes");
+    if (status == 206) {
+        snprintf(hdr, sizeof hdr, "bytes %" PRIu64 "-%" PRIu64 "/%lld", start, start + len - 1,
+                 (long long)st.st_size);
+        MHD_add_response_header(resp, "Content-Range", hdr);
+    }
+    if (filename) {
+        snprintf(hdr, sizeof hdr, "attachment; filename=\"%s\"", filename);
+        MHD_add_response_header(resp, "Content-Disposition", hdr);
+    }
+    return queue(conn, req, status, resp);
+}
+
+int api_paging(struct MHD_Connection *conn, struct api_request *req, int *limit, int *offset,
+               enum MHD_Result *ret)
+{
+    const char *l = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "limit");
+    const char *o = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "offset");
+    char *end;
+    long v;
+    *limit = 50;
+    *offset = 0;
+    if (l) {
+        v = strtol(l, &end, 10);
+        if (!*l || *end || v < 1 || v > 1000) {
+            *ret = api_reply_error(conn, req, SLIM_EINVAL,
+                                   "limit: expected an integer from 1 to 1000, got '%.40s'", l);
+            return 0;
+        }
+        *limit = (int)v;
+    }
+    if (o) {
+        v = strtol(o, &end, 10);
+        if (!*o || *end || v < 0 || v > 1000000000) {
+            *ret = api_reply_error(conn, req, SLIM_EINVAL,
+                                   "offset: expected a non-negative integer, got '%.40s'", o);
+            return 0;
+        }
+        *offset = (int)v;
+    }
+    return 1;
+}
+
+/* Multipart: only the field "file" is kept; other fields are ignored. */
+static enum MHD_Result post_iter(void *cls, enum MHD_ValueKind kind, const char *key,
+                                 const char *filename, const char *content_type,
+                                 const char *transfer_encoding, const char *data, uint64_t off,
+                                 size_t size)
+{
+    struct api_request *req = cls;
+    struct slim_error err;
+    if (!key || strcmp(key, "file") || req->up.failed)
+        return MHD_YES;
+    if (!req->up.saw_file) {
+        req->up.saw_file = 1;
+        if (filename && !req->up.filename)
+            req->up.filename = slim_strdup(filename);
+    }
+    if (size && store_blob_write(req->up.bw, data, size, &err)) {
+        req->up.failed = err.code;
+        snprintf(req->up.msg, sizeof req->up.msg, "%s", err.msg);
+    }
+    return MHD_YES;
+}
+
+static void upload_chunk(struct api_ctx *ctx, struct api_request *req, const char *data,
+                         size_t size)
+{
+    struct slim_error err;
+    if (req->up.failed)
+        return;
+    if (req->up.pp) {
+        if (MHD_post_process(req->up.pp, data, size) != MHD_YES && !req->up.failed) {
+            req->up.failed = SLIM_EINVAL;
+            snprintf(req->up.msg, sizeof req->up.msg, "malformed multipart/form-data body");
+        }
+    } else if (store_blob_write(req->up.bw, data, size, &err)) {
+        req->up.failed = err.code;
+        snprintf(req->up.msg, sizeof req->up.msg, "%s", err.msg);
+    }
+    if (!req->up.failed && store_blob_bytes(req->up.bw) > ctx->max_upload) {
+        req->up.failed = SLIM_ETOOBIG;
+        snprintf(req->up.msg, sizeof req->up.msg, "upload exceeds the limit of %" PRIu64
+                 " bytes (--max-upload-bytes)", ctx->max_upload);
+    }
+}
+
+static enum MHD_Result dispatch(struct api_ctx *ctx, struct MHD_Connection *conn,
+                                struct api_request *req, const struct route *r, const char *id)
+{
+    switch (r->kind) {
+    case R_HEALTH: return api_health(ctx, conn, req);
+    case R_MODELS_LIST: return api_models_list(ctx, conn, req);
+    case R_MODELS_UPLOAD: return api_models_upload(ctx, conn, req);
+    case R_MODEL_GET: return api_models_get(ctx, conn, req, id, NULL);
+    case R_MODEL_FILE: return api_models_get(ctx, conn, req, id, "file");
+    case R_MODEL_DELETE: return api_models_delete(ctx, conn, req, id);
+    case R_JOBS_LIST: return api_jobs_list(ctx, conn, req);
+    case R_JOBS_SUBMIT: return api_jobs_submit(ctx, conn, req);
+    case R_JOB_GET: return api_jobs_get(ctx, conn, req, id, NULL);
+    case R_JOB_CANCEL: return api_jobs_cancel(ctx, conn, req, id);
+    case R_JOB_REPORT: return api_jobs_get(ctx, conn, req, id, "report");
+    case R_JOB_REPORT_HTML: return api_jobs_get(ctx, conn, req, id, "report.html");
+    case R_JOB_ARTIFACT: return api_jobs_get(ctx, conn, req, id, "artifact");
+    case R_METRICS: return api_metrics(ctx, conn, req);
+    case R_DASHBOARD: return api_dashboard(ctx, conn, req);
+    }
+    return api_reply_error(conn, req, SLIM_EINTERNAL, "no handler");
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls)
+{
+    struct api_ctx *ctx = cls;
+    struct api_request *req = *con_cls;
+    const struct route *r = NULL;
+    char id[128], allow[64];
+    int path_known = 0;
+
+    allow[0] = 0;
+    for (size_t i = 0; i < N_ROUTES; i++) {
+        if (!match(routes[i].pattern, url, id, sizeof id))
+            continue;
+        path_known = 1;
+        if (!strcmp(routes[i].method, method) ||
+            (!strcmp(method, "HEAD") && !strcmp(routes[i].method, "GET")))
+            r = &routes[i];
+        else if (!strstr(allow, routes[i].method))
+            snprintf(allow + strlen(allow), sizeof allow - strlen(allow), "%s%s",
+                     allow[0] ? ", " : "", routes[i].method);
+    }
+
+    if (!req) {
+        req = slim_calloc(1, sizeof *req);
+        if (!req)
+            return MHD_NO;
+        req->started = slim_now();
+        snprintf(req->method, sizeof req->method, "%s", method);
+        snprintf(req->url, sizeof req->url, "%s", url);
+        *con_cls = req;
+        if (!r) {
+            if (path_known)
+                return reply_error_status(conn, req, 405, "METHOD_NOT_ALLOWED",
+                                          "method not allowed for this path", allow);
+            return api_reply_error(conn, req, SLIM_ENOTFOUND, "no such endpoint: %s %.200s",
+                                   method, url);
+        }
+        req->mode = r->mode;
+        if (r->mode == BODY_UPLOAD) {
+            const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                         MHD_HTTP_HEADER_CONTENT_LENGTH);
+            const char *ct = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                         MHD_HTTP_HEADER_CONTENT_TYPE);
+            struct slim_error err;
+            if (cl && strtoull(cl, NULL, 10) > ctx->max_upload + (ct && !strncasecmp(ct, "multipart/", 10) ? 65536 : 0))
+                return api_reply_error(conn, req, SLIM_ETOOBIG,
+                                       "upload of %s bytes exceeds the limit of %" PRIu64
+                                       " bytes (--max-upload-bytes)", cl, ctx->max_upload);
+            if (store_blob_begin(ctx->st, &req->up.bw, &err))
+                return api_reply_slim_error(conn, req, &err);
+            if (ct && !strncasecmp(ct, "multipart/form-data", 19)) {
+                req->up.pp = MHD_create_post_processor(conn, 64 * 1024, post_iter, req);
+                if (!req->up.pp)
+                    return api_reply_error(conn, req, SLIM_EINVAL,
+                                           "malformed multipart/form-data header (no boundary?)");
+            }
+        }
+        return MHD_YES;
+    }
+
+    if (*upload_data_size) {
+        if (req->status) {          /* already answered (e.g. 413): drain */
+            *upload_data_size = 0;
+            return MHD_YES;
+        }
+        if (req->mode == BODY_UPLOAD) {
+            upload_chunk(ctx, req, upload_data, *upload_data_size);
+        } else if (req->mode == BODY_JSON) {
+            if (req->body_len + *upload_data_size > JSON_BODY_MAX) {
+                req->body_too_big = 1;
+            } else {
+                char *b = slim_realloc(req->body, req->body_len + *upload_data_size + 1);
+                if (!b)
+                    return MHD_NO;
+                memcpy(b + req->body_len, upload_data, *upload_data_size);
+                req->body = b;
+                req->body_len += *upload_data_size;
+                req->body[req->body_len] = 0;
+            }
+        }
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    if (req->status || req->routed)
+        return MHD_YES;
+    req->routed = 1;
+    if (req->body_too_big)
+        return api_reply_error(conn, req, SLIM_ETOOBIG, "request body exceeds %u bytes",
+                               JSON_BODY_MAX);
+    (void)version;
+    return dispatch(ctx, conn, req, r, id);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    struct api_request *req = *con_cls;
+    const union MHD_ConnectionInfo *ci;
+    char addr[INET6_ADDRSTRLEN] = "-";
+    (void)cls;
+    if (!req)
+        return;
+    ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (ci && ci->client_addr) {
+        const struct sockaddr *sa = ci->client_addr;
+        if (sa->sa_family == AF_INET)
+            inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, addr, sizeof addr);
+        else if (sa->sa_family == AF_INET6)
+            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, addr, sizeof addr);
+    }
+    api_metrics_count(req->status);
+    log_info("http %s %s %s %d %.1fms%s", addr, req->method, req->url, req->status, (slim_now() - req->started) * 1000.0,
+             toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (connection closed early)");
+    if (req->up.pp)
+        MHD_destroy_post_processor(req->up.pp);
+    if (req->up.bw)
+        store_blob_abort(req->up.bw);
+    slim_free(req->up.filename);
+    slim_free(req->body);
+    slim_free(req);
+    *con_cls = NULL;
+}
+
+int api_server_start(struct store *st, const struct api_config *cfg,
+                     const struct api_hooks *hooks, struct api_server **out,
+                     struct slim_error *err)
+{
+    struct api_server *srv = slim_calloc(1, sizeof *srv);
+    struct sockaddr_in6 a6;
+    struct sockaddr_in a4;
+    struct sockaddr *sa;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
+                     MHD_USE_ERROR_LOG;
+    const union MHD_DaemonInfo *di;
+
+    if (!srv)
+        return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    memset(&a4, 0, sizeof a4);
+    memset(&a6, 0, sizeof a6);
+    if (inet_pton(AF_INET, cfg->host, &a4.sin_addr) == 1) {
+        a4.sin_family = AF_INET;
+        a4.sin_port = htons(cfg->port);
+        sa = (struct sockaddr *)&a4;
+    } else if (inet_pton(AF_INET6, cfg->host, &a6.sin6_addr) == 1) {
+        a6.sin6_family = AF_INET6;
+        a6.sin6_port = htons(cfg->port);
+        sa = (struct sockaddr *)&a6;
+        flags |= MHD_USE_IPv6;
+    } else {
+        slim_free(srv);
+        return slim_error_set(err, SLIM_EINVAL,
+                              "listen address '%s' is not a numeric IPv4 or IPv6 address",
+                              cfg->host);
+    }
+    srv->ctx.st = st;
+    srv->ctx.hooks = hooks;
+    srv->ctx.max_upload = cfg->max_upload;
+    srv->mhd = MHD_start_daemon(flags, cfg->port, NULL, NULL, on_request, &srv->ctx,
+                                MHD_OPTION_SOCK_ADDR, sa,
+                                MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
+                                MHD_OPTION_CONNECTION_LIMIT, (unsigned)256,
+                                MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)300,
+                                MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
+                                MHD_OPTION_END);
+    if (!srv->mhd) {
+        slim_free(srv);
+        return slim_error_set(err, SLIM_EIO, "cannot listen on %s:%u (address in use?)",
+                              cfg->host, cfg->port);
+    }
+    di = MHD_get_daemon_info(srv->mhd, MHD_DAEMON_INFO_BIND_PORT);
+    srv->port = di ? di->port : cfg->port;
+    *out = srv;
+    return 0;
+}
+
+uint16_t api_server_port(const struct api_server *srv)
+{
+    return srv->port;
+}
+
+void api_server_stop(struct api_server *srv)
+{
+    if (!srv)
+        return;
+    MHD_socket s = MHD_quiesce_daemon(srv->mhd);
+    if (s != MHD_INVALID_SOCKET)
+        close(s);
+    MHD_stop_daemon(srv->mhd);
+    slim_free(srv);
+}

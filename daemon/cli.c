@@ -1,0 +1,328 @@
+/*
+ * cli.c - the subcommands.  `serve` wires the pieces together: the store
+ * on the data dir, the runner on a libuv loop, the HTTP server, and the
+ * signals that stop them in order (stop accepting, stop or re-queue the
+ * running jobs, close the store, exit 0).  Every flag also reads an
+ * environment variable (SLIMD_LISTEN, ...) so a systemd unit or a
+ * container sets them without a wrapper script; a flag beats the
+ * variable.
+ */
+#include <cblas.h>
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <libgen.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <uv.h>
+#include "api/api.h"
+#include "daemon/cli.h"
+#include "daemon/log.h"
+#include "daemon/runner.h"
+
+void slimd_usage(FILE *f)
+{
+    fprintf(f,
+            "usage: slimd serve [--listen ADDR:PORT] [--data-dir DIR] [--workers N]\n"
+            "                   [--max-upload-bytes N]\n"
+            "       slimd compress MODEL.safetensors --spec SPEC.json -o OUTDIR [--threads N]\n"
+            "       slimd --help | --version\n"
+            "\n"
+            "serve     runs the REST API and the job runner.\n"
+            "  --listen ADDR:PORT       where to listen (SLIMD_LISTEN; default 127.0.0.1:8420;\n"
+            "                           IPv6 as [::1]:8420)\n"
+            "  --data-dir DIR           models, jobs and artifacts (SLIMD_DATA_DIR; default ./data)\n"
+            "  --workers N              jobs run at once (SLIMD_WORKERS; default 1)\n"
+            "  --max-upload-bytes N     largest upload accepted (SLIMD_MAX_UPLOAD_BYTES;\n"
+            "                           default 17179869184, 16 GiB)\n"
+            "compress  runs a job spec over a model file without a server and writes the\n"
+            "          artifact and report.json into OUTDIR.\n");
+}
+
+static int parse_u64(const char *s, uint64_t lo, uint64_t hi, uint64_t *out)
+{
+    char *end;
+    unsigned long long v;
+    if (!s || !*s || *s == '-')
+        return -1;
+    errno = 0;
+    v = strtoull(s, &end, 10);
+    if (errno || *end || v < lo || v > hi)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* "127.0.0.1:8420", "[::1]:8420", ":8420" (all IPv4 interfaces). */
+static int parse_listen(const char *s, char *host, size_t hlen, uint16_t *port)
+{
+    const char *colon;
+    uint64_t p;
+    if (s[0] == '[') {
+        const char *close = strchr(s, ']');
+        if (!close || close[1] != ':')
+            return -1;
+        snprintf(host, hlen, "%.*s", (int)(close - s - 1), s + 1);
+        colon = close + 1;
+    } else {
+        colon = strrchr(s, ':');
+        if (!colon)
+            return -1;
+        snprintf(host, hlen, "%.*s", (int)(colon - s), s);
+        if (!host[0])
+            snprintf(host, hlen, "0.0.0.0");
+    }
+    if (parse_u64(colon + 1, 0, 65535, &p))
+        return -1;
+    *port = (uint16_t)p;
+    return 0;
+}
+
+struct serve_state {
+    uv_loop_t *loop;
+    uv_signal_t sigint, sigterm;
+    struct runner *runner;
+    struct api_server *api;
+    int stopping;
+};
+
+static void hook_wake(void *ud)
+{
+    runner_wake(((struct serve_state *)ud)->runner);
+}
+
+static void hook_cancel(void *ud, const char *id)
+{
+    runner_cancel(((struct serve_state *)ud)->runner, id);
+}
+
+static void runner_done(void *ud)
+{
+    struct serve_state *s = ud;
+    uv_close((uv_handle_t *)&s->sigint, NULL);
+    uv_close((uv_handle_t *)&s->sigterm, NULL);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    struct serve_state *s = h->data;
+    if (s->stopping) {
+        log_warn("second signal: exiting at once; running jobs are re-queued on next start");
+        _exit(1);
+    }
+    s->stopping = 1;
+    log_info("%s: no longer accepting requests; stopping running jobs",
+             signum == SIGINT ? "SIGINT" : "SIGTERM");
+    api_server_stop(s->api);
+    s->api = NULL;
+    runner_shutdown(s->runner, runner_done, s);
+}
+
+static const char *env_or(const char *name, const char *dflt)
+{
+    const char *v = getenv(name);
+    return v && *v ? v : dflt;
+}
+
+int slimd_serve(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"listen", required_argument, NULL, 'l'},
+        {"data-dir", required_argument, NULL, 'd'},
+        {"workers", required_argument, NULL, 'w'},
+        {"max-upload-bytes", required_argument, NULL, 'm'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *listen = env_or("SLIMD_LISTEN", "127.0.0.1:8420");
+    const char *data_dir = env_or("SLIMD_DATA_DIR", "data");
+    const char *workers_s = env_or("SLIMD_WORKERS", "1");
+    const char *max_up_s = env_or("SLIMD_MAX_UPLOAD_BYTES", "17179869184");
+    struct serve_state s;
+    struct store *st = NULL;
+    struct slim_error err;
+    struct api_config acfg;
+    struct api_hooks hooks;
+    struct runner_config rcfg;
+    uint64_t workers, max_up;
+    char host[256], env[32];
+    long ncpu;
+    int c;
+
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'l': listen = optarg; break;
+        case 'd': data_dir = optarg; break;
+        case 'w': workers_s = optarg; break;
+        case 'm': max_up_s = optarg; break;
+        case 'h': slimd_usage(stdout); return 0;
+        default: slimd_usage(stderr); return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "slimd serve: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (parse_listen(listen, host, sizeof host, &acfg.port)) {
+        fprintf(stderr, "slimd serve: --listen '%s': expected ADDR:PORT, e.g. 127.0.0.1:8420\n",
+                listen);
+        return 2;
+    }
+    if (parse_u64(workers_s, 1, 64, &workers)) {
+        fprintf(stderr, "slimd serve: --workers '%s': expected an integer from 1 to 64\n",
+                workers_s);
+        return 2;
+    }
+    if (parse_u64(max_up_s, 1, UINT64_MAX / 2, &max_up)) {
+        fprintf(stderr, "slimd serve: --max-upload-bytes '%s': expected a positive integer\n",
+                max_up_s);
+        return 2;
+    }
+    acfg.host = host;
+    acfg.max_upload = max_up;
+
+    /* libuv reads this when its pool first starts; see runner.h. */
+    snprintf(env, sizeof env, "%d", (int)workers);
+    setenv("UV_THREADPOOL_SIZE", env, 1);
+    ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    rcfg.workers = (int)workers;
+    rcfg.max_attempts = 3;
+    rcfg.threads_per_job = ncpu > (long)workers ? (int)(ncpu / (long)workers) : 1;
+    /* BLAS threads are process-wide in OpenBLAS: cap them so that
+     * --workers concurrent jobs together use the cores once. */
+    openblas_set_num_threads(rcfg.threads_per_job);
+    signal(SIGPIPE, SIG_IGN);
+
+    memset(&s, 0, sizeof s);
+    s.loop = uv_default_loop();
+    if (store_open(data_dir, &st, &err)) {
+        log_error("cannot open data dir %s: %s", data_dir, err.msg);
+        return 1;
+    }
+    if (runner_new(s.loop, st, &rcfg, &s.runner, &err)) {
+        log_error("cannot start the runner: %s", err.msg);
+        store_close(st);
+        return 1;
+    }
+    hooks.wake = hook_wake;
+    hooks.cancel = hook_cancel;
+    hooks.ud = &s;
+    if (api_server_start(st, &acfg, &hooks, &s.api, &err)) {
+        log_error("%s", err.msg);
+        runner_shutdown(s.runner, NULL, NULL);
+        uv_run(s.loop, UV_RUN_DEFAULT);
+        store_close(st);
+        return 1;
+    }
+    uv_signal_init(s.loop, &s.sigint);
+    uv_signal_init(s.loop, &s.sigterm);
+    s.sigint.data = s.sigterm.data = &s;
+    uv_signal_start(&s.sigint, on_signal, SIGINT);
+    uv_signal_start(&s.sigterm, on_signal, SIGTERM);
+    log_info("slimd %s listening on http://%s%s%s:%u (data dir %s, %d worker(s), %d thread(s) "
+             "per job)", SLIMD_VERSION, strchr(host, ':') ? "[" : "", host,
+             strchr(host, ':') ? "]" : "", api_server_port(s.api), data_dir, rcfg.workers,
+             rcfg.threads_per_job);
+    uv_run(s.loop, UV_RUN_DEFAULT);
+    uv_loop_close(s.loop);
+    store_close(st);
+    log_info("stopped");
+    return 0;
+}
+
+/* OUTDIR/<model stem>.slim.safetensors */
+static void artifact_name(const char *model, const char *outdir, char *buf, size_t len)
+{
+    char copy[4096], *base;
+    size_t n;
+    snprintf(copy, sizeof copy, "%s", model);
+    base = basename(copy);
+    n = strlen(base);
+    if (n > 12 && !strcmp(base + n - 12, ".safetensors"))
+        base[n - 12] = 0;
+    snprintf(buf, len, "%s/%s.slim.safetensors", outdir, base);
+}
+
+int slimd_compress(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"spec", required_argument, NULL, 's'},
+        {"output", required_argument, NULL, 'o'},
+        {"threads", required_argument, NULL, 't'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *spec_path = NULL, *outdir = NULL, *model = NULL;
+    struct slim_spec *spec = NULL;
+    struct slim_error err;
+    struct slim_run_opts ropts = {NULL, NULL, 0};
+    json_error_t jerr;
+    json_t *sj = NULL, *report = NULL, *totals;
+    char out[4096], rpath[4096];
+    uint64_t threads = 0;
+    int c, rc = 1;
+
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "s:o:t:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 's': spec_path = optarg; break;
+        case 'o': outdir = optarg; break;
+        case 't':
+            if (parse_u64(optarg, 1, 256, &threads)) {
+                fprintf(stderr, "slimd compress: --threads '%s': expected 1 to 256\n", optarg);
+                return 2;
+            }
+            break;
+        case 'h': slimd_usage(stdout); return 0;
+        default: slimd_usage(stderr); return 2;
+        }
+    }
+    if (optind + 1 != argc || !spec_path || !outdir) {
+        fprintf(stderr, "usage: slimd compress MODEL.safetensors --spec SPEC.json -o OUTDIR\n");
+        return 2;
+    }
+    model = argv[optind];
+    sj = json_load_file(spec_path, JSON_REJECT_DUPLICATES, &jerr);
+    if (!sj) {
+        fprintf(stderr, "slimd compress: %s: %s (line %d)\n", spec_path, jerr.text, jerr.line);
+        return 1;
+    }
+    if (slim_spec_parse(sj, (const char *const[]){"model", NULL}, &spec, &err)) {
+        fprintf(stderr, "slimd compress: %s: %s\n", spec_path, err.msg);
+        goto out;
+    }
+    if (mkdir(outdir, 0755) != 0 && errno != EEXIST) {
+        fprintf(stderr, "slimd compress: cannot create %s: %s\n", outdir, strerror(errno));
+        goto out;
+    }
+    if (threads) {
+        ropts.threads = (int)threads;
+        openblas_set_num_threads((int)threads);
+    }
+    artifact_name(model, outdir, out, sizeof out);
+    if (slim_pipeline_run(spec, model, out, &ropts, &report, &err)) {
+        fprintf(stderr, "slimd compress: %s: %s\n", model, err.msg);
+        goto out;
+    }
+    snprintf(rpath, sizeof rpath, "%s/report.json", outdir);
+    if (json_dump_file(report, rpath, JSON_INDENT(2) | JSON_REAL_PRECISION(9)) != 0) {
+        fprintf(stderr, "slimd compress: cannot write %s\n", rpath);
+        goto out;
+    }
+    totals = json_object_get(report, "totals");
+    printf("%s: %lld -> %lld bytes (ratio %.2f); report in %s\n", out,
+           (long long)json_integer_value(json_object_get(totals, "bytes_before")),
+           (long long)json_integer_value(json_object_get(totals, "bytes_after")),
+           json_number_value(json_object_get(totals, "ratio")), rpath);
+    rc = 0;
+out:
+    json_decref(report);
+    json_decref(sj);
+    slim_spec_free(spec);
+    return rc;
+}

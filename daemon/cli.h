@@ -1,0 +1,15 @@
+/*
+ * cli.h - slimd's subcommands: `serve` (the daemon) and `compress` (the
+ * same pipeline offline, for CI jobs without a server).  Each returns the
+ * process exit code: 0 ok, 1 failure, 2 usage error.
+ */
+#ifndef SLIM_CLI_H
+#define SLIM_CLI_H
+
+#include <stdio.h>
+
+int slimd_serve(int argc, char **argv);
+int slimd_compress(int argc, char **argv);
+void slimd_usage(FILE *f);
+
+#endif

@@ -1,0 +1,272 @@
+/*
+ * runner.c - see runner.h.
+ *
+ * Each running job has a slot: its id, the paths, the parsed spec, and
+ * an atomic stop flag that the pipeline's progress callback reads (1: the
+ * user canceled, 2: the daemon is shutting down).  The progress callback
+ * runs on the worker thread; it writes progress to SQLite at most every
+ * 250 ms so a dashboard sees it move without turning the job into a
+ * stream of writes.
+ *
+ * A cancel can race a claim: the API marks the row cancel_requested and
+ * then looks for the slot.  The runner registers the slot first and
+ * re-reads the flag after, so whichever comes second sees the other.
+ */
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <pthread.h>
+#include <unistd.h>
+#include "daemon/log.h"
+#include "daemon/runner.h"
+
+enum { STOP_NONE = 0, STOP_CANCEL = 1, STOP_SHUTDOWN = 2 };
+
+struct slot {
+    int used;
+    uv_work_t work;
+    struct runner *r;
+    char id[64];
+    char in_path[4096];
+    char out_path[4096];
+    json_t *spec_json;
+    atomic_int stop;
+    double last_persist;
+    int rc;
+    struct slim_error err;
+    json_t *report;
+    char sha[65];
+    uint64_t bytes;
+};
+
+struct runner {
+    uv_loop_t *loop;
+    uv_async_t wake;
+    struct store *st;
+    struct runner_config cfg;
+    struct slot *slots;
+    int running;
+    int shutting_down;
+    pthread_mutex_t lock;   /* guards slot ids against runner_cancel */
+    void (*done)(void *);
+    void *done_ud;
+};
+
+static void claim_more(struct runner *r);
+
+static int on_progress(void *ud, double progress, const char *stage)
+{
+    struct slot *s = ud;
+    double now = slim_now();
+    if (progress >= 0 && (now - s->last_persist >= 0.25 || progress >= 1.0)) {
+        s->last_persist = now;
+        store_job_progress(s->r->st, s->id, progress, stage, NULL);
+    }
+    return atomic_load(&s->stop) != STOP_NONE;
+}
+
+static void work_cb(uv_work_t *w)
+{
+    struct slot *s = w->data;
+    struct slim_spec *spec = NULL;
+    struct slim_run_opts opts = {on_progress, s, s->r->cfg.threads_per_job};
+    s->rc = slim_spec_parse(s->spec_json, (const char *const[]){"model", NULL}, &spec, &s->err);
+    if (!s->rc)
+        s->rc = slim_pipeline_run(spec, s->in_path, s->out_path, &opts, &s->report, &s->err);
+    slim_spec_free(spec);
+    /* hashing a large artifact takes a while: do it here, off the loop */
+    if (!s->rc)
+        s->rc = store_blob_adopt(s->r->st, s->out_path, s->sha, &s->bytes, &s->err);
+}
+
+static void release_slot(struct runner *r, struct slot *s)
+{
+    pthread_mutex_lock(&r->lock);
+    s->used = 0;
+    s->id[0] = 0;
+    pthread_mutex_unlock(&r->lock);
+    json_decref(s->spec_json);
+    json_decref(s->report);
+    s->spec_json = s->report = NULL;
+    r->running--;
+}
+
+static void on_closed(uv_handle_t *h)
+{
+    struct runner *r = h->data;
+    void (*done)(void *) = r->done;
+    void *ud = r->done_ud;
+    pthread_mutex_destroy(&r->lock);
+    slim_free(r->slots);
+    slim_free(r);
+    if (done)
+        done(ud);
+}
+
+static void maybe_finish(struct runner *r)
+{
+    if (r->shutting_down && r->running == 0 && !uv_is_closing((uv_handle_t *)&r->wake))
+        uv_close((uv_handle_t *)&r->wake, on_closed);
+}
+
+static void after_work(uv_work_t *w, int status)
+{
+    struct slot *s = w->data;
+    struct runner *r = s->r;
+    struct slim_error err;
+    (void)status;
+
+    if (s->rc == 0) {
+        if (store_job_succeed(r->st, s->id, s->sha, s->bytes, s->report, &err)) {
+            log_error("job %s: cannot record its result: %s", s->id, err.msg);
+            store_job_fail(r->st, s->id, err.msg, NULL);
+        } else {
+            log_info("job %s succeeded (artifact %llu bytes, sha256 %.12s)", s->id,
+                     (unsigned long long)s->bytes, s->sha);
+        }
+    } else if (s->rc == SLIM_ECANCELED && atomic_load(&s->stop) == STOP_SHUTDOWN) {
+        store_job_requeue(r->st, s->id, NULL);
+        log_info("job %s re-queued (shutdown)", s->id);
+    } else if (s->rc == SLIM_ECANCELED) {
+        store_job_canceled(r->st, s->id, NULL);
+        log_info("job %s canceled", s->id);
+    } else {
+        store_job_fail(r->st, s->id, s->err.msg, NULL);
+        log_info("job %s failed: %s", s->id, s->err.msg);
+    }
+    unlink(s->out_path);
+    release_slot(r, s);
+    if (r->shutting_down)
+        maybe_finish(r);
+    else
+        claim_more(r);
+}
+
+/* Prepares a claimed job's slot; on error fails the job. */
+static int start_job(struct runner *r, struct slot *s, json_t *row)
+{
+    struct slim_error err;
+    json_t *model = NULL, *cancel;
+    const char *id = json_string_value(json_object_get(row, "id"));
+    const char *model_id = json_string_value(json_object_get(row, "model"));
+
+    snprintf(s->id, sizeof s->id, "%s", id);
+    if (!model_id || store_model_get(r->st, model_id, &model, &err)) {
+        store_job_fail(r->st, id, "its model was deleted", NULL);
+        log_info("job %s failed: its model was deleted", id);
+        return -1;
+    }
+    store_blob_path(r->st, json_string_value(json_object_get(model, "sha256")), s->in_path,
+                    sizeof s->in_path);
+    json_decref(model);
+    store_tmp_path(r->st, ".safetensors", s->out_path, sizeof s->out_path);
+    s->spec_json = json_incref(json_object_get(row, "spec"));
+    s->report = NULL;
+    s->rc = 0;
+    s->last_persist = 0;
+    s->r = r;
+    s->work.data = s;
+    atomic_store(&s->stop, STOP_NONE);
+    pthread_mutex_lock(&r->lock);
+    s->used = 1;
+    pthread_mutex_unlock(&r->lock);
+    /* re-read the cancel flag now that runner_cancel can find the slot */
+    if (store_job_get(r->st, id, &row, &err) == 0) {
+        cancel = json_object_get(row, "cancel_requested");
+        if (json_is_true(cancel))
+            atomic_store(&s->stop, STOP_CANCEL);
+        json_decref(row);
+    }
+    r->running++;
+    log_info("job %s running", id);
+    uv_queue_work(r->loop, &s->work, work_cb, after_work);
+    return 0;
+}
+
+static void claim_more(struct runner *r)
+{
+    struct slim_error err;
+    json_t *row;
+    while (!r->shutting_down && r->running < r->cfg.workers) {
+        struct slot *s = NULL;
+        for (int i = 0; i < r->cfg.workers && !s; i++)
+            if (!r->slots[i].used)
+                s = &r->slots[i];
+        if (!s)
+            return;
+        int rc = store_job_claim(r->st, &row, &err);
+        if (rc == SLIM_ENOTFOUND)
+            return;
+        if (rc) {
+            log_error("cannot claim a job: %s", err.msg);
+            return;
+        }
+        start_job(r, s, row);
+        json_decref(row);
+    }
+}
+
+static void on_wake(uv_async_t *a)
+{
+    claim_more(a->data);
+}
+
+int runner_new(uv_loop_t *loop, struct store *st, const struct runner_config *cfg,
+               struct runner **out, struct slim_error *err)
+{
+    struct runner *r = slim_calloc(1, sizeof *r);
+    int requeued = 0, failed = 0, rc;
+    if (!r || !(r->slots = slim_calloc((size_t)cfg->workers, sizeof *r->slots))) {
+        slim_free(r);
+        return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    }
+    r->loop = loop;
+    r->st = st;
+    r->cfg = *cfg;
+    pthread_mutex_init(&r->lock, NULL);
+    rc = store_job_recover(st, cfg->max_attempts, &requeued, &failed, err);
+    if (rc) {
+        pthread_mutex_destroy(&r->lock);
+        slim_free(r->slots);
+        slim_free(r);
+        return rc;
+    }
+    if (requeued || failed)
+        log_info("recovered from an unclean stop: %d job(s) re-queued, %d failed", requeued,
+                 failed);
+    uv_async_init(loop, &r->wake, on_wake);
+    r->wake.data = r;
+    *out = r;
+    claim_more(r);
+    return 0;
+}
+
+void runner_wake(struct runner *r)
+{
+    uv_async_send(&r->wake);
+}
+
+void runner_cancel(struct runner *r, const char *job_id)
+{
+    pthread_mutex_lock(&r->lock);
+    for (int i = 0; i < r->cfg.workers; i++)
+        if (r->slots[i].used && !strcmp(r->slots[i].id, job_id))
+            atomic_store(&r->slots[i].stop, STOP_CANCEL);
+    pthread_mutex_unlock(&r->lock);
+}
+
+void runner_shutdown(struct runner *r, void (*done)(void *ud), void *ud)
+{
+    r->shutting_down = 1;
+    r->done = done;
+    r->done_ud = ud;
+    pthread_mutex_lock(&r->lock);
+    for (int i = 0; i < r->cfg.workers; i++) {
+        int none = STOP_NONE; /* a user's cancel stands: that job ends canceled */
+        if (r->slots[i].used)
+            atomic_compare_exchange_strong(&r->slots[i].stop, &none, STOP_SHUTDOWN);
+    }
+    pthread_mutex_unlock(&r->lock);
+    maybe_finish(r);
+}

@@ -1,0 +1,40 @@
+/*
+ * runner.h - claims queued jobs from SQLite and runs their pipelines.
+ *
+ * The runner lives on the daemon's libuv loop.  Pipelines run on libuv's
+ * thread pool (uv_queue_work), which main() sizes to exactly --workers
+ * threads through UV_THREADPOOL_SIZE before the loop starts: slimd uses
+ * the pool for nothing else (no uv_fs calls), so a job that runs for
+ * minutes can never starve another libuv user, and the pool size is the
+ * concurrency cap.  After a pipeline ends, its result is recorded on the
+ * loop thread and the next job is claimed.
+ */
+#ifndef SLIM_RUNNER_H
+#define SLIM_RUNNER_H
+
+#include <uv.h>
+#include "storage/store.h"
+
+struct runner_config {
+    int workers;          /* jobs at once */
+    int max_attempts;     /* a job interrupted this often is failed */
+    int threads_per_job;  /* BLAS/kernel threads per pipeline */
+};
+
+struct runner;
+
+/* Creates the runner on loop (which it borrows, like st).  Re-queues
+ * jobs a crash left running (see store_job_recover) and claims queued
+ * ones.  Call on the loop thread. */
+int runner_new(uv_loop_t *loop, struct store *st, const struct runner_config *cfg,
+               struct runner **out, struct slim_error *err);
+/* Wakes the runner to look for queued jobs.  Any thread. */
+void runner_wake(struct runner *r);
+/* Asks a running job to stop (it becomes canceled).  Any thread. */
+void runner_cancel(struct runner *r, const char *job_id);
+/* Stops claiming, asks running jobs to stop, re-queues them, and calls
+ * done(ud) on the loop thread once nothing runs and the runner's handles
+ * are closed.  The runner is then freed.  Loop thread only. */
+void runner_shutdown(struct runner *r, void (*done)(void *ud), void *ud);
+
+#endif

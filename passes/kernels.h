@@ -1,0 +1,246 @@
+/*
+ * kernels.h - the numerical kernels behind the weight passes of issue 3:
+ * magnitude pruning (prune.c), low-rank factorisation (lowrank.c), 1-D
+ * k-means weight sharing (cluster.c) and the int8/int4/ternary/binary
+ * packers with MSE calibration (qpack.c).
+ *
+ * They are plain C over contiguous row-major float arrays: no tensors, no
+ * JSON, no I/O, so the pipeline, the tests and the benchmarks call them
+ * directly.  They use only libc, pthreads, OpenBLAS (cblas.h) and LAPACKE.
+ *
+ * Conventions, for every function below unless it says otherwise:
+ * - Shapes are element counts; a matrix (rows, cols) is row-major, and
+ *   "the last dimension" is cols.  Empty inputs (n == 0, rows == 0 or
+ *   cols == 0) are valid and do nothing.
+ * - Buffers are borrowed: the caller allocates every output with the size
+ *   given in the shape comment and keeps ownership.  The only exception
+ *   is struct slim_svd, whose arrays the kernel allocates (new, released
+ *   with slim_svd_release).  Inputs are never retained after return.
+ * - `threads` is a cap on the threads a kernel may use (the calling
+ *   thread counts as one); 0 means 1.  Small inputs use fewer.  Kernels
+ *   are reentrant: any number may run at once on different data.  BLAS
+ *   threading is process-wide in OpenBLAS 0.3.21, see lowrank.c.
+ * - Errors are values: 0, or a negative enum slim_errno with detail in
+ *   err (which may be NULL).  NaN input is SLIM_ENUMERIC (the quantizers
+ *   and k-means also reject +-Inf); a bad argument is SLIM_EINVAL; a
+ *   failed allocation is SLIM_ENOMEM.  On error the in-place kernels
+ *   leave w unchanged and outputs are unspecified.
+ * - Every optimised kernel has a plain `_ref` twin with the same
+ *   contract (single-threaded, obviously correct, slow); the unit tests
+ *   hold the two together.
+ */
+#ifndef SLIM_KERNELS_H
+#define SLIM_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "passes/slim.h"
+
+/* ---- pruning (prune.c) -------------------------------------------------- */
+
+/* How many of n weights a sparsity s in [0, 1] prunes: round(s * n), half
+ * up, clamped to [0, n].  Every unstructured kernel uses this rule. */
+size_t slim_prune_count(size_t n, double sparsity);
+
+/* w (n,) in place: the slim_prune_count(n, s) weights of smallest |w|
+ * become +0.0 (ties broken by lower index first, so the count is exact).
+ * Already-zero weights count among them.  *n_zeroed (may be NULL) gets
+ * that count.  Linear time (radix select on |w|'s bit pattern). */
+int slim_prune_unstructured(float *w, size_t n, double sparsity, int threads,
+                            size_t *n_zeroed, struct slim_error *err);
+int slim_prune_unstructured_ref(float *w, size_t n, double sparsity, size_t *n_zeroed,
+                                struct slim_error *err);
+
+/* ws[t] (ns[t],) for t < count, in place: as slim_prune_unstructured over
+ * the concatenation of all tensors, in the order given (global scope). */
+int slim_prune_global(float *const *ws, const size_t *ns, size_t count, double sparsity,
+                      int threads, size_t *n_zeroed, struct slim_error *err);
+int slim_prune_global_ref(float *const *ws, const size_t *ns, size_t count, double sparsity,
+                          size_t *n_zeroed, struct slim_error *err);
+
+/* w (rows, cols) in place: in every run of m consecutive weights of a row
+ * the nkeep largest |w| stay and the rest become +0.0; a last partial run
+ * of len < m keeps ceil(nkeep * len / m).  Ties keep the lower index.
+ * 0 <= nkeep <= m, 1 <= m <= 1024.  *n_zeroed gets the weights pruned. */
+int slim_prune_nm(float *w, size_t rows, size_t cols, int nkeep, int m, int threads,
+                  size_t *n_zeroed, struct slim_error *err);
+int slim_prune_nm_ref(float *w, size_t rows, size_t cols, int nkeep, int m, size_t *n_zeroed,
+                      struct slim_error *err);
+
+/* w (rows, cols) in place: the slim_prune_count(rows, s) rows of smallest
+ * L2 norm become zero (ties: lower row first).  *rows_zeroed gets that
+ * count. */
+int slim_prune_rows(float *w, size_t rows, size_t cols, double sparsity, int threads,
+                    size_t *rows_zeroed, struct slim_error *err);
+int slim_prune_rows_ref(float *w, size_t rows, size_t cols, double sparsity,
+                        size_t *rows_zeroed, struct slim_error *err);
+
+/* ---- low rank (lowrank.c) ----------------------------------------------- */
+
+/* A (possibly truncated) SVD W ~ U diag(s) Vt, singular values descending.
+ * Arrays come from slim_aligned_alloc and belong to the struct. */
+struct slim_svd {
+    size_t m, n;   /* W's shape */
+    size_t k;      /* triplets held */
+    float *u;      /* (m, k) */
+    float *s;      /* (k,) */
+    float *vt;     /* (k, n) */
+    double frob2;  /* ||W||_F^2, summed in double */
+};
+
+/* Randomized SVD options; zero-initialised means the defaults. */
+enum slim_svd_method {
+    SLIM_SVD_KRYLOV = 0, /* randomized block Krylov (default) */
+    SLIM_SVD_POWER = 1,  /* subspace iteration with dynamic shifts (dashSVD) */
+};
+struct slim_svd_opts {
+    int method;        /* enum slim_svd_method */
+    int iters;         /* Krylov depth / power iterations; 0: 5 (Krylov), 3 (power) */
+    size_t block;      /* sketch width; 0: k/2 + 8 (Krylov), k + 10 (power) */
+    uint64_t seed;     /* Gaussian sketch seed; 0 is a valid seed */
+};
+
+/* W (m, n) -> full thin SVD, k = min(m, n), by LAPACKE_sgesdd.  *out is
+ * filled (new; release with slim_svd_release) only on success. */
+int slim_svd_exact(const float *w, size_t m, size_t n, int threads, struct slim_svd *out,
+                   struct slim_error *err);
+/* W (m, n) -> the leading k triplets, 1 <= k <= min(m, n), by a randomized
+ * range finder (opts may be NULL).  Deterministic for a given seed and
+ * thread count. */
+int slim_svd_randomized(const float *w, size_t m, size_t n, size_t k,
+                        const struct slim_svd_opts *opts, int threads, struct slim_svd *out,
+                        struct slim_error *err);
+/* Textbook Halko et al. Algorithm 4.4 (power iterations with Householder QR
+ * after every product, iters 0: 4), the reference for the fast paths. */
+int slim_svd_randomized_ref(const float *w, size_t m, size_t n, size_t k, int iters,
+                            uint64_t seed, struct slim_svd *out, struct slim_error *err);
+/* W (m, n) -> the smallest SVD whose leading r triplets hold at least
+ * `energy` of ||W||_F^2 (sum s_i^2 >= energy * frob2), and that r in *r.
+ * Randomized with a doubling k; exact when k would pass min(m, n) / 4. */
+int slim_svd_for_energy(const float *w, size_t m, size_t n, double energy, int randomized,
+                        int threads, struct slim_svd *out, size_t *r, struct slim_error *err);
+void slim_svd_release(struct slim_svd *svd);
+
+/* svd -> U_r = U[:, :r] sqrt(s) (m, r) and V_r = sqrt(s) Vt[:r] (r, n), so
+ * W ~ U_r V_r with the singular values split evenly.  r <= svd->k. */
+void slim_lowrank_factors(const struct slim_svd *svd, size_t r, float *u_r, float *v_r);
+/* ||W - U_r V_r||_F / ||W||_F from the singular values alone:
+ * sqrt(frob2 - sum_{i<r} s_i^2) / sqrt(frob2) (0 for a zero W).  Exact for
+ * both algorithms, because both approximations are orthogonal projections
+ * of W. */
+double slim_lowrank_rel_error(const struct slim_svd *svd, size_t r);
+/* rank_ratio f -> r = round(f * min(m, n)), at least 1. */
+size_t slim_lowrank_rank_for_ratio(size_t m, size_t n, double ratio);
+/* Smallest r <= k with sum_{i<r} s_i^2 >= energy * frob2; returns 0 if the
+ * k values given do not reach it (the caller needs more triplets). */
+size_t slim_lowrank_rank_for_energy(const float *s, size_t k, double frob2, double energy);
+/* Largest r whose factors are smaller than W: r * (m + n) < m * n. */
+size_t slim_lowrank_max_useful_rank(size_t m, size_t n);
+
+/* ---- 1-D k-means weight sharing (cluster.c) ----------------------------- */
+
+#define SLIM_KMEANS_MAX_K 256
+
+struct slim_kmeans_opts {
+    int k;             /* 1..SLIM_KMEANS_MAX_K */
+    int keep_zero;     /* exact zeros get a fixed centroid 0.0 of their own */
+    int max_iter;      /* Lloyd iterations per start; 0: 100000 */
+    int no_dp;         /* never use the optimal DP (tests, benchmarks) */
+    double *trace;     /* optional: inertia after each Lloyd iteration of the */
+    int trace_cap;     /*   first start (quantile init), up to trace_cap values */
+};
+
+struct slim_kmeans_info {
+    double inertia;    /* sum (w_i - codebook[idx_i])^2, in double */
+    int iterations;    /* Lloyd iterations of the start that won (0 for DP) */
+    int k_used;        /* distinct clusters in use (<= k) */
+    int exact;         /* 1 when the result is the optimum (DP or <= k values) */
+    int trace_len;     /* values written to opts->trace */
+};
+
+/* w (n,) -> codebook (k,), ascending, and idx (n,) (may be NULL) with
+ * w[i] ~ codebook[idx[i]].  Unused codebook slots (fewer than k distinct
+ * values) repeat the largest centroid.  With keep_zero, weights == 0.0
+ * map to a codebook entry that is exactly 0.0 and the other k - 1
+ * entries fit the non-zero weights.  info may be NULL. */
+int slim_kmeans_1d(const float *w, size_t n, const struct slim_kmeans_opts *opts, int threads,
+                   float *codebook, uint8_t *idx, struct slim_kmeans_info *info,
+                   struct slim_error *err);
+/* Plain Lloyd over the unsorted weights, O(n k) per iteration, from the
+ * same quantile start: the reference for the sorted-prefix-sum Lloyd. */
+int slim_kmeans_1d_ref(const float *w, size_t n, const struct slim_kmeans_opts *opts,
+                       float *codebook, uint8_t *idx, struct slim_kmeans_info *info,
+                       struct slim_error *err);
+
+/* ---- quantization packers (qpack.c) ------------------------------------- */
+
+/* MSE calibration: with mse_steps > 0 the clipping range of each row or
+ * group is shrunk by the factor in {1, ..., SLIM_QCAL_MIN_SHRINK} (mse_steps
+ * values, evenly spaced) that minimises the squared error; 0 (or 1) keeps
+ * the plain min/max range. */
+#define SLIM_QCAL_MIN_SHRINK 0.5f
+#define SLIM_QCAL_MAX_STEPS 1000
+
+/* int8 per output row.  w (rows, cols) -> q (rows, cols), scale (rows,),
+ * zp (rows,; NULL allowed when symmetric), deq (rows, cols) = (q - zp) *
+ * scale, optional, may alias w.  Symmetric: scale = max|w| / 127, q in
+ * [-127, 127], zp 0; asymmetric: [min(w, 0), max(w, 0)] -> [-128, 127],
+ * scale = range / 255, zp = rint(-128 - min / scale).  All-zero row:
+ * scale 1. */
+int slim_q8_rows(const float *w, size_t rows, size_t cols, int symmetric, int mse_steps,
+                 int8_t *q, float *scale, int8_t *zp, float *deq, int threads,
+                 struct slim_error *err);
+int slim_q8_rows_ref(const float *w, size_t rows, size_t cols, int symmetric, int mse_steps,
+                     int8_t *q, float *scale, int8_t *zp, float *deq, struct slim_error *err);
+
+/* int4 groups of `group` weights along each row (the last may be partial,
+ * ng = ceil(cols / group)).  w (rows, cols) -> packed (rows, ceil(cols/2)),
+ * element 2j in the low nibble, an odd row's last high nibble 0;
+ * scale (rows, ng); zp (rows, ng) in 0..15; deq as above.  Symmetric:
+ * zp 8, scale = max|w| / 7 (so +-max|w| are exact and q in 1..15);
+ * asymmetric: [min(w, 0), max(w, 0)] -> [0, 15], scale = range / 15,
+ * zp = rint(-min / scale).  All-zero group: scale 1, q = zp. */
+int slim_q4_groups(const float *w, size_t rows, size_t cols, size_t group, int symmetric,
+                   int mse_steps, uint8_t *packed, float *scale, uint8_t *zp, float *deq,
+                   int threads, struct slim_error *err);
+int slim_q4_groups_ref(const float *w, size_t rows, size_t cols, size_t group, int symmetric,
+                       int mse_steps, uint8_t *packed, float *scale, uint8_t *zp, float *deq,
+                       struct slim_error *err);
+/* packed (rows, ceil(cols/2)), scale, zp (rows, ng) -> out (rows, cols). */
+void slim_q4_dequant(const uint8_t *packed, const float *scale, const uint8_t *zp, size_t rows,
+                     size_t cols, size_t group, float *out);
+
+/* Ternary per row (TWN, Li et al. 2016): t = 0.7 mean|w|; |w| > t gives
+ * sign(w), else 0; scale = mean |w| over |w| > t (0 if none).  w (rows,
+ * cols) -> packed (rows, ceil(cols/4)): 2-bit codes 0 -> 0, 1 -> +1,
+ * 2 -> -1, four per byte, low bits first; scale (rows,); deq optional. */
+int slim_ternary_rows(const float *w, size_t rows, size_t cols, uint8_t *packed, float *scale,
+                      float *deq, int threads, struct slim_error *err);
+int slim_ternary_rows_ref(const float *w, size_t rows, size_t cols, uint8_t *packed,
+                          float *scale, float *deq, struct slim_error *err);
+void slim_ternary_dequant(const uint8_t *packed, const float *scale, size_t rows, size_t cols,
+                          float *out);
+
+/* Binary per row (XNOR-Net, Rastegari et al. 2016): scale = mean|w|;
+ * bit 1 for w >= 0 (-> +scale), 0 for w < 0 (-> -scale).  w (rows, cols)
+ * -> packed (rows, ceil(cols/8)), LSB first; scale (rows,); deq optional.
+ * An all-zero row has scale 0 and so decodes to exact zeros. */
+int slim_binary_rows(const float *w, size_t rows, size_t cols, uint8_t *packed, float *scale,
+                     float *deq, int threads, struct slim_error *err);
+int slim_binary_rows_ref(const float *w, size_t rows, size_t cols, uint8_t *packed,
+                         float *scale, float *deq, struct slim_error *err);
+void slim_binary_dequant(const uint8_t *packed, const float *scale, size_t rows, size_t cols,
+                         float *out);
+
+/* ---- threads ------------------------------------------------------------ */
+
+/* Runs fn(ctx, part, nparts) for part = 0..nparts-1, part 0 on the calling
+ * thread and the rest on new pthreads, and waits for all.  If a thread
+ * cannot be created its part runs on the caller, so this never fails.
+ * nparts <= 1 just calls fn(ctx, 0, 1).  Defined in prune.c. */
+void slim_kernel_parallel(int nparts, void (*fn)(void *ctx, int part, int nparts), void *ctx);
+/* Threads worth using for `work` elements: min(threads, work / 2^16), at
+ * least 1, and 0 -> 1. */
+int slim_kernel_threads(int threads, size_t work);
+
+#endif

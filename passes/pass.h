@@ -1,0 +1,157 @@
+/*
+ * pass.h - the common interface of every pass, and the working set the
+ * pipeline carries from one pass to the next.  Internal to libslim.
+ *
+ * A pass sees the model as a list of working tensors (struct slim_wt).
+ * Each holds the tensor's current effective values as dense fp32 (`val`,
+ * exactly what a reader of the artifact decodes) and how it will be
+ * stored (`scheme` plus the packed tensors in `outs`).  Passes run in
+ * spec order over all selected tensors, so a global prune can see every
+ * tensor at once; a later pass starts from the values the earlier one
+ * left, which is what makes composition (prune then quantize, lowrank
+ * then quantize) work without special cases.  A pass that replaces a
+ * tensor (lowrank: W -> W_u, W_v) adds tensors whose `origin` names the
+ * original, and the report measures error per origin after the whole
+ * pipeline.
+ *
+ * Keeping the values dense in memory costs 4 bytes per touched weight;
+ * a streaming design (one tensor through all passes at a time) was
+ * rejected for now because global pruning needs every tensor at once.
+ */
+#ifndef SLIM_PASS_H
+#define SLIM_PASS_H
+
+#include "passes/slim.h"
+
+/* Storage schemes, named in the artifact's "slimd.tensors" metadata.
+ * Persisted: explicit values, grow only at the end. */
+enum slim_scheme {
+    SLIM_SCHEME_COPY = 0,    /* untouched: original bytes copied */
+    SLIM_SCHEME_DENSE = 1,   /* dense values in `dense_dtype` (e.g. pruned only) */
+    SLIM_SCHEME_F16 = 2,
+    SLIM_SCHEME_BF16 = 3,
+    SLIM_SCHEME_INT8 = 4,
+    SLIM_SCHEME_INT4 = 5,
+    SLIM_SCHEME_TERNARY = 6,
+    SLIM_SCHEME_BINARY = 7,
+    SLIM_SCHEME_CLUSTER = 8,
+};
+const char *slim_scheme_name(int scheme);
+
+/* One stored tensor of a scheme (W, W_scale, W_zero_point, ...). */
+struct slim_out {
+    char *name;          /* owned */
+    enum slim_dtype dtype;
+    int ndim;
+    int64_t shape[SLIM_MAX_DIMS];
+    void *data;          /* owned, slim_aligned_alloc */
+    size_t nbytes;
+};
+
+struct slim_wt {
+    char *name;                      /* name in the artifact; owned */
+    char *origin;                    /* original tensor it derives from; owned */
+    const struct slim_tensor *src;   /* original, borrowed from the model; NULL for new tensors */
+    enum slim_dtype dtype;           /* dtype before the pipeline */
+    int ndim;
+    int64_t shape[SLIM_MAX_DIMS];
+    int64_t rows, cols;              /* 2-D view: shape[0] x the rest */
+    float *val;                      /* effective values, rows*cols; NULL while untouched */
+    int scheme;                      /* enum slim_scheme */
+    enum slim_dtype dense_dtype;     /* for SLIM_SCHEME_DENSE */
+    struct slim_out *outs;           /* stored tensors when scheme is packed */
+    int n_outs;
+    json_t *scheme_info;             /* extra fields for "slimd.tensors"; owned or NULL */
+    int code_bits;                   /* packed schemes: bits per code in outs[0] (8, 4, 2, 1),
+                                      * rows padded to whole bytes; 0 otherwise */
+    int pruned;                      /* zeros are structural: later passes keep them exact */
+    json_t *report_extra;            /* per-tensor report fields (rank, clusters...); owned or NULL */
+};
+
+struct slim_work {
+    const struct slim_model *model;
+    struct slim_wt *wts;
+    size_t n, cap;
+    int threads;
+    int dequantize_output;           /* output.dequantize: every touched tensor written as F32 */
+    /* progress: the pipeline maps a pass's own 0..1 into [p_lo, p_hi) */
+    slim_progress_fn progress;
+    void *progress_ud;
+    double p_lo, p_hi;
+    const char *stage;
+};
+
+/* Reports fraction `frac` (0..1) of the current pass (a negative frac
+ * only polls for cancellation) and returns SLIM_ECANCELED (with err set)
+ * when the caller asked to stop. */
+int slim_work_check(struct slim_work *w, double frac, struct slim_error *err);
+/* Materialises t->val from the original tensor (fp32 copy).  0 or
+ * SLIM_ENOMEM. */
+int slim_wt_load(struct slim_wt *t, struct slim_error *err);
+/* Drops stored tensors (outs) and scheme info of t. */
+void slim_wt_clear_outs(struct slim_wt *t);
+/* Adds a stored tensor to t; data is stolen (freed on failure too). */
+int slim_wt_add_out(struct slim_wt *t, const char *suffix, enum slim_dtype dtype, int ndim,
+                    const int64_t *shape, void *data, size_t nbytes, struct slim_error *err);
+/* Inserts a new working tensor (e.g. a low-rank factor) at index `at`
+ * (0..w->n), taking ownership of val (freed on failure too); pointers
+ * into w->wts are invalid afterwards.  Returns 0 or SLIM_ENOMEM. */
+int slim_work_insert(struct slim_work *w, size_t at, const char *name, const char *origin,
+                     int64_t rows, int64_t cols, float *val, struct slim_error *err);
+/* 1 if any element of v[0..n) is NaN or Inf. */
+int slim_has_nonfinite(const float *v, size_t n);
+
+/* Tensor selection shared by every pass. */
+struct slim_select {
+    char **include;   /* NULL: the default selection */
+    size_t n_include;
+    char **exclude;
+    size_t n_exclude;
+};
+/* 1 if the pass with this selection applies to t.  Globs match the
+ * tensor's own name or its origin's, so "*.weight" still selects the
+ * low-rank factors of a weight. */
+int slim_select_match(const struct slim_select *sel, const struct slim_wt *t);
+
+/* The interface every pass implements. */
+struct slim_pass_ops {
+    const char *op;
+    /* Composition order: passes must appear in non-decreasing stage
+     * (prune 1, lowrank 2, cluster/quantize 3), and at most one pass of
+     * stage 3 (the storage encoding) may run. */
+    int stage;
+    const char *const *keys;     /* keys allowed besides op/include/exclude; NULL-terminated */
+    size_t cfg_size;
+    /* Reads spec (an object whose keys were already checked) into cfg
+     * (zeroed, cfg_size bytes).  `where` is "passes[i]" for messages. */
+    int (*parse)(json_t *spec, const char *where, void *cfg, struct slim_error *err);
+    /* Applies the pass to every selected tensor. */
+    int (*apply)(const void *cfg, const struct slim_select *sel, struct slim_work *w,
+                 struct slim_error *err);
+    /* Frees what parse allocated inside cfg (may be NULL). */
+    void (*release)(void *cfg);
+};
+
+extern const struct slim_pass_ops slim_pass_quantize;
+extern const struct slim_pass_ops slim_pass_prune;
+extern const struct slim_pass_ops slim_pass_lowrank;
+extern const struct slim_pass_ops slim_pass_cluster;
+
+/* Finds the ops of a pass by name; NULL if unknown. */
+const struct slim_pass_ops *slim_pass_find(const char *op);
+/* "quantize, prune, ..." for error messages (static string). */
+const char *slim_pass_names(void);
+
+/* Spec helpers for parse(): each returns 0 or SLIM_ESPEC naming
+ * where.key.  A missing key leaves *out untouched (the default). */
+int slim_spec_bool(json_t *spec, const char *where, const char *key, int *out,
+                   struct slim_error *err);
+int slim_spec_int(json_t *spec, const char *where, const char *key, long lo, long hi, long *out,
+                  struct slim_error *err);
+int slim_spec_num(json_t *spec, const char *where, const char *key, double lo, double hi,
+                  double *out, struct slim_error *err);
+/* choices is NULL-terminated; *out is the index of the match. */
+int slim_spec_enum(json_t *spec, const char *where, const char *key, const char *const *choices,
+                   int *out, struct slim_error *err);
+
+#endif

@@ -1,0 +1,126 @@
+/*
+ * pass_cluster.c - the cluster pass: {"op": "cluster", "clusters": k}.
+ * Weight sharing: each selected tensor's weights are replaced by the
+ * nearest of k shared values, found by 1-D k-means (cluster.c), and
+ * stored as a codebook plus one index per weight:
+ *   W_codebook  F32 [k]
+ *   W           U8 [rows, cols], or, when k <= 16, two indices per byte
+ *               [rows, ceil(cols / 2)], element 2j in the low nibble.
+ * After a prune the zeros keep a centroid of exactly 0 of their own, so
+ * sparsity survives clustering.
+ */
+#include <string.h>
+#include "passes/kernels.h"
+#include "passes/pass.h"
+
+struct cluster_cfg {
+    long k;
+};
+
+static const char *const cluster_keys[] = {"clusters", NULL};
+
+static int cluster_parse(json_t *spec, const char *where, void *cfgp, struct slim_error *err)
+{
+    struct cluster_cfg *cfg = cfgp;
+    int rc = slim_spec_int(spec, where, "clusters", 2, SLIM_KMEANS_MAX_K, &cfg->k, err);
+    if (rc)
+        return rc;
+    if (!cfg->k)
+        return slim_error_set(err, SLIM_ESPEC, "%s.clusters: required, from 2 to %d", where,
+                              SLIM_KMEANS_MAX_K);
+    return 0;
+}
+
+/* Packs per-element codes of `bits` bits (8 or 4) row by row, each row
+ * padded to whole bytes, low bits first. */
+static void pack_rows(const uint8_t *codes, size_t rows, size_t cols, int bits, uint8_t *out)
+{
+    size_t rb = (cols * (size_t)bits + 7) / 8;
+    if (bits == 8) {
+        memcpy(out, codes, rows * cols);
+        return;
+    }
+    memset(out, 0, rows * rb);
+    for (size_t r = 0; r < rows; r++)
+        for (size_t c = 0; c < cols; c++)
+            out[r * rb + c / 2] |= (uint8_t)((codes[r * cols + c] & 15) << (4 * (c & 1)));
+}
+
+static int cluster_one(const struct cluster_cfg *cfg, struct slim_work *w, struct slim_wt *t,
+                       struct slim_error *err)
+{
+    size_t rows = (size_t)t->rows, cols = (size_t)t->cols, n = rows * cols;
+    int bits = cfg->k <= 16 ? 4 : 8;
+    size_t rb = (cols * (size_t)bits + 7) / 8;
+    struct slim_kmeans_opts opts = {.k = (int)cfg->k, .keep_zero = t->pruned};
+    struct slim_kmeans_info info;
+    float *book = slim_aligned_alloc((size_t)cfg->k * sizeof(float));
+    uint8_t *idx = slim_aligned_alloc(n), *packed = slim_aligned_alloc(rows * rb);
+    int64_t bshape[1] = {cfg->k}, ishape[2] = {(int64_t)rows, (int64_t)rb};
+    int rc;
+
+    if (!book || !idx || !packed) {
+        rc = slim_error_set(err, SLIM_ENOMEM, "out of memory");
+        goto fail;
+    }
+    if ((rc = slim_kmeans_1d(t->val, n, &opts, w->threads, book, idx, &info, err)))
+        goto fail;
+    for (size_t i = 0; i < n; i++)
+        t->val[i] = book[idx[i]];
+    pack_rows(idx, rows, cols, bits, packed);
+    slim_aligned_free(idx);
+    idx = NULL;
+    slim_wt_clear_outs(t);
+    rc = slim_wt_add_out(t, "", SLIM_DT_U8, 2, ishape, packed, rows * rb, err);
+    packed = NULL;
+    if (rc)
+        goto fail;
+    rc = slim_wt_add_out(t, "_codebook", SLIM_DT_F32, 1, bshape, book,
+                         (size_t)cfg->k * sizeof(float), err);
+    book = NULL;
+    if (rc)
+        goto fail;
+    t->scheme = SLIM_SCHEME_CLUSTER;
+    t->code_bits = bits;
+    t->scheme_info = json_pack("{s:I, s:i, s:s}", "clusters", (json_int_t)cfg->k, "index_bits",
+                               bits, "codebook", t->outs[1].name);
+    json_decref(t->report_extra);
+    t->report_extra = json_pack("{s:I, s:i, s:f, s:i}", "clusters", (json_int_t)cfg->k,
+                                "clusters_used", info.k_used, "inertia", info.inertia,
+                                "kmeans_iterations", info.iterations);
+    return 0;
+fail:
+    slim_aligned_free(book);
+    slim_aligned_free(idx);
+    slim_aligned_free(packed);
+    return rc;
+}
+
+static int cluster_apply(const void *cfgp, const struct slim_select *sel, struct slim_work *w,
+                         struct slim_error *err)
+{
+    int rc;
+    for (size_t i = 0; i < w->n; i++) {
+        struct slim_wt *t = &w->wts[i];
+        if (!slim_select_match(sel, t))
+            continue;
+        if ((rc = slim_work_check(w, (double)i / (double)w->n, err)) ||
+            (rc = slim_wt_load(t, err)))
+            return rc;
+        if ((rc = cluster_one(cfgp, w, t, err))) {
+            slim_error_prefix(err, "tensor '%s'", t->name);
+            return rc;
+        }
+    }
+    return 0;
+}
+
+const struct slim_pass_ops slim_pass_cluster = {
+    .op = "cluster",
+    .stage = 3,
+    .keys = cluster_keys,
+    .cfg_size = sizeof(struct cluster_cfg),
+    .parse = cluster_parse,
+    .apply = cluster_apply,
+    .release = NULL,
+};

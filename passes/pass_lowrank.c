@@ -1,0 +1,164 @@
+/*
+ * pass_lowrank.c - the lowrank pass: {"op": "lowrank", "rank" |
+ * "rank_ratio" | "energy", "algorithm"}.  Each selected matrix W (m x n,
+ * conv kernels flattened to out x rest) becomes W_u [m, r] and W_v [r, n]
+ * with the singular values split evenly (U sqrt(S), sqrt(S) V^T), via the
+ * SVD kernels of lowrank.c.
+ *
+ * The algorithm defaults to randomized when r < min(m, n) / 4 (where a
+ * sketch is much cheaper than a full SVD and loses nothing measurable)
+ * and exact otherwise.  A matrix whose factors would not be smaller,
+ * r (m + n) >= m n, is left as it is and its report row says so: storing
+ * it factored would cost bytes and accuracy for nothing.
+ *
+ * The factors replace W in the working set (W_u in W's place, W_v right
+ * after it), both keeping W as their origin, so later passes select them
+ * through W's name and the report multiplies them back out.
+ */
+#include <stdio.h>
+#include <string.h>
+#include "passes/kernels.h"
+#include "passes/pass.h"
+
+enum { ALG_AUTO, ALG_EXACT, ALG_RANDOMIZED };
+
+struct lowrank_cfg {
+    long rank;
+    double ratio, energy;
+    int algorithm;
+};
+
+static const char *const lowrank_keys[] = {"rank", "rank_ratio", "energy", "algorithm", NULL};
+static const char *const alg_names[] = {"exact", "randomized", NULL};
+
+static int lowrank_parse(json_t *spec, const char *where, void *cfgp, struct slim_error *err)
+{
+    struct lowrank_cfg *cfg = cfgp;
+    int rc, alg = -1, given = 0;
+    if ((rc = slim_spec_int(spec, where, "rank", 1, 1 << 20, &cfg->rank, err)) ||
+        (rc = slim_spec_num(spec, where, "rank_ratio", 1e-9, 1.0, &cfg->ratio, err)) ||
+        (rc = slim_spec_num(spec, where, "energy", 1e-9, 1.0, &cfg->energy, err)) ||
+        (rc = slim_spec_enum(spec, where, "algorithm", alg_names, &alg, err)))
+        return rc;
+    given = !!json_object_get(spec, "rank") + !!json_object_get(spec, "rank_ratio") +
+            !!json_object_get(spec, "energy");
+    if (given != 1)
+        return slim_error_set(err, SLIM_ESPEC,
+                              "%s: give exactly one of rank, rank_ratio or energy", where);
+    cfg->algorithm = alg < 0 ? ALG_AUTO : alg == 0 ? ALG_EXACT : ALG_RANDOMIZED;
+    return 0;
+}
+
+/* Factors t (index i in w) in place; returns 1 when it inserted W_v. */
+static int factor_one(const struct lowrank_cfg *cfg, struct slim_work *w, size_t i,
+                      struct slim_error *err)
+{
+    struct slim_wt *t = &w->wts[i];
+    size_t m = (size_t)t->rows, n = (size_t)t->cols, mn = m < n ? m : n, r = 0;
+    size_t useful = slim_lowrank_max_useful_rank(m, n);
+    struct slim_svd svd;
+    float *u = NULL, *v = NULL;
+    char *uname = NULL, vname[512];
+    int randomized, rc;
+    double rel;
+
+    memset(&svd, 0, sizeof svd);
+    if (cfg->rank)
+        r = (size_t)cfg->rank < mn ? (size_t)cfg->rank : mn;
+    else if (cfg->ratio > 0)
+        r = slim_lowrank_rank_for_ratio(m, n, cfg->ratio);
+    if (cfg->energy > 0) {
+        rc = slim_svd_for_energy(t->val, m, n, cfg->energy, cfg->algorithm != ALG_EXACT,
+                                 w->threads, &svd, &r, err);
+        randomized = svd.k < mn;
+    } else {
+        randomized = cfg->algorithm == ALG_RANDOMIZED ||
+                     (cfg->algorithm == ALG_AUTO && r < mn / 4);
+        if (r > useful) {
+            rc = 0; /* decided below without an SVD */
+        } else if (randomized) {
+            rc = slim_svd_randomized(t->val, m, n, r, NULL, w->threads, &svd, err);
+        } else {
+            rc = slim_svd_exact(t->val, m, n, w->threads, &svd, err);
+        }
+    }
+    if (rc)
+        return rc;
+    if (r > useful || r == 0) {
+        json_decref(t->report_extra);
+        t->report_extra = json_pack("{s:s, s:I}", "lowrank",
+                                    "skipped: rank-r factors would not be smaller than the "
+                                    "matrix", "rank_needed", (json_int_t)r);
+        slim_svd_release(&svd);
+        return 0;
+    }
+    rel = slim_lowrank_rel_error(&svd, r);
+    u = slim_aligned_alloc(m * r * sizeof(float));
+    v = slim_aligned_alloc(r * n * sizeof(float));
+    uname = slim_malloc(strlen(t->name) + 3);
+    if (!u || !v || !uname) {
+        slim_svd_release(&svd);
+        slim_aligned_free(u);
+        slim_aligned_free(v);
+        slim_free(uname);
+        return slim_error_set(err, SLIM_ENOMEM, "tensor '%s': out of memory", t->name);
+    }
+    slim_lowrank_factors(&svd, r, u, v);
+    slim_svd_release(&svd);
+    sprintf(uname, "%s_u", t->name);
+    snprintf(vname, sizeof vname, "%s_v", t->name);
+    /* t becomes W_u */
+    slim_free(t->name);
+    t->name = uname;
+    slim_aligned_free(t->val);
+    t->val = u;
+    t->ndim = 2;
+    memset(t->shape, 0, sizeof t->shape);
+    t->shape[0] = t->rows = (int64_t)m;
+    t->shape[1] = t->cols = (int64_t)r;
+    t->scheme = SLIM_SCHEME_DENSE;
+    t->dense_dtype = t->dtype;
+    t->pruned = 0;
+    json_decref(t->report_extra);
+    t->report_extra = json_pack("{s:I, s:s, s:f}", "rank", (json_int_t)r, "algorithm",
+                                randomized ? "randomized" : "exact", "svd_rel_error", rel);
+    enum slim_dtype dt = t->dtype;
+    if ((rc = slim_work_insert(w, i + 1, vname, w->wts[i].origin, (int64_t)r, (int64_t)n, v,
+                               err)))
+        return rc;
+    w->wts[i + 1].dtype = dt;
+    w->wts[i + 1].dense_dtype = dt;
+    return 1;
+}
+
+static int lowrank_apply(const void *cfgp, const struct slim_select *sel, struct slim_work *w,
+                         struct slim_error *err)
+{
+    const struct lowrank_cfg *cfg = cfgp;
+    int rc;
+    for (size_t i = 0; i < w->n; i++) {
+        struct slim_wt *t = &w->wts[i];
+        if (!slim_select_match(sel, t) || strcmp(t->name, t->origin))
+            continue; /* factors are not factored again */
+        if ((rc = slim_work_check(w, (double)i / (double)w->n, err)) ||
+            (rc = slim_wt_load(t, err)))
+            return rc;
+        rc = factor_one(cfg, w, i, err);
+        if (rc < 0) {
+            slim_error_prefix(err, "tensor '%s'", w->wts[i].origin);
+            return rc;
+        }
+        i += (size_t)rc; /* skip the W_v just inserted */
+    }
+    return 0;
+}
+
+const struct slim_pass_ops slim_pass_lowrank = {
+    .op = "lowrank",
+    .stage = 2,
+    .keys = lowrank_keys,
+    .cfg_size = sizeof(struct lowrank_cfg),
+    .parse = lowrank_parse,
+    .apply = lowrank_apply,
+    .release = NULL,
+};

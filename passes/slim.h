@@ -1,0 +1,233 @@
+/*
+ * slim.h - the public interface of libslim, slimd's compute library.
+ *
+ * libslim holds everything that touches model weights: the error values,
+ * the allocation wrapper, dtypes and their conversions, the safetensors
+ * reader and writer, the passes (quantize, prune, ...), the pipeline that
+ * runs one job spec over one model, and the report.  It knows nothing of
+ * HTTP, SQLite or libuv, so the daemon, the offline `slimd compress`, the
+ * unit tests and the benchmarks all call the same code.
+ *
+ * Job specs and reports are JSON, and the safetensors header is JSON, so
+ * libslim uses jansson for them (DESIGN.md allows it; STYLE.md's "libc and
+ * BLAS only" was written for the kernels, which indeed use nothing else).
+ * Writing a second, private JSON parser for the safetensors header was
+ * rejected: jansson's JSON_REJECT_DUPLICATES already gives the strictness
+ * a header parser needs.
+ *
+ * Errors are values: every fallible function returns 0 or a negative
+ * enum slim_errno, and puts its detail into a caller-owned struct
+ * slim_error that needs no allocation.
+ */
+#ifndef SLIM_H
+#define SLIM_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <jansson.h>
+
+/* ---- errors -------------------------------------------------------- */
+
+/* X(name, value, stable REST code, HTTP status, default message) */
+#define SLIM_ERRNO_MAP(X)                                                   \
+    X(OK,          0,   "OK",                200, "ok")                     \
+    X(EINVAL,     -1,   "INVALID_ARGUMENT",  400, "invalid argument")       \
+    X(ESPEC,      -2,   "INVALID_SPEC",      400, "invalid job spec")       \
+    X(EFORMAT,    -3,   "INVALID_MODEL",     400, "malformed model file")   \
+    X(EMEDIA,     -4,   "UNSUPPORTED_MEDIA", 415, "unsupported media type") \
+    X(ENOTFOUND,  -5,   "NOT_FOUND",         404, "not found")              \
+    X(ECONFLICT,  -6,   "CONFLICT",          409, "conflict")               \
+    X(ETOOBIG,    -7,   "PAYLOAD_TOO_LARGE", 413, "payload too large")      \
+    X(EMETHOD,    -8,   "METHOD_NOT_ALLOWED",405, "method not allowed")     \
+    X(ENOMEM,     -9,   "OUT_OF_MEMORY",     500, "out of memory")          \
+    X(EIO,        -10,  "IO_ERROR",          500, "input/output error")     \
+    X(ECANCELED,  -11,  "CANCELED",          409, "canceled")               \
+    X(EINTERNAL,  -12,  "INTERNAL",          500, "internal error")         \
+    X(ENUMERIC,   -13,  "NUMERIC_ERROR",     400, "numeric error")          \
+    X(ERANGE,     -14,  "RANGE_NOT_SATISFIABLE", 416, "range not satisfiable")
+
+enum slim_errno {
+#define SLIM_X(name, val, code, status, msg) SLIM_##name = val,
+    SLIM_ERRNO_MAP(SLIM_X)
+#undef SLIM_X
+};
+
+struct slim_error {
+    int code;      /* enum slim_errno */
+    char msg[160]; /* git-style message, e.g. "passes[1]: unknown op 'prun'" */
+};
+
+/* Sets err (if not NULL) to code and a printf-formatted message; returns
+ * code, so callers can write `return slim_error_set(err, ...)`. */
+int slim_error_set(struct slim_error *err, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Prefixes err->msg with "prefix: " (used to add context as an error
+ * travels up, e.g. the tensor name). */
+void slim_error_prefix(struct slim_error *err, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+const char *slim_strerror(int code);   /* "invalid job spec" */
+const char *slim_errcode(int code);    /* "INVALID_SPEC" */
+int slim_http_status(int code);        /* 400 */
+
+/* ---- allocation ------------------------------------------------------ */
+
+/* Every allocation in slimd goes through these, so tests can make the Nth
+ * allocation fail (slim_alloc_fail_after) and count what is still live. */
+void *slim_malloc(size_t n);
+void *slim_calloc(size_t n, size_t size);
+void *slim_realloc(void *p, size_t n);
+char *slim_strdup(const char *s);
+void slim_free(void *p);
+/* 64-byte aligned, for float arrays the kernels vectorise over. */
+void *slim_aligned_alloc(size_t n);
+void slim_aligned_free(void *p);
+/* After n more successful allocations, every allocation fails; n < 0
+ * turns failure injection off.  Test-only; not thread-safe to change
+ * while other threads allocate. */
+void slim_alloc_fail_after(long n);
+long slim_alloc_live(void);            /* allocations not yet freed */
+
+/* ---- dtypes ---------------------------------------------------------- */
+
+/* Persisted (reports, metadata): explicit values, grow only at the end. */
+enum slim_dtype {
+    SLIM_DT_F64 = 0,
+    SLIM_DT_F32 = 1,
+    SLIM_DT_F16 = 2,
+    SLIM_DT_BF16 = 3,
+    SLIM_DT_I64 = 4,
+    SLIM_DT_I32 = 5,
+    SLIM_DT_I16 = 6,
+    SLIM_DT_I8 = 7,
+    SLIM_DT_U8 = 8,
+    SLIM_DT_BOOL = 9,
+    SLIM_DT_COUNT
+};
+
+const char *slim_dtype_name(enum slim_dtype dt);          /* "F32" */
+int slim_dtype_parse(const char *name, enum slim_dtype *out); /* 0 or SLIM_EFORMAT */
+size_t slim_dtype_size(enum slim_dtype dt);               /* bytes per element */
+int slim_dtype_is_float(enum slim_dtype dt);
+
+/* IEEE binary16 / bfloat16 <-> binary32, round to nearest even; NaN stays
+ * NaN (quiet), Inf stays Inf, overflow rounds to Inf, subnormals kept. */
+uint16_t slim_f32_to_f16(float f);
+float slim_f16_to_f32(uint16_t h);
+uint16_t slim_f32_to_bf16(float f);
+float slim_bf16_to_f32(uint16_t h);
+
+/* Converts n elements of a floating dtype at src (possibly unaligned,
+ * little-endian) to float.  Returns SLIM_EINVAL for a non-float dtype. */
+int slim_to_f32(enum slim_dtype dt, const void *src, size_t n, float *dst);
+
+/* ---- tensors and models --------------------------------------------- */
+
+#define SLIM_MAX_DIMS 8
+
+struct slim_tensor {
+    char *name;                 /* owned */
+    enum slim_dtype dtype;
+    int ndim;
+    int64_t shape[SLIM_MAX_DIMS];
+    const void *data;           /* borrowed from the model's mapping, or owned if own != NULL */
+    void *own;                  /* non-NULL when this tensor owns its bytes (then data == own) */
+    size_t nbytes;
+};
+
+int64_t slim_tensor_numel(const struct slim_tensor *t);
+/* Writes "[4096, 4096]"-style shape JSON; new reference. */
+json_t *slim_shape_json(const struct slim_tensor *t);
+
+/* A model: tensors in file order plus string metadata. */
+struct slim_model {
+    struct slim_tensor *tensors;
+    size_t n_tensors;
+    json_t *metadata;           /* object of string -> string; owned; never NULL */
+    void *map;                  /* mmap of the file, or NULL */
+    size_t map_len;
+    size_t file_bytes;
+};
+
+/* ---- safetensors ------------------------------------------------------ */
+
+/* Largest header slimd accepts: 100 MB is what the reference
+ * implementation allows, and nothing real comes close. */
+#define SLIM_ST_MAX_HEADER (100u * 1024 * 1024)
+
+/* Opens and validates a safetensors file (mmap, read-only).  Checks: the
+ * 8-byte length fits the file and SLIM_ST_MAX_HEADER; the header is one
+ * JSON object without duplicate keys; every entry has a known dtype, a
+ * shape of non-negative ints, and data_offsets [begin, end] inside the
+ * data area with end - begin == numel * dtype size; the spans are
+ * contiguous, non-overlapping and cover the data area exactly;
+ * __metadata__, if present, maps strings to strings.  On success fills
+ * *m (release it with slim_model_release); on failure returns
+ * SLIM_EFORMAT (not safetensors, or malformed) / SLIM_EIO and leaves *m
+ * empty. */
+int slim_st_open(const char *path, struct slim_model *m, struct slim_error *err);
+/* Same checks over a buffer the caller keeps alive while m is used. */
+int slim_st_parse(const void *buf, size_t len, struct slim_model *m, struct slim_error *err);
+void slim_model_release(struct slim_model *m);
+/* Looks a tensor up by name; borrowed pointer or NULL. */
+const struct slim_tensor *slim_model_find(const struct slim_model *m, const char *name);
+
+/* Writes tensors (in the order given) and metadata (object of strings,
+ * may be NULL) as safetensors to path, atomically: a temp file in the same
+ * folder, fsync, rename; the temp file is removed on error.  The header is
+ * padded with spaces to a multiple of 8 bytes, as the reference writer
+ * does. */
+int slim_st_write(const char *path, const struct slim_tensor *tensors, size_t n,
+                  json_t *metadata, struct slim_error *err);
+
+/* Format sniffing for uploads: "safetensors", or NULL. */
+const char *slim_format_detect(const void *head, size_t len);
+
+/* ---- pipeline --------------------------------------------------------- */
+
+/* Progress callback: called from the thread running the pipeline with
+ * progress in [0, 1] (or -1 when it only polls for cancellation) and the
+ * current stage ("load", "quantize", "write",
+ * ...).  Returning non-zero asks the pipeline to stop: it returns
+ * SLIM_ECANCELED at its next check, which comes at least once per tensor
+ * and once per 64 rows inside large tensors. */
+typedef int (*slim_progress_fn)(void *ud, double progress, const char *stage);
+
+struct slim_spec;  /* opaque: a validated job spec */
+
+/* Validates a whole job spec, {"passes": [...], "output": {...}} (other
+ * top-level keys, such as "model", are the caller's and are ignored when
+ * listed in `allow`, a NULL-terminated list; any other key is an error).
+ * On error returns SLIM_ESPEC with a message that names the field, e.g.
+ * "passes[1].dtype: expected one of int8, fp16, bf16".  The spec borrows
+ * nothing from `json`. */
+int slim_spec_parse(json_t *json, const char *const *allow, struct slim_spec **out,
+                    struct slim_error *err);
+void slim_spec_free(struct slim_spec *spec);
+/* Threads a job may use for BLAS and element-wise kernels (default 1). */
+void slim_spec_set_threads(struct slim_spec *spec, int threads);
+
+struct slim_run_opts {
+    slim_progress_fn progress;  /* may be NULL */
+    void *progress_ud;
+    int threads;                /* 0: use every core */
+};
+
+/* Runs the spec over the model at in_path and writes the artifact to
+ * out_path (atomically).  On success *report is a new reference to the
+ * report object.  Returns 0, SLIM_ECANCELED, or an error with detail. */
+int slim_pipeline_run(const struct slim_spec *spec, const char *in_path,
+                      const char *out_path, const struct slim_run_opts *opts,
+                      json_t **report, struct slim_error *err);
+
+/* Describes a model file for GET /v1/models: format, tensors, params.
+ * New reference in *info. */
+int slim_model_describe(const char *path, json_t **info, struct slim_error *err);
+
+/* Glob matching used by include/exclude: '*' matches any run of
+ * characters (including '.'), '?' one character, '[...]' a class. */
+int slim_glob_match(const char *pattern, const char *name);
+
+/* Wall-clock seconds from a monotonic clock. */
+double slim_now(void);
+
+#endif

@@ -1,0 +1,906 @@
+/*
+ * store.c - slimd's metadata in SQLite: schema, migrations, models and
+ * the job queue.  (The blob files themselves are blob.c's.)
+ *
+ * One connection, opened SQLITE_OPEN_FULLMUTEX, plus our own mutex around
+ * every public function: the mutex is what makes the reused prepared
+ * statements, sqlite3_errmsg() and the read-then-write sequences (model
+ * delete, recovery) safe across the HTTP threads and the runner.  All SQL
+ * is static text prepared once at open (SQLITE_PREPARE_PERSISTENT) and
+ * every value is bound; rows come back as the JSON the API shows.
+ *
+ * Journal mode WAL, synchronous=FULL: a job acknowledged with 202 must
+ * survive a power cut (DESIGN.md, "nothing that was acknowledged is
+ * lost"); NORMAL in WAL mode may roll back the last commits on power
+ * loss.  The cost is one WAL fsync per commit, small next to the blob
+ * fsyncs every upload pays anyway.
+ *
+ * Schema versions are PRAGMA user_version; migrations[] only grows, each
+ * entry applied in its own BEGIN IMMEDIATE transaction with the version
+ * bump, so two processes opening one data dir cannot both migrate.
+ *
+ * jobs.model_id is ON DELETE SET NULL: deleting a model that only
+ * finished jobs use keeps those jobs, their reports and artifacts (the
+ * row then shows "model": null; the spec still names the original id).
+ * Rejected: ON DELETE CASCADE (loses history and artifacts the user may
+ * still download) and refusing the delete forever (a model could then
+ * never be removed once compressed).
+ *
+ * Datasets share the models table (kind 'dataset', ids ds_...):
+ * store_model_insert takes the kind from info's "kind" key.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <sqlite3.h>
+#include "storage/store.h"
+
+#define NOW "strftime('%Y-%m-%dT%H:%M:%SZ', 'now')"
+#define MODEL_COLS "id, kind, name, format, bytes, sha256, info, created_at"
+#define JOB_COLS                                                                   \
+    "id, model_id, state, progress, stage, error, attempts, cancel_requested, "    \
+    "created_at, started_at, finished_at, spec, artifact_sha, artifact_bytes"
+
+/* Append only: entry i takes the schema from version i to i + 1. */
+static const char *const migrations[] = {
+    "CREATE TABLE models ("
+    "  id TEXT PRIMARY KEY,"
+    "  kind TEXT NOT NULL CHECK (kind IN ('model', 'dataset')),"
+    "  name TEXT NOT NULL,"
+    "  format TEXT NOT NULL,"
+    "  bytes INTEGER NOT NULL,"
+    "  sha256 TEXT NOT NULL,"
+    "  info TEXT NOT NULL,"
+    "  created_at TEXT NOT NULL);"
+    "CREATE INDEX models_sha256 ON models(sha256);"
+    "CREATE TABLE jobs ("
+    "  id TEXT PRIMARY KEY,"
+    "  seq INTEGER NOT NULL UNIQUE,"
+    "  model_id TEXT REFERENCES models(id) ON DELETE SET NULL,"
+    "  state INTEGER NOT NULL DEFAULT 0,"
+    "  progress REAL NOT NULL DEFAULT 0,"
+    "  stage TEXT,"
+    "  error TEXT,"
+    "  attempts INTEGER NOT NULL DEFAULT 0,"
+    "  cancel_requested INTEGER NOT NULL DEFAULT 0,"
+    "  spec TEXT NOT NULL,"
+    "  report TEXT,"
+    "  artifact_sha TEXT,"
+    "  artifact_bytes INTEGER,"
+    "  created_at TEXT NOT NULL,"
+    "  started_at TEXT,"
+    "  finished_at TEXT);"
+    "CREATE INDEX jobs_state ON jobs(state, seq);"
+    "CREATE INDEX jobs_model ON jobs(model_id);"
+    "CREATE INDEX jobs_artifact ON jobs(artifact_sha);",
+};
+
+enum q {
+    Q_BEGIN, Q_BEGIN_IMMEDIATE, Q_COMMIT, Q_ROLLBACK,
+    Q_MODEL_INSERT, Q_MODEL_GET, Q_MODEL_LIST, Q_MODEL_COUNT, Q_MODEL_USER, Q_MODEL_DELETE,
+    Q_SHA_REFS,
+    Q_JOB_INSERT, Q_JOB_GET, Q_JOB_LIST, Q_JOB_LIST_STATE, Q_JOB_COUNT, Q_JOB_COUNT_STATE,
+    Q_JOB_CLAIM, Q_JOB_PROGRESS, Q_JOB_SUCCEED, Q_JOB_FAIL, Q_JOB_CANCEL_QUEUED,
+    Q_JOB_CANCEL_RUNNING, Q_JOB_CANCELED, Q_JOB_REQUEUE, Q_JOB_REPORT, Q_JOB_COUNTS,
+    Q_RECOVER_CANCELED, Q_RECOVER_FAIL, Q_RECOVER_REQUEUE,
+    Q_COUNT
+};
+
+static const char *const sql[Q_COUNT] = {
+    [Q_BEGIN] = "BEGIN",
+    [Q_BEGIN_IMMEDIATE] = "BEGIN IMMEDIATE",
+    [Q_COMMIT] = "COMMIT",
+    [Q_ROLLBACK] = "ROLLBACK",
+    [Q_MODEL_INSERT] = "INSERT INTO models (id, kind, name, format, bytes, sha256, info, created_at)"
+                       " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, " NOW ") RETURNING " MODEL_COLS,
+    [Q_MODEL_GET] = "SELECT " MODEL_COLS " FROM models WHERE id = ?1",
+    [Q_MODEL_LIST] = "SELECT " MODEL_COLS " FROM models WHERE kind = 'model'"
+                     " ORDER BY rowid DESC LIMIT ?1 OFFSET ?2",
+    [Q_MODEL_COUNT] = "SELECT count(*) FROM models WHERE kind = 'model'",
+    [Q_MODEL_USER] = "SELECT id, state FROM jobs WHERE model_id = ?1 AND state IN (0, 1)"
+                     " ORDER BY seq LIMIT 1",
+    [Q_MODEL_DELETE] = "DELETE FROM models WHERE id = ?1",
+    [Q_SHA_REFS] = "SELECT (SELECT count(*) FROM models WHERE sha256 = ?1)"
+                   " + (SELECT count(*) FROM jobs WHERE artifact_sha = ?1)",
+    /* selecting from models makes a missing (or non-'model') id insert nothing */
+    [Q_JOB_INSERT] = "INSERT INTO jobs (id, seq, model_id, spec, created_at)"
+                     " SELECT ?1, (SELECT coalesce(max(seq), 0) + 1 FROM jobs), id, ?3, " NOW
+                     " FROM models WHERE id = ?2 AND kind = 'model' RETURNING " JOB_COLS,
+    [Q_JOB_GET] = "SELECT " JOB_COLS " FROM jobs WHERE id = ?1",
+    [Q_JOB_LIST] = "SELECT " JOB_COLS " FROM jobs ORDER BY seq DESC LIMIT ?1 OFFSET ?2",
+    [Q_JOB_LIST_STATE] = "SELECT " JOB_COLS " FROM jobs WHERE state = ?3"
+                         " ORDER BY seq DESC LIMIT ?1 OFFSET ?2",
+    [Q_JOB_COUNT] = "SELECT count(*) FROM jobs",
+    [Q_JOB_COUNT_STATE] = "SELECT count(*) FROM jobs WHERE state = ?1",
+    [Q_JOB_CLAIM] = "UPDATE jobs SET state = 1, attempts = attempts + 1, started_at = " NOW ","
+                    " finished_at = NULL, progress = 0, stage = NULL, error = NULL"
+                    " WHERE id = (SELECT id FROM jobs WHERE state = 0 ORDER BY seq LIMIT 1)"
+                    " RETURNING " JOB_COLS,
+    [Q_JOB_PROGRESS] = "UPDATE jobs SET progress = ?2, stage = coalesce(?3, stage)"
+                       " WHERE id = ?1 AND state = 1",
+    [Q_JOB_SUCCEED] = "UPDATE jobs SET state = 2, progress = 1, stage = NULL, finished_at = " NOW ","
+                      " artifact_sha = ?2, artifact_bytes = ?3, report = ?4"
+                      " WHERE id = ?1 AND state = 1",
+    [Q_JOB_FAIL] = "UPDATE jobs SET state = 3, stage = NULL, finished_at = " NOW ", error = ?2"
+                   " WHERE id = ?1 AND state = 1",
+    [Q_JOB_CANCEL_QUEUED] = "UPDATE jobs SET state = 4, cancel_requested = 1, finished_at = " NOW
+                            " WHERE id = ?1 AND state = 0",
+    [Q_JOB_CANCEL_RUNNING] = "UPDATE jobs SET cancel_requested = 1 WHERE id = ?1 AND state = 1",
+    [Q_JOB_CANCELED] = "UPDATE jobs SET state = 4, stage = NULL, finished_at = " NOW
+                       " WHERE id = ?1 AND state = 1",
+    /* a cancel asked for while running still wins over the re-queue */
+    [Q_JOB_REQUEUE] = "UPDATE jobs SET state = CASE WHEN cancel_requested THEN 4 ELSE 0 END,"
+                      " finished_at = CASE WHEN cancel_requested THEN " NOW " END,"
+                      " attempts = max(attempts - 1, 0), started_at = NULL, progress = 0,"
+                      " stage = NULL WHERE id = ?1 AND state = 1",
+    [Q_JOB_REPORT] = "SELECT state, report FROM jobs WHERE id = ?1",
+    [Q_JOB_COUNTS] = "SELECT state, count(*) FROM jobs GROUP BY state",
+    [Q_RECOVER_CANCELED] = "UPDATE jobs SET state = 4, stage = NULL, finished_at = " NOW
+                           " WHERE state = 1 AND cancel_requested",
+    [Q_RECOVER_FAIL] = "UPDATE jobs SET state = 3, stage = NULL, finished_at = " NOW ","
+                       " error = 'interrupted ' || CASE attempts WHEN 1 THEN 'once'"
+                       " ELSE attempts || ' times' END || ' (daemon restarts); giving up'"
+                       " WHERE state = 1 AND attempts >= ?1",
+    [Q_RECOVER_REQUEUE] = "UPDATE jobs SET state = 0, started_at = NULL, progress = 0, stage = NULL"
+                          " WHERE state = 1",
+};
+
+struct store {
+    pthread_mutex_t lock;
+    sqlite3 *db;
+    sqlite3_stmt *q[Q_COUNT];
+    char *dir;
+};
+
+static const char *const state_names[] = {"queued", "running", "succeeded", "failed", "canceled"};
+
+const char *store_job_state_name(int state)
+{
+    return state >= 0 && state < 5 ? state_names[state] : "unknown";
+}
+
+int store_job_state_parse(const char *name)
+{
+    for (int i = 0; name && i < 5; i++)
+        if (!strcmp(name, state_names[i]))
+            return i;
+    return -1;
+}
+
+const char *store_data_dir(const struct store *st)
+{
+    return st->dir;
+}
+
+/* ---- statement helpers (caller holds st->lock) ---- */
+
+/* Sets err from the connection's last error, prefixed with what failed. */
+static int db_error(struct store *st, struct slim_error *err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int db_error(struct store *st, struct slim_error *err, const char *fmt, ...)
+{
+    char what[96];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    return slim_error_set(err, sqlite3_errcode(st->db) == SQLITE_NOMEM ? SLIM_ENOMEM : SLIM_EIO,
+                          "%s: %s", what, sqlite3_errmsg(st->db));
+}
+
+/* Ends a statement's use: resets it (releasing its read snapshot) and
+ * drops the bindings, which point at the caller's strings. */
+static void done(sqlite3_stmt *s)
+{
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+}
+
+/* Binds one value per character of types to statement i: 's' string
+ * (NULL binds NULL), 'i' int, 'I' int64_t, 'd' double; *out is then
+ * ready to step. */
+static int bindv(struct store *st, enum q i, sqlite3_stmt **out, struct slim_error *err,
+                 const char *types, va_list ap)
+{
+    sqlite3_stmt *s = st->q[i];
+    int rc = SQLITE_OK;
+    const char *v;
+    for (int k = 0; types[k] && rc == SQLITE_OK; k++) {
+        switch (types[k]) {
+        case 's':
+            v = va_arg(ap, const char *);
+            rc = v ? sqlite3_bind_text(s, k + 1, v, -1, SQLITE_STATIC) : sqlite3_bind_null(s, k + 1);
+            break;
+        case 'i': rc = sqlite3_bind_int(s, k + 1, va_arg(ap, int)); break;
+        case 'I': rc = sqlite3_bind_int64(s, k + 1, va_arg(ap, int64_t)); break;
+        case 'd': rc = sqlite3_bind_double(s, k + 1, va_arg(ap, double)); break;
+        }
+    }
+    if (rc != SQLITE_OK) {
+        rc = db_error(st, err, "cannot bind a value");
+        done(s);
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
+static int prep(struct store *st, enum q i, sqlite3_stmt **out, struct slim_error *err,
+                const char *types, ...)
+{
+    va_list ap;
+    int rc;
+    va_start(ap, types);
+    rc = bindv(st, i, out, err, types, ap);
+    va_end(ap);
+    return rc;
+}
+
+/* Runs a statement that returns no rows; *changes (may be NULL) gets
+ * the number of rows it changed. */
+static int run(struct store *st, enum q i, int *changes, struct slim_error *err,
+               const char *types, ...)
+{
+    sqlite3_stmt *s;
+    va_list ap;
+    int rc;
+    va_start(ap, types);
+    rc = bindv(st, i, &s, err, types, ap);
+    va_end(ap);
+    if (rc)
+        return rc;
+    if (sqlite3_step(s) != SQLITE_DONE)
+        rc = db_error(st, err, "%.40s", sql[i]);
+    else if (changes)
+        *changes = sqlite3_changes(st->db);
+    done(s);
+    return rc;
+}
+
+/* Ends a transaction: COMMIT when rc is 0, else ROLLBACK.  Returns rc,
+ * or the COMMIT's error. */
+static int finish(struct store *st, int rc, struct slim_error *err)
+{
+    if (rc == 0)
+        rc = run(st, Q_COMMIT, NULL, err, "");
+    if (rc)
+        run(st, Q_ROLLBACK, NULL, NULL, "");
+    return rc;
+}
+
+static const char *col_text(sqlite3_stmt *s, int col)
+{
+    return (const char *)sqlite3_column_text(s, col);
+}
+
+/* A JSON text column as a value (new reference), or NULL. */
+static json_t *col_json(sqlite3_stmt *s, int col)
+{
+    const char *t = col_text(s, col);
+    return t ? json_loads(t, JSON_DECODE_ANY, NULL) : NULL;
+}
+
+static json_t *model_row(sqlite3_stmt *s)
+{
+    json_t *info = col_json(s, 6), *row;
+    row = json_pack("{s:s?, s:s?, s:s?, s:s?, s:I, s:s?, s:O?, s:O?, s:s?}",
+                    "id", col_text(s, 0), "kind", col_text(s, 1), "name", col_text(s, 2),
+                    "format", col_text(s, 3), "bytes", (json_int_t)sqlite3_column_int64(s, 4),
+                    "sha256", col_text(s, 5), "tensors", json_object_get(info, "tensors"),
+                    "params", json_object_get(info, "params"), "created_at", col_text(s, 7));
+    json_decref(info);
+    return row;
+}
+
+static json_t *job_row(sqlite3_stmt *s)
+{
+    json_t *artifact = NULL;
+    if (sqlite3_column_type(s, 12) != SQLITE_NULL)
+        artifact = json_pack("{s:s?, s:I}", "sha256", col_text(s, 12), "bytes",
+                             (json_int_t)sqlite3_column_int64(s, 13));
+    return json_pack("{s:s?, s:s?, s:s, s:f, s:s?, s:s?, s:I, s:b, s:s?, s:s?, s:s?, s:o?, s:o?}",
+                     "id", col_text(s, 0), "model", col_text(s, 1),
+                     "state", store_job_state_name(sqlite3_column_int(s, 2)),
+                     "progress", sqlite3_column_double(s, 3), "stage", col_text(s, 4),
+                     "error", col_text(s, 5), "attempts", (json_int_t)sqlite3_column_int64(s, 6),
+                     "cancel_requested", sqlite3_column_int(s, 7) != 0,
+                     "created_at", col_text(s, 8), "started_at", col_text(s, 9),
+                     "finished_at", col_text(s, 10), "spec", col_json(s, 11),
+                     "artifact", artifact);
+}
+
+/* Steps s for one row and converts it with to_json into *row; a missing
+ * row is SLIM_ENOTFOUND with "<what> <id> does not exist". */
+static int one_row(struct store *st, sqlite3_stmt *s, json_t *(*to_json)(sqlite3_stmt *),
+                   json_t **row, const char *what, const char *id, struct slim_error *err)
+{
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW)
+        rc = (*row = to_json(s)) ? 0 : slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    else if (rc == SQLITE_DONE)
+        rc = slim_error_set(err, SLIM_ENOTFOUND, "%s %.64s does not exist", what, id);
+    else
+        rc = db_error(st, err, "cannot read %s %.64s", what, id);
+    done(s);
+    return rc;
+}
+
+/* Fills rows from a list statement and total from a count statement. */
+static int list_rows(struct store *st, sqlite3_stmt *list, sqlite3_stmt *count,
+                     json_t *(*to_json)(sqlite3_stmt *), json_t **rows, int *total,
+                     struct slim_error *err)
+{
+    json_t *arr = json_array();
+    int rc = 0, step;
+    if (!arr)
+        rc = slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    while (!rc && (step = sqlite3_step(list)) == SQLITE_ROW)
+        if (json_array_append_new(arr, to_json(list)))
+            rc = slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    if (!rc && step != SQLITE_DONE)
+        rc = db_error(st, err, "cannot list rows");
+    if (!rc && sqlite3_step(count) != SQLITE_ROW)
+        rc = db_error(st, err, "cannot count rows");
+    if (!rc)
+        *total = sqlite3_column_int(count, 0);
+    done(list);
+    done(count);
+    if (rc)
+        json_decref(arr);
+    else
+        *rows = arr;
+    return rc;
+}
+
+/* "prefix" + 16 random lowercase hex characters. */
+static int new_id(char *buf, size_t len, const char *prefix, struct slim_error *err)
+{
+    unsigned char r[8];
+    size_t got = 0;
+    while (got < sizeof r) {
+        ssize_t n = getrandom(r + got, sizeof r - got, 0);
+        if (n < 0 && errno != EINTR)
+            return slim_error_set(err, SLIM_EIO, "getrandom: %s", strerror(errno));
+        if (n > 0)
+            got += (size_t)n;
+    }
+    snprintf(buf, len, "%s%02x%02x%02x%02x%02x%02x%02x%02x", prefix, r[0], r[1], r[2], r[3],
+             r[4], r[5], r[6], r[7]);
+    return 0;
+}
+
+/* ---- open / close ---- */
+
+/* mkdir -p path (0750 for what it creates); path must be a folder. */
+static int mkdir_p(const char *path, struct slim_error *err)
+{
+    char buf[4096];
+    struct stat sb;
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
+        return slim_error_set(err, SLIM_EINVAL, "path too long: %.60s...", path);
+    for (char *p = buf + 1;; p++) {
+        if (*p != '/' && *p)
+            continue;
+        char c = *p;
+        *p = 0;
+        if (mkdir(buf, 0750) && errno != EEXIST)
+            return slim_error_set(err, SLIM_EIO, "cannot create %s: %s", buf, strerror(errno));
+        *p = c;
+        if (!c)
+            break;
+    }
+    if (stat(buf, &sb) || !S_ISDIR(sb.st_mode))
+        return slim_error_set(err, SLIM_EIO, "%s is not a folder", buf);
+    return 0;
+}
+
+/* Empties tmp/: whatever is there is a partial upload or artifact of a
+ * process that died (one data dir serves one daemon). */
+static void purge_tmp(const char *tmp)
+{
+    DIR *d = opendir(tmp);
+    struct dirent *e;
+    if (!d)
+        return;
+    while ((e = readdir(d)))
+        if (e->d_name[0] != '.' || (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")))
+            unlinkat(dirfd(d), e->d_name, 0);
+    closedir(d);
+}
+
+static int migrate(struct store *st, struct slim_error *err)
+{
+    const int latest = (int)(sizeof migrations / sizeof migrations[0]);
+    sqlite3_stmt *s = NULL;
+    char bump[48];
+    for (;;) {
+        int version = -1;
+        if (sqlite3_exec(st->db, "BEGIN IMMEDIATE", NULL, NULL, NULL))
+            return db_error(st, err, "cannot start the schema migration");
+        if (sqlite3_prepare_v2(st->db, "PRAGMA user_version", -1, &s, NULL) == SQLITE_OK &&
+            sqlite3_step(s) == SQLITE_ROW)
+            version = sqlite3_column_int(s, 0);
+        sqlite3_finalize(s);
+        if (version < 0 || version >= latest) {
+            int rc = 0;
+            if (version < 0)
+                rc = db_error(st, err, "cannot read the schema version");
+            else if (version > latest)
+                rc = slim_error_set(err, SLIM_EIO, "database schema version %d is newer than "
+                                    "this slimd knows (%d): upgrade slimd", version, latest);
+            sqlite3_exec(st->db, rc ? "ROLLBACK" : "COMMIT", NULL, NULL, NULL);
+            return rc;
+        }
+        /* PRAGMA takes no bound parameters; the number is ours, not input */
+        snprintf(bump, sizeof bump, "PRAGMA user_version = %d", version + 1);
+        if (sqlite3_exec(st->db, migrations[version], NULL, NULL, NULL) ||
+            sqlite3_exec(st->db, bump, NULL, NULL, NULL) ||
+            sqlite3_exec(st->db, "COMMIT", NULL, NULL, NULL)) {
+            int rc = db_error(st, err, "schema migration to version %d failed", version + 1);
+            sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+            return rc;
+        }
+    }
+}
+
+static int open_db(struct store *st, struct slim_error *err)
+{
+    char path[4096];
+    sqlite3_stmt *s = NULL;
+    const char *mode = NULL;
+    int rc;
+
+    snprintf(path, sizeof path, "%s/slimd.db", st->dir);
+    if (sqlite3_open_v2(path, &st->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
+                        SQLITE_OPEN_FULLMUTEX, NULL) != SQLITE_OK)
+        return st->db ? db_error(st, err, "cannot open %s", path)
+                      : slim_error_set(err, SLIM_ENOMEM, "out of memory opening %s", path);
+    sqlite3_extended_result_codes(st->db, 1);
+    /* only matters when another process (a second slimd, the sqlite3
+     * shell) holds the database: our own threads queue on st->lock */
+    sqlite3_busy_timeout(st->db, 5000);
+    if (sqlite3_exec(st->db, "PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL", NULL, NULL,
+                     NULL))
+        return db_error(st, err, "cannot configure %s", path);
+    if (sqlite3_prepare_v2(st->db, "PRAGMA journal_mode = WAL", -1, &s, NULL) == SQLITE_OK &&
+        sqlite3_step(s) == SQLITE_ROW)
+        mode = (const char *)sqlite3_column_text(s, 0);
+    rc = mode && !strcmp(mode, "wal") ? 0 : db_error(st, err, "cannot switch %s to WAL", path);
+    sqlite3_finalize(s);
+    if (rc || (rc = migrate(st, err)))
+        return rc;
+    for (int i = 0; i < Q_COUNT; i++)
+        if (sqlite3_prepare_v3(st->db, sql[i], -1, SQLITE_PREPARE_PERSISTENT, &st->q[i], NULL))
+            return db_error(st, err, "cannot prepare statement %d", i);
+    return 0;
+}
+
+int store_open(const char *data_dir, struct store **out, struct slim_error *err)
+{
+    struct store *st = slim_calloc(1, sizeof *st);
+    char sub[4096];
+    int rc;
+
+    if (!st || !(st->dir = slim_strdup(data_dir))) {
+        slim_free(st);
+        return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    }
+    pthread_mutex_init(&st->lock, NULL);
+    rc = mkdir_p(data_dir, err);
+    snprintf(sub, sizeof sub, "%s/blobs", data_dir);
+    if (!rc)
+        rc = mkdir_p(sub, err);
+    snprintf(sub, sizeof sub, "%s/tmp", data_dir);
+    if (!rc && !(rc = mkdir_p(sub, err)))
+        purge_tmp(sub);
+    if (!rc)
+        rc = open_db(st, err);
+    if (rc) {
+        store_close(st);
+        return rc;
+    }
+    *out = st;
+    return 0;
+}
+
+void store_close(struct store *st)
+{
+    if (!st)
+        return;
+    for (int i = 0; i < Q_COUNT; i++)
+        sqlite3_finalize(st->q[i]);
+    sqlite3_close(st->db);
+    pthread_mutex_destroy(&st->lock);
+    slim_free(st->dir);
+    slim_free(st);
+}
+
+/* ---- models ---- */
+
+/* Called with the lock held, so that a concurrent store_model_delete
+ * either sees our row or has already removed the file we then miss. */
+static int blob_present(struct store *st, const char *sha, struct slim_error *err)
+{
+    char path[4096];
+    store_blob_path(st, sha, path, sizeof path);
+    if (!path[0] || access(path, F_OK))
+        return slim_error_set(err, SLIM_EIO, "blob %.64s is not in the blob store",
+                              sha ? sha : "(null)");
+    return 0;
+}
+
+int store_model_insert(struct store *st, const char *name, const char *sha, uint64_t bytes,
+                       json_t *info, json_t **row, struct slim_error *err)
+{
+    const char *format = json_string_value(json_object_get(info, "format"));
+    const char *kind = json_string_value(json_object_get(info, "kind"));
+    json_t *utf8 = name ? json_string(name) : NULL;   /* NULL unless valid UTF-8 */
+    sqlite3_stmt *s;
+    char id[32], *text;
+    int rc;
+
+    json_decref(utf8);
+    if (!kind)
+        kind = "model";
+    if (!utf8)
+        return slim_error_set(err, SLIM_EINVAL, "name: expected a UTF-8 string");
+    if (!format)
+        return slim_error_set(err, SLIM_EINVAL, "model info has no format");
+    if (strcmp(kind, "model") && strcmp(kind, "dataset"))
+        return slim_error_set(err, SLIM_EINVAL, "kind: expected model or dataset");
+    if ((rc = new_id(id, sizeof id, kind[0] == 'm' ? "mdl_" : "ds_", err)))
+        return rc;
+    if (!(text = json_dumps(info, JSON_COMPACT | JSON_SORT_KEYS)))
+        return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    pthread_mutex_lock(&st->lock);
+    rc = blob_present(st, sha, err);
+    if (!rc)
+        rc = prep(st, Q_MODEL_INSERT, &s, err, "ssssIss", id, kind, name, format,
+                  (int64_t)bytes, sha, text);
+    if (!rc)
+        rc = one_row(st, s, model_row, row, kind, id, err);
+    pthread_mutex_unlock(&st->lock);
+    free(text); /* json_dumps memory goes back with free(), as jansson says */
+    return rc;
+}
+
+int store_model_get(struct store *st, const char *id, json_t **row, struct slim_error *err)
+{
+    sqlite3_stmt *s;
+    int rc;
+    pthread_mutex_lock(&st->lock);
+    rc = prep(st, Q_MODEL_GET, &s, err, "s", id);
+    if (!rc)
+        rc = one_row(st, s, model_row, row, strncmp(id, "ds_", 3) ? "model" : "dataset", id, err);
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+int store_model_list(struct store *st, int limit, int offset, json_t **rows, int *total,
+                     struct slim_error *err)
+{
+    sqlite3_stmt *list, *count;
+    int rc;
+    pthread_mutex_lock(&st->lock);
+    /* one read transaction, so total and rows come from one snapshot */
+    rc = run(st, Q_BEGIN, NULL, err, "");
+    if (!rc) {
+        rc = prep(st, Q_MODEL_LIST, &list, err, "ii", limit, offset);
+        if (!rc && !(rc = prep(st, Q_MODEL_COUNT, &count, err, "")))
+            rc = list_rows(st, list, count, model_row, rows, total, err);
+        rc = finish(st, rc, err);
+    }
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+/* Removes the blob file once no model row or job artifact names it.
+ * Called with the lock held, after the row is gone. */
+static void drop_blob_if_unused(struct store *st, const char *sha)
+{
+    char path[4096];
+    sqlite3_stmt *s;
+    int unused = 0;
+    if (prep(st, Q_SHA_REFS, &s, NULL, "s", sha))
+        return;
+    unused = sqlite3_step(s) == SQLITE_ROW && sqlite3_column_int(s, 0) == 0;
+    done(s);
+    store_blob_path(st, sha, path, sizeof path);
+    if (unused && path[0])
+        unlink(path);
+}
+
+/* In one write transaction: the row exists, no queued or running job
+ * uses it, delete.  The blob goes after the commit, still in the lock. */
+int store_model_delete(struct store *st, const char *id, struct slim_error *err)
+{
+    sqlite3_stmt *s;
+    char sha[65] = "";
+    int rc;
+
+    pthread_mutex_lock(&st->lock);
+    if ((rc = run(st, Q_BEGIN_IMMEDIATE, NULL, err, "")))
+        goto out;
+    if ((rc = prep(st, Q_MODEL_GET, &s, err, "s", id)))
+        goto end;
+    rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) {
+        snprintf(sha, sizeof sha, "%s", col_text(s, 5) ? col_text(s, 5) : "");
+        rc = 0;
+    } else if (rc == SQLITE_DONE)
+        rc = slim_error_set(err, SLIM_ENOTFOUND, "model %.64s does not exist", id);
+    else
+        rc = db_error(st, err, "cannot read model %.64s", id);
+    done(s);
+    if (rc || (rc = prep(st, Q_MODEL_USER, &s, err, "s", id)))
+        goto end;
+    rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW)
+        rc = slim_error_set(err, SLIM_ECONFLICT, "model %.64s is used by job %s (%s); "
+                            "cancel it or wait", id, col_text(s, 0),
+                            store_job_state_name(sqlite3_column_int(s, 1)));
+    else
+        rc = rc == SQLITE_DONE ? 0 : db_error(st, err, "cannot read jobs");
+    done(s);
+    if (!rc)
+        rc = run(st, Q_MODEL_DELETE, NULL, err, "s", id);
+end:
+    if (!(rc = finish(st, rc, err)))
+        drop_blob_if_unused(st, sha);
+out:
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+/* ---- jobs ---- */
+
+int store_job_insert(struct store *st, const char *model_id, json_t *spec, json_t **row,
+                     struct slim_error *err)
+{
+    sqlite3_stmt *s;
+    char id[32], *text;
+    int rc;
+
+    if (!model_id)
+        return slim_error_set(err, SLIM_EINVAL, "model: required");
+    if ((rc = new_id(id, sizeof id, "job_", err)))
+        return rc;
+    if (!(text = json_dumps(spec, JSON_COMPACT)))
+        return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    pthread_mutex_lock(&st->lock);
+    rc = prep(st, Q_JOB_INSERT, &s, err, "sss", id, model_id, text);
+    if (!rc) /* no row: the model does not exist */
+        rc = one_row(st, s, job_row, row, "model", model_id, err);
+    pthread_mutex_unlock(&st->lock);
+    free(text);
+    return rc;
+}
+
+int store_job_get(struct store *st, const char *id, json_t **row, struct slim_error *err)
+{
+    sqlite3_stmt *s;
+    int rc;
+    pthread_mutex_lock(&st->lock);
+    rc = prep(st, Q_JOB_GET, &s, err, "s", id);
+    if (!rc)
+        rc = one_row(st, s, job_row, row, "job", id, err);
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+int store_job_list(struct store *st, int state, int limit, int offset, json_t **rows,
+                   int *total, struct slim_error *err)
+{
+    sqlite3_stmt *list, *count;
+    int rc;
+    pthread_mutex_lock(&st->lock);
+    rc = run(st, Q_BEGIN, NULL, err, "");
+    if (!rc) {
+        if (state < 0)
+            rc = prep(st, Q_JOB_LIST, &list, err, "ii", limit, offset);
+        else
+            rc = prep(st, Q_JOB_LIST_STATE, &list, err, "iii", limit, offset, state);
+        if (!rc && state < 0)
+            rc = prep(st, Q_JOB_COUNT, &count, err, "");
+        else if (!rc)
+            rc = prep(st, Q_JOB_COUNT_STATE, &count, err, "i", state);
+        if (!rc)
+            rc = list_rows(st, list, count, job_row, rows, total, err);
+        rc = finish(st, rc, err);
+    }
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+/* The claim is one UPDATE ... RETURNING: atomic even against another
+ * process on the same database, not only against our threads. */
+int store_job_claim(struct store *st, json_t **row, struct slim_error *err)
+{
+    sqlite3_stmt *s;
+    int rc;
+    pthread_mutex_lock(&st->lock);
+    rc = prep(st, Q_JOB_CLAIM, &s, err, "");
+    if (!rc) {
+        rc = sqlite3_step(s);
+        if (rc == SQLITE_ROW)
+            rc = (*row = job_row(s)) ? 0 : slim_error_set(err, SLIM_ENOMEM, "out of memory");
+        else if (rc == SQLITE_DONE)
+            rc = slim_error_set(err, SLIM_ENOTFOUND, "no job is queued");
+        else
+            rc = db_error(st, err, "cannot claim a job");
+        done(s);
+    }
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+/* After a job UPDATE that changed nothing: SLIM_ENOTFOUND, or
+ * SLIM_ECONFLICT naming the state the job is in instead. */
+static int job_not_in(struct store *st, const char *id, const char *want, struct slim_error *err)
+{
+    sqlite3_stmt *s;
+    int rc = prep(st, Q_JOB_REPORT, &s, err, "s", id);
+    if (rc)
+        return rc;
+    rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW)
+        rc = slim_error_set(err, SLIM_ECONFLICT, "job %.64s is %s, not %s", id,
+                            store_job_state_name(sqlite3_column_int(s, 0)), want);
+    else if (rc == SQLITE_DONE)
+        rc = slim_error_set(err, SLIM_ENOTFOUND, "job %.64s does not exist", id);
+    else
+        rc = db_error(st, err, "cannot read job %.64s", id);
+    done(s);
+    return rc;
+}
+
+int store_job_progress(struct store *st, const char *id, double progress, const char *stage,
+                       struct slim_error *err)
+{
+    int rc;
+    if (!(progress >= 0)) /* NaN too */
+        progress = 0;
+    if (progress > 1)
+        progress = 1;
+    pthread_mutex_lock(&st->lock);
+    rc = run(st, Q_JOB_PROGRESS, NULL, err, "sds", id, progress, stage);
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+/* The artifact blob must already be committed (store_blob_adopt). */
+int store_job_succeed(struct store *st, const char *id, const char *artifact_sha,
+                      uint64_t artifact_bytes, json_t *report, struct slim_error *err)
+{
+    char *text = json_dumps(report, JSON_COMPACT);
+    int rc, n = 0;
+    if (!text)
+        return slim_error_set(err, SLIM_ENOMEM, "out of memory serializing the report");
+    pthread_mutex_lock(&st->lock);
+    rc = blob_present(st, artifact_sha, err);
+    if (!rc)
+        rc = run(st, Q_JOB_SUCCEED, &n, err, "ssIs", id, artifact_sha, (int64_t)artifact_bytes,
+                 text);
+    if (!rc && !n)
+        rc = job_not_in(st, id, "running", err);
+    pthread_mutex_unlock(&st->lock);
+    free(text);
+    return rc;
+}
+
+/* Runs a one-job state change bound to (id[, text]); when it changes no
+ * row the job was not in the state `want`. */
+static int job_change(struct store *st, enum q i, const char *id, const char *text,
+                      const char *want, struct slim_error *err)
+{
+    int rc, n = 0;
+    pthread_mutex_lock(&st->lock);
+    rc = text ? run(st, i, &n, err, "ss", id, text) : run(st, i, &n, err, "s", id);
+    if (!rc && !n)
+        rc = job_not_in(st, id, want, err);
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+int store_job_fail(struct store *st, const char *id, const char *message, struct slim_error *err)
+{
+    return job_change(st, Q_JOB_FAIL, id, message ? message : "failed", "running", err);
+}
+
+int store_job_canceled(struct store *st, const char *id, struct slim_error *err)
+{
+    return job_change(st, Q_JOB_CANCELED, id, NULL, "running", err);
+}
+
+/* A cancel requested while the job ran turns the re-queue into canceled. */
+int store_job_requeue(struct store *st, const char *id, struct slim_error *err)
+{
+    return job_change(st, Q_JOB_REQUEUE, id, NULL, "running", err);
+}
+
+int store_job_cancel(struct store *st, const char *id, int *was_running, struct slim_error *err)
+{
+    int rc, n = 0;
+    *was_running = 0;
+    pthread_mutex_lock(&st->lock);
+    rc = run(st, Q_JOB_CANCEL_QUEUED, &n, err, "s", id);
+    if (!rc && !n && !(rc = run(st, Q_JOB_CANCEL_RUNNING, &n, err, "s", id)))
+        *was_running = n > 0;
+    if (!rc && !n)
+        rc = job_not_in(st, id, "queued or running: only those can be canceled", err);
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+/* A running job whose cancel was requested before the stop ends
+ * canceled (counted in neither *requeued nor *failed); max_attempts < 1
+ * counts as 1. */
+int store_job_recover(struct store *st, int max_attempts, int *requeued, int *failed,
+                      struct slim_error *err)
+{
+    int rc;
+    *requeued = *failed = 0;
+    pthread_mutex_lock(&st->lock);
+    if (!(rc = run(st, Q_BEGIN_IMMEDIATE, NULL, err, ""))) {
+        rc = run(st, Q_RECOVER_CANCELED, NULL, err, "");
+        if (!rc)
+            rc = run(st, Q_RECOVER_FAIL, failed, err, "i", max_attempts < 1 ? 1 : max_attempts);
+        if (!rc)
+            rc = run(st, Q_RECOVER_REQUEUE, requeued, err, "");
+        if ((rc = finish(st, rc, err)))
+            *requeued = *failed = 0;
+    }
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+int store_job_report(struct store *st, const char *id, json_t **report, struct slim_error *err)
+{
+    sqlite3_stmt *s;
+    int rc, state;
+    pthread_mutex_lock(&st->lock);
+    if ((rc = prep(st, Q_JOB_REPORT, &s, err, "s", id)))
+        goto out;
+    rc = sqlite3_step(s);
+    state = rc == SQLITE_ROW ? sqlite3_column_int(s, 0) : -1;
+    if (rc == SQLITE_ROW && state != STORE_JOB_SUCCEEDED)
+        rc = slim_error_set(err, SLIM_ECONFLICT,
+                            "job %.64s is %s: its report exists once it has succeeded", id,
+                            store_job_state_name(state));
+    else if (rc == SQLITE_ROW)
+        rc = (*report = col_json(s, 1)) ? 0
+             : slim_error_set(err, SLIM_EIO, "job %.64s: its stored report is unreadable", id);
+    else if (rc == SQLITE_DONE)
+        rc = slim_error_set(err, SLIM_ENOTFOUND, "job %.64s does not exist", id);
+    else
+        rc = db_error(st, err, "cannot read job %.64s", id);
+    done(s);
+out:
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+int store_job_counts(struct store *st, int64_t counts[5], struct slim_error *err)
+{
+    sqlite3_stmt *s;
+    int rc;
+    memset(counts, 0, 5 * sizeof counts[0]);
+    pthread_mutex_lock(&st->lock);
+    if (!(rc = prep(st, Q_JOB_COUNTS, &s, err, ""))) {
+        while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+            int state = sqlite3_column_int(s, 0);
+            if (state >= 0 && state < 5)
+                counts[state] = sqlite3_column_int64(s, 1);
+        }
+        rc = rc == SQLITE_DONE ? 0 : db_error(st, err, "cannot count jobs");
+        done(s);
+    }
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}

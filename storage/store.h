@@ -1,0 +1,135 @@
+/*
+ * store.h - slimd's persistent state: SQLite metadata and the blob store.
+ *
+ * One struct store per data dir.  It owns one SQLite connection (WAL
+ * mode, foreign keys on, busy timeout) guarded by a mutex, so every
+ * function here may be called from any thread: the HTTP threads and the
+ * runner share it.  A single connection behind a mutex was chosen over a
+ * connection per thread because every statement here is short (the heavy
+ * work happens in the passes, outside the lock) and it keeps the prepared
+ * statements in one place.
+ *
+ * Layout of the data dir:
+ *   slimd.db            SQLite database (schema versioned by user_version)
+ *   blobs/ab/abcdef...  content-addressed files, named by their sha256
+ *   tmp/                uploads and artifacts being written
+ *
+ * Rows returned to callers are JSON objects (new references) shaped as
+ * the REST API shows them, so the API layer does not re-map columns.
+ * Times are RFC 3339 UTC strings ("2026-11-29T03:39:30Z").
+ *
+ * Every function returns 0 or a negative enum slim_errno with detail in
+ * err: SLIM_ENOTFOUND for a missing id, SLIM_ECONFLICT for a state that
+ * forbids the change, SLIM_EIO for SQLite or file-system failures.
+ */
+#ifndef SLIM_STORE_H
+#define SLIM_STORE_H
+
+#include <stdint.h>
+#include <jansson.h>
+#include "passes/slim.h"
+
+struct store;
+
+/* Persisted job states: explicit values, grow only at the end. */
+enum store_job_state {
+    STORE_JOB_QUEUED = 0,
+    STORE_JOB_RUNNING = 1,
+    STORE_JOB_SUCCEEDED = 2,
+    STORE_JOB_FAILED = 3,
+    STORE_JOB_CANCELED = 4,
+};
+const char *store_job_state_name(int state);        /* "queued" */
+int store_job_state_parse(const char *name);        /* state, or -1 */
+
+/* Opens (creating if needed) the data dir and its database, and runs the
+ * migrations up to the current schema version.  *out is a new store. */
+int store_open(const char *data_dir, struct store **out, struct slim_error *err);
+void store_close(struct store *st);
+const char *store_data_dir(const struct store *st);
+
+/* ---- blobs ---- */
+
+/* A file being written into the blob store; sha256 is computed as bytes
+ * are appended, so an upload is hashed on its way to disk. */
+struct blob_writer;
+/* Creates a temp file under tmp/.  *out is a new writer. */
+int store_blob_begin(struct store *st, struct blob_writer **out, struct slim_error *err);
+int store_blob_write(struct blob_writer *bw, const void *buf, size_t len, struct slim_error *err);
+uint64_t store_blob_bytes(const struct blob_writer *bw);
+/* Path of the temp file, for validation before commit (borrowed). */
+const char *store_blob_temp_path(const struct blob_writer *bw);
+/* fsyncs the temp file, renames it to blobs/xx/<sha256> (if that blob
+ * already exists the temp file is dropped), fsyncs the folder, frees bw,
+ * and writes the lowercase hex sha256 (65 bytes with NUL) to sha_out.
+ * Frees bw even on failure (and removes the temp file). */
+int store_blob_commit(struct blob_writer *bw, char sha_out[65], struct slim_error *err);
+/* Removes the temp file and frees bw. */
+void store_blob_abort(struct blob_writer *bw);
+/* Adopts an already written file (e.g. an artifact the pipeline wrote
+ * into tmp/) into the blob store: hashes it, fsyncs, renames. */
+int store_blob_adopt(struct store *st, const char *tmp_path, char sha_out[65],
+                     uint64_t *bytes_out, struct slim_error *err);
+/* Path of a temp file name under tmp/ that nothing else uses (buf >= 4096). */
+int store_tmp_path(struct store *st, const char *suffix, char *buf, size_t len);
+/* Path of the blob with this sha256 into buf (>= 4096 bytes). */
+void store_blob_path(const struct store *st, const char *sha, char *buf, size_t len);
+
+/* ---- models (and datasets: kind "model" or "dataset") ---- */
+
+/* Inserts a model row for a committed blob.  info is the describe object
+ * from slim_model_describe ({format, tensors, params, ...}); borrowed.
+ * *row is a new reference to the row as the API shows it:
+ * {id, name, format, bytes, sha256, tensors, params, created_at}. */
+int store_model_insert(struct store *st, const char *name, const char *sha,
+                       uint64_t bytes, json_t *info, json_t **row, struct slim_error *err);
+int store_model_get(struct store *st, const char *id, json_t **row, struct slim_error *err);
+/* Newest first; *rows is a new array. */
+int store_model_list(struct store *st, int limit, int offset, json_t **rows, int *total,
+                     struct slim_error *err);
+/* Deletes the row; SLIM_ECONFLICT while a queued or running job uses it.
+ * Removes the blob when no row (model or artifact) references it any more. */
+int store_model_delete(struct store *st, const char *id, struct slim_error *err);
+
+/* ---- jobs ---- */
+
+/* Inserts a queued job.  spec is the whole validated request body
+ * (borrowed; stored as text).  *row: the job as the API shows it. */
+int store_job_insert(struct store *st, const char *model_id, json_t *spec, json_t **row,
+                     struct slim_error *err);
+/* {id, model, state, progress, stage, error, attempts, created_at,
+ *  started_at, finished_at, spec, artifact: {sha256, bytes} | null} */
+int store_job_get(struct store *st, const char *id, json_t **row, struct slim_error *err);
+/* Newest first; state < 0 for all. */
+int store_job_list(struct store *st, int state, int limit, int offset, json_t **rows,
+                   int *total, struct slim_error *err);
+/* Atomically moves the oldest queued job to running (attempts + 1,
+ * started_at now) and returns it; SLIM_ENOTFOUND when none is queued. */
+int store_job_claim(struct store *st, json_t **row, struct slim_error *err);
+/* Records progress and stage of a running job (no-op if not running). */
+int store_job_progress(struct store *st, const char *id, double progress, const char *stage,
+                       struct slim_error *err);
+/* running -> succeeded, with the artifact blob and the report (borrowed). */
+int store_job_succeed(struct store *st, const char *id, const char *artifact_sha,
+                      uint64_t artifact_bytes, json_t *report, struct slim_error *err);
+/* running -> failed with a message. */
+int store_job_fail(struct store *st, const char *id, const char *message, struct slim_error *err);
+/* queued -> canceled at once (returns 0, *was_running = 0); running ->
+ * cancel requested (state unchanged, *was_running = 1: the runner stops
+ * it and calls store_job_canceled); finished -> SLIM_ECONFLICT. */
+int store_job_cancel(struct store *st, const char *id, int *was_running, struct slim_error *err);
+/* running -> canceled. */
+int store_job_canceled(struct store *st, const char *id, struct slim_error *err);
+/* running -> queued (shutdown interrupted it; attempts not counted). */
+int store_job_requeue(struct store *st, const char *id, struct slim_error *err);
+/* On start: every job left running is re-queued, or failed when it has
+ * used max_attempts.  *requeued and *failed count them. */
+int store_job_recover(struct store *st, int max_attempts, int *requeued, int *failed,
+                      struct slim_error *err);
+/* The report of a succeeded job; new reference.  SLIM_ECONFLICT while
+ * the job has not succeeded. */
+int store_job_report(struct store *st, const char *id, json_t **report, struct slim_error *err);
+/* Counts per state, for /metrics: counts[state]. */
+int store_job_counts(struct store *st, int64_t counts[5], struct slim_error *err);
+
+#endif

@@ -1,0 +1,693 @@
+/*
+ * test_storage.c - storage/: the database (open, migrate, reopen), model
+ * rows, the blob store (hashing, dedup, no temp file left behind), the
+ * job queue's state machine, crash recovery, model deletion against jobs
+ * that use it, and concurrent claims from two connections.  Each test
+ * works in its own data dir under the program's temp dir.
+ */
+#include <dirent.h>
+#include <pthread.h>
+#include <sys/stat.h>
+#include <sqlite3.h>
+#include "tests/unit/util.h"
+#include "storage/store.h"
+
+#define SHA_ABC "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+#define SHA_EMPTY "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+/* A fresh data dir path (not created: store_open must do that). */
+static const char *data_dir(const char *name)
+{
+    static char path[4][512];
+    static int slot;
+    char *p = path[slot++ & 3];
+    snprintf(p, 512, "%s/%s/nested", test_tmp_dir(), name);
+    return p;
+}
+
+static struct store *open_store(const char *dir)
+{
+    struct store *st = NULL;
+    struct slim_error err;
+    if (store_open(dir, &st, &err))
+        fail_msg("store_open %s: %s", dir, err.msg);
+    return st;
+}
+
+static int count_files(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    int n = 0;
+    assert_non_null(d);
+    while ((e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
+            n++;
+    closedir(d);
+    return n;
+}
+
+static int tmp_files(struct store *st)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tmp", store_data_dir(st));
+    return count_files(path);
+}
+
+static int blob_exists(struct store *st, const char *sha)
+{
+    char path[4096];
+    store_blob_path(st, sha, path, sizeof path);
+    return path[0] && access(path, F_OK) == 0;
+}
+
+/* Commits a blob holding text; returns its sha in a rotating buffer. */
+static const char *put_blob(struct store *st, const char *text)
+{
+    static char sha[4][65];
+    static int slot;
+    char *s = sha[slot++ & 3];
+    struct blob_writer *bw;
+    struct slim_error err;
+    if (store_blob_begin(st, &bw, &err) || store_blob_write(bw, text, strlen(text), &err) ||
+        store_blob_commit(bw, s, &err))
+        fail_msg("blob: %s", err.msg);
+    return s;
+}
+
+/* Inserts a model row over a blob of text; returns its id (static). */
+static const char *put_model(struct store *st, const char *name, const char *text)
+{
+    static char id[4][32];
+    static int slot;
+    char *p = id[slot++ & 3];
+    const char *sha = put_blob(st, text);
+    json_t *info = json_pack("{s:s, s:i, s:i}", "format", "safetensors", "tensors", 3,
+                             "params", 1000), *row;
+    struct slim_error err;
+    if (store_model_insert(st, name, sha, strlen(text), info, &row, &err))
+        fail_msg("model insert: %s", err.msg);
+    snprintf(p, 32, "%s", json_string_value(json_object_get(row, "id")));
+    json_decref(row);
+    json_decref(info);
+    return p;
+}
+
+/* Inserts a queued job on model; returns its id (static). */
+static const char *put_job(struct store *st, const char *model)
+{
+    static char id[8][32];
+    static int slot;
+    char *p = id[slot++ & 7];
+    json_t *spec = json_pack("{s:s, s:[{s:s, s:s}]}", "model", model, "passes", "op",
+                             "quantize", "dtype", "int8"), *row;
+    struct slim_error err;
+    if (store_job_insert(st, model, spec, &row, &err))
+        fail_msg("job insert: %s", err.msg);
+    snprintf(p, 32, "%s", json_string_value(json_object_get(row, "id")));
+    json_decref(row);
+    json_decref(spec);
+    return p;
+}
+
+static json_t *get_job(struct store *st, const char *id)
+{
+    struct slim_error err;
+    json_t *row;
+    if (store_job_get(st, id, &row, &err))
+        fail_msg("job get %s: %s", id, err.msg);
+    return row;
+}
+
+static const char *sfield(json_t *row, const char *key)
+{
+    return json_string_value(json_object_get(row, key));
+}
+
+static void assert_rfc3339(const char *t)
+{
+    assert_non_null(t);
+    assert_int_equal(strlen(t), 20);
+    assert_true(t[4] == '-' && t[7] == '-' && t[10] == 'T' && t[13] == ':' && t[19] == 'Z');
+}
+
+static void assert_id(const char *id, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    assert_non_null(id);
+    assert_memory_equal(id, prefix, n);
+    assert_int_equal(strlen(id), n + 16);
+    assert_int_equal(strspn(id + n, "0123456789abcdef"), 16);
+}
+
+/* Claims one job and checks it is the one expected. */
+static void claim_expect(struct store *st, const char *id)
+{
+    struct slim_error err;
+    json_t *row;
+    if (store_job_claim(st, &row, &err))
+        fail_msg("claim: %s", err.msg);
+    assert_string_equal(sfield(row, "id"), id);
+    assert_string_equal(sfield(row, "state"), "running");
+    json_decref(row);
+}
+
+static void test_open_migrate_reopen(void **state)
+{
+    const char *dir = data_dir("reopen");
+    struct store *st = open_store(dir);
+    char path[4096];
+    struct stat sb;
+    sqlite3 *db;
+    sqlite3_stmt *s;
+    json_t *row;
+    struct slim_error err;
+    const char *id;
+
+    snprintf(path, sizeof path, "%s/blobs", dir);
+    assert_int_equal(stat(path, &sb), 0);
+    assert_true(S_ISDIR(sb.st_mode));
+    snprintf(path, sizeof path, "%s/tmp", dir);
+    assert_int_equal(stat(path, &sb), 0);
+    assert_string_equal(store_data_dir(st), dir);
+    id = put_model(st, "kept", "weights");
+    store_close(st);
+
+    /* a leftover temp file from a "crash" is purged at open */
+    snprintf(path, sizeof path, "%s/tmp/upload-stale", dir);
+    fclose(fopen(path, "w"));
+    st = open_store(dir);
+    assert_int_equal(tmp_files(st), 0);
+    assert_int_equal(store_model_get(st, id, &row, &err), 0);
+    assert_string_equal(sfield(row, "name"), "kept");
+    json_decref(row);
+    store_close(st);
+
+    snprintf(path, sizeof path, "%s/slimd.db", dir);
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &s, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(s), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(s, 0), 1);
+    sqlite3_finalize(s);
+    assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &s, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(s), SQLITE_ROW);
+    assert_string_equal((const char *)sqlite3_column_text(s, 0), "wal");
+    sqlite3_finalize(s);
+    /* a schema from a newer slimd is refused, not silently used */
+    assert_int_equal(sqlite3_exec(db, "PRAGMA user_version = 99", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    st = NULL;
+    assert_int_equal(store_open(dir, &st, &err), SLIM_EIO);
+    assert_non_null(strstr(err.msg, "version 99"));
+    assert_null(st);
+}
+
+static void test_models(void **state)
+{
+    struct store *st = open_store(data_dir("models"));
+    struct slim_error err;
+    json_t *info = json_pack("{s:s, s:i, s:i, s:{}}", "format", "safetensors", "tensors", 7,
+                             "params", 123456, "dtypes"), *row, *rows;
+    const char *sha = put_blob(st, "abc"), *a, *b, *c;
+    int total;
+
+    assert_int_equal(store_model_insert(st, "tiny", sha, 3, info, &row, &err), 0);
+    assert_id(sfield(row, "id"), "mdl_");
+    assert_string_equal(sfield(row, "name"), "tiny");
+    assert_string_equal(sfield(row, "kind"), "model");
+    assert_string_equal(sfield(row, "format"), "safetensors");
+    assert_string_equal(sfield(row, "sha256"), SHA_ABC);
+    assert_int_equal(json_integer_value(json_object_get(row, "bytes")), 3);
+    assert_int_equal(json_integer_value(json_object_get(row, "tensors")), 7);
+    assert_int_equal(json_integer_value(json_object_get(row, "params")), 123456);
+    assert_rfc3339(sfield(row, "created_at"));
+    a = json_string_value(json_object_get(row, "id"));
+
+    json_t *got;
+    assert_int_equal(store_model_get(st, a, &got, &err), 0);
+    assert_true(json_equal(got, row));
+    json_decref(got);
+    json_decref(row);
+
+    /* the blob must be committed first */
+    assert_int_equal(store_model_insert(st, "x", SHA_EMPTY, 0, info, &row, &err), SLIM_EIO);
+    /* a name that is not UTF-8 would break the JSON */
+    assert_int_equal(store_model_insert(st, "\xff\xfe", sha, 3, info, &row, &err), SLIM_EINVAL);
+    json_decref(info);
+
+    a = put_model(st, "first", "1");
+    b = put_model(st, "second", "2");
+    c = put_model(st, "third", "3");
+    assert_int_equal(store_model_list(st, 2, 0, &rows, &total, &err), 0);
+    assert_int_equal(total, 4);
+    assert_int_equal(json_array_size(rows), 2);
+    assert_string_equal(sfield(json_array_get(rows, 0), "id"), c);
+    assert_string_equal(sfield(json_array_get(rows, 1), "id"), b);
+    json_decref(rows);
+    assert_int_equal(store_model_list(st, 2, 2, &rows, &total, &err), 0);
+    assert_int_equal(json_array_size(rows), 2);
+    assert_string_equal(sfield(json_array_get(rows, 0), "id"), a);
+    assert_string_equal(sfield(json_array_get(rows, 1), "name"), "tiny");
+    json_decref(rows);
+
+    assert_int_equal(store_model_delete(st, b, &err), 0);
+    assert_int_equal(store_model_get(st, b, &row, &err), SLIM_ENOTFOUND);
+    assert_int_equal(err.code, SLIM_ENOTFOUND);
+    assert_non_null(strstr(err.msg, b));
+    assert_int_equal(store_model_delete(st, b, &err), SLIM_ENOTFOUND);
+    assert_int_equal(store_model_list(st, 10, 0, &rows, &total, &err), 0);
+    assert_int_equal(total, 3);
+    assert_int_equal(json_array_size(rows), 3);
+    json_decref(rows);
+    store_close(st);
+}
+
+static void test_blob_sha_and_dedup(void **state)
+{
+    struct store *st = open_store(data_dir("blobs"));
+    struct blob_writer *bw;
+    struct slim_error err;
+    char sha[65], sha2[65], path[4096], tmp[4096], buf[8];
+    uint64_t bytes = 0;
+    FILE *f;
+
+    assert_int_equal(store_blob_begin(st, &bw, &err), 0);
+    assert_int_equal(tmp_files(st), 1);
+    assert_non_null(strstr(store_blob_temp_path(bw), "/tmp/"));
+    assert_int_equal(store_blob_write(bw, "a", 1, &err), 0);
+    assert_int_equal(store_blob_write(bw, "bc", 2, &err), 0);
+    assert_int_equal(store_blob_bytes(bw), 3);
+    assert_int_equal(store_blob_commit(bw, sha, &err), 0);
+    assert_string_equal(sha, SHA_ABC);
+    assert_int_equal(tmp_files(st), 0);
+    store_blob_path(st, sha, path, sizeof path);
+    assert_non_null(strstr(path, "/blobs/ba/" SHA_ABC));
+    f = fopen(path, "rb");
+    assert_non_null(f);
+    assert_int_equal(fread(buf, 1, sizeof buf, f), 3);
+    assert_memory_equal(buf, "abc", 3);
+    fclose(f);
+
+    /* same content again: same name, one file, no temp left */
+    assert_int_equal(store_blob_begin(st, &bw, &err), 0);
+    assert_int_equal(store_blob_write(bw, "abc", 3, &err), 0);
+    assert_int_equal(store_blob_commit(bw, sha2, &err), 0);
+    assert_string_equal(sha2, SHA_ABC);
+    snprintf(tmp, sizeof tmp, "%s/blobs/ba", store_data_dir(st));
+    assert_int_equal(count_files(tmp), 1);
+    assert_int_equal(tmp_files(st), 0);
+
+    /* empty blob */
+    assert_int_equal(store_blob_begin(st, &bw, &err), 0);
+    assert_int_equal(store_blob_commit(bw, sha, &err), 0);
+    assert_string_equal(sha, SHA_EMPTY);
+
+    /* abort leaves nothing */
+    assert_int_equal(store_blob_begin(st, &bw, &err), 0);
+    assert_int_equal(store_blob_write(bw, "discard me", 10, &err), 0);
+    store_blob_abort(bw);
+    assert_int_equal(tmp_files(st), 0);
+
+    /* adopt a file written into tmp/, larger than one 1 MiB read */
+    assert_int_equal(store_tmp_path(st, ".safetensors", tmp, sizeof tmp), 0);
+    assert_int_equal(store_tmp_path(st, ".safetensors", path, sizeof path), 0);
+    assert_string_not_equal(tmp, path);
+    assert_non_null(strstr(tmp, ".safetensors"));
+    f = fopen(tmp, "wb");
+    for (int i = 0; i < 1500000; i++)
+        fputc("abc"[i % 3], f);
+    fclose(f);
+    assert_int_equal(store_blob_adopt(st, tmp, sha, &bytes, &err), 0);
+    assert_int_equal(bytes, 1500000);
+    /* python3 -c 'import hashlib; print(hashlib.sha256(b"abc" * 500000).hexdigest())' */
+    assert_string_equal(sha, "206c8387a6fd09a951f4945cb98bd65ae2b9a59d4069f70e00a9d9acd7c86515");
+    assert_true(blob_exists(st, sha));
+    assert_int_equal(tmp_files(st), 0);
+
+    /* adopting a missing file fails cleanly */
+    assert_int_equal(store_blob_adopt(st, tmp, sha, &bytes, &err), SLIM_EIO);
+
+    /* a bad sha names no path */
+    store_blob_path(st, "../../etc/passwd", path, sizeof path);
+    assert_string_equal(path, "");
+    store_close(st);
+}
+
+static void test_job_lifecycle(void **state)
+{
+    struct store *st = open_store(data_dir("jobs"));
+    struct slim_error err;
+    const char *m = put_model(st, "m", "model bytes");
+    const char *j1 = put_job(st, m), *j2 = put_job(st, m), *j3 = put_job(st, m);
+    const char *art = put_blob(st, "artifact bytes");
+    json_t *row, *rows, *rep;
+    int64_t counts[5];
+    int was_running = -1, total;
+
+    row = get_job(st, j1);
+    assert_id(sfield(row, "id"), "job_");
+    assert_string_equal(sfield(row, "model"), m);
+    assert_string_equal(sfield(row, "state"), "queued");
+    assert_true(json_is_null(json_object_get(row, "stage")));
+    assert_true(json_is_null(json_object_get(row, "error")));
+    assert_true(json_is_null(json_object_get(row, "started_at")));
+    assert_true(json_is_null(json_object_get(row, "finished_at")));
+    assert_true(json_is_null(json_object_get(row, "artifact")));
+    assert_true(json_is_false(json_object_get(row, "cancel_requested")));
+    assert_int_equal(json_integer_value(json_object_get(row, "attempts")), 0);
+    assert_rfc3339(sfield(row, "created_at"));
+    assert_string_equal(sfield(json_object_get(row, "spec"), "model"), m);
+    assert_string_equal(sfield(json_array_get(json_object_get(json_object_get(row, "spec"),
+                                                              "passes"), 0), "dtype"), "int8");
+    json_decref(row);
+
+    /* unknown model */
+    assert_int_equal(store_job_insert(st, "mdl_0000000000000000", json_object(), &row, &err),
+                     SLIM_ENOTFOUND);
+    assert_non_null(strstr(err.msg, "mdl_0000000000000000"));
+
+    /* report and progress before running */
+    assert_int_equal(store_job_report(st, j1, &rep, &err), SLIM_ECONFLICT);
+    assert_non_null(strstr(err.msg, "queued"));
+    assert_int_equal(store_job_progress(st, j1, 0.5, "load", &err), 0);
+    row = get_job(st, j1);
+    assert_true(json_real_value(json_object_get(row, "progress")) == 0.0);
+    json_decref(row);
+
+    /* oldest first */
+    assert_int_equal(store_job_claim(st, &row, &err), 0);
+    assert_string_equal(sfield(row, "id"), j1);
+    assert_string_equal(sfield(row, "state"), "running");
+    assert_int_equal(json_integer_value(json_object_get(row, "attempts")), 1);
+    assert_rfc3339(sfield(row, "started_at"));
+    assert_non_null(json_object_get(json_object_get(row, "spec"), "passes"));
+    json_decref(row);
+
+    assert_int_equal(store_job_progress(st, j1, 0.25, "quantize", &err), 0);
+    assert_int_equal(store_job_progress(st, j1, 7.0, NULL, &err), 0); /* clamped, stage kept */
+    row = get_job(st, j1);
+    assert_true(json_real_value(json_object_get(row, "progress")) == 1.0);
+    assert_string_equal(sfield(row, "stage"), "quantize");
+    json_decref(row);
+    assert_int_equal(store_job_report(st, j1, &rep, &err), SLIM_ECONFLICT);
+    assert_non_null(strstr(err.msg, "running"));
+
+    rep = json_pack("{s:{s:i}}", "totals", "bytes_after", 14);
+    assert_int_equal(store_job_succeed(st, j1, art, 14, rep, &err), 0);
+    assert_int_equal(store_job_succeed(st, j1, art, 14, rep, &err), SLIM_ECONFLICT);
+    json_decref(rep);
+    row = get_job(st, j1);
+    assert_string_equal(sfield(row, "state"), "succeeded");
+    assert_true(json_is_null(json_object_get(row, "stage")));
+    assert_rfc3339(sfield(row, "finished_at"));
+    assert_string_equal(sfield(json_object_get(row, "artifact"), "sha256"), art);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(row, "artifact"), "bytes")),
+                     14);
+    json_decref(row);
+    assert_int_equal(store_job_report(st, j1, &rep, &err), 0);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(rep, "totals"),
+                                                        "bytes_after")), 14);
+    json_decref(rep);
+    assert_int_equal(store_job_report(st, "job_nope", &rep, &err), SLIM_ENOTFOUND);
+
+    /* finished jobs cannot be canceled */
+    assert_int_equal(store_job_cancel(st, j1, &was_running, &err), SLIM_ECONFLICT);
+    assert_non_null(strstr(err.msg, "succeeded"));
+    assert_int_equal(store_job_cancel(st, "job_nope", &was_running, &err), SLIM_ENOTFOUND);
+
+    /* j2 running then failed */
+    claim_expect(st, j2);
+    assert_int_equal(store_job_fail(st, j2, "passes[0]: boom", &err), 0);
+    row = get_job(st, j2);
+    assert_string_equal(sfield(row, "state"), "failed");
+    assert_string_equal(sfield(row, "error"), "passes[0]: boom");
+    json_decref(row);
+    assert_int_equal(store_job_fail(st, j2, "again", &err), SLIM_ECONFLICT);
+    assert_int_equal(store_job_report(st, j2, &rep, &err), SLIM_ECONFLICT);
+    assert_non_null(strstr(err.msg, "failed"));
+
+    /* cancel queued: done at once */
+    assert_int_equal(store_job_cancel(st, j3, &was_running, &err), 0);
+    assert_int_equal(was_running, 0);
+    row = get_job(st, j3);
+    assert_string_equal(sfield(row, "state"), "canceled");
+    assert_rfc3339(sfield(row, "finished_at"));
+    json_decref(row);
+    assert_int_equal(store_job_claim(st, &row, &err), SLIM_ENOTFOUND);
+
+    /* cancel running: requested, the runner finishes it */
+    const char *j4 = put_job(st, m);
+    claim_expect(st, j4);
+    assert_int_equal(store_job_cancel(st, j4, &was_running, &err), 0);
+    assert_int_equal(was_running, 1);
+    row = get_job(st, j4);
+    assert_string_equal(sfield(row, "state"), "running");
+    assert_true(json_is_true(json_object_get(row, "cancel_requested")));
+    json_decref(row);
+    assert_int_equal(store_job_canceled(st, j4, &err), 0);
+    row = get_job(st, j4);
+    assert_string_equal(sfield(row, "state"), "canceled");
+    json_decref(row);
+    assert_int_equal(store_job_canceled(st, j4, &err), SLIM_ECONFLICT);
+
+    /* requeue does not count the attempt */
+    const char *j5 = put_job(st, m);
+    claim_expect(st, j5);
+    assert_int_equal(store_job_requeue(st, j5, &err), 0);
+    row = get_job(st, j5);
+    assert_string_equal(sfield(row, "state"), "queued");
+    assert_int_equal(json_integer_value(json_object_get(row, "attempts")), 0);
+    assert_true(json_is_null(json_object_get(row, "started_at")));
+    json_decref(row);
+
+    /* list newest first, filtered, and counts */
+    assert_int_equal(store_job_list(st, -1, 10, 0, &rows, &total, &err), 0);
+    assert_int_equal(total, 5);
+    assert_int_equal(json_array_size(rows), 5);
+    assert_string_equal(sfield(json_array_get(rows, 0), "id"), j5);
+    assert_string_equal(sfield(json_array_get(rows, 4), "id"), j1);
+    json_decref(rows);
+    assert_int_equal(store_job_list(st, STORE_JOB_CANCELED, 1, 1, &rows, &total, &err), 0);
+    assert_int_equal(total, 2);
+    assert_int_equal(json_array_size(rows), 1);
+    assert_string_equal(sfield(json_array_get(rows, 0), "id"), j3);
+    json_decref(rows);
+    assert_int_equal(store_job_counts(st, counts, &err), 0);
+    assert_int_equal(counts[STORE_JOB_QUEUED], 1);
+    assert_int_equal(counts[STORE_JOB_RUNNING], 0);
+    assert_int_equal(counts[STORE_JOB_SUCCEEDED], 1);
+    assert_int_equal(counts[STORE_JOB_FAILED], 1);
+    assert_int_equal(counts[STORE_JOB_CANCELED], 2);
+
+    assert_string_equal(store_job_state_name(STORE_JOB_SUCCEEDED), "succeeded");
+    assert_int_equal(store_job_state_parse("canceled"), STORE_JOB_CANCELED);
+    assert_int_equal(store_job_state_parse("cancelled"), -1);
+    store_close(st);
+}
+
+static void test_recover(void **state)
+{
+    const char *dir = data_dir("recover");
+    struct store *st = open_store(dir);
+    struct slim_error err;
+    const char *m = put_model(st, "m", "recover model");
+    const char *j = put_job(st, m), *other = put_job(st, m), *doomed;
+    int requeued = -1, failed = -1, was_running;
+    json_t *row;
+
+    /* three crashes while j runs; the third exhausts max_attempts 3 */
+    for (int attempt = 1; attempt <= 3; attempt++) {
+        claim_expect(st, j);
+        store_close(st); /* "crash" */
+        st = open_store(dir);
+        assert_int_equal(store_job_recover(st, 3, &requeued, &failed, &err), 0);
+        row = get_job(st, j);
+        if (attempt < 3) {
+            assert_int_equal(requeued, 1);
+            assert_int_equal(failed, 0);
+            assert_string_equal(sfield(row, "state"), "queued");
+            assert_int_equal(json_integer_value(json_object_get(row, "attempts")), attempt);
+            assert_true(json_is_null(json_object_get(row, "stage")));
+        } else {
+            assert_int_equal(requeued, 0);
+            assert_int_equal(failed, 1);
+            assert_string_equal(sfield(row, "state"), "failed");
+            assert_string_equal(sfield(row, "error"),
+                                "interrupted 3 times (daemon restarts); giving up");
+            assert_rfc3339(sfield(row, "finished_at"));
+        }
+        json_decref(row);
+    }
+    /* the queued job was never touched */
+    row = get_job(st, other);
+    assert_string_equal(sfield(row, "state"), "queued");
+    assert_int_equal(json_integer_value(json_object_get(row, "attempts")), 0);
+    json_decref(row);
+
+    /* a running job whose cancel was asked for ends canceled, not re-run */
+    claim_expect(st, other);
+    assert_int_equal(store_job_cancel(st, other, &was_running, &err), 0);
+    doomed = put_job(st, m);
+    claim_expect(st, doomed);
+    assert_int_equal(store_job_recover(st, 1, &requeued, &failed, &err), 0);
+    assert_int_equal(requeued, 0);
+    assert_int_equal(failed, 1);
+    row = get_job(st, other);
+    assert_string_equal(sfield(row, "state"), "canceled");
+    json_decref(row);
+    row = get_job(st, doomed);
+    assert_string_equal(sfield(row, "error"), "interrupted once (daemon restarts); giving up");
+    json_decref(row);
+
+    /* nothing running: nothing to do */
+    assert_int_equal(store_job_recover(st, 3, &requeued, &failed, &err), 0);
+    assert_int_equal(requeued + failed, 0);
+    store_close(st);
+}
+
+static void test_model_delete_and_jobs(void **state)
+{
+    struct store *st = open_store(data_dir("delete"));
+    struct slim_error err;
+    const char *m = put_model(st, "m", "delete me"), *j, *art;
+    char msha[65], m2[32];
+    json_t *row, *rep;
+
+    assert_int_equal(store_model_get(st, m, &row, &err), 0);
+    snprintf(msha, sizeof msha, "%s", sfield(row, "sha256"));
+    json_decref(row);
+
+    j = put_job(st, m);
+    assert_int_equal(store_model_delete(st, m, &err), SLIM_ECONFLICT);
+    assert_non_null(strstr(err.msg, j));
+    assert_non_null(strstr(err.msg, "(queued)"));
+    claim_expect(st, j);
+    assert_int_equal(store_model_delete(st, m, &err), SLIM_ECONFLICT);
+    {
+        char want[160];
+        snprintf(want, sizeof want, "model %s is used by job %s (running); cancel it or wait",
+                 m, j);
+        assert_string_equal(err.msg, want);
+    }
+    assert_true(blob_exists(st, msha));
+
+    art = put_blob(st, "compressed");
+    rep = json_pack("{s:i}", "ratio", 4);
+    assert_int_equal(store_job_succeed(st, j, art, 10, rep, &err), 0);
+    json_decref(rep);
+
+    /* a second model on the same bytes keeps the blob alive */
+    snprintf(m2, sizeof m2, "%s", put_model(st, "twin", "delete me"));
+    assert_int_equal(store_model_delete(st, m, &err), 0);
+    assert_true(blob_exists(st, msha));
+    assert_int_equal(store_model_delete(st, m2, &err), 0);
+    assert_false(blob_exists(st, msha));
+
+    /* the finished job, its report and its artifact survive */
+    row = get_job(st, j);
+    assert_string_equal(sfield(row, "state"), "succeeded");
+    assert_true(json_is_null(json_object_get(row, "model")));
+    assert_string_equal(sfield(json_object_get(row, "spec"), "model"), m);
+    json_decref(row);
+    assert_int_equal(store_job_report(st, j, &rep, &err), 0);
+    assert_int_equal(json_integer_value(json_object_get(rep, "ratio")), 4);
+    json_decref(rep);
+    assert_true(blob_exists(st, art));
+
+    /* a model whose bytes equal an artifact keeps that blob when deleted */
+    snprintf(m2, sizeof m2, "%s", put_model(st, "same as artifact", "compressed"));
+    assert_int_equal(store_model_delete(st, m2, &err), 0);
+    assert_true(blob_exists(st, art));
+    store_close(st);
+}
+
+struct claimer {
+    struct store *st;
+    char ids[200][32];
+    int n;
+    int errors;
+};
+
+static void *claim_loop(void *arg)
+{
+    struct claimer *c = arg;
+    struct slim_error err;
+    json_t *row;
+    int rc;
+    while ((rc = store_job_claim(c->st, &row, &err)) != SLIM_ENOTFOUND) {
+        if (rc) {
+            c->errors++;
+            continue;
+        }
+        snprintf(c->ids[c->n++], 32, "%s", sfield(row, "id"));
+        json_decref(row);
+    }
+    return NULL;
+}
+
+static int cmp_ids(const void *a, const void *b)
+{
+    return strcmp(a, b);
+}
+
+/* Four threads over two connections (two stores on one data dir), so
+ * the claim's atomicity is SQLite's and not only our mutex's. */
+static void test_concurrent_claim(void **state)
+{
+    enum { JOBS = 200, THREADS = 4 };
+    const char *dir = data_dir("claim");
+    struct store *a = open_store(dir), *b = open_store(dir);
+    const char *m = put_model(a, "m", "claim model");
+    static struct claimer c[THREADS];
+    static char all[JOBS][32];
+    pthread_t t[THREADS];
+    int n = 0;
+
+    for (int i = 0; i < JOBS; i++)
+        put_job(i & 1 ? a : b, m);
+    for (int i = 0; i < THREADS; i++) {
+        c[i].st = i & 1 ? a : b;
+        c[i].n = c[i].errors = 0;
+        assert_int_equal(pthread_create(&t[i], NULL, claim_loop, &c[i]), 0);
+    }
+    for (int i = 0; i < THREADS; i++) {
+        pthread_join(t[i], NULL);
+        assert_int_equal(c[i].errors, 0);
+        for (int k = 0; k < c[i].n; k++)
+            memcpy(all[n++], c[i].ids[k], 32);
+    }
+    assert_int_equal(n, JOBS);
+    qsort(all, JOBS, 32, cmp_ids);
+    for (int i = 1; i < JOBS; i++)
+        assert_string_not_equal(all[i - 1], all[i]);
+    store_close(a);
+    store_close(b);
+}
+
+static void test_no_leaks_in_wrappers(void **state)
+{
+    long before = slim_alloc_live();
+    struct store *st = open_store(data_dir("leaks"));
+    struct blob_writer *bw;
+    struct slim_error err;
+    put_job(st, put_model(st, "m", "leak check"));
+    assert_int_equal(store_blob_begin(st, &bw, &err), 0);
+    store_blob_abort(bw);
+    store_close(st);
+    assert_int_equal(slim_alloc_live(), before);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_open_migrate_reopen),
+        cmocka_unit_test(test_models),
+        cmocka_unit_test(test_blob_sha_and_dedup),
+        cmocka_unit_test(test_job_lifecycle),
+        cmocka_unit_test(test_recover),
+        cmocka_unit_test(test_model_delete_and_jobs),
+        cmocka_unit_test(test_concurrent_claim),
+        cmocka_unit_test(test_no_leaks_in_wrappers),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

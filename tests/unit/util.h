@@ -1,0 +1,62 @@
+/*
+ * util.h - small helpers shared by the C unit tests: a private temp dir
+ * per test program (removed at exit) and whole-file writes.  cmocka's
+ * headers need stdarg/stddef/setjmp first, so this includes them.
+ */
+#ifndef SLIM_TEST_UTIL_H
+#define SLIM_TEST_UTIL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+static char test_tmp_root[256];
+
+static void test_tmp_cleanup(void)
+{
+    char cmd[300];
+    if (test_tmp_root[0]) {
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", test_tmp_root);
+        if (system(cmd) != 0)
+            fprintf(stderr, "could not remove %s\n", test_tmp_root);
+    }
+}
+
+/* A fresh folder under $TMPDIR (or /tmp) that lives until exit. */
+static inline const char *test_tmp_dir(void)
+{
+    if (!test_tmp_root[0]) {
+        const char *base = getenv("TMPDIR");
+        snprintf(test_tmp_root, sizeof test_tmp_root, "%s/slimd-unit-XXXXXX", base ? base : "/tmp");
+        if (!mkdtemp(test_tmp_root)) {
+            perror("mkdtemp");
+            exit(99);
+        }
+        atexit(test_tmp_cleanup);
+    }
+    return test_tmp_root;
+}
+
+/* Writes len bytes to a file named `name` in the temp dir; returns a path
+ * in a static buffer rotated over four slots. */
+static inline const char *test_write_file(const char *name, const void *buf, size_t len)
+{
+    static char paths[4][512];
+    static int slot;
+    char *p = paths[slot++ & 3];
+    snprintf(p, 512, "%s/%s", test_tmp_dir(), name);
+    FILE *f = fopen(p, "wb");
+    if (!f || (len && fwrite(buf, 1, len, f) != len) || fclose(f) != 0) {
+        perror(p);
+        exit(99);
+    }
+    return p;
+}
+
+#endif
