@@ -154,6 +154,7 @@ static void claim_expect(struct store *st, const char *id)
 
 static void test_open_migrate_reopen(void **state)
 {
+    (void)state;
     const char *dir = data_dir("reopen");
     struct store *st = open_store(dir);
     char path[4096];
@@ -204,6 +205,7 @@ static void test_open_migrate_reopen(void **state)
 
 static void test_models(void **state)
 {
+    (void)state;
     struct store *st = open_store(data_dir("models"));
     struct slim_error err;
     json_t *info = json_pack("{s:s, s:i, s:i, s:{}}", "format", "safetensors", "tensors", 7,
@@ -264,6 +266,7 @@ static void test_models(void **state)
 
 static void test_blob_sha_and_dedup(void **state)
 {
+    (void)state;
     struct store *st = open_store(data_dir("blobs"));
     struct blob_writer *bw;
     struct slim_error err;
@@ -335,6 +338,7 @@ static void test_blob_sha_and_dedup(void **state)
 
 static void test_job_lifecycle(void **state)
 {
+    (void)state;
     struct store *st = open_store(data_dir("jobs"));
     struct slim_error err;
     const char *m = put_model(st, "m", "model bytes");
@@ -487,6 +491,7 @@ static void test_job_lifecycle(void **state)
 
 static void test_recover(void **state)
 {
+    (void)state;
     const char *dir = data_dir("recover");
     struct store *st = open_store(dir);
     struct slim_error err;
@@ -547,6 +552,7 @@ static void test_recover(void **state)
 
 static void test_model_delete_and_jobs(void **state)
 {
+    (void)state;
     struct store *st = open_store(data_dir("delete"));
     struct slim_error err;
     const char *m = put_model(st, "m", "delete me"), *j, *art;
@@ -634,6 +640,7 @@ static int cmp_ids(const void *a, const void *b)
  * the claim's atomicity is SQLite's and not only our mutex's. */
 static void test_concurrent_claim(void **state)
 {
+    (void)state;
     enum { JOBS = 200, THREADS = 4 };
     const char *dir = data_dir("claim");
     struct store *a = open_store(dir), *b = open_store(dir);
@@ -666,6 +673,7 @@ static void test_concurrent_claim(void **state)
 
 static void test_no_leaks_in_wrappers(void **state)
 {
+    (void)state;
     long before = slim_alloc_live();
     struct store *st = open_store(data_dir("leaks"));
     struct blob_writer *bw;
