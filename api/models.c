@@ -41,33 +41,34 @@ enum MHD_Result api_models_upload(struct api_ctx *ctx, struct MHD_Connection *co
     json_t *info = NULL, *row = NULL;
     char sha[65], loc[128];
     uint64_t bytes;
-    const char *fmt;
+    const char *fmt = NULL;
 
     if (up->pp)
         MHD_post_process(up->pp, NULL, 0);
+    bytes = up->bw ? store_blob_bytes(up->bw) : 0;
     if (up->failed)
-        return api_reply_error(conn, req, up->failed, "%s", up->msg);
-    if (up->pp && !up->saw_file)
-        return api_reply_error(conn, req, SLIM_EINVAL,
-                               "multipart body has no field named 'file' (use curl -F "
-                               "file=@model.safetensors)");
-    bytes = store_blob_bytes(up->bw);
-    if (bytes == 0)
-        return api_reply_error(conn, req, SLIM_EFORMAT,
-                               "empty body: send the model file as the body "
-                               "(curl --data-binary @model.safetensors) or as multipart field 'file'");
-    if (name && (!*name || strlen(name) > 200))
-        return api_reply_error(conn, req, SLIM_EINVAL, "name: expected 1 to 200 characters");
-    if (read_head(store_blob_temp_path(up->bw), head, sizeof head, &got))
-        return api_reply_error(conn, req, SLIM_EIO, "cannot read the uploaded file back");
-    fmt = slim_format_detect(head, got);
-    if (!fmt)
-        return api_reply_error(conn, req, SLIM_EMEDIA,
-                               "unrecognised model format: expected safetensors (an 8-byte "
-                               "little-endian header length, then a JSON header)");
-    if (slim_model_describe(store_blob_temp_path(up->bw), &info, &err)) {
-        if (err.code == SLIM_EFORMAT)
-            slim_error_prefix(&err, "invalid safetensors file");
+        slim_error_set(&err, up->failed, "%s", up->msg);
+    else if (up->pp && !up->saw_file)
+        slim_error_set(&err, SLIM_EINVAL, "multipart body has no field named 'file' (use curl "
+                       "-F file=@model.safetensors)");
+    else if (bytes == 0)
+        slim_error_set(&err, SLIM_EFORMAT, "empty body: send the model file as the body (curl "
+                       "--data-binary @model.safetensors) or as multipart field 'file'");
+    else if (name && (!*name || strlen(name) > 200))
+        slim_error_set(&err, SLIM_EINVAL, "name: expected 1 to 200 characters");
+    else if (read_head(store_blob_temp_path(up->bw), head, sizeof head, &got))
+        slim_error_set(&err, SLIM_EIO, "cannot read the uploaded file back");
+    else if (!(fmt = slim_format_detect(head, got)))
+        slim_error_set(&err, SLIM_EMEDIA, "unrecognised model format: expected safetensors (an "
+                       "8-byte little-endian header length, then a JSON header)");
+    else if (slim_model_describe(store_blob_temp_path(up->bw), &info, &err) &&
+             err.code == SLIM_EFORMAT)
+        slim_error_prefix(&err, "invalid safetensors file");
+    if (!info) {
+        /* drop the temp file before answering, so a client that sees the
+         * error also sees nothing left behind */
+        store_blob_abort(up->bw);
+        up->bw = NULL;
         return api_reply_slim_error(conn, req, &err);
     }
     if (!name)

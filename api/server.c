@@ -346,7 +346,7 @@ static enum MHD_Result post_iter(void *cls, enum MHD_ValueKind kind, const char 
 {
     struct api_request *req = cls;
     struct slim_error err;
-    if (!key || strcmp(key, "file") || req->up.failed)
+    if (!key || strcmp(key, "file") || req->up.failed || !req->up.bw)
         return MHD_YES;
     if (!req->up.saw_file) {
         req->up.saw_file = 1;
@@ -364,7 +364,7 @@ static void upload_chunk(struct api_ctx *ctx, struct api_request *req, const cha
                          size_t size)
 {
     struct slim_error err;
-    if (req->up.failed)
+    if (req->up.failed || !req->up.bw)
         return;
     if (req->up.pp) {
         if (MHD_post_process(req->up.pp, data, size) != MHD_YES && !req->up.failed) {
@@ -379,6 +379,11 @@ static void upload_chunk(struct api_ctx *ctx, struct api_request *req, const cha
         req->up.failed = SLIM_ETOOBIG;
         snprintf(req->up.msg, sizeof req->up.msg, "upload exceeds the limit of %" PRIu64
                  " bytes (--max-upload-bytes)", ctx->max_upload);
+    }
+    if (req->up.failed) {
+        /* the rest of the body is drained unread: drop the file now */
+        store_blob_abort(req->up.bw);
+        req->up.bw = NULL;
     }
 }
 

@@ -6,9 +6,11 @@
  *
  * The default selection is what compressing a network usually means:
  * floating-point tensors of rank >= 2 (matrices and conv kernels), never
- * biases or norms.  Explicit "include" globs widen or narrow that to the
- * tensors named, but still only floating-point ones: integer tensors
- * (token ids, position tables) carry no weights to compress.
+ * biases or norms.  Explicit "include" globs choose among floating-point
+ * tensors of rank >= 2 (so "layer0.*" means layer0's matrices, not its
+ * bias), and may name a 2-D tensor the default leaves out because of its
+ * name; 1-D tensors (biases, norm scales) and integer tensors (token
+ * ids, position tables) are never compressed.
  */
 #include <math.h>
 #include <string.h>
@@ -53,7 +55,7 @@ static int name_is_bias_or_norm(const char *name)
 
 int slim_select_match(const struct slim_select *sel, const struct slim_wt *t)
 {
-    if (!slim_dtype_is_float(t->dtype))
+    if (!slim_dtype_is_float(t->dtype) || t->ndim < 2)
         return 0;
     if (sel->include) {
         int hit = 0;
@@ -62,7 +64,7 @@ int slim_select_match(const struct slim_select *sel, const struct slim_wt *t)
                   slim_glob_match(sel->include[i], t->origin);
         if (!hit)
             return 0;
-    } else if (t->ndim < 2 || name_is_bias_or_norm(t->origin)) {
+    } else if (name_is_bias_or_norm(t->origin)) {
         return 0;
     }
     for (size_t i = 0; i < sel->n_exclude; i++)

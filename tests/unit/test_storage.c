@@ -366,8 +366,10 @@ static void test_job_lifecycle(void **state)
     json_decref(row);
 
     /* unknown model */
-    assert_int_equal(store_job_insert(st, "mdl_0000000000000000", json_object(), &row, &err),
+    rep = json_object();
+    assert_int_equal(store_job_insert(st, "mdl_0000000000000000", rep, &row, &err),
                      SLIM_ENOTFOUND);
+    json_decref(rep);
     assert_non_null(strstr(err.msg, "mdl_0000000000000000"));
 
     /* report and progress before running */
