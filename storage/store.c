@@ -1,33 +1,24 @@
 /*
  * store.c - slimd's metadata in SQLite: schema, migrations, models and
- * the job queue.  (The blob files themselves are blob.c's.)
+ * the job queue (blob files are blob.c's).
  *
- * One connection, opened SQLITE_OPEN_FULLMUTEX, plus our own mutex around
- * every public function: the mutex is what makes the reused prepared
- * statements, sqlite3_errmsg() and the read-then-write sequences (model
- * delete, recovery) safe across the HTTP threads and the runner.  All SQL
- * is static text prepared once at open (SQLITE_PREPARE_PERSISTENT) and
- * every value is bound; rows come back as the JSON the API shows.
+ * One connection (SQLITE_OPEN_FULLMUTEX) and our own mutex around every
+ * public function: the mutex is what makes the reused prepared statements,
+ * sqlite3_errmsg() and read-then-write sequences safe across the HTTP
+ * threads and the runner.  All SQL is static text prepared once at open
+ * (SQLITE_PREPARE_PERSISTENT); every value is bound.
  *
- * Journal mode WAL, synchronous=FULL: a job acknowledged with 202 must
- * survive a power cut (DESIGN.md, "nothing that was acknowledged is
- * lost"); NORMAL in WAL mode may roll back the last commits on power
- * loss.  The cost is one WAL fsync per commit, small next to the blob
- * fsyncs every upload pays anyway.
+ * WAL with synchronous=FULL, not NORMAL: NORMAL may lose the last commits
+ * on power loss, and a job acknowledged with 202 must survive (DESIGN.md);
+ * one WAL fsync per commit is small next to the fsyncs every blob pays.
+ * Migrations: migrations[] only grows; each step runs in BEGIN IMMEDIATE
+ * with its PRAGMA user_version bump, so two processes cannot both migrate.
  *
- * Schema versions are PRAGMA user_version; migrations[] only grows, each
- * entry applied in its own BEGIN IMMEDIATE transaction with the version
- * bump, so two processes opening one data dir cannot both migrate.
- *
- * jobs.model_id is ON DELETE SET NULL: deleting a model that only
- * finished jobs use keeps those jobs, their reports and artifacts (the
- * row then shows "model": null; the spec still names the original id).
- * Rejected: ON DELETE CASCADE (loses history and artifacts the user may
- * still download) and refusing the delete forever (a model could then
- * never be removed once compressed).
- *
- * Datasets share the models table (kind 'dataset', ids ds_...):
- * store_model_insert takes the kind from info's "kind" key.
+ * jobs.model_id is ON DELETE SET NULL: deleting a model only finished jobs
+ * use keeps their rows, reports and artifacts (the row shows "model": null,
+ * the spec still names the id).  Rejected: CASCADE (loses artifacts users
+ * may still fetch) and refusing forever (a model could never go away).
+ * Datasets share the models table: kind from info's "kind", ids ds_....
  */
 #include <dirent.h>
 #include <errno.h>
@@ -223,9 +214,9 @@ static int bindv(struct store *st, enum q i, sqlite3_stmt **out, struct slim_err
         }
     }
     if (rc != SQLITE_OK) {
-        rc = db_error(st, err, "cannot bind a value");
         done(s);
-        return rc;
+        return slim_error_set(err, rc == SQLITE_NOMEM ? SLIM_ENOMEM : SLIM_EIO,
+                              "cannot bind a value: %s", sqlite3_errstr(rc));
     }
     *out = s;
     return 0;
@@ -382,8 +373,8 @@ static int mkdir_p(const char *path, struct slim_error *err)
 {
     char buf[4096];
     struct stat sb;
-    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
-        return slim_error_set(err, SLIM_EINVAL, "path too long: %.60s...", path);
+    if (!*path || snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
+        return slim_error_set(err, SLIM_EINVAL, "data dir: expected a path of 1 to 4095 bytes");
     for (char *p = buf + 1;; p++) {
         if (*p != '/' && *p)
             continue;
@@ -409,7 +400,7 @@ static void purge_tmp(const char *tmp)
     if (!d)
         return;
     while ((e = readdir(d)))
-        if (e->d_name[0] != '.' || (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
             unlinkat(dirfd(d), e->d_name, 0);
     closedir(d);
 }

@@ -252,6 +252,18 @@ static void test_models(void **state)
     assert_string_equal(sfield(json_array_get(rows, 1), "name"), "tiny");
     json_decref(rows);
 
+    /* datasets share the table but not the model list, and cannot be a job's model */
+    info = json_pack("{s:s, s:s}", "kind", "dataset", "format", "safetensors");
+    assert_int_equal(store_model_insert(st, "evalset", sha, 3, info, &row, &err), 0);
+    json_decref(info);
+    assert_id(sfield(row, "id"), "ds_");
+    assert_string_equal(sfield(row, "kind"), "dataset");
+    assert_true(json_is_null(json_object_get(row, "tensors")));
+    info = json_object();
+    assert_int_equal(store_job_insert(st, sfield(row, "id"), info, &got, &err), SLIM_ENOTFOUND);
+    json_decref(info);
+    json_decref(row);
+
     assert_int_equal(store_model_delete(st, b, &err), 0);
     assert_int_equal(store_model_get(st, b, &row, &err), SLIM_ENOTFOUND);
     assert_int_equal(err.code, SLIM_ENOTFOUND);
@@ -673,6 +685,42 @@ static void test_concurrent_claim(void **state)
     store_close(b);
 }
 
+/* Every allocation that goes through slim_malloc fails in turn: each
+ * call reports SLIM_ENOMEM, leaks nothing and leaves no temp file. */
+static void test_alloc_failures(void **state)
+{
+    const char *dir = data_dir("nomem");
+    long before = slim_alloc_live();
+    struct store *st = NULL;
+    struct blob_writer *bw;
+    struct slim_error err;
+    char tmp[4096], sha[65];
+    uint64_t bytes;
+    int rc = -1;
+    (void)state;
+
+    for (long n = 0; rc && n < 10; n++) {
+        slim_alloc_fail_after(n);
+        rc = store_open(dir, &st, &err);
+        slim_alloc_fail_after(-1);
+        assert_true(rc == 0 || rc == SLIM_ENOMEM);
+        if (rc)
+            assert_int_equal(slim_alloc_live(), before);
+    }
+    assert_int_equal(rc, 0);
+    slim_alloc_fail_after(0);
+    assert_int_equal(store_blob_begin(st, &bw, &err), SLIM_ENOMEM);
+    slim_alloc_fail_after(-1);
+    assert_int_equal(store_tmp_path(st, ".out", tmp, sizeof tmp), 0);
+    fclose(fopen(tmp, "w"));
+    slim_alloc_fail_after(0);
+    assert_int_equal(store_blob_adopt(st, tmp, sha, &bytes, &err), SLIM_ENOMEM);
+    slim_alloc_fail_after(-1);
+    assert_int_equal(tmp_files(st), 0);
+    store_close(st);
+    assert_int_equal(slim_alloc_live(), before);
+}
+
 static void test_no_leaks_in_wrappers(void **state)
 {
     (void)state;
@@ -697,6 +745,7 @@ int main(void)
         cmocka_unit_test(test_recover),
         cmocka_unit_test(test_model_delete_and_jobs),
         cmocka_unit_test(test_concurrent_claim),
+        cmocka_unit_test(test_alloc_failures),
         cmocka_unit_test(test_no_leaks_in_wrappers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
