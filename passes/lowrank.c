@@ -241,7 +241,9 @@ struct ws {
     double *d;    /* (b,) eigenvalues */
     float *mf;    /* (b, b) V D^-1/2 in float */
     float *c;     /* (p, b) projections on earlier blocks */
-    float *tmp;   /* (rows, b) */
+    float *tmp;   /* (rows, b) or (L, L) */
+    float *tmp2;  /* (L, k) */
+    lapack_int *isuppz; /* (2 L) */
 };
 
 /* Eigen-decomposition of X^T X for X (rows, b, ld ldx): on return g holds
@@ -273,9 +275,61 @@ static int gram_eig(const float *x, size_t rows, size_t b, size_t ldx, struct ws
  * largest are numerically absent (rank-deficient W); they become zero. */
 #define EIG_FLOOR 1e-12
 
+/* X (rows, b, ld ldx) -> X R^-1 with R^T R = X^T X (Cholesky QR, Gram in
+ * double).  Returns -1, leaving X as it was, if X^T X is not numerically
+ * positive definite. */
+static int chol_qr(float *x, size_t rows, size_t b, struct ws *ws)
+{
+    for (size_t i = 0; i < rows * b; i++)
+        ws->xd[i] = x[i];
+    cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)b, (int)rows, 1.0, ws->xd, (int)b,
+                0.0, ws->g, (int)b);
+    if (LAPACKE_dpotrf(LAPACK_ROW_MAJOR, 'U', (lapack_int)b, ws->g, (lapack_int)b))
+        return -1;
+    /* a pivot this small means X is rank-deficient: let eigSVD handle it */
+    double dmax = 0.0, dmin = INFINITY;
+    for (size_t j = 0; j < b; j++) {
+        double d = fabs(ws->g[j * b + j]);
+        dmax = d > dmax ? d : dmax;
+        dmin = d < dmin ? d : dmin;
+    }
+    if (!(dmin > dmax * 1e-6))
+        return -1;
+    for (size_t i = 0; i < b; i++)
+        for (size_t j = 0; j < b; j++)
+            ws->mf[i * b + j] = j >= i ? (float)ws->g[i * b + j] : 0.0f;
+    cblas_strsm(CblasRowMajor, CblasRight, CblasUpper, CblasNoTrans, CblasNonUnit, (int)rows,
+                (int)b, 1.0f, ws->mf, (int)b, x, (int)b);
+    return 0;
+}
+
+/* X (rows, b, ld b) -> X V D^-1/2 (eigSVD, Feng et al.), which copes with
+ * a rank-deficient X: absent directions become zero columns.  sv (b,), if
+ * not NULL, receives X's singular values, descending. */
+static int eig_orth(float *x, size_t rows, size_t b, double *sv, struct ws *ws)
+{
+    if (gram_eig(x, rows, b, b, ws))
+        return -1;
+    double top = ws->d[0] > 0.0 ? ws->d[0] : 0.0;
+    for (size_t j = 0; j < b; j++) {
+        double dj = ws->d[j];
+        double inv = dj > top * EIG_FLOOR && dj > 0.0 ? 1.0 / sqrt(dj) : 0.0;
+        if (sv)
+            sv[j] = dj > 0.0 ? sqrt(dj) : 0.0;
+        for (size_t i = 0; i < b; i++)
+            ws->mf[i * b + j] = (float)(ws->g[i * b + j] * inv);
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)b, (int)b, 1.0f, x,
+                (int)b, ws->mf, (int)b, 0.0f, ws->tmp, (int)b);
+    memcpy(x, ws->tmp, rows * b * sizeof *x);
+    return 0;
+}
+
 /* X (rows, b, ld b) -> orthonormal basis of its span minus span(prev),
- * written to dst (ld ldd); prev (rows, p, ld ldp).  sv (b,) may receive
- * X's singular values (after the first projection), descending. */
+ * written to dst (ld ldd); prev (rows, p, ld ldp) is orthonormal.  Two
+ * rounds of block Gram-Schmidt, each followed by Cholesky QR (eigSVD if
+ * that breaks down).  With sv (b,) the eigSVD path is taken and sv gets
+ * X's singular values, descending (the shifts of the power method). */
 static int orth_block(float *x, size_t rows, size_t b, const float *prev, size_t p, size_t ldp,
                       float *dst, size_t ldd, double *sv, struct ws *ws)
 {
@@ -286,47 +340,51 @@ static int orth_block(float *x, size_t rows, size_t b, const float *prev, size_t
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)b, (int)p,
                         -1.0f, prev, (int)ldp, ws->c, (int)b, 1.0f, x, (int)b);
         }
-        if (gram_eig(x, rows, b, b, ws))
-            return -1;
-        double top = ws->d[0] > 0.0 ? ws->d[0] : 0.0;
-        for (size_t j = 0; j < b; j++) {
-            double dj = ws->d[j];
-            double inv = dj > top * EIG_FLOOR && dj > 0.0 ? 1.0 / sqrt(dj) : 0.0;
-            if (sv && pass == 0)
-                sv[j] = dj > 0.0 ? sqrt(dj) : 0.0;
-            for (size_t i = 0; i < b; i++)
-                ws->mf[i * b + j] = (float)(ws->g[i * b + j] * inv);
+        if (sv || chol_qr(x, rows, b, ws)) {
+            if (eig_orth(x, rows, b, pass == 0 ? sv : NULL, ws))
+                return -1;
         }
-        float *out = pass ? dst : ws->tmp;
-        size_t ldo = pass ? ldd : b;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)b, (int)b, 1.0f, x,
-                    (int)b, ws->mf, (int)b, 0.0f, out, (int)ldo);
-        if (!pass)
-            memcpy(x, ws->tmp, rows * b * sizeof *x);
     }
+    for (size_t i = 0; i < rows; i++)
+        memcpy(dst + i * ldd, x + i * b, b * sizeof *x);
     return 0;
 }
 
 /* Rayleigh-Ritz: W ~ Q Q^T W with Q (m, L) orthonormal and bt = W^T Q
- * (n, L) -> the leading k triplets into out. */
+ * (n, L) -> the leading k triplets into out.  The Gram matrix Bt^T Bt is
+ * formed by one sgemm and only its k largest eigenpairs are computed
+ * (ssyevr): a full eigen-decomposition of an L x L matrix costs more than
+ * two passes over W here.  fp32 is enough: eigenvalues lose eps * s_1^2,
+ * i.e. nothing that the Frobenius error can see. */
 static int ritz(const float *q, const float *bt, size_t m, size_t n, size_t L, size_t k,
                 struct slim_svd *out, struct ws *ws)
 {
-    float *z = ws->tmp; /* (L, k) leading eigenvectors, float */
-    if (gram_eig(bt, n, L, L, ws))
+    float *g = (float *)ws->g, *ev = (float *)ws->d, *z = ws->tmp;
+    lapack_int found = 0;
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)L, (int)L, (int)n, 1.0f, bt,
+                (int)L, bt, (int)L, 0.0f, g, (int)L);
+    /* column-major lower == row-major upper of a symmetric matrix; the
+     * eigenvectors come back as columns of z (L, k) in column-major,
+     * i.e. z[j * L + i], eigenvalues ascending */
+    if (LAPACKE_ssyevr(LAPACK_COL_MAJOR, 'V', 'I', 'L', (lapack_int)L, g, (lapack_int)L, 0.0f,
+                       0.0f, (lapack_int)(L - k + 1), (lapack_int)L, 0.0f, &found, ev, z,
+                       (lapack_int)L, ws->isuppz) ||
+        (size_t)found != k)
         return -1;
-    double top = ws->d[0] > 0.0 ? ws->d[0] : 0.0;
+    float top = ev[k - 1] > 0.0f ? ev[k - 1] : 0.0f;
     for (size_t j = 0; j < k; j++) {
-        double dj = ws->d[j];
-        out->s[j] = dj > top * EIG_FLOOR && dj > 0.0 ? (float)sqrt(dj) : 0.0f;
+        float dj = ev[k - 1 - j];
+        out->s[j] = dj > top * (float)EIG_FLOOR && dj > 0.0f ? sqrtf(dj) : 0.0f;
     }
+    /* zk (L, k) row-major, descending order */
+    float *zk = ws->tmp2;
     for (size_t i = 0; i < L; i++)
         for (size_t j = 0; j < k; j++)
-            z[i * k + j] = (float)ws->g[i * L + j];
+            zk[i * k + j] = z[(k - 1 - j) * L + i];
     /* U = Q Z_k (m, k); Vt = S^-1 Z_k^T Bt^T (k, n) */
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)k, (int)L, 1.0f, q,
-                (int)L, z, (int)k, 0.0f, out->u, (int)k);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasTrans, (int)k, (int)n, (int)L, 1.0f, z, (int)k,
+                (int)L, zk, (int)k, 0.0f, out->u, (int)k);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasTrans, (int)k, (int)n, (int)L, 1.0f, zk, (int)k,
                 bt, (int)L, 0.0f, out->vt, (int)n);
     for (size_t j = 0; j < k; j++) {
         float inv = out->s[j] > 0.0f ? 1.0f / out->s[j] : 0.0f;
@@ -347,21 +405,26 @@ static void ws_free(struct ws *ws)
     slim_aligned_free(ws->mf);
     slim_aligned_free(ws->c);
     slim_aligned_free(ws->tmp);
+    slim_aligned_free(ws->tmp2);
+    slim_aligned_free(ws->isuppz);
 }
 
 /* Workspace for blocks of width b over `rows` rows, earlier blocks up to
  * L columns, and the final Ritz step (rows >= max(m, n)). */
 static int ws_alloc(struct ws *ws, size_t rows, size_t b, size_t L, size_t k)
 {
-    size_t t = rows * b > L * k ? rows * b : L * k;
+    size_t t = rows * b > L * L ? rows * b : L * L;
     memset(ws, 0, sizeof *ws);
-    ws->xd = slim_aligned_alloc(rows * L * sizeof(double));
+    ws->xd = slim_aligned_alloc(rows * b * sizeof(double));
     ws->g = slim_aligned_alloc(L * L * sizeof(double));
     ws->d = slim_aligned_alloc(L * sizeof(double));
     ws->mf = slim_aligned_alloc(b * b * sizeof(float));
     ws->c = slim_aligned_alloc(L * b * sizeof(float));
     ws->tmp = slim_aligned_alloc(t * sizeof(float));
-    if (!ws->xd || !ws->g || !ws->d || !ws->mf || !ws->c || !ws->tmp) {
+    ws->tmp2 = slim_aligned_alloc(L * k * sizeof(float));
+    ws->isuppz = slim_aligned_alloc(2 * L * sizeof(lapack_int));
+    if (!ws->xd || !ws->g || !ws->d || !ws->mf || !ws->c || !ws->tmp || !ws->tmp2 ||
+        !ws->isuppz) {
         ws_free(ws);
         return -1;
     }

@@ -1,0 +1,860 @@
+/*
+ * cluster.c - 1-D k-means weight sharing: k <= 256 shared values (a
+ * codebook) and one uint8 index per weight.
+ *
+ * In one dimension every k-means cluster is a run of the sorted values,
+ * so the weights are sorted once (LSD radix sort on the float bit
+ * patterns, 3 passes of 11/11/10 bits, parallel), and a clustering is
+ * k - 1 boundary positions.  With block prefix sums of (x - mean) and
+ * (x - mean)^2 (one double per 64 values, the rest summed on the fly), a
+ * cluster's mean and squared error cost O(1), so one Lloyd iteration is
+ * k - 1 searches for the midpoints between centroids (galloping from the
+ * last position: boundaries move little) plus k means: O(k log n), not
+ * O(n k).  Lloyd runs until no boundary moves, which in 1-D is a true
+ * local optimum (scikit-learn stops at a tolerance instead).
+ *
+ * 1-D k-means is also solvable exactly by dynamic programming over the
+ * sorted values (Wu, "Optimal quantization by matrix searching", J.
+ * Algorithms 1991; Groenlund et al., "Fast exact k-means, k-medians and
+ * Bregman divergence clustering in 1D", 2017): D[j][i] = min_a D[j-1][a]
+ * + cost(a, i), whose argmin is monotone in i, so divide and conquer
+ * fills a row in O(n log n).  We run it (a) exactly, on the distinct
+ * values with their counts, when k * d * log2 d is small (about 2^24
+ * cost evaluations), and (b) on 8k "atoms" (runs of equal count of the
+ * sorted weights, whose costs are still exact from the prefix sums) to
+ * start Lloyd close to the optimum.  The other start is the quantile one
+ * (the means of k equal-count runs); the start with the lower final
+ * inertia wins.  k-means++ was rejected as a start: its D^2 sampling is
+ * O(n k) and, in 1-D, worse than both.  SMAWK (O(k n)) was rejected for
+ * the exact case: n = 1M, k = 256 is still 2.5e8 evaluations.
+ *
+ * Empty clusters (possible with many equal values) are re-seeded at the
+ * largest value of the cluster with the largest squared error, which
+ * cannot raise the inertia.  Centroids are kept as floats, and the
+ * boundaries come from float midpoints, so the final indices, found by a
+ * binary search of each weight among the same midpoints, agree exactly
+ * with the clusters the iterations settled on.
+ */
+#pragma GCC optimize("O3")
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "passes/kernels.h"
+
+#define BLK 64
+#define DP_BUDGET (1u << 24)
+
+/* ---- radix sort --------------------------------------------------------- */
+
+static inline uint32_t f2key(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u ^ ((uint32_t)-(int32_t)(u >> 31) | 0x80000000u);
+}
+
+static inline float key2f(uint32_t u)
+{
+    float f;
+    u ^= ((u >> 31) - 1) | 0x80000000u;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+#define RADIX_BITS 11
+#define RADIX (1u << RADIX_BITS)
+
+struct sort_job {
+    const float *src;     /* phase 0: floats to key (NULL: keys already in out) */
+    const uint32_t *in;   /* phase 1: this pass's input and output */
+    uint32_t *out;
+    size_t n;
+    int phase;            /* 0: keys + histograms, 1: scatter on `digit`,
+                           * 2: recount `digit` over this part of `in` */
+    int digit;
+    size_t *hist;         /* nparts * 3 * RADIX counts, then offsets */
+};
+
+static void sort_part(void *ctx, int part, int nparts)
+{
+    struct sort_job *j = ctx;
+    size_t lo = j->n * (size_t)part / (size_t)nparts, hi = j->n * (size_t)(part + 1) / (size_t)nparts;
+    size_t *h = j->hist + (size_t)part * 3 * RADIX;
+    if (j->phase == 0) {
+        memset(h, 0, 3 * RADIX * sizeof *h);
+        for (size_t i = lo; i < hi; i++) {
+            uint32_t u = j->src ? f2key(j->src[i]) : j->out[i];
+            j->out[i] = u;
+            h[u & (RADIX - 1)]++;
+            h[RADIX + (u >> RADIX_BITS & (RADIX - 1))]++;
+            h[2 * RADIX + (u >> (2 * RADIX_BITS))]++;
+        }
+        return;
+    }
+    size_t *off = h + (size_t)j->digit * RADIX;
+    int sh = RADIX_BITS * j->digit;
+    if (j->phase == 2) {
+        memset(off, 0, RADIX * sizeof *off);
+        for (size_t i = lo; i < hi; i++)
+            off[j->in[i] >> sh & (RADIX - 1)]++;
+        return;
+    }
+    for (size_t i = lo; i < hi; i++) {
+        uint32_t u = j->in[i];
+        j->out[off[u >> sh & (RADIX - 1)]++] = u;
+    }
+}
+
+/* keys (n,) <- f2key(src) (or the keys already there when src is NULL),
+ * sorted, stably, by nparts threads; scratch (n,).  Returns the buffer
+ * (keys or scratch) that holds the result. */
+static uint32_t *radix_sort(const float *src, uint32_t *keys, uint32_t *scratch, size_t n,
+                            int nparts, size_t *hist)
+{
+    struct sort_job j = {.src = src, .out = keys, .n = n, .hist = hist};
+    uint32_t *cur = keys, *other = scratch;
+    int moved = 0;
+    slim_kernel_parallel(nparts, sort_part, &j);
+    for (int d = 0; d < 3; d++) {
+        size_t base = 0;
+        int trivial = 0;
+        for (size_t v = 0; v < RADIX && !trivial; v++) {
+            size_t tot = 0;
+            for (int p = 0; p < nparts; p++)
+                tot += hist[((size_t)p * 3 + (size_t)d) * RADIX + v];
+            trivial = tot == n;
+        }
+        if (trivial)
+            continue; /* every key has this digit: the pass would only copy */
+        j.in = cur;
+        j.out = other;
+        j.digit = d;
+        if (nparts > 1 && moved) {
+            /* the data moved since phase 0: each part's counts are stale */
+            j.phase = 2;
+            slim_kernel_parallel(nparts, sort_part, &j);
+        }
+        /* offsets, digit-major then part, so the scatter is stable */
+        for (size_t v = 0; v < RADIX; v++)
+            for (int p = 0; p < nparts; p++) {
+                size_t *c = &hist[((size_t)p * 3 + (size_t)d) * RADIX + v];
+                size_t t = *c;
+                *c = base;
+                base += t;
+            }
+        j.phase = 1;
+        slim_kernel_parallel(nparts, sort_part, &j);
+        other = cur;
+        cur = j.out;
+        moved = 1;
+    }
+    return cur;
+}
+
+/* ---- prefix sums over the sorted values --------------------------------- */
+
+struct pre {
+    const float *x;
+    size_t n;
+    double mu;
+    double *p1, *p2;     /* (n / BLK + 1,) sums of (x - mu), (x - mu)^2 before block b */
+};
+
+static void pre_sums(const struct pre *p, size_t i, double *s1, double *s2)
+{
+    size_t b = i / BLK;
+    double a1 = p->p1[b], a2 = p->p2[b];
+    for (size_t t = b * BLK; t < i; t++) {
+        double d = (double)p->x[t] - p->mu;
+        a1 += d;
+        a2 += d * d;
+    }
+    *s1 = a1;
+    *s2 = a2;
+}
+
+static int pre_init(struct pre *p, const float *x, size_t n)
+{
+    size_t nb = n / BLK + 1;
+    double s = 0.0, a1 = 0.0, a2 = 0.0;
+    p->x = x;
+    p->n = n;
+    p->p1 = slim_malloc(nb * sizeof(double));
+    p->p2 = slim_malloc(nb * sizeof(double));
+    if (!p->p1 || !p->p2)
+        return -1;
+    for (size_t i = 0; i < n; i++)
+        s += x[i];
+    p->mu = n ? s / (double)n : 0.0;
+    for (size_t b = 0; b < nb; b++) {
+        p->p1[b] = a1;
+        p->p2[b] = a2;
+        for (size_t t = b * BLK; t < (b + 1) * BLK && t < n; t++) {
+            double d = (double)x[t] - p->mu;
+            a1 += d;
+            a2 += d * d;
+        }
+    }
+    return 0;
+}
+
+static void pre_free(struct pre *p)
+{
+    slim_free(p->p1);
+    slim_free(p->p2);
+}
+
+/* Sum of squared deviations of x[a..b) from c. */
+static double range_sse(const struct pre *p, size_t a, size_t b, double c)
+{
+    double s1a, s2a, s1b, s2b, s1, s2, cnt = (double)(b - a), d = c - p->mu;
+    if (a >= b)
+        return 0.0;
+    pre_sums(p, a, &s1a, &s2a);
+    pre_sums(p, b, &s1b, &s2b);
+    s1 = s1b - s1a;
+    s2 = s2b - s2a;
+    double e = s2 - 2.0 * d * s1 + cnt * d * d;
+    return e > 0.0 ? e : 0.0;
+}
+
+static double range_mean(const struct pre *p, size_t a, size_t b)
+{
+    double s1a, s2a, s1b, s2b;
+    pre_sums(p, a, &s1a, &s2a);
+    pre_sums(p, b, &s1b, &s2b);
+    return p->mu + (s1b - s1a) / (double)(b - a);
+}
+
+/* ---- Lloyd on the sorted values ------------------------------------------- */
+
+/* First i in [0, n] with x[i] >= t, searching from a guess. */
+static size_t lower_bound_from(const float *x, size_t n, float t, size_t guess)
+{
+    size_t lo, hi, step = 1;
+    if (guess > n)
+        guess = n;
+    if (guess < n && x[guess] < t) {
+        lo = guess + 1;
+        hi = lo;
+        while (hi < n && x[hi] < t) {
+            lo = hi + 1;
+            hi += step;
+            step *= 2;
+        }
+        if (hi > n)
+            hi = n;
+    } else {
+        hi = guess;
+        lo = guess;
+        while (lo > 0 && x[lo - 1] >= t) {
+            hi = lo - 1;
+            lo = lo > step ? lo - step : 0;
+            step *= 2;
+        }
+    }
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (x[mid] < t)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static float midpoint(float a, float b)
+{
+    return (float)(((double)a + (double)b) * 0.5);
+}
+
+struct lloyd {
+    int k;
+    float c[SLIM_KMEANS_MAX_K];    /* centroids, ascending */
+    size_t bnd[SLIM_KMEANS_MAX_K + 1];
+    double inertia;
+    int iterations;
+};
+
+static int float_cmp(const void *pa, const void *pb)
+{
+    float a = *(const float *)pa, b = *(const float *)pb;
+    return (a > b) - (a < b);
+}
+
+/* Boundaries for the current centroids. */
+static void assign(const struct pre *p, struct lloyd *L)
+{
+    L->bnd[0] = 0;
+    L->bnd[L->k] = p->n;
+    for (int j = 1; j < L->k; j++)
+        L->bnd[j] = lower_bound_from(p->x, p->n, midpoint(L->c[j - 1], L->c[j]), L->bnd[j]);
+    for (int j = 1; j < L->k; j++)
+        if (L->bnd[j] < L->bnd[j - 1])
+            L->bnd[j] = L->bnd[j - 1];
+}
+
+static double total_sse(const struct pre *p, const struct lloyd *L)
+{
+    double e = 0.0;
+    for (int j = 0; j < L->k; j++)
+        e += range_sse(p, L->bnd[j], L->bnd[j + 1], L->c[j]);
+    return e;
+}
+
+/* Re-seeds each empty cluster at the largest value of a distinct
+ * non-empty cluster with the largest squared error (whose top value is
+ * above its centroid, so the new centroid is new).  Returns the number
+ * re-seeded. */
+static int reseed(const struct pre *p, struct lloyd *L)
+{
+    unsigned char split[SLIM_KMEANS_MAX_K] = {0};
+    int done = 0;
+    for (int e = 0; e < L->k; e++) {
+        if (L->bnd[e] != L->bnd[e + 1])
+            continue;
+        int s = -1;
+        double worst = 0.0;
+        for (int j = 0; j < L->k; j++) {
+            size_t a = L->bnd[j], b = L->bnd[j + 1];
+            if (a == b || split[j] || !(p->x[b - 1] > L->c[j]))
+                continue;
+            double sse = range_sse(p, a, b, L->c[j]);
+            if (s < 0 || sse > worst) {
+                worst = sse;
+                s = j;
+            }
+        }
+        if (s < 0)
+            break;
+        split[s] = 1;
+        L->c[e] = p->x[L->bnd[s + 1] - 1];
+        done++;
+    }
+    if (done) {
+        qsort(L->c, (size_t)L->k, sizeof L->c[0], float_cmp);
+        assign(p, L);
+    }
+    return done;
+}
+
+/* Lloyd from L->c (ascending) to a fixed point, at most max_iter
+ * updates.  trace (cap,) gets the inertia after each update. */
+static void lloyd_run(const struct pre *p, struct lloyd *L, int max_iter, double *trace, int cap,
+                      int *len)
+{
+    size_t old[SLIM_KMEANS_MAX_K + 1];
+    int it;
+    for (int j = 0; j <= L->k; j++)
+        L->bnd[j] = p->n * (size_t)j / (size_t)L->k;
+    assign(p, L);
+    for (it = 1; it <= max_iter; it++) {
+        for (int j = 0; j < L->k; j++)
+            if (L->bnd[j] < L->bnd[j + 1])
+                L->c[j] = (float)range_mean(p, L->bnd[j], L->bnd[j + 1]);
+        int moved = reseed(p, L);
+        if (trace && *len < cap)
+            trace[(*len)++] = total_sse(p, L);
+        memcpy(old, L->bnd, sizeof(size_t) * (size_t)(L->k + 1));
+        assign(p, L);
+        if (!moved && !memcmp(old, L->bnd, sizeof(size_t) * (size_t)(L->k + 1)))
+            break;
+    }
+    L->iterations = it > max_iter ? max_iter : it;
+    L->inertia = total_sse(p, L);
+}
+
+/* ---- dynamic programming over weighted points ------------------------------ */
+
+/* Points are runs x[at[i] .. at[i + 1]) of the sorted values, i < np;
+ * s1, s2, cnt are their prefix sums (np + 1,), so a cost is O(1). */
+struct dp {
+    const size_t *at;
+    size_t np;
+    double *s1, *s2;
+    double *prev, *cur;   /* (np + 1,) */
+    uint32_t *arg;        /* (k, np + 1) */
+};
+
+static double dp_cost(const struct dp *d, size_t a, size_t b)
+{
+    double s1 = d->s1[b] - d->s1[a], s2 = d->s2[b] - d->s2[a];
+    double e = s2 - s1 * s1 / (double)(d->at[b] - d->at[a]);
+    return e > 0.0 ? e : 0.0;
+}
+
+/* Row j: cur[i] = min_{a in [olo, ohi], a < i} prev[a] + cost(a, i) for
+ * i in [lo, hi]. */
+static void dp_fill(struct dp *d, int j, size_t lo, size_t hi, size_t olo, size_t ohi)
+{
+    while (lo <= hi) {
+        size_t mid = lo + (hi - lo) / 2, best = olo, top = ohi < mid - 1 ? ohi : mid - 1;
+        double bv = INFINITY;
+        for (size_t a = olo; a <= top; a++) {
+            double v = d->prev[a] + dp_cost(d, a, mid);
+            if (v < bv) {
+                bv = v;
+                best = a;
+            }
+        }
+        d->cur[mid] = bv;
+        d->arg[(size_t)j * (d->np + 1) + mid] = (uint32_t)best;
+        if (mid > lo)
+            dp_fill(d, j, lo, mid - 1, olo, best);
+        /* tail-iterate on the right half */
+        lo = mid + 1;
+        olo = best;
+    }
+}
+
+/* Optimal k-partition of the np points; writes the k cluster means into
+ * c (ascending) and returns 0, or -1 without memory. */
+static int dp_solve(const struct pre *p, const size_t *at, size_t np, int k, float *c)
+{
+    struct dp d = {.at = at, .np = np};
+    int rc = -1;
+    d.prev = slim_malloc((np + 1) * sizeof(double));
+    d.cur = slim_malloc((np + 1) * sizeof(double));
+    d.s1 = slim_malloc((np + 1) * sizeof(double));
+    d.s2 = slim_malloc((np + 1) * sizeof(double));
+    d.arg = slim_malloc((size_t)k * (np + 1) * sizeof(uint32_t));
+    if (!d.prev || !d.cur || !d.s1 || !d.s2 || !d.arg)
+        goto out;
+    for (size_t i = 0; i <= np; i++)
+        pre_sums(p, at[i], &d.s1[i], &d.s2[i]);
+    /* row 0: one cluster over points 0..i-1 */
+    for (size_t i = 1; i <= np; i++) {
+        d.prev[i] = dp_cost(&d, 0, i);
+        d.arg[i] = 0;
+    }
+    d.prev[0] = 0.0;
+    for (int j = 1; j < k; j++) {
+        /* j + 1 clusters over i >= j + 1 points */
+        d.cur[j] = 0.0;
+        for (size_t i = 0; i <= (size_t)j && i <= np; i++)
+            d.cur[i] = INFINITY;
+        dp_fill(&d, j, (size_t)j + 1, np, (size_t)j, np - 1);
+        double *t = d.prev;
+        d.prev = d.cur;
+        d.cur = t;
+    }
+    /* backtrack */
+    size_t end = np;
+    for (int j = k - 1; j >= 0; j--) {
+        size_t start = j ? d.arg[(size_t)j * (np + 1) + end] : 0;
+        c[j] = (float)range_mean(p, at[start], at[end]);
+        end = start;
+    }
+    rc = 0;
+out:
+    slim_free(d.prev);
+    slim_free(d.cur);
+    slim_free(d.s1);
+    slim_free(d.s2);
+    slim_free(d.arg);
+    return rc;
+}
+
+/* ---- driver ------------------------------------------------------------------ */
+
+struct assign_job {
+    const float *w;
+    size_t n;
+    const float *t;     /* (nt,) ascending thresholds */
+    int nt;
+    const uint8_t *map; /* cluster -> codebook index */
+    uint8_t zero_idx;
+    int keep_zero;
+    uint8_t *idx;
+};
+
+static void assign_part(void *ctx, int part, int nparts)
+{
+    struct assign_job *j = ctx;
+    size_t a = j->n * (size_t)part / (size_t)nparts, b = j->n * (size_t)(part + 1) / (size_t)nparts;
+    for (size_t i = a; i < b; i++) {
+        float v = j->w[i];
+        if (j->keep_zero && v == 0.0f) {
+            j->idx[i] = j->zero_idx;
+            continue;
+        }
+        size_t base = 0, len = (size_t)j->nt;
+        while (len > 0) {
+            size_t half = len / 2;
+            if (j->t[base + half] <= v) {
+                base += half + 1;
+                len -= half + 1;
+            } else {
+                len = half;
+            }
+        }
+        j->idx[i] = j->map[base];
+    }
+}
+
+struct copy_job {
+    const float *w;
+    size_t n;
+    int keep_zero;
+    size_t nonzero[64], bad[64];
+};
+
+static void scan_part(void *ctx, int part, int nparts)
+{
+    struct copy_job *j = ctx;
+    size_t a = j->n * (size_t)part / (size_t)nparts, b = j->n * (size_t)(part + 1) / (size_t)nparts;
+    size_t nz = 0, bad = 0;
+    for (size_t i = a; i < b; i++) {
+        nz += j->w[i] != 0.0f;
+        bad += !(j->w[i] - j->w[i] == 0.0f);
+    }
+    j->nonzero[part] = nz;
+    j->bad[part] = bad;
+}
+
+static int check_opts(const struct slim_kmeans_opts *o, struct slim_error *err)
+{
+    if (!o)
+        return slim_error_set(err, SLIM_EINVAL, "cluster: no options");
+    if (o->k < 1 || o->k > SLIM_KMEANS_MAX_K)
+        return slim_error_set(err, SLIM_EINVAL, "cluster: k %d outside [1, %d]", o->k,
+                              SLIM_KMEANS_MAX_K);
+    if (o->max_iter < 0 || o->trace_cap < 0)
+        return slim_error_set(err, SLIM_EINVAL, "cluster: negative max_iter or trace_cap");
+    return 0;
+}
+
+/* Writes codebook (k,) from the kk cluster centroids c (ascending) plus
+ * the fixed zero, and map (kk,) from cluster to codebook index. */
+static int build_codebook(const float *c, int kk, int with_zero, int k, float *codebook,
+                          uint8_t *map, uint8_t *zero_idx)
+{
+    int z = 0, u = 0;
+    while (z < kk && c[z] < 0.0f)
+        z++;
+    for (int j = 0; j < kk; j++) {
+        if (with_zero && j == z)
+            codebook[u++] = 0.0f;
+        map[j] = (uint8_t)u;
+        codebook[u++] = c[j];
+    }
+    if (with_zero && z == kk)
+        codebook[u++] = 0.0f;
+    *zero_idx = (uint8_t)z;
+    for (int i = u; i < k; i++)
+        codebook[i] = u ? codebook[u - 1] : 0.0f;
+    return u;
+}
+
+int slim_kmeans_1d(const float *w, size_t n, const struct slim_kmeans_opts *opts, int threads,
+                   float *codebook, uint8_t *idx, struct slim_kmeans_info *info,
+                   struct slim_error *err)
+{
+    struct slim_kmeans_info inf = {0};
+    struct copy_job cj = {.w = w, .n = n};
+    struct pre p = {0};
+    uint32_t *keys = NULL, *scratch = NULL, *sorted;
+    size_t *hist = NULL, *at = NULL, nz = 0, nx, d = 0;
+    float *x = NULL, thr[SLIM_KMEANS_MAX_K];
+    uint8_t map[SLIM_KMEANS_MAX_K], zero_idx = 0;
+    struct lloyd best, *L = NULL;
+    int rc, nparts, kk, with_zero, max_iter;
+
+    if ((rc = check_opts(opts, err)))
+        return rc;
+    if (n && (!w || !codebook))
+        return slim_error_set(err, SLIM_EINVAL, "cluster: NULL buffer");
+    if (!n) {
+        for (int i = 0; i < opts->k; i++)
+            codebook[i] = 0.0f;
+        if (info)
+            *info = (struct slim_kmeans_info){.exact = 1};
+        return 0;
+    }
+    max_iter = opts->max_iter ? opts->max_iter : 100000;
+    nparts = slim_kernel_threads(threads, n);
+    cj.keep_zero = opts->keep_zero;
+    slim_kernel_parallel(nparts, scan_part, &cj);
+    for (int i = 0; i < nparts; i++) {
+        if (cj.bad[i])
+            return slim_error_set(err, SLIM_ENUMERIC, "cluster: NaN or Inf in weights");
+        nz += cj.nonzero[i];
+    }
+    with_zero = opts->keep_zero && nz < n;
+    kk = opts->k - with_zero;
+    nx = with_zero ? nz : n;
+
+    keys = slim_malloc((nx ? nx : 1) * sizeof *keys);
+    scratch = slim_malloc((nx ? nx : 1) * sizeof *scratch);
+    hist = slim_malloc((size_t)nparts * 3 * RADIX * sizeof *hist);
+    L = slim_malloc(sizeof *L);
+    if (!keys || !scratch || !hist || !L) {
+        rc = slim_error_set(err, SLIM_ENOMEM, "cluster: out of memory");
+        goto out;
+    }
+    if (with_zero) {
+        size_t t = 0;
+        for (size_t i = 0; i < n; i++)
+            if (w[i] != 0.0f)
+                keys[t++] = f2key(w[i]);
+        sorted = radix_sort(NULL, keys, scratch, nx, slim_kernel_threads(threads, nx), hist);
+    } else {
+        sorted = radix_sort(w, keys, scratch, nx, nparts, hist);
+    }
+    /* the sorted floats replace the keys in place */
+    x = (float *)sorted;
+    for (size_t i = 0; i < nx; i++) {
+        float f = key2f(sorted[i]);
+        memcpy(&x[i], &f, sizeof f);
+    }
+    for (size_t i = 0; i < nx; i++)
+        d += i == 0 || x[i] != x[i - 1];
+
+    memset(&best, 0, sizeof best);
+    best.k = kk < (int)d ? kk : (int)d;
+    if (kk == 0 || nx == 0) {
+        best.k = 0;
+        inf.exact = 1;
+        if (kk == 0)
+            for (size_t i = 0; i < nx; i++)
+                inf.inertia += (double)x[i] * (double)x[i];
+    } else if ((size_t)kk >= d) {
+        /* no more distinct values than clusters: each its own */
+        int j = 0;
+        for (size_t i = 0; i < nx; i++)
+            if (i == 0 || x[i] != x[i - 1])
+                best.c[j++] = x[i];
+        inf.exact = 1;
+    } else {
+        double lg = 1.0;
+        while ((double)(1ull << (int)lg) < (double)d)
+            lg += 1.0;
+        if (pre_init(&p, x, nx)) {
+            rc = slim_error_set(err, SLIM_ENOMEM, "cluster: out of memory");
+            goto out;
+        }
+        int exact_dp = !opts->no_dp && (double)kk * (double)d * lg <= (double)DP_BUDGET;
+        size_t natoms = exact_dp ? d : (size_t)kk * 8;
+        if (natoms > nx)
+            natoms = nx;
+        at = slim_malloc((natoms + 1) * sizeof *at);
+        if (!at) {
+            rc = slim_error_set(err, SLIM_ENOMEM, "cluster: out of memory");
+            goto out;
+        }
+        if (exact_dp) {
+            size_t t = 0;
+            for (size_t i = 0; i < nx; i++)
+                if (i == 0 || x[i] != x[i - 1])
+                    at[t++] = i;
+            at[t] = nx;
+        } else {
+            /* equal-count atoms, each ending where its value changes, so
+             * no value straddles two atoms */
+            size_t t = 0, i = 0;
+            at[t++] = 0;
+            while (t < natoms && i < nx) {
+                size_t target = nx * t / natoms;
+                i = target > i ? target : i + 1;
+                while (i < nx && x[i] == x[i - 1])
+                    i++;
+                if (i < nx)
+                    at[t++] = i;
+            }
+            natoms = t;
+            at[natoms] = nx;
+        }
+        /* start 1: quantiles */
+        L->k = kk;
+        for (int j = 0; j < kk; j++) {
+            size_t a = nx * (size_t)j / (size_t)kk, b = nx * (size_t)(j + 1) / (size_t)kk;
+            L->c[j] = (float)range_mean(&p, a, b);
+        }
+        if (exact_dp) {
+            if (dp_solve(&p, at, natoms, kk, L->c)) {
+                rc = slim_error_set(err, SLIM_ENOMEM, "cluster: out of memory");
+                goto out;
+            }
+            /* the optimum is a Lloyd fixed point: this only settles the
+             * boundaries on the float centroids */
+            lloyd_run(&p, L, max_iter, NULL, 0, &(int){0});
+            inf.exact = 1;
+            best = *L;
+            best.iterations = 0;
+        } else {
+            lloyd_run(&p, L, max_iter, opts->trace, opts->trace_cap, &inf.trace_len);
+            best = *L;
+            /* start 2: optimal clustering of the atoms */
+            if (!opts->no_dp && natoms > (size_t)kk) {
+                L->k = kk;
+                if (dp_solve(&p, at, natoms, kk, L->c)) {
+                    rc = slim_error_set(err, SLIM_ENOMEM, "cluster: out of memory");
+                    goto out;
+                }
+                lloyd_run(&p, L, max_iter, NULL, 0, &(int){0});
+                if (L->inertia < best.inertia)
+                    best = *L;
+            }
+        }
+    }
+
+    /* codebook, thresholds, indices */
+    build_codebook(best.c, best.k, with_zero, opts->k, codebook, map, &zero_idx);
+    for (int j = 0; j + 1 < best.k; j++)
+        thr[j] = midpoint(best.c[j], best.c[j + 1]);
+    if (best.k > 0) {
+        /* exact inertia of the final assignment, from the sorted values */
+        double e = 0.0;
+        size_t a = 0;
+        for (int j = 0; j < best.k; j++) {
+            size_t b = j + 1 < best.k ? lower_bound_from(x, nx, thr[j], a) : nx;
+            for (size_t i = a; i < b; i++) {
+                double dd = (double)x[i] - (double)best.c[j];
+                e += dd * dd;
+            }
+            inf.k_used += b > a;
+            a = b;
+        }
+        inf.inertia = e;
+    }
+    inf.k_used += with_zero;
+    if (best.k == 0 && !with_zero)
+        inf.k_used = nx ? 1 : 0;
+    inf.iterations = best.iterations;
+    if (idx) {
+        struct assign_job aj = {.w = w, .n = n, .t = thr, .nt = best.k > 0 ? best.k - 1 : 0,
+                                .map = map, .zero_idx = zero_idx,
+                                .keep_zero = with_zero, .idx = idx};
+        if (best.k == 0) {
+            /* every weight maps to the zero centroid (kk == 0) */
+            memset(idx, zero_idx, n);
+        } else {
+            slim_kernel_parallel(nparts, assign_part, &aj);
+        }
+    }
+    if (info)
+        *info = inf;
+out:
+    pre_free(&p);
+    slim_free(keys);
+    slim_free(scratch);
+    slim_free(hist);
+    slim_free(at);
+    slim_free(L);
+    return rc;
+}
+
+/* ---- the reference: plain Lloyd over the unsorted weights ------------------- */
+
+int slim_kmeans_1d_ref(const float *w, size_t n, const struct slim_kmeans_opts *opts,
+                       float *codebook, uint8_t *idx, struct slim_kmeans_info *info,
+                       struct slim_error *err)
+{
+    struct slim_kmeans_info inf = {0};
+    float *x = NULL, c[SLIM_KMEANS_MAX_K];
+    uint8_t *lab = NULL, map[SLIM_KMEANS_MAX_K], zero_idx = 0;
+    size_t nx = 0, d = 0;
+    int rc, kk, with_zero = 0, max_iter;
+
+    if ((rc = check_opts(opts, err)))
+        return rc;
+    if (!n) {
+        for (int i = 0; i < opts->k; i++)
+            codebook[i] = 0.0f;
+        if (info)
+            *info = (struct slim_kmeans_info){.exact = 1};
+        return 0;
+    }
+    max_iter = opts->max_iter ? opts->max_iter : 100000;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(w[i]))
+            return slim_error_set(err, SLIM_ENUMERIC, "cluster: NaN or Inf in weights");
+        with_zero |= opts->keep_zero && w[i] == 0.0f;
+    }
+    kk = opts->k - with_zero;
+    x = slim_malloc(n * sizeof *x);
+    lab = slim_malloc(n);
+    if (!x || !lab) {
+        rc = slim_error_set(err, SLIM_ENOMEM, "cluster: out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (!(with_zero && w[i] == 0.0f))
+            x[nx++] = w[i];
+    /* quantile start, from a sorted copy */
+    float *s = slim_malloc((nx ? nx : 1) * sizeof *s);
+    if (!s) {
+        rc = slim_error_set(err, SLIM_ENOMEM, "cluster: out of memory");
+        goto out;
+    }
+    memcpy(s, x, nx * sizeof *s);
+    qsort(s, nx, sizeof *s, float_cmp);
+    for (size_t i = 0; i < nx; i++)
+        d += i == 0 || s[i] != s[i - 1];
+    if (kk > (int)d)
+        kk = (int)d;
+    for (int j = 0; j < kk; j++) {
+        size_t a = nx * (size_t)j / (size_t)kk, b = nx * (size_t)(j + 1) / (size_t)kk;
+        double sum = 0.0;
+        for (size_t i = a; i < b; i++)
+            sum += s[i];
+        c[j] = (float)(sum / (double)(b - a));
+    }
+    slim_free(s);
+    for (int it = 0; it < max_iter && kk > 0; it++) {
+        double sum[SLIM_KMEANS_MAX_K] = {0};
+        size_t cnt[SLIM_KMEANS_MAX_K] = {0}, changed = 0;
+        for (size_t i = 0; i < nx; i++) {
+            int bj = 0;
+            double bd = INFINITY;
+            for (int j = 0; j < kk; j++) {
+                double dd = fabs((double)x[i] - (double)c[j]);
+                if (dd < bd) {
+                    bd = dd;
+                    bj = j;
+                }
+            }
+            changed += it == 0 || lab[i] != bj;
+            lab[i] = (uint8_t)bj;
+            sum[bj] += x[i];
+            cnt[bj]++;
+        }
+        inf.iterations = it + 1;
+        if (!changed)
+            break;
+        for (int j = 0; j < kk; j++)
+            if (cnt[j])
+                c[j] = (float)(sum[j] / (double)cnt[j]);
+        qsort(c, (size_t)kk, sizeof c[0], float_cmp);
+    }
+    build_codebook(c, kk, with_zero, opts->k, codebook, map, &zero_idx);
+    /* final assignment to the nearest centroid, and its inertia */
+    for (size_t i = 0; i < n; i++) {
+        if (with_zero && w[i] == 0.0f) {
+            if (idx)
+                idx[i] = zero_idx;
+            continue;
+        }
+        int bj = 0;
+        double bd = INFINITY;
+        for (int j = 0; j < kk; j++) {
+            double dd = fabs((double)w[i] - (double)c[j]);
+            if (dd < bd) {
+                bd = dd;
+                bj = j;
+            }
+        }
+        if (idx)
+            idx[i] = kk ? map[bj] : zero_idx;
+        double e = kk ? (double)w[i] - (double)c[bj] : (double)w[i];
+        inf.inertia += e * e;
+    }
+    inf.k_used = kk + with_zero;
+    inf.exact = (size_t)kk >= d;
+    if (info)
+        *info = inf;
+out:
+    slim_free(x);
+    slim_free(lab);
+    return rc;
+}
