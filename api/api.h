@@ -64,6 +64,10 @@ enum MHD_Result api_reply_error(struct MHD_Connection *conn, struct api_request 
 /* Replies with err's code and message. */
 enum MHD_Result api_reply_slim_error(struct MHD_Connection *conn, struct api_request *req,
                                      const struct slim_error *err);
+/* Replies with text (stolen: freed with free(), even on failure) of the
+ * given Content-Type. */
+enum MHD_Result api_reply_text(struct MHD_Connection *conn, struct api_request *req, int status,
+                               char *text, size_t len, const char *type);
 enum MHD_Result api_reply_empty(struct MHD_Connection *conn, struct api_request *req, int status);
 /* Serves a file: ETag, Range (one range), If-None-Match, optional
  * Content-Disposition filename. */

@@ -216,17 +216,7 @@ enum MHD_Result api_jobs_get(struct api_ctx *ctx, struct MHD_Connection *conn,
     json_decref(rep);
     if (!html)
         return api_reply_error(conn, req, SLIM_ENOMEM, "out of memory");
-    struct MHD_Response *resp = MHD_create_response_from_buffer(strlen(html), html,
-                                                                MHD_RESPMEM_MUST_FREE);
-    if (!resp) {
-        free(html);
-        return MHD_NO;
-    }
-    MHD_add_response_header(resp, "Content-Type", "text/html; charset=utf-8");
-    api_request_set_status(req, 200);
-    r = MHD_queue_response(conn, 200, resp);
-    MHD_destroy_response(resp);
-    return r;
+    return api_reply_text(conn, req, 200, html, strlen(html), "text/html; charset=utf-8");
 }
 
 enum MHD_Result api_jobs_cancel(struct api_ctx *ctx, struct MHD_Connection *conn,

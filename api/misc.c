@@ -26,22 +26,6 @@ enum MHD_Result api_health(struct api_ctx *ctx, struct MHD_Connection *conn,
                           json_pack("{s:s, s:s}", "status", "ok", "version", SLIMD_VERSION), NULL);
 }
 
-static enum MHD_Result reply_text(struct MHD_Connection *conn, struct api_request *req,
-                                  char *text, size_t len, const char *type)
-{
-    struct MHD_Response *resp = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
-    enum MHD_Result r;
-    if (!resp) {
-        free(text);
-        return MHD_NO;
-    }
-    MHD_add_response_header(resp, "Content-Type", type);
-    api_request_set_status(req, 200);
-    r = MHD_queue_response(conn, 200, resp);
-    MHD_destroy_response(resp);
-    return r;
-}
-
 enum MHD_Result api_metrics(struct api_ctx *ctx, struct MHD_Connection *conn,
                             struct api_request *req)
 {
@@ -67,7 +51,7 @@ enum MHD_Result api_metrics(struct api_ctx *ctx, struct MHD_Connection *conn,
     fprintf(f, "# HELP slimd_build_info Version.\n# TYPE slimd_build_info gauge\n"
                "slimd_build_info{version=\"%s\"} 1\n", SLIMD_VERSION);
     fclose(f);
-    return reply_text(conn, req, buf, len, "text/plain; version=0.0.4");
+    return api_reply_text(conn, req, 200, buf, len, "text/plain; version=0.0.4");
 }
 
 /* The dashboard: one static page that reads the JSON API from the
@@ -97,16 +81,10 @@ static const char dashboard_html[] =
 enum MHD_Result api_dashboard(struct api_ctx *ctx, struct MHD_Connection *conn,
                               struct api_request *req)
 {
-    struct MHD_Response *resp;
-    enum MHD_Result r;
+    char *page = strdup(dashboard_html);
     (void)ctx;
-    resp = MHD_create_response_from_buffer(sizeof dashboard_html - 1, (void *)dashboard_html,
-                                           MHD_RESPMEM_PERSISTENT);
-    if (!resp)
-        return MHD_NO;
-    MHD_add_response_header(resp, "Content-Type", "text/html; charset=utf-8");
-    api_request_set_status(req, 200);
-    r = MHD_queue_response(conn, 200, resp);
-    MHD_destroy_response(resp);
-    return r;
+    if (!page)
+        return api_reply_error(conn, req, SLIM_ENOMEM, "out of memory");
+    return api_reply_text(conn, req, 200, page, sizeof dashboard_html - 1,
+                          "text/html; charset=utf-8");
 }

@@ -200,6 +200,18 @@ enum MHD_Result api_reply_slim_error(struct MHD_Connection *conn, struct api_req
     return api_reply_error(conn, req, err->code, "%s", err->msg);
 }
 
+enum MHD_Result api_reply_text(struct MHD_Connection *conn, struct api_request *req, int status,
+                               char *text, size_t len, const char *type)
+{
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(text);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, "Content-Type", type);
+    return queue(conn, req, status, resp);
+}
+
 enum MHD_Result api_reply_empty(struct MHD_Connection *conn, struct api_request *req, int status)
 {
     return queue(conn, req, status,

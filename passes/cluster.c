@@ -407,9 +407,10 @@ static void dp_fill(struct dp *d, int j, size_t lo, size_t hi, size_t olo, size_
     }
 }
 
-/* Optimal k-partition of the np points; writes the k cluster means into
- * c (ascending) and returns 0, or -1 without memory. */
-static int dp_solve(const struct pre *p, const size_t *at, size_t np, int k, float *c)
+/* Optimal k-partition of the np points: writes the cluster boundaries, as
+ * indices of the sorted values, into bnd (k + 1,).  Returns 0, or -1
+ * without memory. */
+static int dp_solve(const struct pre *p, const size_t *at, size_t np, int k, size_t *bnd)
 {
     struct dp d = {.at = at, .np = np};
     int rc = -1;
@@ -440,9 +441,10 @@ static int dp_solve(const struct pre *p, const size_t *at, size_t np, int k, flo
     }
     /* backtrack */
     size_t end = np;
+    bnd[k] = at[np];
     for (int j = k - 1; j >= 0; j--) {
         size_t start = j ? d.arg[(size_t)j * (np + 1) + end] : 0;
-        c[j] = (float)range_mean(p, at[start], at[end]);
+        bnd[j] = at[start];
         end = start;
     }
     rc = 0;
@@ -453,6 +455,179 @@ out:
     slim_free(d.s2);
     slim_free(d.arg);
     return rc;
+}
+
+/* ---- banded DP: joint refinement of all boundaries ----------------------- */
+
+/* One pass re-solves the k-partition exactly with boundary j restricted to
+ * the window [lo_j, hi_j] around its current place: the same recurrence as
+ * above, over window entries only, so a pass costs O(sum W log W), not
+ * O(k n log n).  The current solution is feasible, so a pass never makes
+ * things worse; a boundary that lands on its window's edge may want to go
+ * further, so its window doubles and the pass repeats. */
+#define BAND_MAX_H 2048
+#define BAND_MAX_PASSES 64
+
+struct band {
+    const struct pre *p;
+    int k;
+    size_t lo[SLIM_KMEANS_MAX_K + 1], hi[SLIM_KMEANS_MAX_K + 1];
+    size_t off[SLIM_KMEANS_MAX_K + 2];
+    double *s1, *s2, *D;  /* per window entry: prefix sums at lo_j + t, best cost */
+    uint32_t *arg;        /* per window entry: entry of window j - 1 it came from */
+};
+
+static double band_cost(const struct band *B, int j, size_t ta, size_t ti)
+{
+    size_t a = B->lo[j - 1] + ta, i = B->lo[j] + ti;
+    if (a >= i)
+        return INFINITY;
+    double s1 = B->s1[B->off[j] + ti] - B->s1[B->off[j - 1] + ta];
+    double s2 = B->s2[B->off[j] + ti] - B->s2[B->off[j - 1] + ta];
+    double e = s2 - s1 * s1 / (double)(i - a);
+    return e > 0.0 ? e : 0.0;
+}
+
+static void band_fill(struct band *B, int j, size_t lo, size_t hi, size_t olo, size_t ohi)
+{
+    while (lo <= hi) {
+        size_t mid = lo + (hi - lo) / 2, best = olo;
+        double bv = INFINITY;
+        for (size_t a = olo; a <= ohi; a++) {
+            double v = B->D[B->off[j - 1] + a] + band_cost(B, j, a, mid);
+            if (v < bv) {
+                bv = v;
+                best = a;
+            }
+        }
+        B->D[B->off[j] + mid] = bv;
+        B->arg[B->off[j] + mid] = (uint32_t)best;
+        if (mid > lo)
+            band_fill(B, j, lo, mid - 1, olo, best);
+        lo = mid + 1;
+        olo = best;
+    }
+}
+
+/* Refines bnd (k + 1,) in place.  Returns 0, or -1 without memory. */
+static int band_refine(const struct pre *p, int k, size_t *bnd)
+{
+    struct band *B = slim_malloc(sizeof *B);
+    size_t h[SLIM_KMEANS_MAX_K + 1], n = p->n, cap = 0;
+    int rc = -1;
+    if (!B)
+        return -1;
+    memset(B, 0, sizeof *B);
+    B->p = p;
+    B->k = k;
+    for (int j = 1; j < k; j++) {
+        size_t w = (bnd[j + 1] - bnd[j - 1]) / 16;
+        h[j] = w < 4 ? 4 : (w > BAND_MAX_H ? BAND_MAX_H : w);
+    }
+    for (int pass = 0; pass < BAND_MAX_PASSES; pass++) {
+        size_t tot = 2;
+        B->lo[0] = B->hi[0] = 0;
+        B->lo[k] = B->hi[k] = n;
+        for (int j = 1; j < k; j++) {
+            size_t minj = (size_t)j, maxj = n - (size_t)(k - j);
+            size_t lo = bnd[j] > minj + h[j] ? bnd[j] - h[j] : minj;
+            size_t hi = bnd[j] + h[j] < maxj ? bnd[j] + h[j] : maxj;
+            lo = lo < B->lo[j - 1] ? B->lo[j - 1] : lo;
+            hi = hi < B->hi[j - 1] ? B->hi[j - 1] : hi;
+            B->lo[j] = lo;
+            B->hi[j] = hi;
+            tot += hi - lo + 1;
+        }
+        if (tot > cap) {
+            slim_free(B->s1);
+            slim_free(B->s2);
+            slim_free(B->D);
+            slim_free(B->arg);
+            B->s1 = slim_malloc(tot * sizeof(double));
+            B->s2 = slim_malloc(tot * sizeof(double));
+            B->D = slim_malloc(tot * sizeof(double));
+            B->arg = slim_malloc(tot * sizeof(uint32_t));
+            cap = tot;
+            if (!B->s1 || !B->s2 || !B->D || !B->arg)
+                goto out;
+        }
+        /* prefix sums of every window, one sequential run each */
+        size_t o = 0;
+        for (int j = 0; j <= k; j++) {
+            double a1, a2;
+            B->off[j] = o;
+            pre_sums(p, B->lo[j], &a1, &a2);
+            for (size_t i = B->lo[j]; i <= B->hi[j]; i++, o++) {
+                B->s1[o] = a1;
+                B->s2[o] = a2;
+                if (i < n) {
+                    double dd = (double)p->x[i] - p->mu;
+                    a1 += dd;
+                    a2 += dd * dd;
+                }
+            }
+        }
+        B->D[0] = 0.0;
+        for (int j = 1; j <= k; j++)
+            band_fill(B, j, 0, B->hi[j] - B->lo[j], 0, B->hi[j - 1] - B->lo[j - 1]);
+        /* backtrack, and widen the windows whose edge was hit */
+        size_t t = 0;
+        int hit = 0;
+        for (int j = k; j >= 1; j--) {
+            t = B->arg[B->off[j] + t];
+            bnd[j - 1] = B->lo[j - 1] + t;
+            if (j - 1 >= 1) {
+                size_t b = bnd[j - 1];
+                int at_lo = b == B->lo[j - 1] && b > (size_t)(j - 1);
+                int at_hi = b == B->hi[j - 1] && b < n - (size_t)(k - j + 1);
+                if (at_lo || at_hi) {
+                    hit = 1;
+                    h[j - 1] = h[j - 1] * 2 > BAND_MAX_H ? BAND_MAX_H : h[j - 1] * 2;
+                }
+            }
+        }
+        if (!hit)
+            break;
+    }
+    rc = 0;
+out:
+    slim_free(B->s1);
+    slim_free(B->s2);
+    slim_free(B->D);
+    slim_free(B->arg);
+    slim_free(B);
+    return rc;
+}
+
+/* Atoms for the coarse DP: about `want` runs of the sorted values, half
+ * of them of equal count and half of equal width in value (so that the
+ * sparse tails, where clusters are small, are resolved too), never
+ * splitting a run of equal values.  at (want + 2,) gets the starts and a
+ * final nx; returns the number of atoms. */
+static size_t make_atoms(const float *x, size_t nx, size_t want, size_t *at)
+{
+    size_t half = want / 2 ? want / 2 : 1, na = 0, ic = 1, iv = 1;
+    float lo = x[0], hi = x[nx - 1];
+    at[na++] = 0;
+    while (ic < half || iv < half) {
+        size_t bc = ic < half ? nx * ic / half : nx;
+        size_t bv = nx;
+        if (iv < half) {
+            float t = (float)((double)lo + ((double)hi - lo) * (double)iv / (double)half);
+            bv = lower_bound_from(x, nx, t, nx * iv / half);
+        }
+        size_t b = bc < bv ? bc : bv;
+        if (bc <= bv)
+            ic++;
+        else
+            iv++;
+        while (b < nx && b > 0 && x[b] == x[b - 1])
+            b++;
+        if (b > at[na - 1] && b < nx && na < want)
+            at[na++] = b;
+    }
+    at[na] = nx;
+    return na;
 }
 
 /* ---- driver ------------------------------------------------------------------ */
@@ -634,10 +809,10 @@ int slim_kmeans_1d(const float *w, size_t n, const struct slim_kmeans_opts *opts
             goto out;
         }
         int exact_dp = !opts->no_dp && (double)kk * (double)d * lg <= (double)DP_BUDGET;
-        size_t natoms = exact_dp ? d : (size_t)kk * 8;
-        if (natoms > nx)
-            natoms = nx;
-        at = slim_malloc((natoms + 1) * sizeof *at);
+        size_t natoms = exact_dp ? d : (size_t)kk * 16;
+        natoms = natoms < 2048 ? 2048 : natoms;
+        natoms = natoms > nx ? nx : natoms;
+        at = slim_malloc((natoms + 2) * sizeof *at);
         if (!at) {
             rc = slim_error_set(err, SLIM_ENOMEM, "cluster: out of memory");
             goto out;
@@ -648,53 +823,32 @@ int slim_kmeans_1d(const float *w, size_t n, const struct slim_kmeans_opts *opts
                 if (i == 0 || x[i] != x[i - 1])
                     at[t++] = i;
             at[t] = nx;
-        } else {
-            /* equal-count atoms, each ending where its value changes, so
-             * no value straddles two atoms */
-            size_t t = 0, i = 0;
-            at[t++] = 0;
-            while (t < natoms && i < nx) {
-                size_t target = nx * t / natoms;
-                i = target > i ? target : i + 1;
-                while (i < nx && x[i] == x[i - 1])
-                    i++;
-                if (i < nx)
-                    at[t++] = i;
-            }
             natoms = t;
-            at[natoms] = nx;
+        } else {
+            natoms = make_atoms(x, nx, natoms, at);
         }
-        /* start 1: quantiles */
         L->k = kk;
-        for (int j = 0; j < kk; j++) {
-            size_t a = nx * (size_t)j / (size_t)kk, b = nx * (size_t)(j + 1) / (size_t)kk;
-            L->c[j] = (float)range_mean(&p, a, b);
-        }
-        if (exact_dp) {
-            if (dp_solve(&p, at, natoms, kk, L->c)) {
+        if (opts->no_dp || natoms < (size_t)kk) {
+            /* quantile start, plain Lloyd */
+            for (int j = 0; j < kk; j++) {
+                size_t a = nx * (size_t)j / (size_t)kk, b = nx * (size_t)(j + 1) / (size_t)kk;
+                L->c[j] = (float)range_mean(&p, a, b);
+            }
+            lloyd_run(&p, L, max_iter, opts->trace, opts->trace_cap, &inf.trace_len);
+            best = *L;
+        } else {
+            /* optimal over the atoms (exact when they are the distinct
+             * values), refined at full resolution, then polished */
+            if (dp_solve(&p, at, natoms, kk, L->bnd) ||
+                (!exact_dp && band_refine(&p, kk, L->bnd))) {
                 rc = slim_error_set(err, SLIM_ENOMEM, "cluster: out of memory");
                 goto out;
             }
-            /* the optimum is a Lloyd fixed point: this only settles the
-             * boundaries on the float centroids */
-            lloyd_run(&p, L, max_iter, NULL, 0, &(int){0});
-            inf.exact = 1;
-            best = *L;
-            best.iterations = 0;
-        } else {
+            for (int j = 0; j < kk; j++)
+                L->c[j] = (float)range_mean(&p, L->bnd[j], L->bnd[j + 1]);
             lloyd_run(&p, L, max_iter, opts->trace, opts->trace_cap, &inf.trace_len);
+            inf.exact = exact_dp;
             best = *L;
-            /* start 2: optimal clustering of the atoms */
-            if (!opts->no_dp && natoms > (size_t)kk) {
-                L->k = kk;
-                if (dp_solve(&p, at, natoms, kk, L->c)) {
-                    rc = slim_error_set(err, SLIM_ENOMEM, "cluster: out of memory");
-                    goto out;
-                }
-                lloyd_run(&p, L, max_iter, NULL, 0, &(int){0});
-                if (L->inertia < best.inertia)
-                    best = *L;
-            }
         }
     }
 

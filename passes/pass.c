@@ -13,6 +13,7 @@
  * ids, position tables) are never compressed.
  */
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 #include "passes/pass.h"
 
@@ -83,6 +84,31 @@ int slim_work_check(struct slim_work *w, double frac, struct slim_error *err)
         p = w->p_lo + (w->p_hi - w->p_lo) * (frac > 1 ? 1 : frac);
     if (w->progress(w->progress_ud, p, w->stage))
         return slim_error_set(err, SLIM_ECANCELED, "canceled");
+    return 0;
+}
+
+int slim_work_each(struct slim_work *w, const struct slim_select *sel, int originals_only,
+                   slim_wt_fn fn, const void *cfg, struct slim_error *err)
+{
+    int rc;
+    for (size_t i = 0; i < w->n; i++) {
+        struct slim_wt *t = &w->wts[i];
+        if (!slim_select_match(sel, t) || (originals_only && strcmp(t->name, t->origin)))
+            continue;
+        if ((rc = slim_work_check(w, (double)i / (double)w->n, err)) ||
+            (rc = slim_wt_load(t, err)))
+            return rc;
+        rc = fn(cfg, w, i, err);
+        if (rc < 0) {
+            const char *name = w->wts[i].origin;
+            char quoted[300];
+            snprintf(quoted, sizeof quoted, "'%s'", name);
+            if (err && rc != SLIM_ECANCELED && !strstr(err->msg, quoted))
+                slim_error_prefix(err, "tensor '%s'", name);
+            return rc;
+        }
+        i += (size_t)rc;
+    }
     return 0;
 }
 

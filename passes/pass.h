@@ -101,6 +101,19 @@ int slim_work_insert(struct slim_work *w, size_t at, const char *name, const cha
 /* 1 if any element of v[0..n) is NaN or Inf. */
 int slim_has_nonfinite(const float *v, size_t n);
 
+/* Per-tensor work of a pass: returns how many tensors it inserted right
+ * after index i (they are skipped), or a negative error. */
+typedef int (*slim_wt_fn)(const void *cfg, struct slim_work *w, size_t i,
+                          struct slim_error *err);
+struct slim_select;
+/* Runs fn over every tensor sel selects, in order (originals_only: not
+ * over tensors a previous pass derived, such as low-rank factors), each
+ * after a cancellation check and with its values loaded.  An error from
+ * fn is returned with the tensor's name put in front, unless the message
+ * already names it. */
+int slim_work_each(struct slim_work *w, const struct slim_select *sel, int originals_only,
+                   slim_wt_fn fn, const void *cfg, struct slim_error *err);
+
 /* Tensor selection shared by every pass. */
 struct slim_select {
     char **include;   /* NULL: the default selection */

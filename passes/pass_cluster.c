@@ -96,23 +96,16 @@ fail:
     return rc;
 }
 
-static int cluster_apply(const void *cfgp, const struct slim_select *sel, struct slim_work *w,
+static int cluster_each(const void *cfg, struct slim_work *w, size_t i,
+                        struct slim_error *err)
+{
+    return cluster_one(cfg, w, &w->wts[i], err);
+}
+
+static int cluster_apply(const void *cfg, const struct slim_select *sel, struct slim_work *w,
                          struct slim_error *err)
 {
-    int rc;
-    for (size_t i = 0; i < w->n; i++) {
-        struct slim_wt *t = &w->wts[i];
-        if (!slim_select_match(sel, t))
-            continue;
-        if ((rc = slim_work_check(w, (double)i / (double)w->n, err)) ||
-            (rc = slim_wt_load(t, err)))
-            return rc;
-        if ((rc = cluster_one(cfgp, w, t, err))) {
-            slim_error_prefix(err, "tensor '%s'", t->name);
-            return rc;
-        }
-    }
-    return 0;
+    return slim_work_each(w, sel, 0, cluster_each, cfg, err);
 }
 
 const struct slim_pass_ops slim_pass_cluster = {

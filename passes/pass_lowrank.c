@@ -131,26 +131,17 @@ static int factor_one(const struct lowrank_cfg *cfg, struct slim_work *w, size_t
     return 1;
 }
 
-static int lowrank_apply(const void *cfgp, const struct slim_select *sel, struct slim_work *w,
+static int lowrank_each(const void *cfg, struct slim_work *w, size_t i,
+                        struct slim_error *err)
+{
+    return factor_one(cfg, w, i, err);
+}
+
+static int lowrank_apply(const void *cfg, const struct slim_select *sel, struct slim_work *w,
                          struct slim_error *err)
 {
-    const struct lowrank_cfg *cfg = cfgp;
-    int rc;
-    for (size_t i = 0; i < w->n; i++) {
-        struct slim_wt *t = &w->wts[i];
-        if (!slim_select_match(sel, t) || strcmp(t->name, t->origin))
-            continue; /* factors are not factored again */
-        if ((rc = slim_work_check(w, (double)i / (double)w->n, err)) ||
-            (rc = slim_wt_load(t, err)))
-            return rc;
-        rc = factor_one(cfg, w, i, err);
-        if (rc < 0) {
-            slim_error_prefix(err, "tensor '%s'", w->wts[i].origin);
-            return rc;
-        }
-        i += (size_t)rc; /* skip the W_v just inserted */
-    }
-    return 0;
+    /* factors are not factored again */
+    return slim_work_each(w, sel, 1, lowrank_each, cfg, err);
 }
 
 const struct slim_pass_ops slim_pass_lowrank = {

@@ -118,35 +118,30 @@ out:
     return rc;
 }
 
+static int prune_one(const void *cfgp, struct slim_work *w, size_t i, struct slim_error *err)
+{
+    const struct prune_cfg *cfg = cfgp;
+    struct slim_wt *t = &w->wts[i];
+    size_t rows = (size_t)t->rows, cols = (size_t)t->cols;
+    int rc;
+    if (cfg->pattern == P_UNSTRUCTURED)
+        rc = slim_prune_unstructured(t->val, rows * cols, cfg->sparsity, w->threads, NULL, err);
+    else if (cfg->pattern == P_NM)
+        rc = slim_prune_nm(t->val, rows, cols, cfg->n, cfg->m, w->threads, NULL, err);
+    else
+        rc = slim_prune_rows(t->val, rows, cols, cfg->sparsity, w->threads, NULL, err);
+    if (!rc)
+        mark_pruned(t);
+    return rc;
+}
+
 static int prune_apply(const void *cfgp, const struct slim_select *sel, struct slim_work *w,
                        struct slim_error *err)
 {
     const struct prune_cfg *cfg = cfgp;
-    int rc = 0;
     if (cfg->global)
         return prune_global(cfg, sel, w, err);
-    for (size_t i = 0; i < w->n; i++) {
-        struct slim_wt *t = &w->wts[i];
-        size_t rows = (size_t)t->rows, cols = (size_t)t->cols;
-        if (!slim_select_match(sel, t))
-            continue;
-        if ((rc = slim_work_check(w, (double)i / (double)w->n, err)) ||
-            (rc = slim_wt_load(t, err)))
-            return rc;
-        if (cfg->pattern == P_UNSTRUCTURED)
-            rc = slim_prune_unstructured(t->val, rows * cols, cfg->sparsity, w->threads, NULL,
-                                         err);
-        else if (cfg->pattern == P_NM)
-            rc = slim_prune_nm(t->val, rows, cols, cfg->n, cfg->m, w->threads, NULL, err);
-        else
-            rc = slim_prune_rows(t->val, rows, cols, cfg->sparsity, w->threads, NULL, err);
-        if (rc) {
-            slim_error_prefix(err, "tensor '%s'", t->name);
-            return rc;
-        }
-        mark_pruned(t);
-    }
-    return 0;
+    return slim_work_each(w, sel, 0, prune_one, cfg, err);
 }
 
 const struct slim_pass_ops slim_pass_prune = {

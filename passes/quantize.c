@@ -268,52 +268,49 @@ static const int scheme_of[] = {
     [Q_BINARY] = SLIM_SCHEME_BINARY,
 };
 
-static int qapply(const void *cfgp, const struct slim_select *sel, struct slim_work *w,
-                  struct slim_error *err)
+static int quantize_one(const void *cfgp, struct slim_work *w, size_t i,
+                        struct slim_error *err)
 {
     const struct qcfg *cfg = cfgp;
-    int rc = 0;
-    for (size_t i = 0; i < w->n; i++) {
-        struct slim_wt *t = &w->wts[i];
-        if (!slim_select_match(sel, t))
-            continue;
-        if ((rc = slim_work_check(w, (double)i / (double)w->n, err)) ||
-            (rc = slim_wt_load(t, err)))
-            return rc;
-        if (slim_has_nonfinite(t->val, (size_t)(t->rows * t->cols)))
-            return slim_error_set(err, SLIM_ENUMERIC,
-                                  "tensor '%s': contains NaN or Inf; cannot quantize", t->name);
-        slim_wt_clear_outs(t);
-        switch (cfg->dtype) {
-        case Q_INT8: rc = quantize_int8(cfg, w, t, err); break;
-        case Q_INT4: rc = quantize_int4(cfg, w, t, err); break;
-        case Q_TERNARY: rc = quantize_low_bit(0, w, t, err); break;
-        case Q_BINARY: rc = quantize_low_bit(1, w, t, err); break;
-        default: rc = quantize_half(cfg->dtype == Q_BF16, t, err);
-        }
-        if (rc) {
-            if (!strstr(err->msg, t->name))
-                slim_error_prefix(err, "tensor '%s'", t->name);
-            return rc;
-        }
-        t->scheme = scheme_of[cfg->dtype];
-        if (cfg->dtype == Q_INT8 || cfg->dtype == Q_INT4) {
-            t->scheme_info = json_pack("{s:s, s:b, s:s, s:s*}", "granularity",
-                                       qgran_names[cfg->granularity], "symmetric",
-                                       cfg->symmetric, "scale", t->outs[1].name, "zero_point",
-                                       t->n_outs > 2 ? t->outs[2].name : NULL);
-            if (cfg->dtype == Q_INT4)
-                json_object_set_new(t->scheme_info, "group_size",
-                                    json_integer(cfg->granularity == G_GROUP ? cfg->group_size
-                                                                             : t->cols));
-            if (cfg->calibration == CAL_MSE)
-                json_object_set_new(t->scheme_info, "calibration", json_string("mse"));
-        } else if (cfg->dtype == Q_TERNARY || cfg->dtype == Q_BINARY) {
-            t->scheme_info = json_pack("{s:s}", "scale", t->outs[1].name);
-        }
+    struct slim_wt *t = &w->wts[i];
+    int rc;
+    if (slim_has_nonfinite(t->val, (size_t)(t->rows * t->cols)))
+        return slim_error_set(err, SLIM_ENUMERIC,
+                              "tensor '%s': contains NaN or Inf; cannot quantize", t->name);
+    slim_wt_clear_outs(t);
+    switch (cfg->dtype) {
+    case Q_INT8: rc = quantize_int8(cfg, w, t, err); break;
+    case Q_INT4: rc = quantize_int4(cfg, w, t, err); break;
+    case Q_TERNARY: rc = quantize_low_bit(0, w, t, err); break;
+    case Q_BINARY: rc = quantize_low_bit(1, w, t, err); break;
+    default: rc = quantize_half(cfg->dtype == Q_BF16, t, err);
+    }
+    if (rc)
+        return rc;
+    t->scheme = scheme_of[cfg->dtype];
+    if (cfg->dtype == Q_INT8 || cfg->dtype == Q_INT4) {
+        t->scheme_info = json_pack("{s:s, s:b, s:s, s:s*}", "granularity",
+                                   qgran_names[cfg->granularity], "symmetric", cfg->symmetric,
+                                   "scale", t->outs[1].name, "zero_point",
+                                   t->n_outs > 2 ? t->outs[2].name : NULL);
+        if (cfg->dtype == Q_INT4)
+            json_object_set_new(t->scheme_info, "group_size",
+                                json_integer(cfg->granularity == G_GROUP ? cfg->group_size
+                                                                         : t->cols));
+        if (cfg->calibration == CAL_MSE)
+            json_object_set_new(t->scheme_info, "calibration", json_string("mse"));
+    } else if (cfg->dtype == Q_TERNARY || cfg->dtype == Q_BINARY) {
+        t->scheme_info = json_pack("{s:s}", "scale", t->outs[1].name);
     }
     return 0;
 }
+
+static int qapply(const void *cfg, const struct slim_select *sel, struct slim_work *w,
+                  struct slim_error *err)
+{
+    return slim_work_each(w, sel, 0, quantize_one, cfg, err);
+}
+
 const struct slim_pass_ops slim_pass_quantize = {
     .op = "quantize",
     .stage = 3,
