@@ -460,137 +460,143 @@ out:
 /* ---- banded DP: joint refinement of all boundaries ----------------------- */
 
 /* One pass re-solves the k-partition exactly with boundary j restricted to
- * the window [lo_j, hi_j] around its current place: the same recurrence as
- * above, over window entries only, so a pass costs O(sum W log W), not
- * O(k n log n).  The current solution is feasible, so a pass never makes
- * things worse; a boundary that lands on its window's edge may want to go
- * further, so its window doubles and the pass repeats. */
-#define BAND_MAX_H 2048
-#define BAND_MAX_PASSES 64
+ * a few candidates around its current place, bnd_j + t g for |t| <= h_j:
+ * the same recurrence and divide and conquer as above (a totally monotone
+ * matrix stays so on any increasing subset of rows and columns), over
+ * 2h + 1 candidates per boundary instead of n.  The current solution is
+ * among the candidates, so a pass never makes things worse; a boundary
+ * that lands on the edge of its window may want to go further, so its
+ * window doubles and the pass repeats.  The stride g starts near a
+ * quarter of a coarse atom and halves down to 1 (multigrid-like), so the
+ * last passes are exact at full resolution. */
+#define BAND_H 8
+#define BAND_MAX_H 64
+#define BAND_MAX_PASSES 32
 
 struct band {
     const struct pre *p;
-    int k;
-    size_t lo[SLIM_KMEANS_MAX_K + 1], hi[SLIM_KMEANS_MAX_K + 1];
-    size_t off[SLIM_KMEANS_MAX_K + 2];
-    double *s1, *s2, *D;  /* per window entry: prefix sums at lo_j + t, best cost */
-    uint32_t *arg;        /* per window entry: entry of window j - 1 it came from */
+    size_t off[SLIM_KMEANS_MAX_K + 2]; /* window j is entries off[j] .. off[j + 1] - 1 */
+    size_t *pos;          /* per entry: boundary position (an index of x) */
+    double *s1, *s2, *D;  /* per entry: prefix sums at pos, best cost so far */
+    uint32_t *arg;        /* per entry: entry of window j - 1 it came from */
 };
 
-static double band_cost(const struct band *B, int j, size_t ta, size_t ti)
+static double band_cost(const struct band *B, size_t ea, size_t ei)
 {
-    size_t a = B->lo[j - 1] + ta, i = B->lo[j] + ti;
+    size_t a = B->pos[ea], i = B->pos[ei];
     if (a >= i)
         return INFINITY;
-    double s1 = B->s1[B->off[j] + ti] - B->s1[B->off[j - 1] + ta];
-    double s2 = B->s2[B->off[j] + ti] - B->s2[B->off[j - 1] + ta];
+    double s1 = B->s1[ei] - B->s1[ea], s2 = B->s2[ei] - B->s2[ea];
     double e = s2 - s1 * s1 / (double)(i - a);
     return e > 0.0 ? e : 0.0;
 }
 
-static void band_fill(struct band *B, int j, size_t lo, size_t hi, size_t olo, size_t ohi)
+/* Entries [lo, hi] of window j from candidates [olo, ohi] of window j - 1
+ * (all as absolute entry numbers). */
+static void band_fill(struct band *B, size_t lo, size_t hi, size_t olo, size_t ohi)
 {
     while (lo <= hi) {
         size_t mid = lo + (hi - lo) / 2, best = olo;
         double bv = INFINITY;
         for (size_t a = olo; a <= ohi; a++) {
-            double v = B->D[B->off[j - 1] + a] + band_cost(B, j, a, mid);
+            double v = B->D[a] + band_cost(B, a, mid);
             if (v < bv) {
                 bv = v;
                 best = a;
             }
         }
-        B->D[B->off[j] + mid] = bv;
-        B->arg[B->off[j] + mid] = (uint32_t)best;
+        B->D[mid] = bv;
+        B->arg[mid] = (uint32_t)best;
         if (mid > lo)
-            band_fill(B, j, lo, mid - 1, olo, best);
+            band_fill(B, lo, mid - 1, olo, best);
         lo = mid + 1;
         olo = best;
     }
 }
 
-/* Refines bnd (k + 1,) in place.  Returns 0, or -1 without memory. */
-static int band_refine(const struct pre *p, int k, size_t *bnd)
+/* One pass at stride g with half-widths h (k + 1,): improves bnd, widens
+ * h where an edge was hit.  Returns 1 if an edge was hit, 0 if not. */
+static int band_pass(struct band *B, int k, size_t *bnd, size_t g, size_t *h)
+{
+    const struct pre *p = B->p;
+    size_t n = p->n, e = 0;
+    for (int j = 0; j <= k; j++) {
+        size_t minj = (size_t)j, maxj = n - (size_t)(k - j);
+        size_t down = j == 0 || j == k ? 0 : (bnd[j] - minj) / g;
+        size_t up = j == 0 || j == k ? 0 : (maxj - bnd[j]) / g;
+        down = down > h[j] ? h[j] : down;
+        up = up > h[j] ? h[j] : up;
+        B->off[j] = e;
+        /* prefix sums along the window, one run over its span */
+        size_t start = bnd[j] - down * g;
+        double a1, a2;
+        pre_sums(p, start, &a1, &a2);
+        for (size_t t = 0, i = start; t <= down + up; t++) {
+            size_t to = start + t * g;
+            for (; i < to; i++) {
+                double dd = (double)p->x[i] - p->mu;
+                a1 += dd;
+                a2 += dd * dd;
+            }
+            B->pos[e] = to;
+            B->s1[e] = a1;
+            B->s2[e] = a2;
+            e++;
+        }
+    }
+    B->off[k + 1] = e;
+    B->D[0] = 0.0;
+    for (int j = 1; j <= k; j++)
+        band_fill(B, B->off[j], B->off[j + 1] - 1, B->off[j - 1], B->off[j] - 1);
+    /* backtrack, and widen the windows whose edge was hit */
+    size_t t = B->off[k];
+    int hit = 0;
+    for (int j = k; j >= 1; j--) {
+        t = B->arg[t];
+        bnd[j - 1] = B->pos[t];
+        if (j - 1 >= 1) {
+            int q = j - 1;
+            size_t minq = (size_t)q, maxq = n - (size_t)(k - q);
+            int at_lo = t == B->off[q] && bnd[q] >= minq + g;
+            int at_hi = t == B->off[q + 1] - 1 && bnd[q] + g <= maxq;
+            if (at_lo || at_hi) {
+                hit = 1;
+                h[q] = h[q] * 2 > BAND_MAX_H ? BAND_MAX_H : h[q] * 2;
+            }
+        }
+    }
+    return hit;
+}
+
+/* Refines bnd (k + 1,) in place, from stride g0 down to 1.  Returns 0, or
+ * -1 without memory. */
+static int band_refine(const struct pre *p, int k, size_t *bnd, size_t g0)
 {
     struct band *B = slim_malloc(sizeof *B);
-    size_t h[SLIM_KMEANS_MAX_K + 1], n = p->n, cap = 0;
+    size_t h[SLIM_KMEANS_MAX_K + 1], cap = (size_t)(k + 1) * (2 * BAND_MAX_H + 1);
     int rc = -1;
     if (!B)
         return -1;
     memset(B, 0, sizeof *B);
     B->p = p;
-    B->k = k;
-    for (int j = 1; j < k; j++) {
-        size_t w = (bnd[j + 1] - bnd[j - 1]) / 16;
-        h[j] = w < 4 ? 4 : (w > BAND_MAX_H ? BAND_MAX_H : w);
-    }
-    for (int pass = 0; pass < BAND_MAX_PASSES; pass++) {
-        size_t tot = 2;
-        B->lo[0] = B->hi[0] = 0;
-        B->lo[k] = B->hi[k] = n;
-        for (int j = 1; j < k; j++) {
-            size_t minj = (size_t)j, maxj = n - (size_t)(k - j);
-            size_t lo = bnd[j] > minj + h[j] ? bnd[j] - h[j] : minj;
-            size_t hi = bnd[j] + h[j] < maxj ? bnd[j] + h[j] : maxj;
-            lo = lo < B->lo[j - 1] ? B->lo[j - 1] : lo;
-            hi = hi < B->hi[j - 1] ? B->hi[j - 1] : hi;
-            B->lo[j] = lo;
-            B->hi[j] = hi;
-            tot += hi - lo + 1;
-        }
-        if (tot > cap) {
-            slim_free(B->s1);
-            slim_free(B->s2);
-            slim_free(B->D);
-            slim_free(B->arg);
-            B->s1 = slim_malloc(tot * sizeof(double));
-            B->s2 = slim_malloc(tot * sizeof(double));
-            B->D = slim_malloc(tot * sizeof(double));
-            B->arg = slim_malloc(tot * sizeof(uint32_t));
-            cap = tot;
-            if (!B->s1 || !B->s2 || !B->D || !B->arg)
-                goto out;
-        }
-        /* prefix sums of every window, one sequential run each */
-        size_t o = 0;
-        for (int j = 0; j <= k; j++) {
-            double a1, a2;
-            B->off[j] = o;
-            pre_sums(p, B->lo[j], &a1, &a2);
-            for (size_t i = B->lo[j]; i <= B->hi[j]; i++, o++) {
-                B->s1[o] = a1;
-                B->s2[o] = a2;
-                if (i < n) {
-                    double dd = (double)p->x[i] - p->mu;
-                    a1 += dd;
-                    a2 += dd * dd;
-                }
-            }
-        }
-        B->D[0] = 0.0;
-        for (int j = 1; j <= k; j++)
-            band_fill(B, j, 0, B->hi[j] - B->lo[j], 0, B->hi[j - 1] - B->lo[j - 1]);
-        /* backtrack, and widen the windows whose edge was hit */
-        size_t t = 0;
-        int hit = 0;
-        for (int j = k; j >= 1; j--) {
-            t = B->arg[B->off[j] + t];
-            bnd[j - 1] = B->lo[j - 1] + t;
-            if (j - 1 >= 1) {
-                size_t b = bnd[j - 1];
-                int at_lo = b == B->lo[j - 1] && b > (size_t)(j - 1);
-                int at_hi = b == B->hi[j - 1] && b < n - (size_t)(k - j + 1);
-                if (at_lo || at_hi) {
-                    hit = 1;
-                    h[j - 1] = h[j - 1] * 2 > BAND_MAX_H ? BAND_MAX_H : h[j - 1] * 2;
-                }
-            }
-        }
-        if (!hit)
+    B->pos = slim_malloc(cap * sizeof(size_t));
+    B->s1 = slim_malloc(cap * sizeof(double));
+    B->s2 = slim_malloc(cap * sizeof(double));
+    B->D = slim_malloc(cap * sizeof(double));
+    B->arg = slim_malloc(cap * sizeof(uint32_t));
+    if (!B->pos || !B->s1 || !B->s2 || !B->D || !B->arg)
+        goto out;
+    for (size_t g = g0 ? g0 : 1;; g /= 2) {
+        for (int j = 0; j <= k; j++)
+            h[j] = BAND_H;
+        for (int pass = 0; pass < BAND_MAX_PASSES && band_pass(B, k, bnd, g, h); pass++)
+            ;
+        if (g <= 1)
             break;
     }
     rc = 0;
 out:
+    slim_free(B->pos);
     slim_free(B->s1);
     slim_free(B->s2);
     slim_free(B->D);
@@ -632,12 +638,18 @@ static size_t make_atoms(const float *x, size_t nx, size_t want, size_t *at)
 
 /* ---- driver ------------------------------------------------------------------ */
 
+/* Index of each weight: the number of thresholds <= w.  A table over the
+ * top bits of the sortable key gives, for each bucket of keys, the count
+ * at the bucket's lowest value; a short forward scan finishes (thresholds
+ * padded with +Inf stop it).  Cheaper than an 8-step binary search per
+ * weight, whose branches mispredict half the time. */
 struct assign_job {
     const float *w;
     size_t n;
-    const float *t;     /* (nt,) ascending thresholds */
-    int nt;
-    const uint8_t *map; /* cluster -> codebook index */
+    const float *t;       /* (nt + 1,) ascending thresholds, then +Inf */
+    const uint8_t *tab;   /* (1 << tbits,) */
+    int tbits;
+    const uint8_t *map;   /* cluster -> codebook index */
     uint8_t zero_idx;
     int keep_zero;
     uint8_t *idx;
@@ -647,23 +659,29 @@ static void assign_part(void *ctx, int part, int nparts)
 {
     struct assign_job *j = ctx;
     size_t a = j->n * (size_t)part / (size_t)nparts, b = j->n * (size_t)(part + 1) / (size_t)nparts;
+    const int sh = 32 - j->tbits;
     for (size_t i = a; i < b; i++) {
         float v = j->w[i];
-        if (j->keep_zero && v == 0.0f) {
-            j->idx[i] = j->zero_idx;
+        unsigned c = j->tab[f2key(v) >> sh];
+        while (v >= j->t[c])
+            c++;
+        j->idx[i] = j->keep_zero && v == 0.0f ? j->zero_idx : j->map[c];
+    }
+}
+
+static void build_table(const float *t, int nt, uint8_t *tab, int tbits)
+{
+    const int sh = 32 - tbits;
+    unsigned c = 0;
+    for (uint32_t bkt = 0; bkt < (1u << tbits); bkt++) {
+        float lo = key2f(bkt << sh);
+        if (isnan(lo)) {
+            tab[bkt] = (uint8_t)(bkt < (1u << (tbits - 1)) ? 0 : nt);
             continue;
         }
-        size_t base = 0, len = (size_t)j->nt;
-        while (len > 0) {
-            size_t half = len / 2;
-            if (j->t[base + half] <= v) {
-                base += half + 1;
-                len -= half + 1;
-            } else {
-                len = half;
-            }
-        }
-        j->idx[i] = j->map[base];
+        while ((int)c < nt && t[c] <= lo)
+            c++;
+        tab[bkt] = (uint8_t)c;
     }
 }
 
@@ -730,8 +748,8 @@ int slim_kmeans_1d(const float *w, size_t n, const struct slim_kmeans_opts *opts
     struct pre p = {0};
     uint32_t *keys = NULL, *scratch = NULL, *sorted;
     size_t *hist = NULL, *at = NULL, nz = 0, nx, d = 0;
-    float *x = NULL, thr[SLIM_KMEANS_MAX_K];
-    uint8_t map[SLIM_KMEANS_MAX_K], zero_idx = 0;
+    float *x = NULL, thr[SLIM_KMEANS_MAX_K + 1];
+    uint8_t map[SLIM_KMEANS_MAX_K], zero_idx = 0, *tab = NULL;
     struct lloyd best, *L = NULL;
     int rc, nparts, kk, with_zero, max_iter;
 
@@ -839,8 +857,11 @@ int slim_kmeans_1d(const float *w, size_t n, const struct slim_kmeans_opts *opts
         } else {
             /* optimal over the atoms (exact when they are the distinct
              * values), refined at full resolution, then polished */
+            size_t g0 = 1;
+            while (g0 * 8 <= nx / natoms)
+                g0 *= 2;
             if (dp_solve(&p, at, natoms, kk, L->bnd) ||
-                (!exact_dp && band_refine(&p, kk, L->bnd))) {
+                (!exact_dp && band_refine(&p, kk, L->bnd, g0))) {
                 rc = slim_error_set(err, SLIM_ENOMEM, "cluster: out of memory");
                 goto out;
             }
@@ -875,16 +896,22 @@ int slim_kmeans_1d(const float *w, size_t n, const struct slim_kmeans_opts *opts
     if (best.k == 0 && !with_zero)
         inf.k_used = nx ? 1 : 0;
     inf.iterations = best.iterations;
-    if (idx) {
-        struct assign_job aj = {.w = w, .n = n, .t = thr, .nt = best.k > 0 ? best.k - 1 : 0,
-                                .map = map, .zero_idx = zero_idx,
-                                .keep_zero = with_zero, .idx = idx};
-        if (best.k == 0) {
-            /* every weight maps to the zero centroid (kk == 0) */
-            memset(idx, zero_idx, n);
-        } else {
-            slim_kernel_parallel(nparts, assign_part, &aj);
+    if (idx && best.k == 0) {
+        /* every weight maps to the zero centroid (kk == 0) */
+        memset(idx, zero_idx, n);
+    } else if (idx) {
+        int nt = best.k - 1, tbits = n >= ((size_t)1 << 22) ? 20 : 16;
+        struct assign_job aj = {.w = w, .n = n, .t = thr, .tbits = tbits, .map = map,
+                                .zero_idx = zero_idx, .keep_zero = with_zero, .idx = idx};
+        thr[nt] = INFINITY;
+        tab = slim_malloc((size_t)1 << tbits);
+        if (!tab) {
+            rc = slim_error_set(err, SLIM_ENOMEM, "cluster: out of memory");
+            goto out;
         }
+        build_table(thr, nt, tab, tbits);
+        aj.tab = tab;
+        slim_kernel_parallel(nparts, assign_part, &aj);
     }
     if (info)
         *info = inf;
@@ -895,6 +922,7 @@ out:
     slim_free(hist);
     slim_free(at);
     slim_free(L);
+    slim_free(tab);
     return rc;
 }
 

@@ -694,7 +694,8 @@ def run(setup=None, teardown=None, daemons=()):
             print("%s %d - %s" % (status, i, name))
             if diag:
                 _diag(diag)
-        _diag("%.2fs" % (time.time() - t0)) if os.environ.get("SLIMD_TEST_TIMES") else None
+        if os.environ.get("SLIMD_TEST_TIMES"):
+            _diag("%.2fs" % (time.time() - t0))
         for d in dead:
             d._forget()
             try:

@@ -18,9 +18,11 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
+sys.dont_write_bytecode = True        # keep the source tree clean (distcheck)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import slimd_harness as h  # noqa: E402
 from slimd_harness import check_error, test  # noqa: E402
@@ -404,6 +406,45 @@ def test_upload_too_large():
         assert r.status == 201 and r.json["sha256"] == hashlib.sha256(small).hexdigest(), r
     finally:
         d.stop()
+
+
+def rss_anon(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+@test
+def test_upload_streams_to_disk():
+    """a 64 MiB upload: the daemon's anonymous memory stays flat (the body streams to disk)"""
+    if rss_anon(D.proc.pid) is None:
+        h.skip("no /proc/PID/status RssAnon on this system")
+    data = h.safetensors_bytes([h.Tensor("huge.weight", "F32", [4096, 4096],
+                                         b"\0" * (4096 * 4096 * 4))])
+    base = rss_anon(D.proc.pid)
+    peak = [base]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            v = rss_anon(D.proc.pid)
+            peak[0] = max(peak[0], v or 0)
+            time.sleep(0.002)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    try:
+        r = D.upload(data, name="huge")
+    finally:
+        done.set()
+        th.join()
+    assert r.json["sha256"] == hashlib.sha256(data).hexdigest(), r.json
+    grew = peak[0] - base
+    assert grew < 16 << 20, "daemon memory grew by %d MiB during a 64 MiB upload" % (grew >> 20)
+    r = D.request("DELETE", "/v1/models/" + r.json["id"])
+    assert r.status == 204, r
 
 
 @test

@@ -23,6 +23,7 @@ except ImportError:
     print("1..0 # SKIP numpy missing")
     sys.exit(0)
 
+sys.dont_write_bytecode = True        # keep the source tree clean (distcheck)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import slimd_harness as h  # noqa: E402
 from slimd_harness import test  # noqa: E402
