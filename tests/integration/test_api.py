@@ -958,6 +958,25 @@ def test_sigterm_during_job():
 
 
 @test
+def test_crash_requeues_running_job():
+    """kill -9 while a job runs: on restart it is re-queued (attempts 2) and succeeds"""
+    mid = D.upload(big_model(), name="big-crash").json["id"]
+    jid = D.submit({"model": mid, "passes": [INT8_CH]}).json["id"]
+    job = D.wait_job(jid, states=("running",) + TERMINAL, timeout=30, interval=0.01)
+    if job["state"] != "running":
+        h.skip("the job finished before it could be interrupted")
+    D.kill()                         # SIGKILL: no chance to re-queue it itself
+    D.start()
+    assert "re-queued" in D.stderr_text(), D.stderr_tail()
+    job = D.wait_job(jid, timeout=60)
+    assert job["state"] == "succeeded", job
+    assert job["attempts"] == 2, job
+    art = D.get("/v1/jobs/%s/artifact" % jid)
+    assert hashlib.sha256(art.body).hexdigest() == job["artifact"]["sha256"]
+    assert tmp_entries() == [], tmp_entries()
+
+
+@test
 def test_delete_model_after_jobs():
     """DELETE a model whose jobs are all finished: 204, then 404; the jobs stay readable"""
     mid = _big.get("id")
