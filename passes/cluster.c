@@ -1,39 +1,31 @@
 /*
- * cluster.c - 1-D k-means weight sharing: k <= 256 shared values (a
- * codebook) and one uint8 index per weight.
+ * cluster.c - 1-D k-means weight sharing: a codebook of k <= 256 values
+ * and one uint8 index per weight.
  *
- * In one dimension every k-means cluster is a run of the sorted values,
- * so the weights are sorted once (LSD radix sort on the float bit
- * patterns, 3 passes of 11/11/10 bits, parallel), and a clustering is
- * k - 1 boundary positions.  With block prefix sums of (x - mean) and
- * (x - mean)^2 (one double per 64 values, the rest summed on the fly), a
- * cluster's mean and squared error cost O(1), so one Lloyd iteration is
- * k - 1 searches for the midpoints between centroids (galloping from the
- * last position: boundaries move little) plus k means: O(k log n), not
- * O(n k).  Lloyd runs until no boundary moves, which in 1-D is a true
- * local optimum (scikit-learn stops at a tolerance instead).
+ * In 1-D a cluster is a run of the sorted values, so the weights are
+ * sorted once (parallel LSD radix sort of the float bits) and a clustering
+ * is k - 1 boundaries.  Block prefix sums of (x - mean) and its square
+ * give any run's mean and error in O(1), so a Lloyd iteration costs
+ * O(k log n): k - 1 galloping searches for centroid midpoints, k means.
  *
- * 1-D k-means is also solvable exactly by dynamic programming over the
- * sorted values (Wu, "Optimal quantization by matrix searching", J.
- * Algorithms 1991; Groenlund et al., "Fast exact k-means, k-medians and
- * Bregman divergence clustering in 1D", 2017): D[j][i] = min_a D[j-1][a]
- * + cost(a, i), whose argmin is monotone in i, so divide and conquer
- * fills a row in O(n log n).  We run it (a) exactly, on the distinct
- * values with their counts, when k * d * log2 d is small (about 2^24
- * cost evaluations), and (b) on 8k "atoms" (runs of equal count of the
- * sorted weights, whose costs are still exact from the prefix sums) to
- * start Lloyd close to the optimum.  The other start is the quantile one
- * (the means of k equal-count runs); the start with the lower final
- * inertia wins.  k-means++ was rejected as a start: its D^2 sampling is
- * O(n k) and, in 1-D, worse than both.  SMAWK (O(k n)) was rejected for
- * the exact case: n = 1M, k = 256 is still 2.5e8 evaluations.
- *
- * Empty clusters (possible with many equal values) are re-seeded at the
- * largest value of the cluster with the largest squared error, which
- * cannot raise the inertia.  Centroids are kept as floats, and the
- * boundaries come from float midpoints, so the final indices, found by a
- * binary search of each weight among the same midpoints, agree exactly
- * with the clusters the iterations settled on.
+ * Lloyd stops at one of many finite-sample fixed points (from quantile
+ * starts, 30% above scikit-learn on 1M Gaussian weights, k = 256), so we
+ * solve the dynamic programme D[j][i] = min_a D[j-1][a] + cost(a, i),
+ * whose argmin is monotone in i (Wu, J. Algorithms 1991; Groenlund et al.,
+ * "Fast exact k-means ... in 1D", 2017): divide and conquer fills a row in
+ * O(n log n).  Exactly, over the distinct values, when k d log2 d < 2^24;
+ * else over 16 k atoms (runs of the sorted values cut half at equal counts,
+ * half at equal widths, so sparse tails get small clusters), followed by
+ * a banded DP at full resolution: boundary j moves among bnd_j + t g,
+ * |t| <= h; a boundary on its window's edge widens it and the pass
+ * repeats; the stride g halves to 1.  Each pass contains the current
+ * solution, so the inertia never rises; a Lloyd pass then settles the
+ * float centroids.  Rejected: SMAWK (2.5e8 evaluations at n = 1M),
+ * k-means++ (O(n k), worse in 1-D).  opts->no_dp keeps quantile + Lloyd,
+ * the behaviour of the O(n k) _ref twin.  Empty clusters are re-seeded at
+ * the top value of the worst cluster (the inertia cannot rise); indices
+ * come from the same float midpoints (a table on the key's top bits, then
+ * a short scan), so they agree exactly with the sorted clusters.
  */
 #pragma GCC optimize("O3")
 #include <math.h>
@@ -685,16 +677,16 @@ static void build_table(const float *t, int nt, uint8_t *tab, int tbits)
     }
 }
 
-struct copy_job {
+/* Counts non-zeros and non-finite values. */
+struct scan_job {
     const float *w;
     size_t n;
-    int keep_zero;
-    size_t nonzero[64], bad[64];
+    size_t nonzero[SLIM_KERNEL_MAX_THREADS], bad[SLIM_KERNEL_MAX_THREADS];
 };
 
 static void scan_part(void *ctx, int part, int nparts)
 {
-    struct copy_job *j = ctx;
+    struct scan_job *j = ctx;
     size_t a = j->n * (size_t)part / (size_t)nparts, b = j->n * (size_t)(part + 1) / (size_t)nparts;
     size_t nz = 0, bad = 0;
     for (size_t i = a; i < b; i++) {
@@ -744,7 +736,7 @@ int slim_kmeans_1d(const float *w, size_t n, const struct slim_kmeans_opts *opts
                    struct slim_error *err)
 {
     struct slim_kmeans_info inf = {0};
-    struct copy_job cj = {.w = w, .n = n};
+    struct scan_job cj = {.w = w, .n = n};
     struct pre p = {0};
     uint32_t *keys = NULL, *scratch = NULL, *sorted;
     size_t *hist = NULL, *at = NULL, nz = 0, nx, d = 0;
@@ -766,7 +758,6 @@ int slim_kmeans_1d(const float *w, size_t n, const struct slim_kmeans_opts *opts
     }
     max_iter = opts->max_iter ? opts->max_iter : 100000;
     nparts = slim_kernel_threads(threads, n);
-    cj.keep_zero = opts->keep_zero;
     slim_kernel_parallel(nparts, scan_part, &cj);
     for (int i = 0; i < nparts; i++) {
         if (cj.bad[i])
@@ -777,8 +768,8 @@ int slim_kmeans_1d(const float *w, size_t n, const struct slim_kmeans_opts *opts
     kk = opts->k - with_zero;
     nx = with_zero ? nz : n;
 
-    keys = slim_malloc((nx ? nx : 1) * sizeof *keys);
-    scratch = slim_malloc((nx ? nx : 1) * sizeof *scratch);
+    keys = slim_kernel_alloc((nx ? nx : 1) * sizeof *keys);
+    scratch = slim_kernel_alloc((nx ? nx : 1) * sizeof *scratch);
     hist = slim_malloc((size_t)nparts * 3 * RADIX * sizeof *hist);
     L = slim_malloc(sizeof *L);
     if (!keys || !scratch || !hist || !L) {
@@ -893,8 +884,6 @@ int slim_kmeans_1d(const float *w, size_t n, const struct slim_kmeans_opts *opts
         inf.inertia = e;
     }
     inf.k_used += with_zero;
-    if (best.k == 0 && !with_zero)
-        inf.k_used = nx ? 1 : 0;
     inf.iterations = best.iterations;
     if (idx && best.k == 0) {
         /* every weight maps to the zero centroid (kk == 0) */
@@ -917,8 +906,8 @@ int slim_kmeans_1d(const float *w, size_t n, const struct slim_kmeans_opts *opts
         *info = inf;
 out:
     pre_free(&p);
-    slim_free(keys);
-    slim_free(scratch);
+    slim_aligned_free(keys);
+    slim_aligned_free(scratch);
     slim_free(hist);
     slim_free(at);
     slim_free(L);

@@ -1,33 +1,26 @@
 /*
- * kernels.h - the numerical kernels behind the weight passes of issue 3:
- * magnitude pruning (prune.c), low-rank factorisation (lowrank.c), 1-D
- * k-means weight sharing (cluster.c) and the int8/int4/ternary/binary
- * packers with MSE calibration (qpack.c).
+ * kernels.h - the numerical kernels of the issue-3 weight passes: pruning
+ * (prune.c), low rank (lowrank.c), 1-D k-means (cluster.c), int8/int4/
+ * ternary/binary packers with MSE calibration (qpack.c).  Plain C over
+ * contiguous row-major floats: no tensors, JSON or I/O; libc, pthreads,
+ * OpenBLAS and LAPACKE only.
  *
- * They are plain C over contiguous row-major float arrays: no tensors, no
- * JSON, no I/O, so the pipeline, the tests and the benchmarks call them
- * directly.  They use only libc, pthreads, OpenBLAS (cblas.h) and LAPACKE.
- *
- * Conventions, for every function below unless it says otherwise:
- * - Shapes are element counts; a matrix (rows, cols) is row-major, and
- *   "the last dimension" is cols.  Empty inputs (n == 0, rows == 0 or
- *   cols == 0) are valid and do nothing.
+ * Conventions, unless a function says otherwise:
+ * - Shapes are element counts; a matrix (rows, cols) is row-major and "the
+ *   last dimension" is cols.  Empty inputs are valid and do nothing.
  * - Buffers are borrowed: the caller allocates every output with the size
- *   given in the shape comment and keeps ownership.  The only exception
- *   is struct slim_svd, whose arrays the kernel allocates (new, released
- *   with slim_svd_release).  Inputs are never retained after return.
- * - `threads` is a cap on the threads a kernel may use (the calling
- *   thread counts as one); 0 means 1.  Small inputs use fewer.  Kernels
- *   are reentrant: any number may run at once on different data.  BLAS
- *   threading is process-wide in OpenBLAS 0.3.21, see lowrank.c.
- * - Errors are values: 0, or a negative enum slim_errno with detail in
- *   err (which may be NULL).  NaN input is SLIM_ENUMERIC (the quantizers
- *   and k-means also reject +-Inf); a bad argument is SLIM_EINVAL; a
- *   failed allocation is SLIM_ENOMEM.  On error the in-place kernels
- *   leave w unchanged and outputs are unspecified.
- * - Every optimised kernel has a plain `_ref` twin with the same
- *   contract (single-threaded, obviously correct, slow); the unit tests
- *   hold the two together.
+ *   in its shape comment and keeps ownership.  The exception is struct
+ *   slim_svd, whose arrays the kernel allocates (new; slim_svd_release).
+ *   Nothing is retained after return.
+ * - `threads` caps the threads a kernel uses (the caller's counts); 0
+ *   means 1; small inputs use fewer.  Kernels are reentrant.  OpenBLAS's
+ *   thread count is process-wide, see lowrank.c.
+ * - Errors are values: 0 or a negative enum slim_errno, detail in err (may
+ *   be NULL).  NaN input is SLIM_ENUMERIC (quantizers, k-means and SVD
+ *   also reject Inf), a bad argument SLIM_EINVAL, no memory SLIM_ENOMEM.
+ *   On error in-place kernels leave w unchanged; outputs are unspecified.
+ * - Every optimised kernel has a plain, single-threaded `_ref` twin with
+ *   the same contract; the unit tests hold the two together.
  */
 #ifndef SLIM_KERNELS_H
 #define SLIM_KERNELS_H
@@ -95,8 +88,9 @@ enum slim_svd_method {
 };
 struct slim_svd_opts {
     int method;        /* enum slim_svd_method */
-    int iters;         /* Krylov depth / power iterations; 0: 5 (Krylov), 3 (power) */
-    size_t block;      /* sketch width; 0: k/2 + 8 (Krylov), k + 10 (power) */
+    int iters;         /* Krylov depth q / power iterations; 0: 5 (Krylov), 3 (power) */
+    size_t block;      /* block width b; 0: max(3k/8, min(k/2, 32)) rounded up to
+                        * a multiple of 8 (Krylov), k + 10 (power) */
     uint64_t seed;     /* Gaussian sketch seed; 0 is a valid seed */
 };
 
@@ -105,8 +99,9 @@ struct slim_svd_opts {
 int slim_svd_exact(const float *w, size_t m, size_t n, int threads, struct slim_svd *out,
                    struct slim_error *err);
 /* W (m, n) -> the leading k triplets, 1 <= k <= min(m, n), by a randomized
- * range finder (opts may be NULL).  Deterministic for a given seed and
- * thread count. */
+ * range finder (opts may be NULL).  Falls back to the exact SVD when the
+ * basis would be as wide as min(m, n).  Deterministic for a given seed
+ * and thread count. */
 int slim_svd_randomized(const float *w, size_t m, size_t n, size_t k,
                         const struct slim_svd_opts *opts, int threads, struct slim_svd *out,
                         struct slim_error *err);
@@ -127,7 +122,7 @@ void slim_lowrank_factors(const struct slim_svd *svd, size_t r, float *u_r, floa
 /* ||W - U_r V_r||_F / ||W||_F from the singular values alone:
  * sqrt(frob2 - sum_{i<r} s_i^2) / sqrt(frob2) (0 for a zero W).  Exact for
  * both algorithms, because both approximations are orthogonal projections
- * of W. */
+ * of W, up to the fp32 rounding of s: errors below ~3e-4 read as noise. */
 double slim_lowrank_rel_error(const struct slim_svd *svd, size_t r);
 /* rank_ratio f -> r = round(f * min(m, n)), at least 1. */
 size_t slim_lowrank_rank_for_ratio(size_t m, size_t n, double ratio);
@@ -234,6 +229,9 @@ void slim_binary_dequant(const uint8_t *packed, const float *scale, size_t rows,
 
 /* ---- threads ------------------------------------------------------------ */
 
+/* The most threads any kernel uses, whatever `threads` says. */
+#define SLIM_KERNEL_MAX_THREADS 64
+
 /* Runs fn(ctx, part, nparts) for part = 0..nparts-1, part 0 on the calling
  * thread and the rest on new pthreads, and waits for all.  If a thread
  * cannot be created its part runs on the caller, so this never fails.
@@ -242,5 +240,11 @@ void slim_kernel_parallel(int nparts, void (*fn)(void *ctx, int part, int nparts
 /* Threads worth using for `work` elements: min(threads, work / 2^16), at
  * least 1, and 0 -> 1. */
 int slim_kernel_threads(int threads, size_t work);
+/* slim_aligned_alloc(n) for a kernel's large scratch buffer, with the
+ * kernel asked (madvise MADV_HUGEPAGE, a hint) to back it with 2 MB pages:
+ * first-touch page faults cost about 11 us per 4 KB page on the
+ * benchmark VM, i.e. 25 ms for a 10 MB buffer, 15x less with huge pages.
+ * Release with slim_aligned_free.  Defined in prune.c. */
+void *slim_kernel_alloc(size_t n);
 
 #endif

@@ -1,48 +1,32 @@
 /*
- * lowrank.c - truncated SVD of a weight matrix and its split into two
- * factors, W (m, n) ~ U_r (m, r) V_r (r, n), U_r = U sqrt(S), V_r =
- * sqrt(S) V^T.
+ * lowrank.c - truncated SVD and the split W (m, n) ~ U_r V_r with U_r =
+ * U sqrt(S), V_r = sqrt(S) V^T.
  *
- * Exact: LAPACKE_sgesdd.  A row-major W is the column-major W^T, whose
- * SVD V S U^T hands back U and V^T already in row-major order, so no
- * transposed copy is made.
+ * Exact: LAPACKE_sgesdd on the column-major view of row-major W, i.e. on
+ * W^T, whose factors come back already in row-major order.
  *
- * Randomized: the range finder of Halko, Martinsson and Tropp, "Finding
- * structure with randomness" (SIAM Review, 2011): a Gaussian sketch,
- * products with W and W^T to sharpen it, then a small SVD (Rayleigh-Ritz)
- * of W projected on the basis Q.  The budget that matters is the number
- * of sgemm passes over W (52 ms each for 4096^2 x 266 on two cores), so
- * the default is the randomized block Krylov method of Musco and Musco,
- * "Randomized block Krylov methods for stronger and faster approximate
- * singular value decomposition" (NeurIPS 2015): Q = orth[W Om, (W W^T) W Om,
- * ..., (W W^T)^q W Om] with a block half the rank.  Every block's W^T Q_i
- * is kept, so W^T Q comes for free and the final projection costs no
- * extra pass: 2q + 2 products of width b in all.  Measured on 2048^2,
- * rank 128: q = 5, b = k/2 + 8 (12 passes of width 72) beats
- * scikit-learn's randomized_svd (n_iter 4, oversampling 10: 10 passes of
- * width 138) in Frobenius error on Gaussian and power-law spectra alike,
- * at 60% of its flops.  The alternative, subspace (power) iteration with
- * the dynamic shifts of dashSVD (Feng, Yu, Xie and Li, "Algorithm 1043:
- * Faster randomized SVD with dynamic shifts", ACM TOMS 2024), is kept as
- * SLIM_SVD_POWER; at equal error it needed about 1.6x the passes here.
+ * Randomized: a range finder (Halko, Martinsson, Tropp, SIAM Review 2011)
+ * and Rayleigh-Ritz.  sgemm passes over W dominate, so the default is
+ * randomized block Krylov (Musco and Musco, NeurIPS 2015): Q = orth[W Om,
+ * (W W^T) W Om, ..., (W W^T)^q W Om]; each W^T Q_i is kept, so W^T Q needs
+ * no extra pass.  On 4096^2, rank 256, q = 5 and b = 96 (12 passes of
+ * width 96) beat scikit-learn's randomized_svd (n_iter 4: 10 passes of
+ * width 266) in error on a power-law spectrum, in half the time; on a flat
+ * spectrum they are 0.5% worse (see tests/bench).  Subspace iteration with
+ * dashSVD's dynamic shifts (Feng et al., ACM TOMS 2024) is kept as
+ * SLIM_SVD_POWER; it needed ~1.6x the passes for the same error.
  *
- * Re-orthonormalisation is dashSVD's eigSVD (a Cholesky-QR in disguise:
- * X = X V D^-1/2 from the eigen-decomposition of X^T X), with the Gram
- * matrix formed in double so that fp32 blocks with condition numbers up
- * to ~1e7 survive, applied twice against the earlier blocks (classical
- * Gram-Schmidt with re-orthogonalisation, "twice is enough").  The final
- * small SVD is eigSVD of W^T Q too.  Householder QR after every product
- * (the textbook version, slim_svd_randomized_ref) costs as much as a
- * product; LU (scikit-learn) gives no orthonormal basis for Krylov.
- *
- * Both approximations are orthogonal projections of W, so the error is
- * known from the singular values: ||W - W_r||^2 = ||W||^2 - sum s_i^2.
- * That makes an energy target checkable for the randomized result too
- * (slim_svd_for_energy grows k until it is met).
- *
- * Threads: OpenBLAS 0.3.21 only has a process-wide thread count; the
- * kernels set it to `threads` on entry and restore it on return, so
- * concurrent callers race on it (a matter of speed, never of results).
+ * Each block is orthonormalised by Cholesky QR (Gram matrix in double)
+ * after Gram-Schmidt against the last two blocks (the projected matrix is
+ * block tridiagonal), then again after Gram-Schmidt against all ("twice is
+ * enough"); dashSVD's eigSVD takes over for rank-deficient blocks.
+ * Householder QR per product (slim_svd_randomized_ref) costs a product;
+ * LU (scikit-learn) is not orthonormal, which Krylov needs.  The Ritz step
+ * asks ssyevr for the k top eigenpairs of Bt^T Bt only.  Both methods are
+ * orthogonal projections, so ||W - W_r||^2 = ||W||^2 - sum s_i^2: the
+ * error, and an energy target, follow from the singular values.
+ * OpenBLAS 0.3.21's thread count is process-wide: the kernels set it to
+ * `threads` and restore it, so concurrent callers race on speed only.
  */
 #include <cblas.h>
 #include <lapacke.h>
@@ -72,8 +56,7 @@ static int nomem(struct slim_error *err)
 struct sumsq_job {
     const float *w;
     size_t n;
-    double part[64];
-    int bad[64];
+    double part[SLIM_KERNEL_MAX_THREADS];
 };
 
 static void sumsq_part(void *ctx, int part, int nparts)
@@ -81,7 +64,6 @@ static void sumsq_part(void *ctx, int part, int nparts)
     struct sumsq_job *j = ctx;
     size_t a = j->n * (size_t)part / (size_t)nparts, b = j->n * (size_t)(part + 1) / (size_t)nparts;
     double total = 0.0;
-    int bad = 0;
     for (size_t i0 = a; i0 < b; i0 += 4096) {
         size_t e = b - i0 < 4096 ? b : i0 + 4096;
         float acc[16] = {0};
@@ -94,25 +76,20 @@ static void sumsq_part(void *ctx, int part, int nparts)
         for (int l = 0; l < 16; l++)
             total += acc[l];
     }
-    for (size_t i = a; i < b; i++)
-        bad |= isnan(j->w[i]);
     j->part[part] = total;
-    j->bad[part] = bad;
 }
 
-/* ||w||^2 in double; -1 if w holds NaN. */
+/* ||w||^2 in double; -1 if w holds NaN (which the sum of squares
+ * propagates, so no separate scan is needed). */
 static double sum_squares(const float *w, size_t n, int threads)
 {
     struct sumsq_job j = {.w = w, .n = n};
     int nparts = slim_kernel_threads(threads, n);
     double s = 0.0;
     slim_kernel_parallel(nparts, sumsq_part, &j);
-    for (int p = 0; p < nparts; p++) {
-        if (j.bad[p])
-            return -1.0;
+    for (int p = 0; p < nparts; p++)
         s += j.part[p];
-    }
-    return s;
+    return isnan(s) ? -1.0 : s;
 }
 
 /* Gaussian N(0, 1) by Box-Muller over splitmix64; chunks of 4096 values
@@ -174,9 +151,9 @@ static int svd_alloc(struct slim_svd *out, size_t m, size_t n, size_t k)
     out->m = m;
     out->n = n;
     out->k = k;
-    out->u = slim_aligned_alloc(m * k * sizeof(float));
+    out->u = slim_kernel_alloc(m * k * sizeof(float));
     out->s = slim_aligned_alloc(k * sizeof(float));
-    out->vt = slim_aligned_alloc(k * n * sizeof(float));
+    out->vt = slim_kernel_alloc(k * n * sizeof(float));
     if (!out->u || !out->s || !out->vt) {
         slim_svd_release(out);
         return -1;
@@ -212,7 +189,7 @@ int slim_svd_exact(const float *w, size_t m, size_t n, int threads, struct slim_
         return slim_error_set(err, SLIM_ENUMERIC, "lowrank: NaN in matrix");
     if (isinf(frob2))
         return slim_error_set(err, SLIM_ENUMERIC, "lowrank: Inf in matrix (or ||W|| overflows)");
-    a = slim_aligned_alloc(m * n * sizeof *a);
+    a = slim_kernel_alloc(m * n * sizeof *a);
     if (!a || svd_alloc(out, m, n, k)) {
         slim_aligned_free(a);
         return nomem(err);
@@ -275,25 +252,37 @@ static int gram_eig(const float *x, size_t rows, size_t b, size_t ldx, struct ws
  * largest are numerically absent (rank-deficient W); they become zero. */
 #define EIG_FLOOR 1e-12
 
-/* X (rows, b, ld ldx) -> X R^-1 with R^T R = X^T X (Cholesky QR, Gram in
- * double).  Returns -1, leaving X as it was, if X^T X is not numerically
- * positive definite. */
-static int chol_qr(float *x, size_t rows, size_t b, struct ws *ws)
+/* X (rows, b, ld b) -> X R^-1 with R^T R = X^T X (Cholesky QR).  The
+ * Gram matrix is formed in double when X may be ill-conditioned (precise),
+ * in float when X is already nearly orthonormal.  Returns -1, leaving X as
+ * it was, if X^T X is not numerically positive definite. */
+static int chol_qr(float *x, size_t rows, size_t b, int precise, double min_pivot,
+                   struct ws *ws)
 {
-    for (size_t i = 0; i < rows * b; i++)
-        ws->xd[i] = x[i];
-    cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)b, (int)rows, 1.0, ws->xd, (int)b,
-                0.0, ws->g, (int)b);
+    if (precise) {
+        for (size_t i = 0; i < rows * b; i++)
+            ws->xd[i] = x[i];
+        cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)b, (int)rows, 1.0, ws->xd,
+                    (int)b, 0.0, ws->g, (int)b);
+    } else {
+        cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)b, (int)rows, 1.0f, x, (int)b,
+                    0.0f, ws->mf, (int)b);
+        for (size_t i = 0; i < b * b; i++)
+            ws->g[i] = ws->mf[i];
+    }
     if (LAPACKE_dpotrf(LAPACK_ROW_MAJOR, 'U', (lapack_int)b, ws->g, (lapack_int)b))
         return -1;
-    /* a pivot this small means X is rank-deficient: let eigSVD handle it */
+    /* A pivot this small means X is (numerically) rank-deficient: let the
+     * caller fall back.  Pivots carry sqrt(eps) of noise relative to the
+     * largest: 1.5e-8 with a double Gram matrix, 3.5e-4 with a float one,
+     * whose input is meant to be nearly orthonormal anyway (R ~ I). */
     double dmax = 0.0, dmin = INFINITY;
     for (size_t j = 0; j < b; j++) {
         double d = fabs(ws->g[j * b + j]);
         dmax = d > dmax ? d : dmax;
         dmin = d < dmin ? d : dmin;
     }
-    if (!(dmin > dmax * 1e-6))
+    if (!(dmin > dmax * (precise ? 1e-6 : 1e-2)) || !(dmin > min_pivot))
         return -1;
     for (size_t i = 0; i < b; i++)
         for (size_t j = 0; j < b; j++)
@@ -304,16 +293,19 @@ static int chol_qr(float *x, size_t rows, size_t b, struct ws *ws)
 }
 
 /* X (rows, b, ld b) -> X V D^-1/2 (eigSVD, Feng et al.), which copes with
- * a rank-deficient X: absent directions become zero columns.  sv (b,), if
- * not NULL, receives X's singular values, descending. */
-static int eig_orth(float *x, size_t rows, size_t b, double *sv, struct ws *ws)
+ * a rank-deficient X: directions whose squared norm is below EIG_FLOOR of
+ * the largest, or below floor, become zero columns.  sv (b,), if not
+ * NULL, receives X's singular values, descending. */
+static int eig_orth(float *x, size_t rows, size_t b, double floor, double *sv, struct ws *ws)
 {
     if (gram_eig(x, rows, b, b, ws))
         return -1;
     double top = ws->d[0] > 0.0 ? ws->d[0] : 0.0;
+    if (floor < top * EIG_FLOOR)
+        floor = top * EIG_FLOOR;
     for (size_t j = 0; j < b; j++) {
         double dj = ws->d[j];
-        double inv = dj > top * EIG_FLOOR && dj > 0.0 ? 1.0 / sqrt(dj) : 0.0;
+        double inv = dj > floor && dj > 0.0 ? 1.0 / sqrt(dj) : 0.0;
         if (sv)
             sv[j] = dj > 0.0 ? sqrt(dj) : 0.0;
         for (size_t i = 0; i < b; i++)
@@ -328,20 +320,35 @@ static int eig_orth(float *x, size_t rows, size_t b, double *sv, struct ws *ws)
 /* X (rows, b, ld b) -> orthonormal basis of its span minus span(prev),
  * written to dst (ld ldd); prev (rows, p, ld ldp) is orthonormal.  Two
  * rounds of block Gram-Schmidt, each followed by Cholesky QR (eigSVD if
- * that breaks down).  With sv (b,) the eigSVD path is taken and sv gets
- * X's singular values, descending (the shifts of the power method). */
+ * that breaks down).  The first round projects out only the last `near`
+ * columns of prev: for a Krylov block W W^T Q_i that is where all of its
+ * component along prev lies in exact arithmetic (the projected matrix is
+ * block tridiagonal); the second, over all of prev, removes what rounding
+ * left ("twice is enough").  The second round starts from orthonormal (or
+ * zero) columns, so a direction left with a norm under 1e-3 by it was
+ * numerically inside span(prev): it becomes a zero column rather than
+ * amplified rounding noise, which would not be orthogonal to prev (this
+ * happens when W has rank below the basis width).  With sv (b,) the
+ * eigSVD path is taken and sv gets X's singular values, descending (the
+ * shifts of the power method). */
 static int orth_block(float *x, size_t rows, size_t b, const float *prev, size_t p, size_t ldp,
-                      float *dst, size_t ldd, double *sv, struct ws *ws)
+                      size_t near, float *dst, size_t ldd, double *sv, struct ws *ws)
 {
     for (int pass = 0; pass < 2; pass++) {
-        if (p) {
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)p, (int)b, (int)rows, 1.0f,
-                        prev, (int)ldp, x, (int)b, 0.0f, ws->c, (int)b);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)b, (int)p,
-                        -1.0f, prev, (int)ldp, ws->c, (int)b, 1.0f, x, (int)b);
+        size_t q = pass == 0 && near < p ? near : p;
+        const float *pv = prev + (p - q);
+        if (q) {
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)q, (int)b, (int)rows, 1.0f,
+                        pv, (int)ldp, x, (int)b, 0.0f, ws->c, (int)b);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)b, (int)q,
+                        -1.0f, pv, (int)ldp, ws->c, (int)b, 1.0f, x, (int)b);
         }
-        if (sv || chol_qr(x, rows, b, ws)) {
-            if (eig_orth(x, rows, b, pass == 0 ? sv : NULL, ws))
+        /* pass 0: double Gram; pass 1: float, then double if it balks;
+         * eigSVD when Cholesky QR cannot do it */
+        double floor = pass == 1 && p ? 1e-6 : 0.0;
+        if (sv || (chol_qr(x, rows, b, pass == 0, sqrt(floor), ws) &&
+                   (pass == 0 || chol_qr(x, rows, b, 1, sqrt(floor), ws)))) {
+            if (eig_orth(x, rows, b, floor, pass == 0 ? sv : NULL, ws))
                 return -1;
         }
     }
@@ -415,13 +422,13 @@ static int ws_alloc(struct ws *ws, size_t rows, size_t b, size_t L, size_t k)
 {
     size_t t = rows * b > L * L ? rows * b : L * L;
     memset(ws, 0, sizeof *ws);
-    ws->xd = slim_aligned_alloc(rows * b * sizeof(double));
-    ws->g = slim_aligned_alloc(L * L * sizeof(double));
+    ws->xd = slim_kernel_alloc(rows * b * sizeof(double));
+    ws->g = slim_kernel_alloc(L * L * sizeof(double));
     ws->d = slim_aligned_alloc(L * sizeof(double));
     ws->mf = slim_aligned_alloc(b * b * sizeof(float));
     ws->c = slim_aligned_alloc(L * b * sizeof(float));
-    ws->tmp = slim_aligned_alloc(t * sizeof(float));
-    ws->tmp2 = slim_aligned_alloc(L * k * sizeof(float));
+    ws->tmp = slim_kernel_alloc(t * sizeof(float));
+    ws->tmp2 = slim_kernel_alloc(L * k * sizeof(float));
     ws->isuppz = slim_aligned_alloc(2 * L * sizeof(lapack_int));
     if (!ws->xd || !ws->g || !ws->d || !ws->mf || !ws->c || !ws->tmp || !ws->tmp2 ||
         !ws->isuppz) {
@@ -438,9 +445,9 @@ static int krylov(const float *w, size_t m, size_t n, size_t k, size_t b, int q,
                   int threads, struct slim_svd *out, struct slim_error *err)
 {
     size_t L = b * (size_t)(q + 1), rows = m > n ? m : n;
-    float *Q = slim_aligned_alloc(m * L * sizeof(float));
-    float *Bt = slim_aligned_alloc(n * L * sizeof(float));
-    float *x = slim_aligned_alloc(rows * b * sizeof(float));
+    float *Q = slim_kernel_alloc(m * L * sizeof(float));
+    float *Bt = slim_kernel_alloc(n * L * sizeof(float));
+    float *x = slim_kernel_alloc(rows * b * sizeof(float));
     struct ws ws;
     int rc = 0;
 
@@ -455,7 +462,7 @@ static int krylov(const float *w, size_t m, size_t n, size_t k, size_t b, int q,
                 (int)n, Bt, (int)b, 0.0f, x, (int)b);
     for (int i = 0; i <= q && !rc; i++) {
         size_t p = (size_t)i * b;
-        if (orth_block(x, m, b, Q, p, L, Q + p, L, NULL, &ws)) {
+        if (orth_block(x, m, b, Q, p, L, 2 * b, Q + p, L, NULL, &ws)) {
             rc = -1;
             break;
         }
@@ -487,9 +494,9 @@ static int power_shifted(const float *w, size_t m, size_t n, size_t k, size_t l,
                          struct slim_error *err)
 {
     size_t rows = m > n ? m : n;
-    float *Q = slim_aligned_alloc(m * l * sizeof(float));
-    float *Y = slim_aligned_alloc(n * l * sizeof(float));
-    float *x = slim_aligned_alloc(m * l * sizeof(float));
+    float *Q = slim_kernel_alloc(m * l * sizeof(float));
+    float *Y = slim_kernel_alloc(n * l * sizeof(float));
+    float *x = slim_kernel_alloc(m * l * sizeof(float));
     double *sv = slim_aligned_alloc(l * sizeof(double));
     double alpha = 0.0;
     struct ws ws;
@@ -505,7 +512,7 @@ static int power_shifted(const float *w, size_t m, size_t n, size_t k, size_t l,
     gaussian_fill(Y, n * l, seed, threads);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)l, (int)n, 1.0f, w,
                 (int)n, Y, (int)l, 0.0f, x, (int)l);
-    rc = orth_block(x, m, l, NULL, 0, l, Q, l, NULL, &ws);
+    rc = orth_block(x, m, l, NULL, 0, l, 0, Q, l, NULL, &ws);
     for (int i = 0; i < p && !rc; i++) {
         /* X = W (W^T Q) - alpha Q, then Q = orth(X) */
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)n, (int)l, (int)m, 1.0f, w,
@@ -513,7 +520,7 @@ static int power_shifted(const float *w, size_t m, size_t n, size_t k, size_t l,
         memcpy(x, Q, m * l * sizeof *x);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)l, (int)n, 1.0f, w,
                     (int)n, Y, (int)l, (float)-alpha, x, (int)l);
-        rc = orth_block(x, m, l, NULL, 0, l, Q, l, sv, &ws);
+        rc = orth_block(x, m, l, NULL, 0, l, 0, Q, l, sv, &ws);
         if (!rc && sv[l - 1] > alpha)
             alpha = (sv[l - 1] + alpha) / 2.0;
     }
@@ -575,7 +582,18 @@ int slim_svd_randomized(const float *w, size_t m, size_t n, size_t k,
         return slim_error_set(err, SLIM_EINVAL, "lowrank: iterations %d outside [0, 64]",
                               o.iters);
     iters = o.iters ? o.iters : (o.method == SLIM_SVD_KRYLOV ? 5 : 3);
-    b = o.block ? o.block : (o.method == SLIM_SVD_KRYLOV ? k / 2 + 8 : k + 10);
+    /* Krylov: 3k/8, but at least min(k/2, 32) (small ranks need a
+     * relatively wider basis), rounded up to a multiple of 8 for sgemm:
+     * the basis is 6 b ~ 2.25 k wide */
+    if (o.block) {
+        b = o.block;
+    } else if (o.method == SLIM_SVD_KRYLOV) {
+        size_t lo = k / 2 < 32 ? k / 2 : 32;
+        b = 3 * k / 8 > lo ? 3 * k / 8 : lo;
+        b = 8 * ((b + 7) / 8);
+    } else {
+        b = k + 10;
+    }
     if (b < k && o.method == SLIM_SVD_POWER)
         b = k;
     if (b > (size_t)INT32_MAX / 65)

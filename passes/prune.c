@@ -1,41 +1,37 @@
 /*
- * prune.c - magnitude pruning kernels: unstructured (one tensor or global
+ * prune.c - magnitude pruning kernels: unstructured (one tensor, or global
  * over several), N:M along the last dimension, and whole rows.
  *
- * Unstructured pruning must zero exactly k = round(s * n) weights, the k
- * of smallest |w|, in linear time.  A finite non-negative float orders
- * like its bit pattern read as an unsigned integer, so |w| is the key
- * `bits & 0x7fffffff` and the k-th smallest key is found by radix select
- * (the MSD half of a radix sort; Knuth TAOCP vol. 3, 5.2.5): one pass
- * builds a histogram of the top 16 key bits (per thread, then summed),
- * which names the bucket holding the k-th key; a second pass zeroes
- * every weight in lower buckets and histograms the low 15 bits of the
- * bucket's members, which gives the exact threshold key T; the few
- * bucket members below T, and the first ones equal to T in index order,
- * are zeroed last, from a list of their addresses made in the second pass
- * (or, if the bucket is huge, e.g. all weights equal, by a third scan).
- * Ties therefore go to the lower index, which is what the sort-based
- * _ref twin does, so the two agree bit for bit.  Rejected: quickselect
- * (data-dependent passes, moves elements, needs a copy of n keys) and
- * np.partition-style full partitioning; both cost several times more
- * memory traffic than two streaming passes.  NaN keys sort above +Inf's
- * 0x7f800000, so the first histogram also detects NaN before anything
- * is written.
+ * Unstructured pruning zeroes exactly k = round(s n) weights, those of
+ * smallest |w|, in linear time.  A non-negative float orders like its bit
+ * pattern, so |w| is the key bits & 0x7fffffff and the k-th key is found
+ * by radix select (the MSD step of a radix sort; Knuth, TAOCP 3, 5.2.5):
+ * pass 1 histograms the top 16 key bits per thread, naming the bucket of
+ * the k-th key; pass 2 zeroes every lower bucket and histograms the low
+ * 15 bits of the bucket's members, giving the exact threshold key T; the
+ * members below T, and the first ones equal to T by index, are zeroed from
+ * an address list made in pass 2 (or by a third scan if the bucket is
+ * huge, e.g. all weights equal).  Ties go to the lower index, as in the
+ * sort-based _ref twin, so the two agree bit for bit.  NaN keys sort above
+ * +Inf, so pass 1 also rejects NaN before anything is written.  Rejected:
+ * quickselect and np.partition (data-dependent passes, a copy of n keys,
+ * several times the memory traffic of two streaming passes).
  *
- * N:M keeps, in each run of M weights, those whose rank by |w|
- * (larger first, ties to the lower index) is below N.  The rank is a
- * count of pairwise comparisons, branch-free; for 2:4 (M == 4) four
- * groups are transposed into SSE registers so the six comparisons run
- * on four groups at once.  Rows pruning sums squares in double.
+ * N:M keeps, in each run of M weights, those ranked below N by |w|
+ * (larger first, ties to the lower index), the rank being a branch-free
+ * count of comparisons; for M = 4 four runs are transposed into SSE
+ * registers so the six comparisons serve four runs at once.
  *
- * The file is built with -O3-level vectorisation (the pragma below): the
- * project's default -O2 on GCC 12 leaves the streaming loops scalar.
+ * Also here: the kernels' thread helper and large-buffer allocator.  The
+ * file asks for -O3-level vectorisation (the pragma): the project's -O2
+ * on GCC 12 leaves the streaming loops scalar.
  */
 #pragma GCC optimize("O3")
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #if defined(__SSE2__)
 #include <immintrin.h>
 #endif
@@ -54,7 +50,7 @@ typedef uint32_t u32a __attribute__((may_alias));
 
 /* ---- threads ------------------------------------------------------------ */
 
-#define MAX_PARTS 64
+#define MAX_PARTS SLIM_KERNEL_MAX_THREADS
 
 struct part_arg {
     void (*fn)(void *ctx, int part, int nparts);
@@ -104,6 +100,22 @@ int slim_kernel_threads(int threads, size_t work)
     if ((size_t)threads > cap)
         threads = cap ? (int)cap : 1;
     return threads;
+}
+
+void *slim_kernel_alloc(size_t n)
+{
+    void *p = slim_aligned_alloc(n);
+#if defined(MADV_HUGEPAGE)
+    /* only the 2 MB-aligned interior can use huge pages; smaller buffers
+     * are not worth the system call */
+    if (p && n >= ((size_t)4 << 20)) {
+        uintptr_t a = ((uintptr_t)p + ((uintptr_t)2 << 20) - 1) & ~(((uintptr_t)2 << 20) - 1);
+        uintptr_t e = ((uintptr_t)p + n) & ~(((uintptr_t)2 << 20) - 1);
+        if (e > a)
+            (void)madvise((void *)a, e - a, MADV_HUGEPAGE);
+    }
+#endif
+    return p;
 }
 
 /* ---- unstructured: radix select over segments --------------------------- */

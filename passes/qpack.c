@@ -1,36 +1,30 @@
 /*
- * qpack.c - quantization packers: int8 per output row, int4 in groups
- * along the row (packed two per byte), ternary (TWN: Li, Zhang and Liu,
- * "Ternary Weight Networks", 2016) and binary (XNOR-Net: Rastegari et al.,
- * 2016) per row, their decoders, and MSE calibration of the clipping
- * range for int8 and int4.
+ * qpack.c - quantization packers: int8 per row, int4 in groups along the
+ * row (two per byte), ternary (TWN: Li, Zhang, Liu 2016) and binary
+ * (XNOR-Net: Rastegari et al. 2016) per row, their decoders, and MSE
+ * calibration of the clipping range for int8 and int4.
  *
- * Each row (int8, ternary, binary) or group (int4) is quantized while it
- * is in L1: one pass finds its range, one writes codes; the decoded
- * values, when asked for, come from the codes, so they are exactly what a
- * reader computes, (q - zp) * scale.  A range always includes 0 (so a
- * zero weight, e.g. a pruned one, decodes to exactly 0), and an all-zero
- * row or group gets scale 1 (int8/int4) or 0 (ternary/binary, whose
- * codes are then all 0 or all "+", both decoding to 0): nothing is ever
- * divided by zero and no NaN appears.  Scales are computed in double so a
- * range near FLT_MAX cannot overflow.
+ * A row or group is quantized while it is in L1: one pass finds its range,
+ * one writes codes; decoded values come from the codes, so they are what a
+ * reader computes, (q - zp) * scale.  A range always includes 0 (a pruned
+ * weight decodes to exactly 0); an all-zero row or group gets scale 1
+ * (int8/int4) or 0 (ternary/binary, whose codes then decode to 0): nothing
+ * divides by zero, no NaN.  Scales are computed in double, so a range near
+ * FLT_MAX cannot overflow.
  *
- * MSE calibration (the "mse" observer of PyTorch/TensorRT PTQ, cf. Banner
- * et al., "Post-training 4-bit quantization", 2019): the clipping range
- * [lo, hi] is shrunk to [a lo, a hi] for a on an even grid from 1 down to
- * SLIM_QCAL_MIN_SHRINK, and the a with the least squared error wins
- * (ties to the larger a, so a = 1, plain min/max, is never beaten by an
- * equal error).  The error can therefore only fall.  A closed-form or
- * golden-section search was rejected: the error is not unimodal in a.
+ * MSE calibration (the "mse" observer of PTQ tool chains; Banner et al.,
+ * "Post-training 4-bit quantization", 2019): the range [lo, hi] shrinks to
+ * [a lo, a hi] for a on an even grid from 1 to SLIM_QCAL_MIN_SHRINK, and
+ * the least squared error wins (ties to the larger a, so the error never
+ * rises above min/max).  Golden-section search was rejected: the error is
+ * not unimodal in a.
  *
- * Rounding is to nearest, ties to even, as rintf: the fast kernels add
- * and subtract 1.5 * 2^23 after clamping (exact for |x| < 2^22, and it
- * vectorises on any SSE2 machine, where rintf does not); reductions use
- * 16 explicit lanes so GCC vectorises them without -ffast-math, which
- * this file must not be built with (checked below).  The file asks for
- * -O3-level vectorisation with a pragma, the project default being -O2.
- * The _ref twins are the same formulas in plain scalar code with rintf
- * and double sums.
+ * Rounding is to nearest even, as rintf: the fast kernels add and subtract
+ * 1.5 * 2^23 after clamping (exact below 2^22, and it vectorises on plain
+ * SSE2, where rintf does not); reductions use 16 explicit lanes, so GCC
+ * vectorises them without -ffast-math (refused below).  -O3-level
+ * vectorisation is asked for by pragma.  The _ref twins are the same
+ * formulas in plain scalar code with rintf and double sums.
  */
 #pragma GCC optimize("O3")
 #include <float.h>
@@ -223,8 +217,8 @@ struct qjob {
     void *zp;         /* int8_t or uint8_t */
     float *deq;
     uint8_t *tmp;     /* nparts * cols */
-    size_t bad_row[64];
-    int bad[64];
+    size_t bad_row[SLIM_KERNEL_MAX_THREADS];
+    int bad[SLIM_KERNEL_MAX_THREADS];
 };
 
 static int q8_row(const float *w, size_t n, int sym, int steps, int8_t *q, float *scale,

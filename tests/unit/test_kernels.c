@@ -870,23 +870,24 @@ static void test_quant_twins(void **state)
 
 static void test_quant_mse_calibration_lowers_error(void **state)
 {
-    /* heavy tails: clipping pays off */
-    size_t rows = 64, cols = 512, n = rows * cols, ng = cols / 128;
+    /* Gaussian groups: clipping the rare large values pays off (measured:
+     * int4 asym -10%, sym -26%; int8 about -1%) */
+    size_t rows = 64, cols = 512, n = rows * cols;
     float *w = gauss_array(n, 1.0f), *d0 = malloc(n * 4), *d1 = malloc(n * 4);
     float s[64 * 4];
     uint8_t *p = malloc(n / 2), zp[64 * 4];
-    (void)ng;
     int8_t *q = malloc(n), z8[64];
     (void)state;
-    for (size_t i = 0; i < n; i += 97)
-        w[i] *= 8.0f;
+    rng_seed(13);
+    for (size_t i = 0; i < n; i++)
+        w[i] = grand();
     for (int sym = 0; sym <= 1; sym++) {
         assert_int_equal(slim_q4_groups(w, rows, cols, 128, sym, 0, p, s, zp, d0, 2, NULL), 0);
         assert_int_equal(slim_q4_groups(w, rows, cols, 128, sym, 50, p, s, zp, d1, 2, NULL), 0);
-        assert_true(nmse(d1, w, n) < 0.9 * nmse(d0, w, n));
+        assert_true(nmse(d1, w, n) < 0.95 * nmse(d0, w, n));
         assert_int_equal(slim_q8_rows(w, rows, cols, sym, 0, q, s, z8, d0, 2, NULL), 0);
         assert_int_equal(slim_q8_rows(w, rows, cols, sym, 50, q, s, z8, d1, 2, NULL), 0);
-        assert_true(nmse(d1, w, n) <= nmse(d0, w, n));
+        assert_true(nmse(d1, w, n) < nmse(d0, w, n));
     }
     free(w), free(d0), free(d1), free(p), free(q);
 }
