@@ -68,6 +68,7 @@ static int report_tensor(struct slim_work *w, const struct slim_artifact *art,
     float *orig = NULL, *prod = NULL;
     const float *hat = NULL;
     json_t *row, *extra = NULL;
+    int64_t nz_hat = 0;
     int rc = 0;
 
     for (size_t i = 0; i < art->n; i++)
@@ -116,7 +117,8 @@ static int report_tensor(struct slim_work *w, const struct slim_artifact *art,
         }
         slim_to_f32(src->dtype, src->data, n, orig);
         slim_error_stats(orig, hat, n, &rel, &snr);
-        *nonzero += count_nonzero(hat, n);
+        nz_hat = count_nonzero(hat, n);
+        *nonzero += nz_hat;
     } else if (slim_dtype_is_float(src->dtype)) {
         orig = slim_aligned_alloc(n * sizeof(float));
         if (!orig) {
@@ -140,7 +142,7 @@ static int report_tensor(struct slim_work *w, const struct slim_artifact *art,
     }
     if (hat)
         json_object_set_new(row, "sparsity",
-                            json_real(n ? 1.0 - (double)count_nonzero(hat, n) / (double)n : 0.0));
+                            json_real(n ? 1.0 - (double)nz_hat / (double)n : 0.0));
     if (extra)
         json_object_update(row, extra);
     json_array_append_new(rows, row);
