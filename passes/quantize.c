@@ -27,6 +27,7 @@
 #include <string.h>
 #include "passes/kernels.h"
 #include "passes/pass.h"
+#include "passes/report.h"
 
 enum qdtype { Q_INT8, Q_FP16, Q_BF16, Q_INT4, Q_TERNARY, Q_BINARY };
 static const char *const qdtype_names[] = {"int8", "fp16", "bf16", "int4", "ternary", "binary",
@@ -268,6 +269,40 @@ static const int scheme_of[] = {
     [Q_BINARY] = SLIM_SCHEME_BINARY,
 };
 
+/* For "calibration": "mse": the error this pass would have with the plain
+ * min/max range, from a scratch run of the same kernel (they run at
+ * GB/s, so this costs little next to the search itself).  Returns 0 and
+ * *rel, or an error. */
+static int minmax_error(const struct qcfg *cfg, struct slim_work *w, const struct slim_wt *t,
+                        double *rel, struct slim_error *err)
+{
+    size_t rows = (size_t)t->rows, cols = (size_t)t->cols, n = rows * cols;
+    size_t group = cfg->granularity == G_GROUP ? (size_t)cfg->group_size : (cols ? cols : 1);
+    size_t ng = cfg->dtype == Q_INT4 ? (cols + group - 1) / group : 1;
+    float *deq = slim_aligned_alloc(n * sizeof(float) + 1);
+    float *scale = slim_aligned_alloc(rows * ng * sizeof(float) + 1);
+    uint8_t *q = slim_aligned_alloc(n + 1), *zp = slim_aligned_alloc(rows * ng + 1);
+    double snr;
+    int rc;
+    if (!deq || !scale || !q || !zp) {
+        rc = slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    } else if (cfg->dtype == Q_INT8) {
+        int per_tensor = cfg->granularity == G_TENSOR;
+        rc = slim_q8_rows(t->val, per_tensor ? 1 : rows, per_tensor ? n : cols, cfg->symmetric,
+                          0, (int8_t *)q, scale, (int8_t *)zp, deq, w->threads, err);
+    } else {
+        rc = slim_q4_groups(t->val, rows, cols, group, cfg->symmetric, 0, q, scale, zp, deq,
+                            w->threads, err);
+    }
+    if (!rc)
+        slim_error_stats(t->val, deq, n, rel, &snr);
+    slim_aligned_free(deq);
+    slim_aligned_free(scale);
+    slim_aligned_free(q);
+    slim_aligned_free(zp);
+    return rc;
+}
+
 static int quantize_one(const void *cfgp, struct slim_work *w, size_t i,
                         struct slim_error *err)
 {
@@ -277,6 +312,20 @@ static int quantize_one(const void *cfgp, struct slim_work *w, size_t i,
     if (slim_has_nonfinite(t->val, (size_t)(t->rows * t->cols)))
         return slim_error_set(err, SLIM_ENUMERIC,
                               "tensor '%s': contains NaN or Inf; cannot quantize", t->name);
+    int calibrate = cfg->calibration == CAL_MSE;
+    double rel_minmax = 0.0, rel_mse, snr;
+    float *before = NULL;
+    if (calibrate) {
+        size_t n = (size_t)(t->rows * t->cols);
+        before = slim_aligned_alloc(n * sizeof(float) + 1);
+        if (!before)
+            return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+        memcpy(before, t->val, n * sizeof(float));
+        if ((rc = minmax_error(cfg, w, t, &rel_minmax, err))) {
+            slim_aligned_free(before);
+            return rc;
+        }
+    }
     slim_wt_clear_outs(t);
     switch (cfg->dtype) {
     case Q_INT8: rc = quantize_int8(cfg, w, t, err); break;
@@ -285,6 +334,18 @@ static int quantize_one(const void *cfgp, struct slim_work *w, size_t i,
     case Q_BINARY: rc = quantize_low_bit(1, w, t, err); break;
     default: rc = quantize_half(cfg->dtype == Q_BF16, t, err);
     }
+    if (calibrate && !rc) {
+        /* the report shows what the search bought: this pass's error with
+         * the min/max range and with the chosen one */
+        slim_error_stats(before, t->val, (size_t)(t->rows * t->cols), &rel_mse, &snr);
+        if (!t->report_extra)
+            t->report_extra = json_object();
+        json_object_update_new(t->report_extra,
+                               json_pack("{s:s, s:f, s:f}", "calibration", "mse",
+                                         "calibration_rel_error_minmax", rel_minmax,
+                                         "calibration_rel_error_mse", rel_mse));
+    }
+    slim_aligned_free(before);
     if (rc)
         return rc;
     t->scheme = scheme_of[cfg->dtype];
