@@ -30,11 +30,24 @@ static int read_head(const char *path, unsigned char *buf, size_t len, size_t *g
     return 0;
 }
 
+/* ?name= with an empty value reaches us as a NULL value, which
+ * MHD_lookup_connection_value cannot tell from no ?name at all. */
+static enum MHD_Result find_name(void *cls, enum MHD_ValueKind kind, const char *key,
+                                 const char *value)
+{
+    const char **out = cls;
+    (void)kind;
+    if (strcmp(key, "name"))
+        return MHD_YES;
+    *out = value ? value : "";
+    return MHD_NO;
+}
+
 enum MHD_Result api_models_upload(struct api_ctx *ctx, struct MHD_Connection *conn,
                                   struct api_request *req)
 {
     struct api_upload *up = api_request_upload(req);
-    const char *name = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "name");
+    const char *name = NULL;
     unsigned char head[16];
     size_t got = 0;
     struct slim_error err;
@@ -43,6 +56,7 @@ enum MHD_Result api_models_upload(struct api_ctx *ctx, struct MHD_Connection *co
     uint64_t bytes;
     const char *fmt = NULL;
 
+    MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, find_name, &name);
     if (up->pp)
         MHD_post_process(up->pp, NULL, 0);
     bytes = up->bw ? store_blob_bytes(up->bw) : 0;

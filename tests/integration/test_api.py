@@ -382,6 +382,9 @@ def test_upload_errors():
     # multipart whose file is garbage
     body, ctype = h.multipart([("file", "m.safetensors", b"garbage garbage garbage" * 10)])
     failed_upload(body, 415, "UNSUPPORTED_MEDIA", headers={"Content-Type": ctype})
+    # an empty or overlong ?name=
+    failed_upload(good, 400, "INVALID_ARGUMENT", ["name"], path="/v1/models?name=")
+    failed_upload(good, 400, "INVALID_ARGUMENT", ["name"], path="/v1/models?name=" + "n" * 201)
     # and a good one still works after all that
     D.upload(good, name="after-errors")
 
