@@ -142,9 +142,9 @@ static char *mask_name_of(struct slim_artifact *a, const char *name)
     return m;
 }
 
-int slim_artifact_layout(struct slim_work *w, int dequantize, int sparse,
-                         struct slim_artifact *a, struct slim_error *err)
+int slim_artifact_layout(struct slim_work *w, struct slim_artifact *a, struct slim_error *err)
 {
+    int dequantize = w->dequantize_output, sparse = w->sparse_output;
     size_t cap = 0;
     memset(a, 0, sizeof *a);
     for (size_t i = 0; i < w->n; i++)
@@ -227,9 +227,10 @@ static json_t *describe(const struct slim_wt *t, int sparse)
     return e;
 }
 
-int slim_artifact_metadata(struct slim_work *w, json_t *passes, int dequantize, int sparse,
-                           json_t **out, struct slim_error *err)
+int slim_artifact_metadata(struct slim_work *w, json_t *passes, json_t **out,
+                           struct slim_error *err)
 {
+    int dequantize = w->dequantize_output, sparse = w->sparse_output;
     json_t *md = json_deep_copy(w->model->metadata), *tensors = json_object(), *quant;
     char *text;
     if (!md || !tensors)

@@ -17,14 +17,14 @@ struct slim_artifact {
     size_t n_owned, cap_owned;
 };
 
-/* Lays w out for writing.  dequantize: every touched tensor as F32;
- * sparse: pruned tensors as a bitmask plus their non-zero codes. */
-int slim_artifact_layout(struct slim_work *w, int dequantize, int sparse,
-                         struct slim_artifact *a, struct slim_error *err);
+/* Lays w out for writing, as w's output options say
+ * (dequantize_output: every touched tensor as F32; sparse_output: pruned
+ * tensors as a bitmask plus their non-zero codes). */
+int slim_artifact_layout(struct slim_work *w, struct slim_artifact *a, struct slim_error *err);
 void slim_artifact_release(struct slim_artifact *a);
 /* The artifact's __metadata__: the model's own plus slimd's; new
  * reference in *out.  passes: the spec's passes array (borrowed). */
-int slim_artifact_metadata(struct slim_work *w, json_t *passes, int dequantize, int sparse,
-                           json_t **out, struct slim_error *err);
+int slim_artifact_metadata(struct slim_work *w, json_t *passes, json_t **out,
+                           struct slim_error *err);
 
 #endif

@@ -46,9 +46,10 @@ static void pack_rows(const uint8_t *codes, size_t rows, size_t cols, int bits, 
             out[r * rb + c / 2] |= (uint8_t)((codes[r * cols + c] & 15) << (4 * (c & 1)));
 }
 
-static int cluster_one(const struct cluster_cfg *cfg, struct slim_work *w, struct slim_wt *t,
-                       struct slim_error *err)
+static int cluster_one(const void *cfgp, struct slim_work *w, size_t i, struct slim_error *err)
 {
+    const struct cluster_cfg *cfg = cfgp;
+    struct slim_wt *t = &w->wts[i];
     size_t rows = (size_t)t->rows, cols = (size_t)t->cols, n = rows * cols;
     int bits = cfg->k <= 16 ? 4 : 8;
     size_t rb = (cols * (size_t)bits + 7) / 8;
@@ -65,8 +66,8 @@ static int cluster_one(const struct cluster_cfg *cfg, struct slim_work *w, struc
     }
     if ((rc = slim_kmeans_1d(t->val, n, &opts, w->threads, book, idx, &info, err)))
         goto fail;
-    for (size_t i = 0; i < n; i++)
-        t->val[i] = book[idx[i]];
+    for (size_t k = 0; k < n; k++)
+        t->val[k] = book[idx[k]];
     pack_rows(idx, rows, cols, bits, packed);
     slim_aligned_free(idx);
     idx = NULL;
@@ -96,16 +97,10 @@ fail:
     return rc;
 }
 
-static int cluster_each(const void *cfg, struct slim_work *w, size_t i,
-                        struct slim_error *err)
-{
-    return cluster_one(cfg, w, &w->wts[i], err);
-}
-
 static int cluster_apply(const void *cfg, const struct slim_select *sel, struct slim_work *w,
                          struct slim_error *err)
 {
-    return slim_work_each(w, sel, 0, cluster_each, cfg, err);
+    return slim_work_each(w, sel, 0, cluster_one, cfg, err);
 }
 
 const struct slim_pass_ops slim_pass_cluster = {

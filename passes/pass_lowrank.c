@@ -50,9 +50,9 @@ static int lowrank_parse(json_t *spec, const char *where, void *cfgp, struct sli
 }
 
 /* Factors t (index i in w) in place; returns 1 when it inserted W_v. */
-static int factor_one(const struct lowrank_cfg *cfg, struct slim_work *w, size_t i,
-                      struct slim_error *err)
+static int factor_one(const void *cfgp, struct slim_work *w, size_t i, struct slim_error *err)
 {
+    const struct lowrank_cfg *cfg = cfgp;
     struct slim_wt *t = &w->wts[i];
     size_t m = (size_t)t->rows, n = (size_t)t->cols, mn = m < n ? m : n, r = 0;
     size_t useful = slim_lowrank_max_useful_rank(m, n);
@@ -131,17 +131,11 @@ static int factor_one(const struct lowrank_cfg *cfg, struct slim_work *w, size_t
     return 1;
 }
 
-static int lowrank_each(const void *cfg, struct slim_work *w, size_t i,
-                        struct slim_error *err)
-{
-    return factor_one(cfg, w, i, err);
-}
-
 static int lowrank_apply(const void *cfg, const struct slim_select *sel, struct slim_work *w,
                          struct slim_error *err)
 {
     /* factors are not factored again */
-    return slim_work_each(w, sel, 1, lowrank_each, cfg, err);
+    return slim_work_each(w, sel, 1, factor_one, cfg, err);
 }
 
 const struct slim_pass_ops slim_pass_lowrank = {

@@ -293,6 +293,7 @@ int slim_pipeline_run(const struct slim_spec *spec, const char *in_path, const c
         goto out;
     w.threads = opts && opts->threads ? opts->threads : spec->threads;
     w.dequantize_output = spec->dequantize;
+    w.sparse_output = spec->sparse;
     w.progress = opts ? opts->progress : NULL;
     w.progress_ud = opts ? opts->progress_ud : NULL;
     t_load = slim_now() - t_start;
@@ -322,8 +323,8 @@ int slim_pipeline_run(const struct slim_spec *spec, const char *in_path, const c
     if ((rc = slim_work_check(&w, 0.0, err)))
         goto out;
     t0 = slim_now();
-    if ((rc = slim_artifact_layout(&w, spec->dequantize, spec->sparse, &art, err)) ||
-        (rc = slim_artifact_metadata(&w, spec->json, spec->dequantize, spec->sparse, &md, err)) ||
+    if ((rc = slim_artifact_layout(&w, &art, err)) ||
+        (rc = slim_artifact_metadata(&w, spec->json, &md, err)) ||
         (rc = slim_st_write(out_path, art.tensors, art.n, md, err)))
         goto out;
     t_write = slim_now() - t0;

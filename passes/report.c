@@ -58,9 +58,10 @@ static int64_t count_nonzero(const float *v, size_t n)
 
 /* One original tensor: find what derives from it and compare. */
 static int report_tensor(struct slim_work *w, const struct slim_artifact *art,
-                         const struct slim_tensor *src, int dequantize, json_t *rows,
+                         const struct slim_tensor *src, json_t *rows,
                          int64_t *bytes_after, int64_t *nonzero, struct slim_error *err)
 {
+    int dequantize = w->dequantize_output;
     struct slim_wt *self = NULL, *u = NULL, *v = NULL;
     size_t after = 0, n = (size_t)slim_tensor_numel(src);
     const char *scheme = "copy", *dtype_after = slim_dtype_name(src->dtype);
@@ -169,7 +170,7 @@ int slim_report_build(struct slim_work *w, const struct slim_artifact *art,
         const struct slim_tensor *src = &m->tensors[i];
         before += (int64_t)src->nbytes;
         params += slim_tensor_numel(src);
-        rc = report_tensor(w, art, src, w->dequantize_output, rows, &after, &nonzero, err);
+        rc = report_tensor(w, art, src, rows, &after, &nonzero, err);
         if (rc) {
             json_decref(rows);
             return rc;
