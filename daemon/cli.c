@@ -260,7 +260,7 @@ int slimd_compress(int argc, char **argv)
     const char *spec_path = NULL, *outdir = NULL, *model = NULL;
     struct slim_spec *spec = NULL;
     struct slim_error err;
-    struct slim_run_opts ropts = {NULL, NULL, 0};
+    struct slim_run_opts ropts = {.threads = 0};
     json_error_t jerr;
     json_t *sj = NULL, *report = NULL, *totals;
     char out[4096], rpath[4096];

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <pthread.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include "daemon/log.h"
 #include "daemon/runner.h"
@@ -70,14 +71,28 @@ static void work_cb(uv_work_t *w)
 {
     struct slot *s = w->data;
     struct slim_spec *spec = NULL;
-    struct slim_run_opts opts = {on_progress, s, s->r->cfg.threads_per_job};
+    struct store_hash *hash = NULL;
+    struct slim_run_opts opts = {.progress = on_progress, .progress_ud = s,
+                                 .threads = s->r->cfg.threads_per_job,
+                                 .sink = store_hash_update};
     s->rc = slim_spec_parse(s->spec_json, (const char *const[]){"model", NULL}, &spec, &s->err);
+    if (!s->rc)
+        s->rc = store_hash_new(&hash, &s->err);
+    opts.sink_ud = hash;
     if (!s->rc)
         s->rc = slim_pipeline_run(spec, s->in_path, s->out_path, &opts, &s->report, &s->err);
     slim_spec_free(spec);
-    /* hashing a large artifact takes a while: do it here, off the loop */
-    if (!s->rc)
-        s->rc = store_blob_adopt(s->r->st, s->out_path, s->sha, &s->bytes, &s->err);
+    /* the pipeline hashed the artifact as it wrote it and made it
+     * durable: it moves into the blob store without a second read */
+    if (!s->rc) {
+        struct stat st;
+        s->bytes = stat(s->out_path, &st) == 0 ? (uint64_t)st.st_size : 0;
+        s->rc = store_hash_final(hash, s->sha, &s->err);
+        hash = NULL;
+        if (!s->rc)
+            s->rc = store_blob_adopt_hashed(s->r->st, s->out_path, s->sha, &s->err);
+    }
+    store_hash_free(hash);
 }
 
 static void release_slot(struct runner *r, struct slot *s)
@@ -118,7 +133,11 @@ static void after_work(uv_work_t *w, int status)
     (void)status;
 
     if (s->rc == 0) {
-        if (store_job_succeed(r->st, s->id, s->sha, s->bytes, s->report, &err)) {
+        int rc = store_job_succeed(r->st, s->id, s->sha, s->bytes, s->report, &err);
+        if (rc == SLIM_ECANCELED) {
+            store_job_canceled(r->st, s->id, NULL);
+            log_info("job %s canceled (as it finished)", s->id);
+        } else if (rc) {
             log_error("job %s: cannot record its result: %s", s->id, err.msg);
             store_job_fail(r->st, s->id, err.msg, NULL);
         } else {

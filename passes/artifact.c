@@ -160,16 +160,17 @@ int slim_artifact_layout(struct slim_work *w, struct slim_artifact *a, struct sl
             struct slim_tensor *o = &a->tensors[a->n];
             a->origins[a->n++] = t->origin;
             *o = *t->src;
+            o->data = w->raw;
             o->own = NULL;
             continue;
         }
         if (dequantize || t->scheme == SLIM_SCHEME_DENSE) {
             enum slim_dtype dt = dequantize ? SLIM_DT_F32 : t->dense_dtype;
-            const void *b = dense_bytes(a, t, dt);
+            const void *b = w->planning ? NULL : dense_bytes(a, t, dt);
             size_t es = slim_dtype_size(dt);
-            if (!b)
+            if (!b && !w->planning)
                 goto oom;
-            if (is_sparse) {
+            if (is_sparse && !w->planning) {
                 char *mn = mask_name_of(a, t->name);
                 if (!mn || push_sparse(a, t, t->name, b, (int)(8 * es), dt, mn))
                     goto oom;
@@ -180,7 +181,7 @@ int slim_artifact_layout(struct slim_work *w, struct slim_artifact *a, struct sl
         }
         for (int k = 0; k < t->n_outs; k++) {
             struct slim_out *o = &t->outs[k];
-            if (k == 0 && is_sparse) {
+            if (k == 0 && is_sparse && !w->planning) {
                 char *mn = mask_name_of(a, t->name);
                 if (!mn || push_sparse(a, t, o->name, o->data, t->code_bits, o->dtype, mn))
                     goto oom;
@@ -227,13 +228,51 @@ static json_t *describe(const struct slim_wt *t, int sparse)
     return e;
 }
 
-int slim_artifact_metadata(struct slim_work *w, json_t *passes, json_t **out,
+int slim_artifact_describe(struct slim_work *w, json_t *entries, struct slim_error *err)
+{
+    int sparse = w->sparse_output;
+    if (w->dequantize_output)
+        return 0;
+    for (size_t i = 0; i < w->n; i++) {
+        struct slim_wt *t = &w->wts[i];
+        json_t *e;
+        if (!strcmp(t->name, t->origin)) {
+            if (t->scheme == SLIM_SCHEME_COPY ||
+                (t->scheme == SLIM_SCHEME_DENSE && !(sparse && t->pruned)))
+                continue;
+            e = describe(t, sparse);
+        } else {
+            /* a low-rank pair: W_u here, W_v next */
+            const struct slim_tensor *src = t->src;
+            struct slim_wt *v = i + 1 < w->n ? &w->wts[i + 1] : NULL;
+            json_t *fu = describe(t, sparse), *fv = v ? describe(v, sparse) : NULL, *names;
+            e = json_pack("{s:s, s:o, s:s, s:I, s:[], s:{s:o, s:o}}", "scheme", "lowrank",
+                          "shape", slim_shape_json(src), "dtype", slim_dtype_name(src->dtype),
+                          "rank", (json_int_t)t->cols, "tensors", "factors", t->name, fu,
+                          v ? v->name : "?", fv);
+            if (!e)
+                goto oom;
+            names = json_object_get(e, "tensors");
+            json_array_extend(names, json_object_get(fu, "tensors"));
+            if (fv)
+                json_array_extend(names, json_object_get(fv, "tensors"));
+            i++;
+        }
+        if (!e)
+            goto oom;
+        json_object_set_new(entries, t->origin, e);
+    }
+    return 0;
+oom:
+    return slim_error_set(err, SLIM_ENOMEM, "out of memory building metadata");
+}
+
+int slim_artifact_metadata(json_t *model_md, json_t *passes, json_t *entries, json_t **out,
                            struct slim_error *err)
 {
-    int dequantize = w->dequantize_output, sparse = w->sparse_output;
-    json_t *md = json_deep_copy(w->model->metadata), *tensors = json_object(), *quant;
+    json_t *md = json_deep_copy(model_md), *quant;
     char *text;
-    if (!md || !tensors)
+    if (!md)
         goto oom;
     json_object_set_new(md, "slimd.version", json_string(SLIMD_VERSION));
     if (!(text = json_dumps(passes, JSON_COMPACT)))
@@ -254,46 +293,15 @@ int slim_artifact_metadata(struct slim_work *w, json_t *passes, json_t **out,
         free(text);
     }
     json_decref(quant);
-    for (size_t i = 0; !dequantize && i < w->n; i++) {
-        struct slim_wt *t = &w->wts[i];
-        json_t *e;
-        if (!strcmp(t->name, t->origin)) {
-            if (t->scheme == SLIM_SCHEME_COPY ||
-                (t->scheme == SLIM_SCHEME_DENSE && !(sparse && t->pruned)))
-                continue;
-            e = describe(t, sparse);
-        } else {
-            /* a low-rank pair: W_u here, W_v next */
-            const struct slim_tensor *src = slim_model_find(w->model, t->origin);
-            struct slim_wt *v = i + 1 < w->n ? &w->wts[i + 1] : NULL;
-            json_t *fu = describe(t, sparse), *fv = v ? describe(v, sparse) : NULL, *names;
-            e = json_pack("{s:s, s:o, s:s, s:I, s:[], s:{s:o, s:o}}", "scheme", "lowrank",
-                          "shape", slim_shape_json(src), "dtype", slim_dtype_name(src->dtype),
-                          "rank", (json_int_t)t->cols, "tensors", "factors", t->name, fu,
-                          v ? v->name : "?", fv);
-            if (!e)
-                goto oom;
-            names = json_object_get(e, "tensors");
-            json_array_extend(names, json_object_get(fu, "tensors"));
-            if (fv)
-                json_array_extend(names, json_object_get(fv, "tensors"));
-            i++;
-        }
-        if (!e)
-            goto oom;
-        json_object_set_new(tensors, t->origin, e);
-    }
-    if (json_object_size(tensors)) {
-        if (!(text = json_dumps(tensors, JSON_COMPACT)))
+    if (json_object_size(entries)) {
+        if (!(text = json_dumps(entries, JSON_COMPACT)))
             goto oom;
         json_object_set_new(md, "slimd.tensors", json_string(text));
         free(text);
     }
-    json_decref(tensors);
     *out = md;
     return 0;
 oom:
     json_decref(md);
-    json_decref(tensors);
     return slim_error_set(err, SLIM_ENOMEM, "out of memory building metadata");
 }

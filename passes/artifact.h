@@ -17,14 +17,20 @@ struct slim_artifact {
     size_t n_owned, cap_owned;
 };
 
-/* Lays w out for writing, as w's output options say
- * (dequantize_output: every touched tensor as F32; sparse_output: pruned
- * tensors as a bitmask plus their non-zero codes). */
+/* Lays out the tensors derived from one original tensor (w holds them)
+ * for writing, as w's output options say (dequantize_output: every
+ * touched tensor as F32; sparse_output: pruned tensors as a bitmask plus
+ * their non-zero codes).  Untouched tensors borrow w->raw.  While
+ * planning only names, dtypes, shapes and sizes are filled (data NULL). */
 int slim_artifact_layout(struct slim_work *w, struct slim_artifact *a, struct slim_error *err);
 void slim_artifact_release(struct slim_artifact *a);
-/* The artifact's __metadata__: the model's own plus slimd's; new
- * reference in *out.  passes: the spec's passes array (borrowed). */
-int slim_artifact_metadata(struct slim_work *w, json_t *passes, json_t **out,
+/* Adds the "slimd.tensors" entries of w's tensors (what a reader needs
+ * to decode them) to the object `entries`, keyed by original name. */
+int slim_artifact_describe(struct slim_work *w, json_t *entries, struct slim_error *err);
+/* The artifact's __metadata__: the model's own (model_md, borrowed) plus
+ * slimd's: the passes (borrowed) and the entries (borrowed); new
+ * reference in *out. */
+int slim_artifact_metadata(json_t *model_md, json_t *passes, json_t *entries, json_t **out,
                            struct slim_error *err);
 
 #endif

@@ -176,6 +176,18 @@ int slim_kmeans_1d_ref(const float *w, size_t n, const struct slim_kmeans_opts *
 #define SLIM_QCAL_MIN_SHRINK 0.5f
 #define SLIM_QCAL_MAX_STEPS 1000
 
+/* What a quantizer's decoded values cost, summed in double over every
+ * weight inside the row loop, while the row is in cache: err2 =
+ * sum (w - deq)^2, ref2 = sum w^2, nonzero = count of deq != 0.  Every
+ * quantizer below takes an optional `stats` (NULL: not measured); with
+ * stats, deq may still be NULL (the values are made per row in scratch
+ * and dropped).  This is the report's measurement, fused so that a job
+ * does not read the tensor again to measure it. */
+struct slim_qstats {
+    double err2, ref2;
+    int64_t nonzero;
+};
+
 /* int8 per output row.  w (rows, cols) -> q (rows, cols), scale (rows,),
  * zp (rows,; NULL allowed when symmetric), deq (rows, cols) = (q - zp) *
  * scale, optional, may alias w.  Symmetric: scale = max|w| / 127, q in
@@ -183,8 +195,8 @@ int slim_kmeans_1d_ref(const float *w, size_t n, const struct slim_kmeans_opts *
  * scale = range / 255, zp = rint(-128 - min / scale).  All-zero row:
  * scale 1. */
 int slim_q8_rows(const float *w, size_t rows, size_t cols, int symmetric, int mse_steps,
-                 int8_t *q, float *scale, int8_t *zp, float *deq, int threads,
-                 struct slim_error *err);
+                 int8_t *q, float *scale, int8_t *zp, float *deq, struct slim_qstats *stats,
+                 int threads, struct slim_error *err);
 int slim_q8_rows_ref(const float *w, size_t rows, size_t cols, int symmetric, int mse_steps,
                      int8_t *q, float *scale, int8_t *zp, float *deq, struct slim_error *err);
 
@@ -197,7 +209,7 @@ int slim_q8_rows_ref(const float *w, size_t rows, size_t cols, int symmetric, in
  * zp = rint(-min / scale).  All-zero group: scale 1, q = zp. */
 int slim_q4_groups(const float *w, size_t rows, size_t cols, size_t group, int symmetric,
                    int mse_steps, uint8_t *packed, float *scale, uint8_t *zp, float *deq,
-                   int threads, struct slim_error *err);
+                   struct slim_qstats *stats, int threads, struct slim_error *err);
 int slim_q4_groups_ref(const float *w, size_t rows, size_t cols, size_t group, int symmetric,
                        int mse_steps, uint8_t *packed, float *scale, uint8_t *zp, float *deq,
                        struct slim_error *err);
@@ -210,7 +222,8 @@ void slim_q4_dequant(const uint8_t *packed, const float *scale, const uint8_t *z
  * cols) -> packed (rows, ceil(cols/4)): 2-bit codes 0 -> 0, 1 -> +1,
  * 2 -> -1, four per byte, low bits first; scale (rows,); deq optional. */
 int slim_ternary_rows(const float *w, size_t rows, size_t cols, uint8_t *packed, float *scale,
-                      float *deq, int threads, struct slim_error *err);
+                      float *deq, struct slim_qstats *stats, int threads,
+                      struct slim_error *err);
 int slim_ternary_rows_ref(const float *w, size_t rows, size_t cols, uint8_t *packed,
                           float *scale, float *deq, struct slim_error *err);
 void slim_ternary_dequant(const uint8_t *packed, const float *scale, size_t rows, size_t cols,
@@ -221,7 +234,7 @@ void slim_ternary_dequant(const uint8_t *packed, const float *scale, size_t rows
  * -> packed (rows, ceil(cols/8)), LSB first; scale (rows,); deq optional.
  * An all-zero row has scale 0 and so decodes to exact zeros. */
 int slim_binary_rows(const float *w, size_t rows, size_t cols, uint8_t *packed, float *scale,
-                     float *deq, int threads, struct slim_error *err);
+                     float *deq, struct slim_qstats *stats, int threads, struct slim_error *err);
 int slim_binary_rows_ref(const float *w, size_t rows, size_t cols, uint8_t *packed,
                          float *scale, float *deq, struct slim_error *err);
 void slim_binary_dequant(const uint8_t *packed, const float *scale, size_t rows, size_t cols,

@@ -95,8 +95,7 @@ int slim_work_each(struct slim_work *w, const struct slim_select *sel, int origi
         struct slim_wt *t = &w->wts[i];
         if (!slim_select_match(sel, t) || (originals_only && strcmp(t->name, t->origin)))
             continue;
-        if ((rc = slim_work_check(w, (double)i / (double)w->n, err)) ||
-            (rc = slim_wt_load(t, err)))
+        if ((rc = slim_work_check(w, -1.0, err)))
             return rc;
         rc = fn(cfg, w, i, err);
         if (rc < 0) {
@@ -112,21 +111,24 @@ int slim_work_each(struct slim_work *w, const struct slim_select *sel, int origi
     return 0;
 }
 
-int slim_wt_load(struct slim_wt *t, struct slim_error *err)
+int slim_wt_load(struct slim_work *w, struct slim_wt *t, struct slim_error *err)
 {
     size_t n = (size_t)(t->rows * t->cols);
-    if (t->val)
+    if (t->val || w->planning)
         return 0;
+    if (!w->orig || !t->src)
+        return slim_error_set(err, SLIM_EINTERNAL, "tensor '%s': no values to load", t->name);
     t->val = slim_aligned_alloc(n * sizeof(float));
     if (!t->val)
         return slim_error_set(err, SLIM_ENOMEM, "tensor '%s': out of memory (%zu floats)",
                               t->name, n);
-    if (slim_to_f32(t->dtype, t->src->data, n, t->val)) {
-        slim_aligned_free(t->val);
-        t->val = NULL;
-        return slim_error_set(err, SLIM_EINVAL, "tensor '%s': dtype %s is not floating-point",
-                              t->name, slim_dtype_name(t->dtype));
-    }
+    memcpy(t->val, w->orig, n * sizeof(float));
+    return 0;
+}
+
+int slim_work_unplannable(struct slim_work *w)
+{
+    w->unplannable = 1;
     return 0;
 }
 
@@ -168,6 +170,14 @@ int slim_wt_add_out(struct slim_wt *t, const char *suffix, enum slim_dtype dtype
     return 0;
 }
 
+int slim_wt_alloc_outs(struct slim_wt *t, struct slim_error *err)
+{
+    for (int k = 0; k < t->n_outs; k++)
+        if (!t->outs[k].data && !(t->outs[k].data = slim_aligned_alloc(t->outs[k].nbytes + 1)))
+            return slim_error_set(err, SLIM_ENOMEM, "tensor '%s': out of memory", t->name);
+    return 0;
+}
+
 int slim_work_insert(struct slim_work *w, size_t at, const char *name, const char *origin,
                      int64_t rows, int64_t cols, float *val, struct slim_error *err)
 {
@@ -191,6 +201,7 @@ int slim_work_insert(struct slim_work *w, size_t at, const char *name, const cha
     t.shape[1] = t.cols = cols;
     t.val = val;
     t.scheme = SLIM_SCHEME_DENSE;
+    t.code_bits = 0;
     t.dense_dtype = SLIM_DT_F32;
     memmove(&w->wts[at + 1], &w->wts[at], (w->n - at) * sizeof *w->wts);
     w->wts[at] = t;

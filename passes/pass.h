@@ -2,25 +2,41 @@
  * pass.h - the common interface of every pass, and the working set the
  * pipeline carries from one pass to the next.  Internal to libslim.
  *
- * A pass sees the model as a list of working tensors (struct slim_wt).
- * Each holds the tensor's current effective values as dense fp32 (`val`,
- * exactly what a reader of the artifact decodes) and how it will be
- * stored (`scheme` plus the packed tensors in `outs`).  Passes run in
- * spec order over all selected tensors, so a global prune can see every
- * tensor at once; a later pass starts from the values the earlier one
- * left, which is what makes composition (prune then quantize, lowrank
- * then quantize) work without special cases.  A pass that replaces a
- * tensor (lowrank: W -> W_u, W_v) adds tensors whose `origin` names the
- * original, and the report measures error per origin after the whole
- * pipeline.
+ * The pipeline streams the model: for each original tensor, in file
+ * order, it builds a small working set (struct slim_work) that holds that
+ * tensor alone, takes it through every pass, measures it, hands what it
+ * became to the writer, and drops it.  A working tensor (struct slim_wt)
+ * holds its current effective values as dense fp32 (`val`, exactly what
+ * a reader of the artifact decodes) and how it will be stored (`scheme`
+ * plus the packed tensors in `outs`).  A later pass starts from the
+ * values the earlier one left, which is what makes composition (prune
+ * then quantize, lowrank then quantize) work without special cases.  A
+ * pass that replaces a tensor (lowrank: W -> W_u, W_v) adds tensors whose
+ * `origin` names the original.
  *
- * Keeping the values dense in memory costs 4 bytes per touched weight;
- * a streaming design (one tensor through all passes at a time) was
- * rejected for now because global pruning needs every tensor at once.
+ * Every pass has two per-tensor functions that slim_work_each runs:
+ * `plan` works on shapes alone and decides what the tensor will be stored
+ * as (names, dtypes, shapes, scheme metadata) without touching a value,
+ * so the artifact's header, and the hash of the whole file, can be
+ * written before any data; `tensor` does the work.  Both build the
+ * stored tensors through the same code, and the pipeline checks that
+ * what ran matches the plan.  A pass whose output shapes depend on the
+ * values (lowrank by energy; pruned tensors in the sparse output) calls
+ * slim_work_unplannable() while planning, and the pipeline then writes
+ * the header last (pipeline.c).
+ *
+ * A pass that needs the whole model at once (global pruning's
+ * threshold) first gets `sweeps` summary passes over every tensor, with
+ * the passes before it applied, and keeps only a summary (a histogram);
+ * then it applies per tensor like any other.  Rejected: keeping every
+ * tensor's values until the end (the old design): 4 bytes per weight of
+ * heap, 2.4 GB for a 1 GiB model, and first-touch page faults on all of
+ * it.
  */
 #ifndef SLIM_PASS_H
 #define SLIM_PASS_H
 
+#include "passes/kernels.h"
 #include "passes/slim.h"
 
 /* Storage schemes, named in the artifact's "slimd.tensors" metadata.
@@ -66,12 +82,23 @@ struct slim_wt {
                                       * rows padded to whole bytes; 0 otherwise */
     int pruned;                      /* zeros are structural: later passes keep them exact */
     json_t *report_extra;            /* per-tensor report fields (rank, clusters...); owned or NULL */
+    /* measured: a quantizer read the original itself and measured what
+     * it decodes to against it (stats); the report uses that instead of
+     * reading both again, and val may then be NULL */
+    int measured;
+    struct slim_qstats stats;
 };
 
 struct slim_work {
     const struct slim_model *model;
-    struct slim_wt *wts;
+    struct slim_wt *wts;             /* the tensors derived from one original tensor */
     size_t n, cap;
+    const float *orig;               /* that original as fp32 (NULL while planning) */
+    const void *raw;                 /* its bytes as stored in the model (NULL while planning) */
+    int planning;                    /* running `plan` functions: no values anywhere */
+    int unplannable;                 /* a plan could not know its output shapes */
+    void *state;                     /* the running pass's per-run state, if it has one */
+    int sweep;                       /* the summary sweep being run (summarize) */
     int threads;
     int dequantize_output;           /* output.dequantize: every touched tensor written as F32 */
     int sparse_output;               /* output.sparse: pruned tensors as mask + non-zero codes */
@@ -82,21 +109,30 @@ struct slim_work {
     const char *stage;
 };
 
-/* Reports fraction `frac` (0..1) of the current pass (a negative frac
+/* Reports fraction `frac` (0..1) of the current stage (a negative frac
  * only polls for cancellation) and returns SLIM_ECANCELED (with err set)
  * when the caller asked to stop. */
 int slim_work_check(struct slim_work *w, double frac, struct slim_error *err);
-/* Materialises t->val from the original tensor (fp32 copy).  0 or
- * SLIM_ENOMEM. */
-int slim_wt_load(struct slim_wt *t, struct slim_error *err);
+/* Materialises t->val: a copy of w->orig for the original tensor (a
+ * buffer reused across tensors by the allocator).  No-op while planning
+ * or when val exists.  0 or SLIM_ENOMEM. */
+int slim_wt_load(struct slim_work *w, struct slim_wt *t, struct slim_error *err);
+/* Called by a plan that cannot know its outputs' shapes without the
+ * values; returns 0. */
+int slim_work_unplannable(struct slim_work *w);
 /* Drops stored tensors (outs) and scheme info of t. */
 void slim_wt_clear_outs(struct slim_wt *t);
-/* Adds a stored tensor to t; data is stolen (freed on failure too). */
+/* Adds a stored tensor to t; data is stolen (freed on failure too) and
+ * may be NULL (a planned tensor: nbytes says what it will hold). */
 int slim_wt_add_out(struct slim_wt *t, const char *suffix, enum slim_dtype dtype, int ndim,
                     const int64_t *shape, void *data, size_t nbytes, struct slim_error *err);
+/* Allocates data for every out of t that has none (after a plan
+ * function described them).  0 or SLIM_ENOMEM. */
+int slim_wt_alloc_outs(struct slim_wt *t, struct slim_error *err);
 /* Inserts a new working tensor (e.g. a low-rank factor) at index `at`
- * (0..w->n), taking ownership of val (freed on failure too); pointers
- * into w->wts are invalid afterwards.  Returns 0 or SLIM_ENOMEM. */
+ * (0..w->n), taking ownership of val (may be NULL while planning; freed
+ * on failure too); pointers into w->wts are invalid afterwards.  Returns
+ * 0 or SLIM_ENOMEM. */
 int slim_work_insert(struct slim_work *w, size_t at, const char *name, const char *origin,
                      int64_t rows, int64_t cols, float *val, struct slim_error *err);
 /* 1 if any element of v[0..n) is NaN or Inf. */
@@ -109,9 +145,9 @@ typedef int (*slim_wt_fn)(const void *cfg, struct slim_work *w, size_t i,
 struct slim_select;
 /* Runs fn over every tensor sel selects, in order (originals_only: not
  * over tensors a previous pass derived, such as low-rank factors), each
- * after a cancellation check and with its values loaded.  An error from
- * fn is returned with the tensor's name put in front, unless the message
- * already names it. */
+ * after a cancellation check.  fn loads the values it changes
+ * (slim_wt_load), or reads w->orig while t->val is NULL.  An error from fn is returned with the tensor's name put in
+ * front, unless the message already names it. */
 int slim_work_each(struct slim_work *w, const struct slim_select *sel, int originals_only,
                    slim_wt_fn fn, const void *cfg, struct slim_error *err);
 
@@ -139,11 +175,24 @@ struct slim_pass_ops {
     /* Reads spec (an object whose keys were already checked) into cfg
      * (zeroed, cfg_size bytes).  `where` is "passes[i]" for messages. */
     int (*parse)(json_t *spec, const char *where, void *cfg, struct slim_error *err);
-    /* Applies the pass to every selected tensor. */
-    int (*apply)(const void *cfg, const struct slim_select *sel, struct slim_work *w,
-                 struct slim_error *err);
     /* Frees what parse allocated inside cfg (may be NULL). */
     void (*release)(void *cfg);
+    int originals_only;          /* skips tensors an earlier pass derived */
+    /* Per selected tensor, on shapes alone (w->planning), and for real. */
+    slim_wt_fn plan;
+    slim_wt_fn tensor;
+    /* Whole-model passes: how many summary sweeps this configuration
+     * needs before `tensor` runs (NULL: none), the per-tensor summary
+     * (with w->state and w->sweep set) and the step after each sweep.
+     * state is state_size zeroed bytes that live for one run. */
+    size_t state_size;
+    int (*sweeps)(const void *cfg);
+    slim_wt_fn summarize;
+    int (*sweep_done)(const void *cfg, void *state, int sweep, struct slim_error *err);
+    /* Scratch bytes beyond the pipeline's own buffers that `tensor` may
+     * need for a rows x cols tensor, for the job's memory budget (NULL:
+     * none worth counting). */
+    size_t (*scratch_bytes)(const void *cfg, int64_t rows, int64_t cols);
 };
 
 extern const struct slim_pass_ops slim_pass_quantize;

@@ -46,61 +46,62 @@ static void pack_rows(const uint8_t *codes, size_t rows, size_t cols, int bits, 
             out[r * rb + c / 2] |= (uint8_t)((codes[r * cols + c] & 15) << (4 * (c & 1)));
 }
 
+/* Describes t's stored form (no data yet): the packed indices and the
+ * codebook; shared by plan and cluster_one. */
+static int describe_outs(const struct cluster_cfg *cfg, struct slim_wt *t,
+                         struct slim_error *err)
+{
+    size_t rows = (size_t)t->rows, cols = (size_t)t->cols;
+    int bits = cfg->k <= 16 ? 4 : 8, rc;
+    size_t rb = (cols * (size_t)bits + 7) / 8;
+    int64_t bshape[1] = {cfg->k}, ishape[2] = {(int64_t)rows, (int64_t)rb};
+
+    slim_wt_clear_outs(t);
+    if ((rc = slim_wt_add_out(t, "", SLIM_DT_U8, 2, ishape, NULL, rows * rb, err)) ||
+        (rc = slim_wt_add_out(t, "_codebook", SLIM_DT_F32, 1, bshape, NULL,
+                              (size_t)cfg->k * sizeof(float), err)))
+        return rc;
+    t->scheme = SLIM_SCHEME_CLUSTER;
+    t->code_bits = bits;
+    t->scheme_info = json_pack("{s:I, s:i, s:s}", "clusters", (json_int_t)cfg->k, "index_bits",
+                               bits, "codebook", t->outs[1].name);
+    return 0;
+}
+
+static int cluster_plan(const void *cfgp, struct slim_work *w, size_t i, struct slim_error *err)
+{
+    return describe_outs(cfgp, &w->wts[i], err);
+}
+
 static int cluster_one(const void *cfgp, struct slim_work *w, size_t i, struct slim_error *err)
 {
     const struct cluster_cfg *cfg = cfgp;
     struct slim_wt *t = &w->wts[i];
     size_t rows = (size_t)t->rows, cols = (size_t)t->cols, n = rows * cols;
-    int bits = cfg->k <= 16 ? 4 : 8;
-    size_t rb = (cols * (size_t)bits + 7) / 8;
     struct slim_kmeans_opts opts = {.k = (int)cfg->k, .keep_zero = t->pruned};
     struct slim_kmeans_info info;
-    float *book = slim_aligned_alloc((size_t)cfg->k * sizeof(float));
-    uint8_t *idx = slim_aligned_alloc(n), *packed = slim_aligned_alloc(rows * rb);
-    int64_t bshape[1] = {cfg->k}, ishape[2] = {(int64_t)rows, (int64_t)rb};
+    uint8_t *idx = NULL;
+    float *book;
     int rc;
 
-    if (!book || !idx || !packed) {
-        rc = slim_error_set(err, SLIM_ENOMEM, "out of memory");
-        goto fail;
-    }
+    if ((rc = slim_wt_load(w, t, err)) || (rc = describe_outs(cfg, t, err)) ||
+        (rc = slim_wt_alloc_outs(t, err)))
+        return rc;
+    book = t->outs[1].data;
+    if (!(idx = slim_aligned_alloc(n + 1)))
+        return slim_error_set(err, SLIM_ENOMEM, "out of memory");
     if ((rc = slim_kmeans_1d(t->val, n, &opts, w->threads, book, idx, &info, err)))
-        goto fail;
+        goto out;
     for (size_t k = 0; k < n; k++)
         t->val[k] = book[idx[k]];
-    pack_rows(idx, rows, cols, bits, packed);
-    slim_aligned_free(idx);
-    idx = NULL;
-    slim_wt_clear_outs(t);
-    rc = slim_wt_add_out(t, "", SLIM_DT_U8, 2, ishape, packed, rows * rb, err);
-    packed = NULL;
-    if (rc)
-        goto fail;
-    rc = slim_wt_add_out(t, "_codebook", SLIM_DT_F32, 1, bshape, book,
-                         (size_t)cfg->k * sizeof(float), err);
-    book = NULL;
-    if (rc)
-        goto fail;
-    t->scheme = SLIM_SCHEME_CLUSTER;
-    t->code_bits = bits;
-    t->scheme_info = json_pack("{s:I, s:i, s:s}", "clusters", (json_int_t)cfg->k, "index_bits",
-                               bits, "codebook", t->outs[1].name);
+    pack_rows(idx, rows, cols, t->code_bits, t->outs[0].data);
     json_decref(t->report_extra);
     t->report_extra = json_pack("{s:I, s:i, s:f, s:i}", "clusters", (json_int_t)cfg->k,
                                 "clusters_used", info.k_used, "inertia", info.inertia,
                                 "kmeans_iterations", info.iterations);
-    return 0;
-fail:
-    slim_aligned_free(book);
+out:
     slim_aligned_free(idx);
-    slim_aligned_free(packed);
     return rc;
-}
-
-static int cluster_apply(const void *cfg, const struct slim_select *sel, struct slim_work *w,
-                         struct slim_error *err)
-{
-    return slim_work_each(w, sel, 0, cluster_one, cfg, err);
 }
 
 const struct slim_pass_ops slim_pass_cluster = {
@@ -109,6 +110,6 @@ const struct slim_pass_ops slim_pass_cluster = {
     .keys = cluster_keys,
     .cfg_size = sizeof(struct cluster_cfg),
     .parse = cluster_parse,
-    .apply = cluster_apply,
-    .release = NULL,
+    .plan = cluster_plan,
+    .tensor = cluster_one,
 };

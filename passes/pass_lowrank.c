@@ -49,65 +49,46 @@ static int lowrank_parse(json_t *spec, const char *where, void *cfgp, struct sli
     return 0;
 }
 
-/* Factors t (index i in w) in place; returns 1 when it inserted W_v. */
-static int factor_one(const void *cfgp, struct slim_work *w, size_t i, struct slim_error *err)
+/* The rank cfg asks of an m x n matrix when it does not depend on the
+ * values (rank or rank_ratio); 0 for "energy". */
+static size_t rank_asked(const struct lowrank_cfg *cfg, size_t m, size_t n)
 {
-    const struct lowrank_cfg *cfg = cfgp;
-    struct slim_wt *t = &w->wts[i];
-    size_t m = (size_t)t->rows, n = (size_t)t->cols, mn = m < n ? m : n, r = 0;
-    size_t useful = slim_lowrank_max_useful_rank(m, n);
-    struct slim_svd svd;
-    float *u = NULL, *v = NULL;
-    char *uname = NULL, vname[512];
-    int randomized, rc;
-    double rel;
-
-    memset(&svd, 0, sizeof svd);
+    size_t mn = m < n ? m : n;
     if (cfg->rank)
-        r = (size_t)cfg->rank < mn ? (size_t)cfg->rank : mn;
-    else if (cfg->ratio > 0)
-        r = slim_lowrank_rank_for_ratio(m, n, cfg->ratio);
-    if (cfg->energy > 0) {
-        rc = slim_svd_for_energy(t->val, m, n, cfg->energy, cfg->algorithm != ALG_EXACT,
-                                 w->threads, &svd, &r, err);
-        randomized = svd.k < mn;
-    } else {
-        randomized = cfg->algorithm == ALG_RANDOMIZED ||
-                     (cfg->algorithm == ALG_AUTO && r < mn / 4);
-        if (r > useful) {
-            rc = 0; /* decided below without an SVD */
-        } else if (randomized) {
-            rc = slim_svd_randomized(t->val, m, n, r, NULL, w->threads, &svd, err);
-        } else {
-            rc = slim_svd_exact(t->val, m, n, w->threads, &svd, err);
-        }
-    }
-    if (rc)
-        return rc;
-    if (r > useful || r == 0) {
-        json_decref(t->report_extra);
-        t->report_extra = json_pack("{s:s, s:I}", "lowrank",
-                                    "skipped: rank-r factors would not be smaller than the "
-                                    "matrix", "rank_needed", (json_int_t)r);
-        slim_svd_release(&svd);
-        return 0;
-    }
-    rel = slim_lowrank_rel_error(&svd, r);
-    u = slim_aligned_alloc(m * r * sizeof(float));
-    v = slim_aligned_alloc(r * n * sizeof(float));
-    uname = slim_malloc(strlen(t->name) + 3);
-    if (!u || !v || !uname) {
-        slim_svd_release(&svd);
+        return (size_t)cfg->rank < mn ? (size_t)cfg->rank : mn;
+    if (cfg->ratio > 0)
+        return slim_lowrank_rank_for_ratio(m, n, cfg->ratio);
+    return 0;
+}
+
+/* t keeps its place when rank-r factors would not be smaller; its report
+ * row says why. */
+static int skip(struct slim_wt *t, size_t r)
+{
+    json_decref(t->report_extra);
+    t->report_extra = json_pack("{s:s, s:I}", "lowrank",
+                                "skipped: rank-r factors would not be smaller than the matrix",
+                                "rank_needed", (json_int_t)r);
+    return 0;
+}
+
+/* Turns t (index i) into W_u [m, r] and inserts W_v [r, n] after it; u
+ * and v are stolen (NULL while planning).  Returns 1 (one insertion). */
+static int become_factors(struct slim_work *w, size_t i, size_t r, float *u, float *v,
+                          struct slim_error *err)
+{
+    struct slim_wt *t = &w->wts[i];
+    size_t m = (size_t)t->rows, n = (size_t)t->cols;
+    char *uname = slim_malloc(strlen(t->name) + 3), vname[512];
+    enum slim_dtype dt = t->dtype;
+    int rc;
+    if (!uname) {
         slim_aligned_free(u);
         slim_aligned_free(v);
-        slim_free(uname);
         return slim_error_set(err, SLIM_ENOMEM, "tensor '%s': out of memory", t->name);
     }
-    slim_lowrank_factors(&svd, r, u, v);
-    slim_svd_release(&svd);
     sprintf(uname, "%s_u", t->name);
     snprintf(vname, sizeof vname, "%s_v", t->name);
-    /* t becomes W_u */
     slim_free(t->name);
     t->name = uname;
     slim_aligned_free(t->val);
@@ -117,12 +98,8 @@ static int factor_one(const void *cfgp, struct slim_work *w, size_t i, struct sl
     t->shape[0] = t->rows = (int64_t)m;
     t->shape[1] = t->cols = (int64_t)r;
     t->scheme = SLIM_SCHEME_DENSE;
-    t->dense_dtype = t->dtype;
+    t->dense_dtype = dt;
     t->pruned = 0;
-    json_decref(t->report_extra);
-    t->report_extra = json_pack("{s:I, s:s, s:f}", "rank", (json_int_t)r, "algorithm",
-                                randomized ? "randomized" : "exact", "svd_rel_error", rel);
-    enum slim_dtype dt = t->dtype;
     if ((rc = slim_work_insert(w, i + 1, vname, w->wts[i].origin, (int64_t)r, (int64_t)n, v,
                                err)))
         return rc;
@@ -131,11 +108,68 @@ static int factor_one(const void *cfgp, struct slim_work *w, size_t i, struct sl
     return 1;
 }
 
-static int lowrank_apply(const void *cfg, const struct slim_select *sel, struct slim_work *w,
-                         struct slim_error *err)
+static int lowrank_plan(const void *cfgp, struct slim_work *w, size_t i, struct slim_error *err)
 {
-    /* factors are not factored again */
-    return slim_work_each(w, sel, 1, factor_one, cfg, err);
+    const struct lowrank_cfg *cfg = cfgp;
+    struct slim_wt *t = &w->wts[i];
+    size_t m = (size_t)t->rows, n = (size_t)t->cols, r = rank_asked(cfg, m, n);
+    if (cfg->energy > 0)
+        return slim_work_unplannable(w);
+    if (r > slim_lowrank_max_useful_rank(m, n) || r == 0)
+        return skip(t, r);
+    return become_factors(w, i, r, NULL, NULL, err);
+}
+
+/* Factors t (index i in w) in place; returns 1 when it inserted W_v. */
+static int factor_one(const void *cfgp, struct slim_work *w, size_t i, struct slim_error *err)
+{
+    const struct lowrank_cfg *cfg = cfgp;
+    struct slim_wt *t = &w->wts[i];
+    size_t m = (size_t)t->rows, n = (size_t)t->cols, mn = m < n ? m : n;
+    size_t r = rank_asked(cfg, m, n), useful = slim_lowrank_max_useful_rank(m, n);
+    const float *a = t->val ? t->val : w->orig;
+    struct slim_svd svd;
+    float *u = NULL, *v = NULL;
+    int randomized, rc;
+    double rel;
+
+    memset(&svd, 0, sizeof svd);
+    if (cfg->energy > 0) {
+        rc = slim_svd_for_energy(a, m, n, cfg->energy, cfg->algorithm != ALG_EXACT,
+                                 w->threads, &svd, &r, err);
+        randomized = svd.k < mn;
+    } else {
+        randomized = cfg->algorithm == ALG_RANDOMIZED ||
+                     (cfg->algorithm == ALG_AUTO && r < mn / 4);
+        if (r > useful) {
+            rc = 0; /* decided below without an SVD */
+        } else if (randomized) {
+            rc = slim_svd_randomized(a, m, n, r, NULL, w->threads, &svd, err);
+        } else {
+            rc = slim_svd_exact(a, m, n, w->threads, &svd, err);
+        }
+    }
+    if (rc)
+        return rc;
+    if (r > useful || r == 0) {
+        slim_svd_release(&svd);
+        return skip(t, r);
+    }
+    rel = slim_lowrank_rel_error(&svd, r);
+    u = slim_aligned_alloc(m * r * sizeof(float));
+    v = slim_aligned_alloc(r * n * sizeof(float));
+    if (!u || !v) {
+        slim_svd_release(&svd);
+        slim_aligned_free(u);
+        slim_aligned_free(v);
+        return slim_error_set(err, SLIM_ENOMEM, "tensor '%s': out of memory", t->name);
+    }
+    slim_lowrank_factors(&svd, r, u, v);
+    slim_svd_release(&svd);
+    json_decref(t->report_extra);
+    t->report_extra = json_pack("{s:I, s:s, s:f}", "rank", (json_int_t)r, "algorithm",
+                                randomized ? "randomized" : "exact", "svd_rel_error", rel);
+    return become_factors(w, i, r, u, v, err);
 }
 
 const struct slim_pass_ops slim_pass_lowrank = {
@@ -144,6 +178,7 @@ const struct slim_pass_ops slim_pass_lowrank = {
     .keys = lowrank_keys,
     .cfg_size = sizeof(struct lowrank_cfg),
     .parse = lowrank_parse,
-    .apply = lowrank_apply,
-    .release = NULL,
+    .originals_only = 1, /* factors are not factored again */
+    .plan = lowrank_plan,
+    .tensor = factor_one,
 };

@@ -13,12 +13,16 @@
  * Progress: load takes the first 5 %, the passes share the next 85 %
  * evenly, write and report the last 10 %.
  */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 #include "passes/artifact.h"
 #include "passes/pass.h"
 #include "passes/report.h"
+#include "passes/writer.h"
 
 struct spec_pass {
     const struct slim_pass_ops *ops;
@@ -159,7 +163,7 @@ int slim_spec_parse(json_t *json, const char *const *allow, struct slim_spec **o
         slim_free(spec);
         return slim_error_set(err, SLIM_ENOMEM, "out of memory");
     }
-    spec->threads = 1;
+    spec->threads = 0; /* every core, unless the caller says */
     json_array_foreach(passes, i, v) {
         spec->n_passes = i + 1;
         if ((rc = parse_pass(v, i, &spec->passes[i], err)))
@@ -225,129 +229,570 @@ fail:
     return rc;
 }
 
-static void work_release(struct slim_work *w)
+/* ---- the working set of one original tensor ---------------------------- */
+
+static void wt_release(struct slim_wt *t)
 {
-    for (size_t i = 0; i < w->n; i++) {
-        struct slim_wt *t = &w->wts[i];
-        slim_wt_clear_outs(t);
-        slim_free(t->name);
-        slim_free(t->origin);
-        slim_aligned_free(t->val);
-        json_decref(t->report_extra);
-    }
-    slim_free(w->wts);
-    memset(w, 0, sizeof *w);
+    slim_wt_clear_outs(t);
+    slim_free(t->name);
+    slim_free(t->origin);
+    slim_aligned_free(t->val);
+    json_decref(t->report_extra);
+    memset(t, 0, sizeof *t);
 }
 
-static int work_init(struct slim_work *w, const struct slim_model *m, struct slim_error *err)
+static void work_clear(struct slim_work *w)
 {
-    memset(w, 0, sizeof *w);
-    w->model = m;
-    w->wts = slim_calloc(m->n_tensors ? m->n_tensors : 1, sizeof *w->wts);
-    if (!w->wts)
-        return slim_error_set(err, SLIM_ENOMEM, "out of memory");
-    w->cap = m->n_tensors;
-    for (size_t i = 0; i < m->n_tensors; i++) {
-        const struct slim_tensor *src = &m->tensors[i];
-        struct slim_wt *t = &w->wts[i];
-        w->n = i + 1;
-        t->name = slim_strdup(src->name);
-        t->origin = slim_strdup(src->name);
-        if (!t->name || !t->origin)
+    for (size_t i = 0; i < w->n; i++)
+        wt_release(&w->wts[i]);
+    w->n = 0;
+}
+
+/* Makes w hold src alone, untouched. */
+static int work_begin(struct slim_work *w, const struct slim_tensor *src, struct slim_error *err)
+{
+    struct slim_wt *t;
+    work_clear(w);
+    if (!w->cap) {
+        if (!(w->wts = slim_calloc(4, sizeof *w->wts)))
             return slim_error_set(err, SLIM_ENOMEM, "out of memory");
-        t->src = src;
-        t->dtype = src->dtype;
-        t->ndim = src->ndim;
-        memcpy(t->shape, src->shape, sizeof t->shape);
-        t->rows = src->ndim ? src->shape[0] : 1;
-        t->cols = t->rows ? slim_tensor_numel(src) / t->rows : 0;
-        t->scheme = SLIM_SCHEME_COPY;
-        t->dense_dtype = src->dtype;
+        w->cap = 4;
     }
+    t = &w->wts[0];
+    w->n = 1;
+    t->name = slim_strdup(src->name);
+    t->origin = slim_strdup(src->name);
+    if (!t->name || !t->origin)
+        return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    t->src = src;
+    t->dtype = src->dtype;
+    t->ndim = src->ndim;
+    memcpy(t->shape, src->shape, sizeof t->shape);
+    t->rows = src->ndim ? src->shape[0] : 1;
+    t->cols = t->rows ? slim_tensor_numel(src) / t->rows : 0;
+    t->scheme = SLIM_SCHEME_COPY;
+    t->dense_dtype = src->dtype;
+    return 0;
+}
+
+/* ---- one run ------------------------------------------------------------ */
+
+/* The artifact's tensors as planned (names owned), in file order. */
+struct layout {
+    struct slim_tensor *t;
+    size_t n, cap;
+};
+
+struct run {
+    const struct slim_spec *spec;
+    struct slim_model model;
+    int fd;                      /* the model file, read with pread */
+    struct slim_work w;
+    void **state;                /* per pass, or NULL */
+    double *seconds;             /* per pass */
+    unsigned char *touched;      /* per model tensor: some pass selects it */
+    struct layout plan;          /* planned (or, unplannable, recorded) layout */
+    json_t *entries;             /* "slimd.tensors" */
+    void *raw, *f32;             /* the current tensor's bytes, and as fp32 (may be raw) */
+    uint64_t bytes_total, bytes_done;
+    int units;                   /* sweeps + 1: how often the model is read */
+    int unit;
+    double t_read, t_measure;
+};
+
+static void layout_release(struct layout *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        slim_free(l->t[i].name);
+    slim_free(l->t);
+    memset(l, 0, sizeof *l);
+}
+
+/* Appends copies of a's descriptors (no data) to l. */
+static int layout_add(struct layout *l, const struct slim_artifact *a, struct slim_error *err)
+{
+    if (l->n + a->n > l->cap) {
+        size_t cap = l->cap ? 2 * l->cap : 64;
+        while (cap < l->n + a->n)
+            cap *= 2;
+        struct slim_tensor *t = slim_realloc(l->t, cap * sizeof *t);
+        if (!t)
+            return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+        l->t = t;
+        l->cap = cap;
+    }
+    for (size_t i = 0; i < a->n; i++) {
+        struct slim_tensor *d = &l->t[l->n];
+        *d = a->tensors[i];
+        d->data = NULL;
+        d->own = NULL;
+        if (!(d->name = slim_strdup(a->tensors[i].name)))
+            return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+        l->n++;
+    }
+    return 0;
+}
+
+/* 0 if a is what the plan said at position *pos (then *pos moves on). */
+static int layout_check(const struct layout *l, size_t *pos, const struct slim_artifact *a,
+                        const char *tensor, struct slim_error *err)
+{
+    for (size_t i = 0; i < a->n; i++, (*pos)++) {
+        const struct slim_tensor *p = *pos < l->n ? &l->t[*pos] : NULL, *t = &a->tensors[i];
+        if (!p || strcmp(p->name, t->name) || p->dtype != t->dtype || p->nbytes != t->nbytes ||
+            p->ndim != t->ndim || memcmp(p->shape, t->shape, (size_t)t->ndim * sizeof *t->shape))
+            return slim_error_set(err, SLIM_EINTERNAL,
+                                  "tensor '%s': the artifact's layout differs from its plan "
+                                  "(stored tensor '%s')", tensor, t->name);
+    }
+    return 0;
+}
+
+static void drop_buffers(struct run *r)
+{
+    if (r->f32 != r->raw)
+        slim_aligned_free(r->f32);
+    slim_aligned_free(r->raw);
+    r->raw = r->f32 = NULL;
+    r->w.raw = NULL;
+    r->w.orig = NULL;
+}
+
+/* Reads model tensor src into r->raw (and, when want_f32, its fp32
+ * values into r->f32: the same buffer for F32), with pread into buffers
+ * the allocator reuses from the tensor before. */
+static int read_tensor(struct run *r, const struct slim_tensor *src, int want_f32,
+                       struct slim_error *err)
+{
+    size_t n = (size_t)slim_tensor_numel(src), done = 0;
+    off_t off = (off_t)((const char *)src->data - (const char *)r->model.map);
+    double t0 = slim_now();
+    drop_buffers(r);
+    if (!(r->raw = slim_aligned_alloc(src->nbytes + 1)))
+        return slim_error_set(err, SLIM_ENOMEM, "tensor '%s': out of memory (%zu bytes)",
+                              src->name, src->nbytes);
+    while (done < src->nbytes) {
+        ssize_t got = pread(r->fd, (char *)r->raw + done, src->nbytes - done,
+                            off + (off_t)done);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0)
+            return slim_error_set(err, SLIM_EIO, "tensor '%s': cannot read the model: %s",
+                                  src->name, got < 0 ? strerror(errno) : "short file");
+        done += (size_t)got;
+    }
+    if (want_f32) {
+        if (src->dtype == SLIM_DT_F32) {
+            r->f32 = r->raw;
+        } else {
+            if (!(r->f32 = slim_aligned_alloc(n * sizeof(float) + 1)))
+                return slim_error_set(err, SLIM_ENOMEM, "tensor '%s': out of memory",
+                                      src->name);
+            if (slim_to_f32(src->dtype, r->raw, n, r->f32))
+                return slim_error_set(err, SLIM_EINVAL,
+                                      "tensor '%s': dtype %s is not floating-point", src->name,
+                                      slim_dtype_name(src->dtype));
+        }
+    }
+    r->w.raw = r->raw;
+    r->w.orig = r->f32;
+    r->t_read += slim_now() - t0;
+    return 0;
+}
+
+/* Progress over every read of the model: sweeps, then the real run. */
+static int tensor_progress(struct run *r, const struct slim_tensor *src, struct slim_error *err)
+{
+    double total = (double)r->bytes_total * r->units, at = (double)r->bytes_total * r->unit;
+    double lo = total > 0 ? (at + (double)r->bytes_done) / total : 0.0;
+    double hi = total > 0 ? (at + (double)(r->bytes_done + src->nbytes)) / total : 1.0;
+    r->w.p_lo = 0.02 + 0.96 * lo;
+    r->w.p_hi = 0.02 + 0.96 * hi;
+    return slim_work_check(&r->w, 0.0, err);
+}
+
+/* Runs passes [0, upto) over the working set. */
+static int run_passes(struct run *r, size_t upto, struct slim_error *err)
+{
+    int rc;
+    for (size_t k = 0; k < upto; k++) {
+        const struct spec_pass *sp = &r->spec->passes[k];
+        double t0 = slim_now();
+        r->w.stage = sp->ops->op;
+        r->w.state = r->state[k];
+        rc = slim_work_each(&r->w, &sp->sel, sp->ops->originals_only,
+                            r->w.planning ? sp->ops->plan : sp->ops->tensor, sp->cfg, err);
+        r->seconds[k] += slim_now() - t0;
+        if (rc) {
+            if (rc != SLIM_ECANCELED)
+                slim_error_prefix(err, "passes[%zu] (%s)", k, sp->ops->op);
+            return rc;
+        }
+    }
+    return 0;
+}
+
+/* The plan: every tensor through every pass on shapes alone.  Fills
+ * r->plan, r->entries and r->touched; w.unplannable tells whether the
+ * layout can be trusted before the values are seen. */
+static int plan_model(struct run *r, struct slim_error *err)
+{
+    struct slim_artifact art;
+    int rc = 0;
+    r->w.planning = 1;
+    for (size_t i = 0; i < r->model.n_tensors && !rc; i++) {
+        const struct slim_tensor *src = &r->model.tensors[i];
+        if ((rc = work_begin(&r->w, src, err)))
+            break;
+        for (size_t k = 0; k < r->spec->n_passes; k++)
+            r->touched[i] |= (unsigned char)slim_select_match(&r->spec->passes[k].sel,
+                                                              &r->w.wts[0]);
+        if ((rc = run_passes(r, r->spec->n_passes, err)) ||
+            (rc = slim_artifact_layout(&r->w, &art, err)))
+            break;
+        rc = layout_add(&r->plan, &art, err);
+        if (!rc)
+            rc = slim_artifact_describe(&r->w, r->entries, err);
+        slim_artifact_release(&art);
+    }
+    r->w.planning = 0;
+    work_clear(&r->w);
+    return rc;
+}
+
+/* Summary sweeps for whole-model passes (global pruning), in pass order:
+ * pass k's sweeps see the model with passes [0, k) applied. */
+static int run_sweeps(struct run *r, struct slim_error *err)
+{
+    int rc = 0;
+    for (size_t k = 0; k < r->spec->n_passes; k++) {
+        const struct spec_pass *sp = &r->spec->passes[k];
+        int sweeps = sp->ops->sweeps ? sp->ops->sweeps(sp->cfg) : 0;
+        for (int s = 0; s < sweeps; s++, r->unit++) {
+            r->bytes_done = 0;
+            for (size_t i = 0; i < r->model.n_tensors; i++) {
+                const struct slim_tensor *src = &r->model.tensors[i];
+                if (r->touched[i]) {
+                    double t0;
+                    if ((rc = tensor_progress(r, src, err)) ||
+                        (rc = work_begin(&r->w, src, err)) ||
+                        (rc = read_tensor(r, src, 1, err)) || (rc = run_passes(r, k, err)))
+                        return rc;
+                    t0 = slim_now();
+                    r->w.state = r->state[k];
+                    r->w.sweep = s;
+                    r->w.stage = sp->ops->op;
+                    rc = slim_work_each(&r->w, &sp->sel, sp->ops->originals_only,
+                                        sp->ops->summarize, sp->cfg, err);
+                    r->seconds[k] += slim_now() - t0;
+                    if (rc)
+                        return rc;
+                }
+                r->bytes_done += src->nbytes;
+            }
+            if ((rc = sp->ops->sweep_done(sp->cfg, r->state[k], s, err)))
+                return rc;
+        }
+    }
+    work_clear(&r->w);
+    drop_buffers(r);
+    return 0;
+}
+
+/* Hands the laid-out tensors to the writer with the buffers they point
+ * into; every other buffer of the working set is freed now. */
+static int emit(struct run *r, struct slim_writer *wr, struct slim_artifact *art,
+                struct slim_error *err)
+{
+    struct slim_piece *pieces = slim_calloc(art->n + 1, sizeof *pieces);
+    void **bufs = NULL, **give = NULL;
+    size_t nb = 0, ng = 0, cap = 2 + art->n_owned;
+    int rc;
+
+    for (size_t i = 0; i < r->w.n; i++)
+        cap += 1 + (size_t)r->w.wts[i].n_outs;
+    bufs = slim_calloc(cap, sizeof *bufs);
+    give = slim_calloc(cap, sizeof *give);
+    if (!pieces || !bufs || !give) {
+        slim_free(pieces);
+        slim_free(bufs);
+        slim_free(give);
+        return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    }
+    /* every buffer, once: the working tensors', the layout's, the read's */
+    for (size_t i = 0; i < r->w.n; i++) {
+        struct slim_wt *t = &r->w.wts[i];
+        bufs[nb++] = t->val;
+        t->val = NULL;
+        for (int k = 0; k < t->n_outs; k++) {
+            bufs[nb++] = t->outs[k].data;
+            t->outs[k].data = NULL;
+        }
+    }
+    for (size_t i = 0; i < art->n_owned; i++)
+        bufs[nb++] = art->owned[i];
+    art->n_owned = 0;
+    bufs[nb++] = r->raw;
+    if (r->f32 != r->raw)
+        bufs[nb++] = r->f32;
+    r->raw = r->f32 = NULL;
+    r->w.raw = NULL;
+    r->w.orig = NULL;
+    for (size_t i = 0; i < art->n; i++)
+        pieces[i] = (struct slim_piece){art->tensors[i].data, art->tensors[i].nbytes};
+    for (size_t b = 0; b < nb; b++) {
+        int used = 0;
+        for (size_t i = 0; i < art->n && bufs[b] && !used; i++)
+            used = art->tensors[i].data == bufs[b];
+        if (used)
+            give[ng++] = bufs[b];
+        else
+            slim_aligned_free(bufs[b]);
+    }
+    rc = slim_writer_submit(wr, pieces, art->n, give, ng, err);
+    slim_free(pieces);
+    slim_free(bufs);
+    slim_free(give);
+    return rc;
+}
+
+/* Submits the safetensors header for layout l and the metadata. */
+static int emit_header(struct run *r, struct slim_writer *wr, const struct layout *l,
+                       struct slim_error *err)
+{
+    json_t *md = NULL;
+    char *hdr = NULL;
+    size_t len = 0;
+    struct slim_piece piece;
+    int rc = slim_artifact_metadata(r->model.metadata, r->spec->json, r->entries, &md, err);
+    if (!rc)
+        rc = slim_st_header(l->t, l->n, md, &hdr, &len, err);
+    json_decref(md);
+    if (rc)
+        return rc;
+    piece = (struct slim_piece){hdr, len};
+    return slim_writer_submit(wr, &piece, 1, (void *[]){hdr}, 1, err);
+}
+
+/* Copies the spilled data region into wr, 8 MiB at a time. */
+static int copy_spill(const char *spill, struct slim_writer *wr, struct slim_error *err)
+{
+    int fd = open(spill, O_RDONLY | O_CLOEXEC), rc = 0;
+    const size_t step = (size_t)8 << 20;
+    if (fd < 0)
+        return slim_error_set(err, SLIM_EIO, "cannot reopen the artifact's data: %s",
+                              strerror(errno));
+    for (;;) {
+        char *buf = slim_aligned_alloc(step);
+        ssize_t got;
+        struct slim_piece piece;
+        if (!buf) {
+            rc = slim_error_set(err, SLIM_ENOMEM, "out of memory");
+            break;
+        }
+        do
+            got = read(fd, buf, step);
+        while (got < 0 && errno == EINTR);
+        if (got <= 0) {
+            slim_aligned_free(buf);
+            if (got < 0)
+                rc = slim_error_set(err, SLIM_EIO, "cannot read the artifact's data: %s",
+                                    strerror(errno));
+            break;
+        }
+        piece = (struct slim_piece){buf, (size_t)got};
+        if ((rc = slim_writer_submit(wr, &piece, 1, (void *[]){buf}, 1, err)))
+            break;
+    }
+    close(fd);
+    return rc;
+}
+
+static void run_release(struct run *r)
+{
+    if (r->state)
+        for (size_t k = 0; k < r->spec->n_passes; k++)
+            slim_free(r->state[k]);
+    slim_free(r->state);
+    slim_free(r->seconds);
+    slim_free(r->touched);
+    layout_release(&r->plan);
+    json_decref(r->entries);
+    drop_buffers(r);
+    work_clear(&r->w);
+    slim_free(r->w.wts);
+    if (r->fd >= 0)
+        close(r->fd);
+    slim_model_release(&r->model);
+}
+
+static int run_init(struct run *r, const struct slim_spec *spec, const char *in_path,
+                    const struct slim_run_opts *opts, struct slim_error *err)
+{
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    int rc;
+    memset(r, 0, sizeof *r);
+    r->spec = spec;
+    r->fd = -1;
+    if ((rc = slim_st_open(in_path, &r->model, err)))
+        return rc;
+    if ((r->fd = open(in_path, O_RDONLY | O_CLOEXEC)) < 0)
+        return slim_error_set(err, SLIM_EIO, "cannot open the model: %s", strerror(errno));
+    (void)posix_fadvise(r->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+    r->state = slim_calloc(spec->n_passes, sizeof *r->state);
+    r->seconds = slim_calloc(spec->n_passes, sizeof *r->seconds);
+    r->touched = slim_calloc(r->model.n_tensors + 1, 1);
+    r->entries = json_object();
+    if (!r->state || !r->seconds || !r->touched || !r->entries)
+        return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    r->units = 1;
+    for (size_t k = 0; k < spec->n_passes; k++) {
+        const struct spec_pass *sp = &spec->passes[k];
+        if (sp->ops->state_size && !(r->state[k] = slim_calloc(1, sp->ops->state_size)))
+            return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+        r->units += sp->ops->sweeps ? sp->ops->sweeps(sp->cfg) : 0;
+    }
+    for (size_t i = 0; i < r->model.n_tensors; i++)
+        r->bytes_total += r->model.tensors[i].nbytes;
+    r->w.model = &r->model;
+    r->w.threads = opts && opts->threads ? opts->threads : spec->threads;
+    if (r->w.threads <= 0)
+        r->w.threads = ncpu > 0 ? (int)ncpu : 1;
+    r->w.dequantize_output = spec->dequantize;
+    r->w.sparse_output = spec->sparse;
+    r->w.progress = opts ? opts->progress : NULL;
+    r->w.progress_ud = opts ? opts->progress_ud : NULL;
+    r->w.stage = "load";
     return 0;
 }
 
 int slim_pipeline_run(const struct slim_spec *spec, const char *in_path, const char *out_path,
                       const struct slim_run_opts *opts, json_t **report, struct slim_error *err)
 {
-    struct slim_model model;
-    struct slim_work w;
+    struct run r;
+    struct slim_writer *wr = NULL;
     struct slim_artifact art;
-    json_t *passes_rep = json_array(), *md = NULL;
-    double t_start = slim_now(), t0, t_load, t_write;
-    int rc;
+    struct slim_report_totals tot;
+    struct layout seen;
+    json_t *rows = json_array(), *passes_rep = json_array();
+    char spill[PATH_MAX];
+    double t_start = slim_now(), t_plan, t0, t_write;
+    size_t pos = 0;
+    int rc, planned;
 
     *report = NULL;
-    memset(&w, 0, sizeof w);
+    spill[0] = 0;
     memset(&art, 0, sizeof art);
+    memset(&tot, 0, sizeof tot);
+    memset(&seen, 0, sizeof seen);
     if (opts && opts->progress && opts->progress(opts->progress_ud, 0.0, "load")) {
+        json_decref(rows);
         json_decref(passes_rep);
         return slim_error_set(err, SLIM_ECANCELED, "canceled");
     }
-    rc = slim_st_open(in_path, &model, err);
-    if (rc) {
-        json_decref(passes_rep);
-        return rc;
-    }
-    if ((rc = work_init(&w, &model, err)))
+    if ((rc = run_init(&r, spec, in_path, opts, err)))
         goto out;
-    w.threads = opts && opts->threads ? opts->threads : spec->threads;
-    w.dequantize_output = spec->dequantize;
-    w.sparse_output = spec->sparse;
-    w.progress = opts ? opts->progress : NULL;
-    w.progress_ud = opts ? opts->progress_ud : NULL;
-    t_load = slim_now() - t_start;
+    if (!rows || !passes_rep) {
+        rc = slim_error_set(err, SLIM_ENOMEM, "out of memory");
+        goto out;
+    }
+    if ((rc = plan_model(&r, err)))
+        goto out;
+    planned = !r.w.unplannable;
+    t_plan = slim_now() - t_start;
+    if ((rc = run_sweeps(&r, err)))
+        goto out;
 
-    for (size_t i = 0; i < spec->n_passes; i++) {
-        const struct spec_pass *sp = &spec->passes[i];
-        w.stage = sp->ops->op;
-        w.p_lo = 0.05 + 0.85 * (double)i / (double)spec->n_passes;
-        w.p_hi = 0.05 + 0.85 * (double)(i + 1) / (double)spec->n_passes;
-        if ((rc = slim_work_check(&w, 0.0, err)))
+    /* With a plan, the header goes first and the file is written (and
+     * hashed) front to back in one go.  Without one (output sizes that
+     * depend on the values), the data goes to a spill file and is copied
+     * behind the header at the end. */
+    if (planned) {
+        if ((rc = slim_writer_open(out_path, opts ? opts->sink : NULL, opts ? opts->sink_ud : NULL,
+                                   &wr, err)) ||
+            (rc = emit_header(&r, wr, &r.plan, err)))
+            goto out;
+    } else {
+        json_object_clear(r.entries);
+        snprintf(spill, sizeof spill, "%s.data", out_path);
+        if ((rc = slim_writer_open(spill, NULL, NULL, &wr, err)))
+            goto out;
+    }
+    r.bytes_done = 0;
+    for (size_t i = 0; i < r.model.n_tensors; i++) {
+        const struct slim_tensor *src = &r.model.tensors[i];
+        if ((rc = tensor_progress(&r, src, err)) || (rc = work_begin(&r.w, src, err)) ||
+            (rc = read_tensor(&r, src, r.touched[i], err)) ||
+            (rc = run_passes(&r, spec->n_passes, err)) ||
+            (rc = slim_artifact_layout(&r.w, &art, err)))
             goto out;
         t0 = slim_now();
-        rc = sp->ops->apply(sp->cfg, &sp->sel, &w, err);
-        if (rc) {
-            if (rc != SLIM_ECANCELED)
-                slim_error_prefix(err, "passes[%zu] (%s)", i, sp->ops->op);
+        rc = slim_report_tensor(&r.w, &art, &tot, rows, err);
+        r.t_measure += slim_now() - t0;
+        if (rc)
             goto out;
-        }
-        json_array_append_new(passes_rep,
-                              json_pack("{s:I, s:s, s:f}", "index", (json_int_t)i, "op",
-                                        sp->ops->op, "seconds", slim_now() - t0));
+        if (planned)
+            rc = layout_check(&r.plan, &pos, &art, src->name, err);
+        else if (!(rc = layout_add(&seen, &art, err)))
+            rc = slim_artifact_describe(&r.w, r.entries, err);
+        if (rc || (rc = emit(&r, wr, &art, err)))
+            goto out;
+        slim_artifact_release(&art);
+        work_clear(&r.w);
+        r.bytes_done += src->nbytes;
     }
-
-    w.stage = "write";
-    w.p_lo = 0.90;
-    w.p_hi = 0.95;
-    if ((rc = slim_work_check(&w, 0.0, err)))
+    if (planned && pos != r.plan.n) {
+        rc = slim_error_set(err, SLIM_EINTERNAL, "the artifact has fewer tensors than planned");
+        goto out;
+    }
+    r.w.stage = "write";
+    r.w.p_lo = r.w.p_hi = 0.98;
+    if ((rc = slim_work_check(&r.w, 0.0, err)))
         goto out;
     t0 = slim_now();
-    if ((rc = slim_artifact_layout(&w, &art, err)) ||
-        (rc = slim_artifact_metadata(&w, spec->json, &md, err)) ||
-        (rc = slim_st_write(out_path, art.tensors, art.n, md, err)))
+    if (!planned) {
+        rc = slim_writer_finish(wr, err);
+        wr = NULL;
+        if (rc || (rc = slim_writer_open(out_path, opts ? opts->sink : NULL,
+                                         opts ? opts->sink_ud : NULL, &wr, err)) ||
+            (rc = emit_header(&r, wr, &seen, err)) || (rc = copy_spill(spill, wr, err)))
+            goto out;
+    }
+    tot.file_bytes_before = (int64_t)r.model.file_bytes;
+    tot.file_bytes_after = (int64_t)slim_writer_queued(wr);
+    rc = slim_writer_finish(wr, err);
+    wr = NULL;
+    if (rc)
         goto out;
     t_write = slim_now() - t0;
 
-    w.stage = "report";
-    w.p_lo = 0.95;
-    w.p_hi = 1.0;
-    if ((rc = slim_work_check(&w, 0.0, err)))
-        goto out;
-    rc = slim_report_build(&w, &art, out_path, passes_rep, report, err);
-    if (rc)
+    for (size_t k = 0; k < spec->n_passes; k++)
+        json_array_append_new(passes_rep,
+                              json_pack("{s:I, s:s, s:f}", "index", (json_int_t)k, "op",
+                                        spec->passes[k].ops->op, "seconds", r.seconds[k]));
+    if ((rc = slim_report_finish(&tot, rows, passes_rep, report, err)))
         goto out;
     json_object_set_new(*report, "timings",
-                        json_pack("{s:f, s:f, s:f}", "load_seconds", t_load, "write_seconds",
-                                  t_write, "total_seconds", slim_now() - t_start));
-    slim_work_check(&w, 1.0, err);
+                        json_pack("{s:f, s:f, s:f, s:f, s:f, s:b}", "plan_seconds", t_plan,
+                                  "read_seconds", r.t_read, "measure_seconds", r.t_measure,
+                                  "write_seconds", t_write, "total_seconds",
+                                  slim_now() - t_start, "streamed_header", planned));
+    r.w.p_lo = r.w.p_hi = 1.0;
+    slim_work_check(&r.w, 0.0, NULL);
 out:
-    if (rc)
+    slim_writer_abort(wr);
+    if (spill[0])
+        unlink(spill);
+    if (rc) {
         unlink(out_path);
+        json_decref(*report);
+        *report = NULL;
+    }
     slim_artifact_release(&art);
-    json_decref(md);
+    layout_release(&seen);
+    json_decref(rows);
     json_decref(passes_rep);
-    work_release(&w);
-    slim_model_release(&model);
+    run_release(&r);
+    slim_alloc_trim();
     return rc;
 }

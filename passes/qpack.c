@@ -217,9 +217,48 @@ struct qjob {
     void *zp;         /* int8_t or uint8_t */
     float *deq;
     uint8_t *tmp;     /* nparts * cols */
+    struct slim_qstats *stats;
+    float *stat_row;  /* nparts * cols: decoded row when stats want one and deq is NULL */
+    struct slim_qstats part_stats[SLIM_KERNEL_MAX_THREADS];
     size_t bad_row[SLIM_KERNEL_MAX_THREADS];
     int bad[SLIM_KERNEL_MAX_THREADS];
 };
+
+/* Adds one row's error, signal and non-zeros to st.  Partial sums of
+ * STAT_BLOCK weights run in float over LANES independent accumulators
+ * (so the loop vectorises at SSE2's four floats a step: doubles would
+ * halve that) and go into the double totals at the end of each block:
+ * a float sum of at most STAT_BLOCK / LANES = 256 squares per lane
+ * is good to about 1e-6 relative, far below the 1e-4 the report is read
+ * at, and the totals over millions of weights stay in double. */
+#define STAT_BLOCK 4096
+
+static void row_stats(const float *w, const float *deq, size_t n, struct slim_qstats *st)
+{
+    for (size_t b = 0; b < n; b += STAT_BLOCK) {
+        size_t end = n - b < STAT_BLOCK ? n : b + STAT_BLOCK, i = b;
+        float e2[LANES] = {0}, r2[LANES] = {0};
+        int32_t nz[LANES] = {0};
+        for (; i + LANES <= end; i += LANES)
+            for (int l = 0; l < LANES; l++) {
+                float x = w[i + l], d = x - deq[i + l];
+                e2[l] += d * d;
+                r2[l] += x * x;
+                nz[l] += deq[i + l] != 0.0f;
+            }
+        for (; i < end; i++) {
+            float x = w[i], d = x - deq[i];
+            e2[0] += d * d;
+            r2[0] += x * x;
+            nz[0] += deq[i] != 0.0f;
+        }
+        for (int l = 0; l < LANES; l++) {
+            st->err2 += (double)e2[l];
+            st->ref2 += (double)r2[l];
+            st->nonzero += nz[l];
+        }
+    }
+}
 
 static int q8_row(const float *w, size_t n, int sym, int steps, int8_t *q, float *scale,
                   int8_t *zp, float *deq)
@@ -391,9 +430,12 @@ static void qpart(void *ctx, int part, int nparts)
     size_t cols = j->cols, ng = j->group ? (cols + j->group - 1) / j->group : 0;
     int rc = 0;
 
+    struct slim_qstats *st = &j->part_stats[part];
+    memset(st, 0, sizeof *st);
     for (size_t r = r0; r < r1 && !rc; r++) {
         const float *w = j->w + r * cols;
-        float *deq = j->deq ? j->deq + r * cols : NULL;
+        float *deq = j->deq ? j->deq + r * cols
+                            : j->stats ? j->stat_row + (size_t)part * cols : NULL;
         switch (j->kind) {
         case K_Q8:
             rc = q8_row(w, cols, j->symmetric, j->steps, (int8_t *)j->q + r * cols, &j->scale[r],
@@ -414,6 +456,8 @@ static void qpart(void *ctx, int part, int nparts)
         if (rc) {
             j->bad[part] = 1;
             j->bad_row[part] = r;
+        } else if (j->stats) {
+            row_stats(w, deq, cols, st);
         }
     }
 }
@@ -433,6 +477,11 @@ static int qrun(struct qjob *j, int threads, struct slim_error *err)
         if (!j->tmp)
             return slim_error_set(err, SLIM_ENOMEM, "%s: out of memory", kind_names[j->kind]);
     }
+    if (j->stats && !j->deq &&
+        !(j->stat_row = slim_aligned_alloc((size_t)nparts * j->cols * sizeof(float)))) {
+        slim_free(j->tmp);
+        return slim_error_set(err, SLIM_ENOMEM, "%s: out of memory", kind_names[j->kind]);
+    }
     slim_kernel_parallel(nparts, qpart, j);
     for (int p = 0; p < nparts; p++)
         if (j->bad[p]) {
@@ -440,8 +489,16 @@ static int qrun(struct qjob *j, int threads, struct slim_error *err)
                                 kind_names[j->kind], j->bad_row[p]);
             break;
         }
+    if (!rc && j->stats)
+        for (int p = 0; p < nparts; p++) {
+            j->stats->err2 += j->part_stats[p].err2;
+            j->stats->ref2 += j->part_stats[p].ref2;
+            j->stats->nonzero += j->part_stats[p].nonzero;
+        }
     slim_free(j->tmp);
+    slim_aligned_free(j->stat_row);
     j->tmp = NULL;
+    j->stat_row = NULL;
     return rc;
 }
 
@@ -459,11 +516,12 @@ static int qcheck(int kind, const float *w, size_t rows, size_t cols, const void
 }
 
 int slim_q8_rows(const float *w, size_t rows, size_t cols, int symmetric, int mse_steps,
-                 int8_t *q, float *scale, int8_t *zp, float *deq, int threads,
-                 struct slim_error *err)
+                 int8_t *q, float *scale, int8_t *zp, float *deq, struct slim_qstats *stats,
+                 int threads, struct slim_error *err)
 {
     struct qjob j = {.kind = K_Q8, .w = w, .rows = rows, .cols = cols, .symmetric = symmetric,
-                     .steps = mse_steps, .q = q, .scale = scale, .zp = zp, .deq = deq};
+                     .steps = mse_steps, .q = q, .scale = scale, .zp = zp, .deq = deq,
+                     .stats = stats};
     int rc = qcheck(K_Q8, w, rows, cols, q, scale, zp, mse_steps, err);
     if (!rc && !symmetric && rows && cols && !zp)
         rc = slim_error_set(err, SLIM_EINVAL, "int8: asymmetric needs zero points");
@@ -472,11 +530,11 @@ int slim_q8_rows(const float *w, size_t rows, size_t cols, int symmetric, int ms
 
 int slim_q4_groups(const float *w, size_t rows, size_t cols, size_t group, int symmetric,
                    int mse_steps, uint8_t *packed, float *scale, uint8_t *zp, float *deq,
-                   int threads, struct slim_error *err)
+                   struct slim_qstats *stats, int threads, struct slim_error *err)
 {
     struct qjob j = {.kind = K_Q4, .w = w, .rows = rows, .cols = cols, .group = group,
                      .symmetric = symmetric, .steps = mse_steps, .q = packed, .scale = scale,
-                     .zp = zp, .deq = deq};
+                     .zp = zp, .deq = deq, .stats = stats};
     int rc = qcheck(K_Q4, w, rows, cols, packed, scale, zp, mse_steps, err);
     if (!rc && !group)
         rc = slim_error_set(err, SLIM_EINVAL, "int4: group size 0");
@@ -484,19 +542,20 @@ int slim_q4_groups(const float *w, size_t rows, size_t cols, size_t group, int s
 }
 
 int slim_ternary_rows(const float *w, size_t rows, size_t cols, uint8_t *packed, float *scale,
-                      float *deq, int threads, struct slim_error *err)
+                      float *deq, struct slim_qstats *stats, int threads,
+                      struct slim_error *err)
 {
     struct qjob j = {.kind = K_TERN, .w = w, .rows = rows, .cols = cols, .q = packed,
-                     .scale = scale, .deq = deq};
+                     .scale = scale, .deq = deq, .stats = stats};
     int rc = qcheck(K_TERN, w, rows, cols, packed, scale, NULL, 0, err);
     return rc ? rc : qrun(&j, threads, err);
 }
 
 int slim_binary_rows(const float *w, size_t rows, size_t cols, uint8_t *packed, float *scale,
-                     float *deq, int threads, struct slim_error *err)
+                     float *deq, struct slim_qstats *stats, int threads, struct slim_error *err)
 {
     struct qjob j = {.kind = K_BIN, .w = w, .rows = rows, .cols = cols, .q = packed,
-                     .scale = scale, .deq = deq};
+                     .scale = scale, .deq = deq, .stats = stats};
     int rc = qcheck(K_BIN, w, rows, cols, packed, scale, NULL, 0, err);
     return rc ? rc : qrun(&j, threads, err);
 }

@@ -106,178 +106,172 @@ static int qparse(json_t *spec, const char *where, void *cfgp, struct slim_error
     return 0;
 }
 
-/* Adds the main stored tensor (the codes) and the scale (and zero point)
- * siblings; every buffer is stolen. */
-static int add_outs(struct slim_wt *t, enum slim_dtype qdt, int64_t qcols, void *q,
-                    float *scale, void *zp, enum slim_dtype zdt, int sdims,
-                    const int64_t *sshape, int use_orig_shape, struct slim_error *err)
-{
-    int64_t qshape[2] = {t->rows, qcols};
-    size_t nscale = (size_t)(sdims == 1 ? sshape[0] : sshape[0] * sshape[1]);
-    size_t qbytes = use_orig_shape ? (size_t)(t->rows * t->cols) * slim_dtype_size(qdt)
-                                   : (size_t)(t->rows * qcols);
-    int rc = slim_wt_add_out(t, "", qdt, use_orig_shape ? t->ndim : 2,
-                             use_orig_shape ? t->shape : qshape, q, qbytes, err);
-    if (rc) {
-        slim_aligned_free(scale);
-        slim_aligned_free(zp);
-        return rc;
-    }
-    rc = slim_wt_add_out(t, "_scale", SLIM_DT_F32, sdims, sshape, scale, nscale * sizeof(float),
-                         err);
-    if (rc) {
-        slim_aligned_free(zp);
-        return rc;
-    }
-    if (zp)
-        return slim_wt_add_out(t, "_zero_point", zdt, sdims, sshape, zp, nscale, err);
-    return 0;
-}
-
-static int quantize_int8(const struct qcfg *cfg, struct slim_work *w, struct slim_wt *t,
-                         struct slim_error *err)
-{
-    size_t n = (size_t)(t->rows * t->cols);
-    int per_tensor = cfg->granularity == G_TENSOR;
-    size_t rows = per_tensor ? 1 : (size_t)t->rows, cols = per_tensor ? n : (size_t)t->cols;
-    int8_t *q = slim_aligned_alloc(n), *zp = slim_aligned_alloc(rows);
-    float *scale = slim_aligned_alloc(rows * sizeof(float));
-    int64_t sshape[2] = {(int64_t)rows, 1};
-    int rc;
-
-    if (!q || !zp || !scale) {
-        rc = slim_error_set(err, SLIM_ENOMEM, "tensor '%s': out of memory", t->name);
-        goto fail;
-    }
-    rc = slim_q8_rows(t->val, rows, cols, cfg->symmetric,
-                      cfg->calibration == CAL_MSE ? MSE_STEPS : 0, q, scale, zp, t->val,
-                      w->threads, err);
-    if (rc)
-        goto fail;
-    if (cfg->symmetric) {
-        slim_aligned_free(zp);
-        zp = NULL;
-    }
-    t->code_bits = 8;
-    return add_outs(t, SLIM_DT_I8, 0, q, scale, zp, SLIM_DT_I8, per_tensor ? 1 : 2, sshape, 1,
-                    err);
-fail:
-    slim_aligned_free(q);
-    slim_aligned_free(zp);
-    slim_aligned_free(scale);
-    return rc;
-}
-
-static int quantize_int4(const struct qcfg *cfg, struct slim_work *w, struct slim_wt *t,
-                         struct slim_error *err)
-{
-    size_t rows = (size_t)t->rows, cols = (size_t)t->cols;
-    size_t group = cfg->granularity == G_GROUP ? (size_t)cfg->group_size : (cols ? cols : 1);
-    size_t ng = (cols + group - 1) / group, pc = (cols + 1) / 2;
-    uint8_t *q = slim_aligned_alloc(rows * pc), *zp = slim_aligned_alloc(rows * ng);
-    float *scale = slim_aligned_alloc(rows * ng * sizeof(float));
-    int64_t sshape[2] = {(int64_t)rows, (int64_t)ng};
-    int rc;
-
-    if (!q || !zp || !scale) {
-        rc = slim_error_set(err, SLIM_ENOMEM, "tensor '%s': out of memory", t->name);
-        goto fail;
-    }
-    rc = slim_q4_groups(t->val, rows, cols, group, cfg->symmetric,
-                        cfg->calibration == CAL_MSE ? MSE_STEPS : 0, q, scale, zp, t->val,
-                        w->threads, err);
-    if (rc)
-        goto fail;
-    t->code_bits = 4;
-    return add_outs(t, SLIM_DT_U8, (int64_t)pc, q, scale, zp, SLIM_DT_U8, 2, sshape, 0, err);
-fail:
-    slim_aligned_free(q);
-    slim_aligned_free(zp);
-    slim_aligned_free(scale);
-    return rc;
-}
-
-/* Ternary or binary, one scale per row. */
-static int quantize_low_bit(int binary, struct slim_work *w, struct slim_wt *t,
-                            struct slim_error *err)
-{
-    size_t rows = (size_t)t->rows, cols = (size_t)t->cols, n = rows * cols;
-    size_t pc = binary ? (cols + 7) / 8 : (cols + 3) / 4;
-    uint8_t *q = slim_aligned_alloc(rows * pc), *zero = NULL;
-    float *scale = slim_aligned_alloc(rows * sizeof(float));
-    int64_t sshape[2] = {(int64_t)rows, 1};
-    int rc;
-
-    if (binary && t->pruned) {
-        /* one bit cannot say 0: remember the pruned zeros so the decoded
-         * values keep them (the sparse output's mask stores them) */
-        zero = slim_aligned_alloc(n ? n : 1);
-        if (zero)
-            for (size_t i = 0; i < n; i++)
-                zero[i] = t->val[i] == 0.0f;
-    }
-    if (!q || !scale || (binary && t->pruned && !zero)) {
-        rc = slim_error_set(err, SLIM_ENOMEM, "tensor '%s': out of memory", t->name);
-        goto fail;
-    }
-    rc = binary ? slim_binary_rows(t->val, rows, cols, q, scale, t->val, w->threads, err)
-                : slim_ternary_rows(t->val, rows, cols, q, scale, t->val, w->threads, err);
-    if (rc)
-        goto fail;
-    if (zero)
-        for (size_t i = 0; i < n; i++)
-            t->val[i] = zero[i] ? 0.0f : t->val[i];
-    slim_aligned_free(zero);
-    t->code_bits = binary ? 1 : 2;
-    return add_outs(t, SLIM_DT_U8, (int64_t)pc, q, scale, NULL, SLIM_DT_U8, 2, sshape, 0, err);
-fail:
-    slim_aligned_free(q);
-    slim_aligned_free(scale);
-    slim_aligned_free(zero);
-    return rc;
-}
-
-static int quantize_half(int bf16, struct slim_wt *t, struct slim_error *err)
-{
-    size_t n = (size_t)(t->rows * t->cols);
-    uint16_t *h = slim_aligned_alloc(n * 2);
-    if (!h)
-        return slim_error_set(err, SLIM_ENOMEM, "tensor '%s': out of memory", t->name);
-    for (size_t i = 0; i < n; i++) {
-        if (bf16) {
-            h[i] = slim_f32_to_bf16(t->val[i]);
-            t->val[i] = slim_bf16_to_f32(h[i]);
-        } else {
-            h[i] = slim_f32_to_f16(t->val[i]);
-            t->val[i] = slim_f16_to_f32(h[i]);
-        }
-    }
-    if (!bf16 && slim_has_nonfinite(t->val, n)) {
-        slim_aligned_free(h);
-        return slim_error_set(err, SLIM_ENUMERIC,
-                              "tensor '%s': values beyond fp16's range (|w| > 65504); use bf16",
-                              t->name);
-    }
-    t->code_bits = 16;
-    return slim_wt_add_out(t, "", bf16 ? SLIM_DT_BF16 : SLIM_DT_F16, t->ndim, t->shape, h, n * 2,
-                           err);
-}
-
 static const int scheme_of[] = {
     [Q_INT8] = SLIM_SCHEME_INT8, [Q_FP16] = SLIM_SCHEME_F16, [Q_BF16] = SLIM_SCHEME_BF16,
     [Q_INT4] = SLIM_SCHEME_INT4, [Q_TERNARY] = SLIM_SCHEME_TERNARY,
     [Q_BINARY] = SLIM_SCHEME_BINARY,
 };
 
+static size_t group_of(const struct qcfg *cfg, size_t cols)
+{
+    return cfg->granularity == G_GROUP ? (size_t)cfg->group_size : (cols ? cols : 1);
+}
+
+/* Describes how t is stored under cfg: the main tensor of codes and its
+ * scale (and zero point) siblings, with no data yet, plus the scheme,
+ * code width and "slimd.tensors" fields.  The one place that knows the
+ * layout: plan and quantize_one both call it. */
+static int describe_outs(const struct qcfg *cfg, struct slim_wt *t, struct slim_error *err)
+{
+    size_t rows = (size_t)t->rows, cols = (size_t)t->cols, n = rows * cols;
+    size_t group = group_of(cfg, cols), ng = (cols + group - 1) / group;
+    int64_t shape[2] = {t->rows, 0}, sshape[2] = {t->rows, 1};
+    int rc;
+
+    slim_wt_clear_outs(t);
+    switch (cfg->dtype) {
+    case Q_INT8: {
+        size_t srows = cfg->granularity == G_TENSOR ? 1 : rows;
+        int sdims = cfg->granularity == G_TENSOR ? 1 : 2;
+        sshape[0] = (int64_t)srows;
+        if ((rc = slim_wt_add_out(t, "", SLIM_DT_I8, t->ndim, t->shape, NULL, n, err)) ||
+            (rc = slim_wt_add_out(t, "_scale", SLIM_DT_F32, sdims, sshape, NULL,
+                                  srows * sizeof(float), err)) ||
+            (!cfg->symmetric && (rc = slim_wt_add_out(t, "_zero_point", SLIM_DT_I8, sdims,
+                                                      sshape, NULL, srows, err))))
+            return rc;
+        t->code_bits = 8;
+        break;
+    }
+    case Q_INT4:
+        shape[1] = (int64_t)((cols + 1) / 2);
+        sshape[1] = (int64_t)ng;
+        if ((rc = slim_wt_add_out(t, "", SLIM_DT_U8, 2, shape, NULL, rows * (size_t)shape[1],
+                                  err)) ||
+            (rc = slim_wt_add_out(t, "_scale", SLIM_DT_F32, 2, sshape, NULL,
+                                  rows * ng * sizeof(float), err)) ||
+            (rc = slim_wt_add_out(t, "_zero_point", SLIM_DT_U8, 2, sshape, NULL, rows * ng,
+                                  err)))
+            return rc;
+        t->code_bits = 4;
+        break;
+    case Q_TERNARY:
+    case Q_BINARY:
+        shape[1] = (int64_t)(cfg->dtype == Q_BINARY ? (cols + 7) / 8 : (cols + 3) / 4);
+        if ((rc = slim_wt_add_out(t, "", SLIM_DT_U8, 2, shape, NULL, rows * (size_t)shape[1],
+                                  err)) ||
+            (rc = slim_wt_add_out(t, "_scale", SLIM_DT_F32, 2, sshape, NULL,
+                                  rows * sizeof(float), err)))
+            return rc;
+        t->code_bits = cfg->dtype == Q_BINARY ? 1 : 2;
+        break;
+    default:
+        if ((rc = slim_wt_add_out(t, "", cfg->dtype == Q_BF16 ? SLIM_DT_BF16 : SLIM_DT_F16,
+                                  t->ndim, t->shape, NULL, n * 2, err)))
+            return rc;
+        t->code_bits = 16;
+    }
+    t->scheme = scheme_of[cfg->dtype];
+    if (cfg->dtype == Q_INT8 || cfg->dtype == Q_INT4) {
+        t->scheme_info = json_pack("{s:s, s:b, s:s, s:s*}", "granularity",
+                                   qgran_names[cfg->granularity], "symmetric", cfg->symmetric,
+                                   "scale", t->outs[1].name, "zero_point",
+                                   t->n_outs > 2 ? t->outs[2].name : NULL);
+        if (cfg->dtype == Q_INT4)
+            json_object_set_new(t->scheme_info, "group_size", json_integer((json_int_t)group));
+        if (cfg->calibration == CAL_MSE)
+            json_object_set_new(t->scheme_info, "calibration", json_string("mse"));
+    } else if (cfg->dtype == Q_TERNARY || cfg->dtype == Q_BINARY) {
+        t->scheme_info = json_pack("{s:s}", "scale", t->outs[1].name);
+    }
+    return 0;
+}
+
+/* Fills the outs that describe_outs laid out (data allocated) from the
+ * values `in` and writes the decoded values into t->val (in may be
+ * t->val; t->val may be NULL when stats measure the result instead). */
+static int encode(const struct qcfg *cfg, struct slim_work *w, struct slim_wt *t,
+                  const float *in, struct slim_qstats *stats, struct slim_error *err)
+{
+    size_t rows = (size_t)t->rows, cols = (size_t)t->cols, n = rows * cols;
+    int steps = cfg->calibration == CAL_MSE ? MSE_STEPS : 0;
+    void *zp = t->n_outs > 2 ? t->outs[2].data : NULL;
+    uint8_t *zero = NULL;
+    int rc;
+
+    switch (cfg->dtype) {
+    case Q_INT8: {
+        int per_tensor = cfg->granularity == G_TENSOR;
+        int8_t scratch_zp[1];
+        /* the kernel always writes zero points; symmetric ones (all 0)
+         * are not stored */
+        int8_t *zpp = zp ? zp : per_tensor ? scratch_zp : NULL;
+        if (!zpp && !(zero = slim_aligned_alloc(rows + 1)))
+            return slim_error_set(err, SLIM_ENOMEM, "tensor '%s': out of memory", t->name);
+        if (!zpp)
+            zpp = (int8_t *)zero;
+        rc = slim_q8_rows(in, per_tensor ? 1 : rows, per_tensor ? n : cols, cfg->symmetric,
+                          steps, t->outs[0].data, t->outs[1].data, zpp, t->val, stats, w->threads,
+                          err);
+        break;
+    }
+    case Q_INT4:
+        rc = slim_q4_groups(in, rows, cols, group_of(cfg, cols), cfg->symmetric, steps,
+                            t->outs[0].data, t->outs[1].data, zp, t->val, stats, w->threads,
+                            err);
+        break;
+    case Q_TERNARY:
+        rc = slim_ternary_rows(in, rows, cols, t->outs[0].data, t->outs[1].data, t->val, stats,
+                               w->threads, err);
+        break;
+    case Q_BINARY:
+        if (t->pruned) {
+            /* one bit cannot say 0: remember the pruned zeros so the
+             * decoded values keep them (the sparse output's mask stores
+             * them) */
+            if (!(zero = slim_aligned_alloc(n ? n : 1)))
+                return slim_error_set(err, SLIM_ENOMEM, "tensor '%s': out of memory", t->name);
+            for (size_t i = 0; i < n; i++)
+                zero[i] = in[i] == 0.0f;
+        }
+        rc = slim_binary_rows(in, rows, cols, t->outs[0].data, t->outs[1].data, t->val, stats,
+                              w->threads, err);
+        if (!rc && zero)
+            for (size_t i = 0; i < n; i++)
+                t->val[i] = zero[i] ? 0.0f : t->val[i];
+        break;
+    default: {
+        int bf16 = cfg->dtype == Q_BF16;
+        uint16_t *h = t->outs[0].data;
+        rc = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (bf16) {
+                h[i] = slim_f32_to_bf16(in[i]);
+                t->val[i] = slim_bf16_to_f32(h[i]);
+            } else {
+                h[i] = slim_f32_to_f16(in[i]);
+                t->val[i] = slim_f16_to_f32(h[i]);
+            }
+        }
+        if (!bf16 && slim_has_nonfinite(t->val, n))
+            rc = slim_error_set(err, SLIM_ENUMERIC,
+                                "tensor '%s': values beyond fp16's range (|w| > 65504); use bf16",
+                                t->name);
+    }
+    }
+    slim_aligned_free(zero);
+    return rc;
+}
+
 /* For "calibration": "mse": the error this pass would have with the plain
  * min/max range, from a scratch run of the same kernel (they run at
  * GB/s, so this costs little next to the search itself).  Returns 0 and
  * *rel, or an error. */
 static int minmax_error(const struct qcfg *cfg, struct slim_work *w, const struct slim_wt *t,
-                        double *rel, struct slim_error *err)
+                        const float *in, double *rel, struct slim_error *err)
 {
     size_t rows = (size_t)t->rows, cols = (size_t)t->cols, n = rows * cols;
-    size_t group = cfg->granularity == G_GROUP ? (size_t)cfg->group_size : (cols ? cols : 1);
+    size_t group = group_of(cfg, cols);
     size_t ng = cfg->dtype == Q_INT4 ? (cols + group - 1) / group : 1;
     float *deq = slim_aligned_alloc(n * sizeof(float) + 1);
     float *scale = slim_aligned_alloc(rows * ng * sizeof(float) + 1);
@@ -288,14 +282,14 @@ static int minmax_error(const struct qcfg *cfg, struct slim_work *w, const struc
         rc = slim_error_set(err, SLIM_ENOMEM, "out of memory");
     } else if (cfg->dtype == Q_INT8) {
         int per_tensor = cfg->granularity == G_TENSOR;
-        rc = slim_q8_rows(t->val, per_tensor ? 1 : rows, per_tensor ? n : cols, cfg->symmetric,
-                          0, (int8_t *)q, scale, (int8_t *)zp, deq, w->threads, err);
+        rc = slim_q8_rows(in, per_tensor ? 1 : rows, per_tensor ? n : cols, cfg->symmetric,
+                          0, (int8_t *)q, scale, (int8_t *)zp, deq, NULL, w->threads, err);
     } else {
-        rc = slim_q4_groups(t->val, rows, cols, group, cfg->symmetric, 0, q, scale, zp, deq,
+        rc = slim_q4_groups(in, rows, cols, group, cfg->symmetric, 0, q, scale, zp, deq, NULL,
                             w->threads, err);
     }
     if (!rc)
-        slim_error_stats(t->val, deq, n, rel, &snr);
+        slim_error_stats(in, deq, n, rel, &snr);
     slim_aligned_free(deq);
     slim_aligned_free(scale);
     slim_aligned_free(q);
@@ -303,41 +297,60 @@ static int minmax_error(const struct qcfg *cfg, struct slim_work *w, const struc
     return rc;
 }
 
+static int quantize_plan(const void *cfgp, struct slim_work *w, size_t i,
+                         struct slim_error *err)
+{
+    return describe_outs(cfgp, &w->wts[i], err);
+}
+
+/* Reads the current values (t->val, or the original while no pass has
+ * changed them: then nothing is copied) and writes the decoded ones into
+ * t->val.  When it reads the original, the kernel also measures the
+ * result against it (t->stats), and when nothing after this pass needs
+ * the decoded values (the dense, sparse or binary-after-prune outputs,
+ * calibration's comparison), they are not written at all: for a plain
+ * int8 job that is the one pass over the weights. */
 static int quantize_one(const void *cfgp, struct slim_work *w, size_t i,
                         struct slim_error *err)
 {
     const struct qcfg *cfg = cfgp;
     struct slim_wt *t = &w->wts[i];
-    int rc;
-    if (slim_has_nonfinite(t->val, (size_t)(t->rows * t->cols)))
+    size_t n = (size_t)(t->rows * t->cols);
+    int calibrate = cfg->calibration == CAL_MSE, rc;
+    int half = cfg->dtype == Q_FP16 || cfg->dtype == Q_BF16;
+    double rel_minmax = 0.0, rel_mse, snr;
+    const float *in = t->val ? t->val : w->orig;
+    int fused = in == w->orig && !half && !(cfg->dtype == Q_BINARY && t->pruned);
+    int need_val = !fused || calibrate || w->dequantize_output ||
+                   (w->sparse_output && t->pruned);
+    float *before = NULL;
+
+    /* the quantizer kernels reject NaN and Inf row by row themselves */
+    if (half && slim_has_nonfinite(in, n))
         return slim_error_set(err, SLIM_ENUMERIC,
                               "tensor '%s': contains NaN or Inf; cannot quantize", t->name);
-    int calibrate = cfg->calibration == CAL_MSE;
-    double rel_minmax = 0.0, rel_mse, snr;
-    float *before = NULL;
-    if (calibrate) {
-        size_t n = (size_t)(t->rows * t->cols);
-        before = slim_aligned_alloc(n * sizeof(float) + 1);
-        if (!before)
+    if (calibrate && (rc = minmax_error(cfg, w, t, in, &rel_minmax, err)))
+        return rc;
+    if (calibrate && in == t->val) {
+        /* encoding writes over t->val: keep what it started from */
+        if (!(before = slim_aligned_alloc(n * sizeof(float) + 1)))
             return slim_error_set(err, SLIM_ENOMEM, "out of memory");
-        memcpy(before, t->val, n * sizeof(float));
-        if ((rc = minmax_error(cfg, w, t, &rel_minmax, err))) {
-            slim_aligned_free(before);
-            return rc;
-        }
+        memcpy(before, in, n * sizeof(float));
+        in = before;
     }
-    slim_wt_clear_outs(t);
-    switch (cfg->dtype) {
-    case Q_INT8: rc = quantize_int8(cfg, w, t, err); break;
-    case Q_INT4: rc = quantize_int4(cfg, w, t, err); break;
-    case Q_TERNARY: rc = quantize_low_bit(0, w, t, err); break;
-    case Q_BINARY: rc = quantize_low_bit(1, w, t, err); break;
-    default: rc = quantize_half(cfg->dtype == Q_BF16, t, err);
+    if (need_val && !t->val && !(t->val = slim_aligned_alloc(n * sizeof(float) + 1))) {
+        rc = slim_error_set(err, SLIM_ENOMEM, "tensor '%s': out of memory", t->name);
+        goto out;
     }
-    if (calibrate && !rc) {
+    memset(&t->stats, 0, sizeof t->stats);
+    if ((rc = describe_outs(cfg, t, err)) || (rc = slim_wt_alloc_outs(t, err)) ||
+        (rc = encode(cfg, w, t, in, fused ? &t->stats : NULL, err)))
+        goto out;
+    t->measured = fused;
+    if (calibrate) {
         /* the report shows what the search bought: this pass's error with
          * the min/max range and with the chosen one */
-        slim_error_stats(before, t->val, (size_t)(t->rows * t->cols), &rel_mse, &snr);
+        slim_error_stats(in, t->val, n, &rel_mse, &snr);
         if (!t->report_extra)
             t->report_extra = json_object();
         json_object_update_new(t->report_extra,
@@ -345,31 +358,9 @@ static int quantize_one(const void *cfgp, struct slim_work *w, size_t i,
                                          "calibration_rel_error_minmax", rel_minmax,
                                          "calibration_rel_error_mse", rel_mse));
     }
+out:
     slim_aligned_free(before);
-    if (rc)
-        return rc;
-    t->scheme = scheme_of[cfg->dtype];
-    if (cfg->dtype == Q_INT8 || cfg->dtype == Q_INT4) {
-        t->scheme_info = json_pack("{s:s, s:b, s:s, s:s*}", "granularity",
-                                   qgran_names[cfg->granularity], "symmetric", cfg->symmetric,
-                                   "scale", t->outs[1].name, "zero_point",
-                                   t->n_outs > 2 ? t->outs[2].name : NULL);
-        if (cfg->dtype == Q_INT4)
-            json_object_set_new(t->scheme_info, "group_size",
-                                json_integer(cfg->granularity == G_GROUP ? cfg->group_size
-                                                                         : t->cols));
-        if (cfg->calibration == CAL_MSE)
-            json_object_set_new(t->scheme_info, "calibration", json_string("mse"));
-    } else if (cfg->dtype == Q_TERNARY || cfg->dtype == Q_BINARY) {
-        t->scheme_info = json_pack("{s:s}", "scale", t->outs[1].name);
-    }
-    return 0;
-}
-
-static int qapply(const void *cfg, const struct slim_select *sel, struct slim_work *w,
-                  struct slim_error *err)
-{
-    return slim_work_each(w, sel, 0, quantize_one, cfg, err);
+    return rc;
 }
 
 const struct slim_pass_ops slim_pass_quantize = {
@@ -378,6 +369,6 @@ const struct slim_pass_ops slim_pass_quantize = {
     .keys = qkeys,
     .cfg_size = sizeof(struct qcfg),
     .parse = qparse,
-    .apply = qapply,
-    .release = NULL,
+    .plan = quantize_plan,
+    .tensor = quantize_one,
 };

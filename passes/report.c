@@ -17,10 +17,11 @@
  * ||W - W_hat||^2), null when the two are identical (infinite SNR has no
  * JSON spelling).
  */
+#pragma GCC optimize("O3")
 #include <cblas.h>
 #include <math.h>
 #include <string.h>
-#include <sys/stat.h>
+#include "passes/kernels.h"
 #include "passes/report.h"
 
 void slim_error_stats(const float *a, const float *b, size_t n, double *rel, double *snr_db)
@@ -48,37 +49,122 @@ static json_t *num_or_null(double v)
     return isfinite(v) ? json_real(v) : json_null();
 }
 
-static int64_t count_nonzero(const float *v, size_t n)
+/* ---- the fused measurement: error, signal and non-zeros in one read ---- */
+
+#define LANES 8
+
+struct stats_job {
+    const float *a, *b;
+    size_t n;
+    double num[SLIM_KERNEL_MAX_THREADS], den[SLIM_KERNEL_MAX_THREADS];
+    int64_t nnz[SLIM_KERNEL_MAX_THREADS];
+};
+
+/* Eight independent double accumulators per sum, so the compiler can
+ * vectorise a reduction it may not reorder. */
+static void stats_part(void *ctx, int part, int nparts)
+{
+    struct stats_job *j = ctx;
+    size_t lo = j->n * (size_t)part / (size_t)nparts, hi = j->n * (size_t)(part + 1) / (size_t)nparts;
+    double num[LANES] = {0}, den[LANES] = {0};
+    int64_t nnz[LANES] = {0};
+    size_t i = lo;
+    for (; i + LANES <= hi; i += LANES)
+        for (int l = 0; l < LANES; l++) {
+            double x = (double)j->a[i + l], d = x - (double)j->b[i + l];
+            num[l] += d * d;
+            den[l] += x * x;
+            nnz[l] += j->b[i + l] != 0.0f;
+        }
+    for (; i < hi; i++) {
+        double x = (double)j->a[i], d = x - (double)j->b[i];
+        num[0] += d * d;
+        den[0] += x * x;
+        nnz[0] += j->b[i] != 0.0f;
+    }
+    j->num[part] = j->den[part] = 0.0;
+    j->nnz[part] = 0;
+    for (int l = 0; l < LANES; l++) {
+        j->num[part] += num[l];
+        j->den[part] += den[l];
+        j->nnz[part] += nnz[l];
+    }
+}
+
+/* rel and SNR from the sums of squares of the error (num) and of the
+ * original (den). */
+static void rel_snr(double num, double den, double *rel, double *snr)
+{
+    if (num == 0.0) {
+        *rel = 0.0;
+        *snr = INFINITY;
+    } else if (den == 0.0) {
+        *rel = INFINITY;
+        *snr = -INFINITY;
+    } else {
+        *rel = sqrt(num / den);
+        *snr = 10.0 * log10(den / num);
+    }
+}
+
+/* rel and SNR of hat against orig, and hat's non-zeros, over n floats. */
+static void measure(const float *orig, const float *hat, size_t n, int threads, double *rel,
+                    double *snr, int64_t *nnz)
+{
+    struct stats_job j = {.a = orig, .b = hat, .n = n};
+    int parts = slim_kernel_threads(threads, n);
+    double num = 0.0, den = 0.0;
+    slim_kernel_parallel(parts, stats_part, &j);
+    *nnz = 0;
+    for (int p = 0; p < parts; p++) {
+        num += j.num[p];
+        den += j.den[p];
+        *nnz += j.nnz[p];
+    }
+    rel_snr(num, den, rel, snr);
+}
+
+/* Non-zeros of n stored elements of dtype dt: floats whose bits are not
+ * +-0 (NaN counts), and every integer element (counted as stored). */
+static int64_t nonzero_raw(enum slim_dtype dt, const void *raw, size_t n)
 {
     int64_t nz = 0;
-    for (size_t i = 0; i < n; i++)
-        nz += v[i] != 0.0f;
+    if (dt == SLIM_DT_F32) {
+        const uint32_t *u = raw;
+        for (size_t i = 0; i < n; i++)
+            nz += (u[i] & 0x7fffffffu) != 0;
+    } else if (dt == SLIM_DT_F16 || dt == SLIM_DT_BF16) {
+        const uint16_t *u = raw;
+        for (size_t i = 0; i < n; i++)
+            nz += (u[i] & 0x7fffu) != 0;
+    } else if (dt == SLIM_DT_F64) {
+        const uint64_t *u = raw;
+        for (size_t i = 0; i < n; i++)
+            nz += (u[i] & 0x7fffffffffffffffull) != 0;
+    } else {
+        nz = (int64_t)n;
+    }
     return nz;
 }
 
-/* One original tensor: find what derives from it and compare. */
-static int report_tensor(struct slim_work *w, const struct slim_artifact *art,
-                         const struct slim_tensor *src, json_t *rows,
-                         int64_t *bytes_after, int64_t *nonzero, struct slim_error *err)
+int slim_report_tensor(struct slim_work *w, const struct slim_artifact *art,
+                       struct slim_report_totals *tot, json_t *rows, struct slim_error *err)
 {
     int dequantize = w->dequantize_output;
+    const struct slim_tensor *src = w->wts[0].src;
     struct slim_wt *self = NULL, *u = NULL, *v = NULL;
     size_t after = 0, n = (size_t)slim_tensor_numel(src);
     const char *scheme = "copy", *dtype_after = slim_dtype_name(src->dtype);
     double rel = 0.0, snr = INFINITY;
-    float *orig = NULL, *prod = NULL;
+    float *prod = NULL;
     const float *hat = NULL;
     json_t *row, *extra = NULL;
     int64_t nz_hat = 0;
-    int rc = 0;
 
     for (size_t i = 0; i < art->n; i++)
-        if (!strcmp(art->origins[i], src->name))
-            after += art->tensors[i].nbytes;
+        after += art->tensors[i].nbytes;
     for (size_t i = 0; i < w->n; i++) {
         struct slim_wt *t = &w->wts[i];
-        if (strcmp(t->origin, src->name))
-            continue;
         if (!strcmp(t->name, src->name))
             self = t;
         else if (!u)
@@ -86,11 +172,21 @@ static int report_tensor(struct slim_work *w, const struct slim_artifact *art,
         else
             v = t;
     }
-    if (self && self->val) {
-        hat = self->val;
+    if (self && self->measured) {
+        /* the quantizer measured itself against the original */
+        rel_snr(self->stats.err2, self->stats.ref2, &rel, &snr);
+        nz_hat = self->stats.nonzero;
+        tot->nonzero += nz_hat;
         scheme = slim_scheme_name(self->scheme);
         extra = self->report_extra;
-        if (dequantize)
+        dtype_after = dequantize ? "F32" : slim_dtype_name(self->outs[0].dtype);
+    } else if (self && (self->val || (self->report_extra && w->orig))) {
+        /* a touched tensor, or one a pass looked at and left (its row
+         * says why) */
+        hat = self->val ? self->val : w->orig;
+        scheme = slim_scheme_name(self->scheme);
+        extra = self->report_extra;
+        if (dequantize && self->val)
             dtype_after = "F32";
         else if (self->scheme == SLIM_SCHEME_DENSE)
             dtype_after = slim_dtype_name(self->dense_dtype);
@@ -111,82 +207,44 @@ static int report_tensor(struct slim_work *w, const struct slim_artifact *art,
         extra = u->report_extra;
     }
     if (hat) {
-        orig = slim_aligned_alloc(n * sizeof(float));
-        if (!orig) {
-            rc = slim_error_set(err, SLIM_ENOMEM, "out of memory");
-            goto out;
-        }
-        slim_to_f32(src->dtype, src->data, n, orig);
-        slim_error_stats(orig, hat, n, &rel, &snr);
-        nz_hat = count_nonzero(hat, n);
-        *nonzero += nz_hat;
-    } else if (slim_dtype_is_float(src->dtype)) {
-        orig = slim_aligned_alloc(n * sizeof(float));
-        if (!orig) {
-            rc = slim_error_set(err, SLIM_ENOMEM, "out of memory");
-            goto out;
-        }
-        slim_to_f32(src->dtype, src->data, n, orig);
-        *nonzero += count_nonzero(orig, n);
-    } else {
-        *nonzero += (int64_t)n; /* integer tensors: counted as stored */
+        measure(w->orig, hat, n, w->threads, &rel, &snr, &nz_hat);
+        tot->nonzero += nz_hat;
+    } else if (!(self && self->measured)) {
+        tot->nonzero += nonzero_raw(src->dtype, w->raw, n);
     }
+    slim_aligned_free(prod);
     row = json_pack("{s:s, s:o, s:s, s:s, s:I, s:I, s:o, s:o, s:s, s:f}", "name", src->name,
                     "shape", slim_shape_json(src), "dtype_before", slim_dtype_name(src->dtype),
                     "dtype_after", dtype_after, "bytes_before", (json_int_t)src->nbytes,
                     "bytes_after", (json_int_t)after, "rel_error", num_or_null(rel), "snr_db",
                     num_or_null(snr), "scheme", scheme, "bits_per_weight",
                     n ? 8.0 * (double)after / (double)n : 0.0);
-    if (!row) {
-        rc = slim_error_set(err, SLIM_ENOMEM, "out of memory");
-        goto out;
-    }
-    if (hat)
+    if (!row)
+        return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    if (hat || (self && self->measured))
         json_object_set_new(row, "sparsity",
                             json_real(n ? 1.0 - (double)nz_hat / (double)n : 0.0));
     if (extra)
         json_object_update(row, extra);
     json_array_append_new(rows, row);
-    *bytes_after += (int64_t)after;
-out:
-    slim_aligned_free(orig);
-    slim_aligned_free(prod);
-    return rc;
+    tot->bytes_before += (int64_t)src->nbytes;
+    tot->bytes_after += (int64_t)after;
+    tot->params += (int64_t)n;
+    return 0;
 }
 
-int slim_report_build(struct slim_work *w, const struct slim_artifact *art,
-                      const char *artifact_path, json_t *passes_rep, json_t **report,
-                      struct slim_error *err)
+int slim_report_finish(const struct slim_report_totals *tot, json_t *rows, json_t *passes_rep,
+                       json_t **report, struct slim_error *err)
 {
-    const struct slim_model *m = w->model;
-    json_t *rows = json_array();
-    int64_t before = 0, after = 0, params = 0, nonzero = 0;
-    struct stat st;
-    int rc = 0;
-
-    if (!rows)
-        return slim_error_set(err, SLIM_ENOMEM, "out of memory");
-    for (size_t i = 0; i < m->n_tensors; i++) {
-        const struct slim_tensor *src = &m->tensors[i];
-        before += (int64_t)src->nbytes;
-        params += slim_tensor_numel(src);
-        rc = report_tensor(w, art, src, rows, &after, &nonzero, err);
-        if (rc) {
-            json_decref(rows);
-            return rc;
-        }
-        if ((i & 15) == 15)
-            slim_work_check(w, (double)i / (double)m->n_tensors, NULL);
-    }
-    if (stat(artifact_path, &st) != 0)
-        st.st_size = 0;
-    *report = json_pack("{s:o, s:{s:I, s:I, s:f, s:I, s:I, s:I, s:I}, s:O, s:s}", "tensors", rows,
-                        "totals", "bytes_before", (json_int_t)before, "bytes_after",
-                        (json_int_t)after, "ratio",
-                        after ? (double)before / (double)after : 0.0, "params",
-                        (json_int_t)params, "nonzero_params", (json_int_t)nonzero,
-                        "file_bytes_before", (json_int_t)m->file_bytes, "file_bytes_after",
-                        (json_int_t)st.st_size, "passes", passes_rep, "slimd_version",
+    *report = json_pack("{s:O, s:{s:I, s:I, s:f, s:I, s:I, s:I, s:I}, s:O, s:s}", "tensors",
+                        rows, "totals", "bytes_before", (json_int_t)tot->bytes_before,
+                        "bytes_after", (json_int_t)tot->bytes_after, "ratio",
+                        tot->bytes_after ? (double)tot->bytes_before / (double)tot->bytes_after
+                                         : 0.0,
+                        "params", (json_int_t)tot->params, "nonzero_params",
+                        (json_int_t)tot->nonzero, "file_bytes_before",
+                        (json_int_t)tot->file_bytes_before, "file_bytes_after",
+                        (json_int_t)tot->file_bytes_after, "passes", passes_rep, "slimd_version",
                         SLIMD_VERSION);
     if (!*report)
         return slim_error_set(err, SLIM_ENOMEM, "out of memory");

@@ -1,6 +1,6 @@
 /*
- * report.h - the job report, built from the working set after the whole
- * pipeline ran.  Internal to libslim.
+ * report.h - the job report, built one tensor at a time as the pipeline
+ * streams the model.  Internal to libslim.
  */
 #ifndef SLIM_REPORT_H
 #define SLIM_REPORT_H
@@ -8,14 +8,26 @@
 #include "passes/artifact.h"
 #include "passes/pass.h"
 
-/* Builds the report: per original tensor the error of what the artifact
- * decodes to against the original, sizes before and after, totals, and
- * the passes (passes_rep is borrowed: an array of {index, op, seconds}).
- * Sizes after come from the artifact's layout (art).  artifact_path is stat'ed for the file size.  *report is a new
- * reference. */
-int slim_report_build(struct slim_work *w, const struct slim_artifact *art,
-                      const char *artifact_path, json_t *passes_rep, json_t **report,
-                      struct slim_error *err);
+/* Running totals of a report. */
+struct slim_report_totals {
+    int64_t bytes_before, bytes_after, params, nonzero;
+    int64_t file_bytes_before, file_bytes_after;
+};
+
+/* Measures one original tensor once the passes ran over it: w holds
+ * what derives from it (w->orig its fp32 values when a pass touched it,
+ * w->raw its stored bytes), art their laid-out form.  Appends the
+ * tensor's row to rows (error of what the artifact decodes to against
+ * the original, sizes before and after, scheme, sparsity, the passes'
+ * extra fields) and adds to tot.  Error, SNR and non-zeros come from one
+ * threaded read of the two buffers. */
+int slim_report_tensor(struct slim_work *w, const struct slim_artifact *art,
+                       struct slim_report_totals *tot, json_t *rows, struct slim_error *err);
+/* The whole report from the rows, totals and passes_rep (an array of
+ * {index, op, seconds}); rows and passes_rep are borrowed.  *report is
+ * new. */
+int slim_report_finish(const struct slim_report_totals *tot, json_t *rows, json_t *passes_rep,
+                       json_t **report, struct slim_error *err);
 
 /* ||a - b||_F / ||a||_F and the SNR in dB over n floats, in double
  * precision.  rel is 0 when a == b; snr_db is +Inf then (the report

@@ -86,6 +86,9 @@ void slim_aligned_free(void *p);
  * while other threads allocate. */
 void slim_alloc_fail_after(long n);
 long slim_alloc_live(void);            /* allocations not yet freed */
+/* Returns the cached large blocks (see alloc.c) to the kernel.  Any
+ * thread, any time; the pipeline calls it when a job ends. */
+void slim_alloc_trim(void);
 
 /* ---- dtypes ---------------------------------------------------------- */
 
@@ -203,18 +206,27 @@ struct slim_spec;  /* opaque: a validated job spec */
 int slim_spec_parse(json_t *json, const char *const *allow, struct slim_spec **out,
                     struct slim_error *err);
 void slim_spec_free(struct slim_spec *spec);
-/* Threads a job may use for BLAS and element-wise kernels (default 1). */
+/* Threads a job may use for BLAS and element-wise kernels (default 0:
+ * every core; slim_run_opts.threads, when set, wins). */
 void slim_spec_set_threads(struct slim_spec *spec, int threads);
 
 struct slim_run_opts {
     slim_progress_fn progress;  /* may be NULL */
     void *progress_ud;
     int threads;                /* 0: use every core */
+    /* Called on the pipeline's writer thread with every byte of the
+     * artifact, in file order, as it is written (the daemon hashes it
+     * there, so the artifact is never read back); may be NULL. */
+    void (*sink)(void *ud, const void *buf, size_t len);
+    void *sink_ud;
 };
 
 /* Runs the spec over the model at in_path and writes the artifact to
- * out_path (atomically).  On success *report is a new reference to the
- * report object.  Returns 0, SLIM_ECANCELED, or an error with detail. */
+ * out_path (atomically: temp file, fsync, rename).  The model streams
+ * through: one tensor at a time is read, taken through every pass,
+ * measured and written, so memory is bounded by the largest tensor.
+ * On success *report is a new reference to the report object.  Returns
+ * 0, SLIM_ECANCELED, or an error with detail. */
 int slim_pipeline_run(const struct slim_spec *spec, const char *in_path,
                       const char *out_path, const struct slim_run_opts *opts,
                       json_t **report, struct slim_error *err);

@@ -271,3 +271,50 @@ void store_blob_path(const struct store *st, const char *sha, char *buf, size_t 
         snprintf(buf, len, "%s/blobs/%.2s/%s", store_data_dir(st), sha, sha) >= (int)len)
         buf[0] = 0;
 }
+
+int store_blob_adopt_hashed(struct store *st, const char *tmp_path, const char sha[65],
+                            struct slim_error *err)
+{
+    int rc = install(st, tmp_path, sha, err);
+    if (rc)
+        unlink(tmp_path);
+    return rc;
+}
+
+struct store_hash {
+    EVP_MD_CTX *md;
+};
+
+int store_hash_new(struct store_hash **out, struct slim_error *err)
+{
+    struct store_hash *h = slim_calloc(1, sizeof *h);
+    *out = NULL;
+    if (!h || !(h->md = EVP_MD_CTX_new()) || !EVP_DigestInit_ex(h->md, EVP_sha256(), NULL)) {
+        store_hash_free(h);
+        return slim_error_set(err, SLIM_ENOMEM, "sha256: cannot start a digest");
+    }
+    *out = h;
+    return 0;
+}
+
+void store_hash_update(void *h, const void *buf, size_t len)
+{
+    struct store_hash *sh = h;
+    /* EVP_DigestUpdate cannot fail for SHA-256 on a valid context */
+    (void)EVP_DigestUpdate(sh->md, buf, len);
+}
+
+int store_hash_final(struct store_hash *h, char sha_out[65], struct slim_error *err)
+{
+    int rc = digest_final(h->md, sha_out, err);
+    store_hash_free(h);
+    return rc;
+}
+
+void store_hash_free(struct store_hash *h)
+{
+    if (!h)
+        return;
+    EVP_MD_CTX_free(h->md);
+    slim_free(h);
+}

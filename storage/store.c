@@ -117,7 +117,7 @@ static const char *const sql[Q_COUNT] = {
                        " WHERE id = ?1 AND state = 1",
     [Q_JOB_SUCCEED] = "UPDATE jobs SET state = 2, progress = 1, stage = NULL, finished_at = " NOW ","
                       " artifact_sha = ?2, artifact_bytes = ?3, report = ?4"
-                      " WHERE id = ?1 AND state = 1",
+                      " WHERE id = ?1 AND state = 1 AND cancel_requested = 0",
     [Q_JOB_FAIL] = "UPDATE jobs SET state = 3, stage = NULL, finished_at = " NOW ", error = ?2"
                    " WHERE id = ?1 AND state = 1",
     [Q_JOB_CANCEL_QUEUED] = "UPDATE jobs SET state = 4, cancel_requested = 1, finished_at = " NOW
@@ -778,8 +778,15 @@ int store_job_succeed(struct store *st, const char *id, const char *artifact_sha
     if (!rc)
         rc = run(st, Q_JOB_SUCCEED, &n, err, "ssIs", id, artifact_sha, (int64_t)artifact_bytes,
                  text);
-    if (!rc && !n)
+    if (!rc && !n) {
+        /* a cancel that was acknowledged while the job ran wins, even
+         * over a job that finished meanwhile: the caller ends it
+         * canceled, and the artifact it made is dropped */
         rc = job_not_in(st, id, "running", err);
+        if (rc == SLIM_ECONFLICT && strstr(err->msg, "is running"))
+            rc = slim_error_set(err, SLIM_ECANCELED, "job %.64s was canceled", id);
+        drop_blob_if_unused(st, artifact_sha);
+    }
     pthread_mutex_unlock(&st->lock);
     free(text);
     return rc;

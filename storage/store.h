@@ -70,6 +70,20 @@ void store_blob_abort(struct blob_writer *bw);
  * into tmp/) into the blob store: hashes it, fsyncs, renames. */
 int store_blob_adopt(struct store *st, const char *tmp_path, char sha_out[65],
                      uint64_t *bytes_out, struct slim_error *err);
+/* Adopts a file that its writer already made durable (fsync) and
+ * hashed as it wrote it (store_hash_*): renames it into the blob store
+ * without reading it again.  Removes tmp_path on failure. */
+int store_blob_adopt_hashed(struct store *st, const char *tmp_path, const char sha[65],
+                            struct slim_error *err);
+/* A SHA-256 being computed over bytes as they pass (e.g. an artifact
+ * as the pipeline writes it).  new: *out is new or NULL on failure. */
+struct store_hash;
+int store_hash_new(struct store_hash **out, struct slim_error *err);
+/* Adds bytes; for the pipeline's sink (its void (*)(void *, ...)). */
+void store_hash_update(void *h, const void *buf, size_t len);
+/* Writes the hex digest into sha_out and frees h. */
+int store_hash_final(struct store_hash *h, char sha_out[65], struct slim_error *err);
+void store_hash_free(struct store_hash *h);
 /* Path of a temp file name under tmp/ that nothing else uses (buf >= 4096). */
 int store_tmp_path(struct store *st, const char *suffix, char *buf, size_t len);
 /* Path of the blob with this sha256 into buf (>= 4096 bytes). */

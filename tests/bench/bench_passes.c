@@ -239,19 +239,19 @@ static void bench_elementwise(const char *dir)
     best = INFINITY;
     for (int r = 0; r < REPS; r++) {
         double t0 = slim_now();
-        check(slim_q8_rows(w, R, C, 1, 0, q8, scale, NULL, NULL, threads, &err), "int8", &err);
+        check(slim_q8_rows(w, R, C, 1, 0, q8, scale, NULL, NULL, NULL, threads, &err), "int8", &err);
         best = fmin(best, slim_now() - t0);
     }
-    check(slim_q8_rows(w, R, C, 1, 0, q8, scale, NULL, deq, threads, &err), "int8", &err);
+    check(slim_q8_rows(w, R, C, 1, 0, q8, scale, NULL, deq, NULL, threads, &err), "int8", &err);
     row("int8 per-channel symmetric", gb / best, peer("int8_gbps"), 0, "err", rel_err(deq, w, n),
         peer("int8_err"));
     best = INFINITY;
     for (int r = 0; r < REPS; r++) {
         double t0 = slim_now();
-        check(slim_q8_rows(w, R, C, 0, 0, q8, scale, zp8, NULL, threads, &err), "int8", &err);
+        check(slim_q8_rows(w, R, C, 0, 0, q8, scale, zp8, NULL, NULL, threads, &err), "int8", &err);
         best = fmin(best, slim_now() - t0);
     }
-    check(slim_q8_rows(w, R, C, 0, 0, q8, scale, zp8, deq, threads, &err), "int8", &err);
+    check(slim_q8_rows(w, R, C, 0, 0, q8, scale, zp8, deq, NULL, threads, &err), "int8", &err);
     row("int8 per-channel asymmetric", gb / best, peer("int8a_gbps"), 0, "err",
         rel_err(deq, w, n), peer("int8a_err"));
 
@@ -260,18 +260,18 @@ static void bench_elementwise(const char *dir)
         best = INFINITY;
         for (int r = 0; r < REPS; r++) {
             double t0 = slim_now();
-            check(slim_q4_groups(w, R, C, 128, sym, 0, pk, scale, zp4, NULL, threads, &err),
+            check(slim_q4_groups(w, R, C, 128, sym, 0, pk, scale, zp4, NULL, NULL, threads, &err),
                   "int4", &err);
             best = fmin(best, slim_now() - t0);
         }
-        check(slim_q4_groups(w, R, C, 128, sym, 0, pk, scale, zp4, deq, threads, &err), "int4",
+        check(slim_q4_groups(w, R, C, 128, sym, 0, pk, scale, zp4, deq, NULL, threads, &err), "int4",
               &err);
         row(sym ? "int4 group 128 symmetric" : "int4 group 128 asymmetric", gb / best,
             peer(sym ? "int4s_gbps" : "int4_gbps"), 0, "err", rel_err(deq, w, n),
             peer(sym ? "int4s_err" : "int4_err"));
     }
     double t0 = slim_now();
-    check(slim_q4_groups(w, R, C, 128, 0, 50, pk, scale, zp4, deq, threads, &err), "int4", &err);
+    check(slim_q4_groups(w, R, C, 128, 0, 50, pk, scale, zp4, deq, NULL, threads, &err), "int4", &err);
     row("int4 g128 asym, MSE calib (50)", gb / (slim_now() - t0), NAN, 0, "err",
         rel_err(deq, w, n), NAN);
 
@@ -279,19 +279,19 @@ static void bench_elementwise(const char *dir)
     best = INFINITY;
     for (int r = 0; r < REPS; r++) {
         t0 = slim_now();
-        check(slim_ternary_rows(w, R, C, pk, scale, NULL, threads, &err), "ternary", &err);
+        check(slim_ternary_rows(w, R, C, pk, scale, NULL, NULL, threads, &err), "ternary", &err);
         best = fmin(best, slim_now() - t0);
     }
-    check(slim_ternary_rows(w, R, C, pk, scale, deq, threads, &err), "ternary", &err);
+    check(slim_ternary_rows(w, R, C, pk, scale, deq, NULL, threads, &err), "ternary", &err);
     row("ternary per row (2 bit)", gb / best, peer("ternary_gbps"), 0, "err", rel_err(deq, w, n),
         peer("ternary_err"));
     best = INFINITY;
     for (int r = 0; r < REPS; r++) {
         t0 = slim_now();
-        check(slim_binary_rows(w, R, C, pk, scale, NULL, threads, &err), "binary", &err);
+        check(slim_binary_rows(w, R, C, pk, scale, NULL, NULL, threads, &err), "binary", &err);
         best = fmin(best, slim_now() - t0);
     }
-    check(slim_binary_rows(w, R, C, pk, scale, deq, threads, &err), "binary", &err);
+    check(slim_binary_rows(w, R, C, pk, scale, deq, NULL, threads, &err), "binary", &err);
     row("binary per row (1 bit)", gb / best, peer("binary_gbps"), 0, "err", rel_err(deq, w, n),
         peer("binary_err"));
 

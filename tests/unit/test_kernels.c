@@ -743,14 +743,14 @@ static void test_int8_by_hand(void **state)
     float w[6] = {1.0f, -2.0f, 0.5f, 0, 0, 0}, scale[2], deq[6];
     int8_t q[6], zp[2];
     (void)state;
-    assert_int_equal(slim_q8_rows(w, 2, 3, 1, 0, q, scale, NULL, deq, 1, NULL), 0);
+    assert_int_equal(slim_q8_rows(w, 2, 3, 1, 0, q, scale, NULL, deq, NULL, 1, NULL), 0);
     const int8_t want[6] = {64, -127, 32, 0, 0, 0};
     assert_memory_equal(q, want, 6);
     assert_true(scale[0] == 2.0f / 127.0f && scale[1] == 1.0f);
     assert_true(deq[1] == -2.0f && deq[3] == 0.0f);
     /* asymmetric, range [-1, 3.25]: scale 4.25/255 = 1/60, zp = rint(-128 + 60) = -68 */
     float a[3] = {-1.0f, 3.25f, 0.0f};
-    assert_int_equal(slim_q8_rows(a, 1, 3, 0, 0, q, scale, zp, deq, 1, NULL), 0);
+    assert_int_equal(slim_q8_rows(a, 1, 3, 0, 0, q, scale, zp, deq, NULL, 1, NULL), 0);
     assert_int_equal(zp[0], -68);
     assert_int_equal(q[0], -128);
     assert_int_equal(q[1], 127);
@@ -765,7 +765,7 @@ static void test_int4_by_hand(void **state)
     uint8_t p[4], zp[2];
     (void)state;
     /* symmetric: scales 1 and 0.5, zp 8: codes 1 8 11 15 | 15 1 10 */
-    assert_int_equal(slim_q4_groups(w, 1, 7, 4, 1, 0, p, scale, zp, deq, 1, NULL), 0);
+    assert_int_equal(slim_q4_groups(w, 1, 7, 4, 1, 0, p, scale, zp, deq, NULL, 1, NULL), 0);
     const uint8_t want_sym[4] = {0x81, 0xFB, 0x1F, 0x0A};
     assert_memory_equal(p, want_sym, 4);
     assert_true(scale[0] == 1.0f && scale[1] == 0.5f && zp[0] == 8 && zp[1] == 8);
@@ -775,7 +775,7 @@ static void test_int4_by_hand(void **state)
     /* asymmetric: [-5 0 2 10] -> scale 1, zp 5, codes 0 5 7 15;
      * [7.5 1.5 0] -> scale 0.5, zp 0, codes 15 3 0 */
     float a[7] = {-5, 0, 2, 10, 7.5f, 1.5f, 0};
-    assert_int_equal(slim_q4_groups(a, 1, 7, 4, 0, 0, p, scale, zp, deq, 1, NULL), 0);
+    assert_int_equal(slim_q4_groups(a, 1, 7, 4, 0, 0, p, scale, zp, deq, NULL, 1, NULL), 0);
     const uint8_t want_asym[4] = {0x50, 0xF7, 0x3F, 0x00};
     assert_memory_equal(p, want_asym, 4);
     assert_true(scale[0] == 1.0f && scale[1] == 0.5f && zp[0] == 5 && zp[1] == 0);
@@ -784,7 +784,7 @@ static void test_int4_by_hand(void **state)
     /* an all-zero group: scale 1, codes = zp, decodes to 0 (no NaN) */
     float z[5] = {0, 0, 0, 0, 1};
     for (int sym = 0; sym <= 1; sym++) {
-        assert_int_equal(slim_q4_groups(z, 1, 5, 4, sym, 0, p, scale, zp, deq, 1, NULL), 0);
+        assert_int_equal(slim_q4_groups(z, 1, 5, 4, sym, 0, p, scale, zp, deq, NULL, 1, NULL), 0);
         assert_true(scale[0] == 1.0f && zp[0] == (sym ? 8 : 0));
         assert_int_equal(p[0], sym ? 0x88 : 0x00);
         for (int i = 0; i < 4; i++)
@@ -800,7 +800,7 @@ static void test_ternary_binary_by_hand(void **state)
     float w[12] = {1, -1, 0.1f, -0.1f, 2, 0, 0, 0, 0, 0, 0, 0}, scale[2], deq[12], back[12];
     uint8_t p[4];
     (void)state;
-    assert_int_equal(slim_ternary_rows(w, 2, 6, p, scale, deq, 1, NULL), 0);
+    assert_int_equal(slim_ternary_rows(w, 2, 6, p, scale, deq, NULL, 1, NULL), 0);
     const uint8_t want_t[4] = {0x09, 0x01, 0x00, 0x00};
     assert_memory_equal(p, want_t, 4);
     assert_true(scale[0] == 4.0f / 3.0f && scale[1] == 0.0f);
@@ -810,7 +810,7 @@ static void test_ternary_binary_by_hand(void **state)
     /* binary, 9 columns: mean|w| = 14/9; signs + - + + - + - + | + */
     float b[9] = {1, -2, 0, 3, -0.5f, 0.5f, -1, 2, 4}, bs, bd[9], bb[9];
     uint8_t bp[2];
-    assert_int_equal(slim_binary_rows(b, 1, 9, bp, &bs, bd, 1, NULL), 0);
+    assert_int_equal(slim_binary_rows(b, 1, 9, bp, &bs, bd, NULL, 1, NULL), 0);
     assert_int_equal(bp[0], 0xAD);
     assert_int_equal(bp[1], 0x01);
     assert_true(bs == (float)(14.0 / 9.0));
@@ -819,7 +819,7 @@ static void test_ternary_binary_by_hand(void **state)
     assert_true(bd[1] == -bs && bd[2] == bs);
     /* all-zero row: scale 0, so it decodes to exact zeros */
     float zr[3] = {0, 0, 0};
-    assert_int_equal(slim_binary_rows(zr, 1, 3, bp, &bs, bd, 1, NULL), 0);
+    assert_int_equal(slim_binary_rows(zr, 1, 3, bp, &bs, bd, NULL, 1, NULL), 0);
     assert_true(bs == 0.0f && bd[0] == 0.0f && bd[2] == 0.0f);
 }
 
@@ -842,14 +842,14 @@ static void test_quant_twins(void **state)
             memset(w + r * cols, 0, cols * sizeof *w);
         for (int sym = 0; sym <= 1; sym++)
             for (int steps = 0; steps <= 40; steps += 40) {
-                assert_int_equal(slim_q8_rows(w, rows, cols, sym, steps, q1, s1, z1, d1, 2, NULL),
+                assert_int_equal(slim_q8_rows(w, rows, cols, sym, steps, q1, s1, z1, d1, NULL, 2, NULL),
                                  0);
                 assert_int_equal(slim_q8_rows_ref(w, rows, cols, sym, steps, q2, s2, z2, d2, NULL),
                                  0);
                 assert_true(nmse(d1, d2, n) < 1e-10);
                 assert_true(nmse(d1, w, n) < 1e-4);
                 assert_int_equal(
-                    slim_q4_groups(w, rows, cols, 64, sym, steps, p1, s1, u1, d1, 2, NULL), 0);
+                    slim_q4_groups(w, rows, cols, 64, sym, steps, p1, s1, u1, d1, NULL, 2, NULL), 0);
                 assert_int_equal(
                     slim_q4_groups_ref(w, rows, cols, 64, sym, steps, p2, s2, u2, d2, NULL), 0);
                 assert_true(nmse(d1, d2, n) < 1e-10);
@@ -857,10 +857,10 @@ static void test_quant_twins(void **state)
                 slim_q4_dequant(p1, s1, u1, rows, cols, 64, d2);
                 assert_memory_equal(d1, d2, n * sizeof *d1);
             }
-        assert_int_equal(slim_ternary_rows(w, rows, cols, p1, s1, d1, 2, NULL), 0);
+        assert_int_equal(slim_ternary_rows(w, rows, cols, p1, s1, d1, NULL, 2, NULL), 0);
         assert_int_equal(slim_ternary_rows_ref(w, rows, cols, p2, s2, d2, NULL), 0);
         assert_true(nmse(d1, d2, n) < 1e-6);
-        assert_int_equal(slim_binary_rows(w, rows, cols, p1, s1, d1, 2, NULL), 0);
+        assert_int_equal(slim_binary_rows(w, rows, cols, p1, s1, d1, NULL, 2, NULL), 0);
         assert_int_equal(slim_binary_rows_ref(w, rows, cols, p2, s2, d2, NULL), 0);
         assert_true(nmse(d1, d2, n) < 1e-10);
         free(w), free(d1), free(d2), free(s1), free(s2), free(q1), free(q2);
@@ -882,11 +882,11 @@ static void test_quant_mse_calibration_lowers_error(void **state)
     for (size_t i = 0; i < n; i++)
         w[i] = grand();
     for (int sym = 0; sym <= 1; sym++) {
-        assert_int_equal(slim_q4_groups(w, rows, cols, 128, sym, 0, p, s, zp, d0, 2, NULL), 0);
-        assert_int_equal(slim_q4_groups(w, rows, cols, 128, sym, 50, p, s, zp, d1, 2, NULL), 0);
+        assert_int_equal(slim_q4_groups(w, rows, cols, 128, sym, 0, p, s, zp, d0, NULL, 2, NULL), 0);
+        assert_int_equal(slim_q4_groups(w, rows, cols, 128, sym, 50, p, s, zp, d1, NULL, 2, NULL), 0);
         assert_true(nmse(d1, w, n) < 0.95 * nmse(d0, w, n));
-        assert_int_equal(slim_q8_rows(w, rows, cols, sym, 0, q, s, z8, d0, 2, NULL), 0);
-        assert_int_equal(slim_q8_rows(w, rows, cols, sym, 50, q, s, z8, d1, 2, NULL), 0);
+        assert_int_equal(slim_q8_rows(w, rows, cols, sym, 0, q, s, z8, d0, NULL, 2, NULL), 0);
+        assert_int_equal(slim_q8_rows(w, rows, cols, sym, 50, q, s, z8, d1, NULL, 2, NULL), 0);
         assert_true(nmse(d1, w, n) < nmse(d0, w, n));
     }
     free(w), free(d0), free(d1), free(p), free(q);
@@ -899,28 +899,28 @@ static void test_quant_bad_input(void **state)
     uint8_t p[8], u[4];
     struct slim_error err = {0};
     (void)state;
-    assert_int_equal(slim_q8_rows(w, 2, 4, 1, 0, q, s, z, d, 1, &err), SLIM_ENUMERIC);
+    assert_int_equal(slim_q8_rows(w, 2, 4, 1, 0, q, s, z, d, NULL, 1, &err), SLIM_ENUMERIC);
     assert_int_equal(err.code, SLIM_ENUMERIC);
     assert_int_equal(slim_q8_rows_ref(w, 2, 4, 1, 0, q, s, z, d, NULL), SLIM_ENUMERIC);
-    assert_int_equal(slim_q4_groups(w, 2, 4, 2, 0, 0, p, s, u, d, 1, NULL), SLIM_ENUMERIC);
+    assert_int_equal(slim_q4_groups(w, 2, 4, 2, 0, 0, p, s, u, d, NULL, 1, NULL), SLIM_ENUMERIC);
     assert_int_equal(slim_q4_groups_ref(w, 2, 4, 2, 0, 0, p, s, u, d, NULL), SLIM_ENUMERIC);
     w[7] = NAN;
-    assert_int_equal(slim_ternary_rows(w, 2, 4, p, s, d, 1, NULL), SLIM_ENUMERIC);
+    assert_int_equal(slim_ternary_rows(w, 2, 4, p, s, d, NULL, 1, NULL), SLIM_ENUMERIC);
     assert_int_equal(slim_ternary_rows_ref(w, 2, 4, p, s, d, NULL), SLIM_ENUMERIC);
-    assert_int_equal(slim_binary_rows(w, 2, 4, p, s, d, 1, NULL), SLIM_ENUMERIC);
+    assert_int_equal(slim_binary_rows(w, 2, 4, p, s, d, NULL, 1, NULL), SLIM_ENUMERIC);
     assert_int_equal(slim_binary_rows_ref(w, 2, 4, p, s, d, NULL), SLIM_ENUMERIC);
     w[7] = 8;
-    assert_int_equal(slim_q4_groups(w, 2, 4, 0, 0, 0, p, s, u, d, 1, NULL), SLIM_EINVAL);
-    assert_int_equal(slim_q8_rows(w, 2, 4, 0, 0, q, s, NULL, d, 1, NULL), SLIM_EINVAL);
-    assert_int_equal(slim_q8_rows(w, 2, 4, 1, -1, q, s, NULL, d, 1, NULL), SLIM_EINVAL);
+    assert_int_equal(slim_q4_groups(w, 2, 4, 0, 0, 0, p, s, u, d, NULL, 1, NULL), SLIM_EINVAL);
+    assert_int_equal(slim_q8_rows(w, 2, 4, 0, 0, q, s, NULL, d, NULL, 1, NULL), SLIM_EINVAL);
+    assert_int_equal(slim_q8_rows(w, 2, 4, 1, -1, q, s, NULL, d, NULL, 1, NULL), SLIM_EINVAL);
     /* empty: nothing to do, nothing touched */
-    assert_int_equal(slim_q8_rows(NULL, 0, 4, 1, 0, NULL, NULL, NULL, NULL, 1, NULL), 0);
-    assert_int_equal(slim_q4_groups(NULL, 3, 0, 32, 1, 0, NULL, NULL, NULL, NULL, 1, NULL), 0);
-    assert_int_equal(slim_ternary_rows(NULL, 0, 0, NULL, NULL, NULL, 1, NULL), 0);
+    assert_int_equal(slim_q8_rows(NULL, 0, 4, 1, 0, NULL, NULL, NULL, NULL, NULL, 1, NULL), 0);
+    assert_int_equal(slim_q4_groups(NULL, 3, 0, 32, 1, 0, NULL, NULL, NULL, NULL, NULL, 1, NULL), 0);
+    assert_int_equal(slim_ternary_rows(NULL, 0, 0, NULL, NULL, NULL, NULL, 1, NULL), 0);
     /* one element */
     float one = -0.75f, so, dq;
     uint8_t po, zo;
-    assert_int_equal(slim_q4_groups(&one, 1, 1, 32, 0, 0, &po, &so, &zo, &dq, 1, NULL), 0);
+    assert_int_equal(slim_q4_groups(&one, 1, 1, 32, 0, 0, &po, &so, &zo, &dq, NULL, 1, NULL), 0);
     assert_true(dq == -0.75f && po == 0 && zo == 15);
 }
 
