@@ -28,6 +28,7 @@ struct api_config {
     const char *host;        /* numeric IPv4 or IPv6 address */
     uint16_t port;
     uint64_t max_upload;     /* bytes; larger uploads get 413 */
+    uint64_t job_memory;     /* bytes all running jobs may reserve; 0: no limit */
 };
 
 struct api_server;
@@ -53,6 +54,7 @@ struct api_ctx {
     struct store *st;
     const struct api_hooks *hooks;
     uint64_t max_upload;
+    uint64_t job_memory;
 };
 
 /* Replies: each queues a response on conn and returns MHD's result.

@@ -16,6 +16,34 @@
 
 static const char *const spec_top_keys[] = {"model", NULL};
 
+/* The memory a job reserves while it runs: its limits.memory_mb, or the
+ * pipeline's estimate for its model.  A job whose estimate is over its
+ * own limit, or whose reservation is over the daemon's whole budget
+ * (--job-memory-mb), could never run: it is refused now, with the tensor
+ * that needs the memory named. */
+static int reserve_memory(struct api_ctx *ctx, const struct slim_spec *spec, const char *sha,
+                          uint64_t *mem, struct slim_error *err)
+{
+    uint64_t need = 0, limit = slim_spec_memory_limit(spec);
+    char path[4096], detail[160];
+    int rc;
+    store_blob_path(ctx->st, sha, path, sizeof path);
+    if ((rc = slim_pipeline_estimate(spec, path, &need, err)))
+        return rc;
+    snprintf(detail, sizeof detail, "%s", err->msg);
+    if (limit && need > limit)
+        return slim_error_set(err, SLIM_EBUDGET, "%s, over the job's limits.memory_mb of %llu",
+                              detail, (unsigned long long)(limit >> 20));
+    *mem = limit ? limit : need;
+    if (ctx->job_memory && *mem > ctx->job_memory)
+        return slim_error_set(err, SLIM_EBUDGET,
+                              "%s%s; this daemon runs jobs within %llu MiB (--job-memory-mb)",
+                              limit ? "limits.memory_mb asks for more than that: " : "",
+                              limit ? "" : detail,
+                              (unsigned long long)(ctx->job_memory >> 20));
+    return 0;
+}
+
 enum MHD_Result api_jobs_submit(struct api_ctx *ctx, struct MHD_Connection *conn,
                                 struct api_request *req)
 {
@@ -25,6 +53,8 @@ enum MHD_Result api_jobs_submit(struct api_ctx *ctx, struct MHD_Connection *conn
     struct slim_error err;
     json_error_t jerr;
     json_t *body, *model, *mrow, *row;
+    uint64_t mem = 0;
+    int rc;
     size_t len;
     const char *text = api_request_body(req, &len);
     char loc[128];
@@ -54,13 +84,16 @@ enum MHD_Result api_jobs_submit(struct api_ctx *ctx, struct MHD_Connection *conn
         json_decref(body);
         return api_reply_slim_error(conn, req, &err);
     }
-    slim_spec_free(spec);
     if (store_model_get(ctx->st, json_string_value(model), &mrow, &err)) {
+        slim_spec_free(spec);
         json_decref(body);
         return api_reply_slim_error(conn, req, &err);
     }
+    rc = reserve_memory(ctx, spec, json_string_value(json_object_get(mrow, "sha256")), &mem,
+                        &err);
     json_decref(mrow);
-    if (store_job_insert(ctx->st, json_string_value(model), body, &row, &err)) {
+    slim_spec_free(spec);
+    if (rc || store_job_insert(ctx->st, json_string_value(model), body, mem, &row, &err)) {
         json_decref(body);
         return api_reply_slim_error(conn, req, &err);
     }

@@ -581,6 +581,7 @@ int api_server_start(struct store *st, const struct api_config *cfg,
     srv->ctx.st = st;
     srv->ctx.hooks = hooks;
     srv->ctx.max_upload = cfg->max_upload;
+    srv->ctx.job_memory = cfg->job_memory;
     srv->mhd = MHD_start_daemon(flags, cfg->port, NULL, NULL, on_request, &srv->ctx,
                                 MHD_OPTION_SOCK_ADDR, sa,
                                 MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,

@@ -28,7 +28,7 @@ void slimd_usage(FILE *f)
 {
     fprintf(f,
             "usage: slimd serve [--listen ADDR:PORT] [--data-dir DIR] [--workers N]\n"
-            "                   [--max-upload-bytes N]\n"
+            "                   [--max-upload-bytes N] [--job-memory-mb N]\n"
             "       slimd compress MODEL.safetensors --spec SPEC.json -o OUTDIR [--threads N]\n"
             "       slimd --help | --version\n"
             "\n"
@@ -39,6 +39,10 @@ void slimd_usage(FILE *f)
             "  --workers N              jobs run at once (SLIMD_WORKERS; default 1)\n"
             "  --max-upload-bytes N     largest upload accepted (SLIMD_MAX_UPLOAD_BYTES;\n"
             "                           default 17179869184, 16 GiB)\n"
+            "  --job-memory-mb N        memory the running jobs may use together; a job reserves\n"
+            "                           its limits.memory_mb or the estimate of its largest\n"
+            "                           tensor, and waits until its reservation fits\n"
+            "                           (SLIMD_JOB_MEMORY_MB; default 3/4 of physical memory)\n"
             "compress  runs a job spec over a model file without a server and writes the\n"
             "          artifact and report.json into OUTDIR.\n");
 }
@@ -135,6 +139,7 @@ int slimd_serve(int argc, char **argv)
         {"data-dir", required_argument, NULL, 'd'},
         {"workers", required_argument, NULL, 'w'},
         {"max-upload-bytes", required_argument, NULL, 'm'},
+        {"job-memory-mb", required_argument, NULL, 'j'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -142,13 +147,14 @@ int slimd_serve(int argc, char **argv)
     const char *data_dir = env_or("SLIMD_DATA_DIR", "data");
     const char *workers_s = env_or("SLIMD_WORKERS", "1");
     const char *max_up_s = env_or("SLIMD_MAX_UPLOAD_BYTES", "17179869184");
+    const char *job_mem_s = env_or("SLIMD_JOB_MEMORY_MB", NULL);
     struct serve_state s;
     struct store *st = NULL;
     struct slim_error err;
     struct api_config acfg;
     struct api_hooks hooks;
     struct runner_config rcfg;
-    uint64_t workers, max_up;
+    uint64_t workers, max_up, job_mem_mb;
     char host[256], env[32];
     long ncpu;
     int c;
@@ -160,6 +166,7 @@ int slimd_serve(int argc, char **argv)
         case 'd': data_dir = optarg; break;
         case 'w': workers_s = optarg; break;
         case 'm': max_up_s = optarg; break;
+        case 'j': job_mem_s = optarg; break;
         case 'h': slimd_usage(stdout); return 0;
         default: slimd_usage(stderr); return 2;
         }
@@ -183,8 +190,22 @@ int slimd_serve(int argc, char **argv)
                 max_up_s);
         return 2;
     }
+    if (job_mem_s) {
+        if (parse_u64(job_mem_s, 1, (uint64_t)1 << 30, &job_mem_mb)) {
+            fprintf(stderr, "slimd serve: --job-memory-mb '%s': expected a positive integer "
+                    "(MiB)\n", job_mem_s);
+            return 2;
+        }
+    } else {
+        /* three quarters of the machine: what is left serves the page
+         * cache that uploads and downloads go through */
+        long pages = sysconf(_SC_PHYS_PAGES), psize = sysconf(_SC_PAGESIZE);
+        job_mem_mb = pages > 0 && psize > 0 ? ((uint64_t)pages * (uint64_t)psize / 4 * 3) >> 20
+                                            : 0;
+    }
     acfg.host = host;
     acfg.max_upload = max_up;
+    acfg.job_memory = job_mem_mb << 20;
 
     /* libuv reads this when its pool first starts; see runner.h. */
     snprintf(env, sizeof env, "%d", (int)workers);
@@ -193,6 +214,7 @@ int slimd_serve(int argc, char **argv)
     rcfg.workers = (int)workers;
     rcfg.max_attempts = 3;
     rcfg.threads_per_job = ncpu > (long)workers ? (int)(ncpu / (long)workers) : 1;
+    rcfg.job_memory = acfg.job_memory;
     /* BLAS threads are process-wide in OpenBLAS: cap them so that
      * --workers concurrent jobs together use the cores once. */
     openblas_set_num_threads(rcfg.threads_per_job);
@@ -225,9 +247,9 @@ int slimd_serve(int argc, char **argv)
     uv_signal_start(&s.sigint, on_signal, SIGINT);
     uv_signal_start(&s.sigterm, on_signal, SIGTERM);
     log_info("slimd %s listening on http://%s%s%s:%u (data dir %s, %d worker(s), %d thread(s) "
-             "per job)", SLIMD_VERSION, strchr(host, ':') ? "[" : "", host,
+             "per job, %llu MiB for jobs)", SLIMD_VERSION, strchr(host, ':') ? "[" : "", host,
              strchr(host, ':') ? "]" : "", api_server_port(s.api), data_dir, rcfg.workers,
-             rcfg.threads_per_job);
+             rcfg.threads_per_job, (unsigned long long)(rcfg.job_memory >> 20));
     uv_run(s.loop, UV_RUN_DEFAULT);
     uv_loop_close(s.loop);
     store_close(st);

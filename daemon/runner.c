@@ -39,6 +39,7 @@ struct slot {
     json_t *report;
     char sha[65];
     uint64_t bytes;
+    uint64_t mem;           /* what this job reserved (memory_bytes) */
 };
 
 struct runner {
@@ -48,6 +49,7 @@ struct runner {
     struct runner_config cfg;
     struct slot *slots;
     int running;
+    uint64_t reserved;      /* memory the running jobs reserved */
     int shutting_down;
     pthread_mutex_t lock;   /* guards slot ids against runner_cancel */
     void (*done)(void *);
@@ -105,6 +107,8 @@ static void release_slot(struct runner *r, struct slot *s)
     json_decref(s->report);
     s->spec_json = s->report = NULL;
     r->running--;
+    r->reserved -= s->mem;
+    s->mem = 0;
 }
 
 static void on_closed(uv_handle_t *h)
@@ -181,6 +185,8 @@ static int start_job(struct runner *r, struct slot *s, json_t *row)
     json_decref(model);
     store_tmp_path(r->st, ".safetensors", s->out_path, sizeof s->out_path);
     s->spec_json = json_incref(json_object_get(row, "spec"));
+    s->mem = (uint64_t)json_integer_value(json_object_get(row, "memory_bytes"));
+    r->reserved += s->mem;
     s->report = NULL;
     s->rc = 0;
     s->last_persist = 0;
@@ -214,7 +220,13 @@ static void claim_more(struct runner *r)
                 s = &r->slots[i];
         if (!s)
             return;
-        int rc = store_job_claim(r->st, &row, &err);
+        /* jobs start while their reservations fit the budget together;
+         * with nothing running the oldest starts whatever it asks (a
+         * budget lowered since it was queued must not stall the queue) */
+        uint64_t left = UINT64_MAX;
+        if (r->cfg.job_memory && r->running)
+            left = r->reserved < r->cfg.job_memory ? r->cfg.job_memory - r->reserved : 0;
+        int rc = store_job_claim(r->st, left, &row, &err);
         if (rc == SLIM_ENOTFOUND)
             return;
         if (rc) {

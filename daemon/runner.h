@@ -19,6 +19,7 @@ struct runner_config {
     int workers;          /* jobs at once */
     int max_attempts;     /* a job interrupted this often is failed */
     int threads_per_job;  /* BLAS/kernel threads per pipeline */
+    uint64_t job_memory;  /* bytes the running jobs may reserve together; 0: no limit */
 };
 
 struct runner;

@@ -104,6 +104,14 @@ out:
     return rc;
 }
 
+/* One index byte per weight, and k-means' sort keys and their radix
+ * scratch (4 bytes each per weight). */
+static size_t cluster_scratch(const void *cfg, int64_t rows, int64_t cols)
+{
+    (void)cfg;
+    return (size_t)(rows * cols) * 9;
+}
+
 const struct slim_pass_ops slim_pass_cluster = {
     .op = "cluster",
     .stage = 3,
@@ -112,4 +120,5 @@ const struct slim_pass_ops slim_pass_cluster = {
     .parse = cluster_parse,
     .plan = cluster_plan,
     .tensor = cluster_one,
+    .scratch_bytes = cluster_scratch,
 };

@@ -172,6 +172,21 @@ static int factor_one(const void *cfgp, struct slim_work *w, size_t i, struct sl
     return become_factors(w, i, r, u, v, err);
 }
 
+/* An exact SVD (sgesdd) copies W and holds U, Vt and LAPACK's work
+ * arrays; the randomized one a basis about 2.25 r wide on both sides,
+ * with double-precision blocks.  Rank by energy may need the exact one. */
+static size_t lowrank_scratch(const void *cfgp, int64_t rows, int64_t cols)
+{
+    const struct lowrank_cfg *cfg = cfgp;
+    size_t m = (size_t)rows, n = (size_t)cols, mn = m < n ? m : n, mx = m > n ? m : n;
+    size_t r = rank_asked(cfg, m, n);
+    int randomized = cfg->energy <= 0 && (cfg->algorithm == ALG_RANDOMIZED ||
+                                          (cfg->algorithm == ALG_AUTO && r < mn / 4));
+    if (randomized)
+        return 4 * (m + n) * 3 * r + 12 * mx * r + 4 * 9 * r * r;
+    return 4 * (m * n + 2 * (m + n) * mn + 4 * mn * mn + 8 * mx);
+}
+
 const struct slim_pass_ops slim_pass_lowrank = {
     .op = "lowrank",
     .stage = 2,
@@ -181,4 +196,5 @@ const struct slim_pass_ops slim_pass_lowrank = {
     .originals_only = 1, /* factors are not factored again */
     .plan = lowrank_plan,
     .tensor = factor_one,
+    .scratch_bytes = lowrank_scratch,
 };

@@ -248,6 +248,19 @@ static int prune_one(const void *cfgp, struct slim_work *w, size_t i, struct sli
     return rc;
 }
 
+/* The radix select's candidate list (at most n / 16 + 64 K addresses)
+ * and histograms; rows' norms.  N:M and global need nothing to speak of. */
+static size_t prune_scratch(const void *cfgp, int64_t rows, int64_t cols)
+{
+    const struct prune_cfg *cfg = cfgp;
+    size_t n = (size_t)(rows * cols);
+    if (cfg->pattern == P_UNSTRUCTURED && !cfg->global)
+        return (n / 16 + 65536) * sizeof(void *) + ((size_t)4 << 20);
+    if (cfg->pattern == P_ROWS)
+        return (size_t)rows * 2 * sizeof(double);
+    return 0;
+}
+
 const struct slim_pass_ops slim_pass_prune = {
     .op = "prune",
     .stage = 1,
@@ -260,4 +273,5 @@ const struct slim_pass_ops slim_pass_prune = {
     .sweeps = global_sweeps,
     .summarize = global_summarize,
     .sweep_done = global_sweep_done,
+    .scratch_bytes = prune_scratch,
 };

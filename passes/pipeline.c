@@ -36,6 +36,7 @@ struct slim_spec {
     int dequantize;
     int sparse;
     int threads;
+    uint64_t memory_limit;   /* limits.memory_mb in bytes; 0: none */
     json_t *json;     /* the passes as given, for the artifact's metadata */
 };
 
@@ -67,6 +68,30 @@ void slim_spec_free(struct slim_spec *spec)
 void slim_spec_set_threads(struct slim_spec *spec, int threads)
 {
     spec->threads = threads;
+}
+
+uint64_t slim_spec_memory_limit(const struct slim_spec *spec)
+{
+    return spec->memory_limit;
+}
+
+static int parse_limits(json_t *limits, struct slim_spec *spec, struct slim_error *err)
+{
+    const char *key;
+    json_t *v;
+    long mb = 0;
+    int rc;
+    if (!json_is_object(limits))
+        return slim_error_set(err, SLIM_ESPEC, "limits: expected an object");
+    json_object_foreach(limits, key, v) {
+        if (strcmp(key, "memory_mb"))
+            return slim_error_set(err, SLIM_ESPEC, "limits: unknown key '%.40s' (expected "
+                                  "memory_mb)", key);
+    }
+    if ((rc = slim_spec_int(limits, "limits", "memory_mb", 1, 1L << 30, &mb, err)))
+        return rc;
+    spec->memory_limit = (uint64_t)mb << 20;
+    return 0;
 }
 
 static int parse_globs(json_t *v, const char *where, const char *key, char ***out, size_t *n,
@@ -149,7 +174,7 @@ int slim_spec_parse(json_t *json, const char *const *allow, struct slim_spec **o
     if (!json_is_object(json))
         return slim_error_set(err, SLIM_ESPEC, "job spec: expected a JSON object");
     json_object_foreach(json, key, v) {
-        int ok = !strcmp(key, "passes") || !strcmp(key, "output");
+        int ok = !strcmp(key, "passes") || !strcmp(key, "output") || !strcmp(key, "limits");
         for (int k = 0; !ok && allow && allow[k]; k++)
             ok = !strcmp(key, allow[k]);
         if (!ok)
@@ -205,6 +230,8 @@ int slim_spec_parse(json_t *json, const char *const *allow, struct slim_spec **o
             goto fail;
         }
     }
+    if ((v = json_object_get(json, "limits")) && (rc = parse_limits(v, spec, err)))
+        goto fail;
     /* binary weights have no code for 0: after a prune only the sparse
      * output, whose mask keeps the zeros, can store them faithfully */
     if (!spec->sparse) {
@@ -294,6 +321,8 @@ struct run {
     struct layout plan;          /* planned (or, unplannable, recorded) layout */
     json_t *entries;             /* "slimd.tensors" */
     void *raw, *f32;             /* the current tensor's bytes, and as fp32 (may be raw) */
+    uint64_t peak;               /* estimated peak working set (plan) */
+    const struct slim_tensor *peak_tensor;
     uint64_t bytes_total, bytes_done;
     int units;                   /* sweeps + 1: how often the model is read */
     int unit;
@@ -432,6 +461,38 @@ static int run_passes(struct run *r, size_t upto, struct slim_error *err)
     return 0;
 }
 
+/* What one tensor's working set costs at its peak, from its plan: the
+ * bytes read, the fp32 copy (F16/BF16 inputs), one values buffer per
+ * working tensor, the scratch each pass asks for, and its stored
+ * tensors three times over (the batch being built, and the two the
+ * writer may hold). */
+static void estimate_tensor(struct run *r, const struct slim_tensor *src, int touched,
+                            const struct slim_artifact *art)
+{
+    uint64_t n = (uint64_t)slim_tensor_numel(src), need = src->nbytes, out = 0, scratch = 0;
+    for (size_t i = 0; i < art->n; i++)
+        out += art->tensors[i].nbytes;
+    if (touched) {
+        if (src->dtype != SLIM_DT_F32)
+            need += 4 * n;
+        for (size_t i = 0; i < r->w.n; i++)
+            need += 4 * (uint64_t)(r->w.wts[i].rows * r->w.wts[i].cols);
+        if (r->w.n > 1)
+            need += 4 * n; /* the low-rank product the report measures */
+        int64_t rows = src->ndim ? src->shape[0] : 1, cols = rows ? (int64_t)n / rows : 0;
+        for (size_t k = 0; k < r->spec->n_passes; k++) {
+            const struct spec_pass *sp = &r->spec->passes[k];
+            uint64_t s = sp->ops->scratch_bytes ? sp->ops->scratch_bytes(sp->cfg, rows, cols) : 0;
+            scratch = s > scratch ? s : scratch;
+        }
+    }
+    need += scratch + 3 * out;
+    if (need > r->peak) {
+        r->peak = need;
+        r->peak_tensor = src;
+    }
+}
+
 /* The plan: every tensor through every pass on shapes alone.  Fills
  * r->plan, r->entries and r->touched; w.unplannable tells whether the
  * layout can be trusted before the values are seen. */
@@ -453,6 +514,8 @@ static int plan_model(struct run *r, struct slim_error *err)
         rc = layout_add(&r->plan, &art, err);
         if (!rc)
             rc = slim_artifact_describe(&r->w, r->entries, err);
+        if (!rc)
+            estimate_tensor(r, src, r->touched[i], &art);
         slim_artifact_release(&art);
     }
     r->w.planning = 0;
@@ -666,6 +729,34 @@ static int run_init(struct run *r, const struct slim_spec *spec, const char *in_
     return 0;
 }
 
+static int budget_error(const struct run *r, uint64_t limit, struct slim_error *err)
+{
+    return slim_error_set(err, SLIM_EBUDGET,
+                          "tensor '%.100s' needs about %llu MiB at once, over the job's memory "
+                          "budget of %llu MiB (limits.memory_mb)",
+                          r->peak_tensor ? r->peak_tensor->name : "?",
+                          (unsigned long long)((r->peak + (1u << 20) - 1) >> 20),
+                          (unsigned long long)(limit >> 20));
+}
+
+int slim_pipeline_estimate(const struct slim_spec *spec, const char *in_path, uint64_t *bytes,
+                           struct slim_error *err)
+{
+    struct run r;
+    int rc = run_init(&r, spec, in_path, NULL, err);
+    *bytes = 0;
+    if (!rc)
+        rc = plan_model(&r, err);
+    if (!rc) {
+        *bytes = r.peak;
+        slim_error_set(err, 0, "tensor '%.100s' needs about %llu MiB at once",
+                       r.peak_tensor ? r.peak_tensor->name : "?",
+                       (unsigned long long)((r.peak + (1u << 20) - 1) >> 20));
+    }
+    run_release(&r);
+    return rc;
+}
+
 int slim_pipeline_run(const struct slim_spec *spec, const char *in_path, const char *out_path,
                       const struct slim_run_opts *opts, json_t **report, struct slim_error *err)
 {
@@ -700,6 +791,10 @@ int slim_pipeline_run(const struct slim_spec *spec, const char *in_path, const c
         goto out;
     planned = !r.w.unplannable;
     t_plan = slim_now() - t_start;
+    if (spec->memory_limit && r.peak > spec->memory_limit) {
+        rc = budget_error(&r, spec->memory_limit, err);
+        goto out;
+    }
     if ((rc = run_sweeps(&r, err)))
         goto out;
 

@@ -363,6 +363,18 @@ out:
     return rc;
 }
 
+/* MSE calibration keeps the values it started from and a min/max run
+ * of the kernel (values, codes, scales); otherwise a decoded row per
+ * thread at most. */
+static size_t quantize_scratch(const void *cfgp, int64_t rows, int64_t cols)
+{
+    const struct qcfg *cfg = cfgp;
+    size_t n = (size_t)(rows * cols);
+    if (cfg->calibration == CAL_MSE)
+        return 9 * n + 8 * (size_t)rows;
+    return (size_t)cols * 4 * SLIM_KERNEL_MAX_THREADS + (size_t)rows;
+}
+
 const struct slim_pass_ops slim_pass_quantize = {
     .op = "quantize",
     .stage = 3,
@@ -371,4 +383,5 @@ const struct slim_pass_ops slim_pass_quantize = {
     .parse = qparse,
     .plan = quantize_plan,
     .tensor = quantize_one,
+    .scratch_bytes = quantize_scratch,
 };

@@ -44,7 +44,8 @@
     X(ECANCELED,  -11,  "CANCELED",          409, "canceled")               \
     X(EINTERNAL,  -12,  "INTERNAL",          500, "internal error")         \
     X(ENUMERIC,   -13,  "NUMERIC_ERROR",     400, "numeric error")          \
-    X(ERANGE,     -14,  "RANGE_NOT_SATISFIABLE", 416, "range not satisfiable")
+    X(ERANGE,     -14,  "RANGE_NOT_SATISFIABLE", 416, "range not satisfiable") \
+    X(EBUDGET,    -15,  "OVER_MEMORY_BUDGET", 422, "over the memory budget")
 
 enum slim_errno {
 #define SLIM_X(name, val, code, status, msg) SLIM_##name = val,
@@ -206,6 +207,8 @@ struct slim_spec;  /* opaque: a validated job spec */
 int slim_spec_parse(json_t *json, const char *const *allow, struct slim_spec **out,
                     struct slim_error *err);
 void slim_spec_free(struct slim_spec *spec);
+/* The job's "limits": {"memory_mb": N} in bytes, 0 when it has none. */
+uint64_t slim_spec_memory_limit(const struct slim_spec *spec);
 /* Threads a job may use for BLAS and element-wise kernels (default 0:
  * every core; slim_run_opts.threads, when set, wins). */
 void slim_spec_set_threads(struct slim_spec *spec, int threads);
@@ -230,6 +233,15 @@ struct slim_run_opts {
 int slim_pipeline_run(const struct slim_spec *spec, const char *in_path,
                       const char *out_path, const struct slim_run_opts *opts,
                       json_t **report, struct slim_error *err);
+
+/* Estimates the memory the job needs at its peak: the largest working
+ * set of one tensor (its bytes as read, as fp32, the values being
+ * changed, each pass's scratch, and the outputs still queued for the
+ * writer), from the model's header and the plan, without reading a
+ * weight.  *bytes gets the estimate; err->msg (code 0) names the tensor
+ * that needs it.  Returns 0 or an error opening the model. */
+int slim_pipeline_estimate(const struct slim_spec *spec, const char *in_path, uint64_t *bytes,
+                           struct slim_error *err);
 
 /* Describes a model file for GET /v1/models: format, tensors, params.
  * New reference in *info. */

@@ -36,7 +36,7 @@
 #define MODEL_COLS "id, kind, name, format, bytes, sha256, info, created_at"
 #define JOB_COLS                                                                   \
     "id, model_id, state, progress, stage, error, attempts, cancel_requested, "    \
-    "created_at, started_at, finished_at, spec, artifact_sha, artifact_bytes"
+    "created_at, started_at, finished_at, spec, artifact_sha, artifact_bytes, mem_bytes"
 
 /* Append only: entry i takes the schema from version i to i + 1. */
 static const char *const migrations[] = {
@@ -70,6 +70,9 @@ static const char *const migrations[] = {
     "CREATE INDEX jobs_state ON jobs(state, seq);"
     "CREATE INDEX jobs_model ON jobs(model_id);"
     "CREATE INDEX jobs_artifact ON jobs(artifact_sha);",
+    /* 2: the memory a job reserves while it runs (its limits.memory_mb,
+     * or the pipeline's estimate), for the runner's --job-memory-mb */
+    "ALTER TABLE jobs ADD COLUMN mem_bytes INTEGER NOT NULL DEFAULT 0;",
 };
 
 enum q {
@@ -100,8 +103,8 @@ static const char *const sql[Q_COUNT] = {
     [Q_SHA_REFS] = "SELECT (SELECT count(*) FROM models WHERE sha256 = ?1)"
                    " + (SELECT count(*) FROM jobs WHERE artifact_sha = ?1)",
     /* selecting from models makes a missing (or non-'model') id insert nothing */
-    [Q_JOB_INSERT] = "INSERT INTO jobs (id, seq, model_id, spec, created_at)"
-                     " SELECT ?1, (SELECT coalesce(max(seq), 0) + 1 FROM jobs), id, ?3, " NOW
+    [Q_JOB_INSERT] = "INSERT INTO jobs (id, seq, model_id, spec, mem_bytes, created_at)"
+                     " SELECT ?1, (SELECT coalesce(max(seq), 0) + 1 FROM jobs), id, ?3, ?4, " NOW
                      " FROM models WHERE id = ?2 AND kind = 'model' RETURNING " JOB_COLS,
     [Q_JOB_GET] = "SELECT " JOB_COLS " FROM jobs WHERE id = ?1",
     [Q_JOB_LIST] = "SELECT " JOB_COLS " FROM jobs ORDER BY seq DESC LIMIT ?1 OFFSET ?2",
@@ -112,7 +115,7 @@ static const char *const sql[Q_COUNT] = {
     [Q_JOB_CLAIM] = "UPDATE jobs SET state = 1, attempts = attempts + 1, started_at = " NOW ","
                     " finished_at = NULL, progress = 0, stage = NULL, error = NULL"
                     " WHERE id = (SELECT id FROM jobs WHERE state = 0 ORDER BY seq LIMIT 1)"
-                    " RETURNING " JOB_COLS,
+                    " AND mem_bytes <= ?1 RETURNING " JOB_COLS,
     [Q_JOB_PROGRESS] = "UPDATE jobs SET progress = ?2, stage = coalesce(?3, stage)"
                        " WHERE id = ?1 AND state = 1",
     [Q_JOB_SUCCEED] = "UPDATE jobs SET state = 2, progress = 1, stage = NULL, finished_at = " NOW ","
@@ -295,7 +298,8 @@ static json_t *job_row(sqlite3_stmt *s)
     if (sqlite3_column_type(s, 12) != SQLITE_NULL)
         artifact = json_pack("{s:s?, s:I}", "sha256", col_text(s, 12), "bytes",
                              (json_int_t)sqlite3_column_int64(s, 13));
-    return json_pack("{s:s?, s:s?, s:s, s:f, s:s?, s:s?, s:I, s:b, s:s?, s:s?, s:s?, s:o?, s:o?}",
+    return json_pack("{s:s?, s:s?, s:s, s:f, s:s?, s:s?, s:I, s:b, s:s?, s:s?, s:s?, s:o?, s:o?,"
+                     " s:I}",
                      "id", col_text(s, 0), "model", col_text(s, 1),
                      "state", store_job_state_name(sqlite3_column_int(s, 2)),
                      "progress", sqlite3_column_double(s, 3), "stage", col_text(s, 4),
@@ -303,7 +307,8 @@ static json_t *job_row(sqlite3_stmt *s)
                      "cancel_requested", sqlite3_column_int(s, 7) != 0,
                      "created_at", col_text(s, 8), "started_at", col_text(s, 9),
                      "finished_at", col_text(s, 10), "spec", col_json(s, 11),
-                     "artifact", artifact);
+                     "artifact", artifact, "memory_bytes",
+                     (json_int_t)sqlite3_column_int64(s, 14));
 }
 
 /* Steps s for one row and converts it with to_json into *row; a missing
@@ -651,8 +656,8 @@ out:
 
 /* ---- jobs ---- */
 
-int store_job_insert(struct store *st, const char *model_id, json_t *spec, json_t **row,
-                     struct slim_error *err)
+int store_job_insert(struct store *st, const char *model_id, json_t *spec, uint64_t mem_bytes,
+                     json_t **row, struct slim_error *err)
 {
     sqlite3_stmt *s;
     char id[32], *text;
@@ -665,7 +670,7 @@ int store_job_insert(struct store *st, const char *model_id, json_t *spec, json_
     if (!(text = json_dumps(spec, JSON_COMPACT)))
         return slim_error_set(err, SLIM_ENOMEM, "out of memory");
     pthread_mutex_lock(&st->lock);
-    rc = prep(st, Q_JOB_INSERT, &s, err, "sss", id, model_id, text);
+    rc = prep(st, Q_JOB_INSERT, &s, err, "sssI", id, model_id, text, (int64_t)mem_bytes);
     if (!rc) /* no row: the model does not exist */
         rc = one_row(st, s, job_row, row, "model", model_id, err);
     pthread_mutex_unlock(&st->lock);
@@ -711,18 +716,19 @@ int store_job_list(struct store *st, int state, int limit, int offset, json_t **
 
 /* The claim is one UPDATE ... RETURNING: atomic even against another
  * process on the same database, not only against our threads. */
-int store_job_claim(struct store *st, json_t **row, struct slim_error *err)
+int store_job_claim(struct store *st, uint64_t mem_left, json_t **row, struct slim_error *err)
 {
     sqlite3_stmt *s;
     int rc;
     pthread_mutex_lock(&st->lock);
-    rc = prep(st, Q_JOB_CLAIM, &s, err, "");
+    rc = prep(st, Q_JOB_CLAIM, &s, err, "I",
+              (int64_t)(mem_left > (uint64_t)INT64_MAX ? (uint64_t)INT64_MAX : mem_left));
     if (!rc) {
         rc = sqlite3_step(s);
         if (rc == SQLITE_ROW)
             rc = (*row = job_row(s)) ? 0 : slim_error_set(err, SLIM_ENOMEM, "out of memory");
         else if (rc == SQLITE_DONE)
-            rc = slim_error_set(err, SLIM_ENOTFOUND, "no job is queued");
+            rc = slim_error_set(err, SLIM_ENOTFOUND, "no queued job fits");
         else
             rc = db_error(st, err, "cannot claim a job");
         done(s);

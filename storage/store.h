@@ -108,18 +108,22 @@ int store_model_delete(struct store *st, const char *id, struct slim_error *err)
 /* ---- jobs ---- */
 
 /* Inserts a queued job.  spec is the whole validated request body
- * (borrowed; stored as text).  *row: the job as the API shows it. */
-int store_job_insert(struct store *st, const char *model_id, json_t *spec, json_t **row,
-                     struct slim_error *err);
+ * (borrowed; stored as text); mem_bytes the memory it reserves while it
+ * runs.  *row: the job as the API shows it. */
+int store_job_insert(struct store *st, const char *model_id, json_t *spec, uint64_t mem_bytes,
+                     json_t **row, struct slim_error *err);
 /* {id, model, state, progress, stage, error, attempts, created_at,
- *  started_at, finished_at, spec, artifact: {sha256, bytes} | null} */
+ *  started_at, finished_at, spec, artifact: {sha256, bytes} | null,
+ *  memory_bytes} */
 int store_job_get(struct store *st, const char *id, json_t **row, struct slim_error *err);
 /* Newest first; state < 0 for all. */
 int store_job_list(struct store *st, int state, int limit, int offset, json_t **rows,
                    int *total, struct slim_error *err);
 /* Atomically moves the oldest queued job to running (attempts + 1,
- * started_at now) and returns it; SLIM_ENOTFOUND when none is queued. */
-int store_job_claim(struct store *st, json_t **row, struct slim_error *err);
+ * started_at now) and returns it, if its memory_bytes fit in mem_left;
+ * SLIM_ENOTFOUND when none is queued or the oldest does not fit (jobs
+ * start in order: a large one is not overtaken). */
+int store_job_claim(struct store *st, uint64_t mem_left, json_t **row, struct slim_error *err);
 /* Records progress and stage of a running job (no-op if not running). */
 int store_job_progress(struct store *st, const char *id, double progress, const char *stage,
                        struct slim_error *err);

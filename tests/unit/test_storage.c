@@ -102,7 +102,7 @@ static const char *put_job(struct store *st, const char *model)
     json_t *spec = json_pack("{s:s, s:[{s:s, s:s}]}", "model", model, "passes", "op",
                              "quantize", "dtype", "int8"), *row;
     struct slim_error err;
-    if (store_job_insert(st, model, spec, &row, &err))
+    if (store_job_insert(st, model, spec, 0, &row, &err))
         fail_msg("job insert: %s", err.msg);
     snprintf(p, 32, "%s", json_string_value(json_object_get(row, "id")));
     json_decref(row);
@@ -145,7 +145,7 @@ static void claim_expect(struct store *st, const char *id)
 {
     struct slim_error err;
     json_t *row;
-    if (store_job_claim(st, &row, &err))
+    if (store_job_claim(st, UINT64_MAX, &row, &err))
         fail_msg("claim: %s", err.msg);
     assert_string_equal(sfield(row, "id"), id);
     assert_string_equal(sfield(row, "state"), "running");
@@ -172,6 +172,7 @@ static void test_open_migrate_reopen(void **state)
     assert_int_equal(stat(path, &sb), 0);
     assert_string_equal(store_data_dir(st), dir);
     id = put_model(st, "kept", "weights");
+    const char *jid = put_job(st, id);
     store_close(st);
 
     /* a leftover temp file from a "crash" is purged at open */
@@ -188,11 +189,26 @@ static void test_open_migrate_reopen(void **state)
     assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
     assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &s, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_step(s), SQLITE_ROW);
-    assert_int_equal(sqlite3_column_int(s, 0), 1);
+    assert_int_equal(sqlite3_column_int(s, 0), 2);
     sqlite3_finalize(s);
     assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &s, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_step(s), SQLITE_ROW);
     assert_string_equal((const char *)sqlite3_column_text(s, 0), "wal");
+    sqlite3_finalize(s);
+    /* a version-1 database (before jobs.mem_bytes) with a queued job
+     * migrates, and the job reads back reserving nothing */
+    assert_int_equal(sqlite3_exec(db, "ALTER TABLE jobs DROP COLUMN mem_bytes;"
+                                      "PRAGMA user_version = 1", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    st = open_store(dir);
+    assert_int_equal(store_job_get(st, jid, &row, &err), 0);
+    assert_int_equal(json_integer_value(json_object_get(row, "memory_bytes")), 0);
+    json_decref(row);
+    store_close(st);
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &s, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(s), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(s, 0), 2);
     sqlite3_finalize(s);
     /* a schema from a newer slimd is refused, not silently used */
     assert_int_equal(sqlite3_exec(db, "PRAGMA user_version = 99", NULL, NULL, NULL), SQLITE_OK);
@@ -260,7 +276,7 @@ static void test_models(void **state)
     assert_string_equal(sfield(row, "kind"), "dataset");
     assert_true(json_is_null(json_object_get(row, "tensors")));
     info = json_object();
-    assert_int_equal(store_job_insert(st, sfield(row, "id"), info, &got, &err), SLIM_ENOTFOUND);
+    assert_int_equal(store_job_insert(st, sfield(row, "id"), info, 0, &got, &err), SLIM_ENOTFOUND);
     json_decref(info);
     json_decref(row);
 
@@ -379,7 +395,7 @@ static void test_job_lifecycle(void **state)
 
     /* unknown model */
     rep = json_object();
-    assert_int_equal(store_job_insert(st, "mdl_0000000000000000", rep, &row, &err),
+    assert_int_equal(store_job_insert(st, "mdl_0000000000000000", rep, 0, &row, &err),
                      SLIM_ENOTFOUND);
     json_decref(rep);
     assert_non_null(strstr(err.msg, "mdl_0000000000000000"));
@@ -393,7 +409,7 @@ static void test_job_lifecycle(void **state)
     json_decref(row);
 
     /* oldest first */
-    assert_int_equal(store_job_claim(st, &row, &err), 0);
+    assert_int_equal(store_job_claim(st, UINT64_MAX, &row, &err), 0);
     assert_string_equal(sfield(row, "id"), j1);
     assert_string_equal(sfield(row, "state"), "running");
     assert_int_equal(json_integer_value(json_object_get(row, "attempts")), 1);
@@ -451,7 +467,7 @@ static void test_job_lifecycle(void **state)
     assert_string_equal(sfield(row, "state"), "canceled");
     assert_rfc3339(sfield(row, "finished_at"));
     json_decref(row);
-    assert_int_equal(store_job_claim(st, &row, &err), SLIM_ENOTFOUND);
+    assert_int_equal(store_job_claim(st, UINT64_MAX, &row, &err), SLIM_ENOTFOUND);
 
     /* cancel running: requested, the runner finishes it */
     const char *j4 = put_job(st, m);
@@ -634,7 +650,7 @@ static void *claim_loop(void *arg)
     struct slim_error err;
     json_t *row;
     int rc;
-    while ((rc = store_job_claim(c->st, &row, &err)) != SLIM_ENOTFOUND) {
+    while ((rc = store_job_claim(c->st, UINT64_MAX, &row, &err)) != SLIM_ENOTFOUND) {
         if (rc) {
             c->errors++;
             continue;
@@ -687,6 +703,33 @@ static void test_concurrent_claim(void **state)
 
 /* Every allocation that goes through slim_malloc fails in turn: each
  * call reports SLIM_ENOMEM, leaks nothing and leaves no temp file. */
+static void test_claim_within_memory(void **state)
+{
+    /* the head of the queue starts only when its reservation fits what
+     * is left, and is not overtaken by a smaller job behind it */
+    (void)state;
+    struct store *st = open_store(data_dir("mem"));
+    struct slim_error err;
+    const char *m = put_model(st, "m", "model bytes");
+    json_t *spec = json_pack("{s:s, s:[{s:s, s:s}]}", "model", m, "passes", "op", "quantize",
+                             "dtype", "int8"), *big, *small, *row;
+    assert_int_equal(store_job_insert(st, m, spec, 600, &big, &err), 0);
+    assert_int_equal(store_job_insert(st, m, spec, 100, &small, &err), 0);
+    assert_int_equal(json_integer_value(json_object_get(big, "memory_bytes")), 600);
+    assert_int_equal(store_job_claim(st, 500, &row, &err), SLIM_ENOTFOUND);
+    assert_int_equal(store_job_claim(st, 600, &row, &err), 0);
+    assert_string_equal(sfield(row, "id"), sfield(big, "id"));
+    json_decref(row);
+    assert_int_equal(store_job_claim(st, 99, &row, &err), SLIM_ENOTFOUND);
+    assert_int_equal(store_job_claim(st, 100, &row, &err), 0);
+    assert_string_equal(sfield(row, "id"), sfield(small, "id"));
+    json_decref(row);
+    json_decref(big);
+    json_decref(small);
+    json_decref(spec);
+    store_close(st);
+}
+
 static void test_alloc_failures(void **state)
 {
     const char *dir = data_dir("nomem");
@@ -745,6 +788,7 @@ int main(void)
         cmocka_unit_test(test_recover),
         cmocka_unit_test(test_model_delete_and_jobs),
         cmocka_unit_test(test_concurrent_claim),
+        cmocka_unit_test(test_claim_within_memory),
         cmocka_unit_test(test_alloc_failures),
         cmocka_unit_test(test_no_leaks_in_wrappers),
     };
