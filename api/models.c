@@ -48,7 +48,7 @@ enum MHD_Result api_models_upload(struct api_ctx *ctx, struct MHD_Connection *co
 {
     struct api_upload *up = api_request_upload(req);
     const char *name = NULL;
-    unsigned char head[16];
+    unsigned char head[512];
     size_t got = 0;
     struct slim_error err;
     json_t *info = NULL, *row = NULL;
@@ -74,10 +74,13 @@ enum MHD_Result api_models_upload(struct api_ctx *ctx, struct MHD_Connection *co
         slim_error_set(&err, SLIM_EIO, "cannot read the uploaded file back");
     else if (!(fmt = slim_format_detect(head, got)))
         slim_error_set(&err, SLIM_EMEDIA, "unrecognised model format: expected safetensors (an "
-                       "8-byte little-endian header length, then a JSON header)");
+                       "8-byte little-endian header length, then a JSON header), or an "
+                       "uncompressed tar of a sharded checkpoint (its "
+                       "model.safetensors.index.json and shards)");
     else if (slim_model_describe(store_blob_temp_path(up->bw), &info, &err) &&
              err.code == SLIM_EFORMAT)
-        slim_error_prefix(&err, "invalid safetensors file");
+        slim_error_prefix(&err, "invalid %s", strcmp(fmt, "tar") ? "safetensors file"
+                                                                   : "sharded checkpoint");
     if (!info) {
         /* drop the temp file before answering, so a client that sees the
          * error also sees nothing left behind */

@@ -29,7 +29,7 @@ void slimd_usage(FILE *f)
     fprintf(f,
             "usage: slimd serve [--listen ADDR:PORT] [--data-dir DIR] [--workers N]\n"
             "                   [--max-upload-bytes N] [--job-memory-mb N]\n"
-            "       slimd compress MODEL.safetensors --spec SPEC.json -o OUTDIR [--threads N]\n"
+            "       slimd compress MODEL --spec SPEC.json -o OUTDIR [--threads N]\n"
             "       slimd --help | --version\n"
             "\n"
             "serve     runs the REST API and the job runner.\n"
@@ -43,8 +43,12 @@ void slimd_usage(FILE *f)
             "                           its limits.memory_mb or the estimate of its largest\n"
             "                           tensor, and waits until its reservation fits\n"
             "                           (SLIMD_JOB_MEMORY_MB; default 3/4 of physical memory)\n"
-            "compress  runs a job spec over a model file without a server and writes the\n"
-            "          artifact and report.json into OUTDIR.\n");
+            "compress  runs a job spec over a model without a server and writes the\n"
+            "          artifact and report.json into OUTDIR.  MODEL is a .safetensors file,\n"
+            "          a sharded checkpoint's model.safetensors.index.json (the shards are\n"
+            "          read beside it and written into OUTDIR under the same names, with a\n"
+            "          new index), or a tar of such a checkpoint (written as OUTDIR/NAME.slim.tar).\n"
+            "  --threads N              threads for the kernels (default: every core)\n");
 }
 
 static int parse_u64(const char *s, uint64_t lo, uint64_t hi, uint64_t *out)
@@ -257,17 +261,29 @@ int slimd_serve(int argc, char **argv)
     return 0;
 }
 
-/* OUTDIR/<model stem>.slim.safetensors */
+/* Where the artifact goes: OUTDIR/<stem>.slim.safetensors for one file,
+ * OUTDIR/<stem>.slim.tar for a tar of shards, and OUTDIR itself for a
+ * sharded checkpoint in a folder (the shards keep their names, next to a
+ * new index). */
 static void artifact_name(const char *model, const char *outdir, char *buf, size_t len)
 {
+    static const char *const exts[] = {".safetensors", ".tar", NULL};
+    int kind = slim_pipeline_output_kind(model);
     char copy[4096], *base;
     size_t n;
+    if (kind == 1) {
+        snprintf(buf, len, "%s", outdir);
+        return;
+    }
     snprintf(copy, sizeof copy, "%s", model);
     base = basename(copy);
     n = strlen(base);
-    if (n > 12 && !strcmp(base + n - 12, ".safetensors"))
-        base[n - 12] = 0;
-    snprintf(buf, len, "%s/%s.slim.safetensors", outdir, base);
+    for (int i = 0; exts[i]; i++) {
+        size_t e = strlen(exts[i]);
+        if (n > e && !strcmp(base + n - e, exts[i]))
+            base[n - e] = 0;
+    }
+    snprintf(buf, len, "%s/%s.slim.%s", outdir, base, kind == 2 ? "tar" : "safetensors");
 }
 
 int slimd_compress(int argc, char **argv)
@@ -305,7 +321,7 @@ int slimd_compress(int argc, char **argv)
         }
     }
     if (optind + 1 != argc || !spec_path || !outdir) {
-        fprintf(stderr, "usage: slimd compress MODEL.safetensors --spec SPEC.json -o OUTDIR\n");
+        fprintf(stderr, "usage: slimd compress MODEL --spec SPEC.json -o OUTDIR\n");
         return 2;
     }
     model = argv[optind];

@@ -90,7 +90,6 @@ struct slim_wt {
 };
 
 struct slim_work {
-    const struct slim_model *model;
     struct slim_wt *wts;             /* the tensors derived from one original tensor */
     size_t n, cap;
     const float *orig;               /* that original as fp32 (NULL while planning) */

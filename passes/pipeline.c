@@ -18,10 +18,12 @@
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include "passes/artifact.h"
 #include "passes/pass.h"
 #include "passes/report.h"
+#include "passes/source.h"
 #include "passes/writer.h"
 
 struct spec_pass {
@@ -304,22 +306,34 @@ static int work_begin(struct slim_work *w, const struct slim_tensor *src, struct
 
 /* ---- one run ------------------------------------------------------------ */
 
-/* The artifact's tensors as planned (names owned), in file order. */
+/* The artifact's tensors of one shard as planned (names owned), in order. */
 struct layout {
     struct slim_tensor *t;
     size_t n, cap;
 };
 
+/* Where the artifact goes: one file (a single-file model), a tar (a
+ * sharded model from a tar, as the daemon stores it), or a folder of
+ * shard files and their index (a sharded model from a folder). */
+struct out {
+    int kind;                    /* enum slim_source_kind of the input */
+    const char *path;
+    slim_sink_fn sink;
+    void *sink_ud;
+    struct slim_writer *wr;      /* the file being written */
+    uint64_t member;             /* tar: bytes of the current member */
+    uint64_t total;              /* bytes of every file written */
+};
+
 struct run {
     const struct slim_spec *spec;
-    struct slim_model model;
-    int fd;                      /* the model file, read with pread */
+    struct slim_source src;
     struct slim_work w;
     void **state;                /* per pass, or NULL */
     double *seconds;             /* per pass */
-    unsigned char *touched;      /* per model tensor: some pass selects it */
-    struct layout plan;          /* planned (or, unplannable, recorded) layout */
-    json_t *entries;             /* "slimd.tensors" */
+    unsigned char *touched;      /* per tensor (shard by shard): some pass selects it */
+    struct layout *plan;         /* per shard: planned (or, unplannable, recorded) layout */
+    json_t **entries;            /* per shard: "slimd.tensors" */
     void *raw, *f32;             /* the current tensor's bytes, and as fp32 (may be raw) */
     uint64_t peak;               /* estimated peak working set (plan) */
     const struct slim_tensor *peak_tensor;
@@ -335,6 +349,14 @@ static void layout_release(struct layout *l)
         slim_free(l->t[i].name);
     slim_free(l->t);
     memset(l, 0, sizeof *l);
+}
+
+static uint64_t layout_bytes(const struct layout *l)
+{
+    uint64_t b = 0;
+    for (size_t i = 0; i < l->n; i++)
+        b += l->t[i].nbytes;
+    return b;
 }
 
 /* Appends copies of a's descriptors (no data) to l. */
@@ -387,40 +409,39 @@ static void drop_buffers(struct run *r)
     r->w.orig = NULL;
 }
 
-/* Reads model tensor src into r->raw (and, when want_f32, its fp32
+/* Reads tensor t of shard s into r->raw (and, when want_f32, its fp32
  * values into r->f32: the same buffer for F32), with pread into buffers
  * the allocator reuses from the tensor before. */
-static int read_tensor(struct run *r, const struct slim_tensor *src, int want_f32,
-                       struct slim_error *err)
+static int read_tensor(struct run *r, const struct slim_shard *s, const struct slim_tensor *t,
+                       int want_f32, struct slim_error *err)
 {
-    size_t n = (size_t)slim_tensor_numel(src), done = 0;
-    off_t off = (off_t)((const char *)src->data - (const char *)r->model.map);
+    size_t n = (size_t)slim_tensor_numel(t), done = 0;
+    off_t off = slim_source_offset(s, t);
+    int fd = s->fd >= 0 ? s->fd : r->src.fd;
     double t0 = slim_now();
     drop_buffers(r);
-    if (!(r->raw = slim_aligned_alloc(src->nbytes + 1)))
+    if (!(r->raw = slim_aligned_alloc(t->nbytes + 1)))
         return slim_error_set(err, SLIM_ENOMEM, "tensor '%s': out of memory (%zu bytes)",
-                              src->name, src->nbytes);
-    while (done < src->nbytes) {
-        ssize_t got = pread(r->fd, (char *)r->raw + done, src->nbytes - done,
-                            off + (off_t)done);
+                              t->name, t->nbytes);
+    while (done < t->nbytes) {
+        ssize_t got = pread(fd, (char *)r->raw + done, t->nbytes - done, off + (off_t)done);
         if (got < 0 && errno == EINTR)
             continue;
         if (got <= 0)
             return slim_error_set(err, SLIM_EIO, "tensor '%s': cannot read the model: %s",
-                                  src->name, got < 0 ? strerror(errno) : "short file");
+                                  t->name, got < 0 ? strerror(errno) : "short file");
         done += (size_t)got;
     }
     if (want_f32) {
-        if (src->dtype == SLIM_DT_F32) {
+        if (t->dtype == SLIM_DT_F32) {
             r->f32 = r->raw;
         } else {
             if (!(r->f32 = slim_aligned_alloc(n * sizeof(float) + 1)))
-                return slim_error_set(err, SLIM_ENOMEM, "tensor '%s': out of memory",
-                                      src->name);
-            if (slim_to_f32(src->dtype, r->raw, n, r->f32))
+                return slim_error_set(err, SLIM_ENOMEM, "tensor '%s': out of memory", t->name);
+            if (slim_to_f32(t->dtype, r->raw, n, r->f32))
                 return slim_error_set(err, SLIM_EINVAL,
-                                      "tensor '%s': dtype %s is not floating-point", src->name,
-                                      slim_dtype_name(src->dtype));
+                                      "tensor '%s': dtype %s is not floating-point", t->name,
+                                      slim_dtype_name(t->dtype));
         }
     }
     r->w.raw = r->raw;
@@ -430,11 +451,11 @@ static int read_tensor(struct run *r, const struct slim_tensor *src, int want_f3
 }
 
 /* Progress over every read of the model: sweeps, then the real run. */
-static int tensor_progress(struct run *r, const struct slim_tensor *src, struct slim_error *err)
+static int tensor_progress(struct run *r, const struct slim_tensor *t, struct slim_error *err)
 {
     double total = (double)r->bytes_total * r->units, at = (double)r->bytes_total * r->unit;
     double lo = total > 0 ? (at + (double)r->bytes_done) / total : 0.0;
-    double hi = total > 0 ? (at + (double)(r->bytes_done + src->nbytes)) / total : 1.0;
+    double hi = total > 0 ? (at + (double)(r->bytes_done + t->nbytes)) / total : 1.0;
     r->w.p_lo = 0.02 + 0.96 * lo;
     r->w.p_hi = 0.02 + 0.96 * hi;
     return slim_work_check(&r->w, 0.0, err);
@@ -473,13 +494,13 @@ static void estimate_tensor(struct run *r, const struct slim_tensor *src, int to
     for (size_t i = 0; i < art->n; i++)
         out += art->tensors[i].nbytes;
     if (touched) {
+        int64_t rows = src->ndim ? src->shape[0] : 1, cols = rows ? (int64_t)n / rows : 0;
         if (src->dtype != SLIM_DT_F32)
             need += 4 * n;
         for (size_t i = 0; i < r->w.n; i++)
             need += 4 * (uint64_t)(r->w.wts[i].rows * r->w.wts[i].cols);
         if (r->w.n > 1)
             need += 4 * n; /* the low-rank product the report measures */
-        int64_t rows = src->ndim ? src->shape[0] : 1, cols = rows ? (int64_t)n / rows : 0;
         for (size_t k = 0; k < r->spec->n_passes; k++) {
             const struct spec_pass *sp = &r->spec->passes[k];
             uint64_t s = sp->ops->scratch_bytes ? sp->ops->scratch_bytes(sp->cfg, rows, cols) : 0;
@@ -493,31 +514,40 @@ static void estimate_tensor(struct run *r, const struct slim_tensor *src, int to
     }
 }
 
+/* Calls fn(r, shard, tensor, index) for every tensor, shard by shard. */
+#define FOR_EACH_TENSOR(r, s, t, i)                                                         \
+    for (size_t s##_k = 0, i = 0; s##_k < (r)->src.n; s##_k++)                              \
+        for (const struct slim_shard *s = &(r)->src.shards[s##_k]; s; s = NULL)             \
+            for (size_t t##_j = 0; t##_j < s->model.n_tensors; t##_j++, i++)                \
+                for (const struct slim_tensor *t = &s->model.tensors[t##_j]; t; t = NULL)
+
 /* The plan: every tensor through every pass on shapes alone.  Fills
- * r->plan, r->entries and r->touched; w.unplannable tells whether the
- * layout can be trusted before the values are seen. */
+ * r->plan, r->entries and r->touched per shard; w.unplannable tells
+ * whether the layout can be trusted before the values are seen. */
 static int plan_model(struct run *r, struct slim_error *err)
 {
     struct slim_artifact art;
     int rc = 0;
     r->w.planning = 1;
-    for (size_t i = 0; i < r->model.n_tensors && !rc; i++) {
-        const struct slim_tensor *src = &r->model.tensors[i];
+    FOR_EACH_TENSOR(r, sh, src, i) {
         if ((rc = work_begin(&r->w, src, err)))
-            break;
+            goto out;
         for (size_t k = 0; k < r->spec->n_passes; k++)
             r->touched[i] |= (unsigned char)slim_select_match(&r->spec->passes[k].sel,
                                                               &r->w.wts[0]);
         if ((rc = run_passes(r, r->spec->n_passes, err)) ||
             (rc = slim_artifact_layout(&r->w, &art, err)))
-            break;
-        rc = layout_add(&r->plan, &art, err);
+            goto out;
+        rc = layout_add(&r->plan[sh_k], &art, err);
         if (!rc)
-            rc = slim_artifact_describe(&r->w, r->entries, err);
+            rc = slim_artifact_describe(&r->w, r->entries[sh_k], err);
         if (!rc)
             estimate_tensor(r, src, r->touched[i], &art);
         slim_artifact_release(&art);
+        if (rc)
+            goto out;
     }
+out:
     r->w.planning = 0;
     work_clear(&r->w);
     return rc;
@@ -533,13 +563,12 @@ static int run_sweeps(struct run *r, struct slim_error *err)
         int sweeps = sp->ops->sweeps ? sp->ops->sweeps(sp->cfg) : 0;
         for (int s = 0; s < sweeps; s++, r->unit++) {
             r->bytes_done = 0;
-            for (size_t i = 0; i < r->model.n_tensors; i++) {
-                const struct slim_tensor *src = &r->model.tensors[i];
+            FOR_EACH_TENSOR(r, sh, src, i) {
                 if (r->touched[i]) {
                     double t0;
                     if ((rc = tensor_progress(r, src, err)) ||
                         (rc = work_begin(&r->w, src, err)) ||
-                        (rc = read_tensor(r, src, 1, err)) || (rc = run_passes(r, k, err)))
+                        (rc = read_tensor(r, sh, src, 1, err)) || (rc = run_passes(r, k, err)))
                         return rc;
                     t0 = slim_now();
                     r->w.state = r->state[k];
@@ -619,25 +648,153 @@ static int emit(struct run *r, struct slim_writer *wr, struct slim_artifact *art
     return rc;
 }
 
-/* Submits the safetensors header for layout l and the metadata. */
-static int emit_header(struct run *r, struct slim_writer *wr, const struct layout *l,
+/* Queues a copy of len bytes. */
+static int submit_copy(struct slim_writer *wr, const void *data, size_t len,
                        struct slim_error *err)
+{
+    char *buf = slim_malloc(len ? len : 1);
+    struct slim_piece piece = {buf, len};
+    if (!buf)
+        return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    memcpy(buf, data, len);
+    return slim_writer_submit(wr, &piece, 1, (void *[]){buf}, 1, err);
+}
+
+/* ---- the artifact's files --------------------------------------------- */
+
+static int out_begin(struct out *o, struct slim_error *err)
+{
+    if (o->kind == SLIM_SRC_INDEX) {
+        if (mkdir(o->path, 0755) && errno != EEXIST)
+            return slim_error_set(err, SLIM_EIO, "cannot create the output folder: %s",
+                                  strerror(errno));
+        return 0;
+    }
+    return slim_writer_open(o->path, o->sink, o->sink_ud, &o->wr, err);
+}
+
+/* Finishes the file being written and counts it. */
+static int out_close(struct out *o, struct slim_error *err)
+{
+    uint64_t bytes = slim_writer_queued(o->wr);
+    int rc = slim_writer_finish(o->wr, err);
+    o->wr = NULL;
+    if (!rc)
+        o->total += bytes;
+    return rc;
+}
+
+/* Starts a file of the artifact named `name` (tar member or file in the
+ * folder) that will hold len bytes, beginning with head[0..head_len). */
+static int out_file_begin(struct out *o, const char *name, uint64_t len, const char *head,
+                          size_t head_len, struct slim_error *err)
+{
+    int rc;
+    if (o->kind == SLIM_SRC_TAR) {
+        unsigned char hdr[512];
+        if ((rc = slim_tar_header(name, len, hdr, err)) ||
+            (rc = submit_copy(o->wr, hdr, sizeof hdr, err)))
+            return rc;
+        o->member = len;
+    } else if (o->kind == SLIM_SRC_INDEX) {
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s/%s", o->path, name);
+        if ((rc = slim_writer_open(path, NULL, NULL, &o->wr, err)))
+            return rc;
+    }
+    return head_len ? submit_copy(o->wr, head, head_len, err) : 0;
+}
+
+static int out_file_end(struct out *o, struct slim_error *err)
+{
+    static const char zeros[512];
+    if (o->kind == SLIM_SRC_TAR)
+        return o->member % 512 ? submit_copy(o->wr, zeros, 512 - o->member % 512, err) : 0;
+    if (o->kind == SLIM_SRC_INDEX)
+        return out_close(o, err);
+    return 0;
+}
+
+static int out_end(struct out *o, struct slim_error *err)
+{
+    static const char zeros[1024];
+    int rc;
+    if (o->kind == SLIM_SRC_INDEX)
+        return 0;
+    if (o->kind == SLIM_SRC_TAR && (rc = submit_copy(o->wr, zeros, sizeof zeros, err)))
+        return rc;
+    return out_close(o, err);
+}
+
+/* The output index: the input's, with total_size and a weight_map of
+ * the artifact's tensors (every shard keeps its name).  New text. */
+static char *index_text(const struct run *r, struct slim_error *err)
+{
+    json_t *idx = json_object(), *map = json_object(), *md;
+    uint64_t total = 0;
+    char *text = NULL;
+    md = json_deep_copy(json_object_get(r->src.index, "metadata"));
+    if (!json_is_object(md)) {
+        json_decref(md);
+        md = json_object();
+    }
+    for (size_t s = 0; idx && map && md && s < r->src.n; s++) {
+        const struct layout *l = &r->plan[s];
+        for (size_t i = 0; i < l->n; i++)
+            json_object_set_new(map, l->t[i].name, json_string(r->src.shards[s].name));
+        total += layout_bytes(l);
+    }
+    if (idx && map && md) {
+        json_object_set_new(md, "total_size", json_integer((json_int_t)total));
+        json_object_set_new(md, "slimd.version", json_string(SLIMD_VERSION));
+        json_object_set_new(idx, "metadata", md);
+        json_object_set_new(idx, "weight_map", map);
+        md = map = NULL;
+        text = json_dumps(idx, JSON_INDENT(2) | JSON_SORT_KEYS);
+    }
+    json_decref(idx);
+    json_decref(map);
+    json_decref(md);
+    if (!text)
+        slim_error_set(err, SLIM_ENOMEM, "out of memory writing the index");
+    return text;
+}
+
+static int out_index(struct out *o, const struct run *r, struct slim_error *err)
+{
+    char *text;
+    size_t len;
+    int rc;
+    if (o->kind == SLIM_SRC_FILE)
+        return 0;
+    if (!(text = index_text(r, err)))
+        return SLIM_ENOMEM;
+    len = strlen(text);
+    rc = out_file_begin(o, r->src.index_name, len, text, len, err);
+    free(text);
+    return rc ? rc : out_file_end(o, err);
+}
+
+/* Starts shard s of the artifact: its file (or member) and safetensors
+ * header, for the layout l. */
+static int out_shard_begin(struct out *o, struct run *r, size_t s, struct slim_error *err)
 {
     json_t *md = NULL;
     char *hdr = NULL;
     size_t len = 0;
-    struct slim_piece piece;
-    int rc = slim_artifact_metadata(r->model.metadata, r->spec->json, r->entries, &md, err);
+    int rc = slim_artifact_metadata(r->src.shards[s].model.metadata, r->spec->json,
+                                    r->entries[s], &md, err);
     if (!rc)
-        rc = slim_st_header(l->t, l->n, md, &hdr, &len, err);
+        rc = slim_st_header(r->plan[s].t, r->plan[s].n, md, &hdr, &len, err);
     json_decref(md);
-    if (rc)
-        return rc;
-    piece = (struct slim_piece){hdr, len};
-    return slim_writer_submit(wr, &piece, 1, (void *[]){hdr}, 1, err);
+    if (!rc)
+        rc = out_file_begin(o, r->src.shards[s].name, len + layout_bytes(&r->plan[s]), hdr, len,
+                            err);
+    slim_free(hdr);
+    return rc;
 }
 
-/* Copies the spilled data region into wr, 8 MiB at a time. */
+/* Copies a spilled shard's data into the artifact, 8 MiB at a time. */
 static int copy_spill(const char *spill, struct slim_writer *wr, struct slim_error *err)
 {
     int fd = open(spill, O_RDONLY | O_CLOEXEC), rc = 0;
@@ -671,6 +828,11 @@ static int copy_spill(const char *spill, struct slim_writer *wr, struct slim_err
     return rc;
 }
 
+static void spill_path(const char *out_path, size_t s, char *buf, size_t len)
+{
+    snprintf(buf, len, "%s.data-%zu", out_path, s);
+}
+
 static void run_release(struct run *r)
 {
     if (r->state)
@@ -679,35 +841,48 @@ static void run_release(struct run *r)
     slim_free(r->state);
     slim_free(r->seconds);
     slim_free(r->touched);
-    layout_release(&r->plan);
-    json_decref(r->entries);
+    for (size_t s = 0; s < r->src.n; s++) {
+        if (r->plan)
+            layout_release(&r->plan[s]);
+        if (r->entries)
+            json_decref(r->entries[s]);
+    }
+    slim_free(r->plan);
+    slim_free(r->entries);
     drop_buffers(r);
     work_clear(&r->w);
     slim_free(r->w.wts);
-    if (r->fd >= 0)
-        close(r->fd);
-    slim_model_release(&r->model);
+    slim_source_release(&r->src);
 }
 
 static int run_init(struct run *r, const struct slim_spec *spec, const char *in_path,
                     const struct slim_run_opts *opts, struct slim_error *err)
 {
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    size_t n_tensors = 0;
     int rc;
     memset(r, 0, sizeof *r);
     r->spec = spec;
-    r->fd = -1;
-    if ((rc = slim_st_open(in_path, &r->model, err)))
+    if ((rc = slim_source_open(in_path, &r->src, err)))
         return rc;
-    if ((r->fd = open(in_path, O_RDONLY | O_CLOEXEC)) < 0)
-        return slim_error_set(err, SLIM_EIO, "cannot open the model: %s", strerror(errno));
-    (void)posix_fadvise(r->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+    for (size_t s = 0; s < r->src.n; s++) {
+        const struct slim_shard *sh = &r->src.shards[s];
+        if (sh->fd >= 0)
+            (void)posix_fadvise(sh->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+        n_tensors += sh->model.n_tensors;
+        for (size_t i = 0; i < sh->model.n_tensors; i++)
+            r->bytes_total += sh->model.tensors[i].nbytes;
+    }
     r->state = slim_calloc(spec->n_passes, sizeof *r->state);
     r->seconds = slim_calloc(spec->n_passes, sizeof *r->seconds);
-    r->touched = slim_calloc(r->model.n_tensors + 1, 1);
-    r->entries = json_object();
-    if (!r->state || !r->seconds || !r->touched || !r->entries)
+    r->touched = slim_calloc(n_tensors + 1, 1);
+    r->plan = slim_calloc(r->src.n, sizeof *r->plan);
+    r->entries = slim_calloc(r->src.n, sizeof *r->entries);
+    if (!r->state || !r->seconds || !r->touched || !r->plan || !r->entries)
         return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    for (size_t s = 0; s < r->src.n; s++)
+        if (!(r->entries[s] = json_object()))
+            return slim_error_set(err, SLIM_ENOMEM, "out of memory");
     r->units = 1;
     for (size_t k = 0; k < spec->n_passes; k++) {
         const struct spec_pass *sp = &spec->passes[k];
@@ -715,9 +890,6 @@ static int run_init(struct run *r, const struct slim_spec *spec, const char *in_
             return slim_error_set(err, SLIM_ENOMEM, "out of memory");
         r->units += sp->ops->sweeps ? sp->ops->sweeps(sp->cfg) : 0;
     }
-    for (size_t i = 0; i < r->model.n_tensors; i++)
-        r->bytes_total += r->model.tensors[i].nbytes;
-    r->w.model = &r->model;
     r->w.threads = opts && opts->threads ? opts->threads : spec->threads;
     if (r->w.threads <= 0)
         r->w.threads = ncpu > 0 ? (int)ncpu : 1;
@@ -757,25 +929,131 @@ int slim_pipeline_estimate(const struct slim_spec *spec, const char *in_path, ui
     return rc;
 }
 
+int slim_pipeline_output_kind(const char *in_path)
+{
+    unsigned char head[512];
+    ssize_t got;
+    int fd = open(in_path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return SLIM_SRC_FILE;
+    got = pread(fd, head, sizeof head, 0);
+    close(fd);
+    if (got == 512 && !memcmp(head + 257, "ustar", 5))
+        return SLIM_SRC_TAR;
+    return got > 0 && head[0] == '{' ? SLIM_SRC_INDEX : SLIM_SRC_FILE;
+}
+
+/* Streams every tensor through the passes into the artifact.  With a
+ * plan the headers go first and every file is written (and hashed)
+ * front to back in one go; without one (output sizes that depend on the
+ * values), each shard's data goes to a spill file and is copied behind
+ * its header at the end. */
+static int stream(struct run *r, struct out *o, const char *out_path, int planned,
+                  struct slim_report_totals *tot, json_t *rows, struct slim_error *err)
+{
+    struct slim_artifact art;
+    struct slim_writer *spill = NULL;
+    char sp[PATH_MAX];
+    size_t pos = 0;
+    double t0;
+    int rc = 0;
+
+    memset(&art, 0, sizeof art);
+    if (planned && ((rc = out_begin(o, err)) || (rc = out_index(o, r, err))))
+        return rc;
+    r->bytes_done = 0;
+    for (size_t s = 0; s < r->src.n && !rc; s++) {
+        const struct slim_shard *sh = &r->src.shards[s];
+        struct slim_writer *wr;
+        if (planned) {
+            if ((rc = out_shard_begin(o, r, s, err)))
+                break;
+            wr = o->wr;
+        } else {
+            layout_release(&r->plan[s]);
+            json_object_clear(r->entries[s]);
+            spill_path(out_path, s, sp, sizeof sp);
+            if ((rc = slim_writer_open(sp, NULL, NULL, &spill, err)))
+                break;
+            wr = spill;
+        }
+        pos = 0;
+        for (size_t j = 0; j < sh->model.n_tensors; j++) {
+            const struct slim_tensor *src = &sh->model.tensors[j];
+            size_t i = (size_t)(src - sh->model.tensors);
+            for (size_t q = 0; q < s; q++)
+                i += r->src.shards[q].model.n_tensors;
+            if ((rc = tensor_progress(r, src, err)) || (rc = work_begin(&r->w, src, err)) ||
+                (rc = read_tensor(r, sh, src, r->touched[i], err)) ||
+                (rc = run_passes(r, r->spec->n_passes, err)) ||
+                (rc = slim_artifact_layout(&r->w, &art, err)))
+                goto out;
+            t0 = slim_now();
+            rc = slim_report_tensor(&r->w, &art, tot, rows, err);
+            r->t_measure += slim_now() - t0;
+            if (rc)
+                goto out;
+            if (planned)
+                rc = layout_check(&r->plan[s], &pos, &art, src->name, err);
+            else if (!(rc = layout_add(&r->plan[s], &art, err)))
+                rc = slim_artifact_describe(&r->w, r->entries[s], err);
+            if (rc || (rc = emit(r, wr, &art, err)))
+                goto out;
+            slim_artifact_release(&art);
+            work_clear(&r->w);
+            r->bytes_done += src->nbytes;
+        }
+        if (planned && pos != r->plan[s].n)
+            rc = slim_error_set(err, SLIM_EINTERNAL, "the artifact has fewer tensors than planned");
+        else if (planned)
+            rc = out_file_end(o, err);
+        else {
+            rc = slim_writer_finish(spill, err);
+            spill = NULL;
+        }
+    }
+    if (rc)
+        goto out;
+    r->w.stage = "write";
+    r->w.p_lo = r->w.p_hi = 0.98;
+    if ((rc = slim_work_check(&r->w, 0.0, err)))
+        goto out;
+    if (!planned) {
+        if ((rc = out_begin(o, err)) || (rc = out_index(o, r, err)))
+            goto out;
+        for (size_t s = 0; s < r->src.n && !rc; s++) {
+            spill_path(out_path, s, sp, sizeof sp);
+            if (!(rc = out_shard_begin(o, r, s, err)) && !(rc = copy_spill(sp, o->wr, err)))
+                rc = out_file_end(o, err);
+            unlink(sp);
+        }
+        if (rc)
+            goto out;
+    }
+    rc = out_end(o, err);
+out:
+    slim_artifact_release(&art);
+    slim_writer_abort(spill);
+    for (size_t s = 0; !planned && s < r->src.n; s++) {
+        spill_path(out_path, s, sp, sizeof sp);
+        unlink(sp);
+    }
+    return rc;
+}
+
 int slim_pipeline_run(const struct slim_spec *spec, const char *in_path, const char *out_path,
                       const struct slim_run_opts *opts, json_t **report, struct slim_error *err)
 {
     struct run r;
-    struct slim_writer *wr = NULL;
-    struct slim_artifact art;
+    struct out o;
     struct slim_report_totals tot;
-    struct layout seen;
     json_t *rows = json_array(), *passes_rep = json_array();
-    char spill[PATH_MAX];
-    double t_start = slim_now(), t_plan, t0, t_write;
-    size_t pos = 0;
+    double t_start = slim_now(), t_plan, t_stream;
     int rc, planned;
 
     *report = NULL;
-    spill[0] = 0;
-    memset(&art, 0, sizeof art);
     memset(&tot, 0, sizeof tot);
-    memset(&seen, 0, sizeof seen);
+    memset(&o, 0, sizeof o);
     if (opts && opts->progress && opts->progress(opts->progress_ud, 0.0, "load")) {
         json_decref(rows);
         json_decref(passes_rep);
@@ -787,6 +1065,10 @@ int slim_pipeline_run(const struct slim_spec *spec, const char *in_path, const c
         rc = slim_error_set(err, SLIM_ENOMEM, "out of memory");
         goto out;
     }
+    o.kind = r.src.kind;
+    o.path = out_path;
+    o.sink = opts ? opts->sink : NULL;
+    o.sink_ud = opts ? opts->sink_ud : NULL;
     if ((rc = plan_model(&r, err)))
         goto out;
     planned = !r.w.unplannable;
@@ -797,94 +1079,46 @@ int slim_pipeline_run(const struct slim_spec *spec, const char *in_path, const c
     }
     if ((rc = run_sweeps(&r, err)))
         goto out;
-
-    /* With a plan, the header goes first and the file is written (and
-     * hashed) front to back in one go.  Without one (output sizes that
-     * depend on the values), the data goes to a spill file and is copied
-     * behind the header at the end. */
-    if (planned) {
-        if ((rc = slim_writer_open(out_path, opts ? opts->sink : NULL, opts ? opts->sink_ud : NULL,
-                                   &wr, err)) ||
-            (rc = emit_header(&r, wr, &r.plan, err)))
-            goto out;
-    } else {
-        json_object_clear(r.entries);
-        snprintf(spill, sizeof spill, "%s.data", out_path);
-        if ((rc = slim_writer_open(spill, NULL, NULL, &wr, err)))
-            goto out;
-    }
-    r.bytes_done = 0;
-    for (size_t i = 0; i < r.model.n_tensors; i++) {
-        const struct slim_tensor *src = &r.model.tensors[i];
-        if ((rc = tensor_progress(&r, src, err)) || (rc = work_begin(&r.w, src, err)) ||
-            (rc = read_tensor(&r, src, r.touched[i], err)) ||
-            (rc = run_passes(&r, spec->n_passes, err)) ||
-            (rc = slim_artifact_layout(&r.w, &art, err)))
-            goto out;
-        t0 = slim_now();
-        rc = slim_report_tensor(&r.w, &art, &tot, rows, err);
-        r.t_measure += slim_now() - t0;
-        if (rc)
-            goto out;
-        if (planned)
-            rc = layout_check(&r.plan, &pos, &art, src->name, err);
-        else if (!(rc = layout_add(&seen, &art, err)))
-            rc = slim_artifact_describe(&r.w, r.entries, err);
-        if (rc || (rc = emit(&r, wr, &art, err)))
-            goto out;
-        slim_artifact_release(&art);
-        work_clear(&r.w);
-        r.bytes_done += src->nbytes;
-    }
-    if (planned && pos != r.plan.n) {
-        rc = slim_error_set(err, SLIM_EINTERNAL, "the artifact has fewer tensors than planned");
+    t_stream = slim_now();
+    if ((rc = stream(&r, &o, out_path, planned, &tot, rows, err)))
         goto out;
-    }
-    r.w.stage = "write";
-    r.w.p_lo = r.w.p_hi = 0.98;
-    if ((rc = slim_work_check(&r.w, 0.0, err)))
-        goto out;
-    t0 = slim_now();
-    if (!planned) {
-        rc = slim_writer_finish(wr, err);
-        wr = NULL;
-        if (rc || (rc = slim_writer_open(out_path, opts ? opts->sink : NULL,
-                                         opts ? opts->sink_ud : NULL, &wr, err)) ||
-            (rc = emit_header(&r, wr, &seen, err)) || (rc = copy_spill(spill, wr, err)))
-            goto out;
-    }
-    tot.file_bytes_before = (int64_t)r.model.file_bytes;
-    tot.file_bytes_after = (int64_t)slim_writer_queued(wr);
-    rc = slim_writer_finish(wr, err);
-    wr = NULL;
-    if (rc)
-        goto out;
-    t_write = slim_now() - t0;
-
+    t_stream = slim_now() - t_stream;
+    tot.file_bytes_before = (int64_t)r.src.bytes;
+    tot.file_bytes_after = (int64_t)o.total;
     for (size_t k = 0; k < spec->n_passes; k++)
         json_array_append_new(passes_rep,
                               json_pack("{s:I, s:s, s:f}", "index", (json_int_t)k, "op",
                                         spec->passes[k].ops->op, "seconds", r.seconds[k]));
     if ((rc = slim_report_finish(&tot, rows, passes_rep, report, err)))
         goto out;
+    if (r.src.n > 1 || r.src.kind != SLIM_SRC_FILE)
+        json_object_set_new(json_object_get(*report, "totals"), "shards",
+                            json_integer((json_int_t)r.src.n));
     json_object_set_new(*report, "timings",
                         json_pack("{s:f, s:f, s:f, s:f, s:f, s:b}", "plan_seconds", t_plan,
                                   "read_seconds", r.t_read, "measure_seconds", r.t_measure,
-                                  "write_seconds", t_write, "total_seconds",
+                                  "stream_seconds", t_stream, "total_seconds",
                                   slim_now() - t_start, "streamed_header", planned));
     r.w.p_lo = r.w.p_hi = 1.0;
     slim_work_check(&r.w, 0.0, NULL);
 out:
-    slim_writer_abort(wr);
-    if (spill[0])
-        unlink(spill);
+    if (o.wr)
+        slim_writer_abort(o.wr);
     if (rc) {
-        unlink(out_path);
+        if (o.kind == SLIM_SRC_INDEX && r.src.n) {
+            char path[PATH_MAX];
+            for (size_t s = 0; s < r.src.n; s++) {
+                snprintf(path, sizeof path, "%s/%s", out_path, r.src.shards[s].name);
+                unlink(path);
+            }
+            snprintf(path, sizeof path, "%s/%s", out_path, r.src.index_name);
+            unlink(path);
+        } else {
+            unlink(out_path);
+        }
         json_decref(*report);
         *report = NULL;
     }
-    slim_artifact_release(&art);
-    layout_release(&seen);
     json_decref(rows);
     json_decref(passes_rep);
     run_release(&r);

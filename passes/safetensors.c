@@ -31,6 +31,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include "passes/slim.h"
+#include "passes/source.h"
 
 static uint64_t read_le64(const unsigned char *p)
 {
@@ -378,6 +379,8 @@ out:
 const char *slim_format_detect(const void *head, size_t len)
 {
     const unsigned char *p = head;
+    if (len >= 512 && !memcmp(p + 257, "ustar", 5))
+        return "tar";
     if (len >= 10 && read_le64(p) <= SLIM_ST_MAX_HEADER && p[8] == '{')
         return "safetensors";
     return NULL;
@@ -385,23 +388,41 @@ const char *slim_format_detect(const void *head, size_t len)
 
 int slim_model_describe(const char *path, json_t **info, struct slim_error *err)
 {
-    struct slim_model m;
+    struct slim_source src;
     json_t *dtypes;
     int64_t params = 0;
-    int rc = slim_st_open(path, &m, err);
+    size_t tensors = 0;
+    int rc = slim_source_open(path, &src, err);
     if (rc)
         return rc;
-    dtypes = json_object();
-    for (size_t i = 0; i < m.n_tensors; i++) {
-        const char *dn = slim_dtype_name(m.tensors[i].dtype);
-        json_t *c = json_object_get(dtypes, dn);
-        json_object_set_new(dtypes, dn, json_integer(c ? json_integer_value(c) + 1 : 1));
-        params += slim_tensor_numel(&m.tensors[i]);
+    if (src.kind == SLIM_SRC_INDEX) {
+        slim_source_release(&src);
+        return slim_error_set(err, SLIM_EFORMAT, "an index alone is not a model: upload the "
+                              "index and its shards as one tar");
     }
-    *info = json_pack("{s:s, s:I, s:I, s:o, s:O}", "format", "safetensors", "tensors",
-                      (json_int_t)m.n_tensors, "params", (json_int_t)params, "dtypes", dtypes,
-                      "metadata", m.metadata);
-    slim_model_release(&m);
+    dtypes = json_object();
+    for (size_t s = 0; s < src.n; s++) {
+        const struct slim_model *m = &src.shards[s].model;
+        for (size_t i = 0; i < m->n_tensors; i++) {
+            const char *dn = slim_dtype_name(m->tensors[i].dtype);
+            json_t *c = json_object_get(dtypes, dn);
+            json_object_set_new(dtypes, dn, json_integer(c ? json_integer_value(c) + 1 : 1));
+            params += slim_tensor_numel(&m->tensors[i]);
+        }
+        tensors += m->n_tensors;
+    }
+    *info = json_pack("{s:s, s:I, s:I, s:o, s:O}", "format",
+                      src.kind == SLIM_SRC_TAR ? "safetensors-sharded" : "safetensors",
+                      "tensors", (json_int_t)tensors, "params", (json_int_t)params, "dtypes",
+                      dtypes, "metadata", src.shards[0].model.metadata);
+    if (*info && src.kind == SLIM_SRC_TAR) {
+        json_t *names = json_array();
+        for (size_t s = 0; s < src.n; s++)
+            json_array_append_new(names, json_string(src.shards[s].name));
+        json_object_set_new(*info, "shards", names);
+        json_object_set_new(*info, "index", json_string(src.index_name));
+    }
+    slim_source_release(&src);
     if (!*info)
         return slim_error_set(err, SLIM_ENOMEM, "out of memory");
     return 0;

@@ -234,6 +234,14 @@ int slim_pipeline_run(const struct slim_spec *spec, const char *in_path,
                       const char *out_path, const struct slim_run_opts *opts,
                       json_t **report, struct slim_error *err);
 
+/* What kind of artifact slim_pipeline_run writes for the model at
+ * in_path, judged from its first bytes: 0, one safetensors file at
+ * out_path; 1 (a model.safetensors.index.json naming shard files beside
+ * it), a folder out_path with the same shard names and a new index; 2
+ * (a tar of index and shards, as the daemon stores a sharded upload), a
+ * tar at out_path laid out the same way. */
+int slim_pipeline_output_kind(const char *in_path);
+
 /* Estimates the memory the job needs at its peak: the largest working
  * set of one tensor (its bytes as read, as fp32, the values being
  * changed, each pass's scratch, and the outputs still queued for the

@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include "passes/writer.h"
 
@@ -152,6 +153,8 @@ int slim_writer_open(const char *path, slim_sink_fn sink, void *sink_ud,
     wr->sink = sink;
     wr->sink_ud = sink_ud;
     wr->fd = mkostemp(wr->tmp, O_CLOEXEC);
+    if (wr->fd >= 0)
+        (void)fchmod(wr->fd, 0644); /* an artifact, not a secret: mkstemp's 0600 is too tight */
     if (wr->fd < 0) {
         int rc = slim_error_set(err, SLIM_EIO, "cannot create the artifact's temp file: %s",
                                 strerror(errno));

@@ -288,6 +288,8 @@ static json_t *model_row(sqlite3_stmt *s)
                     "format", col_text(s, 3), "bytes", (json_int_t)sqlite3_column_int64(s, 4),
                     "sha256", col_text(s, 5), "tensors", json_object_get(info, "tensors"),
                     "params", json_object_get(info, "params"), "created_at", col_text(s, 7));
+    if (row && json_object_get(info, "shards"))   /* a sharded checkpoint: its shard files */
+        json_object_set(row, "shards", json_object_get(info, "shards"));
     json_decref(info);
     return row;
 }

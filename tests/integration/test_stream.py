@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """test_stream.py - the streaming pipeline as the daemon runs it (issue 8):
 memory bounded by one tensor, not the model; per-job memory budgets
-(limits.memory_mb) and the daemon's --job-memory-mb; F16/BF16 models.
+(limits.memory_mb) and the daemon's --job-memory-mb; F16/BF16 models;
+sharded checkpoints (index + shards) from a folder (slimd compress) and
+as a tar (upload, job, artifact), with global pruning across shards.
 
 Each test starts the daemon it needs (their flags differ).
 
@@ -9,8 +11,13 @@ Run by hand:  SLIMD_BIN=./slimd /usr/bin/python3 tests/integration/test_stream.p
 """
 
 import hashlib
+import io
+import json
 import os
+import struct
+import subprocess
 import sys
+import tarfile
 import time
 
 sys.dont_write_bytecode = True        # keep the source tree clean (distcheck)
@@ -152,6 +159,175 @@ def test_half_precision_models():
                 row = [t for t in rep["tensors"] if t["name"] == "layers.1.weight"][0]
                 assert row["dtype_before"] == dt, row
                 assert 0 < row["rel_error"] < (0.02 if q is INT8 else 0.2), row
+    finally:
+        d.stop()
+
+
+# ---------------------------------------------------------------- sharded checkpoints
+
+def shard_files(n_shards=3, per_shard=2, rows=96, cols=80, dtype="BF16"):
+    """{file name: bytes} of a Hugging Face style checkpoint: shards with
+    matrices and biases, and model.safetensors.index.json."""
+    files, wm = {}, {}
+    for s in range(n_shards):
+        name = "model-%05d-of-%05d.safetensors" % (s + 1, n_shards)
+        ts = []
+        for l in range(per_shard):
+            k = s * per_shard + l
+            ts.append(tiled("model.layers.%d.mlp.weight" % k, rows, cols, 100 + 10 * k, dtype))
+            ts.append(h.t_f32("model.layers.%d.mlp.bias" % k, [rows], k))
+        files[name] = h.safetensors_bytes(ts, {"format": "pt"})
+        for t in ts:
+            wm[t.name] = name
+    files["model.safetensors.index.json"] = json.dumps(
+        {"metadata": {"total_size": 0}, "weight_map": wm}).encode()
+    return files
+
+
+def tar_of(files, prefix="", fmt=tarfile.PAX_FORMAT, order=None):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tf:
+        for name in order or sorted(files):
+            info = tarfile.TarInfo(prefix + name)
+            info.size = len(files[name])
+            tf.addfile(info, io.BytesIO(files[name]))
+    return buf.getvalue()
+
+
+def untar(data):
+    out = {}
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        for m in tf.getmembers():
+            out[m.name] = tf.extractfile(m).read()
+    return out
+
+
+def check_sharded_artifact(files, src):
+    """files: the artifact's {name: bytes}.  Every index entry names a
+    tensor of its shard and every shard tensor is indexed; returns
+    {tensor: (shard, Tensor)}."""
+    idx = json.loads(files["model.safetensors.index.json"])
+    wm = idx["weight_map"]
+    seen = {}
+    total = 0
+    for name in sorted(n for n in files if n.endswith(".safetensors")):
+        st = h.SafetensorsFile(files[name])
+        assert "slimd.passes" in st.metadata and st.metadata.get("format") == "pt", st.metadata
+        for t in st.names():
+            assert wm.get(t) == name, (t, wm.get(t), name)
+            seen[t] = (name, st[t])
+            total += len(st[t].raw)
+    assert set(seen) == set(wm), set(wm) ^ set(seen)
+    assert idx["metadata"]["total_size"] == total, (idx["metadata"], total)
+    assert set(n for n in files if n.endswith(".safetensors")) == \
+        set(n for n in src if n.endswith(".safetensors"))
+    return seen
+
+
+GLOBAL_INT8 = {"passes": [{"op": "prune", "sparsity": 0.6, "scope": "global"},
+                          {"op": "quantize", "dtype": "int8"}]}
+
+
+@test
+def test_sharded_folder_with_compress():
+    """slimd compress INDEX.json: the shards keep their names, a new index maps every tensor, the global prune spans shards"""
+    src = shard_files()
+    work = h.make_tmpdir("slimd-shards-")
+    for name, data in src.items():
+        with open(os.path.join(work, name), "wb") as f:
+            f.write(data)
+    with open(os.path.join(work, "spec.json"), "w") as f:
+        json.dump(GLOBAL_INT8, f)
+    out = os.path.join(work, "out")
+    p = subprocess.run([h.slimd_bin(), "compress", os.path.join(work, "model.safetensors.index.json"),
+                        "--spec", os.path.join(work, "spec.json"), "-o", out],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    files = {n: open(os.path.join(out, n), "rb").read() for n in os.listdir(out)
+             if n != "report.json"}
+    seen = check_sharded_artifact(files, src)
+    # 60 % of every matrix weight over all shards together, as one threshold
+    weights = [t for n, (_, t) in seen.items() if n.endswith(".mlp.weight")]
+    zeros = sum(sum(1 for b in t.raw if b == 0) for t in weights)
+    n = sum(len(t.raw) for t in weights)
+    assert abs(zeros - round(0.6 * n)) <= 16, (zeros, n)   # +-: int8 codes of 0 from rounding
+    rep = json.load(open(os.path.join(out, "report.json")))
+    assert rep["totals"]["shards"] == 3 and len(rep["tensors"]) == 12, rep["totals"]
+    # a missing shard is an error naming it, and writes nothing
+    os.remove(os.path.join(work, "model-00002-of-00003.safetensors"))
+    out2 = os.path.join(work, "out2")
+    p = subprocess.run([h.slimd_bin(), "compress", os.path.join(work, "model.safetensors.index.json"),
+                        "--spec", os.path.join(work, "spec.json"), "-o", out2],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0 and "model-00002-of-00003.safetensors" in p.stderr, p.stderr
+    assert not [n for n in os.listdir(out2) if n.endswith(".safetensors")], os.listdir(out2)
+
+
+@test
+def test_sharded_tar_through_the_daemon():
+    """a tar upload (pax, and GNU long names) is one sharded model; the job's artifact is a tar the same shape"""
+    d = h.Daemon(workers=1, name="shards").start()
+    try:
+        src = shard_files()
+        arts = []
+        for fmt, prefix in ((tarfile.PAX_FORMAT, ""),
+                            (tarfile.GNU_FORMAT, "checkpoints/" + "x" * 120 + "/")):
+            r = d.upload(tar_of(src, prefix, fmt), name="ckpt")
+            m = r.json
+            assert m["format"] == "safetensors-sharded" and m["tensors"] == 12, m
+            assert m["shards"] == sorted(n for n in src if n.endswith(".safetensors")), m
+            job = d.wait_job(d.submit(dict(GLOBAL_INT8, model=m["id"])).json["id"])
+            assert job["state"] == "succeeded", job
+            art = d.get("/v1/jobs/%s/artifact" % job["id"])
+            assert art.status == 200 and art.header("Content-Type") == "application/x-tar", art
+            assert hashlib.sha256(art.body).hexdigest() == job["artifact"]["sha256"]
+            files = untar(art.body)
+            check_sharded_artifact(files, src)
+            arts.append(art.body)
+        # the same checkpoint in another tar layout compresses to the same bytes
+        assert arts[0] == arts[1]
+    finally:
+        d.stop()
+
+
+@test
+def test_bad_sharded_uploads():
+    """tars without an index, with a missing or broken shard, or a bad header: 400 naming the problem, nothing stored"""
+    d = h.Daemon(workers=1, name="badshards").start()
+    try:
+        src = shard_files(2, 1, 16, 16)
+        no_index = {k: v for k, v in src.items() if k.endswith(".safetensors")}
+        missing = {k: v for k, v in src.items() if not k.startswith("model-00002")}
+        broken = dict(src)
+        broken["model-00002-of-00002.safetensors"] = struct.pack("<Q", 5) + b"{oops"
+        extra = dict(src)
+        idx = json.loads(src["model.safetensors.index.json"])
+        idx["weight_map"]["ghost.weight"] = "model-00001-of-00002.safetensors"
+        extra["model.safetensors.index.json"] = json.dumps(idx).encode()
+        escape = dict(src)
+        idx = json.loads(src["model.safetensors.index.json"])
+        idx["weight_map"]["model.layers.0.mlp.weight"] = "../etc/passwd"
+        escape["model.safetensors.index.json"] = json.dumps(idx).encode()
+        good = tar_of(src)
+        corrupt = bytearray(good)
+        with tarfile.open(fileobj=io.BytesIO(good)) as tf:
+            second = tf.getmembers()[1].offset
+        corrupt[second + 10] ^= 0xFF        # the second member's header: checksum fails
+        cases = [(tar_of(no_index), "no model.safetensors.index.json"),
+                 (tar_of(missing), "model-00002-of-00002.safetensors"),
+                 (tar_of(broken), "shard model-00002-of-00002.safetensors"),
+                 (tar_of(extra), "ghost.weight"),
+                 (tar_of(escape), "plain shard file name"),
+                 (bytes(corrupt), "tar")]
+        before = d.get("/v1/models").json["total"]
+        for body, msg in cases:
+            r = d.upload(body, expect=None)
+            check_error(r, 400, "INVALID_MODEL", msg)
+        assert d.get("/v1/models").json["total"] == before
+        assert not os.listdir(os.path.join(d.data_dir, "tmp")), os.listdir(
+            os.path.join(d.data_dir, "tmp"))
+        r = d.upload(json.dumps({"weight_map": {}}).encode(), expect=None)
+        check_error(r, 415, "UNSUPPORTED_MEDIA")
     finally:
         d.stop()
 
