@@ -325,13 +325,18 @@ struct out {
     uint64_t total;              /* bytes of every file written */
 };
 
+enum {
+    TOUCHED = 1,                 /* some pass selects the tensor: read it as fp32 */
+    COPIES_RAW = 2,              /* the plan may store its bytes as they are */
+};
+
 struct run {
     const struct slim_spec *spec;
     struct slim_source src;
     struct slim_work w;
     void **state;                /* per pass, or NULL */
     double *seconds;             /* per pass */
-    unsigned char *touched;      /* per tensor (shard by shard): some pass selects it */
+    unsigned char *touched;      /* per tensor (shard by shard): TOUCHED, COPIES_RAW */
     struct layout *plan;         /* per shard: planned (or, unplannable, recorded) layout */
     json_t **entries;            /* per shard: "slimd.tensors" */
     void *raw, *f32;             /* the current tensor's bytes, and as fp32 (may be raw) */
@@ -409,22 +414,51 @@ static void drop_buffers(struct run *r)
     r->w.orig = NULL;
 }
 
-/* Reads tensor t of shard s into r->raw (and, when want_f32, its fp32
- * values into r->f32: the same buffer for F32), with pread into buffers
- * the allocator reuses from the tensor before. */
-static int read_tensor(struct run *r, const struct slim_shard *s, const struct slim_tensor *t,
-                       int want_f32, struct slim_error *err)
+/* Converts n elements of dtype dt, stored at the tail of buf (buf + n *
+ * (4 - size)), to fp32 at the front of buf, in place.  Chunk by chunk,
+ * front to back, through a small copy: chunk c's output ends at 4 (c+1)
+ * elements' worth, never past the input still to come (which starts at
+ * n * (4 - size) + size (c+1) elements' worth, further as long as c < n).
+ * The one 2x buffer is what a F16/BF16 tensor costs instead of 3x. */
+static int widen_in_place(enum slim_dtype dt, void *buf, size_t n)
 {
-    size_t n = (size_t)slim_tensor_numel(t), done = 0;
+    enum { CHUNK = 4096 };
+    size_t es = slim_dtype_size(dt);
+    unsigned char tmp[CHUNK * 8];
+    const unsigned char *in = (const unsigned char *)buf + n * (4 - es);
+    for (size_t i = 0; i < n; i += CHUNK) {
+        size_t c = n - i < CHUNK ? n - i : CHUNK;
+        memcpy(tmp, in + i * es, c * es);
+        if (slim_to_f32(dt, tmp, c, (float *)buf + i))
+            return SLIM_EINVAL;
+    }
+    return 0;
+}
+
+/* Reads tensor t of shard s: its stored bytes into r->raw and, when
+ * want_f32, its fp32 values into r->f32 (the same buffer for F32).  A
+ * narrower dtype is read into the tail of the fp32 buffer and widened in
+ * place, unless keep_raw (the stored bytes may be written out as they
+ * are).  pread into buffers the allocator reuses from the tensor before. */
+static int read_tensor(struct run *r, const struct slim_shard *s, const struct slim_tensor *t,
+                       int want_f32, int keep_raw, struct slim_error *err)
+{
+    size_t n = (size_t)slim_tensor_numel(t), done = 0, at = 0;
     off_t off = slim_source_offset(s, t);
     int fd = s->fd >= 0 ? s->fd : r->src.fd;
+    int widen = want_f32 && !keep_raw && t->dtype != SLIM_DT_F32 &&
+                slim_dtype_is_float(t->dtype) && slim_dtype_size(t->dtype) < 4;
     double t0 = slim_now();
+    unsigned char *buf;
     drop_buffers(r);
-    if (!(r->raw = slim_aligned_alloc(t->nbytes + 1)))
+    if (widen)
+        at = n * 4 - t->nbytes;
+    if (!(buf = slim_aligned_alloc(at + t->nbytes + 1)))
         return slim_error_set(err, SLIM_ENOMEM, "tensor '%s': out of memory (%zu bytes)",
-                              t->name, t->nbytes);
+                              t->name, at + t->nbytes);
+    r->raw = buf;
     while (done < t->nbytes) {
-        ssize_t got = pread(fd, (char *)r->raw + done, t->nbytes - done, off + (off_t)done);
+        ssize_t got = pread(fd, buf + at + done, t->nbytes - done, off + (off_t)done);
         if (got < 0 && errno == EINTR)
             continue;
         if (got <= 0)
@@ -432,7 +466,11 @@ static int read_tensor(struct run *r, const struct slim_shard *s, const struct s
                                   t->name, got < 0 ? strerror(errno) : "short file");
         done += (size_t)got;
     }
-    if (want_f32) {
+    if (widen) {
+        widen_in_place(t->dtype, buf, n);
+        r->f32 = buf;
+        r->raw = NULL;
+    } else if (want_f32) {
         if (t->dtype == SLIM_DT_F32) {
             r->f32 = r->raw;
         } else {
@@ -487,16 +525,18 @@ static int run_passes(struct run *r, size_t upto, struct slim_error *err)
  * working tensor, the scratch each pass asks for, and its stored
  * tensors three times over (the batch being built, and the two the
  * writer may hold). */
-static void estimate_tensor(struct run *r, const struct slim_tensor *src, int touched,
+static void estimate_tensor(struct run *r, const struct slim_tensor *src, int flags,
                             const struct slim_artifact *art)
 {
     uint64_t n = (uint64_t)slim_tensor_numel(src), need = src->nbytes, out = 0, scratch = 0;
     for (size_t i = 0; i < art->n; i++)
         out += art->tensors[i].nbytes;
-    if (touched) {
+    if (flags & TOUCHED) {
         int64_t rows = src->ndim ? src->shape[0] : 1, cols = rows ? (int64_t)n / rows : 0;
+        /* fp32 values: the stored bytes' buffer for F32, widened in place
+         * unless the stored bytes may be written out as they are */
         if (src->dtype != SLIM_DT_F32)
-            need += 4 * n;
+            need = (flags & COPIES_RAW) ? need + 4 * n : 4 * n;
         for (size_t i = 0; i < r->w.n; i++)
             need += 4 * (uint64_t)(r->w.wts[i].rows * r->w.wts[i].cols);
         if (r->w.n > 1)
@@ -533,11 +573,14 @@ static int plan_model(struct run *r, struct slim_error *err)
         if ((rc = work_begin(&r->w, src, err)))
             goto out;
         for (size_t k = 0; k < r->spec->n_passes; k++)
-            r->touched[i] |= (unsigned char)slim_select_match(&r->spec->passes[k].sel,
-                                                              &r->w.wts[0]);
+            if (slim_select_match(&r->spec->passes[k].sel, &r->w.wts[0]))
+                r->touched[i] |= TOUCHED;
         if ((rc = run_passes(r, r->spec->n_passes, err)) ||
             (rc = slim_artifact_layout(&r->w, &art, err)))
             goto out;
+        for (size_t k = 0; k < r->w.n; k++)
+            if (r->w.wts[k].scheme == SLIM_SCHEME_COPY)
+                r->touched[i] |= COPIES_RAW;
         rc = layout_add(&r->plan[sh_k], &art, err);
         if (!rc)
             rc = slim_artifact_describe(&r->w, r->entries[sh_k], err);
@@ -564,11 +607,12 @@ static int run_sweeps(struct run *r, struct slim_error *err)
         for (int s = 0; s < sweeps; s++, r->unit++) {
             r->bytes_done = 0;
             FOR_EACH_TENSOR(r, sh, src, i) {
-                if (r->touched[i]) {
+                if (r->touched[i] & TOUCHED) {
                     double t0;
                     if ((rc = tensor_progress(r, src, err)) ||
                         (rc = work_begin(&r->w, src, err)) ||
-                        (rc = read_tensor(r, sh, src, 1, err)) || (rc = run_passes(r, k, err)))
+                        (rc = read_tensor(r, sh, src, 1, 0, err)) ||
+                        (rc = run_passes(r, k, err)))
                         return rc;
                     t0 = slim_now();
                     r->w.state = r->state[k];
@@ -984,7 +1028,8 @@ static int stream(struct run *r, struct out *o, const char *out_path, int planne
             for (size_t q = 0; q < s; q++)
                 i += r->src.shards[q].model.n_tensors;
             if ((rc = tensor_progress(r, src, err)) || (rc = work_begin(&r->w, src, err)) ||
-                (rc = read_tensor(r, sh, src, r->touched[i], err)) ||
+                (rc = read_tensor(r, sh, src, r->touched[i] & TOUCHED,
+                                  r->touched[i] & COPIES_RAW, err)) ||
                 (rc = run_passes(r, r->spec->n_passes, err)) ||
                 (rc = slim_artifact_layout(&r->w, &art, err)))
                 goto out;

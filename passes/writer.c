@@ -6,9 +6,9 @@
  * artifact is never read back to name it), and sync_file_range(WRITE)
  * every WRITEBACK_STEP bytes so the disk works during the job and the
  * final fsync has little left to do.  Batches are the unit of ownership:
- * a batch's buffers are freed once its bytes are in the file, and at
- * most two batches wait, so memory in flight is bounded by about two
- * tensors' outputs.
+ * a batch's buffers are freed once its bytes are in the file, and one
+ * batch at most waits behind the one being written, so memory in flight
+ * is bounded by two tensors' outputs (three with the one being built).
  *
  * Rejected: O_DIRECT (alignment rules on every piece, and the page cache
  * is what the daemon serves the artifact from next), io_uring (not worth
@@ -29,7 +29,7 @@
 
 #define CHUNK ((size_t)8 << 20)           /* one write() and one sink call */
 #define WRITEBACK_STEP ((uint64_t)32 << 20)
-#define MAX_WAITING 2
+#define MAX_WAITING 1            /* batches queued behind the one being written */
 
 struct batch {
     struct slim_piece *pieces;

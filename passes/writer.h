@@ -26,8 +26,8 @@ int slim_writer_open(const char *path, slim_sink_fn sink, void *sink_ud,
 /* Queues pieces (copied; their bytes are borrowed until written), to be
  * written in order after everything queued before, and then frees each
  * of owned[0..nowned) with slim_aligned_free: pass the buffers the
- * pieces point into.  Steals owned even on failure.  Blocks while two
- * batches are already waiting, which bounds the memory in flight.
+ * pieces point into.  Steals owned even on failure.  Blocks while a
+ * batch is already waiting, which bounds the memory in flight.
  * Returns 0, or the error of an earlier write (SLIM_EIO) or SLIM_ENOMEM. */
 int slim_writer_submit(struct slim_writer *wr, const struct slim_piece *pieces, size_t n,
                        void *const *owned, size_t nowned, struct slim_error *err);
