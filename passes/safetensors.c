@@ -17,9 +17,10 @@
  * order, which is the file's physical order and what the writer reproduces.
  *
  * The writer lays tensors out in the order given, pads the header with
- * spaces to a multiple of 8 (so F64/I64 data stay aligned when mapped),
- * and writes through a temp file in the destination folder that is
- * fsynced and renamed, so a reader never sees half a file.
+ * spaces to a multiple of 8 (so F64/I64 data stay aligned when mapped;
+ * slim_st_header in writer.c), and writes through the artifact writer:
+ * a temp file in the destination folder that is fsynced and renamed, so
+ * a reader never sees half a file.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -32,6 +33,7 @@
 #include <unistd.h>
 #include "passes/slim.h"
 #include "passes/source.h"
+#include "passes/writer.h"
 
 static uint64_t read_le64(const unsigned char *p)
 {
@@ -270,110 +272,35 @@ const struct slim_tensor *slim_model_find(const struct slim_model *m, const char
     return NULL;
 }
 
-static int write_all(int fd, const void *buf, size_t len)
-{
-    const char *p = buf;
-    while (len) {
-        ssize_t w = write(fd, p, len > (1u << 30) ? (1u << 30) : len);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        p += w;
-        len -= (size_t)w;
-    }
-    return 0;
-}
-
-/* fsyncs the folder that holds path, so a rename into it is durable. */
-static int fsync_parent(const char *path)
-{
-    char dir[PATH_MAX];
-    const char *slash = strrchr(path, '/');
-    int fd, rc;
-    if (!slash)
-        snprintf(dir, sizeof dir, ".");
-    else
-        snprintf(dir, sizeof dir, "%.*s", (int)(slash - path ? slash - path : 1), path);
-    fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    rc = fsync(fd);
-    close(fd);
-    return rc;
-}
-
 int slim_st_write(const char *path, const struct slim_tensor *tensors, size_t n,
                   json_t *metadata, struct slim_error *err)
 {
-    json_t *hdr = json_object(), *ent;
-    char *text = NULL, tmp[PATH_MAX];
-    unsigned char lenbuf[8];
-    uint64_t off = 0, hlen;
-    size_t tlen;
-    int fd = -1, rc = 0;
+    struct slim_writer *wr = NULL;
+    struct slim_piece *pieces;
+    char *hdr = NULL;
+    size_t len = 0;
+    int rc;
 
-    tmp[0] = 0;
-    if (!hdr)
+    if (!(pieces = slim_calloc(n + 1, sizeof *pieces)))
         return slim_error_set(err, SLIM_ENOMEM, "out of memory");
-    if (metadata && json_object_size(metadata))
-        json_object_set(hdr, "__metadata__", metadata);
-    for (size_t i = 0; i < n; i++) {
-        const struct slim_tensor *t = &tensors[i];
-        ent = json_pack("{s:s, s:o, s:[I, I]}", "dtype", slim_dtype_name(t->dtype), "shape",
-                        slim_shape_json(t), "data_offsets", (json_int_t)off,
-                        (json_int_t)(off + t->nbytes));
-        if (!ent || json_object_set_new(hdr, t->name, ent)) {
-            rc = slim_error_set(err, SLIM_ENOMEM, "out of memory building the header");
-            goto out;
-        }
-        off += t->nbytes;
+    if ((rc = slim_st_header(tensors, n, metadata, &hdr, &len, err)) ||
+        (rc = slim_writer_open(path, NULL, NULL, &wr, err))) {
+        slim_free(hdr);
+        slim_free(pieces);
+        return rc;
     }
-    text = json_dumps(hdr, JSON_COMPACT);
-    if (!text) {
-        rc = slim_error_set(err, SLIM_ENOMEM, "out of memory building the header");
-        goto out;
-    }
-    tlen = strlen(text);
-    hlen = (tlen + 7) & ~(uint64_t)7;
-    for (int i = 0; i < 8; i++)
-        lenbuf[i] = (unsigned char)(hlen >> (8 * i));
-
-    snprintf(tmp, sizeof tmp, "%s.tmp-XXXXXX", path);
-    fd = mkstemp(tmp);
-    if (fd < 0) {
-        rc = slim_error_set(err, SLIM_EIO, "cannot create %s: %s", tmp, strerror(errno));
-        goto out;
-    }
-    if (write_all(fd, lenbuf, 8) || write_all(fd, text, tlen) ||
-        write_all(fd, "        ", (size_t)(hlen - tlen)))
-        goto io_error;
+    pieces[0] = (struct slim_piece){hdr, len};
     for (size_t i = 0; i < n; i++)
-        if (write_all(fd, tensors[i].data, tensors[i].nbytes))
-            goto io_error;
-    if (fsync(fd) != 0)
-        goto io_error;
-    if (close(fd) != 0) {
-        fd = -1;
-        goto io_error;
+        pieces[i + 1] = (struct slim_piece){tensors[i].data, tensors[i].nbytes};
+    /* the tensors' bytes are the caller's: only the header is handed over,
+     * and finish waits until everything is written */
+    rc = slim_writer_submit(wr, pieces, n + 1, (void *[]){hdr}, 1, err);
+    slim_free(pieces);
+    if (rc) {
+        slim_writer_abort(wr);
+        return rc;
     }
-    fd = -1;
-    if (rename(tmp, path) != 0)
-        goto io_error;
-    tmp[0] = 0;
-    fsync_parent(path);
-    goto out;
-io_error:
-    rc = slim_error_set(err, SLIM_EIO, "cannot write %s: %s", path, strerror(errno));
-out:
-    if (fd >= 0)
-        close(fd);
-    if (rc && tmp[0])
-        unlink(tmp);
-    free(text);
-    json_decref(hdr);
-    return rc;
+    return slim_writer_finish(wr, err);
 }
 
 const char *slim_format_detect(const void *head, size_t len)
