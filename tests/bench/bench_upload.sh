@@ -14,10 +14,10 @@
 # nginx binary with the dav module; default the one on PATH), BENCH_RUNS
 # (default 3).  Everything lives in one temp dir (under $TMPDIR, so on the
 # disk being measured), removed at exit.  Run it on an idle machine: the
-# disk is shared, and a concurrent build or sync skews every figure.
+# disk is shared, and a concurrent build or sync skews every figure.  The
+# table shows each run and the best; the first run is often the slowest.
 set -eu
 
-srcdir=$(cd "$(dirname "$0")/../.." && pwd)
 slimd=${SLIMD_BIN:-${SLIMD_BUILDDIR:-.}/slimd}
 runs=${BENCH_RUNS:-3}
 nginx=${NGINX_BIN:-$(command -v nginx || true)}
@@ -60,7 +60,8 @@ for _ in range(2):
 with open(sys.argv[1], "wb") as f:
     f.write(struct.pack("<Q", len(hdr)) + hdr)
 EOF
-    head -c $(( (1 << 30) - $(stat -c %s "$file") )) /dev/urandom >> "$file"
+    head_bytes=$(stat -c %s "$file")
+    head -c $(( (1 << 30) - head_bytes )) /dev/urandom >> "$file"
 fi
 size=$(stat -c %s "$file")
 cat "$file" > /dev/null   # every run reads it from the page cache
@@ -87,7 +88,7 @@ if [ -z "$port" ]; then
     exit 1
 fi
 echo "slimd on port $port, $size bytes, $runs runs" >&2
-for i in $(seq "$runs"); do
+for _ in $(seq "$runs"); do
     sync
     t=$(now)
     curl -sS --fail-with-body -o "$work/slimd/model.json" -T "$file" -X POST \
@@ -105,21 +106,21 @@ slimd_pid=
 # ---- the same bytes with no HTTP ----
 # sha256sum (coreutils) has no SHA-NI code here and is several times
 # slower than OpenSSL's EVP, which slimd uses; both are shown.
-for i in $(seq "$runs"); do
+for _ in $(seq "$runs"); do
     sync
     t=$(now)
     cat "$file" > "$work/x" && sha256sum "$work/x" > /dev/null && sync
     record "cat > x && sha256sum x && sync" "$(elapsed "$t")"
     rm -f "$work/x"
 done
-for i in $(seq "$runs"); do
+for _ in $(seq "$runs"); do
     sync
     t=$(now)
     cat "$file" > "$work/x" && openssl dgst -sha256 "$work/x" > /dev/null && sync
     record "cat > x && openssl sha256 x && sync" "$(elapsed "$t")"
     rm -f "$work/x"
 done
-for i in $(seq "$runs"); do
+for _ in $(seq "$runs"); do
     sync
     t=$(now)
     cat "$file" > "$work/x" && sync
@@ -163,7 +164,7 @@ EOF
         sleep 0.1
     done
     [ -n "$up" ] || { echo "bench_upload.sh: nginx did not start" >&2; exit 1; }
-    for i in $(seq "$runs"); do
+    for _ in $(seq "$runs"); do
         sync
         t=$(now)
         curl -sS --fail-with-body -T "$file" "http://127.0.0.1:$nport/up.bin"
