@@ -67,7 +67,7 @@ enum MHD_Result api_models_upload(struct api_ctx *ctx, struct MHD_Connection *co
                        "-F file=@model.safetensors)");
     else if (bytes == 0)
         slim_error_set(&err, SLIM_EFORMAT, "empty body: send the model file as the body (curl "
-                       "--data-binary @model.safetensors) or as multipart field 'file'");
+                       "-T model.safetensors -X POST) or as multipart field 'file'");
     else if (name && (!*name || strlen(name) > 200))
         slim_error_set(&err, SLIM_EINVAL, "name: expected 1 to 200 characters");
     else if (read_head(store_blob_temp_path(up->bw), head, sizeof head, &got))

@@ -1,25 +1,41 @@
 /*
  * blob.c - the content-addressed blob store: data_dir/blobs/ab/<sha256>.
  *
- * Uploads are streamed into a mkstemp() file under tmp/ and hashed as
- * they arrive (OpenSSL's EVP SHA-256, which uses the CPU's SHA
- * instructions), so a file is never held in memory nor read twice.
- * Commit is the usual durable-rename dance: fsync the file, rename it to
- * its hash name, fsync the folder (and blobs/ when the two-hex-digit
- * fan-out folder is new).  Because the name is the content, a blob that
- * already exists is not replaced: the temp file is dropped (dedup).
- * Every error path removes the temp file.
+ * Uploads stream into a mkstemp() file under tmp/ and are hashed on the
+ * way (OpenSSL's EVP SHA-256, with the CPU's SHA instructions), so a file
+ * is never held in memory nor read twice.  Commit is the durable-rename
+ * dance: fsync the file, rename it to its hash name, fsync the folder
+ * (and blobs/ when the fan-out folder is new).  A blob that already
+ * exists is not replaced (the name is the content): the temp file is
+ * dropped.  Every error path removes the temp file.
  *
- * tmp/ lives in the data dir, not in /tmp, so rename() never crosses a
- * file system.  Rejected: hashing after the upload (a second full read)
- * and link()+unlink() instead of rename() (no gain: a blob's content is
- * fixed by its name, so overwriting would be harmless, just wasted work).
+ * Hashing runs beside the writes (issue 8): SHA-256 costs as much as
+ * receiving and writing together.  The caller's thread write()s each
+ * piece from its own buffer (so the temp file holds every accepted byte
+ * for validation before commit) and copies it into a ring of SLOTS x
+ * SLOT_SIZE (4 MiB, whatever the upload's size); a hashing thread of the
+ * writer, started with the first full slot, hashes full slots in order,
+ * and a writer that gets 4 MiB ahead waits.  Commit drains and joins the
+ * thread; abort and every error path stop and join it (writer_free).
+ * Rejected: one hashing thread for all uploads (they would share a
+ * core), the libuv pool (busy with jobs for minutes), the thread
+ * pread()ing the file back (the same copy, on the slower side), hashing
+ * MHD's buffer in place while the connection waits (no overlap with
+ * recv), and a tree hash (it would change every blob id).
  *
- * Removing blobs is store.c's job (store_model_delete), under the store's
- * lock, because only the database knows whether a blob is still used.
+ * Every WRITEBACK_STEP bytes, sync_file_range(SYNC_FILE_RANGE_WRITE)
+ * starts writeback of what was just written, so the final fsync waits
+ * for the last few MiB, not the whole file (0.57 s -> 0.01 s for 1 GiB
+ * here).  It is a hint: its errors are left to that fsync.
+ *
+ * tmp/ is in the data dir, so rename() never crosses a file system.
+ * Rejected: link()+unlink() instead of rename() (no gain).  Removing
+ * blobs is store.c's job (store_model_delete), under the store's lock:
+ * only the database knows whether a blob is still used.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -30,13 +46,35 @@
 #include "storage/store.h"
 
 #define CHUNK (1u << 20)
+#define SLOT_SIZE (1u << 20)
+#define SLOTS 4
+#define WRITEBACK_STEP (16u << 20)
 
+/* The ring: slot k (counting from 0 over the whole upload) lives in
+ * slot[k % SLOTS].  The writer fills slot number `filled`, the thread
+ * hashes slot number `hashed`; filled - hashed is how many wait, at most
+ * SLOTS.  lock guards filled, hashed, len[], stop and failed; a slot's
+ * bytes belong to the writer until it is counted in filled, then to the
+ * thread until it is counted in hashed. */
 struct blob_writer {
     struct store *st;
     EVP_MD_CTX *md;
     int fd;
     uint64_t bytes;
+    uint64_t written_back;          /* offset up to which writeback was started */
     char path[4096];
+
+    pthread_mutex_t lock;
+    pthread_cond_t work;            /* the thread waits for a slot to hash */
+    pthread_cond_t space;           /* the writer waits for a free slot */
+    pthread_t thread;
+    int started;                    /* thread is running and must be joined */
+    unsigned char *slot[SLOTS];     /* allocated when first filled */
+    size_t len[SLOTS];
+    size_t fill;                    /* bytes in the slot being filled */
+    uint64_t filled, hashed;
+    int stop;                       /* the thread exits as soon as it sees it */
+    int failed;                     /* EVP_DigestUpdate failed in the thread */
 };
 
 static int io_error(struct slim_error *err, const char *what, const char *path)
@@ -101,11 +139,108 @@ static int install(struct store *st, const char *tmp, const char *sha, struct sl
     return 0;
 }
 
+/* The hashing thread: hashes slots in order until stopped, or until
+ * there are none left once the writer has stopped filling (stop). */
+static void *hash_main(void *arg)
+{
+    struct blob_writer *bw = arg;
+    pthread_mutex_lock(&bw->lock);
+    for (;;) {
+        while (bw->hashed == bw->filled && !bw->stop)
+            pthread_cond_wait(&bw->work, &bw->lock);
+        if (bw->hashed == bw->filled || bw->failed)
+            break;
+        unsigned i = (unsigned)(bw->hashed % SLOTS);
+        size_t n = bw->len[i];
+        pthread_mutex_unlock(&bw->lock);
+        int ok = EVP_DigestUpdate(bw->md, bw->slot[i], n);
+        pthread_mutex_lock(&bw->lock);
+        if (!ok)
+            bw->failed = 1;
+        else
+            bw->hashed++;
+        pthread_cond_signal(&bw->space);
+    }
+    pthread_mutex_unlock(&bw->lock);
+    return NULL;
+}
+
+/* Stops the thread and waits for it.  With drain, it first hashes every
+ * slot it was given (commit); without, it drops them (abort).  Called by
+ * the writer's thread only; safe when the thread never started. */
+static void hasher_stop(struct blob_writer *bw, int drain)
+{
+    if (!bw->started)
+        return;
+    pthread_mutex_lock(&bw->lock);
+    bw->stop = 1;
+    if (!drain)
+        bw->failed = 1;
+    pthread_cond_signal(&bw->work);
+    pthread_mutex_unlock(&bw->lock);
+    pthread_join(bw->thread, NULL);
+    bw->started = 0;
+}
+
+/* Hands the full slot to the thread, starting it the first time. */
+static int publish(struct blob_writer *bw, struct slim_error *err)
+{
+    unsigned i = (unsigned)(bw->filled % SLOTS);
+    int rc;
+    if (!bw->started) {
+        bw->len[i] = bw->fill;
+        bw->filled++;
+        bw->fill = 0;
+        if ((rc = pthread_create(&bw->thread, NULL, hash_main, bw))) {
+            bw->failed = 1;
+            return slim_error_set(err, SLIM_ENOMEM, "cannot start the hashing thread: %s",
+                                  strerror(rc));
+        }
+        bw->started = 1;
+        return 0;
+    }
+    pthread_mutex_lock(&bw->lock);
+    bw->len[i] = bw->fill;
+    bw->filled++;
+    pthread_cond_signal(&bw->work);
+    pthread_mutex_unlock(&bw->lock);
+    bw->fill = 0;
+    return 0;
+}
+
+/* Makes slot number `filled` ready to fill: allocated, and no longer
+ * being hashed (waits for the thread when the ring is full). */
+static int claim_slot(struct blob_writer *bw, struct slim_error *err)
+{
+    unsigned i = (unsigned)(bw->filled % SLOTS);
+    int failed;
+    if (bw->started) {
+        pthread_mutex_lock(&bw->lock);
+        while (bw->filled - bw->hashed >= SLOTS && !bw->failed)
+            pthread_cond_wait(&bw->space, &bw->lock);
+        failed = bw->failed;
+        pthread_mutex_unlock(&bw->lock);
+    } else {
+        failed = bw->failed;
+    }
+    if (failed)
+        return slim_error_set(err, SLIM_EINTERNAL, "sha256: digest update failed");
+    if (!bw->slot[i] && !(bw->slot[i] = slim_malloc(SLOT_SIZE)))
+        return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    return 0;
+}
+
 static void writer_free(struct blob_writer *bw)
 {
+    hasher_stop(bw, 0);
     if (bw->fd >= 0)
         close(bw->fd);
+    for (int i = 0; i < SLOTS; i++)
+        slim_free(bw->slot[i]);
     EVP_MD_CTX_free(bw->md);
+    pthread_cond_destroy(&bw->space);
+    pthread_cond_destroy(&bw->work);
+    pthread_mutex_destroy(&bw->lock);
     slim_free(bw);
 }
 
@@ -116,9 +251,13 @@ int store_blob_begin(struct store *st, struct blob_writer **out, struct slim_err
         return slim_error_set(err, SLIM_ENOMEM, "out of memory");
     bw->st = st;
     bw->fd = -1;
+    /* on Linux these cannot fail for default attributes */
+    pthread_mutex_init(&bw->lock, NULL);
+    pthread_cond_init(&bw->work, NULL);
+    pthread_cond_init(&bw->space, NULL);
     if (snprintf(bw->path, sizeof bw->path, "%s/tmp/upload-XXXXXX", store_data_dir(st)) >=
         (int)sizeof bw->path) {
-        slim_free(bw);
+        writer_free(bw);
         return slim_error_set(err, SLIM_EINVAL, "data dir path too long");
     }
     if (!(bw->md = EVP_MD_CTX_new()) || !EVP_DigestInit_ex(bw->md, EVP_sha256(), NULL)) {
@@ -138,6 +277,7 @@ int store_blob_write(struct blob_writer *bw, const void *buf, size_t len, struct
 {
     const char *p = buf;
     size_t left = len;
+    int rc;
     while (left) {
         ssize_t n = write(bw->fd, p, left);
         if (n < 0 && errno == EINTR)
@@ -147,9 +287,26 @@ int store_blob_write(struct blob_writer *bw, const void *buf, size_t len, struct
         p += n;
         left -= (size_t)n;
     }
-    if (!EVP_DigestUpdate(bw->md, buf, len))
-        return slim_error_set(err, SLIM_EINTERNAL, "sha256: digest update failed");
     bw->bytes += len;
+    if (bw->bytes - bw->written_back >= WRITEBACK_STEP) {
+        (void)sync_file_range(bw->fd, (off_t)bw->written_back,
+                              (off_t)(bw->bytes - bw->written_back), SYNC_FILE_RANGE_WRITE);
+        bw->written_back = bw->bytes;
+    }
+    p = buf;
+    left = len;
+    while (left) {
+        size_t n;
+        if (bw->fill == 0 && (rc = claim_slot(bw, err)))
+            return rc;
+        n = SLOT_SIZE - bw->fill < left ? SLOT_SIZE - bw->fill : left;
+        memcpy(bw->slot[bw->filled % SLOTS] + bw->fill, p, n);
+        bw->fill += n;
+        p += n;
+        left -= n;
+        if (bw->fill == SLOT_SIZE && (rc = publish(bw, err)))
+            return rc;
+    }
     return 0;
 }
 
@@ -163,9 +320,22 @@ const char *store_blob_temp_path(const struct blob_writer *bw)
     return bw->path;
 }
 
+/* Waits for the thread to hash every full slot, then hashes the slot
+ * being filled here. */
+static int hash_rest(struct blob_writer *bw, struct slim_error *err)
+{
+    hasher_stop(bw, 1);
+    if (bw->failed || (bw->fill && !EVP_DigestUpdate(bw->md, bw->slot[bw->filled % SLOTS],
+                                                     bw->fill)))
+        return slim_error_set(err, SLIM_EINTERNAL, "sha256: digest update failed");
+    return 0;
+}
+
 int store_blob_commit(struct blob_writer *bw, char sha_out[65], struct slim_error *err)
 {
-    int rc = digest_final(bw->md, sha_out, err);
+    int rc = hash_rest(bw, err);
+    if (!rc)
+        rc = digest_final(bw->md, sha_out, err);
     if (!rc && fsync(bw->fd))
         rc = io_error(err, "fsync", bw->path);
     if (close(bw->fd) && !rc)

@@ -51,20 +51,30 @@ const char *store_data_dir(const struct store *st);
 /* ---- blobs ---- */
 
 /* A file being written into the blob store; sha256 is computed as bytes
- * are appended, so an upload is hashed on its way to disk. */
+ * are appended, by a thread of the writer beside the writes, so an upload
+ * is hashed on its way to disk.  A writer is used by one thread at a time
+ * and holds at most 4 MiB of buffers whatever the file's size. */
 struct blob_writer;
 /* Creates a temp file under tmp/.  *out is a new writer. */
 int store_blob_begin(struct store *st, struct blob_writer **out, struct slim_error *err);
+/* Appends len bytes of buf (borrowed; not kept after the call): they are
+ * in the temp file when this returns, and queued for hashing (this waits
+ * when the hashing thread is 4 MiB behind).  SLIM_EIO when the write
+ * fails, SLIM_ENOMEM when a buffer or the thread cannot be had,
+ * SLIM_EINTERNAL when the digest fails; after an error the writer can
+ * only be aborted. */
 int store_blob_write(struct blob_writer *bw, const void *buf, size_t len, struct slim_error *err);
 uint64_t store_blob_bytes(const struct blob_writer *bw);
 /* Path of the temp file, for validation before commit (borrowed). */
 const char *store_blob_temp_path(const struct blob_writer *bw);
-/* fsyncs the temp file, renames it to blobs/xx/<sha256> (if that blob
- * already exists the temp file is dropped), fsyncs the folder, frees bw,
- * and writes the lowercase hex sha256 (65 bytes with NUL) to sha_out.
- * Frees bw even on failure (and removes the temp file). */
+/* Waits for the hashing thread to catch up, fsyncs the temp file,
+ * renames it to blobs/xx/<sha256> (if that blob already exists the temp
+ * file is dropped), fsyncs the folder, frees bw, and writes the
+ * lowercase hex sha256 (65 bytes with NUL) to sha_out.  Frees bw even on
+ * failure (and removes the temp file). */
 int store_blob_commit(struct blob_writer *bw, char sha_out[65], struct slim_error *err);
-/* Removes the temp file and frees bw. */
+/* Stops and joins the hashing thread, removes the temp file and frees
+ * bw; safe after any store_blob_write, failed or not, and on NULL. */
 void store_blob_abort(struct blob_writer *bw);
 /* Adopts an already written file (e.g. an artifact the pipeline wrote
  * into tmp/) into the blob store: hashes it, fsyncs, renames. */
