@@ -178,7 +178,8 @@ int slim_kmeans_1d_ref(const float *w, size_t n, const struct slim_kmeans_opts *
 
 /* What a quantizer's decoded values cost, summed in double over every
  * weight inside the row loop, while the row is in cache: err2 =
- * sum (w - deq)^2, ref2 = sum w^2, nonzero = count of deq != 0.  Every
+ * sum (ref - deq)^2, ref2 = sum ref^2, nonzero = count of deq != 0, ref
+ * being w unless stats->ref says otherwise.  Every
  * quantizer below takes an optional `stats` (NULL: not measured); with
  * stats, deq may still be NULL (the values are made per row in scratch
  * and dropped).  This is the report's measurement, fused so that a job
@@ -186,6 +187,10 @@ int slim_kmeans_1d_ref(const float *w, size_t n, const struct slim_kmeans_opts *
 struct slim_qstats {
     double err2, ref2;
     int64_t nonzero;
+    /* Input: the values to measure against, laid out as w (the original
+     * weights, when w already holds an earlier pass's changes); NULL
+     * measures against w. */
+    const float *ref;
 };
 
 /* int8 per output row.  w (rows, cols) -> q (rows, cols), scale (rows,),

@@ -457,7 +457,7 @@ static void qpart(void *ctx, int part, int nparts)
             j->bad[part] = 1;
             j->bad_row[part] = r;
         } else if (j->stats) {
-            row_stats(w, deq, cols, st);
+            row_stats(j->stats->ref ? j->stats->ref + r * cols : w, deq, cols, st);
         }
     }
 }

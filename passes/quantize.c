@@ -305,11 +305,12 @@ static int quantize_plan(const void *cfgp, struct slim_work *w, size_t i,
 
 /* Reads the current values (t->val, or the original while no pass has
  * changed them: then nothing is copied) and writes the decoded ones into
- * t->val.  When it reads the original, the kernel also measures the
- * result against it (t->stats), and when nothing after this pass needs
- * the decoded values (the dense, sparse or binary-after-prune outputs,
- * calibration's comparison), they are not written at all: for a plain
- * int8 job that is the one pass over the weights. */
+ * t->val.  For a tensor of the model itself (not a low-rank factor) the
+ * kernel also measures the result against the original (t->stats), and
+ * when nothing after this pass needs the decoded values (the dense,
+ * sparse or binary-after-prune outputs, calibration's comparison), they
+ * are not written at all: for a plain int8 job that is the one pass
+ * over the weights, and after a prune it saves the report's own pass. */
 static int quantize_one(const void *cfgp, struct slim_work *w, size_t i,
                         struct slim_error *err)
 {
@@ -320,7 +321,8 @@ static int quantize_one(const void *cfgp, struct slim_work *w, size_t i,
     int half = cfg->dtype == Q_FP16 || cfg->dtype == Q_BF16;
     double rel_minmax = 0.0, rel_mse, snr;
     const float *in = t->val ? t->val : w->orig;
-    int fused = in == w->orig && !half && !(cfg->dtype == Q_BINARY && t->pruned);
+    int fused = w->orig && !strcmp(t->name, t->origin) && !half &&
+                !(cfg->dtype == Q_BINARY && t->pruned);
     int need_val = !fused || calibrate || w->dequantize_output ||
                    (w->sparse_output && t->pruned);
     float *before = NULL;
@@ -343,6 +345,7 @@ static int quantize_one(const void *cfgp, struct slim_work *w, size_t i,
         goto out;
     }
     memset(&t->stats, 0, sizeof t->stats);
+    t->stats.ref = in == w->orig ? NULL : w->orig;
     if ((rc = describe_outs(cfg, t, err)) || (rc = slim_wt_alloc_outs(t, err)) ||
         (rc = encode(cfg, w, t, in, fused ? &t->stats : NULL, err)))
         goto out;

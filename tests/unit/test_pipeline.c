@@ -187,6 +187,20 @@ static void test_fused_stats_match(void **state)
                          0);
         check_stats(w, deq, n, &a, "int4");
     }
+    /* measured against another array (the original, when w holds a
+     * prune's result) */
+    {
+        float *pruned = malloc(n * 4);
+        struct slim_qstats a = {.ref = w};
+        for (size_t i = 0; i < n; i++)
+            pruned[i] = i % 3 ? w[i] : 0.0f;
+        assert_int_equal(slim_q8_rows(pruned, rows, cols, 1, 0, (int8_t *)q, sc, NULL, NULL, &a,
+                                      2, NULL), 0);
+        assert_int_equal(slim_q8_rows(pruned, rows, cols, 1, 0, (int8_t *)q, sc, NULL, deq, NULL,
+                                      2, NULL), 0);
+        check_stats(w, deq, n, &a, "int8 against a reference");
+        free(pruned);
+    }
     struct slim_qstats c = {0}, d = {0};
     assert_int_equal(slim_ternary_rows(w, rows, cols, q, sc, deq, &c, 2, NULL), 0);
     check_stats(w, deq, n, &c, "ternary");
