@@ -13,18 +13,6 @@
 #include "passes/kernels.h"
 #include "passes/slim.h"
 
-static const char *write_model(const char *name, struct slim_tensor *t, size_t n)
-{
-    static char path[4][512];
-    static int slot;
-    char *p = path[slot++ & 3];
-    struct slim_error err;
-    snprintf(p, 512, "%s/%s", test_tmp_dir(), name);
-    if (slim_st_write(p, t, n, NULL, &err))
-        fail_msg("write %s: %s", p, err.msg);
-    return p;
-}
-
 /* Runs spec_text over model into OUT (in the temp dir); returns the
  * pipeline's code and the report (or NULL). */
 static int run_spec(const char *model, const char *spec_text, const char *out,
@@ -108,7 +96,7 @@ static void test_global_prune_matches_kernel(void **state)
     t[3] = t[2];
     t[2] = (struct slim_tensor){.name = "l1.bias", .dtype = SLIM_DT_F32, .ndim = 1,
                                 .shape = {5}, .data = bias, .nbytes = 20};
-    const char *model = write_model("global.safetensors", t, 4);
+    const char *model = test_write_model("global.safetensors", t, 4);
     for (size_t s = 0; s < sizeof specs / sizeof specs[0]; s++) {
         struct slim_error err;
         struct slim_model art;
@@ -213,17 +201,6 @@ static void test_fused_stats_match(void **state)
     free(zp);
 }
 
-static json_t *row_of(json_t *report, const char *name)
-{
-    size_t i;
-    json_t *t;
-    json_array_foreach(json_object_get(report, "tensors"), i, t)
-        if (!strcmp(json_string_value(json_object_get(t, "name")), name))
-            return t;
-    fail_msg("no report row for %s", name);
-    return NULL;
-}
-
 static void test_half_inputs_stream(void **state)
 {
     /* F16 and BF16 tensors are converted one at a time; the report
@@ -249,7 +226,7 @@ static void test_half_inputs_stream(void **state)
         {.name = "norm", .dtype = SLIM_DT_BF16, .ndim = 2, .shape = {2, 4}, .data = table,
          .nbytes = 16},
     };
-    const char *model = write_model("half.safetensors", t, 3);
+    const char *model = test_write_model("half.safetensors", t, 3);
     struct slim_error err;
     struct slim_model art;
     json_t *rep = NULL;
@@ -272,9 +249,9 @@ static void test_half_inputs_stream(void **state)
             num += (x - dq) * (x - dq);
             den += x * x;
         }
-    double rel = json_real_value(json_object_get(row_of(rep, "a.weight"), "rel_error"));
+    double rel = json_real_value(json_object_get(test_report_row(rep, "a.weight"), "rel_error"));
     assert_true(fabs(rel - sqrt(num / den)) <= 1e-5 * rel);
-    assert_string_equal(json_string_value(json_object_get(row_of(rep, "b.weight"), "dtype_before")),
+    assert_string_equal(json_string_value(json_object_get(test_report_row(rep, "b.weight"), "dtype_before")),
                         "BF16");
     assert_memory_equal(slim_model_find(&art, "norm")->data, table, 16);
     slim_model_release(&art);
@@ -304,7 +281,7 @@ static void test_value_dependent_layouts(void **state)
                                       0.01 * uniform());
     struct slim_tensor t = {.name = "m.weight", .dtype = SLIM_DT_F32, .ndim = 2,
                             .shape = {40, 60}, .data = w, .nbytes = n * 4};
-    const char *model = write_model("vd.safetensors", &t, 1);
+    const char *model = test_write_model("vd.safetensors", &t, 1);
     for (size_t s = 0; s < 2; s++) {
         struct slim_error err;
         struct slim_model art;
@@ -357,7 +334,7 @@ static void test_cancel_and_errors_leave_nothing(void **state)
         {.name = "b.weight", .dtype = SLIM_DT_F32, .ndim = 2, .shape = {8, 8}, .data = b,
          .nbytes = 256},
     };
-    const char *model = write_model("nan2.safetensors", t, 2);
+    const char *model = test_write_model("nan2.safetensors", t, 2);
     /* canceled inside the global prune's summary sweeps */
     assert_int_equal(run_spec(model, "{\"passes\":[{\"op\":\"prune\",\"sparsity\":0.5,"
                                      "\"scope\":\"global\"}]}",

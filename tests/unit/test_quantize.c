@@ -8,18 +8,6 @@
 #include "tests/unit/util.h"
 #include "passes/slim.h"
 
-static const char *write_model(const char *name, struct slim_tensor *t, size_t n)
-{
-    static char path[4][512];
-    static int slot;
-    char *p = path[slot++ & 3];
-    struct slim_error err;
-    snprintf(p, 512, "%s/%s", test_tmp_dir(), name);
-    if (slim_st_write(p, t, n, NULL, &err))
-        fail_msg("write %s: %s", p, err.msg);
-    return p;
-}
-
 /* Runs spec_text over model; opens the artifact into *out. */
 static json_t *run(const char *model, const char *spec_text, struct slim_model *out)
 {
@@ -41,17 +29,6 @@ static json_t *run(const char *model, const char *spec_text, struct slim_model *
     return report;
 }
 
-static json_t *tensor_report(json_t *report, const char *name)
-{
-    size_t i;
-    json_t *t;
-    json_array_foreach(json_object_get(report, "tensors"), i, t)
-        if (!strcmp(json_string_value(json_object_get(t, "name")), name))
-            return t;
-    fail_msg("no report row for %s", name);
-    return NULL;
-}
-
 static void test_int8_symmetric_channel_by_hand(void **state)
 {
     /* row 0: max|w| = 2 -> scale 2/127; 1/(2/127) = 63.5 -> 64 (tie to even),
@@ -66,7 +43,7 @@ static void test_int8_symmetric_channel_by_hand(void **state)
     };
     struct slim_model a;
     (void)state;
-    json_t *rep = run(write_model("m1.safetensors", t, 2),
+    json_t *rep = run(test_write_model("m1.safetensors", t, 2),
                       "{\"passes\":[{\"op\":\"quantize\",\"dtype\":\"int8\"}]}", &a);
     const struct slim_tensor *q = slim_model_find(&a, "fc.weight");
     const struct slim_tensor *s = slim_model_find(&a, "fc.weight_scale");
@@ -97,14 +74,14 @@ static void test_int8_symmetric_channel_by_hand(void **state)
     assert_non_null(strstr(json_string_value(json_object_get(md, "slimd.tensors")),
                            "fc.weight_scale"));
     /* report: error of the row-0 codes, measured by hand */
-    json_t *r = tensor_report(rep, "fc.weight");
+    json_t *r = test_report_row(rep, "fc.weight");
     double s0 = 2.0 / 127.0, e1 = 64 * s0 - 1.0, e3 = 32 * s0 - 0.5, e2 = -127 * s0 + 2.0;
     double rel = sqrt((e1 * e1 + e2 * e2 + e3 * e3) / (1.0 + 4.0 + 0.25));
     assert_float_equal(json_real_value(json_object_get(r, "rel_error")), rel, 1e-6);
     assert_int_equal(json_integer_value(json_object_get(r, "bytes_before")), 24);
     assert_int_equal(json_integer_value(json_object_get(r, "bytes_after")), 6 + 8);
     assert_string_equal(json_string_value(json_object_get(r, "dtype_after")), "I8");
-    r = tensor_report(rep, "fc.bias");
+    r = test_report_row(rep, "fc.bias");
     assert_true(json_real_value(json_object_get(r, "rel_error")) == 0.0);
     assert_true(json_is_null(json_object_get(r, "snr_db")));
     json_t *tot = json_object_get(rep, "totals");
@@ -126,7 +103,7 @@ static void test_int8_asymmetric_tensor_by_hand(void **state)
                             .data = w, .nbytes = 16};
     struct slim_model a;
     (void)state;
-    json_t *rep = run(write_model("m2.safetensors", &t, 1),
+    json_t *rep = run(test_write_model("m2.safetensors", &t, 1),
                       "{\"passes\":[{\"op\":\"quantize\",\"dtype\":\"int8\",\"granularity\":"
                       "\"tensor\",\"symmetric\":false}]}", &a);
     const struct slim_tensor *q = slim_model_find(&a, "w");
@@ -164,9 +141,9 @@ static void test_gaussian_error_bounds(void **state)
     (void)state;
     for (int i = 0; i < R * C; i++)
         w[i] = 0.02f * gauss(&seed);
-    const char *m = write_model("g.safetensors", &t, 1);
+    const char *m = test_write_model("g.safetensors", &t, 1);
     json_t *rep = run(m, "{\"passes\":[{\"op\":\"quantize\",\"dtype\":\"int8\"}]}", &a);
-    double rel = json_real_value(json_object_get(tensor_report(rep, "layer.weight"), "rel_error"));
+    double rel = json_real_value(json_object_get(test_report_row(rep, "layer.weight"), "rel_error"));
     /* int8 on Gaussian rows: about 1 % or less; also decode by hand and compare */
     assert_true(rel > 0.001 && rel < 0.012);
     const int8_t *q = slim_model_find(&a, "layer.weight")->data;
@@ -186,7 +163,7 @@ static void test_gaussian_error_bounds(void **state)
     const struct slim_tensor *h = slim_model_find(&a, "layer.weight");
     assert_int_equal(h->dtype, SLIM_DT_F16);
     assert_int_equal(((const uint16_t *)h->data)[5], slim_f32_to_f16(w[5]));
-    rel = json_real_value(json_object_get(tensor_report(rep, "layer.weight"), "rel_error"));
+    rel = json_real_value(json_object_get(test_report_row(rep, "layer.weight"), "rel_error"));
     assert_true(rel > 0 && rel < 5e-4);
     json_decref(rep);
     slim_model_release(&a);
@@ -219,7 +196,7 @@ static void test_include_exclude_and_types(void **state)
     };
     struct slim_model a;
     (void)state;
-    json_t *rep = run(write_model("m3.safetensors", t, 4),
+    json_t *rep = run(test_write_model("m3.safetensors", t, 4),
                       "{\"passes\":[{\"op\":\"quantize\",\"dtype\":\"int8\","
                       "\"include\":[\"*.weight\"],\"exclude\":[\"dec.*\"]}]}", &a);
     assert_int_equal(slim_model_find(&a, "enc.q.weight")->dtype, SLIM_DT_I8);
@@ -245,7 +222,7 @@ static void test_nan_rejected(void **state)
     (void)state;
     assert_int_equal(slim_spec_parse(js, NULL, &spec, &err), 0);
     snprintf(out, sizeof out, "%s/nan-out.safetensors", test_tmp_dir());
-    assert_int_equal(slim_pipeline_run(spec, write_model("nan.safetensors", &t, 1), out, NULL,
+    assert_int_equal(slim_pipeline_run(spec, test_write_model("nan.safetensors", &t, 1), out, NULL,
                                        &rep, &err),
                      SLIM_ENUMERIC);
     assert_non_null(strstr(err.msg, "NaN"));
@@ -277,7 +254,7 @@ static void test_cancel(void **state)
     (void)state;
     assert_int_equal(slim_spec_parse(js, NULL, &spec, &err), 0);
     snprintf(out, sizeof out, "%s/c.safetensors", test_tmp_dir());
-    assert_int_equal(slim_pipeline_run(spec, write_model("c-in.safetensors", &t, 1), out, &opts,
+    assert_int_equal(slim_pipeline_run(spec, test_write_model("c-in.safetensors", &t, 1), out, &opts,
                                        &rep, &err),
                      SLIM_ECANCELED);
     assert_null(rep);
@@ -335,7 +312,7 @@ static void test_alloc_failures(void **state)
     float w[8] = {1, 2, 3, 4, 5, 6, 7, 8};
     struct slim_tensor t = {.name = "w", .dtype = SLIM_DT_F32, .ndim = 2, .shape = {2, 4},
                             .data = w, .nbytes = 32};
-    const char *m = write_model("af.safetensors", &t, 1);
+    const char *m = test_write_model("af.safetensors", &t, 1);
     json_t *js = json_loads("{\"passes\":[{\"op\":\"quantize\",\"dtype\":\"int8\","
                             "\"symmetric\":false}]}", 0, NULL);
     char out[512];

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <cmocka.h>
+#include "passes/slim.h"
 
 static char test_tmp_root[256];
 
@@ -57,6 +58,32 @@ static inline const char *test_write_file(const char *name, const void *buf, siz
         exit(99);
     }
     return p;
+}
+
+/* Writes tensors as a safetensors model named `name` in the temp dir;
+ * returns its path (static, rotated over four slots). */
+static inline const char *test_write_model(const char *name, struct slim_tensor *t, size_t n)
+{
+    static char path[4][512];
+    static int slot;
+    char *p = path[slot++ & 3];
+    struct slim_error err;
+    snprintf(p, 512, "%s/%s", test_tmp_dir(), name);
+    if (slim_st_write(p, t, n, NULL, &err))
+        fail_msg("write %s: %s", p, err.msg);
+    return p;
+}
+
+/* The report's row for tensor `name` (borrowed); fails the test if none. */
+static inline json_t *test_report_row(json_t *report, const char *name)
+{
+    size_t i;
+    json_t *t;
+    json_array_foreach(json_object_get(report, "tensors"), i, t)
+        if (!strcmp(json_string_value(json_object_get(t, "name")), name))
+            return t;
+    fail_msg("no report row for %s", name);
+    return NULL;
 }
 
 #endif
