@@ -249,7 +249,7 @@ static void test_cancel(void **state)
     struct slim_error err;
     json_t *rep = NULL;
     int calls = 0;
-    struct slim_run_opts opts = {cancel_now, &calls, 1};
+    struct slim_run_opts opts = {.progress = cancel_now, .progress_ud = &calls, .threads = 1};
     char out[512];
     (void)state;
     assert_int_equal(slim_spec_parse(js, NULL, &spec, &err), 0);
