@@ -314,17 +314,33 @@ static json_t *job_row(sqlite3_stmt *s)
 }
 
 /* Steps s for one row and converts it with to_json into *row; a missing
- * row is SLIM_ENOTFOUND with "<what> <id> does not exist". */
+ * row is SLIM_ENOTFOUND with "<what> <id> does not exist".  For a write
+ * (INSERT/UPDATE ... RETURNING) the row comes before the statement ends,
+ * and the statement's implicit COMMIT, the step that can fail when the
+ * disk is full, only comes with the next step: s is stepped to its end
+ * and a failure there drops the row and is returned, so no caller ever
+ * acknowledges a write that did not commit. */
 static int one_row(struct store *st, sqlite3_stmt *s, json_t *(*to_json)(sqlite3_stmt *),
                    json_t **row, const char *what, const char *id, struct slim_error *err)
 {
     int rc = sqlite3_step(s);
+    *row = NULL;
     if (rc == SQLITE_ROW)
         rc = (*row = to_json(s)) ? 0 : slim_error_set(err, SLIM_ENOMEM, "out of memory");
     else if (rc == SQLITE_DONE)
         rc = slim_error_set(err, SLIM_ENOTFOUND, "%s %.64s does not exist", what, id);
     else
         rc = db_error(st, err, "cannot read %s %.64s", what, id);
+    if (*row && !sqlite3_stmt_readonly(s)) {
+        int end;
+        while ((end = sqlite3_step(s)) == SQLITE_ROW)
+            ;
+        if (end != SQLITE_DONE || sqlite3_reset(s) != SQLITE_OK) {
+            json_decref(*row);
+            *row = NULL;
+            rc = db_error(st, err, "cannot write %s %.64s", what, id);
+        }
+    }
     done(s);
     return rc;
 }
@@ -726,14 +742,9 @@ int store_job_claim(struct store *st, uint64_t mem_left, json_t **row, struct sl
     rc = prep(st, Q_JOB_CLAIM, &s, err, "I",
               (int64_t)(mem_left > (uint64_t)INT64_MAX ? (uint64_t)INT64_MAX : mem_left));
     if (!rc) {
-        rc = sqlite3_step(s);
-        if (rc == SQLITE_ROW)
-            rc = (*row = job_row(s)) ? 0 : slim_error_set(err, SLIM_ENOMEM, "out of memory");
-        else if (rc == SQLITE_DONE)
+        rc = one_row(st, s, job_row, row, "job", "claim", err);
+        if (rc == SLIM_ENOTFOUND)
             rc = slim_error_set(err, SLIM_ENOTFOUND, "no queued job fits");
-        else
-            rc = db_error(st, err, "cannot claim a job");
-        done(s);
     }
     pthread_mutex_unlock(&st->lock);
     return rc;

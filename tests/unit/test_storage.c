@@ -821,6 +821,115 @@ static void test_claim_within_memory(void **state)
     store_close(st);
 }
 
+/* ---- a disk that fills up: a VFS over the default one whose writes to
+ * the WAL fail with SQLITE_FULL while `disk_full` is set.  A WAL frame
+ * is written when a transaction commits, so this fails exactly the
+ * commit that a statement's last step performs. */
+
+static sqlite3_vfs *real_vfs;
+static sqlite3_vfs full_vfs;
+static int disk_full;
+
+struct full_file {
+    sqlite3_file base;
+    sqlite3_file *real;   /* right after this struct */
+    int wal;
+};
+
+#define REAL(f) (((struct full_file *)(f))->real)
+static int ff_close(sqlite3_file *f) { return REAL(f)->pMethods->xClose(REAL(f)); }
+static int ff_read(sqlite3_file *f, void *b, int n, sqlite3_int64 o)
+{ return REAL(f)->pMethods->xRead(REAL(f), b, n, o); }
+static int ff_write(sqlite3_file *f, const void *b, int n, sqlite3_int64 o)
+{
+    if (disk_full && ((struct full_file *)f)->wal)
+        return SQLITE_FULL;
+    return REAL(f)->pMethods->xWrite(REAL(f), b, n, o);
+}
+static int ff_truncate(sqlite3_file *f, sqlite3_int64 n)
+{ return REAL(f)->pMethods->xTruncate(REAL(f), n); }
+static int ff_sync(sqlite3_file *f, int fl) { return REAL(f)->pMethods->xSync(REAL(f), fl); }
+static int ff_size(sqlite3_file *f, sqlite3_int64 *n)
+{ return REAL(f)->pMethods->xFileSize(REAL(f), n); }
+static int ff_lock(sqlite3_file *f, int l) { return REAL(f)->pMethods->xLock(REAL(f), l); }
+static int ff_unlock(sqlite3_file *f, int l) { return REAL(f)->pMethods->xUnlock(REAL(f), l); }
+static int ff_reserved(sqlite3_file *f, int *r)
+{ return REAL(f)->pMethods->xCheckReservedLock(REAL(f), r); }
+static int ff_fcntl(sqlite3_file *f, int op, void *a)
+{ return REAL(f)->pMethods->xFileControl(REAL(f), op, a); }
+static int ff_sector(sqlite3_file *f) { return REAL(f)->pMethods->xSectorSize(REAL(f)); }
+static int ff_dev(sqlite3_file *f) { return REAL(f)->pMethods->xDeviceCharacteristics(REAL(f)); }
+static int ff_shm_map(sqlite3_file *f, int pg, int sz, int ext, void volatile **pp)
+{ return REAL(f)->pMethods->xShmMap(REAL(f), pg, sz, ext, pp); }
+static int ff_shm_lock(sqlite3_file *f, int o, int n, int fl)
+{ return REAL(f)->pMethods->xShmLock(REAL(f), o, n, fl); }
+static void ff_shm_barrier(sqlite3_file *f) { REAL(f)->pMethods->xShmBarrier(REAL(f)); }
+static int ff_shm_unmap(sqlite3_file *f, int del)
+{ return REAL(f)->pMethods->xShmUnmap(REAL(f), del); }
+
+static const sqlite3_io_methods full_methods = {
+    2, ff_close, ff_read, ff_write, ff_truncate, ff_sync, ff_size, ff_lock, ff_unlock,
+    ff_reserved, ff_fcntl, ff_sector, ff_dev, ff_shm_map, ff_shm_lock, ff_shm_barrier,
+    ff_shm_unmap, NULL, NULL,
+};
+
+static int ff_open(sqlite3_vfs *v, const char *name, sqlite3_file *f, int flags, int *out)
+{
+    struct full_file *ff = (struct full_file *)f;
+    int rc;
+    (void)v;
+    ff->real = (sqlite3_file *)(ff + 1);
+    ff->wal = (flags & SQLITE_OPEN_WAL) != 0;
+    rc = real_vfs->xOpen(real_vfs, name, ff->real, flags, out);
+    f->pMethods = rc == SQLITE_OK && ff->real->pMethods ? &full_methods : NULL;
+    return rc;
+}
+
+static void test_full_disk_acknowledges_nothing(void **state)
+{
+    /* a commit that fails must fail the call: no job or model is
+     * returned as stored (202/201) and then found missing, and the claim
+     * of a job whose running state did not commit starts nothing */
+    (void)state;
+    real_vfs = sqlite3_vfs_find(NULL);
+    full_vfs = *real_vfs;
+    full_vfs.zName = "slimd-test-full";
+    full_vfs.szOsFile = (int)sizeof(struct full_file) + real_vfs->szOsFile;
+    full_vfs.xOpen = ff_open;
+    assert_int_equal(sqlite3_vfs_register(&full_vfs, 1), SQLITE_OK);
+
+    struct store *st = open_store(data_dir("full"));
+    struct slim_error err;
+    const char *m = put_model(st, "m", "model bytes"), *queued = put_job(st, m);
+    json_t *spec = json_pack("{s:s, s:[{s:s, s:s}]}", "model", m, "passes", "op", "quantize",
+                             "dtype", "int8"), *row = (json_t *)1, *info;
+    int total = -1;
+
+    disk_full = 1;
+    assert_int_equal(store_job_insert(st, m, spec, 0, &row, &err), SLIM_EIO);
+    assert_null(row);
+    row = (json_t *)1;
+    assert_int_equal(store_job_claim(st, UINT64_MAX, &row, &err), SLIM_EIO);
+    assert_null(row);
+    info = json_pack("{s:s, s:i, s:i}", "format", "safetensors", "tensors", 1, "params", 1);
+    assert_int_equal(store_model_insert(st, "n", SHA_ABC, 3, info, &row, &err) != 0, 1);
+    disk_full = 0;
+
+    /* nothing of that exists; the queued job is still queued, once */
+    assert_int_equal(store_job_list(st, -1, 100, 0, &row, &total, &err), 0);
+    assert_int_equal(total, 1);
+    json_decref(row);
+    row = get_job(st, queued);
+    assert_string_equal(sfield(row, "state"), "queued");
+    assert_int_equal(json_integer_value(json_object_get(row, "attempts")), 0);
+    json_decref(row);
+    claim_expect(st, queued);
+    json_decref(info);
+    json_decref(spec);
+    store_close(st);
+    sqlite3_vfs_unregister(&full_vfs);
+}
+
 static void test_alloc_failures(void **state)
 {
     const char *dir = data_dir("nomem");
@@ -881,6 +990,7 @@ int main(void)
         cmocka_unit_test(test_model_delete_and_jobs),
         cmocka_unit_test(test_concurrent_claim),
         cmocka_unit_test(test_claim_within_memory),
+        cmocka_unit_test(test_full_disk_acknowledges_nothing),
         cmocka_unit_test(test_alloc_failures),
         cmocka_unit_test(test_no_leaks_in_wrappers),
     };
