@@ -4,9 +4,11 @@
  * Each running job has a slot: its id, the paths, the parsed spec, and
  * an atomic stop flag that the pipeline's progress callback reads (1: the
  * user canceled, 2: the daemon is shutting down).  The progress callback
- * runs on the worker thread; it writes progress to SQLite at most every
- * 250 ms so a dashboard sees it move without turning the job into a
- * stream of writes.
+ * runs on the worker thread and only stores progress and stage in the
+ * slot (atomics); a timer on the loop writes them to SQLite every 250 ms
+ * while jobs run, so a dashboard sees them move and the pipeline never
+ * waits for a database commit (an fsync, which during an artifact's
+ * writeback can take long).
  *
  * A cancel can race a claim: the API marks the row cancel_requested and
  * then looks for the slot.  The runner registers the slot first and
@@ -33,7 +35,9 @@ struct slot {
     char out_path[4096];
     json_t *spec_json;
     atomic_int stop;
-    double last_persist;
+    _Atomic double progress;            /* written by the worker, read by the tick */
+    _Atomic(const char *) stage;        /* a static string (an op name, "load", "write") */
+    double persisted;                   /* what the tick wrote last */
     int rc;
     struct slim_error err;
     json_t *report;
@@ -47,6 +51,7 @@ struct runner {
     uv_async_t wake;
     struct store *st;
     struct runner_config cfg;
+    uv_timer_t tick;        /* persists running jobs' progress */
     struct slot *slots;
     int running;
     uint64_t reserved;      /* memory the running jobs reserved */
@@ -61,12 +66,25 @@ static void claim_more(struct runner *r);
 static int on_progress(void *ud, double progress, const char *stage)
 {
     struct slot *s = ud;
-    double now = slim_now();
-    if (progress >= 0 && (now - s->last_persist >= 0.25 || progress >= 1.0)) {
-        s->last_persist = now;
-        store_job_progress(s->r->st, s->id, progress, stage, NULL);
+    if (progress >= 0) {
+        atomic_store(&s->stage, stage);
+        atomic_store(&s->progress, progress);
     }
     return atomic_load(&s->stop) != STOP_NONE;
+}
+
+/* Loop thread: writes the progress that moved since the last tick. */
+static void on_tick(uv_timer_t *t)
+{
+    struct runner *r = t->data;
+    for (int i = 0; i < r->cfg.workers; i++) {
+        struct slot *s = &r->slots[i];
+        double p;
+        if (!s->used || (p = atomic_load(&s->progress)) == s->persisted)
+            continue;
+        s->persisted = p;
+        store_job_progress(r->st, s->id, p, atomic_load(&s->stage), NULL);
+    }
 }
 
 static void work_cb(uv_work_t *w)
@@ -109,6 +127,8 @@ static void release_slot(struct runner *r, struct slot *s)
     r->running--;
     r->reserved -= s->mem;
     s->mem = 0;
+    if (r->running == 0)
+        uv_timer_stop(&r->tick);
 }
 
 static void on_closed(uv_handle_t *h)
@@ -123,10 +143,16 @@ static void on_closed(uv_handle_t *h)
         done(ud);
 }
 
+static void on_tick_closed(uv_handle_t *h)
+{
+    struct runner *r = h->data;
+    uv_close((uv_handle_t *)&r->wake, on_closed);
+}
+
 static void maybe_finish(struct runner *r)
 {
-    if (r->shutting_down && r->running == 0 && !uv_is_closing((uv_handle_t *)&r->wake))
-        uv_close((uv_handle_t *)&r->wake, on_closed);
+    if (r->shutting_down && r->running == 0 && !uv_is_closing((uv_handle_t *)&r->tick))
+        uv_close((uv_handle_t *)&r->tick, on_tick_closed);
 }
 
 static void after_work(uv_work_t *w, int status)
@@ -189,7 +215,9 @@ static int start_job(struct runner *r, struct slot *s, json_t *row)
     r->reserved += s->mem;
     s->report = NULL;
     s->rc = 0;
-    s->last_persist = 0;
+    atomic_store(&s->progress, 0.0);
+    atomic_store(&s->stage, "load");
+    s->persisted = 0;
     s->r = r;
     s->work.data = s;
     atomic_store(&s->stop, STOP_NONE);
@@ -204,6 +232,8 @@ static int start_job(struct runner *r, struct slot *s, json_t *row)
         json_decref(row);
     }
     r->running++;
+    if (!uv_is_active((uv_handle_t *)&r->tick))
+        uv_timer_start(&r->tick, on_tick, 250, 250);
     log_info("job %s running", id);
     uv_queue_work(r->loop, &s->work, work_cb, after_work);
     return 0;
@@ -268,6 +298,8 @@ int runner_new(uv_loop_t *loop, struct store *st, const struct runner_config *cf
                  failed);
     uv_async_init(loop, &r->wake, on_wake);
     r->wake.data = r;
+    uv_timer_init(loop, &r->tick);
+    r->tick.data = r;
     *out = r;
     claim_more(r);
     return 0;
