@@ -43,6 +43,23 @@ static enum MHD_Result find_name(void *cls, enum MHD_ValueKind kind, const char 
     return MHD_NO;
 }
 
+/* A display name: 1 to 200 bytes of valid UTF-8 with no control
+ * characters (it is echoed in JSON and in Content-Disposition), checked
+ * before the blob is committed so that a bad name stores nothing. */
+static int valid_name(const char *name)
+{
+    size_t n = strlen(name);
+    json_t *utf8;
+    if (n == 0 || n > 200)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)name[i] < 0x20 || name[i] == 0x7f)
+            return 0;
+    utf8 = json_string(name);   /* NULL unless valid UTF-8 */
+    json_decref(utf8);
+    return utf8 != NULL;
+}
+
 enum MHD_Result api_models_upload(struct api_ctx *ctx, struct MHD_Connection *conn,
                                   struct api_request *req)
 {
@@ -68,8 +85,9 @@ enum MHD_Result api_models_upload(struct api_ctx *ctx, struct MHD_Connection *co
     else if (bytes == 0)
         slim_error_set(&err, SLIM_EFORMAT, "empty body: send the model file as the body (curl "
                        "-T model.safetensors -X POST) or as multipart field 'file'");
-    else if (name && (!*name || strlen(name) > 200))
-        slim_error_set(&err, SLIM_EINVAL, "name: expected 1 to 200 characters");
+    else if (name && !valid_name(name))
+        slim_error_set(&err, SLIM_EINVAL, "name: expected 1 to 200 bytes of UTF-8 text "
+                       "without control characters");
     else if (read_head(store_blob_temp_path(up->bw), head, sizeof head, &got))
         slim_error_set(&err, SLIM_EIO, "cannot read the uploaded file back");
     else if (!(fmt = slim_format_detect(head, got)))

@@ -241,6 +241,13 @@ static int parse_range(const char *h, uint64_t size, uint64_t *start, uint64_t *
     if (!h || strncmp(h, "bytes=", 6) || strchr(h, ','))
         return 0;
     h += 6;
+    /* digits only: strtoull would also take a sign or spaces, and
+     * "bytes=0--1" would become the whole file as a 206 */
+    for (const char *c = h; *c; c++)
+        if (*c != '-' && (*c < '0' || *c > '9'))
+            return 0;
+    if (strchr(h, '-') != strrchr(h, '-'))
+        return 0;
     if (*h == '-') {
         errno = 0;
         b = strtoull(h + 1, &end, 10);

@@ -100,6 +100,13 @@ def tmp_entries(d=None):
     return sorted(os.listdir(p)) if os.path.isdir(p) else []
 
 
+def blob_files(d=None):
+    out = []
+    for root, _, files in os.walk(os.path.join((d or D).data_dir, "blobs")):
+        out += [os.path.join(root, f) for f in files]
+    return sorted(out)
+
+
 def model_ids(d=None):
     r = (d or D).get("/v1/models?limit=1000")
     assert r.status == 200, r
@@ -385,6 +392,14 @@ def test_upload_errors():
     # an empty or overlong ?name=
     failed_upload(good, 400, "INVALID_ARGUMENT", ["name"], path="/v1/models?name=")
     failed_upload(good, 400, "INVALID_ARGUMENT", ["name"], path="/v1/models?name=" + "n" * 201)
+    # invalid UTF-8 and control characters: refused before anything is
+    # stored (no model, no blob)
+    unique = h.safetensors_bytes([h.t_f32("only.here.weight", [3, 5], 98765)])
+    blobs_before = blob_files(D)
+    for bad in ("%FF%FE", "a%0Ab", "tab%09", "del%7F"):
+        failed_upload(unique, 400, "INVALID_ARGUMENT", ["name"],
+                      path="/v1/models?name=" + bad)
+    assert blob_files(D) == blobs_before, "a refused upload left a blob behind"
     # and a good one still works after all that
     D.upload(good, name="after-errors")
 
@@ -603,6 +618,10 @@ def test_artifact_range_and_etag():
     # the model file has the same machinery
     r = D.get("/v1/models/%s/file" % mid, headers={"Range": "bytes=0-7"})
     assert r.status == 206 and r.body == _shared["data"][:8], r
+    # a malformed range is ignored (the whole file, 200), never a 206 of it
+    for bad in ("bytes=0--1", "bytes=+1-2", "bytes= 1-2", "bytes=1-2-3", "bytes=-+5"):
+        r = D.get("/v1/jobs/%s/artifact" % job["id"], headers={"Range": bad})
+        assert r.status == 200 and r.body == body, (bad, r)
 
 
 @test
