@@ -174,9 +174,11 @@ enum MHD_Result api_reply_json(struct MHD_Connection *conn, struct api_request *
     return queue(conn, req, status, resp);
 }
 
+/* Queues {"error": {code, message}} with status, and one extra header
+ * (hname may be NULL). */
 static enum MHD_Result reply_error_status(struct MHD_Connection *conn, struct api_request *req,
                                           int status, const char *code, const char *msg,
-                                          const char *allow)
+                                          const char *hname, const char *hval)
 {
     json_t *body = json_pack("{s:{s:s, s:s}}", "error", "code", code, "message", msg);
     char *text = body ? json_dumps(body, JSON_INDENT(2)) : NULL;
@@ -192,8 +194,8 @@ static enum MHD_Result reply_error_status(struct MHD_Connection *conn, struct ap
         return MHD_NO;
     }
     MHD_add_response_header(resp, "Content-Type", "application/json");
-    if (allow)
-        MHD_add_response_header(resp, "Allow", allow);
+    if (hname)
+        MHD_add_response_header(resp, hname, hval);
     return queue(conn, req, status, resp);
 }
 
@@ -205,7 +207,8 @@ enum MHD_Result api_reply_error(struct MHD_Connection *conn, struct api_request 
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    return reply_error_status(conn, req, slim_http_status(code), slim_errcode(code), msg, NULL);
+    return reply_error_status(conn, req, slim_http_status(code), slim_errcode(code), msg, NULL,
+                              NULL);
 }
 
 enum MHD_Result api_reply_slim_error(struct MHD_Connection *conn, struct api_request *req,
@@ -286,7 +289,7 @@ enum MHD_Result api_reply_file(struct MHD_Connection *conn, struct api_request *
                                const char *path, const char *sha, const char *content_type,
                                const char *filename)
 {
-    char etag[80], hdr[512];
+    char etag[80], hdr[512], msg[160];
     const char *inm = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "If-None-Match");
     const char *range = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Range");
     struct MHD_Response *resp;
@@ -314,10 +317,10 @@ enum MHD_Result api_reply_file(struct MHD_Connection *conn, struct api_request *
     if (r < 0) {
         close(fd);
         snprintf(hdr, sizeof hdr, "bytes */%lld", (long long)st.st_size);
-        resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
-        if (resp)
-            MHD_add_response_header(resp, "Content-Range", hdr);
-        return queue(conn, req, 416, resp);
+        snprintf(msg, sizeof msg, "Range '%.60s' lies outside the file's %lld bytes", range,
+                 (long long)st.st_size);
+        return reply_error_status(conn, req, 416, slim_errcode(SLIM_ERANGE), msg,
+                                  "Content-Range", hdr);
     }
     if (r > 0)
         status = 206;
@@ -339,6 +342,34 @@ enum MHD_Result api_reply_file(struct MHD_Connection *conn, struct api_request *
         MHD_add_response_header(resp, "Content-Disposition", hdr);
     }
     return queue(conn, req, status, resp);
+}
+
+static int hexval(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                                          : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+/* libmicrohttpd's URL and query unescaping, except that %00 stays as
+ * the three characters it is: decoded, a NUL would cut the string short
+ * and "/v1/health%00x" would be served as "/v1/health". */
+static size_t unescape(void *cls, struct MHD_Connection *conn, char *s)
+{
+    char *w = s;
+    const char *r = s;
+    (void)cls;
+    (void)conn;
+    while (*r) {
+        int hi = r[0] == '%' ? hexval(r[1]) : -1, lo = hi >= 0 ? hexval(r[2]) : -1;
+        if (lo >= 0 && (hi | lo)) {
+            *w++ = (char)(hi * 16 + lo);
+            r += 3;
+        } else {
+            *w++ = *r++;
+        }
+    }
+    *w = 0;
+    return (size_t)(w - s);
 }
 
 int api_paging(struct MHD_Connection *conn, struct api_request *req, int *limit, int *offset,
@@ -478,7 +509,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         if (!r) {
             if (path_known)
                 return reply_error_status(conn, req, 405, "METHOD_NOT_ALLOWED",
-                                          "method not allowed for this path", allow);
+                                          "method not allowed for this path", "Allow", allow);
             return api_reply_error(conn, req, SLIM_ENOTFOUND, "no such endpoint: %s %.200s",
                                    method, url);
         }
@@ -609,6 +640,7 @@ int api_server_start(struct store *st, const struct api_config *cfg,
                                 MHD_OPTION_CONNECTION_LIMIT, (unsigned)256,
                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)300,
                                 MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
+                                MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL,
                                 MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONN_MEMORY,
                                 MHD_OPTION_CONNECTION_MEMORY_INCREMENT, (size_t)CONN_MEMORY_INCREMENT,
                                 MHD_OPTION_END);

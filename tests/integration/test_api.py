@@ -321,6 +321,9 @@ def test_model_list_get_file():
     assert r.header("ETag") == '"%s"' % hashlib.sha256(data).hexdigest(), r.header("ETag")
     check_error(D.get("/v1/models/mdl_doesnotexist"), 404, "NOT_FOUND")
     check_error(D.get("/v1/models/mdl_doesnotexist/file"), 404, "NOT_FOUND")
+    # %00 does not cut a path short; other escapes decode as usual
+    check_error(D.get("/v1/health%00x"), 404, "NOT_FOUND")
+    assert D.get("/v1/he%61lth").status == 200
 
 
 def failed_upload(data, status, code, contains_any=None, headers=None, path="/v1/models",
@@ -622,6 +625,10 @@ def test_artifact_range_and_etag():
     for bad in ("bytes=0--1", "bytes=+1-2", "bytes= 1-2", "bytes=1-2-3", "bytes=-+5"):
         r = D.get("/v1/jobs/%s/artifact" % job["id"], headers={"Range": bad})
         assert r.status == 200 and r.body == body, (bad, r)
+    # past the end: 416 with the JSON envelope and the file's size
+    r = D.get("/v1/jobs/%s/artifact" % job["id"], headers={"Range": "bytes=%d-" % len(body)})
+    check_error(r, 416, "RANGE_NOT_SATISFIABLE", "outside")
+    assert r.header("Content-Range") == "bytes */%d" % len(body), r.headers
 
 
 @test
