@@ -168,10 +168,24 @@ int slim_st_parse(const void *buf, size_t len, struct slim_model *m, struct slim
                 rc = slim_error_set(err, SLIM_EFORMAT, "__metadata__ is not an object");
                 goto out;
             }
+            size_t md_bytes = 0;
+            if (json_object_size(val) > SLIM_ST_MAX_METADATA_KEYS) {
+                rc = slim_error_set(err, SLIM_EFORMAT,
+                                    "__metadata__ has %zu entries, more than the %d slimd keeps",
+                                    json_object_size(val), SLIM_ST_MAX_METADATA_KEYS);
+                goto out;
+            }
             json_object_foreach(val, mk, mv) {
                 if (!json_is_string(mv)) {
                     rc = slim_error_set(err, SLIM_EFORMAT,
                                         "__metadata__['%.60s'] is not a string", mk);
+                    goto out;
+                }
+                md_bytes += strlen(mk) + json_string_length(mv);
+                if (md_bytes > SLIM_ST_MAX_METADATA_BYTES) {
+                    rc = slim_error_set(err, SLIM_EFORMAT,
+                                        "__metadata__ holds more than the %u bytes slimd keeps",
+                                        SLIM_ST_MAX_METADATA_BYTES);
                     goto out;
                 }
                 json_object_set(m->metadata, mk, mv);
@@ -222,19 +236,21 @@ int slim_st_open(const char *path, struct slim_model *m, struct slim_error *err)
     void *map = NULL;
     int fd, rc;
 
+    /* messages name the file, never the server's folders */
+    const char *name = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
     memset(m, 0, sizeof *m);
     fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return slim_error_set(err, SLIM_EIO, "cannot open %s: %s", path, strerror(errno));
+        return slim_error_set(err, SLIM_EIO, "cannot open %s: %s", name, strerror(errno));
     if (fstat(fd, &stt) != 0) {
-        rc = slim_error_set(err, SLIM_EIO, "cannot stat %s: %s", path, strerror(errno));
+        rc = slim_error_set(err, SLIM_EIO, "cannot stat %s: %s", name, strerror(errno));
         close(fd);
         return rc;
     }
     if (stt.st_size > 0) {
         map = mmap(NULL, (size_t)stt.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
         if (map == MAP_FAILED) {
-            rc = slim_error_set(err, SLIM_EIO, "cannot map %s: %s", path, strerror(errno));
+            rc = slim_error_set(err, SLIM_EIO, "cannot map %s: %s", name, strerror(errno));
             close(fd);
             return rc;
         }

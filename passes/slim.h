@@ -157,6 +157,12 @@ struct slim_model {
 /* Largest header slimd accepts: 100 MB is what the reference
  * implementation allows, and nothing real comes close. */
 #define SLIM_ST_MAX_HEADER (100u * 1024 * 1024)
+/* __metadata__ is free text that slimd stores with the model and copies
+ * into every artifact: real files carry a handful of keys ("format":
+ * "pt"), so more than this is refused rather than stored and re-read on
+ * every request. */
+#define SLIM_ST_MAX_METADATA_KEYS 1024
+#define SLIM_ST_MAX_METADATA_BYTES (1024u * 1024)
 
 /* Opens and validates a safetensors file (mmap, read-only).  Checks: the
  * 8-byte length fits the file and SLIM_ST_MAX_HEADER; the header is one
@@ -164,7 +170,8 @@ struct slim_model {
  * shape of non-negative ints, and data_offsets [begin, end] inside the
  * data area with end - begin == numel * dtype size; the spans are
  * contiguous, non-overlapping and cover the data area exactly;
- * __metadata__, if present, maps strings to strings.  On success fills
+ * __metadata__, if present, maps strings to strings (at most
+ * SLIM_ST_MAX_METADATA_KEYS of them, SLIM_ST_MAX_METADATA_BYTES in all).  On success fills
  * *m (release it with slim_model_release); on failure returns
  * SLIM_EFORMAT (not safetensors, or malformed) / SLIM_EIO and leaves *m
  * empty. */

@@ -116,6 +116,43 @@ static void test_malformed(void **state)
     }
 }
 
+static void test_metadata_caps(void **state)
+{
+    /* a metadata bomb (issue 9: 1e6 keys made every model list slow) is
+     * refused; the most slimd keeps still reads */
+    float w[2] = {1, 2};
+    struct slim_tensor t = {.name = "w", .dtype = SLIM_DT_F32, .ndim = 1, .shape = {2},
+                            .data = w, .nbytes = 8};
+    struct slim_model m;
+    struct slim_error err;
+    char key[32], path[512];
+    json_t *md = json_object();
+    char *big = malloc(SLIM_ST_MAX_METADATA_BYTES + 2);
+    (void)state;
+    snprintf(path, sizeof path, "%s/md.safetensors", test_tmp_dir());
+    for (int i = 0; i < SLIM_ST_MAX_METADATA_KEYS; i++) {
+        snprintf(key, sizeof key, "k%d", i);
+        json_object_set_new(md, key, json_string("v"));
+    }
+    assert_int_equal(slim_st_write(path, &t, 1, md, &err), 0);
+    assert_int_equal(slim_st_open(path, &m, &err), 0);
+    assert_int_equal(json_object_size(m.metadata), SLIM_ST_MAX_METADATA_KEYS);
+    slim_model_release(&m);
+    json_object_set_new(md, "one_more", json_string("v"));
+    assert_int_equal(slim_st_write(path, &t, 1, md, &err), 0);
+    assert_int_equal(slim_st_open(path, &m, &err), SLIM_EFORMAT);
+    assert_non_null(strstr(err.msg, "entries"));
+    json_object_clear(md);
+    memset(big, 'x', SLIM_ST_MAX_METADATA_BYTES + 1);
+    big[SLIM_ST_MAX_METADATA_BYTES + 1] = 0;
+    json_object_set_new(md, "big", json_string(big));
+    assert_int_equal(slim_st_write(path, &t, 1, md, &err), 0);
+    assert_int_equal(slim_st_open(path, &m, &err), SLIM_EFORMAT);
+    assert_non_null(strstr(err.msg, "bytes"));
+    json_decref(md);
+    free(big);
+}
+
 static void test_bad_lengths(void **state)
 {
     unsigned char buf[32] = {0};
@@ -227,6 +264,7 @@ int main(void)
         cmocka_unit_test(test_empty_and_scalar),
         cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_bad_lengths),
+        cmocka_unit_test(test_metadata_caps),
         cmocka_unit_test(test_write_roundtrip),
         cmocka_unit_test(test_open_missing),
         cmocka_unit_test(test_half_conversions),
