@@ -29,6 +29,7 @@ struct api_config {
     uint16_t port;
     uint64_t max_upload;     /* bytes; larger uploads get 413 */
     uint64_t job_memory;     /* bytes all running jobs may reserve; 0: no limit */
+    int64_t max_queued;      /* queued jobs before POST /v1/jobs is 429; 0: no limit */
 };
 
 struct api_server;
@@ -55,6 +56,7 @@ struct api_ctx {
     const struct api_hooks *hooks;
     uint64_t max_upload;
     uint64_t job_memory;
+    int64_t max_queued;
 };
 
 /* Replies: each queues a response on conn and returns MHD's result.

@@ -214,6 +214,10 @@ enum MHD_Result api_reply_error(struct MHD_Connection *conn, struct api_request 
 enum MHD_Result api_reply_slim_error(struct MHD_Connection *conn, struct api_request *req,
                                      const struct slim_error *err)
 {
+    /* a full queue says when to come back */
+    if (err->code == SLIM_EBUSY)
+        return reply_error_status(conn, req, 429, slim_errcode(SLIM_EBUSY), err->msg,
+                                  "Retry-After", "10");
     return api_reply_error(conn, req, err->code, "%s", err->msg);
 }
 
@@ -634,6 +638,7 @@ int api_server_start(struct store *st, const struct api_config *cfg,
     srv->ctx.hooks = hooks;
     srv->ctx.max_upload = cfg->max_upload;
     srv->ctx.job_memory = cfg->job_memory;
+    srv->ctx.max_queued = cfg->max_queued;
     srv->mhd = MHD_start_daemon(flags, cfg->port, NULL, NULL, on_request, &srv->ctx,
                                 MHD_OPTION_SOCK_ADDR, sa,
                                 MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,

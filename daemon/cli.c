@@ -28,7 +28,7 @@ void slimd_usage(FILE *f)
 {
     fprintf(f,
             "usage: slimd serve [--listen ADDR:PORT] [--data-dir DIR] [--workers N]\n"
-            "                   [--max-upload-bytes N] [--job-memory-mb N]\n"
+            "                   [--max-upload-bytes N] [--job-memory-mb N] [--max-queued N]\n"
             "       slimd compress MODEL --spec SPEC.json -o OUTDIR [--threads N]\n"
             "       slimd --help | --version\n"
             "\n"
@@ -43,6 +43,8 @@ void slimd_usage(FILE *f)
             "                           its limits.memory_mb or the estimate of its largest\n"
             "                           tensor, and waits until its reservation fits\n"
             "                           (SLIMD_JOB_MEMORY_MB; default 3/4 of physical memory)\n"
+            "  --max-queued N           queued jobs before POST /v1/jobs answers 429 with\n"
+            "                           Retry-After (SLIMD_MAX_QUEUED; default 1000; 0: no limit)\n"
             "compress  runs a job spec over a model without a server and writes the\n"
             "          artifact and report.json into OUTDIR.  MODEL is a .safetensors file,\n"
             "          a sharded checkpoint's model.safetensors.index.json (the shards are\n"
@@ -144,6 +146,7 @@ int slimd_serve(int argc, char **argv)
         {"workers", required_argument, NULL, 'w'},
         {"max-upload-bytes", required_argument, NULL, 'm'},
         {"job-memory-mb", required_argument, NULL, 'j'},
+        {"max-queued", required_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -152,13 +155,14 @@ int slimd_serve(int argc, char **argv)
     const char *workers_s = env_or("SLIMD_WORKERS", "1");
     const char *max_up_s = env_or("SLIMD_MAX_UPLOAD_BYTES", "17179869184");
     const char *job_mem_s = env_or("SLIMD_JOB_MEMORY_MB", NULL);
+    const char *max_queued_s = env_or("SLIMD_MAX_QUEUED", "1000");
     struct serve_state s;
     struct store *st = NULL;
     struct slim_error err;
     struct api_config acfg;
     struct api_hooks hooks;
     struct runner_config rcfg;
-    uint64_t workers, max_up, job_mem_mb;
+    uint64_t workers, max_up, job_mem_mb, max_queued;
     char host[256], env[32];
     long ncpu;
     int c;
@@ -171,6 +175,7 @@ int slimd_serve(int argc, char **argv)
         case 'w': workers_s = optarg; break;
         case 'm': max_up_s = optarg; break;
         case 'j': job_mem_s = optarg; break;
+        case 'q': max_queued_s = optarg; break;
         case 'h': slimd_usage(stdout); return 0;
         default: slimd_usage(stderr); return 2;
         }
@@ -207,8 +212,14 @@ int slimd_serve(int argc, char **argv)
         job_mem_mb = pages > 0 && psize > 0 ? ((uint64_t)pages * (uint64_t)psize / 4 * 3) >> 20
                                             : 0;
     }
+    if (parse_u64(max_queued_s, 0, 1u << 30, &max_queued)) {
+        fprintf(stderr, "slimd serve: --max-queued '%s': expected an integer (0: no limit)\n",
+                max_queued_s);
+        return 2;
+    }
     acfg.host = host;
     acfg.max_upload = max_up;
+    acfg.max_queued = (int64_t)max_queued;
     acfg.job_memory = job_mem_mb << 20;
 
     /* libuv reads this when its pool first starts; see runner.h. */

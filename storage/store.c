@@ -105,7 +105,8 @@ static const char *const sql[Q_COUNT] = {
     /* selecting from models makes a missing (or non-'model') id insert nothing */
     [Q_JOB_INSERT] = "INSERT INTO jobs (id, seq, model_id, spec, mem_bytes, created_at)"
                      " SELECT ?1, (SELECT coalesce(max(seq), 0) + 1 FROM jobs), id, ?3, ?4, " NOW
-                     " FROM models WHERE id = ?2 AND kind = 'model' RETURNING " JOB_COLS,
+                     " FROM models WHERE id = ?2 AND kind = 'model'"
+                     " AND (SELECT count(*) FROM jobs WHERE state = 0) < ?5 RETURNING " JOB_COLS,
     [Q_JOB_GET] = "SELECT " JOB_COLS " FROM jobs WHERE id = ?1",
     [Q_JOB_LIST] = "SELECT " JOB_COLS " FROM jobs ORDER BY seq DESC LIMIT ?1 OFFSET ?2",
     [Q_JOB_LIST_STATE] = "SELECT " JOB_COLS " FROM jobs WHERE state = ?3"
@@ -675,7 +676,7 @@ out:
 /* ---- jobs ---- */
 
 int store_job_insert(struct store *st, const char *model_id, json_t *spec, uint64_t mem_bytes,
-                     json_t **row, struct slim_error *err)
+                     int64_t max_queued, json_t **row, struct slim_error *err)
 {
     sqlite3_stmt *s;
     char id[32], *text;
@@ -688,9 +689,20 @@ int store_job_insert(struct store *st, const char *model_id, json_t *spec, uint6
     if (!(text = json_dumps(spec, JSON_COMPACT)))
         return slim_error_set(err, SLIM_ENOMEM, "out of memory");
     pthread_mutex_lock(&st->lock);
-    rc = prep(st, Q_JOB_INSERT, &s, err, "sssI", id, model_id, text, (int64_t)mem_bytes);
-    if (!rc) /* no row: the model does not exist */
+    rc = prep(st, Q_JOB_INSERT, &s, err, "sssII", id, model_id, text, (int64_t)mem_bytes,
+              max_queued > 0 ? max_queued : INT64_MAX);
+    if (!rc) /* no row: the model does not exist, or the queue is full */
         rc = one_row(st, s, job_row, row, "model", model_id, err);
+    if (rc == SLIM_ENOTFOUND && max_queued > 0) {
+        json_t *m = NULL;
+        sqlite3_stmt *g;
+        if (!prep(st, Q_MODEL_GET, &g, NULL, "s", model_id) &&
+            !one_row(st, g, model_row, &m, "model", model_id, NULL) && m)
+            rc = slim_error_set(err, SLIM_EBUSY, "the queue holds %lld jobs already (the "
+                                "daemon's --max-queued): try again later",
+                                (long long)max_queued);
+        json_decref(m);
+    }
     pthread_mutex_unlock(&st->lock);
     free(text);
     return rc;

@@ -119,9 +119,11 @@ int store_model_delete(struct store *st, const char *id, struct slim_error *err)
 
 /* Inserts a queued job.  spec is the whole validated request body
  * (borrowed; stored as text); mem_bytes the memory it reserves while it
- * runs.  *row: the job as the API shows it. */
+ * runs.  With max_queued > 0, SLIM_EBUSY when that many jobs are queued
+ * already (checked in the same statement as the insert).  *row: the job
+ * as the API shows it. */
 int store_job_insert(struct store *st, const char *model_id, json_t *spec, uint64_t mem_bytes,
-                     json_t **row, struct slim_error *err);
+                     int64_t max_queued, json_t **row, struct slim_error *err);
 /* {id, model, state, progress, stage, error, attempts, created_at,
  *  started_at, finished_at, spec, artifact: {sha256, bytes} | null,
  *  memory_bytes} */

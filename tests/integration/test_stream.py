@@ -166,6 +166,32 @@ def test_half_precision_models():
         d.stop()
 
 
+@test
+def test_queue_cap():
+    """--max-queued 2: past two queued jobs POST /v1/jobs is 429 with Retry-After; the accepted ones all run"""
+    d = h.Daemon(workers=1, env={"SLIMD_MAX_QUEUED": "2"}, name="cap").start()
+    try:
+        mid = d.upload(model(4, 768, 768), name="slow").json["id"]
+        slow = {"op": "lowrank", "rank": 300, "algorithm": "exact"}
+        accepted, refused = [], []
+        for _ in range(6):
+            r = d.submit({"model": mid, "passes": [slow]}, expect=None)
+            if r.status == 202:
+                accepted.append(r.json["id"])
+            else:
+                check_error(r, 429, "TOO_MANY_REQUESTS", "--max-queued")
+                assert r.header("Retry-After") == "10", r.headers
+                refused.append(r)
+        # one runs (once claimed), two wait: most of six are refused while the first runs
+        assert refused and 2 <= len(accepted) <= 5, (len(accepted), len(refused))
+        for j in accepted:
+            assert d.wait_job(j, timeout=120)["state"] == "succeeded", j
+        r = d.submit({"model": mid, "passes": [INT8]})        # room again
+        assert d.wait_job(r.json["id"])["state"] == "succeeded"
+    finally:
+        d.stop()
+
+
 # ---------------------------------------------------------------- sharded checkpoints
 
 def shard_files(n_shards=3, per_shard=2, rows=96, cols=80, dtype="BF16"):

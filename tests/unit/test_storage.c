@@ -102,7 +102,7 @@ static const char *put_job(struct store *st, const char *model)
     json_t *spec = json_pack("{s:s, s:[{s:s, s:s}]}", "model", model, "passes", "op",
                              "quantize", "dtype", "int8"), *row;
     struct slim_error err;
-    if (store_job_insert(st, model, spec, 0, &row, &err))
+    if (store_job_insert(st, model, spec, 0, 0, &row, &err))
         fail_msg("job insert: %s", err.msg);
     snprintf(p, 32, "%s", json_string_value(json_object_get(row, "id")));
     json_decref(row);
@@ -276,7 +276,7 @@ static void test_models(void **state)
     assert_string_equal(sfield(row, "kind"), "dataset");
     assert_true(json_is_null(json_object_get(row, "tensors")));
     info = json_object();
-    assert_int_equal(store_job_insert(st, sfield(row, "id"), info, 0, &got, &err), SLIM_ENOTFOUND);
+    assert_int_equal(store_job_insert(st, sfield(row, "id"), info, 0, 0, &got, &err), SLIM_ENOTFOUND);
     json_decref(info);
     json_decref(row);
 
@@ -486,7 +486,7 @@ static void test_job_lifecycle(void **state)
 
     /* unknown model */
     rep = json_object();
-    assert_int_equal(store_job_insert(st, "mdl_0000000000000000", rep, 0, &row, &err),
+    assert_int_equal(store_job_insert(st, "mdl_0000000000000000", rep, 0, 0, &row, &err),
                      SLIM_ENOTFOUND);
     json_decref(rep);
     assert_non_null(strstr(err.msg, "mdl_0000000000000000"));
@@ -804,13 +804,19 @@ static void test_claim_within_memory(void **state)
     const char *m = put_model(st, "m", "model bytes");
     json_t *spec = json_pack("{s:s, s:[{s:s, s:s}]}", "model", m, "passes", "op", "quantize",
                              "dtype", "int8"), *big, *small, *row;
-    assert_int_equal(store_job_insert(st, m, spec, 600, &big, &err), 0);
-    assert_int_equal(store_job_insert(st, m, spec, 100, &small, &err), 0);
+    assert_int_equal(store_job_insert(st, m, spec, 600, 0, &big, &err), 0);
+    assert_int_equal(store_job_insert(st, m, spec, 100, 0, &small, &err), 0);
     assert_int_equal(json_integer_value(json_object_get(big, "memory_bytes")), 600);
     assert_int_equal(store_job_claim(st, 500, &row, &err), SLIM_ENOTFOUND);
     assert_int_equal(store_job_claim(st, 600, &row, &err), 0);
     assert_string_equal(sfield(row, "id"), sfield(big, "id"));
     json_decref(row);
+    /* a queue cap: with one job queued and a cap of 1, the next is
+     * EBUSY; a missing model is still ENOTFOUND */
+    assert_int_equal(store_job_insert(st, m, spec, 0, 1, &row, &err), SLIM_EBUSY);
+    assert_non_null(strstr(err.msg, "--max-queued"));
+    assert_int_equal(store_job_insert(st, "mdl_0000000000000000", spec, 0, 1, &row, &err),
+                     SLIM_ENOTFOUND);
     assert_int_equal(store_job_claim(st, 99, &row, &err), SLIM_ENOTFOUND);
     assert_int_equal(store_job_claim(st, 100, &row, &err), 0);
     assert_string_equal(sfield(row, "id"), sfield(small, "id"));
@@ -906,7 +912,7 @@ static void test_full_disk_acknowledges_nothing(void **state)
     int total = -1;
 
     disk_full = 1;
-    assert_int_equal(store_job_insert(st, m, spec, 0, &row, &err), SLIM_EIO);
+    assert_int_equal(store_job_insert(st, m, spec, 0, 0, &row, &err), SLIM_EIO);
     assert_null(row);
     row = (json_t *)1;
     assert_int_equal(store_job_claim(st, UINT64_MAX, &row, &err), SLIM_EIO);
