@@ -228,25 +228,42 @@ static int checksum_ok(const unsigned char *h)
     return sum == want;
 }
 
+/* The decimal number in p[0..n) up to the first non-digit, reading
+ * nothing past n (the tar is mapped: its bytes are not NUL-terminated).
+ * *used gets the digits read; -1 when there are none or it overflows. */
+static int bounded_decimal(const char *p, uint64_t n, uint64_t *out, uint64_t *used)
+{
+    uint64_t v = 0, i = 0;
+    for (; i < n && i < 20 && p[i] >= '0' && p[i] <= '9'; i++)
+        v = v * 10 + (uint64_t)(p[i] - '0');
+    if (i == 0 || i == 20)
+        return -1;
+    *out = v;
+    *used = i;
+    return 0;
+}
+
 /* Reads pax records "LEN key=value\n" for path and size. */
 static void pax_records(const char *p, uint64_t len, char *path, size_t plen, uint64_t *size,
                         int *has_size)
 {
     uint64_t off = 0;
     while (off < len) {
-        char *end;
-        unsigned long long rl = strtoull(p + off, &end, 10);
-        const char *kv = end + 1, *eq;
-        if (end == p + off || *end != ' ' || rl < 5 || off + rl > len)
+        uint64_t rl, digits, v, vd;
+        const char *kv, *eq;
+        if (bounded_decimal(p + off, len - off, &rl, &digits) || digits >= len - off ||
+            p[off + digits] != ' ' || rl < digits + 3 || rl > len - off)
             return;
+        kv = p + off + digits + 1;
         eq = memchr(kv, '=', (size_t)(p + off + rl - kv));
-        if (eq) {
+        if (eq && p[off + rl - 1] == '\n') {
             size_t kl = (size_t)(eq - kv), vl = (size_t)(p + off + rl - 1 - (eq + 1));
             if (kl == 4 && !memcmp(kv, "path", 4) && vl < plen) {
                 memcpy(path, eq + 1, vl);
                 path[vl] = 0;
-            } else if (kl == 4 && !memcmp(kv, "size", 4)) {
-                *size = strtoull(eq + 1, NULL, 10);
+            } else if (kl == 4 && !memcmp(kv, "size", 4) &&
+                       !bounded_decimal(eq + 1, vl, &v, &vd) && vd == vl) {
+                *size = v;
                 *has_size = 1;
             }
         }

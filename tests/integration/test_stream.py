@@ -294,13 +294,14 @@ def test_sharded_folder_with_compress():
 
 @test
 def test_sharded_tar_through_the_daemon():
-    """a tar upload (pax, and GNU long names) is one sharded model; the job's artifact is a tar the same shape"""
+    """a tar upload (ustar, GNU and pax long names) is one sharded model; the job's artifact is a tar the same shape"""
     d = h.Daemon(workers=1, name="shards").start()
     try:
         src = shard_files()
         arts = []
-        for fmt, prefix in ((tarfile.PAX_FORMAT, ""),
-                            (tarfile.GNU_FORMAT, "checkpoints/" + "x" * 120 + "/")):
+        long = "checkpoints/" + "x" * 120 + "/"
+        for fmt, prefix in ((tarfile.PAX_FORMAT, ""), (tarfile.GNU_FORMAT, long),
+                            (tarfile.PAX_FORMAT, long)):
             r = d.upload(tar_of(src, prefix, fmt), name="ckpt")
             m = r.json
             assert m["format"] == "safetensors-sharded" and m["tensors"] == 12, m
@@ -314,7 +315,7 @@ def test_sharded_tar_through_the_daemon():
             check_sharded_artifact(files, src)
             arts.append(art.body)
         # the same checkpoint in another tar layout compresses to the same bytes
-        assert arts[0] == arts[1]
+        assert arts[0] == arts[1] == arts[2]
     finally:
         d.stop()
 
