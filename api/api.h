@@ -30,6 +30,7 @@ struct api_config {
     uint64_t max_upload;     /* bytes; larger uploads get 413 */
     uint64_t job_memory;     /* bytes all running jobs may reserve; 0: no limit */
     int64_t max_queued;      /* queued jobs before POST /v1/jobs is 429; 0: no limit */
+    uint64_t min_free;       /* bytes the data dir keeps free; uploads and jobs need more */
 };
 
 struct api_server;
@@ -57,6 +58,7 @@ struct api_ctx {
     uint64_t max_upload;
     uint64_t job_memory;
     int64_t max_queued;
+    uint64_t min_free;
 };
 
 /* Replies: each queues a response on conn and returns MHD's result.

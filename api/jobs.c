@@ -89,8 +89,13 @@ enum MHD_Result api_jobs_submit(struct api_ctx *ctx, struct MHD_Connection *conn
         json_decref(body);
         return api_reply_slim_error(conn, req, &err);
     }
-    rc = reserve_memory(ctx, spec, json_string_value(json_object_get(mrow, "sha256")), &mem,
-                        &err);
+    /* the artifact goes to the data dir too: refuse the job now if the
+     * disk could not hold one the size of its model */
+    rc = store_check_free(ctx->st, ctx->min_free + (uint64_t)json_integer_value(
+                                                       json_object_get(mrow, "bytes")), &err);
+    if (!rc)
+        rc = reserve_memory(ctx, spec, json_string_value(json_object_get(mrow, "sha256")),
+                            &mem, &err);
     json_decref(mrow);
     slim_spec_free(spec);
     if (rc || store_job_insert(ctx->st, json_string_value(model), body, mem, ctx->max_queued,

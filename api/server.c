@@ -528,7 +528,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                 return api_reply_error(conn, req, SLIM_ETOOBIG,
                                        "upload of %s bytes exceeds the limit of %" PRIu64
                                        " bytes (--max-upload-bytes)", cl, ctx->max_upload);
-            if (store_blob_begin(ctx->st, &req->up.bw, &err))
+            /* a full disk is refused before a byte is taken: the free
+             * space must cover the body and still leave --min-free-bytes */
+            if (store_check_free(ctx->st, ctx->min_free + (cl ? strtoull(cl, NULL, 10) : 0),
+                                 &err) ||
+                store_blob_begin(ctx->st, &req->up.bw, &err))
                 return api_reply_slim_error(conn, req, &err);
             if (ct && !strncasecmp(ct, "multipart/form-data", 19)) {
                 req->up.pp = MHD_create_post_processor(conn, 64 * 1024, post_iter, req);
@@ -639,6 +643,7 @@ int api_server_start(struct store *st, const struct api_config *cfg,
     srv->ctx.max_upload = cfg->max_upload;
     srv->ctx.job_memory = cfg->job_memory;
     srv->ctx.max_queued = cfg->max_queued;
+    srv->ctx.min_free = cfg->min_free;
     srv->mhd = MHD_start_daemon(flags, cfg->port, NULL, NULL, on_request, &srv->ctx,
                                 MHD_OPTION_SOCK_ADDR, sa,
                                 MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,

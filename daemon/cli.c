@@ -29,6 +29,7 @@ void slimd_usage(FILE *f)
     fprintf(f,
             "usage: slimd serve [--listen ADDR:PORT] [--data-dir DIR] [--workers N]\n"
             "                   [--max-upload-bytes N] [--job-memory-mb N] [--max-queued N]\n"
+            "                   [--min-free-bytes N]\n"
             "       slimd compress MODEL --spec SPEC.json -o OUTDIR [--threads N]\n"
             "       slimd --help | --version\n"
             "\n"
@@ -45,6 +46,9 @@ void slimd_usage(FILE *f)
             "                           (SLIMD_JOB_MEMORY_MB; default 3/4 of physical memory)\n"
             "  --max-queued N           queued jobs before POST /v1/jobs answers 429 with\n"
             "                           Retry-After (SLIMD_MAX_QUEUED; default 1000; 0: no limit)\n"
+            "  --min-free-bytes N       free space the data dir keeps: an upload (and its size)\n"
+            "                           or a job (and its model's size) that would eat into it\n"
+            "                           is 507 (SLIMD_MIN_FREE_BYTES; default 268435456)\n"
             "compress  runs a job spec over a model without a server and writes the\n"
             "          artifact and report.json into OUTDIR.  MODEL is a .safetensors file,\n"
             "          a sharded checkpoint's model.safetensors.index.json (the shards are\n"
@@ -147,6 +151,7 @@ int slimd_serve(int argc, char **argv)
         {"max-upload-bytes", required_argument, NULL, 'm'},
         {"job-memory-mb", required_argument, NULL, 'j'},
         {"max-queued", required_argument, NULL, 'q'},
+        {"min-free-bytes", required_argument, NULL, 'f'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -156,13 +161,14 @@ int slimd_serve(int argc, char **argv)
     const char *max_up_s = env_or("SLIMD_MAX_UPLOAD_BYTES", "17179869184");
     const char *job_mem_s = env_or("SLIMD_JOB_MEMORY_MB", NULL);
     const char *max_queued_s = env_or("SLIMD_MAX_QUEUED", "1000");
+    const char *min_free_s = env_or("SLIMD_MIN_FREE_BYTES", "268435456");
     struct serve_state s;
     struct store *st = NULL;
     struct slim_error err;
     struct api_config acfg;
     struct api_hooks hooks;
     struct runner_config rcfg;
-    uint64_t workers, max_up, job_mem_mb, max_queued;
+    uint64_t workers, max_up, job_mem_mb, max_queued, min_free;
     char host[256], env[32];
     long ncpu;
     int c;
@@ -176,6 +182,7 @@ int slimd_serve(int argc, char **argv)
         case 'm': max_up_s = optarg; break;
         case 'j': job_mem_s = optarg; break;
         case 'q': max_queued_s = optarg; break;
+        case 'f': min_free_s = optarg; break;
         case 'h': slimd_usage(stdout); return 0;
         default: slimd_usage(stderr); return 2;
         }
@@ -220,6 +227,11 @@ int slimd_serve(int argc, char **argv)
     acfg.host = host;
     acfg.max_upload = max_up;
     acfg.max_queued = (int64_t)max_queued;
+    if (parse_u64(min_free_s, 0, UINT64_MAX / 4, &min_free)) {
+        fprintf(stderr, "slimd serve: --min-free-bytes '%s': expected an integer\n", min_free_s);
+        return 2;
+    }
+    acfg.min_free = min_free;
     acfg.job_memory = job_mem_mb << 20;
 
     /* libuv reads this when its pool first starts; see runner.h. */

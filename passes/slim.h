@@ -46,7 +46,8 @@
     X(ENUMERIC,   -13,  "NUMERIC_ERROR",     400, "numeric error")          \
     X(ERANGE,     -14,  "RANGE_NOT_SATISFIABLE", 416, "range not satisfiable") \
     X(EBUDGET,    -15,  "OVER_MEMORY_BUDGET", 422, "over the memory budget") \
-    X(EBUSY,      -16,  "TOO_MANY_REQUESTS", 429, "too many requests")
+    X(EBUSY,      -16,  "TOO_MANY_REQUESTS", 429, "too many requests") \
+    X(ENOSPACE,   -17,  "INSUFFICIENT_STORAGE", 507, "insufficient storage")
 
 enum slim_errno {
 #define SLIM_X(name, val, code, status, msg) SLIM_##name = val,

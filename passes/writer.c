@@ -178,7 +178,8 @@ int slim_writer_open(const char *path, slim_sink_fn sink, void *sink_ud,
 static int write_error(struct slim_writer *wr, struct slim_error *err)
 {
     int e = wr->err_no;
-    return slim_error_set(err, SLIM_EIO, "cannot write the artifact: %s", strerror(e));
+    return slim_error_set(err, e == ENOSPC || e == EDQUOT ? SLIM_ENOSPACE : SLIM_EIO,
+                          "cannot write the artifact: %s", strerror(e));
 }
 
 int slim_writer_submit(struct slim_writer *wr, const struct slim_piece *pieces, size_t n,

@@ -41,6 +41,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 #include <openssl/evp.h>
 #include "storage/store.h"
@@ -77,9 +78,27 @@ struct blob_writer {
     int failed;                     /* EVP_DigestUpdate failed in the thread */
 };
 
+/* A full disk (or quota) is SLIM_ENOSPACE, the API's 507. */
 static int io_error(struct slim_error *err, const char *what, const char *path)
 {
-    return slim_error_set(err, SLIM_EIO, "cannot %s %s: %s", what, path, strerror(errno));
+    int code = errno == ENOSPC || errno == EDQUOT ? SLIM_ENOSPACE : SLIM_EIO;
+    return slim_error_set(err, code, "cannot %s %s: %s", what, path, strerror(errno));
+}
+
+int store_check_free(struct store *st, uint64_t need, struct slim_error *err)
+{
+    struct statvfs v;
+    uint64_t avail;
+    if (!need || statvfs(store_data_dir(st), &v) != 0)
+        return 0;
+    avail = (uint64_t)v.f_bavail * (uint64_t)v.f_frsize;
+    if (avail >= need)
+        return 0;
+    return slim_error_set(err, SLIM_ENOSPACE,
+                          "the data dir has %llu MiB free, less than the %llu MiB this needs "
+                          "(--min-free-bytes and the request's size)",
+                          (unsigned long long)(avail >> 20),
+                          (unsigned long long)((need + (1u << 20) - 1) >> 20));
 }
 
 static int fsync_dir(const char *path)

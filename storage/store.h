@@ -94,6 +94,10 @@ void store_hash_update(void *h, const void *buf, size_t len);
 /* Writes the hex digest into sha_out and frees h. */
 int store_hash_final(struct store_hash *h, char sha_out[65], struct slim_error *err);
 void store_hash_free(struct store_hash *h);
+/* SLIM_ENOSPACE, with a message giving both figures, when the data
+ * dir's file system has fewer than `need` bytes free for this process
+ * (statvfs f_bavail); 0 otherwise (and when it cannot be measured). */
+int store_check_free(struct store *st, uint64_t need, struct slim_error *err);
 /* Path of a temp file name under tmp/ that nothing else uses (buf >= 4096). */
 int store_tmp_path(struct store *st, const char *suffix, char *buf, size_t len);
 /* Path of the blob with this sha256 into buf (>= 4096 bytes). */

@@ -192,6 +192,29 @@ def test_queue_cap():
         d.stop()
 
 
+@test
+def test_too_little_free_space():
+    """--min-free-bytes: uploads and jobs that would eat into it are 507 before anything is stored"""
+    d = h.Daemon(workers=1, name="space").start()
+    try:
+        mid = d.upload(model(1, 64, 64), name="m").json["id"]
+    finally:
+        d.stop()
+    # the same data dir, asking for more free space than any disk has
+    d = h.Daemon(workers=1, data_dir=d.data_dir, env={"SLIMD_MIN_FREE_BYTES": str(10 ** 18)},
+                 name="space2").start()
+    try:
+        r = d.upload(model(1, 32, 32), expect=None)
+        check_error(r, 507, "INSUFFICIENT_STORAGE", "--min-free-bytes")
+        r = d.submit({"model": mid, "passes": [INT8]}, expect=None)
+        check_error(r, 507, "INSUFFICIENT_STORAGE", "free")
+        assert d.get("/v1/models").json["total"] == 1
+        assert d.get("/v1/jobs").json["total"] == 0
+        assert not os.listdir(os.path.join(d.data_dir, "tmp"))
+    finally:
+        d.stop()
+
+
 # ---------------------------------------------------------------- sharded checkpoints
 
 def shard_files(n_shards=3, per_shard=2, rows=96, cols=80, dtype="BF16"):
