@@ -1013,16 +1013,8 @@ int slim_pipeline_estimate(const struct slim_spec *spec, const char *in_path, ui
 
 int slim_pipeline_output_kind(const char *in_path)
 {
-    unsigned char head[512];
-    ssize_t got;
-    int fd = open(in_path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return SLIM_SRC_FILE;
-    got = pread(fd, head, sizeof head, 0);
-    close(fd);
-    if (got == 512 && !memcmp(head + 257, "ustar", 5))
-        return SLIM_SRC_TAR;
-    return got > 0 && head[0] == '{' ? SLIM_SRC_INDEX : SLIM_SRC_FILE;
+    int kind = slim_source_kind(in_path);
+    return kind < 0 ? SLIM_SRC_FILE : kind;
 }
 
 /* Streams every tensor through the passes into the artifact.  With a
@@ -1044,7 +1036,7 @@ static int stream(struct run *r, struct out *o, const char *out_path, int planne
     if (planned && ((rc = out_begin(o, err)) || (rc = out_index(o, r, err))))
         return rc;
     r->bytes_done = 0;
-    for (size_t s = 0; s < r->src.n && !rc; s++) {
+    for (size_t s = 0, i = 0; s < r->src.n && !rc; s++) {
         const struct slim_shard *sh = &r->src.shards[s];
         struct slim_writer *wr;
         if (planned) {
@@ -1060,11 +1052,8 @@ static int stream(struct run *r, struct out *o, const char *out_path, int planne
             wr = spill;
         }
         pos = 0;
-        for (size_t j = 0; j < sh->model.n_tensors; j++) {
+        for (size_t j = 0; j < sh->model.n_tensors; j++, i++) {
             const struct slim_tensor *src = &sh->model.tensors[j];
-            size_t i = (size_t)(src - sh->model.tensors);
-            for (size_t q = 0; q < s; q++)
-                i += r->src.shards[q].model.n_tensors;
             if ((rc = tensor_progress(r, src, err)) || (rc = work_begin(&r->w, src, err)) ||
                 (rc = read_tensor(r, sh, src, r->touched[i] & TOUCHED,
                                   r->touched[i] & COPIES_RAW, err)) ||

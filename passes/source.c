@@ -440,23 +440,33 @@ out:
     return rc;
 }
 
-int slim_source_open(const char *path, struct slim_source *src, struct slim_error *err)
+int slim_source_kind(const char *path)
 {
     unsigned char head[512];
-    ssize_t got = 0;
-    int fd, rc;
-
-    memset(src, 0, sizeof *src);
-    src->fd = -1;
-    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
-        return slim_error_set(err, SLIM_EIO, "cannot open the model: %s", strerror(errno));
+    ssize_t got;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
     do
         got = pread(fd, head, sizeof head, 0);
     while (got < 0 && errno == EINTR);
     close(fd);
     if (got == 512 && !memcmp(head + 257, "ustar", 5))
+        return SLIM_SRC_TAR;
+    return got > 0 && head[0] == '{' ? SLIM_SRC_INDEX : SLIM_SRC_FILE;
+}
+
+int slim_source_open(const char *path, struct slim_source *src, struct slim_error *err)
+{
+    int kind = slim_source_kind(path), rc;
+
+    memset(src, 0, sizeof *src);
+    src->fd = -1;
+    if (kind < 0)
+        return slim_error_set(err, SLIM_EIO, "cannot open the model: %s", strerror(errno));
+    if (kind == SLIM_SRC_TAR)
         rc = open_tar(path, src, err);
-    else if (got > 0 && head[0] == '{')
+    else if (kind == SLIM_SRC_INDEX)
         rc = open_index(path, src, err);
     else
         rc = open_file(path, src, err);

@@ -38,6 +38,10 @@ struct slim_source {
     uint64_t bytes;       /* every input byte: the file, or the index and all shards */
 };
 
+/* Which form path holds, from its first bytes: SLIM_SRC_TAR (a ustar
+ * header), SLIM_SRC_INDEX (a JSON object), else SLIM_SRC_FILE; -1 when
+ * it cannot be opened (errno set). */
+int slim_source_kind(const char *path);
 /* Opens path as whichever form it holds (sniffed from its bytes: a tar,
  * a JSON index, or safetensors) and validates all of it: every shard's
  * header, every index entry against the shard it names, and every shard
