@@ -193,6 +193,11 @@ struct slim_qstats {
     const float *ref;
 };
 
+/* ref (n,), hat (n,): adds sum (ref - hat)^2, sum ref^2 and the count of
+ * hat != 0 to st (st->ref is not read).  The quantizers call it per row;
+ * the report over whole tensors.  Defined in qpack.c. */
+void slim_qstats_add(const float *ref, const float *hat, size_t n, struct slim_qstats *st);
+
 /* int8 per output row.  w (rows, cols) -> q (rows, cols), scale (rows,),
  * zp (rows,; NULL allowed when symmetric), deq (rows, cols) = (q - zp) *
  * scale, optional, may alias w.  Symmetric: scale = max|w| / 127, q in
@@ -258,11 +263,11 @@ void slim_kernel_parallel(int nparts, void (*fn)(void *ctx, int part, int nparts
 /* Threads worth using for `work` elements: min(threads, work / 2^16), at
  * least 1, and 0 -> 1. */
 int slim_kernel_threads(int threads, size_t work);
-/* slim_aligned_alloc(n) for a kernel's large scratch buffer, with the
- * kernel asked (madvise MADV_HUGEPAGE, a hint) to back it with 2 MB pages:
- * first-touch page faults cost about 11 us per 4 KB page on the
- * benchmark VM, i.e. 25 ms for a 10 MB buffer, 15x less with huge pages.
- * Release with slim_aligned_free.  Defined in prune.c. */
+/* slim_aligned_alloc(n) for a kernel's large scratch buffer: buffers of
+ * 1 MiB and more are mapped 2 MiB-aligned with MADV_HUGEPAGE and reused
+ * from a cache (alloc.c), since first-touch page faults cost about 11 us
+ * per 4 KB page on the benchmark VM.  Release with slim_aligned_free.
+ * Defined in prune.c. */
 void *slim_kernel_alloc(size_t n);
 
 #endif

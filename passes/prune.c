@@ -31,7 +31,6 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #if defined(__SSE2__)
 #include <immintrin.h>
 #endif
@@ -104,18 +103,9 @@ int slim_kernel_threads(int threads, size_t work)
 
 void *slim_kernel_alloc(size_t n)
 {
-    void *p = slim_aligned_alloc(n);
-#if defined(MADV_HUGEPAGE)
-    /* only the 2 MB-aligned interior can use huge pages; smaller buffers
-     * are not worth the system call */
-    if (p && n >= ((size_t)4 << 20)) {
-        uintptr_t a = ((uintptr_t)p + ((uintptr_t)2 << 20) - 1) & ~(((uintptr_t)2 << 20) - 1);
-        uintptr_t e = ((uintptr_t)p + n) & ~(((uintptr_t)2 << 20) - 1);
-        if (e > a)
-            (void)madvise((void *)a, e - a, MADV_HUGEPAGE);
-    }
-#endif
-    return p;
+    /* large blocks already come 2 MiB-aligned with MADV_HUGEPAGE, and
+     * reused across tensors (alloc.c) */
+    return slim_aligned_alloc(n);
 }
 
 /* ---- unstructured: radix select over segments --------------------------- */

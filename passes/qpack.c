@@ -224,7 +224,7 @@ struct qjob {
     int bad[SLIM_KERNEL_MAX_THREADS];
 };
 
-/* Adds one row's error, signal and non-zeros to st.  Partial sums of
+/* Adds the error, signal and non-zeros of deq against w to st.  Partial sums of
  * STAT_BLOCK weights run in float over LANES independent accumulators
  * (so the loop vectorises at SSE2's four floats a step: doubles would
  * halve that) and go into the double totals at the end of each block:
@@ -233,7 +233,7 @@ struct qjob {
  * at, and the totals over millions of weights stay in double. */
 #define STAT_BLOCK 4096
 
-static void row_stats(const float *w, const float *deq, size_t n, struct slim_qstats *st)
+void slim_qstats_add(const float *w, const float *deq, size_t n, struct slim_qstats *st)
 {
     for (size_t b = 0; b < n; b += STAT_BLOCK) {
         size_t end = n - b < STAT_BLOCK ? n : b + STAT_BLOCK, i = b;
@@ -457,7 +457,7 @@ static void qpart(void *ctx, int part, int nparts)
             j->bad[part] = 1;
             j->bad_row[part] = r;
         } else if (j->stats) {
-            row_stats(j->stats->ref ? j->stats->ref + r * cols : w, deq, cols, st);
+            slim_qstats_add(j->stats->ref ? j->stats->ref + r * cols : w, deq, cols, st);
         }
     }
 }

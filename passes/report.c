@@ -5,9 +5,10 @@
  * pipeline, from the values a reader of the artifact decodes (the
  * working set keeps exactly those), so a prune followed by int8 reports
  * the combined error, and a low-rank pair is multiplied back out
- * (W_u @ W_v, with sgemm) before it is compared.  Sums are in double:
- * a float accumulator loses the small differences that matter here on
- * tensors of millions of weights.
+ * (W_u @ W_v, with sgemm) before it is compared.  The sums are the
+ * quantizers' own (slim_qstats_add): float over blocks of 4096 weights,
+ * double across blocks, since a float accumulator over a whole tensor of
+ * millions of weights loses the small differences that matter here.
  *
  * Sizes count tensor data bytes (before: the original tensor; after:
  * every stored tensor derived from it).  The artifact's file size,
@@ -17,7 +18,6 @@
  * ||W - W_hat||^2), null when the two are identical (infinite SNR has no
  * JSON spelling).
  */
-#pragma GCC optimize("O3")
 #include <cblas.h>
 #include <math.h>
 #include <string.h>
@@ -49,46 +49,21 @@ static json_t *num_or_null(double v)
     return isfinite(v) ? json_real(v) : json_null();
 }
 
-/* ---- the fused measurement: error, signal and non-zeros in one read ---- */
-
-#define LANES 8
+/* ---- the measurement: error, signal and non-zeros in one read ---------- */
 
 struct stats_job {
     const float *a, *b;
     size_t n;
-    double num[SLIM_KERNEL_MAX_THREADS], den[SLIM_KERNEL_MAX_THREADS];
-    int64_t nnz[SLIM_KERNEL_MAX_THREADS];
+    struct slim_qstats part[SLIM_KERNEL_MAX_THREADS];
 };
 
-/* Eight independent double accumulators per sum, so the compiler can
- * vectorise a reduction it may not reorder. */
+/* The quantizers' own sums (slim_qstats_add), over this part's range. */
 static void stats_part(void *ctx, int part, int nparts)
 {
     struct stats_job *j = ctx;
     size_t lo = j->n * (size_t)part / (size_t)nparts, hi = j->n * (size_t)(part + 1) / (size_t)nparts;
-    double num[LANES] = {0}, den[LANES] = {0};
-    int64_t nnz[LANES] = {0};
-    size_t i = lo;
-    for (; i + LANES <= hi; i += LANES)
-        for (int l = 0; l < LANES; l++) {
-            double x = (double)j->a[i + l], d = x - (double)j->b[i + l];
-            num[l] += d * d;
-            den[l] += x * x;
-            nnz[l] += j->b[i + l] != 0.0f;
-        }
-    for (; i < hi; i++) {
-        double x = (double)j->a[i], d = x - (double)j->b[i];
-        num[0] += d * d;
-        den[0] += x * x;
-        nnz[0] += j->b[i] != 0.0f;
-    }
-    j->num[part] = j->den[part] = 0.0;
-    j->nnz[part] = 0;
-    for (int l = 0; l < LANES; l++) {
-        j->num[part] += num[l];
-        j->den[part] += den[l];
-        j->nnz[part] += nnz[l];
-    }
+    memset(&j->part[part], 0, sizeof j->part[part]);
+    slim_qstats_add(j->a + lo, j->b + lo, hi - lo, &j->part[part]);
 }
 
 /* rel and SNR from the sums of squares of the error (num) and of the
@@ -117,9 +92,9 @@ static void measure(const float *orig, const float *hat, size_t n, int threads, 
     slim_kernel_parallel(parts, stats_part, &j);
     *nnz = 0;
     for (int p = 0; p < parts; p++) {
-        num += j.num[p];
-        den += j.den[p];
-        *nnz += j.nnz[p];
+        num += j.part[p].err2;
+        den += j.part[p].ref2;
+        *nnz += j.part[p].nonzero;
     }
     rel_snr(num, den, rel, snr);
 }
