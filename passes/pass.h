@@ -36,7 +36,7 @@
 #ifndef SLIM_PASS_H
 #define SLIM_PASS_H
 
-#include "passes/kernels.h"
+#include "passes/kernels/kernels.h"
 #include "passes/slim.h"
 
 /* Storage schemes, named in the artifact's "slimd.tensors" metadata.

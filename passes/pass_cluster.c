@@ -10,7 +10,7 @@
  * sparsity survives clustering.
  */
 #include <string.h>
-#include "passes/kernels.h"
+#include "passes/kernels/kernels.h"
 #include "passes/pass.h"
 
 struct cluster_cfg {

@@ -17,7 +17,7 @@
  */
 #include <stdio.h>
 #include <string.h>
-#include "passes/kernels.h"
+#include "passes/kernels/kernels.h"
 #include "passes/pass.h"
 
 enum { ALG_AUTO, ALG_EXACT, ALG_RANDOMIZED };

@@ -14,7 +14,7 @@
  */
 #include <stdio.h>
 #include <string.h>
-#include "passes/kernels.h"
+#include "passes/kernels/kernels.h"
 #include "passes/pass.h"
 
 enum pattern { P_UNSTRUCTURED, P_NM, P_ROWS };

@@ -21,11 +21,11 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include "passes/artifact.h"
+#include "passes/formats/artifact.h"
 #include "passes/pass.h"
 #include "passes/report.h"
-#include "passes/source.h"
-#include "passes/writer.h"
+#include "passes/formats/source.h"
+#include "passes/formats/writer.h"
 
 struct spec_pass {
     const struct slim_pass_ops *ops;

@@ -21,7 +21,7 @@
 #include <cblas.h>
 #include <math.h>
 #include <string.h>
-#include "passes/kernels.h"
+#include "passes/kernels/kernels.h"
 #include "passes/report.h"
 
 void slim_error_stats(const float *a, const float *b, size_t n, double *rel, double *snr_db)

@@ -4,7 +4,7 @@
 # root, or through sudo when there is one.
 DEPS="build-essential autoconf automake libtool pkg-config ca-certificates curl
   libmicrohttpd-dev libjansson-dev libsqlite3-dev libopenblas-dev liblapacke-dev
-  libuv1-dev libprotobuf-c-dev protobuf-c-compiler libonnx-dev libssl-dev libcmocka-dev
+  libuv1-dev libprotobuf-c-dev protobuf-c-compiler libonnx-dev libssl-dev libcmocka-dev zlib1g-dev
   python3 python3-numpy"
 
 slimd_install_deps() {

@@ -23,7 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cblas.h>
-#include "passes/kernels.h"
+#include "passes/kernels/kernels.h"
 
 #define N4096 ((size_t)4096 * 4096)
 

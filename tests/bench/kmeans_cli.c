@@ -1,5 +1,5 @@
 /*
- * kmeans_cli.c - runs slimd's 1-D k-means kernel (passes/cluster.c) on a
+ * kmeans_cli.c - runs slimd's 1-D k-means kernel (passes/kernels/cluster.c) on a
  * raw little-endian float32 file, for tests/unit/test_kmeans_sklearn.py
  * and tests/bench/numpy_peer.py, which compare it with scikit-learn on
  * the same data.
@@ -15,7 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "passes/kernels.h"
+#include "passes/kernels/kernels.h"
 
 static int usage(void)
 {

@@ -1,5 +1,5 @@
 /*
- * test_kernels.c - the maths of the issue-3 kernels (passes/kernels.h):
+ * test_kernels.c - the maths of the issue-3 kernels (passes/kernels/kernels.h):
  * exact pruning counts and patterns, SVD errors against a spectrum built
  * by hand, k-means inertia and fixed zeros, packed int4/ternary/binary
  * bytes worked out by hand, every optimised kernel against its _ref twin
@@ -11,7 +11,7 @@
 #include <cblas.h>
 #include <lapacke.h>
 #include "tests/unit/util.h"
-#include "passes/kernels.h"
+#include "passes/kernels/kernels.h"
 
 /* ---- helpers ---------------------------------------------------------- */
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""test_kmeans_sklearn.py - slimd's 1-D k-means (passes/cluster.c, run
+"""test_kmeans_sklearn.py - slimd's 1-D k-means (passes/kernels/cluster.c, run
 through tests/bench/kmeans_cli) must reach an inertia no higher than
 scikit-learn's KMeans(n_init=1) on the same float32 data (issue 3).
 

@@ -10,7 +10,7 @@
 #include <dirent.h>
 #include <math.h>
 #include "tests/unit/util.h"
-#include "passes/kernels.h"
+#include "passes/kernels/kernels.h"
 #include "passes/slim.h"
 
 /* Runs spec_text over model into OUT (in the temp dir); returns the

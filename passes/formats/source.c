@@ -32,7 +32,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include "passes/source.h"
+#include "passes/formats/source.h"
 
 #define INDEX_MAX ((size_t)64 << 20)   /* a 1e6-tensor index is ~60 MB */
 #define MAX_SHARDS 100000

@@ -30,7 +30,7 @@
 #include <float.h>
 #include <math.h>
 #include <string.h>
-#include "passes/kernels.h"
+#include "passes/kernels/kernels.h"
 
 #if defined(__FAST_MATH__)
 #error "qpack.c relies on IEEE rounding (rnd below); do not build it with -ffast-math"

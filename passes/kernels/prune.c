@@ -34,7 +34,7 @@
 #if defined(__SSE2__)
 #include <immintrin.h>
 #endif
-#include "passes/kernels.h"
+#include "passes/kernels/kernels.h"
 
 /* Float bit patterns; may_alias so reading and writing w as integers is
  * well-defined next to the float accesses of the caller. */

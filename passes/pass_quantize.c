@@ -25,7 +25,7 @@
  */
 #include <math.h>
 #include <string.h>
-#include "passes/kernels.h"
+#include "passes/kernels/kernels.h"
 #include "passes/pass.h"
 #include "passes/report.h"
 

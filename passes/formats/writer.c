@@ -25,7 +25,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include "passes/writer.h"
+#include "passes/formats/writer.h"
 
 #define CHUNK ((size_t)8 << 20)           /* one write() and one sink call */
 #define WRITEBACK_STEP ((uint64_t)32 << 20)

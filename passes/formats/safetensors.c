@@ -32,8 +32,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include "passes/slim.h"
-#include "passes/source.h"
-#include "passes/writer.h"
+#include "passes/formats/source.h"
+#include "passes/formats/writer.h"
 
 static uint64_t read_le64(const unsigned char *p)
 {

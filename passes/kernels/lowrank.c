@@ -32,7 +32,7 @@
 #include <lapacke.h>
 #include <math.h>
 #include <string.h>
-#include "passes/kernels.h"
+#include "passes/kernels/kernels.h"
 
 /* ---- small helpers ------------------------------------------------------ */
 
