@@ -47,7 +47,8 @@
     X(ERANGE,     -14,  "RANGE_NOT_SATISFIABLE", 416, "range not satisfiable") \
     X(EBUDGET,    -15,  "OVER_MEMORY_BUDGET", 422, "over the memory budget") \
     X(EBUSY,      -16,  "TOO_MANY_REQUESTS", 429, "too many requests") \
-    X(ENOSPACE,   -17,  "INSUFFICIENT_STORAGE", 507, "insufficient storage")
+    X(ENOSPACE,   -17,  "INSUFFICIENT_STORAGE", 507, "insufficient storage") \
+    X(EUNSUPPORTED, -18, "UNSUPPORTED_OPERATOR", 422, "unsupported operator")
 
 enum slim_errno {
 #define SLIM_X(name, val, code, status, msg) SLIM_##name = val,
@@ -231,6 +232,10 @@ struct slim_run_opts {
      * there, so the artifact is never read back); may be NULL. */
     void (*sink)(void *ud, const void *buf, size_t len);
     void *sink_ud;
+    /* The job's "eval" dataset as a file (formats/dataset.h's canonical
+     * safetensors), resolved by the caller from the spec's id; NULL when
+     * the spec has none. */
+    const char *eval_dataset;
 };
 
 /* Runs the spec over the model at in_path and writes the artifact to

@@ -37,11 +37,6 @@
 #define INDEX_MAX ((size_t)64 << 20)   /* a 1e6-tensor index is ~60 MB */
 #define MAX_SHARDS 100000
 
-struct member {
-    char name[1024];
-    uint64_t off, size;
-};
-
 static int valid_shard_name(const char *s)
 {
     return s[0] && !strchr(s, '/') && strcmp(s, ".") && strcmp(s, "..") && strlen(s) < 256;
@@ -272,10 +267,10 @@ static void pax_records(const char *p, uint64_t len, char *path, size_t plen, ui
 }
 
 /* Lists the regular-file members of the tar at map[0..len). */
-static int tar_members(const unsigned char *map, size_t len, struct member **out, size_t *n,
-                       struct slim_error *err)
+int slim_tar_members(const unsigned char *map, size_t len, struct slim_tar_member **out,
+                     size_t *n, struct slim_error *err)
 {
-    struct member *m = NULL;
+    struct slim_tar_member *m = NULL;
     size_t cap = 0, count = 0;
     uint64_t off = 0;
     char next_name[1024] = "";
@@ -324,7 +319,7 @@ static int tar_members(const unsigned char *map, size_t len, struct member **out
         case '0':
         case 0:
             if (count == cap) {
-                struct member *g = slim_realloc(m, (cap = cap ? 2 * cap : 16) * sizeof *m);
+                struct slim_tar_member *g = slim_realloc(m, (cap = cap ? 2 * cap : 16) * sizeof *m);
                 if (!g)
                     return slim_free(m), slim_error_set(err, SLIM_ENOMEM, "out of memory");
                 m = g;
@@ -353,7 +348,7 @@ static int ends_with(const char *s, const char *tail)
 
 static int open_tar(const char *path, struct slim_source *src, struct slim_error *err)
 {
-    struct member *m = NULL, *idx = NULL;
+    struct slim_tar_member *m = NULL, *idx = NULL;
     const char **names = NULL;
     size_t nm = 0, dirlen = 0;
     struct stat st;
@@ -370,7 +365,7 @@ static int open_tar(const char *path, struct slim_source *src, struct slim_error
         src->map = NULL;
         return slim_error_set(err, SLIM_EIO, "cannot map the model: %s", strerror(errno));
     }
-    if ((rc = tar_members(src->map, src->map_len, &m, &nm, err)))
+    if ((rc = slim_tar_members(src->map, src->map_len, &m, &nm, err)))
         return rc;
     for (size_t i = 0; i < nm; i++)
         if (ends_with(m[i].name, ".safetensors.index.json")) {
@@ -412,7 +407,7 @@ static int open_tar(const char *path, struct slim_source *src, struct slim_error
         goto out;
     for (size_t i = 0; i < src->n; i++) {
         struct slim_shard *s = &src->shards[i];
-        const struct member *f = NULL;
+        const struct slim_tar_member *f = NULL;
         for (size_t k = 0; k < nm && !f; k++)
             if (!strncmp(m[k].name, idx->name, dirlen) && !strcmp(m[k].name + dirlen, names[i]))
                 f = &m[k];

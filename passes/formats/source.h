@@ -51,6 +51,18 @@ void slim_source_release(struct slim_source *src);
 /* The file offset of tensor t of shard s (for pread on s->fd). */
 off_t slim_source_offset(const struct slim_shard *s, const struct slim_tensor *t);
 
+/* A regular file in a tar: its name (a "./" prefix dropped) and where
+ * its bytes are. */
+struct slim_tar_member {
+    char name[1024];
+    uint64_t off, size;
+};
+/* Lists the regular-file members of the tar at map[0..len) (ustar, pax
+ * and GNU long names; headers' checksums and every size checked against
+ * len).  *out is new (slim_free).  SLIM_EFORMAT names the bad header. */
+int slim_tar_members(const unsigned char *map, size_t len, struct slim_tar_member **out,
+                     size_t *n, struct slim_error *err);
+
 /* A ustar header for a regular file member of `size` bytes (mode 0644,
  * owner 0, mtime 0, so the same content makes the same bytes) into
  * hdr[512].  SLIM_EINVAL when the name does not fit. */
