@@ -41,6 +41,10 @@ struct slim_spec {
     int threads;
     uint64_t memory_limit;   /* limits.memory_mb in bytes; 0: none */
     json_t *json;     /* the passes as given, for the artifact's metadata */
+    /* "eval": {"dataset": id, "max_samples", "batch_size"} */
+    char *eval_dataset;      /* the id as given (the caller resolves it); NULL: none */
+    int64_t eval_max_samples;/* 0: every sample */
+    int64_t eval_batch;      /* samples per engine run */
 };
 
 static void select_release(struct slim_select *sel)
@@ -57,6 +61,7 @@ void slim_spec_free(struct slim_spec *spec)
 {
     if (!spec)
         return;
+    slim_free(spec->eval_dataset);
     for (size_t i = 0; i < spec->n_passes; i++) {
         if (spec->passes[i].ops && spec->passes[i].ops->release)
             spec->passes[i].ops->release(spec->passes[i].cfg);
@@ -71,6 +76,41 @@ void slim_spec_free(struct slim_spec *spec)
 void slim_spec_set_threads(struct slim_spec *spec, int threads)
 {
     spec->threads = threads;
+}
+
+const char *slim_spec_eval_dataset(const struct slim_spec *spec)
+{
+    return spec->eval_dataset;
+}
+
+/* "eval": {"dataset": "ds_...", "max_samples": n, "batch_size": n} */
+static int parse_eval(json_t *ev, struct slim_spec *spec, struct slim_error *err)
+{
+    const char *key;
+    json_t *v;
+    long n;
+    if (!json_is_object(ev))
+        return slim_error_set(err, SLIM_ESPEC, "eval: expected an object such as "
+                              "{\"dataset\": \"ds_...\"}");
+    json_object_foreach(ev, key, v) {
+        if (strcmp(key, "dataset") && strcmp(key, "max_samples") && strcmp(key, "batch_size"))
+            return slim_error_set(err, SLIM_ESPEC, "eval: unknown key '%.40s' (expected "
+                                  "dataset, max_samples, batch_size)", key);
+    }
+    v = json_object_get(ev, "dataset");
+    if (!json_is_string(v) || !*json_string_value(v) || strlen(json_string_value(v)) > 100)
+        return slim_error_set(err, SLIM_ESPEC, "eval.dataset: required, a dataset id");
+    if (!(spec->eval_dataset = slim_strdup(json_string_value(v))))
+        return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    n = 0;
+    if (slim_spec_int(ev, "eval", "max_samples", 1, 100000000, &n, err))
+        return SLIM_ESPEC;
+    spec->eval_max_samples = n;
+    n = 100;
+    if (slim_spec_int(ev, "eval", "batch_size", 1, 65536, &n, err))
+        return SLIM_ESPEC;
+    spec->eval_batch = n;
+    return 0;
 }
 
 uint64_t slim_spec_memory_limit(const struct slim_spec *spec)
@@ -177,7 +217,8 @@ int slim_spec_parse(json_t *json, const char *const *allow, struct slim_spec **o
     if (!json_is_object(json))
         return slim_error_set(err, SLIM_ESPEC, "job spec: expected a JSON object");
     json_object_foreach(json, key, v) {
-        int ok = !strcmp(key, "passes") || !strcmp(key, "output") || !strcmp(key, "limits");
+        int ok = !strcmp(key, "passes") || !strcmp(key, "output") || !strcmp(key, "limits") ||
+                 !strcmp(key, "eval");
         for (int k = 0; !ok && allow && allow[k]; k++)
             ok = !strcmp(key, allow[k]);
         if (!ok)
@@ -234,6 +275,9 @@ int slim_spec_parse(json_t *json, const char *const *allow, struct slim_spec **o
         }
     }
     if ((v = json_object_get(json, "limits")) && (rc = parse_limits(v, spec, err)))
+        goto fail;
+    spec->eval_batch = 100;
+    if ((v = json_object_get(json, "eval")) && (rc = parse_eval(v, spec, err)))
         goto fail;
     /* binary weights have no code for 0: after a prune only the sparse
      * output, whose mask keeps the zeros, can store them faithfully */

@@ -217,6 +217,10 @@ struct slim_spec;  /* opaque: a validated job spec */
 int slim_spec_parse(json_t *json, const char *const *allow, struct slim_spec **out,
                     struct slim_error *err);
 void slim_spec_free(struct slim_spec *spec);
+/* The id in the spec's "eval": {"dataset": id}, borrowed; NULL when the
+ * spec has no eval.  The caller resolves it to a file
+ * (slim_run_opts.eval_dataset). */
+const char *slim_spec_eval_dataset(const struct slim_spec *spec);
 /* The job's "limits": {"memory_mb": N} in bytes, 0 when it has none. */
 uint64_t slim_spec_memory_limit(const struct slim_spec *spec);
 /* Threads a job may use for BLAS and element-wise kernels (default 0:
