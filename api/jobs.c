@@ -241,9 +241,11 @@ enum MHD_Result api_jobs_get(struct api_ctx *ctx, struct MHD_Connection *conn,
         art = json_object_get(row, "artifact");
         const char *sha = json_string_value(json_object_get(art, "sha256"));
         store_blob_path(ctx->st, sha, path, sizeof path);
-        /* a sharded model's artifact is a tar of its shards and index */
-        int tar = slim_pipeline_output_kind(path) == 2;
-        snprintf(fname, sizeof fname, "%s.%s", id, tar ? "tar" : "safetensors");
+        /* a sharded model's artifact is a tar of its shards and index;
+         * so is an ONNX model with external data (the .onnx and its data) */
+        int kind = slim_pipeline_output_kind(path), tar = kind == 2;
+        snprintf(fname, sizeof fname, "%s.%s", id,
+                 tar ? "tar" : kind == 3 ? "onnx" : "safetensors");
         r = api_reply_file(conn, req, path, sha, tar ? "application/x-tar" :
                            "application/octet-stream", fname);
         json_decref(row);

@@ -92,13 +92,15 @@ enum MHD_Result api_models_upload(struct api_ctx *ctx, struct MHD_Connection *co
         slim_error_set(&err, SLIM_EIO, "cannot read the uploaded file back");
     else if (!(fmt = slim_format_detect(head, got)))
         slim_error_set(&err, SLIM_EMEDIA, "unrecognised model format: expected safetensors (an "
-                       "8-byte little-endian header length, then a JSON header), or an "
-                       "uncompressed tar of a sharded checkpoint (its "
-                       "model.safetensors.index.json and shards)");
+                       "8-byte little-endian header length, then a JSON header), ONNX (a "
+                       "ModelProto), or an uncompressed tar of a sharded checkpoint (its "
+                       "model.safetensors.index.json and shards) or of an ONNX model and its "
+                       "external data files");
     else if (slim_model_describe(store_blob_temp_path(up->bw), &info, &err) &&
              err.code == SLIM_EFORMAT)
-        slim_error_prefix(&err, "invalid %s", strcmp(fmt, "tar") ? "safetensors file"
-                                                                   : "sharded checkpoint");
+        slim_error_prefix(&err, "invalid %s", !strcmp(fmt, "onnx") ? "ONNX model"
+                                              : strcmp(fmt, "tar") ? "safetensors file"
+                                                                   : "upload");
     if (!info) {
         /* drop the temp file before answering, so a client that sees the
          * error also sees nothing left behind */

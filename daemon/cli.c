@@ -284,13 +284,15 @@ int slimd_serve(int argc, char **argv)
     return 0;
 }
 
-/* Where the artifact goes: OUTDIR/<stem>.slim.safetensors for one file,
+/* Where the artifact goes: OUTDIR/<stem>.slim.safetensors for one file
+ * (.slim.onnx for ONNX, with .slim.onnx.data beside it when the model
+ * keeps its weights in external data),
  * OUTDIR/<stem>.slim.tar for a tar of shards, and OUTDIR itself for a
  * sharded checkpoint in a folder (the shards keep their names, next to a
  * new index). */
 static void artifact_name(const char *model, const char *outdir, char *buf, size_t len)
 {
-    static const char *const exts[] = {".safetensors", ".tar", NULL};
+    static const char *const exts[] = {".safetensors", ".tar", ".onnx", NULL};
     int kind = slim_pipeline_output_kind(model);
     char copy[4096], *base;
     size_t n;
@@ -306,7 +308,8 @@ static void artifact_name(const char *model, const char *outdir, char *buf, size
         if (n > e && !strcmp(base + n - e, exts[i]))
             base[n - e] = 0;
     }
-    snprintf(buf, len, "%s/%s.slim.%s", outdir, base, kind == 2 ? "tar" : "safetensors");
+    snprintf(buf, len, "%s/%s.slim.%s", outdir, base,
+             kind == 2 ? "tar" : kind == 3 ? "onnx" : "safetensors");
 }
 
 int slimd_compress(int argc, char **argv)

@@ -65,7 +65,8 @@ int slim_select_match(const struct slim_select *sel, const struct slim_wt *t)
                   slim_glob_match(sel->include[i], t->origin);
         if (!hit)
             return 0;
-    } else if (name_is_bias_or_norm(t->origin)) {
+    } else if ((t->src && t->src->role == SLIM_ROLE_OTHER) ||
+               ((!t->src || t->src->role != SLIM_ROLE_WEIGHT) && name_is_bias_or_norm(t->origin))) {
         return 0;
     }
     for (size_t i = 0; i < sel->n_exclude; i++)

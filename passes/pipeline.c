@@ -26,6 +26,7 @@
 #include "passes/report.h"
 #include "passes/formats/source.h"
 #include "passes/formats/writer.h"
+#include "passes/formats/onnx.h"
 
 struct spec_pass {
     const struct slim_pass_ops *ops;
@@ -395,6 +396,8 @@ struct run {
     double t_read, t_measure;
 };
 
+static int onnx_plan_check(const struct run *r, struct slim_error *err);
+
 static void layout_release(struct layout *l)
 {
     for (size_t i = 0; i < l->n; i++)
@@ -455,7 +458,7 @@ static int layout_check(const struct layout *l, size_t *pos, const struct slim_a
  * cache; the process stops counting them). */
 static void drop_mapped(struct run *r)
 {
-    if (r->mapped)
+    if (r->mapped && r->mapped_len)
         (void)madvise(r->mapped, r->mapped_len, MADV_DONTNEED);
     r->mapped = NULL;
 }
@@ -511,6 +514,17 @@ static int read_tensor(struct run *r, const struct slim_shard *s, const struct s
     double t0 = slim_now();
     unsigned char *buf;
     drop_buffers(r);
+    /* ONNX: fp32 straight from the unpacked protobuf or the external
+     * file's mapping; nothing to fault in or give back */
+    if (s->in_memory && want_f32 && !keep_raw && t->dtype == SLIM_DT_F32 &&
+        (uintptr_t)t->data % sizeof(float) == 0) {
+        r->mapped = (void *)t->data;
+        r->mapped_len = 0;
+        r->f32 = (void *)t->data;
+        r->w.raw = NULL;
+        r->w.orig = r->f32;
+        return 0;
+    }
 #if defined(MADV_POPULATE_READ)
     /* fp32 that no pass writes back as it is: read in place from the
      * model's mapping, its pages mapped in one call instead of a fault
@@ -538,6 +552,10 @@ static int read_tensor(struct run *r, const struct slim_shard *s, const struct s
         return slim_error_set(err, SLIM_ENOMEM, "tensor '%s': out of memory (%zu bytes)",
                               t->name, at + t->nbytes);
     r->raw = buf;
+    if (s->in_memory) {
+        memcpy(buf + at, t->data, t->nbytes);
+        done = t->nbytes;
+    }
     while (done < t->nbytes) {
         ssize_t got = pread(fd, buf + at + done, t->nbytes - done, off + (off_t)done);
         if (got < 0 && errno == EINTR)
@@ -1045,6 +1063,8 @@ int slim_pipeline_estimate(const struct slim_spec *spec, const char *in_path, ui
     *bytes = 0;
     if (!rc)
         rc = plan_model(&r, err);
+    if (!rc)
+        rc = onnx_plan_check(&r, err);
     if (!rc) {
         *bytes = r.peak;
         slim_error_set(err, 0, "tensor '%.100s' needs about %llu MiB at once",
@@ -1058,7 +1078,89 @@ int slim_pipeline_estimate(const struct slim_spec *spec, const char *in_path, ui
 int slim_pipeline_output_kind(const char *in_path)
 {
     int kind = slim_source_kind(in_path);
+    if (kind == SLIM_SRC_ONNX_TAR)
+        return SLIM_SRC_TAR;
     return kind < 0 ? SLIM_SRC_FILE : kind;
+}
+
+/* The ONNX artifact, from the spilled stored tensors of the one shard
+ * (formats/onnx_write.c builds the graph around them). */
+static int out_onnx(struct run *r, struct out *o, const char *out_path, struct slim_error *err)
+{
+    struct layout *l = &r->plan[0];
+    struct slim_onnx_out oo;
+    char sp[PATH_MAX];
+    struct stat st;
+    unsigned char *map = NULL;
+    uint64_t off = 0;
+    json_t *md = NULL, *none = json_object();
+    int fd, rc;
+
+    spill_path(out_path, 0, sp, sizeof sp);
+    if ((fd = open(sp, O_RDONLY | O_CLOEXEC)) < 0 || fstat(fd, &st)) {
+        rc = slim_error_set(err, SLIM_EIO, "cannot reopen the artifact's data: %s",
+                            strerror(errno));
+        goto out;
+    }
+    if (st.st_size > 0 &&
+        (map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0)) == MAP_FAILED) {
+        map = NULL;
+        rc = slim_error_set(err, SLIM_EIO, "cannot map the artifact's data: %s",
+                            strerror(errno));
+        goto out;
+    }
+    for (size_t i = 0; i < l->n; i++) {
+        l->t[i].data = map ? map + off : NULL;
+        off += l->t[i].nbytes;
+    }
+    if (off != (uint64_t)st.st_size) {
+        rc = slim_error_set(err, SLIM_EINTERNAL, "the artifact's data has %llu bytes, its "
+                            "layout %llu", (unsigned long long)st.st_size,
+                            (unsigned long long)off);
+        goto out;
+    }
+    if ((rc = slim_artifact_metadata(none, r->spec->json, r->entries[0], &md, err)))
+        goto out;
+    memset(&oo, 0, sizeof oo);
+    oo.path = out_path;
+    oo.tar = r->src.kind == SLIM_SRC_ONNX_TAR;
+    oo.onnx_name = r->src.onnx->name;
+    oo.external = r->src.onnx->external;
+    oo.sink = o->sink;
+    oo.sink_ud = o->sink_ud;
+    if (!(rc = slim_onnx_write(r->src.onnx, l->t, l->n, r->entries[0], md, &oo, err)))
+        o->total = oo.bytes;
+out:
+    for (size_t i = 0; i < l->n; i++)
+        l->t[i].data = NULL;
+    if (map)
+        munmap(map, (size_t)st.st_size);
+    if (fd >= 0)
+        close(fd);
+    unlink(sp);
+    json_decref(md);
+    json_decref(none);
+    return rc;
+}
+
+/* ONNX artifacts hold sparse tensors as sparse_initializer, plain values
+ * only: a spec that would store quantized or clustered weights sparse
+ * has no ONNX form, and is refused before anything runs. */
+static int onnx_plan_check(const struct run *r, struct slim_error *err)
+{
+    const char *name;
+    json_t *e;
+    if (!r->src.onnx)
+        return 0;
+    json_object_foreach(r->entries[0], name, e) {
+        const char *scheme = json_string_value(json_object_get(e, "scheme"));
+        if (json_is_true(json_object_get(e, "sparse")) && scheme && strcmp(scheme, "dense"))
+            return slim_error_set(err, SLIM_ESPEC, "output.sparse: tensor '%.100s' would be "
+                                  "stored %s and sparse, which ONNX cannot hold "
+                                  "(sparse_initializer takes plain values): drop "
+                                  "output.sparse or the %s pass", name, scheme, scheme);
+    }
+    return 0;
 }
 
 /* Streams every tensor through the passes into the artifact.  With a
@@ -1134,6 +1236,10 @@ static int stream(struct run *r, struct out *o, const char *out_path, int planne
     r->w.p_lo = r->w.p_hi = 0.98;
     if ((rc = slim_work_check(&r->w, 0.0, err)))
         goto out;
+    if (r->src.onnx) {
+        rc = out_onnx(r, o, out_path, err);
+        goto out;
+    }
     if (!planned) {
         if ((rc = out_begin(o, err)) || (rc = out_index(o, r, err)))
             goto out;
@@ -1185,9 +1291,10 @@ int slim_pipeline_run(const struct slim_spec *spec, const char *in_path, const c
     o.path = out_path;
     o.sink = opts ? opts->sink : NULL;
     o.sink_ud = opts ? opts->sink_ud : NULL;
-    if ((rc = plan_model(&r, err)))
+    if ((rc = plan_model(&r, err)) || (rc = onnx_plan_check(&r, err)))
         goto out;
-    planned = !r.w.unplannable;
+    /* ONNX: the graph is built around the stored tensors at the end */
+    planned = !r.w.unplannable && !r.src.onnx;
     t_plan = slim_now() - t_start;
     if (spec->memory_limit && r.peak > spec->memory_limit) {
         rc = budget_error(&r, spec->memory_limit, err);

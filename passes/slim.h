@@ -139,6 +139,16 @@ struct slim_tensor {
     const void *data;           /* borrowed from the model's mapping, or owned if own != NULL */
     void *own;                  /* non-NULL when this tensor owns its bytes (then data == own) */
     size_t nbytes;
+    int role;                   /* enum slim_role: what the graph uses it for, where known */
+};
+
+/* What a tensor is to its model, where the format says (ONNX does;
+ * safetensors does not, and the default selection goes by shape and
+ * name). */
+enum slim_role {
+    SLIM_ROLE_UNKNOWN = 0,
+    SLIM_ROLE_WEIGHT = 1,       /* the weight of a Gemm, MatMul or Conv */
+    SLIM_ROLE_OTHER = 2,        /* anything else: never selected by default */
 };
 
 int64_t slim_tensor_numel(const struct slim_tensor *t);
@@ -257,7 +267,9 @@ int slim_pipeline_run(const struct slim_spec *spec, const char *in_path,
  * out_path; 1 (a model.safetensors.index.json naming shard files beside
  * it), a folder out_path with the same shard names and a new index; 2
  * (a tar of index and shards, as the daemon stores a sharded upload), a
- * tar at out_path laid out the same way. */
+ * tar at out_path laid out the same way; 3 (ONNX), an .onnx file (with
+ * its external data file "<out_path>.data" beside it when the input had
+ * one).  An ONNX model in a tar gives a tar (2). */
 int slim_pipeline_output_kind(const char *in_path);
 
 /* Estimates the memory the job needs at its peak: the largest working

@@ -116,4 +116,27 @@ const Onnx__AttributeProto *slim_onnx_attr(const Onnx__NodeProto *n, const char 
  * "external_data"}.  New reference. */
 json_t *slim_onnx_describe(const struct slim_onnx *m);
 
+/* Where slim_onnx_write puts the artifact. */
+struct slim_onnx_out {
+    const char *path;       /* the .onnx, or the tar */
+    int tar;                /* one tar holding the .onnx (and its data file) */
+    const char *onnx_name;  /* the .onnx's member name in the tar */
+    int external;           /* weights in "<onnx name>.data" (beside path, or in the tar) */
+    void (*sink)(void *ud, const void *buf, size_t len); /* every byte of path, or NULL */
+    void *sink_ud;
+    uint64_t bytes;         /* out: bytes written, every file */
+};
+
+/* Writes the ONNX artifact of m: the stored tensors st[0..n) (what the
+ * pipeline would write as safetensors: names, dtypes, shapes, data) and
+ * the "slimd.tensors" entries that say how each compressed initializer
+ * decodes become initializers and decode nodes (onnx_write.c); metadata
+ * (an object of strings, borrowed) goes into metadata_props.  st's data
+ * is borrowed until return.  Atomic per file (temp file, fsync,
+ * rename).  SLIM_ESPEC when the model or spec has no ONNX form (opset
+ * below 10; sparse output of quantized weights). */
+int slim_onnx_write(struct slim_onnx *m, const struct slim_tensor *st, size_t n_st,
+                    json_t *entries, json_t *metadata, struct slim_onnx_out *o,
+                    struct slim_error *err);
+
 #endif

@@ -33,6 +33,7 @@
 #include <unistd.h>
 #include "passes/slim.h"
 #include "passes/formats/source.h"
+#include "passes/formats/onnx.h"
 #include "passes/formats/writer.h"
 
 static uint64_t read_le64(const unsigned char *p)
@@ -326,6 +327,8 @@ const char *slim_format_detect(const void *head, size_t len)
         return "tar";
     if (len >= 10 && read_le64(p) <= SLIM_ST_MAX_HEADER && p[8] == '{')
         return "safetensors";
+    if (slim_onnx_sniff(head, len))
+        return "onnx";
     return NULL;
 }
 
@@ -338,6 +341,19 @@ int slim_model_describe(const char *path, json_t **info, struct slim_error *err)
     int rc = slim_source_open(path, &src, err);
     if (rc)
         return rc;
+    if (src.onnx) {
+        json_t *files = json_array();
+        *info = slim_onnx_describe(src.onnx);
+        for (size_t i = 0; files && i < src.onnx->n_files; i++)
+            json_array_append_new(files, json_string(src.onnx->files[i].location));
+        if (*info && src.kind == SLIM_SRC_ONNX_TAR)
+            json_object_set_new(*info, "onnx_file", json_string(src.onnx->name));
+        if (*info && json_array_size(files))
+            json_object_set(*info, "external_files", files);
+        json_decref(files);
+        slim_source_release(&src);
+        return *info ? 0 : slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    }
     if (src.kind == SLIM_SRC_INDEX) {
         slim_source_release(&src);
         return slim_error_set(err, SLIM_EFORMAT, "an index alone is not a model: upload the "

@@ -33,6 +33,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include "passes/formats/source.h"
+#include "passes/formats/onnx.h"
 
 #define INDEX_MAX ((size_t)64 << 20)   /* a 1e6-tensor index is ~60 MB */
 #define MAX_SHARDS 100000
@@ -435,20 +436,110 @@ out:
     return rc;
 }
 
+/* 1 if the tar behind fd holds an .onnx member. */
+static int tar_has_onnx(int fd)
+{
+    struct stat st;
+    struct slim_tar_member *m = NULL;
+    size_t n = 0;
+    void *map;
+    int found = 0;
+    if (fstat(fd, &st) || st.st_size <= 0)
+        return 0;
+    map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (map == MAP_FAILED)
+        return 0;
+    if (!slim_tar_members(map, (size_t)st.st_size, &m, &n, NULL))
+        for (size_t i = 0; i < n && !found; i++)
+            found = ends_with(m[i].name, ".onnx");
+    slim_free(m);
+    munmap(map, (size_t)st.st_size);
+    return found;
+}
+
 int slim_source_kind(const char *path)
 {
     unsigned char head[512];
     ssize_t got;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC), kind;
     if (fd < 0)
         return -1;
     do
         got = pread(fd, head, sizeof head, 0);
     while (got < 0 && errno == EINTR);
-    close(fd);
     if (got == 512 && !memcmp(head + 257, "ustar", 5))
-        return SLIM_SRC_TAR;
-    return got > 0 && head[0] == '{' ? SLIM_SRC_INDEX : SLIM_SRC_FILE;
+        kind = tar_has_onnx(fd) ? SLIM_SRC_ONNX_TAR : SLIM_SRC_TAR;
+    else if (got > 0 && !slim_format_detect(head, (size_t)got) &&
+             slim_onnx_sniff(head, (size_t)got))
+        kind = SLIM_SRC_ONNX;
+    else
+        kind = got > 0 && head[0] == '{' ? SLIM_SRC_INDEX : SLIM_SRC_FILE;
+    close(fd);
+    return kind;
+}
+
+/* 1 if node input `name` is the weight of a Gemm (B), MatMul (either
+ * side) or Conv (W) somewhere in the graph. */
+static int onnx_is_weight(const Onnx__GraphProto *g, const char *name)
+{
+    for (size_t i = 0; i < g->n_node; i++) {
+        const Onnx__NodeProto *n = g->node[i];
+        if (!strcmp(n->op_type, "Gemm") || !strcmp(n->op_type, "Conv")) {
+            if (n->n_input > 1 && !strcmp(n->input[1], name))
+                return 1;
+        } else if (!strcmp(n->op_type, "MatMul")) {
+            for (size_t k = 0; k < n->n_input && k < 2; k++)
+                if (!strcmp(n->input[k], name))
+                    return 1;
+        }
+    }
+    return 0;
+}
+
+/* The ONNX model as one shard whose tensors are its initializers with a
+ * dtype slimd knows (the others are left to the ONNX writer untouched). */
+static int open_onnx(const char *path, int kind, struct slim_source *src,
+                     struct slim_error *err)
+{
+    struct slim_shard *s;
+    const Onnx__GraphProto *g;
+    int rc;
+    src->kind = kind;
+    if (!(src->onnx = slim_calloc(1, sizeof *src->onnx)))
+        return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    if ((rc = slim_onnx_open(path, src->onnx, err)))
+        return rc;
+    if ((rc = alloc_shards(src, 1, err)))
+        return rc;
+    src->n = 1;
+    s = &src->shards[0];
+    s->fd = -1;
+    s->in_memory = 1;
+    if (!(s->name = slim_strdup(src->onnx->name)) || !(s->model.metadata = json_object()))
+        return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    g = src->onnx->graph;
+    if (!(s->model.tensors = slim_calloc(g->n_initializer + 1, sizeof *s->model.tensors)))
+        return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    for (size_t i = 0; i < g->n_initializer; i++) {
+        const Onnx__TensorProto *tp = g->initializer[i];
+        struct slim_tensor *t = &s->model.tensors[s->model.n_tensors];
+        int dt = slim_onnx_to_dtype(tp->has_data_type ? tp->data_type : 0);
+        if (dt < 0 || tp->n_dims > SLIM_MAX_DIMS)
+            continue;
+        if ((rc = slim_onnx_tensor_data(src->onnx, tp, &t->data, &t->nbytes, NULL, err)))
+            return rc;
+        if (!(t->name = slim_strdup(tp->name)))
+            return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+        t->dtype = (enum slim_dtype)dt;
+        t->ndim = (int)tp->n_dims;
+        for (size_t d = 0; d < tp->n_dims; d++)
+            t->shape[d] = tp->dims[d];
+        t->role = onnx_is_weight(g, tp->name) ? SLIM_ROLE_WEIGHT : SLIM_ROLE_OTHER;
+        s->model.n_tensors++;
+    }
+    s->model.file_bytes = (size_t)src->onnx->bytes;
+    src->bytes = src->onnx->bytes;
+    return 0;
 }
 
 int slim_source_open(const char *path, struct slim_source *src, struct slim_error *err)
@@ -459,7 +550,9 @@ int slim_source_open(const char *path, struct slim_source *src, struct slim_erro
     src->fd = -1;
     if (kind < 0)
         return slim_error_set(err, SLIM_EIO, "cannot open the model: %s", strerror(errno));
-    if (kind == SLIM_SRC_TAR)
+    if (kind == SLIM_SRC_ONNX || kind == SLIM_SRC_ONNX_TAR)
+        rc = open_onnx(path, kind, src, err);
+    else if (kind == SLIM_SRC_TAR)
         rc = open_tar(path, src, err);
     else if (kind == SLIM_SRC_INDEX)
         rc = open_index(path, src, err);
@@ -480,6 +573,10 @@ void slim_source_release(struct slim_source *src)
             close(s->fd);
     }
     slim_free(src->shards);
+    if (src->onnx) {
+        slim_onnx_release(src->onnx);
+        slim_free(src->onnx);
+    }
     slim_free(src->index_name);
     json_decref(src->index);
     if (src->map)

@@ -17,13 +17,19 @@ enum slim_source_kind {
     SLIM_SRC_FILE = 0,    /* one safetensors file */
     SLIM_SRC_INDEX = 1,   /* index.json and shard files beside it */
     SLIM_SRC_TAR = 2,     /* a tar holding an index.json and its shards */
+    SLIM_SRC_ONNX = 3,    /* an .onnx file (external data files beside it) */
+    SLIM_SRC_ONNX_TAR = 4,/* a tar holding one .onnx and its external data files */
 };
+
+struct slim_onnx;
 
 struct slim_shard {
     char *name;           /* the shard's file name ("" for a single file) */
     struct slim_model model;
     const char *base;     /* file offset 0 in memory: data offsets are relative to it */
     int fd;               /* for pread; owned unless shared (tar) */
+    int in_memory;        /* ONNX: tensors' data pointers are read directly, never
+                           * pread (inline weights on the heap, external ones mapped) */
 };
 
 struct slim_source {
@@ -36,11 +42,14 @@ struct slim_source {
     size_t map_len;
     int fd;               /* the tar's descriptor (shards share it) */
     uint64_t bytes;       /* every input byte: the file, or the index and all shards */
+    struct slim_onnx *onnx;/* ONNX: the model (one shard whose tensors are its
+                           * initializers); owned */
 };
 
-/* Which form path holds, from its first bytes: SLIM_SRC_TAR (a ustar
- * header), SLIM_SRC_INDEX (a JSON object), else SLIM_SRC_FILE; -1 when
- * it cannot be opened (errno set). */
+/* Which form path holds, from its first bytes: SLIM_SRC_ONNX (a
+ * ModelProto), SLIM_SRC_TAR or SLIM_SRC_ONNX_TAR (a ustar header; the
+ * members decide), SLIM_SRC_INDEX (a JSON object), else SLIM_SRC_FILE;
+ * -1 when it cannot be opened (errno set). */
 int slim_source_kind(const char *path);
 /* Opens path as whichever form it holds (sniffed from its bytes: a tar,
  * a JSON index, or safetensors) and validates all of it: every shard's
