@@ -462,6 +462,7 @@ int slim_source_kind(const char *path)
     unsigned char head[512];
     ssize_t got;
     int fd = open(path, O_RDONLY | O_CLOEXEC), kind;
+    const char *fmt;
     if (fd < 0)
         return -1;
     do
@@ -469,8 +470,7 @@ int slim_source_kind(const char *path)
     while (got < 0 && errno == EINTR);
     if (got == 512 && !memcmp(head + 257, "ustar", 5))
         kind = tar_has_onnx(fd) ? SLIM_SRC_ONNX_TAR : SLIM_SRC_TAR;
-    else if (got > 0 && !slim_format_detect(head, (size_t)got) &&
-             slim_onnx_sniff(head, (size_t)got))
+    else if (got > 0 && (fmt = slim_format_detect(head, (size_t)got)) && !strcmp(fmt, "onnx"))
         kind = SLIM_SRC_ONNX;
     else
         kind = got > 0 && head[0] == '{' ? SLIM_SRC_INDEX : SLIM_SRC_FILE;
