@@ -281,6 +281,10 @@ static json_t *col_json(sqlite3_stmt *s, int col)
     return t ? json_loads(t, JSON_DECODE_ANY, NULL) : NULL;
 }
 
+static const char *const onnx_keys[] = {"opset", "ir_version", "producer", "inputs", "outputs",
+                                        "op_types", "nodes", "external_data", "external_files",
+                                        "onnx_file", NULL};
+
 static json_t *model_row(sqlite3_stmt *s)
 {
     json_t *info = col_json(s, 6), *row;
@@ -291,6 +295,10 @@ static json_t *model_row(sqlite3_stmt *s)
                     "params", json_object_get(info, "params"), "created_at", col_text(s, 7));
     if (row && json_object_get(info, "shards"))   /* a sharded checkpoint: its shard files */
         json_object_set(row, "shards", json_object_get(info, "shards"));
+    /* an ONNX model: its graph's outline (all small: no per-tensor list) */
+    for (size_t i = 0; row && onnx_keys[i]; i++)
+        if (json_object_get(info, onnx_keys[i]))
+            json_object_set(row, onnx_keys[i], json_object_get(info, onnx_keys[i]));
     json_decref(info);
     return row;
 }

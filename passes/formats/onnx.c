@@ -538,8 +538,9 @@ int slim_onnx_open(const char *path, struct slim_onnx *m, struct slim_error *err
 {
     int rc;
     memset(m, 0, sizeof *m);
-    rc = slim_source_kind(path) == SLIM_SRC_TAR ? open_tar(path, m, err)
-                                                : open_file(path, m, err);
+    int kind = slim_source_kind(path);
+    rc = kind == SLIM_SRC_TAR || kind == SLIM_SRC_ONNX_TAR ? open_tar(path, m, err)
+                                                           : open_file(path, m, err);
     if (rc)
         slim_onnx_release(m);
     return rc;
