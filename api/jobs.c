@@ -161,6 +161,57 @@ static void html_escape(FILE *f, const char *s)
     }
 }
 
+/* One row "label | before | after" of an {"before", "after"} pair. */
+static void pair_row(FILE *f, const char *label, json_t *pair, double mul, const char *fmt)
+{
+    char b[64], a[64];
+    if (!json_is_object(pair))
+        return;
+    snprintf(b, sizeof b, fmt, mul * json_number_value(json_object_get(pair, "before")));
+    snprintf(a, sizeof a, fmt, mul * json_number_value(json_object_get(pair, "after")));
+    fprintf(f, "<tr><td>%s</td><td>%s</td><td>%s</td></tr>", label, b, a);
+}
+
+/* The model's answers before and after (ONNX jobs): accuracy on the
+ * eval dataset, or the output drift on a random batch. */
+static void eval_html(FILE *f, json_t *rep)
+{
+    json_t *acc = json_object_get(rep, "accuracy"), *ev = acc ? acc : json_object_get(rep, "drift");
+    if (!json_is_object(ev))
+        return;
+    if (json_is_string(json_object_get(ev, "skipped"))) {
+        fputs("<h2>Output drift</h2><p>Not measured: ", f);
+        html_escape(f, json_string_value(json_object_get(ev, "skipped")));
+        fputs("</p>", f);
+        return;
+    }
+    fprintf(f, "<h2>%s</h2><p>%lld samples", acc ? "Accuracy" : "Output drift (random input)",
+            (long long)json_integer_value(json_object_get(ev, "samples")));
+    if (json_is_string(json_object_get(ev, "dataset"))) {
+        fputs(" of dataset ", f);
+        html_escape(f, json_string_value(json_object_get(ev, "dataset")));
+    }
+    fprintf(f, ", measured on the artifact as written.</p><table><tr><th></th><th>before</th>"
+               "<th>after</th></tr>");
+    if (json_object_get(ev, "before")) {
+        json_t *top1 = json_pack("{s:O, s:O}", "before", json_object_get(ev, "before"), "after",
+                                 json_object_get(ev, "after"));
+        pair_row(f, "top-1 accuracy", top1, 100.0, "%.2f %%");
+        json_decref(top1);
+    }
+    pair_row(f, "top-5 accuracy", json_object_get(ev, "top5"), 100.0, "%.2f %%");
+    pair_row(f, "cross-entropy", json_object_get(ev, "cross_entropy"), 1.0, "%.4f");
+    pair_row(f, "samples/s", json_object_get(ev, "throughput"), 1.0, "%.0f");
+    pair_row(f, "ms per batch", json_object_get(ev, "latency_ms"), 1.0, "%.2f");
+    fprintf(f, "</table><p>Agreement (same top class): %.2f %%; output drift: relative error "
+               "%.3g, max |&Delta;| %.3g.</p>",
+            100.0 * json_number_value(json_object_get(ev, "agreement")),
+            json_number_value(json_object_get(json_object_get(ev, "output_drift"),
+                                              "relative_error")),
+            json_number_value(json_object_get(json_object_get(ev, "output_drift"),
+                                              "max_abs_error")));
+}
+
 /* A page for people: totals, then a bar per tensor of its relative
  * error (inline SVG, no scripts), then the table. */
 static char *report_html(const char *job_id, json_t *rep)
@@ -189,6 +240,7 @@ static char *report_html(const char *job_id, json_t *rep)
             (long long)json_integer_value(json_object_get(totals, "bytes_after")),
             json_number_value(json_object_get(totals, "ratio")),
             (long long)json_integer_value(json_object_get(totals, "params")));
+    eval_html(f, rep);
     fprintf(f, "<h2>Relative error per tensor</h2><svg width=\"720\" height=\"%zu\" "
                "role=\"img\">", n * 18 + 4);
     json_array_foreach(tensors, i, t) {

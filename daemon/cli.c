@@ -368,6 +368,8 @@ int slimd_compress(int argc, char **argv)
         ropts.threads = (int)threads;
         openblas_set_num_threads((int)threads);
     }
+    /* offline, "eval": {"dataset": ...} names the dataset file itself */
+    ropts.eval_dataset = slim_spec_eval_dataset(spec);
     artifact_name(model, outdir, out, sizeof out);
     if (slim_pipeline_run(spec, model, out, &ropts, &report, &err)) {
         fprintf(stderr, "slimd compress: %s: %s\n", model, err.msg);

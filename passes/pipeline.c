@@ -27,6 +27,7 @@
 #include "passes/formats/source.h"
 #include "passes/formats/writer.h"
 #include "passes/formats/onnx.h"
+#include "passes/eval.h"
 
 struct spec_pass {
     const struct slim_pass_ops *ops;
@@ -39,6 +40,8 @@ struct slim_spec {
     size_t n_passes;
     int dequantize;
     int sparse;
+    int onnx_opset;          /* output.opset: upgrade an ONNX model to it; 0: keep */
+    int float16_graph;       /* output.float16_graph: the whole ONNX graph in fp16 */
     int threads;
     uint64_t memory_limit;   /* limits.memory_mb in bytes; 0: none */
     json_t *json;     /* the passes as given, for the artifact's metadata */
@@ -261,14 +264,22 @@ int slim_spec_parse(json_t *json, const char *const *allow, struct slim_spec **o
             goto fail;
         }
         json_object_foreach(output, key, v) {
-            if (strcmp(key, "dequantize") && strcmp(key, "format") && strcmp(key, "sparse")) {
+            if (strcmp(key, "dequantize") && strcmp(key, "format") && strcmp(key, "sparse") &&
+                strcmp(key, "opset") && strcmp(key, "float16_graph")) {
                 rc = slim_error_set(err, SLIM_ESPEC, "output: unknown key '%.40s'", key);
                 goto fail;
             }
         }
         if ((rc = slim_spec_bool(output, "output", "dequantize", &spec->dequantize, err)) ||
-            (rc = slim_spec_bool(output, "output", "sparse", &spec->sparse, err)))
+            (rc = slim_spec_bool(output, "output", "sparse", &spec->sparse, err)) ||
+            (rc = slim_spec_bool(output, "output", "float16_graph", &spec->float16_graph, err)))
             goto fail;
+        {
+            long opset = 0;
+            if ((rc = slim_spec_int(output, "output", "opset", 13, 21, &opset, err)))
+                goto fail;
+            spec->onnx_opset = (int)opset;
+        }
         v = json_object_get(output, "format");
         if (v && !(json_is_string(v) && !strcmp(json_string_value(v), "safetensors"))) {
             rc = slim_error_set(err, SLIM_ESPEC, "output.format: expected 'safetensors'");
@@ -397,6 +408,7 @@ struct run {
 };
 
 static int onnx_plan_check(const struct run *r, struct slim_error *err);
+static int eval_check(struct run *r, struct slim_error *err);
 
 static void layout_release(struct layout *l)
 {
@@ -1065,6 +1077,8 @@ int slim_pipeline_estimate(const struct slim_spec *spec, const char *in_path, ui
         rc = plan_model(&r, err);
     if (!rc)
         rc = onnx_plan_check(&r, err);
+    if (!rc)
+        rc = eval_check(&r, err);
     if (!rc) {
         *bytes = r.peak;
         slim_error_set(err, 0, "tensor '%.100s' needs about %llu MiB at once",
@@ -1128,6 +1142,8 @@ static int out_onnx(struct run *r, struct out *o, const char *out_path, struct s
     oo.external = r->src.onnx->external;
     oo.sink = o->sink;
     oo.sink_ud = o->sink_ud;
+    oo.opset = r->spec->onnx_opset;
+    oo.float16_graph = r->spec->float16_graph;
     if (!(rc = slim_onnx_write(r->src.onnx, l->t, l->n, r->entries[0], md, &oo, err)))
         o->total = oo.bytes;
 out:
@@ -1150,10 +1166,27 @@ static int onnx_plan_check(const struct run *r, struct slim_error *err)
 {
     const char *name;
     json_t *e;
-    if (!r->src.onnx)
+    if (!r->src.onnx) {
+        if (r->spec->onnx_opset || r->spec->float16_graph)
+            return slim_error_set(err, SLIM_ESPEC, "output.%s: only for ONNX models",
+                                  r->spec->onnx_opset ? "opset" : "float16_graph");
         return 0;
+    }
+    if (r->spec->onnx_opset) {
+        int rc = slim_onnx_upgrade_check(r->src.onnx, r->spec->onnx_opset, err);
+        if (rc)
+            return rc;
+    }
+    if (r->spec->float16_graph && r->spec->dequantize)
+        return slim_error_set(err, SLIM_ESPEC, "output.float16_graph and output.dequantize "
+                              "contradict each other: choose one");
     json_object_foreach(r->entries[0], name, e) {
         const char *scheme = json_string_value(json_object_get(e, "scheme"));
+        if (r->spec->float16_graph && scheme && strcmp(scheme, "fp16") && strcmp(scheme, "dense") &&
+            strcmp(scheme, "lowrank"))
+            return slim_error_set(err, SLIM_ESPEC, "output.float16_graph: tensor '%.100s' is "
+                                  "stored %s, which decodes to fp32; a float16 graph takes "
+                                  "pruned, low-rank or fp16 weights", name, scheme);
         if (json_is_true(json_object_get(e, "sparse")) && scheme && strcmp(scheme, "dense"))
             return slim_error_set(err, SLIM_ESPEC, "output.sparse: tensor '%.100s' would be "
                                   "stored %s and sparse, which ONNX cannot hold "
@@ -1161,6 +1194,55 @@ static int onnx_plan_check(const struct run *r, struct slim_error *err)
                                   "output.sparse or the %s pass", name, scheme, scheme);
     }
     return 0;
+}
+
+/* An "eval" needs a graph the engine runs: a safetensors model has none,
+ * and an ONNX model with an op the engine lacks is refused up front
+ * (SLIM_EUNSUPPORTED), before any work.  Without "eval" nothing is
+ * checked: weight-only jobs never depend on the engine. */
+static int eval_check(struct run *r, struct slim_error *err)
+{
+    if (!r->spec->eval_dataset)
+        return 0;
+    if (!r->src.onnx)
+        return slim_error_set(err, SLIM_ESPEC, "eval: needs an ONNX model (a safetensors "
+                              "file holds weights, not the graph that runs them)");
+    return slim_eval_check(r->src.onnx, err);
+}
+
+static int eval_poll(void *ud, double frac)
+{
+    struct run *r = ud;
+    return slim_work_check(&r->w, frac, NULL) != 0;
+}
+
+/* The original and the artifact as written, side by side: accuracy on
+ * the eval dataset, or the output drift on a random batch without one
+ * (then an op the engine lacks only notes why there is no figure). */
+static int evaluate(struct run *r, const char *out_path, const struct slim_run_opts *opts,
+                    json_t **ev, struct slim_error *err)
+{
+    struct slim_eval_opts eo;
+    int rc;
+    memset(&eo, 0, sizeof eo);
+    eo.dataset = opts ? opts->eval_dataset : NULL;
+    eo.dataset_id = r->spec->eval_dataset;
+    eo.max_samples = r->spec->eval_max_samples;
+    eo.batch = r->spec->eval_batch;
+    eo.check = eval_poll;
+    eo.check_ud = r;
+    if (r->spec->eval_dataset && !eo.dataset)
+        return slim_error_set(err, SLIM_EINVAL, "eval.dataset '%.100s': no file given for it",
+                              r->spec->eval_dataset);
+    r->w.stage = "evaluate";
+    r->w.p_lo = 0.98;
+    r->w.p_hi = 0.995;
+    rc = slim_eval_run(r->src.onnx, out_path, &eo, ev, err);
+    if (rc == SLIM_EUNSUPPORTED && !r->spec->eval_dataset) {
+        *ev = json_pack("{s:s}", "skipped", err->msg);
+        rc = *ev ? 0 : slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    }
+    return rc;
 }
 
 /* Streams every tensor through the passes into the artifact.  With a
@@ -1291,7 +1373,8 @@ int slim_pipeline_run(const struct slim_spec *spec, const char *in_path, const c
     o.path = out_path;
     o.sink = opts ? opts->sink : NULL;
     o.sink_ud = opts ? opts->sink_ud : NULL;
-    if ((rc = plan_model(&r, err)) || (rc = onnx_plan_check(&r, err)))
+    if ((rc = plan_model(&r, err)) || (rc = onnx_plan_check(&r, err)) ||
+        (rc = eval_check(&r, err)))
         goto out;
     /* ONNX: the graph is built around the stored tensors at the end */
     planned = !r.w.unplannable && !r.src.onnx;
@@ -1322,6 +1405,15 @@ int slim_pipeline_run(const struct slim_spec *spec, const char *in_path, const c
                                   "read_seconds", r.t_read, "measure_seconds", r.t_measure,
                                   "stream_seconds", t_stream, "total_seconds",
                                   slim_now() - t_start, "streamed_header", planned));
+    if (r.src.onnx) {
+        double t_eval = slim_now();
+        json_t *ev = NULL;
+        if ((rc = evaluate(&r, out_path, opts, &ev, err)))
+            goto out;
+        json_object_set_new(*report, spec->eval_dataset ? "accuracy" : "drift", ev);
+        json_object_set_new(json_object_get(*report, "timings"), "eval_seconds",
+                            json_real(slim_now() - t_eval));
+    }
     r.w.p_lo = r.w.p_hi = 1.0;
     slim_work_check(&r.w, 0.0, NULL);
 out:

@@ -124,8 +124,16 @@ struct slim_onnx_out {
     int external;           /* weights in "<onnx name>.data" (beside path, or in the tar) */
     void (*sink)(void *ud, const void *buf, size_t len); /* every byte of path, or NULL */
     void *sink_ud;
+    int opset;              /* upgrade the default domain to this opset (0: keep) */
+    int float16_graph;      /* compute in fp16: every float tensor of the graph FLOAT16,
+                             * Casts at the inputs and outputs */
     uint64_t bytes;         /* out: bytes written, every file */
 };
+
+/* 0 if m's graph can be moved to opset `target` unchanged in meaning
+ * (every op in a list whose semantics held from opset 13 to 21, and the
+ * model at 13 or later); else SLIM_ESPEC naming the op. */
+int slim_onnx_upgrade_check(const struct slim_onnx *m, int target, struct slim_error *err);
 
 /* Writes the ONNX artifact of m: the stored tensors st[0..n) (what the
  * pipeline would write as safetensors: names, dtypes, shapes, data) and
@@ -134,7 +142,8 @@ struct slim_onnx_out {
  * (an object of strings, borrowed) goes into metadata_props.  st's data
  * is borrowed until return.  Atomic per file (temp file, fsync,
  * rename).  SLIM_ESPEC when the model or spec has no ONNX form (opset
- * below 10; sparse output of quantized weights). */
+ * below 10; sparse output of quantized weights; an opset upgrade over an
+ * op whose meaning changed, named). */
 int slim_onnx_write(struct slim_onnx *m, const struct slim_tensor *st, size_t n_st,
                     json_t *entries, json_t *metadata, struct slim_onnx_out *o,
                     struct slim_error *err);

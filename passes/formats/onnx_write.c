@@ -1114,6 +1114,247 @@ static int rebuild(struct wctx *c, Onnx__GraphProto *g2, struct slim_error *err)
     return 0;
 }
 
+/* ---- opset upgrade ------------------------------------------------------- */
+
+/* Ops whose meaning is the same at every opset from 13 to 21 (new
+ * versions only added types or optional attributes), so a model that
+ * uses only these can say opset 21 and take INT4 blocked
+ * DequantizeLinear.  Left out on purpose: Reduce* and Split (axes moved
+ * to an input at 18), Pad, Resize, and everything slimd does not know. */
+static const char *const upgrade_safe[] = {
+    "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Erf",
+    "Softmax", "LogSoftmax", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
+    "Concat", "Shape", "Gather", "Slice", "Constant", "Identity", "Dropout", "Conv", "MaxPool",
+    "AveragePool", "GlobalAveragePool", "BatchNormalization", "QuantizeLinear",
+    "DequantizeLinear", "Cast", NULL};
+
+static int ir_for_opset(int64_t opset)
+{
+    return opset >= 21 ? 10 : opset >= 19 ? 9 : opset >= 15 ? 8 : 7;
+}
+
+int slim_onnx_upgrade_check(const struct slim_onnx *m, int target, struct slim_error *err)
+{
+    const Onnx__GraphProto *g = m->graph;
+    if (target <= m->opset)
+        return 0;
+    if (m->opset < 13)
+        return slim_error_set(err, SLIM_ESPEC, "output.opset: the model's opset is %lld; slimd "
+                              "upgrades models from opset 13 on", (long long)m->opset);
+    for (size_t i = 0; i < g->n_node; i++) {
+        const Onnx__NodeProto *n = g->node[i];
+        int ok = 0;
+        if (n->domain && *n->domain && strcmp(n->domain, "ai.onnx"))
+            continue;
+        for (int k = 0; upgrade_safe[k] && !ok; k++)
+            ok = !strcmp(n->op_type, upgrade_safe[k]);
+        if (!ok)
+            return slim_error_set(err, SLIM_ESPEC, "output.opset: cannot move operator '%.60s' "
+                                  "(node '%.100s') from opset %lld to %d: its meaning changed "
+                                  "or slimd does not know it", n->op_type,
+                                  n->name ? n->name : "", (long long)m->opset, target);
+    }
+    return 0;
+}
+
+/* The upgraded opset_import and IR version on mp (a shallow copy). */
+static int upgrade_apply(struct wctx *c, Onnx__ModelProto *mp)
+{
+    Onnx__OperatorSetIdProto **ops, *o;
+    if (c->opset <= c->m->opset)
+        return 0;
+    ops = arena_alloc(&c->a, (mp->n_opset_import + 1) * sizeof *ops);
+    if (!ops)
+        return -1;
+    for (size_t i = 0; i < mp->n_opset_import; i++) {
+        ops[i] = mp->opset_import[i];
+        if (!ops[i]->domain || !*ops[i]->domain || !strcmp(ops[i]->domain, "ai.onnx")) {
+            if (!(o = arena_alloc(&c->a, sizeof *o)))
+                return -1;
+            *o = *ops[i];
+            o->has_version = 1;
+            o->version = c->opset;
+            ops[i] = o;
+        }
+    }
+    mp->opset_import = ops;
+    if (!mp->has_ir_version || mp->ir_version < ir_for_opset(c->opset)) {
+        mp->has_ir_version = 1;
+        mp->ir_version = ir_for_opset(c->opset);
+    }
+    return 0;
+}
+
+/* ---- the whole graph in fp16 --------------------------------------------- */
+
+/* A FLOAT tensor proto as FLOAT16 (its values rounded to nearest even),
+ * new in the arena; other types are returned as they are. */
+static Onnx__TensorProto *to_f16(struct wctx *c, Onnx__TensorProto *t, struct slim_error *err)
+{
+    const void *d;
+    size_t nb;
+    uint16_t *h;
+    Onnx__TensorProto *n;
+    if (!t || !t->has_data_type || t->data_type != SLIM_ONNX_FLOAT)
+        return t;
+    if (t->has_raw_data && !t->has_data_location) {
+        d = t->raw_data.data;
+        nb = t->raw_data.len;
+    } else if (slim_onnx_tensor_data(c->m, t, &d, &nb, NULL, err)) {
+        return NULL;
+    }
+    if (!(h = arena_alloc(&c->a, nb / 2 + 2)))
+        return NULL;
+    for (size_t i = 0; i < nb / 4; i++) {
+        float f;
+        memcpy(&f, (const char *)d + 4 * i, 4);
+        h[i] = slim_f32_to_f16(f);
+    }
+    n = tensor_new(c, t->name ? t->name : "", SLIM_ONNX_FLOAT16, (int)t->n_dims, t->dims, h,
+                   nb / 2);
+    if (n && !t->name)
+        n->name = NULL;
+    return n;
+}
+
+static Onnx__NodeProto *node_copy(struct wctx *c, const Onnx__NodeProto *n)
+{
+    Onnx__NodeProto *m = arena_alloc(&c->a, sizeof *m);
+    char **in = arena_alloc(&c->a, (n->n_input + 1) * sizeof *in);
+    char **out = arena_alloc(&c->a, (n->n_output + 1) * sizeof *out);
+    Onnx__AttributeProto **at = arena_alloc(&c->a, (n->n_attribute + 1) * sizeof *at);
+    if (!m || !in || !out || !at)
+        return NULL;
+    *m = *n;
+    memcpy(in, n->input, n->n_input * sizeof *in);
+    memcpy(out, n->output, n->n_output * sizeof *out);
+    memcpy(at, n->attribute, n->n_attribute * sizeof *at);
+    m->input = in;
+    m->output = out;
+    m->attribute = at;
+    return m;
+}
+
+/* Every FLOAT initializer, constant and Cast target becomes FLOAT16;
+ * float inputs are cast to fp16 where the graph starts and its float
+ * outputs back to FLOAT where it ends, so callers see the same
+ * interface.  Intermediate value_info is dropped (it named FLOAT). */
+static int float16_graph(struct wctx *c, Onnx__GraphProto *g2, struct slim_error *err)
+{
+    struct plist nodes = {0};
+    json_t *rename = json_object();   /* old value name -> new */
+    int rc = 0;
+
+    for (size_t i = 0; i < g2->n_initializer && !rc; i++)
+        if (!(g2->initializer[i] = to_f16(c, g2->initializer[i], err)))
+            rc = SLIM_ENOMEM;
+    for (size_t i = 0; i < g2->n_sparse_initializer && !rc; i++) {
+        Onnx__SparseTensorProto *sp = arena_alloc(&c->a, sizeof *sp);
+        if (!sp) {
+            rc = SLIM_ENOMEM;
+            break;
+        }
+        *sp = *g2->sparse_initializer[i];
+        if (!(sp->values = to_f16(c, sp->values, err)))
+            rc = SLIM_ENOMEM;
+        g2->sparse_initializer[i] = sp;
+    }
+    /* inputs: x -> Cast -> x_fp16 */
+    for (size_t i = 0; i < g2->n_input && !rc; i++) {
+        const Onnx__ValueInfoProto *v = g2->input[i];
+        const Onnx__TypeProto *tp = v->type;
+        int is_init = 0;
+        char nm[600];
+        const char *o;
+        for (size_t k = 0; k < g2->n_initializer && !is_init; k++)
+            is_init = !strcmp(g2->initializer[k]->name, v->name);
+        if (is_init || !tp || tp->value_case != ONNX__TYPE_PROTO__VALUE_TENSOR_TYPE ||
+            !tp->tensor_type || tp->tensor_type->elem_type != SLIM_ONNX_FLOAT)
+            continue;
+        snprintf(nm, sizeof nm, "%.500s_fp16", v->name);
+        c->cur = &nodes;
+        o = cast(c, v->name, fresh(c, nm), v->name, SLIM_ONNX_FLOAT16);
+        if (!o)
+            rc = SLIM_ENOMEM;
+        else
+            json_object_set_new(rename, v->name, json_string(o));
+    }
+    /* outputs: y made as y_fp16, then Cast back to y */
+    for (size_t i = 0; i < g2->n_output && !rc; i++) {
+        const Onnx__ValueInfoProto *v = g2->output[i];
+        const Onnx__TypeProto *tp = v->type;
+        char nm[600];
+        if (!tp || tp->value_case != ONNX__TYPE_PROTO__VALUE_TENSOR_TYPE || !tp->tensor_type ||
+            tp->tensor_type->elem_type != SLIM_ONNX_FLOAT)
+            continue;
+        snprintf(nm, sizeof nm, "%.500s_fp16", v->name);
+        json_object_set_new(rename, v->name, json_string(fresh(c, nm)));
+    }
+    for (size_t i = 0; i < g2->n_node && !rc; i++) {
+        Onnx__NodeProto *n = node_copy(c, g2->node[i]);
+        if (!n) {
+            rc = SLIM_ENOMEM;
+            break;
+        }
+        /* graph inputs are read as their cast; outputs are made (and read
+         * inside the graph) as their fp16 value */
+        for (size_t k = 0; k < n->n_input && !rc; k++) {
+            json_t *to = json_object_get(rename, n->input[k]);
+            if (to && !(n->input[k] = astr(&c->a, json_string_value(to))))
+                rc = SLIM_ENOMEM;
+        }
+        for (size_t k = 0; k < n->n_output && !rc; k++) {
+            json_t *to = json_object_get(rename, n->output[k]);
+            if (to && !(n->output[k] = astr(&c->a, json_string_value(to))))
+                rc = SLIM_ENOMEM;
+        }
+        for (size_t k = 0; k < n->n_attribute; k++) {
+            Onnx__AttributeProto *a = n->attribute[k], *b;
+            int cast_to = !strcmp(n->op_type, "Cast") && a->name && !strcmp(a->name, "to") &&
+                          a->i == SLIM_ONNX_FLOAT;
+            int value = a->t && a->t->has_data_type && a->t->data_type == SLIM_ONNX_FLOAT;
+            if (!cast_to && !value)
+                continue;
+            if (!(b = arena_alloc(&c->a, sizeof *b))) {
+                rc = SLIM_ENOMEM;
+                break;
+            }
+            *b = *a;
+            if (cast_to)
+                b->i = SLIM_ONNX_FLOAT16;
+            else if (!(b->t = to_f16(c, a->t, err)))
+                rc = SLIM_ENOMEM;
+            n->attribute[k] = b;
+        }
+        if (!rc && plist_push(&nodes, n))
+            rc = SLIM_ENOMEM;
+    }
+    for (size_t i = 0; i < g2->n_output && !rc; i++) {
+        json_t *from = json_object_get(rename, g2->output[i]->name);
+        c->cur = &nodes;
+        if (from && !cast(c, g2->output[i]->name, g2->output[i]->name, json_string_value(from),
+                          SLIM_ONNX_FLOAT))
+            rc = SLIM_ENOMEM;
+    }
+    if (!rc) {
+        Onnx__NodeProto **arr = arena_alloc(&c->a, (nodes.n + 1) * sizeof *arr);
+        if (arr) {
+            memcpy(arr, nodes.v, nodes.n * sizeof *arr);
+            g2->n_node = nodes.n;
+            g2->node = arr;
+            g2->n_value_info = 0;
+            g2->value_info = NULL;
+        } else {
+            rc = SLIM_ENOMEM;
+        }
+    }
+    slim_free(nodes.v);
+    json_decref(rename);   /* names live in the arena (fresh) */
+    if (rc == SLIM_ENOMEM)
+        slim_error_set(err, SLIM_ENOMEM, "out of memory writing the fp16 graph");
+    return rc;
+}
+
 int slim_onnx_write(struct slim_onnx *m, const struct slim_tensor *st, size_t n_st,
                     json_t *entries, json_t *metadata, struct slim_onnx_out *o,
                     struct slim_error *err)
@@ -1148,11 +1389,17 @@ int slim_onnx_write(struct slim_onnx *m, const struct slim_tensor *st, size_t n_
                             "artifacts for opset 10 and later", (long long)m->opset);
         goto out;
     }
+    if (o->opset && (rc = slim_onnx_upgrade_check(m, o->opset, err)))
+        goto out;
+    if (o->opset > m->opset)
+        c.opset = o->opset;
     if ((rc = rebuild(&c, &g2, err)))
+        goto out;
+    if (o->float16_graph && (rc = float16_graph(&c, &g2, err)))
         goto out;
     mp = *m->model;
     mp.graph = &g2;
-    if (metadata_props(&c, &mp, metadata)) {
+    if (upgrade_apply(&c, &mp) || metadata_props(&c, &mp, metadata)) {
         rc = slim_error_set(err, SLIM_ENOMEM, "out of memory");
         goto out;
     }

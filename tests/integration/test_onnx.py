@@ -423,6 +423,61 @@ def test_external_data_cli():
 
 
 @test
+def test_int4_blocked_at_opset_21():
+    """output.opset 21: int4 as UINT4 blocked DequantizeLinear, same weights as the fallback"""
+    need_ort()
+    spec = {"passes": [{"op": "quantize", "dtype": "int4", "group_size": 32}],
+            "output": {"opset": 21}}
+    mid = upload_file(MODELS["cnn"][0]).json["id"]
+    job_id, _ = run_job(mid, spec)
+    art = fetch_artifact(job_id)[0]
+    m = onnx.load(art)     # onnx 1.12's checker stops at opset 17: ONNX Runtime checks it
+    assert [o.version for o in m.opset_import if o.domain in ("", "ai.onnx")] == [21]
+    assert m.ir_version >= 10
+    dq = [n for n in m.graph.node if n.op_type == "DequantizeLinear"]
+    blocks = [a.i for n in dq for a in n.attribute if a.name == "block_size"]
+    assert blocks == [32], blocks          # fc.weight (2-D); the convs keep the fallback
+    x = batch()
+    got = ort_run(art, x)
+    want = reference_outputs("cnn", {"passes": spec["passes"]}, x)
+    assert float(np.abs(got - want).max()) < 1e-5 * float(np.abs(want).max())
+    # an op whose meaning changed since the model's opset cannot be upgraded over
+    g = onnx.load(MODELS["mlp"][0])
+    g.graph.node.append(helper.make_node("ReduceSum", ["logits"], ["total"], keepdims=0))
+    g.graph.output.append(helper.make_tensor_value_info("total", TensorProto.FLOAT, ["N"]))
+    mid = D.upload(g.SerializeToString(), name="reduce").json["id"]
+    r = D.request("POST", "/v1/jobs", json_body=dict(spec, model=mid))
+    check_error(r, 400, "INVALID_SPEC", "ReduceSum")
+
+
+@test
+def test_float16_graph():
+    """output.float16_graph: every float tensor FLOAT16, FLOAT in and out, ORT within fp16 error"""
+    need_ort()
+    spec = {"passes": [{"op": "quantize", "dtype": "fp16"}], "output": {"float16_graph": True}}
+    x = batch()
+    for name in ("mlp", "cnn"):
+        mid = upload_file(MODELS[name][0]).json["id"]
+        job_id, _ = run_job(mid, spec)
+        art = fetch_artifact(job_id)[0]
+        m = onnx.load(art)
+        onnx.checker.check_model(m, full_check=True)
+        assert {t.data_type for t in m.graph.initializer
+                if t.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16)} == \
+            {TensorProto.FLOAT16}
+        assert m.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+        assert m.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+        got = ort_run(art, x)
+        want = ort_run(MODELS[name][0], x)
+        err = float(np.abs(got - want).max() / np.abs(want).max())
+        assert 0 < err < 2e-2, (name, err)
+    r = D.request("POST", "/v1/jobs", json_body={
+        "model": mid, "passes": [{"op": "quantize", "dtype": "int8"}],
+        "output": {"float16_graph": True}})
+    check_error(r, 400, "INVALID_SPEC", "float16_graph")
+
+
+@test
 def test_sparse_quantized_onnx_refused():
     """output.sparse with a quantize pass has no ONNX form: 400 at submission, naming it"""
     need_ort()
