@@ -31,6 +31,8 @@ void slimd_usage(FILE *f)
             "                   [--max-upload-bytes N] [--job-memory-mb N] [--max-queued N]\n"
             "                   [--min-free-bytes N]\n"
             "       slimd compress MODEL --spec SPEC.json -o OUTDIR [--threads N]\n"
+            "       slimd infer MODEL.onnx INPUT.safetensors OUTPUT.safetensors\n"
+            "       slimd eval MODEL.onnx DATA.safetensors [--batch N] [--repeat R] [--threads N]\n"
             "       slimd --help | --version\n"
             "\n"
             "serve     runs the REST API and the job runner.\n"
@@ -54,7 +56,16 @@ void slimd_usage(FILE *f)
             "          a sharded checkpoint's model.safetensors.index.json (the shards are\n"
             "          read beside it and written into OUTDIR under the same names, with a\n"
             "          new index), or a tar of such a checkpoint (written as OUTDIR/NAME.slim.tar).\n"
-            "  --threads N              threads for the kernels (default: every core)\n");
+            "  --threads N              threads for the kernels (default: every core)\n"
+            "infer     runs an ONNX model with slimd's engine on the tensor 'input' of a\n"
+            "          safetensors file (first dim = batch) and writes the model's first\n"
+            "          output as the F32 tensor 'output' of OUTPUT.safetensors.\n"
+            "eval      runs an ONNX model over every sample of DATA's 'input' in batches and\n"
+            "          prints JSON: samples, accuracy (top-1, when DATA has integer 'labels'),\n"
+            "          seconds (the best whole-set time of R runs), samples_per_second, batch.\n"
+            "  --batch N                samples per run (default 256)\n"
+            "  --repeat R               whole-set runs; the best time is printed (default 1)\n"
+            "  --threads N              BLAS threads (default: every core)\n");
 }
 
 static int parse_u64(const char *s, uint64_t lo, uint64_t hi, uint64_t *out)

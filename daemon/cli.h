@@ -1,6 +1,7 @@
 /*
  * cli.h - slimd's subcommands: `serve` (the daemon) and `compress` (the
- * same pipeline offline, for CI jobs without a server).  Each returns the
+ * same pipeline offline, for CI jobs without a server), `infer` and `eval`
+ * (the inference engine on a safetensors input).  Each returns the
  * process exit code: 0 ok, 1 failure, 2 usage error.
  */
 #ifndef SLIM_CLI_H
@@ -10,6 +11,9 @@
 
 int slimd_serve(int argc, char **argv);
 int slimd_compress(int argc, char **argv);
+/* cli_infer.c: the engine on a safetensors input */
+int slimd_infer(int argc, char **argv);
+int slimd_eval(int argc, char **argv);
 void slimd_usage(FILE *f);
 
 #endif

@@ -24,6 +24,10 @@ int main(int argc, char **argv)
         return slimd_serve(argc - 1, argv + 1);
     if (!strcmp(argv[1], "compress"))
         return slimd_compress(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "infer"))
+        return slimd_infer(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "eval"))
+        return slimd_eval(argc - 1, argv + 1);
     fprintf(stderr, "slimd: unknown command '%s'\n\n", argv[1]);
     slimd_usage(stderr);
     return 2;

@@ -35,11 +35,24 @@ void slim_engine_free(struct slim_engine *e);
 int64_t slim_engine_input(const struct slim_engine *e, const char **name, int64_t *dims,
                           int *ndim);
 
+/* Fixes the per-sample shape of the input when the model leaves a dim
+ * after the batch dim symbolic or unknown (the caller knows it from its
+ * data).  When the model declares the shape, dims must agree with it
+ * (a declared dim of -1 takes the given one).  SLIM_EINVAL otherwise. */
+int slim_engine_set_sample_shape(struct slim_engine *e, const int64_t *dims, int ndim,
+                                 struct slim_error *err);
+
 /* Runs the graph on x (batch samples, each slim_engine_input elements,
  * row-major).  *y is borrowed until the next run or free: the first
- * output, *y_size elements per sample.  Errors: SLIM_EINVAL (shapes that
+ * output, *y_size elements per sample (0 when the output's size is not a
+ * multiple of the batch: a graph that drops the batch dim; its shape is
+ * then slim_engine_output_shape's).  Errors: SLIM_EINVAL (shapes that
  * do not fit the graph, named), SLIM_ENUMERIC, SLIM_ENOMEM. */
 int slim_engine_run(struct slim_engine *e, const float *x, int64_t batch, const float **y,
                     int64_t *y_size, struct slim_error *err);
+
+/* The full shape of the first output as the last run made it (the batch
+ * dim included, when the graph keeps one); *ndim 0 before any run. */
+void slim_engine_output_shape(const struct slim_engine *e, int64_t *dims, int *ndim);
 
 #endif

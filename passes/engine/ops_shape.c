@@ -1,0 +1,609 @@
+/*
+ * ops_shape.c - operators that move elements without arithmetic:
+ * Flatten, Reshape, Squeeze, Unsqueeze, Identity and Dropout (views of
+ * their input: the output shares the input's buffer, eng_out_view), and
+ * Transpose, Concat, Split, Slice, Gather, Shape, Constant (copies).
+ * They work on any held type, by element size, which is what the int64
+ * chains of exported models need (Shape -> Gather -> Unsqueeze -> Concat
+ * -> Reshape computes a Reshape's target from the batch size at run
+ * time).
+ *
+ * Opset differences real models hit are handled where they arise:
+ * Squeeze/Unsqueeze axes and Split sizes are attributes before opset 13
+ * and inputs from 13 on; Slice takes starts/ends/axes as attributes
+ * before opset 10; Reshape's allowzero (14) keeps a 0 as 0 instead of
+ * copying the input dim; Shape's start/end (15); Split's num_outputs
+ * (18).
+ *
+ * Copies are row-wise: a Transpose walks the output in order with an
+ * odometer over the input strides, a Slice copies runs of its innermost
+ * dim with memcpy when its step is 1.
+ */
+#include <string.h>
+
+#include "passes/engine/internal.h"
+
+/* ---- views ------------------------------------------------------------------------ */
+
+static int identity_run(struct slim_engine *e, struct eng_node *n, struct slim_error *err)
+{
+    const struct eng_value *x = eng_in(e, n, 0);
+    struct eng_value *mask = eng_outv(e, n, 1);
+    int rc = eng_out_view(e, n, 0, x, x->ndim, x->shape, err);
+    if (rc || !mask)
+        return rc;
+    /* Dropout's mask in inference: every element kept (BOOL from opset
+     * 10, the input's type before) */
+    if ((rc = eng_out(e, n, 1, e->opset >= 10 ? SLIM_ONNX_BOOL : x->type, x->ndim, x->shape,
+                      err)))
+        return rc;
+    if (mask->type == SLIM_ONNX_BOOL)
+        memset(mask->data, 1, (size_t)mask->numel);
+    else
+        for (int64_t i = 0; i < mask->numel; i++)
+            ((float *)mask->data)[i] = 1.0f;
+    return 0;
+}
+
+static int flatten_compile(struct slim_engine *e, struct eng_node *n, struct slim_error *err)
+{
+    return eng_attr_int(n, "axis", 1, &n->a.axis, err);
+}
+
+static int flatten_run(struct slim_engine *e, struct eng_node *n, struct slim_error *err)
+{
+    const struct eng_value *x = eng_in(e, n, 0);
+    int64_t axis = n->a.axis < 0 ? n->a.axis + x->ndim : n->a.axis, shape[2];
+    if (axis < 0 || axis > x->ndim)
+        return slim_error_set(err, SLIM_EINVAL, "axis %lld for a tensor of %d dims",
+                              (long long)n->a.axis, x->ndim);
+    shape[0] = eng_numel((int)axis, x->shape);
+    shape[1] = eng_numel(x->ndim - (int)axis, x->shape + axis);
+    return eng_out_view(e, n, 0, x, 2, shape, err);
+}
+
+static int reshape_compile(struct slim_engine *e, struct eng_node *n, struct slim_error *err)
+{
+    int64_t az;
+    int rc;
+    if ((rc = eng_attr_int(n, "allowzero", 0, &az, err)))
+        return rc;
+    n->a.allowzero = az != 0;
+    if (e->opset < 5) {
+        if ((rc = eng_attr_ints(n, "shape", n->a.ints, ENG_MAX_INTS, &n->a.n_ints, err)))
+            return rc;
+        if (n->a.n_ints < 0)
+            return slim_error_set(err, SLIM_EFORMAT, "no 'shape' attribute");
+    } else if (n->n_in < 2) {
+        return slim_error_set(err, SLIM_EFORMAT, "no shape input");
+    }
+    return 0;
+}
+
+static int reshape_run(struct slim_engine *e, struct eng_node *n, struct slim_error *err)
+{
+    const struct eng_value *x = eng_in(e, n, 0);
+    int64_t shape[SLIM_MAX_DIMS], known = 1;
+    int nd, infer = -1, rc;
+    char s1[96], s2[96];
+
+    if (e->opset < 5) {
+        nd = n->a.n_ints;
+        memcpy(shape, n->a.ints, (size_t)nd * sizeof *shape);
+    } else if ((rc = eng_read_ints(eng_in(e, n, 1), shape, SLIM_MAX_DIMS, &nd, err))) {
+        return rc;
+    }
+    for (int i = 0; i < nd; i++) {
+        if (shape[i] == 0 && !n->a.allowzero) {
+            if (i >= x->ndim)
+                return slim_error_set(err, SLIM_EINVAL, "shape[%d] = 0 copies a dim the input "
+                                      "(%d dims) does not have", i, x->ndim);
+            shape[i] = x->shape[i];
+        }
+        if (shape[i] == -1) {
+            if (infer >= 0)
+                return slim_error_set(err, SLIM_EINVAL, "two -1 in the target shape");
+            infer = i;
+        } else if (shape[i] < 0) {
+            return slim_error_set(err, SLIM_EINVAL, "shape[%d] = %lld", i, (long long)shape[i]);
+        } else {
+            known *= shape[i];
+        }
+    }
+    if (infer >= 0) {
+        if (!known || x->numel % known)
+            return slim_error_set(err, SLIM_EINVAL, "cannot reshape %s to %s",
+                                  eng_shape_str(x->ndim, x->shape, s1, sizeof s1),
+                                  eng_shape_str(nd, shape, s2, sizeof s2));
+        shape[infer] = x->numel / known;
+    }
+    return eng_out_view(e, n, 0, x, nd, shape, err);
+}
+
+/* Squeeze/Unsqueeze axes: the attribute before opset 13, the optional
+ * second input from 13 on. */
+static int axes_compile(struct slim_engine *e, struct eng_node *n, struct slim_error *err)
+{
+    if (e->opset >= 13)
+        return 0;
+    return eng_attr_ints(n, "axes", n->a.ints, ENG_MAX_INTS, &n->a.n_ints, err);
+}
+
+static int get_axes(struct slim_engine *e, struct eng_node *n, int k, int64_t *axes, int *count,
+                    struct slim_error *err)
+{
+    const struct eng_value *v;
+    if (e->opset < 13) {
+        *count = n->a.n_ints;
+        if (*count > 0)
+            memcpy(axes, n->a.ints, (size_t)*count * sizeof *axes);
+        return 0;
+    }
+    if (!(v = eng_in(e, n, k))) {
+        *count = -1;
+        return 0;
+    }
+    return eng_read_ints(v, axes, ENG_MAX_INTS, count, err);
+}
+
+static int squeeze_run(struct slim_engine *e, struct eng_node *n, struct slim_error *err)
+{
+    const struct eng_value *x = eng_in(e, n, 0);
+    int64_t axes[ENG_MAX_INTS], shape[SLIM_MAX_DIMS];
+    int drop[SLIM_MAX_DIMS] = {0}, count, nd = 0, rc;
+
+    if ((rc = get_axes(e, n, 1, axes, &count, err)))
+        return rc;
+    for (int i = 0; i < count; i++) {
+        int64_t a = eng_axis(axes[i], x->ndim);
+        if (a < 0 || x->shape[a] != 1)
+            return slim_error_set(err, SLIM_EINVAL, "cannot squeeze axis %lld of a tensor of "
+                                  "%d dims", (long long)axes[i], x->ndim);
+        drop[a] = 1;
+    }
+    for (int d = 0; d < x->ndim; d++)
+        if (!(count < 0 ? x->shape[d] == 1 : drop[d]))
+            shape[nd++] = x->shape[d];
+    return eng_out_view(e, n, 0, x, nd, shape, err);
+}
+
+static int unsqueeze_run(struct slim_engine *e, struct eng_node *n, struct slim_error *err)
+{
+    const struct eng_value *x = eng_in(e, n, 0);
+    int64_t axes[ENG_MAX_INTS], shape[SLIM_MAX_DIMS];
+    int add[SLIM_MAX_DIMS] = {0}, count, nd, rc;
+
+    if ((rc = get_axes(e, n, 1, axes, &count, err)))
+        return rc;
+    if (count < 0)
+        return slim_error_set(err, SLIM_EFORMAT, "no axes");
+    nd = x->ndim + count;
+    if (nd > SLIM_MAX_DIMS)
+        return slim_error_set(err, SLIM_EUNSUPPORTED, "%d dims", nd);
+    for (int i = 0; i < count; i++) {
+        int64_t a = eng_axis(axes[i], nd);
+        if (a < 0 || add[a])
+            return slim_error_set(err, SLIM_EINVAL, "bad or repeated axis %lld",
+                                  (long long)axes[i]);
+        add[a] = 1;
+    }
+    for (int d = 0, k = 0; d < nd; d++)
+        shape[d] = add[d] ? 1 : x->shape[k++];
+    return eng_out_view(e, n, 0, x, nd, shape, err);
+}
+
+/* ---- copies ------------------------------------------------------------------------- */
+
+static int transpose_compile(struct slim_engine *e, struct eng_node *n, struct slim_error *err)
+{
+    return eng_attr_ints(n, "perm", n->a.ints, ENG_MAX_INTS, &n->a.n_ints, err);
+}
+
+/* Copies rows of `count` elements of size es from src with stride
+ * `stride` (in elements) to contiguous dst. */
+static void gather_row(char *dst, const char *src, int64_t count, int64_t stride, size_t es)
+{
+    if (stride == 1) {
+        memcpy(dst, src, (size_t)count * es);
+        return;
+    }
+    switch (es) {
+    case 1:
+        for (int64_t i = 0; i < count; i++)
+            dst[i] = src[i * stride];
+        break;
+    case 4:
+        for (int64_t i = 0; i < count; i++)
+            ((uint32_t *)dst)[i] = ((const uint32_t *)src)[i * stride];
+        break;
+    default:
+        for (int64_t i = 0; i < count; i++)
+            ((uint64_t *)dst)[i] = ((const uint64_t *)src)[i * stride];
+        break;
+    }
+}
+
+/* dst (contiguous, dims) <- src walked with strides (in elements). */
+static void strided_copy(char *dst, const char *src, int nd, const int64_t *dims,
+                         const int64_t *strides, size_t es)
+{
+    int64_t idx[SLIM_MAX_DIMS] = {0}, off = 0, inner, rows;
+    if (nd == 0) {
+        memcpy(dst, src, es);
+        return;
+    }
+    inner = dims[nd - 1];
+    rows = eng_numel(nd - 1, dims);
+    if (!inner || !rows)
+        return;
+    for (int64_t r = 0; r < rows; r++) {
+        gather_row(dst + (size_t)(r * inner) * es, src + off * (int64_t)es, inner,
+                   strides[nd - 1], es);
+        for (int d = nd - 2; d >= 0; d--) {
+            off += strides[d];
+            if (++idx[d] < dims[d])
+                break;
+            off -= strides[d] * dims[d];
+            idx[d] = 0;
+        }
+    }
+}
+
+static int transpose_run(struct slim_engine *e, struct eng_node *n, struct slim_error *err)
+{
+    const struct eng_value *x = eng_in(e, n, 0);
+    int64_t perm[SLIM_MAX_DIMS], shape[SLIM_MAX_DIMS], in_stride[SLIM_MAX_DIMS],
+        strides[SLIM_MAX_DIMS], s = 1;
+    int seen[SLIM_MAX_DIMS] = {0}, rc;
+
+    if (n->a.n_ints >= 0 && n->a.n_ints != x->ndim)
+        return slim_error_set(err, SLIM_EINVAL, "perm of %d values for %d dims", n->a.n_ints,
+                              x->ndim);
+    for (int d = 0; d < x->ndim; d++) {
+        perm[d] = n->a.n_ints >= 0 ? eng_axis(n->a.ints[d], x->ndim) : x->ndim - 1 - d;
+        if (perm[d] < 0 || seen[perm[d]]++)
+            return slim_error_set(err, SLIM_EINVAL, "perm is not a permutation");
+    }
+    for (int d = x->ndim - 1; d >= 0; d--) {
+        in_stride[d] = s;
+        s *= x->shape[d];
+    }
+    for (int d = 0; d < x->ndim; d++) {
+        shape[d] = x->shape[perm[d]];
+        strides[d] = in_stride[perm[d]];
+    }
+    if ((rc = eng_out(e, n, 0, x->type, x->ndim, shape, err)))
+        return rc;
+    strided_copy(eng_outv(e, n, 0)->data, x->data, x->ndim, shape, strides,
+                 eng_held_size(x->type));
+    return 0;
+}
+
+static int axis_compile(struct slim_engine *e, struct eng_node *n, struct slim_error *err)
+{
+    return eng_attr_int(n, "axis", 0, &n->a.axis, err);
+}
+
+static int concat_run(struct slim_engine *e, struct eng_node *n, struct slim_error *err)
+{
+    const struct eng_value *x0 = eng_in(e, n, 0);
+    int64_t shape[SLIM_MAX_DIMS], axis = eng_axis(n->a.axis, x0->ndim), outer, off = 0;
+    size_t es = eng_held_size(x0->type), row;
+    struct eng_value *y;
+    int rc;
+    char s1[96], s2[96];
+
+    if (axis < 0)
+        return slim_error_set(err, SLIM_EINVAL, "axis %lld for %d dims", (long long)n->a.axis,
+                              x0->ndim);
+    memcpy(shape, x0->shape, (size_t)x0->ndim * sizeof *shape);
+    shape[axis] = 0;
+    for (int k = 0; k < n->n_in; k++) {
+        const struct eng_value *x = eng_in(e, n, k);
+        int ok = x && x->ndim == x0->ndim && x->type == x0->type;
+        for (int d = 0; ok && d < x->ndim; d++)
+            ok = d == axis || x->shape[d] == x0->shape[d];
+        if (!ok)
+            return slim_error_set(err, SLIM_EINVAL, "input %d (%s %s) does not fit input 0 "
+                                  "(%s %s)", k, x ? slim_onnx_type_name(x->type) : "none",
+                                  x ? eng_shape_str(x->ndim, x->shape, s1, sizeof s1) : "",
+                                  slim_onnx_type_name(x0->type),
+                                  eng_shape_str(x0->ndim, x0->shape, s2, sizeof s2));
+        shape[axis] += x->shape[axis];
+    }
+    if ((rc = eng_out(e, n, 0, x0->type, x0->ndim, shape, err)))
+        return rc;
+    y = eng_outv(e, n, 0);
+    outer = eng_numel((int)axis, shape);
+    row = (size_t)eng_numel(x0->ndim - (int)axis, shape + axis) * es;   /* one outer row of y */
+    for (int k = 0; k < n->n_in; k++) {
+        const struct eng_value *x = eng_in(e, n, k);
+        size_t xrow = (size_t)eng_numel(x->ndim - (int)axis, x->shape + axis) * es;
+        for (int64_t o = 0; o < outer && xrow; o++)
+            memcpy((char *)y->data + (size_t)o * row + off, (const char *)x->data + o * xrow,
+                   xrow);
+        off += (int64_t)xrow;
+    }
+    return 0;
+}
+
+static int split_compile(struct slim_engine *e, struct eng_node *n, struct slim_error *err)
+{
+    int rc;
+    if ((rc = eng_attr_int(n, "axis", 0, &n->a.axis, err)) ||
+        (rc = eng_attr_int(n, "num_outputs", 0, &n->a.num_outputs, err)))
+        return rc;
+    if (e->opset < 13)
+        return eng_attr_ints(n, "split", n->a.ints2, ENG_MAX_INTS, &n->a.n_ints2, err);
+    n->a.n_ints2 = -1;
+    return 0;
+}
+
+static int split_run(struct slim_engine *e, struct eng_node *n, struct slim_error *err)
+{
+    const struct eng_value *x = eng_in(e, n, 0);
+    int64_t axis = eng_axis(n->a.axis, x->ndim), sizes[ENG_MAX_INTS], outer, row, off = 0,
+        total = 0;
+    size_t es = eng_held_size(x->type);
+    int count = n->a.n_ints2, rc;
+
+    if (axis < 0)
+        return slim_error_set(err, SLIM_EINVAL, "axis %lld for %d dims", (long long)n->a.axis,
+                              x->ndim);
+    if (n->n_out > ENG_MAX_INTS)
+        return slim_error_set(err, SLIM_EUNSUPPORTED, "%d outputs", n->n_out);
+    if (count >= 0) {
+        memcpy(sizes, n->a.ints2, (size_t)count * sizeof *sizes);
+    } else if (e->opset >= 13 && eng_in(e, n, 1)) {
+        if ((rc = eng_read_ints(eng_in(e, n, 1), sizes, ENG_MAX_INTS, &count, err)))
+            return rc;
+    } else {
+        /* equal parts; with num_outputs (18) the last may be smaller */
+        int64_t parts = n->n_out, each = (x->shape[axis] + parts - 1) / parts;
+        if (!n->a.num_outputs && x->shape[axis] % parts)
+            return slim_error_set(err, SLIM_EINVAL, "dim %lld does not split in %d",
+                                  (long long)x->shape[axis], n->n_out);
+        for (int k = 0; k < n->n_out; k++) {
+            sizes[k] = x->shape[axis] - k * each < each ? x->shape[axis] - k * each : each;
+            if (sizes[k] < 0)
+                sizes[k] = 0;
+        }
+        count = n->n_out;
+    }
+    for (int k = 0; k < count; k++)
+        total += sizes[k];
+    if (count != n->n_out || total != x->shape[axis])
+        return slim_error_set(err, SLIM_EINVAL, "split sizes do not fit dim %lld into %d "
+                              "outputs", (long long)x->shape[axis], n->n_out);
+    outer = eng_numel((int)axis, x->shape);
+    row = eng_numel(x->ndim - (int)axis, x->shape + axis);
+    for (int k = 0; k < n->n_out; k++) {
+        int64_t shape[SLIM_MAX_DIMS], yrow;
+        struct eng_value *y;
+        memcpy(shape, x->shape, (size_t)x->ndim * sizeof *shape);
+        shape[axis] = sizes[k];
+        yrow = eng_numel(x->ndim - (int)axis, shape + axis);
+        if (eng_outv(e, n, k)) {
+            if ((rc = eng_out(e, n, k, x->type, x->ndim, shape, err)))
+                return rc;
+            y = eng_outv(e, n, k);
+            for (int64_t o = 0; o < outer && yrow; o++)
+                memcpy((char *)y->data + (size_t)(o * yrow) * es,
+                       (const char *)x->data + (size_t)(o * row + off) * es, (size_t)yrow * es);
+        }
+        off += yrow;
+    }
+    return 0;
+}
+
+static int slice_compile(struct slim_engine *e, struct eng_node *n, struct slim_error *err)
+{
+    int rc;
+    if (e->opset >= 10) {
+        if (n->n_in < 3)
+            return slim_error_set(err, SLIM_EFORMAT, "starts and ends inputs are required");
+        return 0;
+    }
+    /* before opset 10: attributes axes (ints), starts (ints2), ends (ints3) */
+    if ((rc = eng_attr_ints(n, "axes", n->a.ints, ENG_MAX_INTS, &n->a.n_ints, err)) ||
+        (rc = eng_attr_ints(n, "starts", n->a.ints2, ENG_MAX_INTS, &n->a.n_ints2, err)) ||
+        (rc = eng_attr_ints(n, "ends", n->a.ints3, ENG_MAX_INTS, &n->a.n_ints3, err)))
+        return rc;
+    if (n->a.n_ints2 < 0 || n->a.n_ints3 != n->a.n_ints2 ||
+        (n->a.n_ints >= 0 && n->a.n_ints != n->a.n_ints2))
+        return slim_error_set(err, SLIM_EFORMAT, "starts, ends (and axes) must have one value "
+                              "per sliced axis");
+    return 0;
+}
+
+static int64_t clamp64(int64_t v, int64_t lo, int64_t hi)
+{
+    return v < lo ? lo : v > hi ? hi : v;
+}
+
+static int slice_run(struct slim_engine *e, struct eng_node *n, struct slim_error *err)
+{
+    const struct eng_value *x = eng_in(e, n, 0);
+    int64_t starts[ENG_MAX_INTS], ends[ENG_MAX_INTS], axes[ENG_MAX_INTS], steps[ENG_MAX_INTS];
+    int64_t first[SLIM_MAX_DIMS], step[SLIM_MAX_DIMS], shape[SLIM_MAX_DIMS],
+        strides[SLIM_MAX_DIMS], s = 1, off = 0;
+    int count, c2, rc, seen[SLIM_MAX_DIMS] = {0};
+    size_t es = eng_held_size(x->type);
+
+    if (e->opset < 10) {
+        count = n->a.n_ints2;
+        memcpy(starts, n->a.ints2, (size_t)count * sizeof *starts);
+        memcpy(ends, n->a.ints3, (size_t)count * sizeof *ends);
+        for (int i = 0; i < count; i++) {
+            axes[i] = n->a.n_ints >= 0 ? n->a.ints[i] : i;
+            steps[i] = 1;
+        }
+    } else {
+        if ((rc = eng_read_ints(eng_in(e, n, 1), starts, ENG_MAX_INTS, &count, err)) ||
+            (rc = eng_read_ints(eng_in(e, n, 2), ends, ENG_MAX_INTS, &c2, err)))
+            return rc;
+        if (c2 != count)
+            return slim_error_set(err, SLIM_EINVAL, "%d starts and %d ends", count, c2);
+        for (int i = 0; i < count; i++) {
+            axes[i] = i;
+            steps[i] = 1;
+        }
+        if (eng_in(e, n, 3) &&
+            ((rc = eng_read_ints(eng_in(e, n, 3), axes, ENG_MAX_INTS, &c2, err)) || c2 != count))
+            return rc ? rc : slim_error_set(err, SLIM_EINVAL, "%d axes for %d starts", c2, count);
+        if (eng_in(e, n, 4) &&
+            ((rc = eng_read_ints(eng_in(e, n, 4), steps, ENG_MAX_INTS, &c2, err)) ||
+             c2 != count))
+            return rc ? rc : slim_error_set(err, SLIM_EINVAL, "%d steps for %d starts", c2,
+                                            count);
+    }
+    for (int d = 0; d < x->ndim; d++) {
+        first[d] = 0;
+        step[d] = 1;
+        shape[d] = x->shape[d];
+    }
+    for (int i = 0; i < count; i++) {
+        int64_t a = eng_axis(axes[i], x->ndim), dim, st = steps[i], b, en;
+        if (a < 0 || seen[a]++)
+            return slim_error_set(err, SLIM_EINVAL, "bad or repeated axis %lld",
+                                  (long long)axes[i]);
+        if (!st)
+            return slim_error_set(err, SLIM_EINVAL, "a step of 0");
+        dim = x->shape[a];
+        b = starts[i] < 0 ? starts[i] + dim : starts[i];
+        en = ends[i] < 0 ? ends[i] + dim : ends[i];
+        /* ONNX's clamping: [0, dim] going forward, [-1, dim - 1] backward */
+        if (st > 0) {
+            b = clamp64(b, 0, dim);
+            en = clamp64(en, 0, dim);
+            shape[a] = en > b ? (en - b + st - 1) / st : 0;
+        } else {
+            b = clamp64(b, 0, dim - 1);
+            en = clamp64(en, -1, dim - 1);
+            shape[a] = b > en ? (b - en - st - 1) / -st : 0;
+        }
+        first[a] = b;
+        step[a] = st;
+    }
+    for (int d = x->ndim - 1; d >= 0; d--) {
+        strides[d] = s * step[d];
+        off += first[d] * s;
+        s *= x->shape[d];
+    }
+    if ((rc = eng_out(e, n, 0, x->type, x->ndim, shape, err)))
+        return rc;
+    if (eng_outv(e, n, 0)->numel)
+        strided_copy(eng_outv(e, n, 0)->data, (const char *)x->data + off * (int64_t)es,
+                     x->ndim, shape, strides, es);
+    return 0;
+}
+
+static int gather_run(struct slim_engine *e, struct eng_node *n, struct slim_error *err)
+{
+    const struct eng_value *x = eng_in(e, n, 0), *ix = eng_in(e, n, 1);
+    int64_t axis = eng_axis(n->a.axis, x->ndim), shape[SLIM_MAX_DIMS], outer, inner, dim;
+    size_t es = eng_held_size(x->type);
+    struct eng_value *y;
+    int nd = 0, rc;
+
+    if (axis < 0)
+        return slim_error_set(err, SLIM_EINVAL, "axis %lld for %d dims", (long long)n->a.axis,
+                              x->ndim);
+    if (ix->type != SLIM_ONNX_INT64 && ix->type != SLIM_ONNX_INT32)
+        return slim_error_set(err, SLIM_EINVAL, "indices are %s", slim_onnx_type_name(ix->type));
+    if (x->ndim - 1 + ix->ndim > SLIM_MAX_DIMS)
+        return slim_error_set(err, SLIM_EUNSUPPORTED, "too many dims");
+    for (int d = 0; d < axis; d++)
+        shape[nd++] = x->shape[d];
+    for (int d = 0; d < ix->ndim; d++)
+        shape[nd++] = ix->shape[d];
+    for (int d = (int)axis + 1; d < x->ndim; d++)
+        shape[nd++] = x->shape[d];
+    if ((rc = eng_out(e, n, 0, x->type, nd, shape, err)))
+        return rc;
+    y = eng_outv(e, n, 0);
+    outer = eng_numel((int)axis, x->shape);
+    inner = eng_numel(x->ndim - (int)axis - 1, x->shape + axis + 1);
+    dim = x->shape[axis];
+    for (int64_t o = 0; o < outer; o++)
+        for (int64_t j = 0; j < ix->numel; j++) {
+            int64_t k = ix->type == SLIM_ONNX_INT64 ? ((const int64_t *)ix->data)[j]
+                                                    : ((const int32_t *)ix->data)[j];
+            if (k < 0)
+                k += dim;
+            if (k < 0 || k >= dim)
+                return slim_error_set(err, SLIM_EINVAL, "index %lld out of [0, %lld)",
+                                      (long long)k, (long long)dim);
+            memcpy((char *)y->data + (size_t)((o * ix->numel + j) * inner) * es,
+                   (const char *)x->data + (size_t)((o * dim + k) * inner) * es,
+                   (size_t)inner * es);
+        }
+    return 0;
+}
+
+static int shape_compile(struct slim_engine *e, struct eng_node *n, struct slim_error *err)
+{
+    int rc;
+    n->a.has_end = slim_onnx_attr(n->proto, "end") != NULL;
+    if ((rc = eng_attr_int(n, "start", 0, &n->a.start, err)))
+        return rc;
+    return eng_attr_int(n, "end", 0, &n->a.end, err);
+}
+
+static int shape_run(struct slim_engine *e, struct eng_node *n, struct slim_error *err)
+{
+    const struct eng_value *x = eng_in(e, n, 0);
+    int64_t r = x->ndim, b = n->a.start, en = n->a.has_end ? n->a.end : r, len;
+    int rc;
+    b = clamp64(b < 0 ? b + r : b, 0, r);
+    en = clamp64(en < 0 ? en + r : en, 0, r);
+    len = en > b ? en - b : 0;
+    if ((rc = eng_out(e, n, 0, SLIM_ONNX_INT64, 1, &len, err)))
+        return rc;
+    for (int64_t i = 0; i < len; i++)
+        ((int64_t *)eng_outv(e, n, 0)->data)[i] = x->shape[b + i];
+    return 0;
+}
+
+/* Constant: its value becomes a constant of the graph now; no run. */
+static int constant_compile(struct slim_engine *e, struct eng_node *n, struct slim_error *err)
+{
+    struct eng_value *v = eng_outv(e, n, 0);
+    const Onnx__AttributeProto *a;
+    int64_t len;
+    if (!v)
+        return 0;
+    if ((a = slim_onnx_attr(n->proto, "value")) && a->t)
+        return eng_const_tensor(e, v, a->t, err);
+    if ((a = slim_onnx_attr(n->proto, "value_float")))
+        return eng_const_raw(v, SLIM_ONNX_FLOAT, 0, NULL, &a->f, 4, err);
+    if ((a = slim_onnx_attr(n->proto, "value_int")))
+        return eng_const_raw(v, SLIM_ONNX_INT64, 0, NULL, &a->i, 8, err);
+    if ((a = slim_onnx_attr(n->proto, "value_floats"))) {
+        len = (int64_t)a->n_floats;
+        return eng_const_raw(v, SLIM_ONNX_FLOAT, 1, &len, a->floats, a->n_floats * 4, err);
+    }
+    if ((a = slim_onnx_attr(n->proto, "value_ints"))) {
+        len = (int64_t)a->n_ints;
+        return eng_const_raw(v, SLIM_ONNX_INT64, 1, &len, a->ints, a->n_ints * 8, err);
+    }
+    return slim_error_set(err, SLIM_EUNSUPPORTED, "a Constant without value, value_float(s) or "
+                          "value_int(s)");
+}
+
+const struct eng_op eng_ops_shape[] = {
+    {"Identity", 1, 1, 1, 1, NULL, identity_run},
+    {"Dropout", 1, 3, 1, 2, NULL, identity_run},
+    {"Flatten", 1, 1, 1, 1, flatten_compile, flatten_run},
+    {"Reshape", 1, 2, 1, 1, reshape_compile, reshape_run},
+    {"Squeeze", 1, 2, 1, 1, axes_compile, squeeze_run},
+    {"Unsqueeze", 1, 2, 1, 1, axes_compile, unsqueeze_run},
+    {"Transpose", 1, 1, 1, 1, transpose_compile, transpose_run},
+    {"Concat", 1, 64, 1, 1, axis_compile, concat_run},
+    {"Split", 1, 2, 1, ENG_MAX_INTS, split_compile, split_run},
+    {"Slice", 1, 5, 1, 1, slice_compile, slice_run},
+    {"Gather", 2, 2, 1, 1, axis_compile, gather_run},
+    {"Shape", 1, 1, 1, 1, shape_compile, shape_run},
+    {"Constant", 0, 0, 1, 1, constant_compile, NULL},
+    {NULL, 0, 0, 0, 0, NULL, NULL},
+};
