@@ -98,7 +98,7 @@ enum MHD_Result api_jobs_submit(struct api_ctx *ctx, struct MHD_Connection *conn
                             &mem, &err);
     json_decref(mrow);
     slim_spec_free(spec);
-    if (rc || store_job_insert(ctx->st, json_string_value(model), body, mem, ctx->max_queued,
+    if (rc || store_job_insert(ctx->st, json_string_value(model), NULL, body, mem, ctx->max_queued,
                                &row, &err)) {
         json_decref(body);
         return api_reply_slim_error(conn, req, &err);

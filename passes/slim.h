@@ -48,7 +48,8 @@
     X(EBUDGET,    -15,  "OVER_MEMORY_BUDGET", 422, "over the memory budget") \
     X(EBUSY,      -16,  "TOO_MANY_REQUESTS", 429, "too many requests") \
     X(ENOSPACE,   -17,  "INSUFFICIENT_STORAGE", 507, "insufficient storage") \
-    X(EUNSUPPORTED, -18, "UNSUPPORTED_OPERATOR", 422, "unsupported operator")
+    X(EUNSUPPORTED, -18, "UNSUPPORTED_OPERATOR", 422, "unsupported operator") \
+    X(EDATASET,   -19,  "INVALID_DATASET",   400, "malformed dataset")
 
 enum slim_errno {
 #define SLIM_X(name, val, code, status, msg) SLIM_##name = val,
@@ -284,6 +285,39 @@ int slim_pipeline_estimate(const struct slim_spec *spec, const char *in_path, ui
 /* Describes a model file for GET /v1/models: format, tensors, params.
  * New reference in *info. */
 int slim_model_describe(const char *path, json_t **info, struct slim_error *err);
+
+/* ---- datasets ----------------------------------------------------------- */
+
+/* What the daemon calls at upload (the evaluator's loader,
+ * slim_dataset_load, is in formats/dataset.h).  Errors in the data are
+ * SLIM_EFORMAT with a message that names the tensor or IDX part
+ * ("tensor 'labels': 9 labels for 10 samples in 'input'", "images:
+ * dimension 2 is 0"); the daemon answers them as INVALID_DATASET. */
+
+/* Checks a dataset in the canonical form (a safetensors file holding
+ * `input`, samples first, F32/F16/BF16/F64/U8, and optionally integer
+ * `labels` [n] >= 0, nothing else) as strictly as slim_dataset_load, and
+ * describes it: *info is a new reference to {"format": "safetensors",
+ * "samples", "input_shape" (one sample's dims), "input_dtype", "labels":
+ * bool, "classes" (max label + 1; 0 without labels)}. */
+int slim_dataset_describe(const char *path, json_t **info, struct slim_error *err);
+/* Reads the IDX headers of images_path and labels_path (NULL: no labels;
+ * gzip or not) and checks them against each other, without reading the
+ * data: *idx_bytes gets the files' uncompressed size, *out_bytes the size
+ * of the file slim_dataset_from_idx would write.  For the daemon's
+ * limits, before any conversion. */
+int slim_dataset_idx_size(const char *images_path, const char *labels_path,
+                          uint64_t *idx_bytes, uint64_t *out_bytes, struct slim_error *err);
+/* Converts MNIST-style IDX files (gzip or not) into the canonical form
+ * at out_path, atomically (temp file in its folder, fsync, rename; the
+ * temp file removed on error): images (any element type, at least 2
+ * dims: samples first) become `input` F32, ubyte scaled by 1/255 as
+ * torchvision's ToTensor does, other types as they are; labels (one
+ * integer >= 0 per image) become `labels` I64.  __metadata__ says
+ * "slimd.source": "idx" and "slimd.scale": "1/255" or "1".  Memory stays
+ * a few MiB whatever the size. */
+int slim_dataset_from_idx(const char *images_path, const char *labels_path,
+                          const char *out_path, struct slim_error *err);
 
 /* Glob matching used by include/exclude: '*' matches any run of
  * characters (including '.'), '?' one character, '[...]' a class. */

@@ -1,6 +1,6 @@
 /*
- * store.c - slimd's metadata in SQLite: schema, migrations, models and
- * the job queue (blob files are blob.c's).
+ * store.c - slimd's metadata in SQLite: schema, migrations, models,
+ * datasets and the job queue (blob files are blob.c's).
  *
  * One connection (SQLITE_OPEN_FULLMUTEX) and our own mutex around every
  * public function: the mutex is what makes the reused prepared statements,
@@ -18,7 +18,17 @@
  * use keeps their rows, reports and artifacts (the row shows "model": null,
  * the spec still names the id).  Rejected: CASCADE (loses artifacts users
  * may still fetch) and refusing forever (a model could never go away).
- * Datasets share the models table: kind from info's "kind", ids ds_....
+ *
+ * Datasets have their own table (schema 3; models.kind, which was to tell
+ * them apart in one table, is 'model' on every row since).  A dataset's
+ * row stores what slim_dataset_describe said as JSON (info) and shows
+ * it beside its columns, so storage knows nothing of the fields.  A job
+ * that evaluates on a dataset names it in jobs.dataset_id, filled at
+ * submission in the same INSERT that checks the dataset exists; while
+ * such a job is queued or running the dataset cannot be deleted (409),
+ * and once it has finished the delete sets the column NULL, as for
+ * models.  Blobs are shared by content: models, datasets and artifacts
+ * may name the same sha256, and a blob goes when the last of them does.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -34,9 +44,11 @@
 
 #define NOW "strftime('%Y-%m-%dT%H:%M:%SZ', 'now')"
 #define MODEL_COLS "id, kind, name, format, bytes, sha256, info, created_at"
+#define DATASET_COLS "id, name, format, bytes, sha256, info, created_at"
 #define JOB_COLS                                                                   \
     "id, model_id, state, progress, stage, error, attempts, cancel_requested, "    \
-    "created_at, started_at, finished_at, spec, artifact_sha, artifact_bytes, mem_bytes"
+    "created_at, started_at, finished_at, spec, artifact_sha, artifact_bytes, mem_bytes, "  \
+    "dataset_id"
 
 /* Append only: entry i takes the schema from version i to i + 1. */
 static const char *const migrations[] = {
@@ -73,12 +85,31 @@ static const char *const migrations[] = {
     /* 2: the memory a job reserves while it runs (its limits.memory_mb,
      * or the pipeline's estimate), for the runner's --job-memory-mb */
     "ALTER TABLE jobs ADD COLUMN mem_bytes INTEGER NOT NULL DEFAULT 0;",
+    /* 3: datasets in a table of their own (rows the models table held
+     * as kind 'dataset' move over, ids kept), and the dataset a job
+     * evaluates on */
+    "CREATE TABLE datasets ("
+    "  id TEXT PRIMARY KEY,"
+    "  name TEXT NOT NULL,"
+    "  format TEXT NOT NULL,"
+    "  bytes INTEGER NOT NULL,"
+    "  sha256 TEXT NOT NULL,"
+    "  info TEXT NOT NULL,"
+    "  created_at TEXT NOT NULL);"
+    "CREATE INDEX datasets_sha256 ON datasets(sha256);"
+    "INSERT INTO datasets (id, name, format, bytes, sha256, info, created_at)"
+    "  SELECT id, name, format, bytes, sha256, info, created_at FROM models"
+    "  WHERE kind = 'dataset' ORDER BY rowid;"
+    "DELETE FROM models WHERE kind = 'dataset';"
+    "ALTER TABLE jobs ADD COLUMN dataset_id TEXT REFERENCES datasets(id) ON DELETE SET NULL;"
+    "CREATE INDEX jobs_dataset ON jobs(dataset_id);",
 };
 
 enum q {
     Q_BEGIN, Q_BEGIN_IMMEDIATE, Q_COMMIT, Q_ROLLBACK,
     Q_MODEL_INSERT, Q_MODEL_GET, Q_MODEL_LIST, Q_MODEL_COUNT, Q_MODEL_USER, Q_MODEL_DELETE,
     Q_SHA_REFS,
+    Q_DS_INSERT, Q_DS_GET, Q_DS_LIST, Q_DS_COUNT, Q_DS_USER, Q_DS_DELETE,
     Q_JOB_INSERT, Q_JOB_GET, Q_JOB_LIST, Q_JOB_LIST_STATE, Q_JOB_COUNT, Q_JOB_COUNT_STATE,
     Q_JOB_CLAIM, Q_JOB_PROGRESS, Q_JOB_SUCCEED, Q_JOB_FAIL, Q_JOB_CANCEL_QUEUED,
     Q_JOB_CANCEL_RUNNING, Q_JOB_CANCELED, Q_JOB_REQUEUE, Q_JOB_REPORT, Q_JOB_COUNTS,
@@ -92,7 +123,7 @@ static const char *const sql[Q_COUNT] = {
     [Q_COMMIT] = "COMMIT",
     [Q_ROLLBACK] = "ROLLBACK",
     [Q_MODEL_INSERT] = "INSERT INTO models (id, kind, name, format, bytes, sha256, info, created_at)"
-                       " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, " NOW ") RETURNING " MODEL_COLS,
+                       " VALUES (?1, 'model', ?2, ?3, ?4, ?5, ?6, " NOW ") RETURNING " MODEL_COLS,
     [Q_MODEL_GET] = "SELECT " MODEL_COLS " FROM models WHERE id = ?1",
     [Q_MODEL_LIST] = "SELECT " MODEL_COLS " FROM models WHERE kind = 'model'"
                      " ORDER BY rowid DESC LIMIT ?1 OFFSET ?2",
@@ -101,11 +132,22 @@ static const char *const sql[Q_COUNT] = {
                      " ORDER BY seq LIMIT 1",
     [Q_MODEL_DELETE] = "DELETE FROM models WHERE id = ?1",
     [Q_SHA_REFS] = "SELECT (SELECT count(*) FROM models WHERE sha256 = ?1)"
+                   " + (SELECT count(*) FROM datasets WHERE sha256 = ?1)"
                    " + (SELECT count(*) FROM jobs WHERE artifact_sha = ?1)",
-    /* selecting from models makes a missing (or non-'model') id insert nothing */
-    [Q_JOB_INSERT] = "INSERT INTO jobs (id, seq, model_id, spec, mem_bytes, created_at)"
-                     " SELECT ?1, (SELECT coalesce(max(seq), 0) + 1 FROM jobs), id, ?3, ?4, " NOW
-                     " FROM models WHERE id = ?2 AND kind = 'model'"
+    [Q_DS_INSERT] = "INSERT INTO datasets (id, name, format, bytes, sha256, info, created_at)"
+                    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, " NOW ") RETURNING " DATASET_COLS,
+    [Q_DS_GET] = "SELECT " DATASET_COLS " FROM datasets WHERE id = ?1",
+    [Q_DS_LIST] = "SELECT " DATASET_COLS " FROM datasets ORDER BY rowid DESC LIMIT ?1 OFFSET ?2",
+    [Q_DS_COUNT] = "SELECT count(*) FROM datasets",
+    [Q_DS_USER] = "SELECT id, state FROM jobs WHERE dataset_id = ?1 AND state IN (0, 1)"
+                  " ORDER BY seq LIMIT 1",
+    [Q_DS_DELETE] = "DELETE FROM datasets WHERE id = ?1",
+    /* selecting from models makes a missing (or non-'model') id insert
+     * nothing, and so does a dataset (?6, when not NULL) that is missing */
+    [Q_JOB_INSERT] = "INSERT INTO jobs (id, seq, model_id, dataset_id, spec, mem_bytes, created_at)"
+                     " SELECT ?1, (SELECT coalesce(max(seq), 0) + 1 FROM jobs), id, ?6, ?3, ?4, "
+                     NOW " FROM models WHERE id = ?2 AND kind = 'model'"
+                     " AND (?6 IS NULL OR EXISTS (SELECT 1 FROM datasets WHERE id = ?6))"
                      " AND (SELECT count(*) FROM jobs WHERE state = 0) < ?5 RETURNING " JOB_COLS,
     [Q_JOB_GET] = "SELECT " JOB_COLS " FROM jobs WHERE id = ?1",
     [Q_JOB_LIST] = "SELECT " JOB_COLS " FROM jobs ORDER BY seq DESC LIMIT ?1 OFFSET ?2",
@@ -309,9 +351,9 @@ static json_t *job_row(sqlite3_stmt *s)
     if (sqlite3_column_type(s, 12) != SQLITE_NULL)
         artifact = json_pack("{s:s?, s:I}", "sha256", col_text(s, 12), "bytes",
                              (json_int_t)sqlite3_column_int64(s, 13));
-    return json_pack("{s:s?, s:s?, s:s, s:f, s:s?, s:s?, s:I, s:b, s:s?, s:s?, s:s?, s:o?, s:o?,"
-                     " s:I}",
-                     "id", col_text(s, 0), "model", col_text(s, 1),
+    return json_pack("{s:s?, s:s?, s:s?, s:s, s:f, s:s?, s:s?, s:I, s:b, s:s?, s:s?, s:s?, s:o?,"
+                     " s:o?, s:I}",
+                     "id", col_text(s, 0), "model", col_text(s, 1), "dataset", col_text(s, 15),
                      "state", store_job_state_name(sqlite3_column_int(s, 2)),
                      "progress", sqlite3_column_double(s, 3), "stage", col_text(s, 4),
                      "error", col_text(s, 5), "attempts", (json_int_t)sqlite3_column_int64(s, 6),
@@ -558,55 +600,89 @@ static int blob_present(struct store *st, const char *sha, struct slim_error *er
     return 0;
 }
 
-int store_model_insert(struct store *st, const char *name, const char *sha, uint64_t bytes,
-                       json_t *info, json_t **row, struct slim_error *err)
+/* The two kinds of uploaded rows, models and datasets: the same
+ * columns, statements and messages, their own table. */
+struct upload_kind {
+    const char *what;        /* "model": in messages */
+    const char *prefix;      /* of new ids */
+    enum q insert, get, list, count, user, del;
+    json_t *(*to_json)(sqlite3_stmt *);
+    int sha_col;             /* column of sha256 in get's row */
+};
+
+static json_t *dataset_row(sqlite3_stmt *s);
+
+static const struct upload_kind model_kind = {
+    "model", "mdl_", Q_MODEL_INSERT, Q_MODEL_GET, Q_MODEL_LIST, Q_MODEL_COUNT, Q_MODEL_USER,
+    Q_MODEL_DELETE, model_row, 5,
+};
+static const struct upload_kind dataset_kind = {
+    "dataset", "ds_", Q_DS_INSERT, Q_DS_GET, Q_DS_LIST, Q_DS_COUNT, Q_DS_USER, Q_DS_DELETE,
+    dataset_row, 4,
+};
+
+/* Columns first, then what the describe object adds (a key of info never
+ * hides a column). */
+static json_t *dataset_row(sqlite3_stmt *s)
+{
+    json_t *info = col_json(s, 5);
+    json_t *row = json_pack("{s:s?, s:s?, s:s?, s:I, s:s?, s:s?}", "id", col_text(s, 0),
+                            "name", col_text(s, 1), "format", col_text(s, 2),
+                            "bytes", (json_int_t)sqlite3_column_int64(s, 3),
+                            "sha256", col_text(s, 4), "created_at", col_text(s, 6));
+    if (row && json_is_object(info) && json_object_update_missing(row, info)) {
+        json_decref(row);
+        row = NULL;
+    }
+    json_decref(info);
+    return row;
+}
+
+static int upload_insert(struct store *st, const struct upload_kind *k, const char *name,
+                         const char *sha, uint64_t bytes, json_t *info, json_t **row,
+                         struct slim_error *err)
 {
     const char *format = json_string_value(json_object_get(info, "format"));
-    const char *kind = json_string_value(json_object_get(info, "kind"));
     json_t *utf8 = name ? json_string(name) : NULL;   /* NULL unless valid UTF-8 */
     sqlite3_stmt *s;
     char id[32], *text;
     int rc;
 
     json_decref(utf8);
-    if (!kind)
-        kind = "model";
     if (!utf8)
         return slim_error_set(err, SLIM_EINVAL, "name: expected a UTF-8 string");
     if (!format)
-        return slim_error_set(err, SLIM_EINVAL, "model info has no format");
-    if (strcmp(kind, "model") && strcmp(kind, "dataset"))
-        return slim_error_set(err, SLIM_EINVAL, "kind: expected model or dataset");
-    if ((rc = new_id(id, sizeof id, kind[0] == 'm' ? "mdl_" : "ds_", err)))
+        return slim_error_set(err, SLIM_EINVAL, "%s info has no format", k->what);
+    if ((rc = new_id(id, sizeof id, k->prefix, err)))
         return rc;
     if (!(text = json_dumps(info, JSON_COMPACT | JSON_SORT_KEYS)))
         return slim_error_set(err, SLIM_ENOMEM, "out of memory");
     pthread_mutex_lock(&st->lock);
     rc = blob_present(st, sha, err);
     if (!rc)
-        rc = prep(st, Q_MODEL_INSERT, &s, err, "ssssIss", id, kind, name, format,
-                  (int64_t)bytes, sha, text);
+        rc = prep(st, k->insert, &s, err, "sssIss", id, name, format, (int64_t)bytes, sha, text);
     if (!rc)
-        rc = one_row(st, s, model_row, row, kind, id, err);
+        rc = one_row(st, s, k->to_json, row, k->what, id, err);
     pthread_mutex_unlock(&st->lock);
     free(text); /* json_dumps memory goes back with free(), as jansson says */
     return rc;
 }
 
-int store_model_get(struct store *st, const char *id, json_t **row, struct slim_error *err)
+static int upload_get(struct store *st, const struct upload_kind *k, const char *id,
+                      json_t **row, struct slim_error *err)
 {
     sqlite3_stmt *s;
     int rc;
     pthread_mutex_lock(&st->lock);
-    rc = prep(st, Q_MODEL_GET, &s, err, "s", id);
+    rc = prep(st, k->get, &s, err, "s", id);
     if (!rc)
-        rc = one_row(st, s, model_row, row, strncmp(id, "ds_", 3) ? "model" : "dataset", id, err);
+        rc = one_row(st, s, k->to_json, row, k->what, id, err);
     pthread_mutex_unlock(&st->lock);
     return rc;
 }
 
-int store_model_list(struct store *st, int limit, int offset, json_t **rows, int *total,
-                     struct slim_error *err)
+static int upload_list(struct store *st, const struct upload_kind *k, int limit, int offset,
+                       json_t **rows, int *total, struct slim_error *err)
 {
     sqlite3_stmt *list, *count;
     int rc;
@@ -614,17 +690,17 @@ int store_model_list(struct store *st, int limit, int offset, json_t **rows, int
     /* one read transaction, so total and rows come from one snapshot */
     rc = run(st, Q_BEGIN, NULL, err, "");
     if (!rc) {
-        rc = prep(st, Q_MODEL_LIST, &list, err, "ii", limit, offset);
-        if (!rc && !(rc = prep(st, Q_MODEL_COUNT, &count, err, "")))
-            rc = list_rows(st, list, count, model_row, rows, total, err);
+        rc = prep(st, k->list, &list, err, "ii", limit, offset);
+        if (!rc && !(rc = prep(st, k->count, &count, err, "")))
+            rc = list_rows(st, list, count, k->to_json, rows, total, err);
         rc = finish(st, rc, err);
     }
     pthread_mutex_unlock(&st->lock);
     return rc;
 }
 
-/* Removes the blob file once no model row or job artifact names it.
- * Called with the lock held, after the row is gone. */
+/* Removes the blob file once no model or dataset row or job artifact
+ * names it.  Called with the lock held, after the row is gone. */
 static void drop_blob_if_unused(struct store *st, const char *sha)
 {
     char path[4096];
@@ -639,9 +715,17 @@ static void drop_blob_if_unused(struct store *st, const char *sha)
         unlink(path);
 }
 
+void store_blob_drop_unused(struct store *st, const char *sha)
+{
+    pthread_mutex_lock(&st->lock);
+    drop_blob_if_unused(st, sha);
+    pthread_mutex_unlock(&st->lock);
+}
+
 /* In one write transaction: the row exists, no queued or running job
  * uses it, delete.  The blob goes after the commit, still in the lock. */
-int store_model_delete(struct store *st, const char *id, struct slim_error *err)
+static int upload_delete(struct store *st, const struct upload_kind *k, const char *id,
+                         struct slim_error *err)
 {
     sqlite3_stmt *s;
     char sha[65] = "";
@@ -650,29 +734,29 @@ int store_model_delete(struct store *st, const char *id, struct slim_error *err)
     pthread_mutex_lock(&st->lock);
     if ((rc = run(st, Q_BEGIN_IMMEDIATE, NULL, err, "")))
         goto out;
-    if ((rc = prep(st, Q_MODEL_GET, &s, err, "s", id)))
+    if ((rc = prep(st, k->get, &s, err, "s", id)))
         goto end;
     rc = sqlite3_step(s);
     if (rc == SQLITE_ROW) {
-        snprintf(sha, sizeof sha, "%s", col_text(s, 5) ? col_text(s, 5) : "");
+        snprintf(sha, sizeof sha, "%s", col_text(s, k->sha_col) ? col_text(s, k->sha_col) : "");
         rc = 0;
     } else if (rc == SQLITE_DONE)
-        rc = slim_error_set(err, SLIM_ENOTFOUND, "model %.64s does not exist", id);
+        rc = slim_error_set(err, SLIM_ENOTFOUND, "%s %.64s does not exist", k->what, id);
     else
-        rc = db_error(st, err, "cannot read model %.64s", id);
+        rc = db_error(st, err, "cannot read %s %.64s", k->what, id);
     done(s);
-    if (rc || (rc = prep(st, Q_MODEL_USER, &s, err, "s", id)))
+    if (rc || (rc = prep(st, k->user, &s, err, "s", id)))
         goto end;
     rc = sqlite3_step(s);
     if (rc == SQLITE_ROW)
-        rc = slim_error_set(err, SLIM_ECONFLICT, "model %.64s is used by job %s (%s); "
-                            "cancel it or wait", id, col_text(s, 0),
+        rc = slim_error_set(err, SLIM_ECONFLICT, "%s %.64s is used by job %s (%s); "
+                            "cancel it or wait", k->what, id, col_text(s, 0),
                             store_job_state_name(sqlite3_column_int(s, 1)));
     else
         rc = rc == SQLITE_DONE ? 0 : db_error(st, err, "cannot read jobs");
     done(s);
     if (!rc)
-        rc = run(st, Q_MODEL_DELETE, NULL, err, "s", id);
+        rc = run(st, k->del, NULL, err, "s", id);
 end:
     if (!(rc = finish(st, rc, err)))
         drop_blob_if_unused(st, sha);
@@ -681,10 +765,69 @@ out:
     return rc;
 }
 
+int store_model_insert(struct store *st, const char *name, const char *sha, uint64_t bytes,
+                       json_t *info, json_t **row, struct slim_error *err)
+{
+    return upload_insert(st, &model_kind, name, sha, bytes, info, row, err);
+}
+
+int store_model_get(struct store *st, const char *id, json_t **row, struct slim_error *err)
+{
+    return upload_get(st, &model_kind, id, row, err);
+}
+
+int store_model_list(struct store *st, int limit, int offset, json_t **rows, int *total,
+                     struct slim_error *err)
+{
+    return upload_list(st, &model_kind, limit, offset, rows, total, err);
+}
+
+int store_model_delete(struct store *st, const char *id, struct slim_error *err)
+{
+    return upload_delete(st, &model_kind, id, err);
+}
+
+/* ---- datasets ---- */
+
+int store_dataset_insert(struct store *st, const char *name, const char *sha, uint64_t bytes,
+                         json_t *info, json_t **row, struct slim_error *err)
+{
+    return upload_insert(st, &dataset_kind, name, sha, bytes, info, row, err);
+}
+
+int store_dataset_get(struct store *st, const char *id, json_t **row, struct slim_error *err)
+{
+    return upload_get(st, &dataset_kind, id, row, err);
+}
+
+int store_dataset_list(struct store *st, int limit, int offset, json_t **rows, int *total,
+                       struct slim_error *err)
+{
+    return upload_list(st, &dataset_kind, limit, offset, rows, total, err);
+}
+
+int store_dataset_delete(struct store *st, const char *id, struct slim_error *err)
+{
+    return upload_delete(st, &dataset_kind, id, err);
+}
+
 /* ---- jobs ---- */
 
-int store_job_insert(struct store *st, const char *model_id, json_t *spec, uint64_t mem_bytes,
-                     int64_t max_queued, json_t **row, struct slim_error *err)
+/* 1 when statement i (a get by id) finds a row for id.  Lock held. */
+static int row_exists(struct store *st, enum q i, const char *id)
+{
+    sqlite3_stmt *s;
+    int found;
+    if (prep(st, i, &s, NULL, "s", id))
+        return 0;
+    found = sqlite3_step(s) == SQLITE_ROW;
+    done(s);
+    return found;
+}
+
+int store_job_insert(struct store *st, const char *model_id, const char *dataset_id, json_t *spec,
+                     uint64_t mem_bytes, int64_t max_queued, json_t **row,
+                     struct slim_error *err)
 {
     sqlite3_stmt *s;
     char id[32], *text;
@@ -697,19 +840,17 @@ int store_job_insert(struct store *st, const char *model_id, json_t *spec, uint6
     if (!(text = json_dumps(spec, JSON_COMPACT)))
         return slim_error_set(err, SLIM_ENOMEM, "out of memory");
     pthread_mutex_lock(&st->lock);
-    rc = prep(st, Q_JOB_INSERT, &s, err, "sssII", id, model_id, text, (int64_t)mem_bytes,
-              max_queued > 0 ? max_queued : INT64_MAX);
-    if (!rc) /* no row: the model does not exist, or the queue is full */
+    rc = prep(st, Q_JOB_INSERT, &s, err, "sssIIs", id, model_id, text, (int64_t)mem_bytes,
+              max_queued > 0 ? max_queued : INT64_MAX, dataset_id);
+    if (!rc) /* no row: the model or the dataset does not exist, or the queue is full */
         rc = one_row(st, s, job_row, row, "model", model_id, err);
-    if (rc == SLIM_ENOTFOUND && max_queued > 0) {
-        json_t *m = NULL;
-        sqlite3_stmt *g;
-        if (!prep(st, Q_MODEL_GET, &g, NULL, "s", model_id) &&
-            !one_row(st, g, model_row, &m, "model", model_id, NULL) && m)
+    if (rc == SLIM_ENOTFOUND && row_exists(st, Q_MODEL_GET, model_id)) {
+        if (dataset_id && !row_exists(st, Q_DS_GET, dataset_id))
+            rc = slim_error_set(err, SLIM_ENOTFOUND, "dataset %.64s does not exist", dataset_id);
+        else if (max_queued > 0)
             rc = slim_error_set(err, SLIM_EBUSY, "the queue holds %lld jobs already (the "
                                 "daemon's --max-queued): try again later",
                                 (long long)max_queued);
-        json_decref(m);
     }
     pthread_mutex_unlock(&st->lock);
     free(text);

@@ -103,7 +103,12 @@ int store_tmp_path(struct store *st, const char *suffix, char *buf, size_t len);
 /* Path of the blob with this sha256 into buf (>= 4096 bytes). */
 void store_blob_path(const struct store *st, const char *sha, char *buf, size_t len);
 
-/* ---- models (and datasets: kind "model" or "dataset") ---- */
+/* Removes the blob with this sha256 unless a model, a dataset or a job's
+ * artifact names it: for an upload whose row could not be inserted after
+ * its blob was committed, so that no blob is left that nothing uses. */
+void store_blob_drop_unused(struct store *st, const char *sha);
+
+/* ---- models ---- */
 
 /* Inserts a model row for a committed blob.  info is the describe object
  * from slim_model_describe ({format, tensors, params, ...}); borrowed.
@@ -116,19 +121,41 @@ int store_model_get(struct store *st, const char *id, json_t **row, struct slim_
 int store_model_list(struct store *st, int limit, int offset, json_t **rows, int *total,
                      struct slim_error *err);
 /* Deletes the row; SLIM_ECONFLICT while a queued or running job uses it.
- * Removes the blob when no row (model or artifact) references it any more. */
+ * Removes the blob when nothing (model, dataset or artifact) references it
+ * any more. */
 int store_model_delete(struct store *st, const char *id, struct slim_error *err);
+
+/* ---- datasets ---- */
+
+/* Inserts a dataset row for a committed blob.  info is the describe
+ * object (slim_dataset_describe's, plus what the API adds), borrowed;
+ * it must have "format".  *row is a new reference to the row as the API
+ * shows it: {id, name, format, bytes, sha256, created_at} followed by
+ * info's other keys (samples, input_shape, ...). */
+int store_dataset_insert(struct store *st, const char *name, const char *sha, uint64_t bytes,
+                         json_t *info, json_t **row, struct slim_error *err);
+int store_dataset_get(struct store *st, const char *id, json_t **row, struct slim_error *err);
+/* Newest first; *rows is a new array. */
+int store_dataset_list(struct store *st, int limit, int offset, json_t **rows, int *total,
+                       struct slim_error *err);
+/* Deletes the row; SLIM_ECONFLICT while a queued or running job
+ * evaluates on it (jobs of other states keep "dataset": null).  Removes
+ * the blob when nothing else references it. */
+int store_dataset_delete(struct store *st, const char *id, struct slim_error *err);
 
 /* ---- jobs ---- */
 
-/* Inserts a queued job.  spec is the whole validated request body
- * (borrowed; stored as text); mem_bytes the memory it reserves while it
- * runs.  With max_queued > 0, SLIM_EBUSY when that many jobs are queued
- * already (checked in the same statement as the insert).  *row: the job
- * as the API shows it. */
-int store_job_insert(struct store *st, const char *model_id, json_t *spec, uint64_t mem_bytes,
-                     int64_t max_queued, json_t **row, struct slim_error *err);
-/* {id, model, state, progress, stage, error, attempts, created_at,
+/* Inserts a queued job on model_id, evaluating on dataset_id (NULL:
+ * none); both must exist (SLIM_ENOTFOUND naming the one that does not,
+ * checked in the same statement as the insert, so a dataset deleted
+ * meanwhile cannot be referenced).  spec is the whole validated request
+ * body (borrowed; stored as text); mem_bytes the memory it reserves
+ * while it runs.  With max_queued > 0, SLIM_EBUSY when that many jobs
+ * are queued already.  *row: the job as the API shows it. */
+int store_job_insert(struct store *st, const char *model_id, const char *dataset_id, json_t *spec,
+                     uint64_t mem_bytes, int64_t max_queued, json_t **row,
+                     struct slim_error *err);
+/* {id, model, dataset, state, progress, stage, error, attempts, created_at,
  *  started_at, finished_at, spec, artifact: {sha256, bytes} | null,
  *  memory_bytes} */
 int store_job_get(struct store *st, const char *id, json_t **row, struct slim_error *err);

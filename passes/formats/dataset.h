@@ -4,7 +4,8 @@
  * file with an `input` tensor, first dimension = samples, and an
  * optional integer `labels` tensor), and the converters that make that
  * form out of what users upload (MNIST-style IDX files, gzip or not).
- * Internal to libslim.
+ * Internal to libslim; what the daemon calls at upload (describe, the
+ * IDX converter) is declared in slim.h.
  */
 #ifndef SLIM_DATASET_H
 #define SLIM_DATASET_H

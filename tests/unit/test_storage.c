@@ -1,9 +1,11 @@
 /*
- * test_storage.c - storage/: the database (open, migrate, reopen), model
- * rows, the blob store (hashing, dedup, no temp file left behind), the
- * job queue's state machine, crash recovery, model deletion against jobs
- * that use it, and concurrent claims from two connections.  Each test
- * works in its own data dir under the program's temp dir.
+ * test_storage.c - storage/: the database (open, migrate from every
+ * earlier schema, reopen), model and dataset rows, the blob store
+ * (hashing, dedup, no temp file left behind, blobs shared by models,
+ * datasets and artifacts), the job queue's state machine, crash
+ * recovery, model and dataset deletion against jobs that use them, and
+ * concurrent claims from two connections.  Each test works in its own
+ * data dir under the program's temp dir.
  */
 #include <dirent.h>
 #include <pthread.h>
@@ -102,7 +104,7 @@ static const char *put_job(struct store *st, const char *model)
     json_t *spec = json_pack("{s:s, s:[{s:s, s:s}]}", "model", model, "passes", "op",
                              "quantize", "dtype", "int8"), *row;
     struct slim_error err;
-    if (store_job_insert(st, model, spec, 0, 0, &row, &err))
+    if (store_job_insert(st, model, NULL, spec, 0, 0, &row, &err))
         fail_msg("job insert: %s", err.msg);
     snprintf(p, 32, "%s", json_string_value(json_object_get(row, "id")));
     json_decref(row);
@@ -152,6 +154,82 @@ static void claim_expect(struct store *st, const char *id)
     json_decref(row);
 }
 
+/* The schema version store.c migrates to. */
+#define LATEST 3
+
+/* The schema as earlier slimd versions left it, frozen here as they
+ * shipped (store.c's migrations[0] and [1]), so a migration is tested
+ * from what a real old database holds. */
+static const char *const schema_v1 =
+    "CREATE TABLE models ("
+    "  id TEXT PRIMARY KEY,"
+    "  kind TEXT NOT NULL CHECK (kind IN ('model', 'dataset')),"
+    "  name TEXT NOT NULL,"
+    "  format TEXT NOT NULL,"
+    "  bytes INTEGER NOT NULL,"
+    "  sha256 TEXT NOT NULL,"
+    "  info TEXT NOT NULL,"
+    "  created_at TEXT NOT NULL);"
+    "CREATE INDEX models_sha256 ON models(sha256);"
+    "CREATE TABLE jobs ("
+    "  id TEXT PRIMARY KEY,"
+    "  seq INTEGER NOT NULL UNIQUE,"
+    "  model_id TEXT REFERENCES models(id) ON DELETE SET NULL,"
+    "  state INTEGER NOT NULL DEFAULT 0,"
+    "  progress REAL NOT NULL DEFAULT 0,"
+    "  stage TEXT,"
+    "  error TEXT,"
+    "  attempts INTEGER NOT NULL DEFAULT 0,"
+    "  cancel_requested INTEGER NOT NULL DEFAULT 0,"
+    "  spec TEXT NOT NULL,"
+    "  report TEXT,"
+    "  artifact_sha TEXT,"
+    "  artifact_bytes INTEGER,"
+    "  created_at TEXT NOT NULL,"
+    "  started_at TEXT,"
+    "  finished_at TEXT);"
+    "CREATE INDEX jobs_state ON jobs(state, seq);"
+    "CREATE INDEX jobs_model ON jobs(model_id);"
+    "CREATE INDEX jobs_artifact ON jobs(artifact_sha);";
+static const char *const schema_v2 = "ALTER TABLE jobs ADD COLUMN mem_bytes INTEGER NOT NULL DEFAULT 0;";
+
+/* Creates dir (and its parent) holding a database at `version` (1 or 2)
+ * with the rows that rows_sql inserts. */
+static void make_old_db(const char *dir, int version, const char *rows_sql)
+{
+    char path[4096], bump[40];
+    sqlite3 *db;
+    snprintf(path, sizeof path, "%s", dir);
+    *strrchr(path, '/') = 0;
+    mkdir(path, 0750);
+    mkdir(dir, 0750);
+    snprintf(path, sizeof path, "%s/slimd.db", dir);
+    snprintf(bump, sizeof bump, "PRAGMA user_version = %d", version);
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, schema_v1, NULL, NULL, NULL), SQLITE_OK);
+    if (version >= 2)
+        assert_int_equal(sqlite3_exec(db, schema_v2, NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, rows_sql, NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, bump, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+}
+
+static int schema_version(const char *dir)
+{
+    char path[4096];
+    sqlite3 *db;
+    sqlite3_stmt *s;
+    int v;
+    snprintf(path, sizeof path, "%s/slimd.db", dir);
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &s, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(s), SQLITE_ROW);
+    v = sqlite3_column_int(s, 0);
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+    return v;
+}
+
 static void test_open_migrate_reopen(void **state)
 {
     (void)state;
@@ -172,7 +250,6 @@ static void test_open_migrate_reopen(void **state)
     assert_int_equal(stat(path, &sb), 0);
     assert_string_equal(store_data_dir(st), dir);
     id = put_model(st, "kept", "weights");
-    const char *jid = put_job(st, id);
     store_close(st);
 
     /* a leftover temp file from a "crash" is purged at open */
@@ -189,26 +266,11 @@ static void test_open_migrate_reopen(void **state)
     assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
     assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &s, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_step(s), SQLITE_ROW);
-    assert_int_equal(sqlite3_column_int(s, 0), 2);
+    assert_int_equal(sqlite3_column_int(s, 0), LATEST);
     sqlite3_finalize(s);
     assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &s, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_step(s), SQLITE_ROW);
     assert_string_equal((const char *)sqlite3_column_text(s, 0), "wal");
-    sqlite3_finalize(s);
-    /* a version-1 database (before jobs.mem_bytes) with a queued job
-     * migrates, and the job reads back reserving nothing */
-    assert_int_equal(sqlite3_exec(db, "ALTER TABLE jobs DROP COLUMN mem_bytes;"
-                                      "PRAGMA user_version = 1", NULL, NULL, NULL), SQLITE_OK);
-    sqlite3_close(db);
-    st = open_store(dir);
-    assert_int_equal(store_job_get(st, jid, &row, &err), 0);
-    assert_int_equal(json_integer_value(json_object_get(row, "memory_bytes")), 0);
-    json_decref(row);
-    store_close(st);
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &s, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_step(s), SQLITE_ROW);
-    assert_int_equal(sqlite3_column_int(s, 0), 2);
     sqlite3_finalize(s);
     /* a schema from a newer slimd is refused, not silently used */
     assert_int_equal(sqlite3_exec(db, "PRAGMA user_version = 99", NULL, NULL, NULL), SQLITE_OK);
@@ -268,16 +330,13 @@ static void test_models(void **state)
     assert_string_equal(sfield(json_array_get(rows, 1), "name"), "tiny");
     json_decref(rows);
 
-    /* datasets share the table but not the model list, and cannot be a job's model */
+    /* a "kind" in the describe object no longer makes a dataset */
     info = json_pack("{s:s, s:s}", "kind", "dataset", "format", "safetensors");
     assert_int_equal(store_model_insert(st, "evalset", sha, 3, info, &row, &err), 0);
     json_decref(info);
-    assert_id(sfield(row, "id"), "ds_");
-    assert_string_equal(sfield(row, "kind"), "dataset");
-    assert_true(json_is_null(json_object_get(row, "tensors")));
-    info = json_object();
-    assert_int_equal(store_job_insert(st, sfield(row, "id"), info, 0, 0, &got, &err), SLIM_ENOTFOUND);
-    json_decref(info);
+    assert_id(sfield(row, "id"), "mdl_");
+    assert_string_equal(sfield(row, "kind"), "model");
+    assert_int_equal(store_model_delete(st, sfield(row, "id"), &err), 0);
     json_decref(row);
 
     assert_int_equal(store_model_delete(st, b, &err), 0);
@@ -289,6 +348,301 @@ static void test_models(void **state)
     assert_int_equal(total, 3);
     assert_int_equal(json_array_size(rows), 3);
     json_decref(rows);
+    store_close(st);
+}
+
+static void test_migrate_from_v1(void **state)
+{
+    /* a version-1 database (before jobs.mem_bytes) with a queued job
+     * migrates to the latest, and the job reads back reserving nothing
+     * and evaluating on nothing */
+    (void)state;
+    const char *dir = data_dir("v1");
+    struct slim_error err;
+    struct store *st;
+    json_t *row;
+    make_old_db(dir, 1,
+                "INSERT INTO models VALUES ('mdl_00000000000000a1', 'model', 'old', 'safetensors',"
+                " 3, '" SHA_ABC "', '{\"format\":\"safetensors\",\"tensors\":1,\"params\":1}',"
+                " '2026-01-01T00:00:00Z');"
+                "INSERT INTO jobs (id, seq, model_id, spec, created_at) VALUES"
+                " ('job_00000000000000a1', 1, 'mdl_00000000000000a1',"
+                " '{\"model\":\"mdl_00000000000000a1\",\"passes\":[]}', '2026-01-01T00:00:00Z');");
+    st = open_store(dir);
+    assert_int_equal(schema_version(dir), LATEST);
+    row = get_job(st, "job_00000000000000a1");
+    assert_string_equal(sfield(row, "state"), "queued");
+    assert_string_equal(sfield(row, "model"), "mdl_00000000000000a1");
+    assert_int_equal(json_integer_value(json_object_get(row, "memory_bytes")), 0);
+    assert_true(json_is_null(json_object_get(row, "dataset")));
+    json_decref(row);
+    assert_int_equal(store_model_get(st, "mdl_00000000000000a1", &row, &err), 0);
+    assert_string_equal(sfield(row, "name"), "old");
+    json_decref(row);
+    claim_expect(st, "job_00000000000000a1");
+    store_close(st);
+}
+
+static void test_migrate_from_v2(void **state)
+{
+    /* version 2 -> 3: a dataset row the models table held (kind
+     * 'dataset') moves to the datasets table with its id, the models
+     * keep theirs, jobs keep their memory and gain "dataset": null, and
+     * the migrated dataset can be a job's from then on */
+    (void)state;
+    const char *dir = data_dir("v2");
+    struct slim_error err;
+    struct store *st;
+    json_t *row, *rows, *spec;
+    int total;
+    make_old_db(dir, 2,
+                "INSERT INTO models VALUES ('mdl_00000000000000b2', 'model', 'm', 'safetensors',"
+                " 3, '" SHA_ABC "', '{\"format\":\"safetensors\",\"tensors\":1,\"params\":1}',"
+                " '2026-01-01T00:00:00Z');"
+                "INSERT INTO models VALUES ('ds_00000000000000b2', 'dataset', 'evalset',"
+                " 'safetensors', 3, '" SHA_ABC "', '{\"format\":\"safetensors\",\"samples\":3}',"
+                " '2026-01-02T00:00:00Z');"
+                "INSERT INTO jobs (id, seq, model_id, spec, created_at, mem_bytes) VALUES"
+                " ('job_00000000000000b2', 1, 'mdl_00000000000000b2',"
+                " '{\"model\":\"mdl_00000000000000b2\",\"passes\":[]}', '2026-01-01T00:00:00Z', 7);");
+    st = open_store(dir);
+    assert_int_equal(schema_version(dir), LATEST);
+    row = get_job(st, "job_00000000000000b2");
+    assert_int_equal(json_integer_value(json_object_get(row, "memory_bytes")), 7);
+    assert_true(json_is_null(json_object_get(row, "dataset")));
+    json_decref(row);
+    assert_int_equal(store_model_list(st, 10, 0, &rows, &total, &err), 0);
+    assert_int_equal(total, 1);
+    assert_string_equal(sfield(json_array_get(rows, 0), "id"), "mdl_00000000000000b2");
+    json_decref(rows);
+    assert_int_equal(store_model_get(st, "ds_00000000000000b2", &row, &err), SLIM_ENOTFOUND);
+    assert_int_equal(store_dataset_list(st, 10, 0, &rows, &total, &err), 0);
+    assert_int_equal(total, 1);
+    row = json_array_get(rows, 0);
+    assert_string_equal(sfield(row, "id"), "ds_00000000000000b2");
+    assert_string_equal(sfield(row, "name"), "evalset");
+    assert_string_equal(sfield(row, "sha256"), SHA_ABC);
+    assert_string_equal(sfield(row, "created_at"), "2026-01-02T00:00:00Z");
+    assert_int_equal(json_integer_value(json_object_get(row, "samples")), 3);
+    json_decref(rows);
+    spec = json_object();
+    assert_int_equal(store_job_insert(st, "mdl_00000000000000b2", "ds_00000000000000b2", spec, 0,
+                                      0, &row, &err), 0);
+    assert_string_equal(sfield(row, "dataset"), "ds_00000000000000b2");
+    json_decref(row);
+    json_decref(spec);
+    assert_int_equal(store_dataset_delete(st, "ds_00000000000000b2", &err), SLIM_ECONFLICT);
+    store_close(st);
+    /* reopening migrates nothing more */
+    st = open_store(dir);
+    assert_int_equal(schema_version(dir), LATEST);
+    store_close(st);
+}
+
+/* Inserts a dataset row over a blob of text; returns its id (static). */
+static const char *put_dataset(struct store *st, const char *name, const char *text)
+{
+    static char id[4][32];
+    static int slot;
+    char *p = id[slot++ & 3];
+    const char *sha = put_blob(st, text);
+    json_t *info = json_pack("{s:s, s:i, s:[i], s:s, s:b, s:i}", "format", "safetensors",
+                             "samples", 3, "input_shape", 4, "input_dtype", "F32", "labels", 1,
+                             "classes", 2), *row;
+    struct slim_error err;
+    if (store_dataset_insert(st, name, sha, strlen(text), info, &row, &err))
+        fail_msg("dataset insert: %s", err.msg);
+    snprintf(p, 32, "%s", json_string_value(json_object_get(row, "id")));
+    json_decref(row);
+    json_decref(info);
+    return p;
+}
+
+static void test_datasets(void **state)
+{
+    (void)state;
+    struct store *st = open_store(data_dir("datasets"));
+    struct slim_error err;
+    json_t *info = json_pack("{s:s, s:i, s:[i, i], s:s, s:b, s:i, s:s, s:i, s:s}",
+                             "format", "safetensors", "samples", 3, "input_shape", 2, 2,
+                             "input_dtype", "F32", "labels", 1, "classes", 10, "source", "idx",
+                             "bytes", 999, "id", "ds_forged"), *row, *got, *rows;
+    const char *sha = put_blob(st, "abc"), *a, *b, *c;
+    char id[32];
+    int total;
+
+    assert_int_equal(store_dataset_insert(st, "digits", sha, 3, info, &row, &err), 0);
+    assert_id(sfield(row, "id"), "ds_");
+    assert_string_equal(sfield(row, "name"), "digits");
+    assert_string_equal(sfield(row, "format"), "safetensors");
+    assert_string_equal(sfield(row, "sha256"), SHA_ABC);
+    assert_rfc3339(sfield(row, "created_at"));
+    /* the columns win over keys of info with their names */
+    assert_int_equal(json_integer_value(json_object_get(row, "bytes")), 3);
+    assert_int_equal(json_integer_value(json_object_get(row, "samples")), 3);
+    assert_int_equal(json_integer_value(json_array_get(json_object_get(row, "input_shape"), 1)), 2);
+    assert_true(json_is_true(json_object_get(row, "labels")));
+    assert_int_equal(json_integer_value(json_object_get(row, "classes")), 10);
+    assert_string_equal(sfield(row, "source"), "idx");
+    snprintf(id, sizeof id, "%s", sfield(row, "id"));
+    assert_int_equal(store_dataset_get(st, id, &got, &err), 0);
+    assert_true(json_equal(got, row));
+    json_decref(got);
+    json_decref(row);
+
+    /* the blob must be committed first; names are UTF-8; info has a format */
+    assert_int_equal(store_dataset_insert(st, "x", SHA_EMPTY, 0, info, &row, &err), SLIM_EIO);
+    assert_int_equal(store_dataset_insert(st, "\xff\xfe", sha, 3, info, &row, &err), SLIM_EINVAL);
+    json_decref(info);
+    info = json_object();
+    assert_int_equal(store_dataset_insert(st, "x", sha, 3, info, &row, &err), SLIM_EINVAL);
+    json_decref(info);
+
+    /* newest first, paginated; models and datasets do not mix */
+    a = put_dataset(st, "first", "1");
+    b = put_dataset(st, "second", "2");
+    c = put_dataset(st, "third", "3");
+    assert_int_equal(store_dataset_list(st, 2, 0, &rows, &total, &err), 0);
+    assert_int_equal(total, 4);
+    assert_int_equal(json_array_size(rows), 2);
+    assert_string_equal(sfield(json_array_get(rows, 0), "id"), c);
+    assert_string_equal(sfield(json_array_get(rows, 1), "id"), b);
+    json_decref(rows);
+    assert_int_equal(store_dataset_list(st, 2, 2, &rows, &total, &err), 0);
+    assert_int_equal(json_array_size(rows), 2);
+    assert_string_equal(sfield(json_array_get(rows, 0), "id"), a);
+    assert_string_equal(sfield(json_array_get(rows, 1), "id"), id);
+    json_decref(rows);
+    assert_int_equal(store_model_list(st, 10, 0, &rows, &total, &err), 0);
+    assert_int_equal(total, 0);
+    json_decref(rows);
+    assert_int_equal(store_model_get(st, a, &row, &err), SLIM_ENOTFOUND);
+    const char *m = put_model(st, "m", "model");
+    assert_int_equal(store_dataset_get(st, m, &row, &err), SLIM_ENOTFOUND);
+    assert_int_equal(store_dataset_delete(st, m, &err), SLIM_ENOTFOUND);
+    /* nor can a dataset be a job's model */
+    info = json_object();
+    assert_int_equal(store_job_insert(st, a, NULL, info, 0, 0, &row, &err), SLIM_ENOTFOUND);
+    json_decref(info);
+
+    assert_int_equal(store_dataset_delete(st, b, &err), 0);
+    assert_int_equal(store_dataset_get(st, b, &row, &err), SLIM_ENOTFOUND);
+    {
+        char want[96];
+        snprintf(want, sizeof want, "dataset %s does not exist", b);
+        assert_string_equal(err.msg, want);
+    }
+    assert_int_equal(store_dataset_delete(st, b, &err), SLIM_ENOTFOUND);
+    assert_int_equal(store_dataset_list(st, 10, 0, &rows, &total, &err), 0);
+    assert_int_equal(total, 3);
+    json_decref(rows);
+    store_close(st);
+}
+
+static void test_dataset_blobs_shared(void **state)
+{
+    /* one blob under a model, a dataset and an artifact: it goes with
+     * the last of them, in any order; an upload whose row never came
+     * drops its blob unless something else names it */
+    (void)state;
+    struct store *st = open_store(data_dir("dsblobs"));
+    struct slim_error err;
+    const char *same = "same bytes", *m, *d, *j, *sha = put_blob(st, same);
+    char msha[65];
+    json_t *rep;
+
+    snprintf(msha, sizeof msha, "%s", sha);
+    m = put_model(st, "m", same);
+    d = put_dataset(st, "d", same);
+    assert_int_equal(store_dataset_delete(st, d, &err), 0);
+    assert_true(blob_exists(st, msha));
+    d = put_dataset(st, "d", same);
+    assert_int_equal(store_model_delete(st, m, &err), 0);
+    assert_true(blob_exists(st, msha));
+    assert_int_equal(store_dataset_delete(st, d, &err), 0);
+    assert_false(blob_exists(st, msha));
+
+    /* an artifact with the dataset's bytes keeps the blob */
+    m = put_model(st, "m2", "other model");
+    d = put_dataset(st, "d2", same);
+    j = put_job(st, m);
+    claim_expect(st, j);
+    rep = json_object();
+    assert_int_equal(store_job_succeed(st, j, msha, 10, rep, &err), 0);
+    json_decref(rep);
+    assert_int_equal(store_dataset_delete(st, d, &err), 0);
+    assert_true(blob_exists(st, msha));
+
+    /* store_blob_drop_unused */
+    sha = put_blob(st, "orphan");
+    snprintf(msha, sizeof msha, "%s", sha);
+    store_blob_drop_unused(st, msha);
+    assert_false(blob_exists(st, msha));
+    d = put_dataset(st, "kept", "kept bytes");
+    sha = put_blob(st, "kept bytes");
+    store_blob_drop_unused(st, sha);
+    assert_true(blob_exists(st, sha));
+    store_close(st);
+}
+
+static void test_dataset_delete_and_jobs(void **state)
+{
+    (void)state;
+    struct store *st = open_store(data_dir("dsdelete"));
+    struct slim_error err;
+    const char *m = put_model(st, "m", "the model");
+    char d[32], dsha[65], want[200];
+    json_t *spec = json_pack("{s:s, s:[{s:s, s:s}], s:{s:s}}", "model", m, "passes", "op",
+                             "quantize", "dtype", "int8", "eval", "dataset", "ds_x"), *row;
+    const char *j0 = put_job(st, m);
+    char jd[32];
+    int total;
+
+    snprintf(d, sizeof d, "%s", put_dataset(st, "evalset", "dataset bytes"));
+    assert_int_equal(store_dataset_get(st, d, &row, &err), 0);
+    snprintf(dsha, sizeof dsha, "%s", sfield(row, "sha256"));
+    json_decref(row);
+    row = get_job(st, j0);
+    assert_true(json_is_null(json_object_get(row, "dataset")));
+    json_decref(row);
+
+    /* a missing dataset inserts nothing and is named; a missing model first */
+    assert_int_equal(store_job_insert(st, m, "ds_0000000000000000", spec, 0, 0, &row, &err),
+                     SLIM_ENOTFOUND);
+    assert_string_equal(err.msg, "dataset ds_0000000000000000 does not exist");
+    assert_int_equal(store_job_insert(st, "mdl_0000000000000000", "ds_0000000000000000", spec,
+                                      0, 0, &row, &err), SLIM_ENOTFOUND);
+    assert_non_null(strstr(err.msg, "model mdl_0000000000000000"));
+    assert_int_equal(store_job_list(st, -1, 10, 0, &row, &total, &err), 0);
+    assert_int_equal(total, 1);
+    json_decref(row);
+    /* a full queue is still told apart */
+    assert_int_equal(store_job_insert(st, m, d, spec, 0, 1, &row, &err), SLIM_EBUSY);
+
+    assert_int_equal(store_job_insert(st, m, d, spec, 0, 0, &row, &err), 0);
+    assert_string_equal(sfield(row, "dataset"), d);
+    snprintf(jd, sizeof jd, "%s", sfield(row, "id"));
+    json_decref(row);
+
+    assert_int_equal(store_dataset_delete(st, d, &err), SLIM_ECONFLICT);
+    snprintf(want, sizeof want, "dataset %s is used by job %s (queued); cancel it or wait", d, jd);
+    assert_string_equal(err.msg, want);
+    claim_expect(st, j0);
+    claim_expect(st, jd);
+    assert_int_equal(store_dataset_delete(st, d, &err), SLIM_ECONFLICT);
+    assert_non_null(strstr(err.msg, "(running)"));
+    assert_true(blob_exists(st, dsha));
+    assert_int_equal(store_job_fail(st, jd, "boom", &err), 0);
+
+    /* finished: the dataset goes, the job keeps its spec and shows null */
+    assert_int_equal(store_dataset_delete(st, d, &err), 0);
+    assert_false(blob_exists(st, dsha));
+    row = get_job(st, jd);
+    assert_true(json_is_null(json_object_get(row, "dataset")));
+    assert_string_equal(sfield(row, "model"), m);
+    assert_non_null(json_object_get(json_object_get(row, "spec"), "eval"));
+    json_decref(row);
+    json_decref(spec);
     store_close(st);
 }
 
@@ -486,7 +840,7 @@ static void test_job_lifecycle(void **state)
 
     /* unknown model */
     rep = json_object();
-    assert_int_equal(store_job_insert(st, "mdl_0000000000000000", rep, 0, 0, &row, &err),
+    assert_int_equal(store_job_insert(st, "mdl_0000000000000000", NULL, rep, 0, 0, &row, &err),
                      SLIM_ENOTFOUND);
     json_decref(rep);
     assert_non_null(strstr(err.msg, "mdl_0000000000000000"));
@@ -804,8 +1158,8 @@ static void test_claim_within_memory(void **state)
     const char *m = put_model(st, "m", "model bytes");
     json_t *spec = json_pack("{s:s, s:[{s:s, s:s}]}", "model", m, "passes", "op", "quantize",
                              "dtype", "int8"), *big, *small, *row;
-    assert_int_equal(store_job_insert(st, m, spec, 600, 0, &big, &err), 0);
-    assert_int_equal(store_job_insert(st, m, spec, 100, 0, &small, &err), 0);
+    assert_int_equal(store_job_insert(st, m, NULL, spec, 600, 0, &big, &err), 0);
+    assert_int_equal(store_job_insert(st, m, NULL, spec, 100, 0, &small, &err), 0);
     assert_int_equal(json_integer_value(json_object_get(big, "memory_bytes")), 600);
     assert_int_equal(store_job_claim(st, 500, &row, &err), SLIM_ENOTFOUND);
     assert_int_equal(store_job_claim(st, 600, &row, &err), 0);
@@ -813,9 +1167,9 @@ static void test_claim_within_memory(void **state)
     json_decref(row);
     /* a queue cap: with one job queued and a cap of 1, the next is
      * EBUSY; a missing model is still ENOTFOUND */
-    assert_int_equal(store_job_insert(st, m, spec, 0, 1, &row, &err), SLIM_EBUSY);
+    assert_int_equal(store_job_insert(st, m, NULL, spec, 0, 1, &row, &err), SLIM_EBUSY);
     assert_non_null(strstr(err.msg, "--max-queued"));
-    assert_int_equal(store_job_insert(st, "mdl_0000000000000000", spec, 0, 1, &row, &err),
+    assert_int_equal(store_job_insert(st, "mdl_0000000000000000", NULL, spec, 0, 1, &row, &err),
                      SLIM_ENOTFOUND);
     assert_int_equal(store_job_claim(st, 99, &row, &err), SLIM_ENOTFOUND);
     assert_int_equal(store_job_claim(st, 100, &row, &err), 0);
@@ -912,7 +1266,7 @@ static void test_full_disk_acknowledges_nothing(void **state)
     int total = -1;
 
     disk_full = 1;
-    assert_int_equal(store_job_insert(st, m, spec, 0, 0, &row, &err), SLIM_EIO);
+    assert_int_equal(store_job_insert(st, m, NULL, spec, 0, 0, &row, &err), SLIM_EIO);
     assert_null(row);
     row = (json_t *)1;
     assert_int_equal(store_job_claim(st, UINT64_MAX, &row, &err), SLIM_EIO);
@@ -989,6 +1343,11 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_open_migrate_reopen),
         cmocka_unit_test(test_models),
+        cmocka_unit_test(test_migrate_from_v1),
+        cmocka_unit_test(test_migrate_from_v2),
+        cmocka_unit_test(test_datasets),
+        cmocka_unit_test(test_dataset_blobs_shared),
+        cmocka_unit_test(test_dataset_delete_and_jobs),
         cmocka_unit_test(test_blob_sha_and_dedup),
         cmocka_unit_test(test_blob_ring),
         cmocka_unit_test(test_job_lifecycle),
