@@ -13,9 +13,10 @@
  * The first graph output is taken as the class scores.  Cross-entropy
  * reads it as logits, unless the node that makes it is a Softmax
  * (probabilities) or LogSoftmax (log-probabilities).  Throughput counts
- * engine time only (samples / seconds in slim_engine_run); latency is
- * the mean engine time of one batch of `batch` samples, which is what a
- * user who is told "int8 is smaller" also needs to know ("but slower?").
+ * engine time only (samples / seconds in slim_engine_run, after one
+ * untimed warm-up run each); latency is the mean engine time of one
+ * batch of `batch` samples, which is what a user who is told "int8 is
+ * smaller" also needs to know ("but slower?").
  */
 #include <math.h>
 #include <string.h>
@@ -183,6 +184,15 @@ int slim_eval_run(struct slim_onnx *before, const char *after_path,
     if (n == 0) {
         rc = slim_error_set(err, SLIM_EINVAL, "eval.dataset: no samples");
         goto out;
+    }
+    /* one untimed run each first: buffers sized and BLAS threads woken
+     * are not the model's speed */
+    {
+        const float *y;
+        int64_t ky;
+        if ((rc = slim_engine_run(b.e, x, n < batch ? n : batch, &y, &ky, err)) ||
+            (rc = slim_engine_run(a.e, x, n < batch ? n : batch, &y, &ky, err)))
+            goto out;
     }
     for (int64_t i = 0; i < n; i += batch) {
         int64_t nb = n - i < batch ? n - i : batch, kb, ka;

@@ -469,7 +469,8 @@ static int build(struct slim_engine *e, struct name_map *mp, const Onnx__TensorP
                  struct slim_error *err)
 {
     const Onnx__GraphProto *g = e->m->graph;
-    size_t cap = g->n_initializer + g->n_input, nv = 0, head = 0, tail = 0, done = 0;
+    size_t cap = g->n_initializer + g->n_sparse_initializer + g->n_input, nv = 0, head = 0;
+    size_t tail = 0, done = 0;
     size_t n_edges = 0;
     int *producer = NULL, *indeg = NULL, *queue = NULL, *first = NULL, *next = NULL;
     int *fill = NULL;
@@ -504,6 +505,21 @@ static int build(struct slim_engine *e, struct name_map *mp, const Onnx__TensorP
         (*init_of)[nv] = g->initializer[i];
         producer[nv] = -1;
         map_put(mp, name, (int)nv++);
+    }
+    /* sparse initializers (pruned weights) run as their dense form */
+    for (size_t i = 0; i < g->n_sparse_initializer; i++) {
+        const Onnx__TensorProto *t;
+        if ((rc = slim_onnx_sparse_dense(e->m, g->sparse_initializer[i], &t, err)))
+            goto out;
+        if (!t->name || map_find(mp, e->values, t->name) >= 0) {
+            rc = slim_error_set(err, SLIM_EFORMAT, "sparse initializer '%.80s' is unnamed or "
+                                "defined twice", t->name ? t->name : "");
+            goto out;
+        }
+        e->values[nv] = (struct eng_value){.name = t->name, .producer = -1, .last_use = -1};
+        (*init_of)[nv] = t;
+        producer[nv] = -1;
+        map_put(mp, t->name, (int)nv++);
     }
     for (size_t i = 0; i < g->n_input; i++) {
         const char *name = g->input[i]->name;

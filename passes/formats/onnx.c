@@ -394,6 +394,86 @@ count:
                           "(%lld)", name, (long long)n);
 }
 
+int slim_onnx_sparse_dense(struct slim_onnx *m, const Onnx__SparseTensorProto *sp,
+                           const Onnx__TensorProto **out, struct slim_error *err)
+{
+    const Onnx__TensorProto *v = sp->values, *ix = sp->indices;
+    const char *name = v && v->name ? v->name : "";
+    const void *vd, *id;
+    size_t vb, ib, es, rank = sp->n_dims;
+    int64_t n = 1, nnz;
+    Onnx__TensorProto *t, **list;
+    int64_t *dims;
+    unsigned char *buf;
+    int rc;
+
+    if (!v || !ix || rank > SLIM_MAX_DIMS)
+        return slim_error_set(err, SLIM_EFORMAT, "sparse initializer '%.100s': needs values, "
+                              "indices and at most %d dims", name, SLIM_MAX_DIMS);
+    for (size_t d = 0; d < rank; d++) {
+        if (sp->dims[d] < 0 || (sp->dims[d] && n > INT64_MAX / 16 / sp->dims[d]))
+            return slim_error_set(err, SLIM_EFORMAT, "sparse initializer '%.100s': bad dims",
+                                  name);
+        n *= sp->dims[d];
+    }
+    if ((rc = slim_onnx_tensor_data(m, v, &vd, &vb, NULL, err)) ||
+        (rc = slim_onnx_tensor_data(m, ix, &id, &ib, NULL, err)))
+        return rc;
+    nnz = slim_onnx_numel(v);
+    es = slim_onnx_type_bytes(v->data_type, 1);
+    if (v->n_dims != 1 || !es || es > 8 || (ix->has_data_type && ix->data_type != SLIM_ONNX_INT64) ||
+        !((ix->n_dims == 1 && ix->dims[0] == nnz) ||
+          (ix->n_dims == 2 && ix->dims[0] == nnz && (size_t)ix->dims[1] == rank)))
+        return slim_error_set(err, SLIM_EFORMAT, "sparse initializer '%.100s': values must be "
+                              "1-D and indices INT64 [nnz] or [nnz, rank]", name);
+    if (!(buf = slim_aligned_alloc((size_t)n * es + 8)) || keep_buf(m, buf)) {
+        slim_aligned_free(buf);
+        return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    }
+    memset(buf, 0, (size_t)n * es);
+    for (int64_t i = 0; i < nnz; i++) {
+        int64_t at = 0, k;
+        if (ix->n_dims == 1) {
+            memcpy(&at, (const char *)id + 8 * i, 8);
+        } else {
+            for (size_t d = 0; d < rank; d++) {
+                memcpy(&k, (const char *)id + 8 * (i * (int64_t)rank + (int64_t)d), 8);
+                if (k < 0 || k >= sp->dims[d])
+                    return slim_error_set(err, SLIM_EFORMAT, "sparse initializer '%.100s': "
+                                          "index out of range", name);
+                at = at * sp->dims[d] + k;
+            }
+        }
+        if (at < 0 || at >= n)
+            return slim_error_set(err, SLIM_EFORMAT, "sparse initializer '%.100s': index %lld "
+                                  "out of range", name, (long long)at);
+        memcpy(buf + (size_t)at * es, (const char *)vd + (size_t)i * es, es);
+    }
+    t = slim_calloc(1, sizeof *t);
+    dims = slim_calloc(rank + 1, sizeof *dims);
+    list = slim_realloc(m->dense, (m->n_dense + 1) * sizeof *list);
+    if (list)
+        m->dense = list;
+    if (!t || !dims || !list) {
+        slim_free(t);
+        slim_free(dims);
+        return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    }
+    onnx__tensor_proto__init(t);
+    memcpy(dims, sp->dims, rank * sizeof *dims);
+    t->n_dims = rank;
+    t->dims = dims;
+    t->has_data_type = 1;
+    t->data_type = v->data_type;
+    t->name = v->name;
+    t->has_raw_data = 1;
+    t->raw_data.data = buf;
+    t->raw_data.len = (size_t)n * es;
+    m->dense[m->n_dense++] = t;
+    *out = t;
+    return 0;
+}
+
 static int ends_with(const char *s, const char *tail)
 {
     size_t a = strlen(s), b = strlen(tail);
@@ -559,6 +639,11 @@ void slim_onnx_release(struct slim_onnx *m)
     for (size_t i = 0; i < m->n_bufs; i++)
         slim_aligned_free(m->bufs[i]);
     slim_free(m->bufs);
+    for (size_t i = 0; i < m->n_dense; i++) {
+        slim_free(m->dense[i]->dims);
+        slim_free(m->dense[i]);
+    }
+    slim_free(m->dense);
     if (m->tar)
         munmap(m->tar, m->tar_len);
     slim_free(m->members);

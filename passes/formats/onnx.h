@@ -70,6 +70,8 @@ struct slim_onnx {
     size_t n_members;
     void **bufs;                 /* typed-field tensors repacked as bytes, owned */
     size_t n_bufs;
+    Onnx__TensorProto **dense;   /* sparse initializers made dense, owned */
+    size_t n_dense;
     uint64_t bytes;              /* the .onnx and every external file it uses */
     int external;                /* some initializer lives in an external file */
 };
@@ -105,6 +107,13 @@ const char *slim_onnx_type_name(int type);  /* "FLOAT", "INT8", ... */
  * SLIM_EFORMAT when the bytes do not match dims and type. */
 int slim_onnx_tensor_data(struct slim_onnx *m, const Onnx__TensorProto *t, const void **data,
                           size_t *nbytes, int *file_backed, struct slim_error *err);
+
+/* The dense form of sparse initializer sp: a TensorProto (named as its
+ * values) whose raw_data holds zeros and the values at their indices
+ * (INT64 [nnz] linear, or [nnz, rank] coordinates), every index checked
+ * against dims.  *out is owned by m.  SLIM_EFORMAT names the problem. */
+int slim_onnx_sparse_dense(struct slim_onnx *m, const Onnx__SparseTensorProto *sp,
+                           const Onnx__TensorProto **out, struct slim_error *err);
 
 /* The attribute `name` of node n, or NULL. */
 const Onnx__AttributeProto *slim_onnx_attr(const Onnx__NodeProto *n, const char *name);
