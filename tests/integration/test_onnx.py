@@ -224,6 +224,15 @@ def reference_outputs(name, spec, x):
     return ort_run(ref, x)
 
 
+def assert_reference(art, name, spec, tol=1e-5):
+    """ONNX Runtime on the artifact gives the decoded reference's outputs."""
+    x = batch()
+    got = ort_run(art, x)
+    want = reference_outputs(name, spec, x)
+    err = float(np.abs(got - want).max() / (np.abs(want).max() + 1e-12))
+    assert err < tol, "%s: ONNX artifact vs decoded safetensors: %.3g" % (art, err)
+
+
 def run_job(model_id, spec):
     r = D.submit(dict(spec, model=model_id))
     job = D.wait_job(r.json["id"], timeout=120)
@@ -310,7 +319,6 @@ SPECS = [
 
 
 def check_scheme(label, spec):
-    x = batch()
     for name in ("mlp", "cnn"):
         mid = upload_file(MODELS[name][0]).json["id"]
         job_id, job = run_job(mid, spec)
@@ -320,11 +328,7 @@ def check_scheme(label, spec):
         onnx.checker.check_model(m)
         assert [i.name for i in m.graph.input] == ["input"], [i.name for i in m.graph.input]
         assert [o.name for o in m.graph.output] == ["logits"]
-        got = ort_run(art, x)
-        want = reference_outputs(name, spec, x)
-        err = float(np.abs(got - want).max() / (np.abs(want).max() + 1e-12))
-        assert err < 1e-5, "%s/%s: ONNX artifact vs decoded safetensors: %.3g" % (
-            label, name, err)
+        assert_reference(art, name, spec)
         rep = D.get("/v1/jobs/%s/report" % job_id).json
         assert rep["totals"]["file_bytes_after"] == os.path.getsize(art), (
             rep["totals"], os.path.getsize(art))
@@ -392,10 +396,7 @@ def test_external_data_tar():
            if t.data_location == TensorProto.EXTERNAL]
     assert "fc1.weight_quantized" in ext, ext
     onnx.checker.check_model(os.path.join(out, "net.onnx"))
-    x = batch()
-    got = ort_run(os.path.join(out, "net.onnx"), x)
-    want = reference_outputs("mlp", spec, x)
-    assert float(np.abs(got - want).max()) < 1e-5 * float(np.abs(want).max())
+    assert_reference(os.path.join(out, "net.onnx"), "mlp", spec)
 
 
 @test
@@ -416,10 +417,7 @@ def test_external_data_cli():
     assert p.returncode == 0, p.stderr
     assert sorted(os.listdir(out)) == ["cnn.slim.onnx", "cnn.slim.onnx.data", "report.json"], \
         os.listdir(out)
-    x = batch()
-    got = ort_run(os.path.join(out, "cnn.slim.onnx"), x)
-    want = reference_outputs("cnn", spec, x)
-    assert float(np.abs(got - want).max()) < 1e-5 * float(np.abs(want).max())
+    assert_reference(os.path.join(out, "cnn.slim.onnx"), "cnn", spec)
 
 
 @test
@@ -437,10 +435,7 @@ def test_int4_blocked_at_opset_21():
     dq = [n for n in m.graph.node if n.op_type == "DequantizeLinear"]
     blocks = [a.i for n in dq for a in n.attribute if a.name == "block_size"]
     assert blocks == [32], blocks          # fc.weight (2-D); the convs keep the fallback
-    x = batch()
-    got = ort_run(art, x)
-    want = reference_outputs("cnn", {"passes": spec["passes"]}, x)
-    assert float(np.abs(got - want).max()) < 1e-5 * float(np.abs(want).max())
+    assert_reference(art, "cnn", {"passes": spec["passes"]})
     # an op whose meaning changed since the model's opset cannot be upgraded over
     g = onnx.load(MODELS["mlp"][0])
     g.graph.node.append(helper.make_node("ReduceSum", ["logits"], ["total"], keepdims=0))
