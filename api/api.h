@@ -94,6 +94,14 @@ enum MHD_Result api_models_list(struct api_ctx *ctx, struct MHD_Connection *conn
                                 struct api_request *req);
 enum MHD_Result api_models_delete(struct api_ctx *ctx, struct MHD_Connection *conn,
                                   struct api_request *req, const char *id);
+enum MHD_Result api_datasets_upload(struct api_ctx *ctx, struct MHD_Connection *conn,
+                                    struct api_request *req);
+enum MHD_Result api_datasets_get(struct api_ctx *ctx, struct MHD_Connection *conn,
+                                 struct api_request *req, const char *id, const char *sub);
+enum MHD_Result api_datasets_list(struct api_ctx *ctx, struct MHD_Connection *conn,
+                                  struct api_request *req);
+enum MHD_Result api_datasets_delete(struct api_ctx *ctx, struct MHD_Connection *conn,
+                                    struct api_request *req, const char *id);
 enum MHD_Result api_jobs_submit(struct api_ctx *ctx, struct MHD_Connection *conn,
                                 struct api_request *req);
 enum MHD_Result api_jobs_list(struct api_ctx *ctx, struct MHD_Connection *conn,
@@ -109,17 +117,37 @@ enum MHD_Result api_health(struct api_ctx *ctx, struct MHD_Connection *conn,
 enum MHD_Result api_dashboard(struct api_ctx *ctx, struct MHD_Connection *conn,
                               struct api_request *req);
 
-/* Upload state kept by server.c for POST /v1/models: the blob being
- * written, and the multipart parser when the body is multipart. */
+/* Upload state kept by server.c for POST /v1/models and /v1/datasets:
+ * the files being written and the multipart parser when the body is
+ * multipart.  A raw body is part 0.  A multipart body keeps the fields
+ * its route names (`fields`, e.g. {"file", "images", "labels"}), field
+ * i in part i, each streamed to its own temp file as it arrives (begun
+ * when the field first appears); other fields are ignored, and a field
+ * sent twice is an error.  --max-upload-bytes counts every part. */
+#define API_UPLOAD_PARTS 3
 struct api_upload {
-    struct blob_writer *bw;
+    struct blob_writer *part[API_UPLOAD_PARTS];
+    const char *const *fields;            /* NULL-terminated; the route's */
+    struct store *st;
     struct MHD_PostProcessor *pp;
-    char *filename;      /* multipart filename, if any */
-    int saw_file;        /* multipart: the "file" field appeared */
+    char *filename[API_UPLOAD_PARTS];     /* multipart filename of each part, if any */
+    int seen[API_UPLOAD_PARTS];           /* multipart: field i appeared */
     int failed;          /* enum slim_errno of the first failure, 0 if none */
     char msg[160];
 };
 struct api_upload *api_request_upload(struct api_request *req);
+/* Bytes received so far, all parts together. */
+uint64_t api_upload_bytes(const struct api_upload *up);
+/* Aborts every part still open (their temp files go); parts already
+ * handed on (set to NULL by the caller) are left alone. */
+void api_upload_discard(struct api_upload *up);
+/* The ?name= of the request: NULL without one, "" when empty. */
+const char *api_upload_name(struct MHD_Connection *conn);
+/* 1 when name is a display name: 1 to 200 bytes of valid UTF-8 with no
+ * control characters (it is echoed in JSON and in Content-Disposition). */
+int api_valid_name(const char *name);
+/* Reads up to len bytes from the start of path; 0 or -1. */
+int api_read_head(const char *path, unsigned char *buf, size_t len, size_t *got);
 
 /* Parses ?limit=&offset= (defaults 50 and 0; limit 1..1000).  On a bad
  * value replies 400 and returns 0; else returns 1. */

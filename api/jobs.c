@@ -52,9 +52,10 @@ enum MHD_Result api_jobs_submit(struct api_ctx *ctx, struct MHD_Connection *conn
     struct slim_spec *spec = NULL;
     struct slim_error err;
     json_error_t jerr;
-    json_t *body, *model, *mrow, *row;
+    json_t *body, *model, *mrow, *drow, *row;
+    const char *dataset;
     uint64_t mem = 0;
-    int rc;
+    int rc = 0;
     size_t len;
     const char *text = api_request_body(req, &len);
     char loc[128];
@@ -89,17 +90,28 @@ enum MHD_Result api_jobs_submit(struct api_ctx *ctx, struct MHD_Connection *conn
         json_decref(body);
         return api_reply_slim_error(conn, req, &err);
     }
+    /* an eval dataset must exist, like the model (404 when it does not;
+     * the insert checks again, atomically, and records the reference
+     * that keeps the dataset from being deleted under the job) */
+    dataset = slim_spec_eval_dataset(spec);
+    if (dataset && !(rc = store_dataset_get(ctx->st, dataset, &drow, &err)))
+        json_decref(drow);
     /* the artifact goes to the data dir too: refuse the job now if the
      * disk could not hold one the size of its model */
-    rc = store_check_free(ctx->st, ctx->min_free + (uint64_t)json_integer_value(
-                                                       json_object_get(mrow, "bytes")), &err);
+    if (!rc)
+        rc = store_check_free(ctx->st, ctx->min_free + (uint64_t)json_integer_value(
+                                                           json_object_get(mrow, "bytes")), &err);
     if (!rc)
         rc = reserve_memory(ctx, spec, json_string_value(json_object_get(mrow, "sha256")),
                             &mem, &err);
     json_decref(mrow);
-    slim_spec_free(spec);
-    if (rc || store_job_insert(ctx->st, json_string_value(model), NULL, body, mem, ctx->max_queued,
-                               &row, &err)) {
+    if (!rc)
+        rc = store_job_insert(ctx->st, json_string_value(model), dataset, body, mem,
+                              ctx->max_queued, &row, &err);
+    if (rc == SLIM_ENOTFOUND && dataset && !strncmp(err.msg, "dataset ", 8))
+        slim_error_prefix(&err, "eval.dataset");
+    slim_spec_free(spec);   /* after the insert: dataset is borrowed from it */
+    if (rc) {
         json_decref(body);
         return api_reply_slim_error(conn, req, &err);
     }

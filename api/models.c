@@ -7,64 +7,20 @@
  * no format slimd reads), the strict parser checks every bound (400 with
  * the parser's message), and only then is the blob committed (fsync,
  * rename) and the row inserted.  Any failure aborts the writer, which
- * removes the temp file: a failed upload leaves nothing behind.
+ * removes the temp file, and a row that cannot be inserted takes its
+ * blob with it (unless another row shares it): a failed upload leaves
+ * nothing behind.
  */
-#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
-#include <unistd.h>
 #include "api/api.h"
 #include "daemon/log.h"
-
-static int read_head(const char *path, unsigned char *buf, size_t len, size_t *got)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    ssize_t n;
-    if (fd < 0)
-        return -1;
-    n = read(fd, buf, len);
-    close(fd);
-    if (n < 0)
-        return -1;
-    *got = (size_t)n;
-    return 0;
-}
-
-/* ?name= with an empty value reaches us as a NULL value, which
- * MHD_lookup_connection_value cannot tell from no ?name at all. */
-static enum MHD_Result find_name(void *cls, enum MHD_ValueKind kind, const char *key,
-                                 const char *value)
-{
-    const char **out = cls;
-    (void)kind;
-    if (strcmp(key, "name"))
-        return MHD_YES;
-    *out = value ? value : "";
-    return MHD_NO;
-}
-
-/* A display name: 1 to 200 bytes of valid UTF-8 with no control
- * characters (it is echoed in JSON and in Content-Disposition), checked
- * before the blob is committed so that a bad name stores nothing. */
-static int valid_name(const char *name)
-{
-    size_t n = strlen(name);
-    json_t *utf8;
-    if (n == 0 || n > 200)
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        if ((unsigned char)name[i] < 0x20 || name[i] == 0x7f)
-            return 0;
-    utf8 = json_string(name);   /* NULL unless valid UTF-8 */
-    json_decref(utf8);
-    return utf8 != NULL;
-}
 
 enum MHD_Result api_models_upload(struct api_ctx *ctx, struct MHD_Connection *conn,
                                   struct api_request *req)
 {
     struct api_upload *up = api_request_upload(req);
-    const char *name = NULL;
+    const char *name = api_upload_name(conn);
     unsigned char head[512];
     size_t got = 0;
     struct slim_error err;
@@ -73,30 +29,27 @@ enum MHD_Result api_models_upload(struct api_ctx *ctx, struct MHD_Connection *co
     uint64_t bytes;
     const char *fmt = NULL;
 
-    MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, find_name, &name);
     if (up->pp)
         MHD_post_process(up->pp, NULL, 0);
-    bytes = up->bw ? store_blob_bytes(up->bw) : 0;
+    bytes = up->part[0] ? store_blob_bytes(up->part[0]) : 0;
     if (up->failed)
         slim_error_set(&err, up->failed, "%s", up->msg);
-    else if (up->pp && !up->saw_file)
+    else if (up->pp && !up->seen[0])
         slim_error_set(&err, SLIM_EINVAL, "multipart body has no field named 'file' (use curl "
                        "-F file=@model.safetensors)");
     else if (bytes == 0)
         slim_error_set(&err, SLIM_EFORMAT, "empty body: send the model file as the body (curl "
                        "-T model.safetensors -X POST) or as multipart field 'file'");
-    else if (name && !valid_name(name))
+    else if (name && !api_valid_name(name))
         slim_error_set(&err, SLIM_EINVAL, "name: expected 1 to 200 bytes of UTF-8 text "
                        "without control characters");
-    else if (read_head(store_blob_temp_path(up->bw), head, sizeof head, &got))
+    else if (api_read_head(store_blob_temp_path(up->part[0]), head, sizeof head, &got))
         slim_error_set(&err, SLIM_EIO, "cannot read the uploaded file back");
     else if (!(fmt = slim_format_detect(head, got)))
         slim_error_set(&err, SLIM_EMEDIA, "unrecognised model format: expected safetensors (an "
-                       "8-byte little-endian header length, then a JSON header), ONNX (a "
-                       "ModelProto), or an uncompressed tar of a sharded checkpoint (its "
-                       "model.safetensors.index.json and shards) or of an ONNX model and its "
-                       "external data files");
-    else if (slim_model_describe(store_blob_temp_path(up->bw), &info, &err) &&
+                       "8-byte length, then JSON), ONNX, or an uncompressed tar (a sharded "
+                       "checkpoint, or an ONNX model and its external data)");
+    else if (slim_model_describe(store_blob_temp_path(up->part[0]), &info, &err) &&
              err.code == SLIM_EFORMAT)
         slim_error_prefix(&err, "invalid %s", !strcmp(fmt, "onnx") ? "ONNX model"
                                               : strcmp(fmt, "tar") ? "safetensors file"
@@ -104,20 +57,21 @@ enum MHD_Result api_models_upload(struct api_ctx *ctx, struct MHD_Connection *co
     if (!info) {
         /* drop the temp file before answering, so a client that sees the
          * error also sees nothing left behind */
-        store_blob_abort(up->bw);
-        up->bw = NULL;
+        api_upload_discard(up);
         return api_reply_slim_error(conn, req, &err);
     }
     if (!name)
-        name = up->filename ? up->filename : "model";
+        name = up->filename[0] ? up->filename[0] : "model";
     /* commit frees the writer whatever happens */
-    if (store_blob_commit(up->bw, sha, &err)) {
-        up->bw = NULL;
+    if (store_blob_commit(up->part[0], sha, &err)) {
+        up->part[0] = NULL;
         json_decref(info);
         return api_reply_slim_error(conn, req, &err);
     }
-    up->bw = NULL;
+    up->part[0] = NULL;
     if (store_model_insert(ctx->st, name, sha, bytes, info, &row, &err)) {
+        /* no row came: the blob goes too, unless another row shares it */
+        store_blob_drop_unused(ctx->st, sha);
         json_decref(info);
         return api_reply_slim_error(conn, req, &err);
     }

@@ -6,9 +6,11 @@
  * libmicrohttpd calls the access handler several times per request:
  * first with no body (we route and decide how the body is taken), then
  * once per chunk of body, then once more with no data (we reply).  A
- * model upload streams each chunk into a blob writer that writes it and
- * has it hashed by a thread of its own, so memory does not grow with the
- * file (CONN_MEMORY sizes the chunks); JSON bodies are
+ * model or dataset upload streams each chunk into a blob writer that
+ * writes it and has it hashed by a thread of its own, so memory does not
+ * grow with the file (CONN_MEMORY sizes the chunks); a multipart body
+ * streams each field the route keeps into a writer of its own (a
+ * dataset's IDX images and labels); JSON bodies are
  * buffered up to 1 MiB.  An error found mid-body (too large, disk full)
  * is remembered, the rest of the body is drained, and the error is sent
  * at the end; an upload whose Content-Length is already too large gets
@@ -73,30 +75,41 @@ struct route {
     const char *pattern;   /* "/v1/models/{id}/file" */
     enum body_mode mode;
     int kind;
+    const char *const *fields;   /* BODY_UPLOAD: the multipart fields kept, in part order */
 };
 
 enum route_kind {
     R_HEALTH, R_MODELS_LIST, R_MODELS_UPLOAD, R_MODEL_GET, R_MODEL_DELETE, R_MODEL_FILE,
+    R_DATASETS_LIST, R_DATASETS_UPLOAD, R_DATASET_GET, R_DATASET_DELETE, R_DATASET_FILE,
     R_JOBS_LIST, R_JOBS_SUBMIT, R_JOB_GET, R_JOB_CANCEL, R_JOB_REPORT, R_JOB_REPORT_HTML,
     R_JOB_ARTIFACT, R_METRICS, R_DASHBOARD,
 };
 
+static const char *const model_fields[] = {"file", NULL};
+/* a dataset is one safetensors file, or IDX images and labels */
+static const char *const dataset_fields[] = {"file", "images", "labels", NULL};
+
 static const struct route routes[] = {
-    {"GET", "/v1/health", BODY_NONE, R_HEALTH},
-    {"GET", "/v1/models", BODY_NONE, R_MODELS_LIST},
-    {"POST", "/v1/models", BODY_UPLOAD, R_MODELS_UPLOAD},
-    {"GET", "/v1/models/{id}", BODY_NONE, R_MODEL_GET},
-    {"DELETE", "/v1/models/{id}", BODY_NONE, R_MODEL_DELETE},
-    {"GET", "/v1/models/{id}/file", BODY_NONE, R_MODEL_FILE},
-    {"GET", "/v1/jobs", BODY_NONE, R_JOBS_LIST},
-    {"POST", "/v1/jobs", BODY_JSON, R_JOBS_SUBMIT},
-    {"GET", "/v1/jobs/{id}", BODY_NONE, R_JOB_GET},
-    {"POST", "/v1/jobs/{id}/cancel", BODY_NONE, R_JOB_CANCEL},
-    {"GET", "/v1/jobs/{id}/report", BODY_NONE, R_JOB_REPORT},
-    {"GET", "/v1/jobs/{id}/report.html", BODY_NONE, R_JOB_REPORT_HTML},
-    {"GET", "/v1/jobs/{id}/artifact", BODY_NONE, R_JOB_ARTIFACT},
-    {"GET", "/metrics", BODY_NONE, R_METRICS},
-    {"GET", "/", BODY_NONE, R_DASHBOARD},
+    {"GET", "/v1/health", BODY_NONE, R_HEALTH, NULL},
+    {"GET", "/v1/models", BODY_NONE, R_MODELS_LIST, NULL},
+    {"POST", "/v1/models", BODY_UPLOAD, R_MODELS_UPLOAD, model_fields},
+    {"GET", "/v1/models/{id}", BODY_NONE, R_MODEL_GET, NULL},
+    {"DELETE", "/v1/models/{id}", BODY_NONE, R_MODEL_DELETE, NULL},
+    {"GET", "/v1/models/{id}/file", BODY_NONE, R_MODEL_FILE, NULL},
+    {"GET", "/v1/datasets", BODY_NONE, R_DATASETS_LIST, NULL},
+    {"POST", "/v1/datasets", BODY_UPLOAD, R_DATASETS_UPLOAD, dataset_fields},
+    {"GET", "/v1/datasets/{id}", BODY_NONE, R_DATASET_GET, NULL},
+    {"DELETE", "/v1/datasets/{id}", BODY_NONE, R_DATASET_DELETE, NULL},
+    {"GET", "/v1/datasets/{id}/file", BODY_NONE, R_DATASET_FILE, NULL},
+    {"GET", "/v1/jobs", BODY_NONE, R_JOBS_LIST, NULL},
+    {"POST", "/v1/jobs", BODY_JSON, R_JOBS_SUBMIT, NULL},
+    {"GET", "/v1/jobs/{id}", BODY_NONE, R_JOB_GET, NULL},
+    {"POST", "/v1/jobs/{id}/cancel", BODY_NONE, R_JOB_CANCEL, NULL},
+    {"GET", "/v1/jobs/{id}/report", BODY_NONE, R_JOB_REPORT, NULL},
+    {"GET", "/v1/jobs/{id}/report.html", BODY_NONE, R_JOB_REPORT_HTML, NULL},
+    {"GET", "/v1/jobs/{id}/artifact", BODY_NONE, R_JOB_ARTIFACT, NULL},
+    {"GET", "/metrics", BODY_NONE, R_METRICS, NULL},
+    {"GET", "/", BODY_NONE, R_DASHBOARD, NULL},
 };
 #define N_ROUTES (sizeof routes / sizeof routes[0])
 
@@ -138,6 +151,72 @@ const char *api_request_body(const struct api_request *req, size_t *len)
 struct api_upload *api_request_upload(struct api_request *req)
 {
     return &req->up;
+}
+
+uint64_t api_upload_bytes(const struct api_upload *up)
+{
+    uint64_t n = 0;
+    for (int i = 0; i < API_UPLOAD_PARTS; i++)
+        n += up->part[i] ? store_blob_bytes(up->part[i]) : 0;
+    return n;
+}
+
+void api_upload_discard(struct api_upload *up)
+{
+    for (int i = 0; i < API_UPLOAD_PARTS; i++) {
+        store_blob_abort(up->part[i]);
+        up->part[i] = NULL;
+    }
+}
+
+/* ?name= with an empty value reaches us as a NULL value, which
+ * MHD_lookup_connection_value cannot tell from no ?name at all. */
+static enum MHD_Result find_name(void *cls, enum MHD_ValueKind kind, const char *key,
+                                 const char *value)
+{
+    const char **out = cls;
+    (void)kind;
+    if (strcmp(key, "name"))
+        return MHD_YES;
+    *out = value ? value : "";
+    return MHD_NO;
+}
+
+const char *api_upload_name(struct MHD_Connection *conn)
+{
+    const char *name = NULL;
+    MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, find_name, &name);
+    return name;
+}
+
+/* Checked before the blob is committed, so that a bad name stores
+ * nothing. */
+int api_valid_name(const char *name)
+{
+    size_t n = strlen(name);
+    json_t *utf8;
+    if (n == 0 || n > 200)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)name[i] < 0x20 || name[i] == 0x7f)
+            return 0;
+    utf8 = json_string(name);   /* NULL unless valid UTF-8 */
+    json_decref(utf8);
+    return utf8 != NULL;
+}
+
+int api_read_head(const char *path, unsigned char *buf, size_t len, size_t *got)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    ssize_t n;
+    if (fd < 0)
+        return -1;
+    n = read(fd, buf, len);
+    close(fd);
+    if (n < 0)
+        return -1;
+    *got = (size_t)n;
+    return 0;
 }
 
 static enum MHD_Result queue(struct MHD_Connection *conn, struct api_request *req, int status,
@@ -406,25 +485,43 @@ int api_paging(struct MHD_Connection *conn, struct api_request *req, int *limit,
     return 1;
 }
 
-/* Multipart: only the field "file" is kept; other fields are ignored. */
+/* Multipart: the fields the route keeps each go to their part; other
+ * fields are ignored.  MHD hands a field over in pieces at growing
+ * offsets: offset 0 again, with bytes already in the part, is the same
+ * field sent a second time. */
 static enum MHD_Result post_iter(void *cls, enum MHD_ValueKind kind, const char *key,
                                  const char *filename, const char *content_type,
                                  const char *transfer_encoding, const char *data, uint64_t off,
                                  size_t size)
 {
-    struct api_request *req = cls;
+    struct api_upload *up = &((struct api_request *)cls)->up;
     struct slim_error err;
-    if (!key || strcmp(key, "file") || req->up.failed || !req->up.bw)
+    int i = 0;
+    (void)kind;
+    (void)content_type;
+    (void)transfer_encoding;
+    if (!key || up->failed || !up->fields)
         return MHD_YES;
-    if (!req->up.saw_file) {
-        req->up.saw_file = 1;
-        if (filename && !req->up.filename)
-            req->up.filename = slim_strdup(filename);
+    while (up->fields[i] && strcmp(up->fields[i], key))
+        i++;
+    if (!up->fields[i] || i >= API_UPLOAD_PARTS)
+        return MHD_YES;
+    if (!up->seen[i]) {
+        up->seen[i] = 1;
+        if (filename)
+            up->filename[i] = slim_strdup(filename);
+        if (store_blob_begin(up->st, &up->part[i], &err))
+            goto fail;
+    } else if (off == 0 && size && up->part[i] && store_blob_bytes(up->part[i])) {
+        slim_error_set(&err, SLIM_EINVAL, "multipart field '%s' appears twice", up->fields[i]);
+        goto fail;
     }
-    if (size && store_blob_write(req->up.bw, data, size, &err)) {
-        req->up.failed = err.code;
-        snprintf(req->up.msg, sizeof req->up.msg, "%s", err.msg);
-    }
+    if (size && up->part[i] && store_blob_write(up->part[i], data, size, &err))
+        goto fail;
+    return MHD_YES;
+fail:
+    up->failed = err.code;
+    snprintf(up->msg, sizeof up->msg, "%s", err.msg);
     return MHD_YES;
 }
 
@@ -432,27 +529,24 @@ static void upload_chunk(struct api_ctx *ctx, struct api_request *req, const cha
                          size_t size)
 {
     struct slim_error err;
-    if (req->up.failed || !req->up.bw)
+    if (req->up.failed)
         return;
     if (req->up.pp) {
         if (MHD_post_process(req->up.pp, data, size) != MHD_YES && !req->up.failed) {
             req->up.failed = SLIM_EINVAL;
             snprintf(req->up.msg, sizeof req->up.msg, "malformed multipart/form-data body");
         }
-    } else if (store_blob_write(req->up.bw, data, size, &err)) {
+    } else if (store_blob_write(req->up.part[0], data, size, &err)) {
         req->up.failed = err.code;
         snprintf(req->up.msg, sizeof req->up.msg, "%s", err.msg);
     }
-    if (!req->up.failed && store_blob_bytes(req->up.bw) > ctx->max_upload) {
+    if (!req->up.failed && api_upload_bytes(&req->up) > ctx->max_upload) {
         req->up.failed = SLIM_ETOOBIG;
         snprintf(req->up.msg, sizeof req->up.msg, "upload exceeds the limit of %" PRIu64
                  " bytes (--max-upload-bytes)", ctx->max_upload);
     }
-    if (req->up.failed) {
-        /* the rest of the body is drained unread: drop the file now */
-        store_blob_abort(req->up.bw);
-        req->up.bw = NULL;
-    }
+    if (req->up.failed) /* the rest of the body is drained unread: drop the files now */
+        api_upload_discard(&req->up);
 }
 
 static enum MHD_Result dispatch(struct api_ctx *ctx, struct MHD_Connection *conn,
@@ -465,6 +559,11 @@ static enum MHD_Result dispatch(struct api_ctx *ctx, struct MHD_Connection *conn
     case R_MODEL_GET: return api_models_get(ctx, conn, req, id, NULL);
     case R_MODEL_FILE: return api_models_get(ctx, conn, req, id, "file");
     case R_MODEL_DELETE: return api_models_delete(ctx, conn, req, id);
+    case R_DATASETS_LIST: return api_datasets_list(ctx, conn, req);
+    case R_DATASETS_UPLOAD: return api_datasets_upload(ctx, conn, req);
+    case R_DATASET_GET: return api_datasets_get(ctx, conn, req, id, NULL);
+    case R_DATASET_FILE: return api_datasets_get(ctx, conn, req, id, "file");
+    case R_DATASET_DELETE: return api_datasets_delete(ctx, conn, req, id);
     case R_JOBS_LIST: return api_jobs_list(ctx, conn, req);
     case R_JOBS_SUBMIT: return api_jobs_submit(ctx, conn, req);
     case R_JOB_GET: return api_jobs_get(ctx, conn, req, id, NULL);
@@ -528,13 +627,16 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                 return api_reply_error(conn, req, SLIM_ETOOBIG,
                                        "upload of %s bytes exceeds the limit of %" PRIu64
                                        " bytes (--max-upload-bytes)", cl, ctx->max_upload);
+            int multipart = ct && !strncasecmp(ct, "multipart/form-data", 19);
             /* a full disk is refused before a byte is taken: the free
              * space must cover the body and still leave --min-free-bytes */
             if (store_check_free(ctx->st, ctx->min_free + (cl ? strtoull(cl, NULL, 10) : 0),
                                  &err) ||
-                store_blob_begin(ctx->st, &req->up.bw, &err))
+                (!multipart && store_blob_begin(ctx->st, &req->up.part[0], &err)))
                 return api_reply_slim_error(conn, req, &err);
-            if (ct && !strncasecmp(ct, "multipart/form-data", 19)) {
+            req->up.st = ctx->st;
+            req->up.fields = r->fields;
+            if (multipart) {   /* its parts begin as their fields arrive */
                 req->up.pp = MHD_create_post_processor(conn, 64 * 1024, post_iter, req);
                 if (!req->up.pp)
                     return api_reply_error(conn, req, SLIM_EINVAL,
@@ -599,9 +701,9 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
              toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (connection closed early)");
     if (req->up.pp)
         MHD_destroy_post_processor(req->up.pp);
-    if (req->up.bw)
-        store_blob_abort(req->up.bw);
-    slim_free(req->up.filename);
+    api_upload_discard(&req->up);
+    for (int i = 0; i < API_UPLOAD_PARTS; i++)
+        slim_free(req->up.filename[i]);
     slim_free(req->body);
     slim_free(req);
     *con_cls = NULL;

@@ -10,6 +10,12 @@
  * waits for a database commit (an fsync, which during an artifact's
  * writeback can take long).
  *
+ * The spec is parsed when the job is claimed, on the loop thread (it is
+ * small), so that the job's eval dataset, an id in the spec, is
+ * resolved there to its blob's path (slim_run_opts.eval_dataset): the
+ * store is no business of the worker.  A job whose spec no longer parses
+ * or whose dataset is gone fails at once, as one whose model is gone.
+ *
  * A cancel can race a claim: the API marks the row cancel_requested and
  * then looks for the slot.  The runner registers the slot first and
  * re-reads the flag after, so whichever comes second sees the other.
@@ -33,7 +39,8 @@ struct slot {
     char id[64];
     char in_path[4096];
     char out_path[4096];
-    json_t *spec_json;
+    char eval_path[4096];               /* the eval dataset's blob, "" without one */
+    struct slim_spec *spec;             /* parsed at the claim */
     atomic_int stop;
     _Atomic double progress;            /* written by the worker, read by the tick */
     _Atomic(const char *) stage;        /* a static string (an op name, "load", "write") */
@@ -90,18 +97,15 @@ static void on_tick(uv_timer_t *t)
 static void work_cb(uv_work_t *w)
 {
     struct slot *s = w->data;
-    struct slim_spec *spec = NULL;
     struct store_hash *hash = NULL;
     struct slim_run_opts opts = {.progress = on_progress, .progress_ud = s,
                                  .threads = s->r->cfg.threads_per_job,
-                                 .sink = store_hash_update};
-    s->rc = slim_spec_parse(s->spec_json, (const char *const[]){"model", NULL}, &spec, &s->err);
-    if (!s->rc)
-        s->rc = store_hash_new(&hash, &s->err);
+                                 .sink = store_hash_update,
+                                 .eval_dataset = s->eval_path[0] ? s->eval_path : NULL};
+    s->rc = store_hash_new(&hash, &s->err);
     opts.sink_ud = hash;
     if (!s->rc)
-        s->rc = slim_pipeline_run(spec, s->in_path, s->out_path, &opts, &s->report, &s->err);
-    slim_spec_free(spec);
+        s->rc = slim_pipeline_run(s->spec, s->in_path, s->out_path, &opts, &s->report, &s->err);
     /* the pipeline hashed the artifact as it wrote it and made it
      * durable: it moves into the blob store without a second read */
     if (!s->rc) {
@@ -121,9 +125,10 @@ static void release_slot(struct runner *r, struct slot *s)
     s->used = 0;
     s->id[0] = 0;
     pthread_mutex_unlock(&r->lock);
-    json_decref(s->spec_json);
     json_decref(s->report);
-    s->spec_json = s->report = NULL;
+    s->report = NULL;
+    slim_spec_free(s->spec);
+    s->spec = NULL;
     r->running--;
     r->reserved -= s->mem;
     s->mem = 0;
@@ -192,25 +197,49 @@ static void after_work(uv_work_t *w, int status)
         claim_more(r);
 }
 
+/* Fails a claimed job that cannot start; returns -1. */
+static int fail_start(struct runner *r, struct slot *s, const char *id, const char *why)
+{
+    slim_spec_free(s->spec);
+    s->spec = NULL;
+    store_job_fail(r->st, id, why, NULL);
+    log_info("job %s failed: %s", id, why);
+    return -1;
+}
+
 /* Prepares a claimed job's slot; on error fails the job. */
 static int start_job(struct runner *r, struct slot *s, json_t *row)
 {
     struct slim_error err;
-    json_t *model = NULL, *cancel;
+    json_t *model = NULL, *dataset = NULL, *cancel;
     const char *id = json_string_value(json_object_get(row, "id"));
     const char *model_id = json_string_value(json_object_get(row, "model"));
+    const char *ds_id;
+    char why[200];
 
     snprintf(s->id, sizeof s->id, "%s", id);
-    if (!model_id || store_model_get(r->st, model_id, &model, &err)) {
-        store_job_fail(r->st, id, "its model was deleted", NULL);
-        log_info("job %s failed: its model was deleted", id);
-        return -1;
-    }
+    s->spec = NULL;
+    if (!model_id || store_model_get(r->st, model_id, &model, &err))
+        return fail_start(r, s, id, "its model was deleted");
     store_blob_path(r->st, json_string_value(json_object_get(model, "sha256")), s->in_path,
                     sizeof s->in_path);
     json_decref(model);
+    /* accepted at submission, so this fails only for a spec stored by an
+     * older slimd that a newer parser refuses */
+    if (slim_spec_parse(json_object_get(row, "spec"), (const char *const[]){"model", NULL},
+                        &s->spec, &err))
+        return fail_start(r, s, id, err.msg);
+    s->eval_path[0] = 0;
+    if ((ds_id = slim_spec_eval_dataset(s->spec))) {
+        if (store_dataset_get(r->st, ds_id, &dataset, &err)) {
+            snprintf(why, sizeof why, "its eval dataset %.64s was deleted", ds_id);
+            return fail_start(r, s, id, why);
+        }
+        store_blob_path(r->st, json_string_value(json_object_get(dataset, "sha256")),
+                        s->eval_path, sizeof s->eval_path);
+        json_decref(dataset);
+    }
     store_tmp_path(r->st, ".safetensors", s->out_path, sizeof s->out_path);
-    s->spec_json = json_incref(json_object_get(row, "spec"));
     s->mem = (uint64_t)json_integer_value(json_object_get(row, "memory_bytes"));
     r->reserved += s->mem;
     s->report = NULL;
@@ -234,7 +263,10 @@ static int start_job(struct runner *r, struct slot *s, json_t *row)
     r->running++;
     if (!uv_is_active((uv_handle_t *)&r->tick))
         uv_timer_start(&r->tick, on_tick, 250, 250);
-    log_info("job %s running", id);
+    if (s->eval_path[0])
+        log_info("job %s running (eval dataset %s)", id, slim_spec_eval_dataset(s->spec));
+    else
+        log_info("job %s running", id);
     uv_queue_work(r->loop, &s->work, work_cb, after_work);
     return 0;
 }

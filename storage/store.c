@@ -655,7 +655,8 @@ static int upload_insert(struct store *st, const struct upload_kind *k, const ch
         return slim_error_set(err, SLIM_EINVAL, "%s info has no format", k->what);
     if ((rc = new_id(id, sizeof id, k->prefix, err)))
         return rc;
-    if (!(text = json_dumps(info, JSON_COMPACT | JSON_SORT_KEYS)))
+    /* in the describe object's order, which a dataset's row shows */
+    if (!(text = json_dumps(info, JSON_COMPACT)))
         return slim_error_set(err, SLIM_ENOMEM, "out of memory");
     pthread_mutex_lock(&st->lock);
     rc = blob_present(st, sha, err);

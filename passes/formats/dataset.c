@@ -373,10 +373,9 @@ static int idx_open(const char *path, const char *what, struct idx *f, struct sl
     if ((rc = idx_read_exact(f, head, 4, "magic number", err)))
         return rc;
     if (head[0] || head[1] || !type_name(head[2]))
-        return slim_error_set(err, SLIM_EFORMAT, "%s: not an IDX file: it starts with %02x %02x "
-                              "%02x %02x%s (IDX starts 00 00, an element type 08, 09, 0b, 0c, 0d "
-                              "or 0e, then the number of dimensions: 00 00 08 03 for MNIST "
-                              "images, 00 00 08 01 for labels)", what, head[0], head[1], head[2],
+        return slim_error_set(err, SLIM_EFORMAT, "%s: not an IDX file: it starts %02x %02x %02x "
+                              "%02x%s; IDX starts 00 00, a type 08 to 0e, the number of "
+                              "dimensions (MNIST: 00 00 08 03)", what, head[0], head[1], head[2],
                               head[3], f->gzip ? " after gunzip" : "");
     f->type = head[2];
     f->esize = type_size(f->type);
@@ -439,9 +438,8 @@ static int pair_open(const char *images_path, const char *labels_path, struct id
     if ((rc = idx_open(images_path, "images", img, err)))
         return rc;
     if (img->ndim < 2)
-        return slim_error_set(err, SLIM_EFORMAT, "images: 1 dimension (%s); expected at least "
-                              "2, the samples and then each sample's dimensions (MNIST: 00 00 "
-                              "08 03, n x 28 x 28)", img->desc);
+        return slim_error_set(err, SLIM_EFORMAT, "images: 1 dimension (%s); expected the "
+                              "samples and at least one more (MNIST: n x 28 x 28)", img->desc);
     /* the output's input tensor is float32 */
     if (img->numel > MAX_ELEMS / 2)
         return slim_error_set(err, SLIM_EFORMAT, "images: too many elements (%s)", img->desc);
