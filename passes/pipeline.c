@@ -42,6 +42,7 @@ struct slim_spec {
     int sparse;
     int onnx_opset;          /* output.opset: upgrade an ONNX model to it; 0: keep */
     int float16_graph;       /* output.float16_graph: the whole ONNX graph in fp16 */
+    int want_onnx;           /* output.format: 1 onnx, 0 safetensors, -1 unsaid */
     int threads;
     uint64_t memory_limit;   /* limits.memory_mb in bytes; 0: none */
     json_t *json;     /* the passes as given, for the artifact's metadata */
@@ -237,6 +238,7 @@ int slim_spec_parse(json_t *json, const char *const *allow, struct slim_spec **o
         return slim_error_set(err, SLIM_ENOMEM, "out of memory");
     }
     spec->threads = 0; /* every core, unless the caller says */
+    spec->want_onnx = -1;
     json_array_foreach(passes, i, v) {
         spec->n_passes = i + 1;
         if ((rc = parse_pass(v, i, &spec->passes[i], err)))
@@ -281,10 +283,13 @@ int slim_spec_parse(json_t *json, const char *const *allow, struct slim_spec **o
             spec->onnx_opset = (int)opset;
         }
         v = json_object_get(output, "format");
-        if (v && !(json_is_string(v) && !strcmp(json_string_value(v), "safetensors"))) {
-            rc = slim_error_set(err, SLIM_ESPEC, "output.format: expected 'safetensors'");
+        if (v && !(json_is_string(v) && (!strcmp(json_string_value(v), "safetensors") ||
+                                         !strcmp(json_string_value(v), "onnx")))) {
+            rc = slim_error_set(err, SLIM_ESPEC, "output.format: expected 'safetensors' or "
+                                "'onnx' (the model's own format)");
             goto fail;
         }
+        spec->want_onnx = v ? !strcmp(json_string_value(v), "onnx") : -1;
     }
     if ((v = json_object_get(json, "limits")) && (rc = parse_limits(v, spec, err)))
         goto fail;
@@ -1166,6 +1171,9 @@ static int onnx_plan_check(const struct run *r, struct slim_error *err)
 {
     const char *name;
     json_t *e;
+    if (r->spec->want_onnx >= 0 && r->spec->want_onnx != (r->src.onnx != NULL))
+        return slim_error_set(err, SLIM_ESPEC, "output.format: the artifact's format is the "
+                              "model's, %s", r->src.onnx ? "onnx" : "safetensors");
     if (!r->src.onnx) {
         if (r->spec->onnx_opset || r->spec->float16_graph)
             return slim_error_set(err, SLIM_ESPEC, "output.%s: only for ONNX models",
