@@ -110,8 +110,8 @@ struct eng_op {
 struct slim_engine {
     struct slim_onnx *m;
     int64_t opset;
-    struct eng_value *values;
-    size_t n_values;
+    struct eng_value *values;   /* fixed capacity: pointers to values stay valid */
+    size_t n_values, values_cap;
     struct eng_node *nodes;     /* in schedule (topological) order */
     size_t n_nodes;
     int input, output;          /* value indices */

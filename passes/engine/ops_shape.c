@@ -19,6 +19,7 @@
  * odometer over the input strides, a Slice copies runs of its innermost
  * dim with memcpy when its step is 1.
  */
+#pragma GCC optimize("O3")   /* -O2 on GCC 12 leaves these loops scalar */
 #include <string.h>
 
 #include "passes/engine/internal.h"
