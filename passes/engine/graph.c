@@ -837,6 +837,27 @@ static void fuse_relu(struct slim_engine *e)
     }
 }
 
+/* Gives a Conv the MaxPool or AveragePool that is its output's only
+ * reader (after its Relu, if one was fused): the Conv then pools each
+ * chunk of samples while it is in cache, instead of writing the whole
+ * batch's activations out and reading them back. */
+static void fuse_pool(struct slim_engine *e)
+{
+    for (size_t i = 0; i < e->n_nodes; i++) {
+        struct eng_node *n = &e->nodes[i], *r;
+        if (n->folded || n->skip || strcmp(n->op->name, "Conv") || n->out[0] < 0)
+            continue;
+        if (!(r = sole_reader(e, n->out[0])) || r->in[0] != n->out[0] || r->out[0] < 0 ||
+            (strcmp(r->op->name, "MaxPool") && strcmp(r->op->name, "AveragePool")) ||
+            (r->n_out > 1 && r->out[1] >= 0))
+            continue;
+        n->pool = r;
+        n->out[0] = r->out[0];
+        e->values[r->out[0]].producer = (int)i;
+        r->skip = 1;
+    }
+}
+
 int slim_engine_new(struct slim_onnx *m, struct slim_engine **out, struct slim_error *err)
 {
     const Onnx__GraphProto *g = m->graph;
@@ -909,6 +930,7 @@ int slim_engine_new(struct slim_onnx *m, struct slim_engine **out, struct slim_e
     if ((rc = fold_batchnorm(e, err)))
         goto out;
     fuse_relu(e);
+    fuse_pool(e);
     /* liveness: the last position that reads each value */
     for (size_t i = 0; i < e->n_nodes; i++) {
         const struct eng_node *n = &e->nodes[i];

@@ -1,7 +1,8 @@
 /*
  * test_engine.c - the inference engine (passes/engine/) on small graphs
  * built here as protobuf-c ModelProtos: Conv against a direct seven-loop
- * convolution (groups, pads, strides, dilations, auto_pad), Gemm's trans
+ * convolution (groups, pads, strides, dilations, auto_pad), a Conv with
+ * its Relu and pool fused against the two run apart, Gemm's trans
  * flags and C broadcast against a plain loop, numpy broadcasting of the
  * elementwise ops against index arithmetic, Softmax and the pools and a
  * blocked INT4 DequantizeLinear against values worked out by hand; and
@@ -458,6 +459,62 @@ static void test_conv_reference(void **state)
         conv_check(&cases[i]);
 }
 
+/* A Conv with its Relu and pool fused (one node's chunks pooled in
+ * cache) gives what the two run apart give: Conv+Relu in one model, the
+ * pool over its output in another. */
+static void fused_pool_check(const char *pool, Onnx__AttributeProto **pattrs, const char *what)
+{
+    enum { N = 200, C = 3, H = 11, W = 10, M = 4 };   /* 3 chunks of samples */
+    int64_t xd[3] = {C, H, W}, wd[4] = {M, C, 3, 3}, bd[1] = {M}, yd[3] = {M, H, W};
+    float x[N * C * H * W], w[M * C * 9], b[M], *conv = malloc(N * M * H * W * sizeof(float));
+    float fused[N * M * H * W], apart[N * M * H * W];
+    double ref[N * M * H * W];
+    int64_t n1, n2;
+    struct gb g;
+    fill(x, N * C * H * W);
+    fill(w, M * C * 9);
+    fill(b, M);
+    for (int k = 0; k < 2; k++) {
+        gb_init(&g, 13, 3, xd);
+        gb_init_f(&g, "w", 4, wd, w);
+        gb_init_f(&g, "b", 1, bd, b);
+        gb_node(&g, "Conv", "conv", "x,w,b", "c",
+                (Onnx__AttributeProto *[]){attr_ints("pads", 4, (int64_t[]){1, 1, 1, 1}), NULL});
+        gb_node(&g, "Relu", "relu", "c", k ? "r" : "y", NULL);
+        if (k)
+            gb_node(&g, pool, "pool", "r", "y", pattrs);
+        if (k)
+            n1 = gb_run(&g, x, N, fused, N * M * H * W);
+        else
+            assert_int_equal(gb_run(&g, x, N, conv, N * M * H * W), N * M * H * W);
+    }   /* the arena is freed at the end: pattrs live in it */
+    gb_init(&g, 13, 3, yd);
+    gb_node(&g, pool, "pool", "x", "y", pattrs);
+    n2 = gb_run(&g, conv, N, apart, N * M * H * W);
+    assert_int_equal(n1, n2);
+    for (int64_t i = 0; i < n2; i++)
+        ref[i] = apart[i];
+    assert_close(fused, ref, n2, 1e-6, what);
+    free(conv);
+    arena_free();
+}
+
+static void test_conv_pool_fused(void **state)
+{
+    (void)state;
+    fused_pool_check("MaxPool", (Onnx__AttributeProto *[]){
+        attr_ints("kernel_shape", 2, (int64_t[]){2, 2}), attr_ints("strides", 2, (int64_t[]){2, 2}),
+        NULL}, "MaxPool 2x2 fused");
+    fused_pool_check("MaxPool", (Onnx__AttributeProto *[]){
+        attr_ints("kernel_shape", 2, (int64_t[]){3, 3}), attr_ints("strides", 2, (int64_t[]){2, 2}),
+        attr_ints("pads", 4, (int64_t[]){1, 1, 1, 1}), attr_i("ceil_mode", 1), NULL},
+        "MaxPool 3x3 pads ceil_mode fused");
+    fused_pool_check("AveragePool", (Onnx__AttributeProto *[]){
+        attr_ints("kernel_shape", 2, (int64_t[]){3, 2}), attr_ints("strides", 2, (int64_t[]){2, 1}),
+        attr_ints("pads", 4, (int64_t[]){1, 0, 1, 1}), attr_i("count_include_pad", 1), NULL},
+        "AveragePool fused");
+}
+
 /* ---- Gemm --------------------------------------------------------------------------- */
 
 static void test_gemm_trans_flags(void **state)
@@ -880,6 +937,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_conv_reference),
+        cmocka_unit_test(test_conv_pool_fused),
         cmocka_unit_test(test_gemm_trans_flags),
         cmocka_unit_test(test_broadcast_binary),
         cmocka_unit_test(test_softmax_by_hand),
