@@ -45,16 +45,41 @@ field() {   # field JSON KEY: a number from a one-line JSON object
     printf '%s' "$1" | "$python" -c 'import json,sys; print(json.load(sys.stdin).get(sys.argv[1], ""))' "$2"
 }
 
-printf 'engine benchmark: %s images, batch %s, best of %s, %s cores, %s\n' 10000 "$batch" \
-    "$repeat" "$(nproc)" "$(node -e "console.log('onnxruntime-node ' + require('$srcdir/tests/ort/node_modules/onnxruntime-node/package.json').version)")"
-printf '%-6s %12s %12s %9s %9s %8s\n' model "slimd s" "ORT s" "slimd acc" "ORT acc" ratio
+# OpenBLAS picks its kernels from the CPU model; a model newer than the
+# installed OpenBLAS knows gets its generic Prescott (SSE3) kernels (the
+# case on this project's machines: Debian 12's 0.3.21 on a Xeon model
+# 207).  The table then has second slimd rows with OPENBLAS_CORETYPE set
+# to what the CPU's flags support, to show what that costs.  slimd does
+# not set it itself (README, Performance: whole jobs).
+core=$(OPENBLAS_VERBOSE=2 "$slimd" --version 2>&1 | sed -n 's/^Core: //p' | head -n 1)
+alt=
+if [ "$core" = Prescott ] && [ -z "${OPENBLAS_CORETYPE:-}" ]; then
+    if grep -qw avx512f /proc/cpuinfo; then alt=SkylakeX
+    elif grep -qw avx2 /proc/cpuinfo; then alt=Haswell; fi
+fi
+
+printf 'engine benchmark: %s images, batch %s, best of %s, %s cores, OpenBLAS core %s, %s\n' \
+    10000 "$batch" "$repeat" "$(nproc)" "${core:-unknown}" \
+    "$(node -e "console.log('onnxruntime-node ' + require('$srcdir/tests/ort/node_modules/onnxruntime-node/package.json').version)")"
+printf '%-6s %-26s %10s %10s %8s %10s %10s\n' model slimd "slimd s" "ORT s" ratio "slimd acc" "ORT acc"
 for m in mlp cnn; do
-    s=$("$slimd" eval "$dir/$m.onnx" "$dir/fashion-test.safetensors" --batch "$batch" --repeat "$repeat")
     o=$(node "$srcdir/tests/bench/ort_eval.js" "$dir/$m.onnx" "$dir/fashion-test.safetensors" \
         --batch "$batch" --repeat "$repeat")
-    ss=$(field "$s" seconds)
     os=$(field "$o" seconds)
-    printf '%-6s %12.4f %12.4f %9.4f %9.4f %7.2fx\n' "$m" "$ss" "$os" "$(field "$s" accuracy)" \
-        "$(field "$o" accuracy)" "$(echo "$ss $os" | awk '{ print $1 / $2 }')"
+    for ct in "" $alt; do
+        if [ -n "$ct" ]; then
+            s=$(OPENBLAS_CORETYPE=$ct "$slimd" eval "$dir/$m.onnx" "$dir/fashion-test.safetensors" \
+                --batch "$batch" --repeat "$repeat")
+            label="OPENBLAS_CORETYPE=$ct"
+        else
+            s=$("$slimd" eval "$dir/$m.onnx" "$dir/fashion-test.safetensors" --batch "$batch" \
+                --repeat "$repeat")
+            label="as installed (${core:-?})"
+        fi
+        ss=$(field "$s" seconds)
+        printf '%-6s %-26s %10.4f %10.4f %7.2fx %10.4f %10.4f\n' "$m" "$label" "$ss" "$os" \
+            "$(echo "$ss $os" | awk '{ print $1 / $2 }')" "$(field "$s" accuracy)" \
+            "$(field "$o" accuracy)"
+    done
 done
-echo "ratio: slimd's time over ONNX Runtime's (the target is at most 1.5)"
+echo "ratio: slimd's time over ONNX Runtime's (CPU, graphOptimizationLevel all; target: at most 1.5)"
