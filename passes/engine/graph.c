@@ -10,9 +10,12 @@
  * once into the engine's held types (internal.h); Constant nodes become
  * constant values; every other node whose inputs are all constant is run
  * once, there and then, and its outputs become constants too (so a
- * DequantizeLinear of int4 weights costs nothing per run).  A Conv or
- * Gemm whose only reader is a Relu takes the Relu into its own output
- * loop.
+ * DequantizeLinear of int4 weights costs nothing per run).  Then three
+ * fusions, each only where the first node's output has no other reader:
+ * a BatchNormalization with constant parameters is folded into the
+ * weights and bias of the Conv before it; a Relu after a Conv or Gemm
+ * is applied in that node's output loop; a MaxPool or AveragePool after
+ * a Conv pools each chunk of samples while it is in cache.
  *
  * Buffers come from a pool that lives as long as the engine: an op asks
  * for its outputs (eng_out), and once a value's last reader in the

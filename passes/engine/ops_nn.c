@@ -15,7 +15,10 @@
  * stride 1 without padding needs no columns: the input already is them.
  * Groups run one product per group.  Rejected: Winograd and FFT
  * convolution (much more code, and accuracy to watch), and a direct
- * convolution loop (an order of magnitude slower than sgemm).
+ * convolution loop (an order of magnitude slower than sgemm).  When a
+ * pool was fused into the Conv (graph.c), each chunk's planes are pooled
+ * from the scratch they were scattered to, so the batch's full-size
+ * activations never go to memory.
  *
  * Pools walk each output position's window, clipped to the input
  * beforehand so the inner loops have no bounds tests; the 2x2 stride-2

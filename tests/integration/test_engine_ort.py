@@ -439,12 +439,15 @@ def test_constant_identity_dropout():
                node("Mul", ["a", "f"], ["b"]),
                node("Sub", ["b", "fs"], ["d"]),
                node("Identity", ["d"], ["e"]),
-               node("Dropout", ["e"], ["g", "mask"], ratio=0.5) if False else
                node("Dropout", ["e"], ["g", "mask"]),
                node("Reshape", ["g", "s"], ["output"])], x.shape, opset=13)
     check(m, x, "Constant/Identity/Dropout")
     m = model([node("Dropout", ["input"], ["output"], ratio=0.3)], x.shape, opset=7)
     check(m, x, "Dropout-7")
+    # as torch exports it: ratio and training_mode (false) as inputs
+    m = model([node("Dropout", ["input", "r", "t"], ["output"])], x.shape,
+              [init("r", np.float32(0.25)), init("t", np.array(False))], opset=13)
+    check(m, x, "Dropout-13 training_mode false")
 
 
 # ---------------------------------------------------------------- convolutions and pools
