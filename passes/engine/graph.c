@@ -10,9 +10,12 @@
  * once into the engine's held types (internal.h); Constant nodes become
  * constant values; every other node whose inputs are all constant is run
  * once, there and then, and its outputs become constants too (so a
- * DequantizeLinear of int4 weights costs nothing per run).  A Conv or
- * Gemm whose only reader is a Relu takes the Relu into its own output
- * loop.
+ * DequantizeLinear of int4 weights costs nothing per run).  Then three
+ * fusions, each only where the first node's output has no other reader:
+ * a BatchNormalization with constant parameters is folded into the
+ * weights and bias of the Conv before it; a Relu after a Conv or Gemm
+ * is applied in that node's output loop; a MaxPool or AveragePool after
+ * a Conv pools each chunk of samples while it is in cache.
  *
  * Buffers come from a pool that lives as long as the engine: an op asks
  * for its outputs (eng_out), and once a value's last reader in the
@@ -480,7 +483,10 @@ static int build(struct slim_engine *e, struct name_map *mp, const Onnx__TensorP
 
     for (size_t i = 0; i < g->n_node; i++)
         cap += g->node[i]->n_output;
-    e->values = slim_calloc(cap + 1, sizeof *e->values);
+    /* room for the constants compile makes (a Conv's weights with a
+     * BatchNormalization folded in: two per node at most) */
+    e->values_cap = cap + 2 * g->n_node + 1;
+    e->values = slim_calloc(e->values_cap, sizeof *e->values);
     *init_of = slim_calloc(cap + 1, sizeof **init_of);
     producer = slim_malloc((cap + 1) * sizeof *producer);
     for (mp->mask = 16; mp->mask < 2 * cap; mp->mask *= 2)
@@ -731,27 +737,140 @@ static int fold(struct slim_engine *e, struct eng_node *n, struct slim_error *er
     return rc;
 }
 
+/* The node reading value v when it has exactly one reader (and v is not
+ * a graph output), else NULL. */
+static struct eng_node *sole_reader(struct slim_engine *e, int v)
+{
+    struct eng_node *r = NULL;
+    int readers = 0;
+    if (e->values[v].is_output)
+        return NULL;
+    for (size_t j = 0; j < e->n_nodes; j++) {
+        struct eng_node *n = &e->nodes[j];
+        if (n->folded || n->skip)
+            continue;
+        for (int k = 0; k < n->n_in; k++)
+            if (n->in[k] == v) {
+                readers++;
+                r = n;
+            }
+    }
+    return readers == 1 ? r : NULL;
+}
+
+static int is_const_float(const struct slim_engine *e, int v)
+{
+    return v >= 0 && e->values[v].is_const && e->values[v].type == SLIM_ONNX_FLOAT;
+}
+
+/* A new constant FLOAT value of n elements (dims given), or NULL. */
+static struct eng_value *new_const(struct slim_engine *e, const char *name, int ndim,
+                                   const int64_t *shape)
+{
+    struct eng_value *v;
+    if (e->n_values >= e->values_cap)
+        return NULL;
+    v = &e->values[e->n_values];
+    *v = (struct eng_value){.name = name, .producer = -1, .last_use = -1, .is_const = 1,
+                            .type = SLIM_ONNX_FLOAT};
+    set_shape(v, SLIM_ONNX_FLOAT, ndim, shape, NULL);
+    if (!(v->owned = slim_aligned_alloc((size_t)v->numel * sizeof(float) + 64)))
+        return NULL;
+    v->data = v->owned;
+    e->n_values++;
+    return v;
+}
+
+/* Folds a BatchNormalization (inference) into the Conv before it, when
+ * the Conv's weights and bias and the BatchNormalization's parameters are
+ * constant and the BatchNormalization is the Conv's only reader, as ONNX
+ * Runtime does: W'[m] = W[m] * a[m], B'[m] = B[m] * a[m] + b[m] with
+ * a = scale / sqrt(var + eps), b = bias - mean * a.  One pass over the
+ * activations fewer, and the Relu after it can then be fused too.  New
+ * constants are made: the original weights may have other readers. */
+static int fold_batchnorm(struct slim_engine *e, struct slim_error *err)
+{
+    for (size_t i = 0; i < e->n_nodes; i++) {
+        struct eng_node *n = &e->nodes[i], *bn;
+        const struct eng_value *w, *b, *p[4];
+        struct eng_value *nw, *nb;
+        int64_t m, per;
+        if (n->folded || n->skip || strcmp(n->op->name, "Conv") || n->out[0] < 0 ||
+            !is_const_float(e, n->in[1]) || (n->n_in > 2 && n->in[2] >= 0 &&
+                                              !is_const_float(e, n->in[2])))
+            continue;
+        if (!(bn = sole_reader(e, n->out[0])) || strcmp(bn->op->name, "BatchNormalization") ||
+            bn->in[0] != n->out[0] || bn->out[0] < 0)
+            continue;
+        w = &e->values[n->in[1]];
+        b = n->n_in > 2 && n->in[2] >= 0 ? &e->values[n->in[2]] : NULL;
+        m = w->ndim ? w->shape[0] : 0;
+        if (!m || (b && b->numel != m))
+            continue;
+        for (int k = 0; k < 4; k++) {
+            p[k] = is_const_float(e, bn->in[k + 1]) ? &e->values[bn->in[k + 1]] : NULL;
+            if (!p[k] || p[k]->numel != m)
+                break;
+        }
+        if (!p[0] || !p[1] || !p[2] || !p[3] || p[0]->numel != m || p[1]->numel != m ||
+            p[2]->numel != m || p[3]->numel != m)
+            continue;
+        if (!(nw = new_const(e, w->name, w->ndim, w->shape)) ||
+            !(nb = new_const(e, b ? b->name : p[1]->name, 1, &m)))
+            return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+        per = w->numel / m;
+        for (int64_t o = 0; o < m; o++) {
+            const float *sc = p[0]->data, *bb = p[1]->data, *mean = p[2]->data,
+                        *var = p[3]->data;
+            float a = sc[o] / sqrtf(var[o] + bn->a.epsilon);
+            for (int64_t j = 0; j < per; j++)
+                ((float *)nw->data)[o * per + j] = ((const float *)w->data)[o * per + j] * a;
+            ((float *)nb->data)[o] = (b ? ((const float *)b->data)[o] : 0.0f) * a + bb[o] -
+                                     mean[o] * a;
+        }
+        n->in[1] = (int)(nw - e->values);
+        n->in[2] = (int)(nb - e->values);
+        if (n->n_in < 3)
+            n->n_in = 3;    /* n->in has room for one more */
+        n->out[0] = bn->out[0];
+        e->values[bn->out[0]].producer = (int)i;
+        bn->skip = 1;
+    }
+    return 0;
+}
+
 /* Gives a Conv or Gemm the Relu that is its output's only reader. */
 static void fuse_relu(struct slim_engine *e)
 {
     for (size_t i = 0; i < e->n_nodes; i++) {
-        struct eng_node *n = &e->nodes[i], *r = NULL;
-        int v, readers = 0;
+        struct eng_node *n = &e->nodes[i], *r;
         if (n->folded || n->skip || n->n_out != 1 || n->out[0] < 0 ||
             (strcmp(n->op->name, "Conv") && strcmp(n->op->name, "Gemm")))
             continue;
-        v = n->out[0];
-        if (e->values[v].is_output)
-            continue;
-        for (size_t j = i + 1; j < e->n_nodes; j++)
-            for (int k = 0; k < e->nodes[j].n_in; k++)
-                if (e->nodes[j].in[k] == v) {
-                    readers++;
-                    r = &e->nodes[j];
-                }
-        if (readers != 1 || strcmp(r->op->name, "Relu") || r->out[0] < 0)
+        if (!(r = sole_reader(e, n->out[0])) || strcmp(r->op->name, "Relu") || r->out[0] < 0)
             continue;
         n->a.fuse_relu = 1;
+        n->out[0] = r->out[0];
+        e->values[r->out[0]].producer = (int)i;
+        r->skip = 1;
+    }
+}
+
+/* Gives a Conv the MaxPool or AveragePool that is its output's only
+ * reader (after its Relu, if one was fused): the Conv then pools each
+ * chunk of samples while it is in cache, instead of writing the whole
+ * batch's activations out and reading them back. */
+static void fuse_pool(struct slim_engine *e)
+{
+    for (size_t i = 0; i < e->n_nodes; i++) {
+        struct eng_node *n = &e->nodes[i], *r;
+        if (n->folded || n->skip || strcmp(n->op->name, "Conv") || n->out[0] < 0)
+            continue;
+        if (!(r = sole_reader(e, n->out[0])) || r->in[0] != n->out[0] || r->out[0] < 0 ||
+            (strcmp(r->op->name, "MaxPool") && strcmp(r->op->name, "AveragePool")) ||
+            (r->n_out > 1 && r->out[1] >= 0))
+            continue;
+        n->pool = r;
         n->out[0] = r->out[0];
         e->values[r->out[0]].producer = (int)i;
         r->skip = 1;
@@ -827,7 +946,10 @@ int slim_engine_new(struct slim_onnx *m, struct slim_engine **out, struct slim_e
         slim_error_prefix(err, "node %s (%s)", node_label(n, lab, sizeof lab), n->op->name);
         goto out;
     }
+    if ((rc = fold_batchnorm(e, err)))
+        goto out;
     fuse_relu(e);
+    fuse_pool(e);
     /* liveness: the last position that reads each value */
     for (size_t i = 0; i < e->n_nodes; i++) {
         const struct eng_node *n = &e->nodes[i];

@@ -87,7 +87,7 @@ struct eng_attrs {
     int n_ints, n_ints2, n_ints3, has_ints;
     int64_t ints[ENG_MAX_INTS], ints2[ENG_MAX_INTS], ints3[ENG_MAX_INTS];
     int64_t num_outputs;        /* Split, opset 18 */
-    int fuse_relu;              /* Conv/Gemm followed by a Relu that only it feeds */
+    int fuse_relu;              /* Conv/Gemm: the Relu that only it feeds, fused in */
 };
 
 struct eng_node {
@@ -98,6 +98,7 @@ struct eng_node {
     struct eng_attrs a;
     int folded;                 /* run once at compile time: every input was constant */
     int skip;                   /* fused into the node before it */
+    const struct eng_node *pool;/* Conv: the MaxPool/AveragePool fused into it, or NULL */
 };
 
 struct eng_op {
@@ -110,8 +111,8 @@ struct eng_op {
 struct slim_engine {
     struct slim_onnx *m;
     int64_t opset;
-    struct eng_value *values;
-    size_t n_values;
+    struct eng_value *values;   /* fixed capacity: pointers to values stay valid */
+    size_t n_values, values_cap;
     struct eng_node *nodes;     /* in schedule (topological) order */
     size_t n_nodes;
     int input, output;          /* value indices */

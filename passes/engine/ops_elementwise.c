@@ -19,6 +19,7 @@
  * integer kernels (INT64, INT32) are what Shape/Gather arithmetic needs;
  * integer division by zero gives 0 rather than a trap.
  */
+#pragma GCC optimize("O3")   /* -O2 on GCC 12 leaves these loops scalar */
 #include <math.h>
 #include <string.h>
 

@@ -15,7 +15,10 @@
  * stride 1 without padding needs no columns: the input already is them.
  * Groups run one product per group.  Rejected: Winograd and FFT
  * convolution (much more code, and accuracy to watch), and a direct
- * convolution loop (an order of magnitude slower than sgemm).
+ * convolution loop (an order of magnitude slower than sgemm).  When a
+ * pool was fused into the Conv (graph.c), each chunk's planes are pooled
+ * from the scratch they were scattered to, so the batch's full-size
+ * activations never go to memory.
  *
  * Pools walk each output position's window, clipped to the input
  * beforehand so the inner loops have no bounds tests; the 2x2 stride-2
@@ -27,14 +30,17 @@
  * Softmax before opset 13 flattens the input to 2-D at `axis` and
  * normalises rows; from 13 on it normalises along the one axis.
  */
+#pragma GCC optimize("O3")   /* -O2 on GCC 12 leaves these loops scalar */
 #include <cblas.h>
 #include <math.h>
 #include <string.h>
 
 #include "passes/engine/internal.h"
 
-/* im2col columns per chunk: 4 M floats (16 MiB) */
-#define COL_FLOATS ((int64_t)4 << 20)
+/* im2col columns per chunk: 256 K floats (1 MiB), so that the columns
+ * and the product stay in L2 between im2col, sgemm and the scatter
+ * (16 MiB chunks took 1.6x as long on the CNN benchmark) */
+#define COL_FLOATS ((int64_t)256 << 10)
 
 /* ---- Gemm / MatMul ---------------------------------------------------------------- */
 
@@ -368,15 +374,19 @@ static void im2col(const float *x, int64_t c, const struct geom *g, float *col, 
                     int64_t ih = oh * g->sh - g->pt + kh * g->dh;
                     float *dst = row + oh * g->ow;
                     const float *src;
+                    /* rows are short (an image's width): plain loops, not
+                     * memcpy/memset calls */
                     if (ih < 0 || ih >= g->h) {
-                        memset(dst, 0, (size_t)g->ow * sizeof *dst);
+                        for (int64_t ow = 0; ow < g->ow; ow++)
+                            dst[ow] = 0.0f;
                         continue;
                     }
                     src = x + (ch * g->h + ih) * g->w + iw0;
                     for (int64_t ow = 0; ow < lo; ow++)
                         dst[ow] = 0.0f;
                     if (g->sw == 1)
-                        memcpy(dst + lo, src + lo, (size_t)(hi - lo) * sizeof *dst);
+                        for (int64_t ow = lo; ow < hi; ow++)
+                            dst[ow] = src[ow];
                     else
                         for (int64_t ow = lo; ow < hi; ow++)
                             dst[ow] = src[ow * g->sw];
@@ -397,126 +407,6 @@ static void bias_row(float *y, const float *src, int64_t n, float b, int relu)
     else
         for (int64_t i = 0; i < n; i++)
             y[i] = src[i] + b;
-}
-
-static int conv_run(struct slim_engine *e, struct eng_node *n, struct slim_error *err)
-{
-    const struct eng_value *x = eng_in(e, n, 0), *w = eng_in(e, n, 1), *bias = eng_in(e, n, 2);
-    int64_t grp = n->a.group, batch, cin, m, cg, mg, kdim, p, shape[4], kern[2];
-    const float *bd;
-    struct eng_value *y;
-    struct geom g;
-    int relu = n->a.fuse_relu, rc;
-    char s1[96], s2[96];
-
-    if ((rc = float_input(x, "X", err)) || (rc = float_input(w, "W", err)))
-        return rc;
-    if (w->ndim != x->ndim || x->ndim < 3)
-        return slim_error_set(err, SLIM_EINVAL, "X %s and W %s",
-                              eng_shape_str(x->ndim, x->shape, s1, sizeof s1),
-                              eng_shape_str(w->ndim, w->shape, s2, sizeof s2));
-    batch = x->shape[0];
-    cin = x->shape[1];
-    m = w->shape[0];
-    cg = w->shape[1];
-    if (cin != cg * grp || m % grp)
-        return slim_error_set(err, SLIM_EINVAL, "X %s, W %s and group %lld do not fit",
-                              eng_shape_str(x->ndim, x->shape, s1, sizeof s1),
-                              eng_shape_str(w->ndim, w->shape, s2, sizeof s2), (long long)grp);
-    for (int d = 2; d < w->ndim; d++) {
-        if (d - 2 < 2)
-            kern[d - 2] = w->shape[d];
-        if (n->a.n_kernel > 0 && (n->a.n_kernel != w->ndim - 2 || n->a.kernel[d - 2] != w->shape[d]))
-            return slim_error_set(err, SLIM_EINVAL, "kernel_shape does not match W %s",
-                                  eng_shape_str(w->ndim, w->shape, s2, sizeof s2));
-    }
-    if ((rc = window_geom(n, x, kern, &g, err)))
-        return rc;
-    if (bias && (bias->numel != m || !eng_is_float(bias->type)))
-        return slim_error_set(err, SLIM_EINVAL, "B has %lld elements for %lld output channels",
-                              (long long)bias->numel, (long long)m);
-    bd = bias ? bias->data : NULL;
-    shape[0] = batch;
-    shape[1] = m;
-    shape[2] = g.oh;
-    shape[3] = g.ow;
-    if (x->ndim == 3)
-        shape[2] = g.ow;
-    if ((rc = eng_out(e, n, 0, x->type, x->ndim, shape, err)))
-        return rc;
-    y = eng_outv(e, n, 0);
-    mg = m / grp;
-    kdim = cg * g.kh * g.kw;
-    p = g.oh * g.ow;
-    if (!y->numel)
-        return 0;
-
-    if (g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && !g.pt && !g.pl && !g.pb && !g.pr) {
-        /* 1x1: the input planes are the columns */
-        for (int64_t b = 0; b < batch; b++)
-            for (int64_t gi = 0; gi < grp; gi++)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)mg, (int)p, (int)cg,
-                            1.0f, (const float *)w->data + gi * mg * kdim, (int)kdim,
-                            (const float *)x->data + (b * cin + gi * cg) * p, (int)p, 0.0f,
-                            (float *)y->data + (b * m + gi * mg) * p, (int)p);
-        for (int64_t b = 0; b < batch; b++)
-            for (int64_t o = 0; o < m; o++) {
-                float *row = (float *)y->data + (b * m + o) * p;
-                bias_row(row, row, p, bd ? bd[o] : 0.0f, relu);
-            }
-    } else if (grp == 1) {
-        /* columns of nb samples side by side, one product, scattered to NCHW */
-        int64_t nb = COL_FLOATS / (kdim * p), ldc;
-        float *col, *tmp;
-        if (nb < 1)
-            nb = 1;
-        if (nb > batch)
-            nb = batch;
-        ldc = nb * p;
-        col = eng_scratch(e, 0, (size_t)(kdim * ldc) * sizeof *col);
-        tmp = nb > 1 ? eng_scratch(e, 1, (size_t)(m * ldc) * sizeof *tmp) : NULL;
-        if (!col || (nb > 1 && !tmp))
-            return slim_error_set(err, SLIM_ENOMEM, "out of memory");
-        for (int64_t b0 = 0; b0 < batch; b0 += nb) {
-            int64_t cnt = batch - b0 < nb ? batch - b0 : nb;
-            for (int64_t j = 0; j < cnt; j++)
-                im2col((const float *)x->data + (b0 + j) * cin * g.h * g.w, cin, &g, col + j * p,
-                       cnt * p);
-            if (cnt == 1) {
-                float *yb = (float *)y->data + b0 * m * p;
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)p, (int)kdim,
-                            1.0f, w->data, (int)kdim, col, (int)p, 0.0f, yb, (int)p);
-                for (int64_t o = 0; o < m; o++)
-                    bias_row(yb + o * p, yb + o * p, p, bd ? bd[o] : 0.0f, relu);
-                continue;
-            }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)(cnt * p),
-                        (int)kdim, 1.0f, w->data, (int)kdim, col, (int)(cnt * p), 0.0f, tmp,
-                        (int)(cnt * p));
-            for (int64_t j = 0; j < cnt; j++)
-                for (int64_t o = 0; o < m; o++)
-                    bias_row((float *)y->data + ((b0 + j) * m + o) * p, tmp + o * cnt * p + j * p,
-                             p, bd ? bd[o] : 0.0f, relu);
-        }
-    } else {
-        /* groups: one product per sample and group */
-        float *col = eng_scratch(e, 0, (size_t)(kdim * p) * sizeof *col);
-        if (!col)
-            return slim_error_set(err, SLIM_ENOMEM, "out of memory");
-        for (int64_t b = 0; b < batch; b++)
-            for (int64_t gi = 0; gi < grp; gi++) {
-                float *yb = (float *)y->data + (b * m + gi * mg) * p;
-                im2col((const float *)x->data + (b * cin + gi * cg) * g.h * g.w, cg, &g, col, p);
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)mg, (int)p, (int)kdim,
-                            1.0f, (const float *)w->data + gi * mg * kdim, (int)kdim, col, (int)p,
-                            0.0f, yb, (int)p);
-                for (int64_t o = 0; o < mg; o++)
-                    bias_row(yb + o * p, yb + o * p, p, bd ? bd[gi * mg + o] : 0.0f, relu);
-            }
-    }
-    if (y->type == SLIM_ONNX_FLOAT16)
-        eng_round_f16(y->data, y->numel);
-    return 0;
 }
 
 /* ---- pools ---------------------------------------------------------------------------- */
@@ -570,11 +460,179 @@ static void maxpool2x2_plane(const float *x, float *y, const struct geom *g)
     }
 }
 
+/* planes (H, W) of x -> (oH, oW) of y, pooled as node pn says (a MaxPool
+ * or an AveragePool; also a pool fused into a Conv). */
+static void pool_planes(const struct eng_node *pn, const struct geom *g, const float *x, float *y,
+                        int64_t planes)
+{
+    enum pool_kind kind = strcmp(pn->op->name, "MaxPool") ? POOL_AVG : POOL_MAX;
+    int fast = kind == POOL_MAX && g->kh == 2 && g->kw == 2 && g->sh == 2 && g->sw == 2 &&
+               g->dh == 1 && g->dw == 1 && !g->pt && !g->pl && 2 * g->oh <= g->h &&
+               2 * g->ow <= g->w;
+    int64_t ip = g->h * g->w, op = g->oh * g->ow;
+    for (int64_t i = 0; i < planes; i++) {
+        if (fast)
+            maxpool2x2_plane(x + i * ip, y + i * op, g);
+        else
+            pool_plane(kind, x + i * ip, y + i * op, g, pn->a.count_include_pad);
+    }
+}
+
+/* What a Conv run needs, set up once per run. */
+struct conv_ctx {
+    const float *x, *w, *bias;
+    struct geom g;
+    int64_t cin, m, cg, mg, grp, kdim, p, nb;
+    int relu, one_by_one;
+    float *col, *tmp;
+};
+
+/* Conv output planes of samples [b0, b0 + cnt) into dst (cnt, M, oH*oW),
+ * bias and fused Relu included. */
+static void conv_chunk(const struct conv_ctx *c, int64_t b0, int64_t cnt, float *dst)
+{
+    const struct geom *g = &c->g;
+    int64_t p = c->p, m = c->m, in_plane = g->h * g->w;
+    if (c->one_by_one) {
+        /* 1x1: the input planes are the columns */
+        for (int64_t j = 0; j < cnt; j++)
+            for (int64_t gi = 0; gi < c->grp; gi++)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)c->mg, (int)p,
+                            (int)c->cg, 1.0f, c->w + gi * c->mg * c->kdim, (int)c->kdim,
+                            c->x + ((b0 + j) * c->cin + gi * c->cg) * p, (int)p, 0.0f,
+                            dst + (j * m + gi * c->mg) * p, (int)p);
+        for (int64_t r = 0; r < cnt * m; r++)
+            bias_row(dst + r * p, dst + r * p, p, c->bias ? c->bias[r % m] : 0.0f, c->relu);
+    } else if (c->grp == 1 && cnt > 1) {
+        /* columns of cnt samples side by side, one product, scattered to NCHW */
+        for (int64_t j = 0; j < cnt; j++)
+            im2col(c->x + (b0 + j) * c->cin * in_plane, c->cin, g, c->col + j * p, cnt * p);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)(cnt * p),
+                    (int)c->kdim, 1.0f, c->w, (int)c->kdim, c->col, (int)(cnt * p), 0.0f, c->tmp,
+                    (int)(cnt * p));
+        for (int64_t j = 0; j < cnt; j++)
+            for (int64_t o = 0; o < m; o++)
+                bias_row(dst + (j * m + o) * p, c->tmp + o * cnt * p + j * p, p,
+                         c->bias ? c->bias[o] : 0.0f, c->relu);
+    } else {
+        /* one sample at a time: one product per group, straight into dst */
+        for (int64_t j = 0; j < cnt; j++)
+            for (int64_t gi = 0; gi < c->grp; gi++) {
+                float *yb = dst + (j * m + gi * c->mg) * p;
+                im2col(c->x + ((b0 + j) * c->cin + gi * c->cg) * in_plane, c->cg, g, c->col, p);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)c->mg, (int)p,
+                            (int)c->kdim, 1.0f, c->w + gi * c->mg * c->kdim, (int)c->kdim,
+                            c->col, (int)p, 0.0f, yb, (int)p);
+                for (int64_t o = 0; o < c->mg; o++)
+                    bias_row(yb + o * p, yb + o * p, p,
+                             c->bias ? c->bias[gi * c->mg + o] : 0.0f, c->relu);
+            }
+    }
+}
+
+static int conv_run(struct slim_engine *e, struct eng_node *n, struct slim_error *err)
+{
+    const struct eng_value *x = eng_in(e, n, 0), *w = eng_in(e, n, 1), *bias = eng_in(e, n, 2);
+    const struct eng_node *pn = n->pool;
+    int64_t batch, shape[4], kern[2], pkern[2], pplane = 0;
+    struct eng_value *y, conv_y;
+    struct conv_ctx c = {0};
+    struct geom pg;
+    float *planes = NULL;
+    int rc;
+    char s1[96], s2[96];
+
+    if ((rc = float_input(x, "X", err)) || (rc = float_input(w, "W", err)))
+        return rc;
+    if (w->ndim != x->ndim || x->ndim < 3)
+        return slim_error_set(err, SLIM_EINVAL, "X %s and W %s",
+                              eng_shape_str(x->ndim, x->shape, s1, sizeof s1),
+                              eng_shape_str(w->ndim, w->shape, s2, sizeof s2));
+    batch = x->shape[0];
+    c.grp = n->a.group;
+    c.cin = x->shape[1];
+    c.m = w->shape[0];
+    c.cg = w->shape[1];
+    if (c.cin != c.cg * c.grp || c.m % c.grp)
+        return slim_error_set(err, SLIM_EINVAL, "X %s, W %s and group %lld do not fit",
+                              eng_shape_str(x->ndim, x->shape, s1, sizeof s1),
+                              eng_shape_str(w->ndim, w->shape, s2, sizeof s2),
+                              (long long)c.grp);
+    for (int d = 2; d < w->ndim; d++) {
+        if (d - 2 < 2)
+            kern[d - 2] = w->shape[d];
+        if (n->a.n_kernel > 0 && (n->a.n_kernel != w->ndim - 2 || n->a.kernel[d - 2] != w->shape[d]))
+            return slim_error_set(err, SLIM_EINVAL, "kernel_shape does not match W %s",
+                                  eng_shape_str(w->ndim, w->shape, s2, sizeof s2));
+    }
+    if ((rc = window_geom(n, x, kern, &c.g, err)))
+        return rc;
+    if (bias && (bias->numel != c.m || !eng_is_float(bias->type)))
+        return slim_error_set(err, SLIM_EINVAL, "B has %lld elements for %lld output channels",
+                              (long long)bias->numel, (long long)c.m);
+    c.x = x->data;
+    c.w = w->data;
+    c.bias = bias ? bias->data : NULL;
+    c.relu = n->a.fuse_relu;
+    c.mg = c.m / c.grp;
+    c.kdim = c.cg * c.g.kh * c.g.kw;
+    c.p = c.g.oh * c.g.ow;
+    c.one_by_one = c.g.kh == 1 && c.g.kw == 1 && c.g.sh == 1 && c.g.sw == 1 && !c.g.pt &&
+                   !c.g.pl && !c.g.pb && !c.g.pr;
+    shape[0] = batch;
+    shape[1] = c.m;
+    shape[2] = x->ndim == 3 ? c.g.ow : c.g.oh;
+    shape[3] = c.g.ow;
+    if (pn) {
+        /* a pool fused in: its geometry over the Conv's output */
+        memset(&conv_y, 0, sizeof conv_y);
+        conv_y.ndim = x->ndim;
+        memcpy(conv_y.shape, shape, sizeof shape);
+        pkern[0] = pn->a.kernel[0];
+        pkern[1] = pn->a.n_kernel > 1 ? pn->a.kernel[1] : 1;
+        if (pn->a.n_kernel != x->ndim - 2)
+            return slim_error_set(err, SLIM_EINVAL, "the pool's kernel_shape does not fit");
+        if ((rc = window_geom(pn, &conv_y, pkern, &pg, err)))
+            return rc;
+        shape[2] = x->ndim == 3 ? pg.ow : pg.oh;
+        shape[3] = pg.ow;
+        pplane = pg.oh * pg.ow;
+    }
+    if ((rc = eng_out(e, n, 0, x->type, x->ndim, shape, err)))
+        return rc;
+    y = eng_outv(e, n, 0);
+    if (!y->numel || !c.p)
+        return 0;
+
+    /* samples per chunk: as many as COL_FLOATS of columns hold */
+    c.nb = c.grp == 1 && !c.one_by_one ? COL_FLOATS / (c.kdim * c.p) : 1;
+    c.nb = c.nb < 1 ? 1 : c.nb > batch ? batch : c.nb;
+    c.col = eng_scratch(e, 0, (size_t)(c.kdim * c.nb * c.p) * sizeof *c.col);
+    c.tmp = c.nb > 1 ? eng_scratch(e, 1, (size_t)(c.m * c.nb * c.p) * sizeof *c.tmp) : NULL;
+    if (pn)
+        planes = eng_scratch(e, 2, (size_t)(c.nb * c.m * c.p) * sizeof *planes);
+    if ((!c.col && !c.one_by_one) || (c.nb > 1 && !c.tmp) || (pn && !planes))
+        return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    for (int64_t b0 = 0; b0 < batch; b0 += c.nb) {
+        int64_t cnt = batch - b0 < c.nb ? batch - b0 : c.nb;
+        if (!pn) {
+            conv_chunk(&c, b0, cnt, (float *)y->data + b0 * c.m * c.p);
+            continue;
+        }
+        /* the chunk's planes are pooled while they are in cache */
+        conv_chunk(&c, b0, cnt, planes);
+        pool_planes(pn, &pg, planes, (float *)y->data + b0 * c.m * pplane, cnt * c.m);
+    }
+    if (y->type == SLIM_ONNX_FLOAT16)
+        eng_round_f16(y->data, y->numel);
+    return 0;
+}
+
 static int pool_run(struct slim_engine *e, struct eng_node *n, enum pool_kind kind,
                     struct slim_error *err)
 {
     const struct eng_value *x = eng_in(e, n, 0);
-    int64_t shape[4], kern[2], planes, ip, op;
+    int64_t shape[4], kern[2];
     struct eng_value *y;
     struct geom g;
     int rc;
@@ -600,18 +658,7 @@ static int pool_run(struct slim_engine *e, struct eng_node *n, enum pool_kind ki
     if ((rc = eng_out(e, n, 0, x->type, x->ndim, shape, err)))
         return rc;
     y = eng_outv(e, n, 0);
-    planes = x->shape[0] * x->shape[1];
-    ip = g.h * g.w;
-    op = g.oh * g.ow;
-    for (int64_t i = 0; i < planes; i++) {
-        const float *xp = (const float *)x->data + i * ip;
-        float *yp = (float *)y->data + i * op;
-        if (kind == POOL_MAX && g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 && g.dh == 1 &&
-            g.dw == 1 && !g.pt && !g.pl && 2 * g.oh <= g.h && 2 * g.ow <= g.w)
-            maxpool2x2_plane(xp, yp, &g);
-        else
-            pool_plane(kind, xp, yp, &g, n->a.count_include_pad);
-    }
+    pool_planes(n, &g, x->data, y->data, x->shape[0] * x->shape[1]);
     return 0;
 }
 

@@ -20,6 +20,7 @@
  * by 1/scale so that ties round the same way.  A DequantizeLinear of a
  * constant weight runs once, at compile time (graph.c folds it).
  */
+#pragma GCC optimize("O3")   /* -O2 on GCC 12 leaves these loops scalar */
 #include <math.h>
 
 #include "passes/engine/internal.h"

@@ -19,6 +19,7 @@
  * odometer over the input strides, a Slice copies runs of its innermost
  * dim with memcpy when its step is 1.
  */
+#pragma GCC optimize("O3")   /* -O2 on GCC 12 leaves these loops scalar */
 #include <string.h>
 
 #include "passes/engine/internal.h"
@@ -27,10 +28,15 @@
 
 static int identity_run(struct slim_engine *e, struct eng_node *n, struct slim_error *err)
 {
-    const struct eng_value *x = eng_in(e, n, 0);
+    const struct eng_value *x = eng_in(e, n, 0), *train = eng_in(e, n, 2);
     struct eng_value *mask = eng_outv(e, n, 1);
-    int rc = eng_out_view(e, n, 0, x, x->ndim, x->shape, err);
-    if (rc || !mask)
+    int rc;
+    /* Dropout (12+) in training mode would drop: not inference */
+    if (train && train->numel == 1 && train->type == SLIM_ONNX_BOOL &&
+        *(const uint8_t *)train->data)
+        return slim_error_set(err, SLIM_EUNSUPPORTED, "Dropout in training mode is not "
+                              "supported");
+    if ((rc = eng_out_view(e, n, 0, x, x->ndim, x->shape, err)) || !mask)
         return rc;
     /* Dropout's mask in inference: every element kept (BOOL from opset
      * 10, the input's type before) */

@@ -72,6 +72,16 @@ def need():
         h.skip(MISSING)
 
 
+def case(fn):
+    """Registers fn as a test that is a TAP skip when ONNX Runtime or
+    python3-onnx is missing."""
+    def run():
+        need()
+        fn()
+    run.__name__, run.__doc__ = fn.__name__, fn.__doc__
+    return h.test(run)
+
+
 # ---------------------------------------------------------------- safetensors
 
 def write_input(path, x, name="input", labels=None):
@@ -92,7 +102,7 @@ def read_output(path):
 
 # ---------------------------------------------------------------- models
 
-def vi(name, shape, elem=TensorProto.FLOAT):
+def vi(name, shape, elem=1):          # 1: TensorProto.FLOAT
     return helper.make_tensor_value_info(name, elem, shape)
 
 
@@ -101,7 +111,7 @@ def init(name, a, dtype=None):
     return numpy_helper.from_array(a, name)
 
 
-def model(nodes, in_shape, inits=(), opset=13, out_elem=TensorProto.FLOAT, out_name="output",
+def model(nodes, in_shape, inits=(), opset=13, out_elem=1, out_name="output",
           ir=None):
     """A graph of nodes reading `input` (shape in_shape, dim 0 symbolic)
     and giving out_name."""
@@ -155,7 +165,7 @@ def check(m, x, what="", opt="disabled", tol=TOL):
     return a
 
 
-def one(op, in_shape, extra_inputs=(), inits=(), opset=13, out_elem=TensorProto.FLOAT, x=None,
+def one(op, in_shape, extra_inputs=(), inits=(), opset=13, out_elem=1, x=None,
         what=None, **attrs):
     """A one-node model op(input, *extra_inputs) -> output, checked."""
     m = model([node(op, ["input"] + list(extra_inputs), ["output"], **attrs)], in_shape, inits,
@@ -165,7 +175,7 @@ def one(op, in_shape, extra_inputs=(), inits=(), opset=13, out_elem=TensorProto.
 
 # ---------------------------------------------------------------- elementwise
 
-@h.test
+@case
 def test_binary_broadcast():
     """Add/Sub/Mul/Div with numpy broadcasting, either operand the input"""
     shapes = [(4, 1), (1, 5), (), (5,), (3, 1, 1), (2, 3, 4, 5), (1, 3, 4, 1)]
@@ -180,7 +190,7 @@ def test_binary_broadcast():
     one("Mul", (3, 7), ["input"], what="x * x")
 
 
-@h.test
+@case
 def test_activations():
     """Relu, LeakyRelu, Sigmoid, Tanh, Erf, Clip (opset 6 attributes, 11+ inputs)"""
     x = randn(4, 3, 5, scale=4.0)
@@ -194,7 +204,7 @@ def test_activations():
     one("Clip", x.shape, ["", "hi"], [init("hi", np.float32(1.0))], x=x, what="Clip-13 max only")
 
 
-@h.test
+@case
 def test_softmax_opsets():
     """Softmax/LogSoftmax: 2-D coercion before opset 13, one axis from 13"""
     x = randn(2, 3, 4, scale=3.0)
@@ -205,7 +215,7 @@ def test_softmax_opsets():
                 one(op, x.shape, x=x, opset=opset, what="%s-%d axis %s" % (op, opset, axis), **kw)
 
 
-@h.test
+@case
 def test_cast():
     """Cast between FLOAT, FLOAT16, DOUBLE, INT64, INT32, INT8, UINT8, BOOL"""
     x = randn(3, 8, scale=40.0)
@@ -241,7 +251,7 @@ def test_cast():
 
 # ---------------------------------------------------------------- matrices
 
-@h.test
+@case
 def test_gemm_flags():
     """Gemm: transA, transB, alpha, beta, C of every broadcast shape, no C"""
     m_, k, n = 5, 7, 6
@@ -264,7 +274,7 @@ def test_gemm_flags():
     check(m, randn(4, 3), "Gemm-9 defaults")
 
 
-@h.test
+@case
 def test_matmul():
     """MatMul: 2-D, batched with a 2-D weight, batch broadcast, 1-D operands"""
     one("MatMul", (4, 6), ["w"], [init("w", randn(6, 3))], what="2-D")
@@ -280,7 +290,7 @@ def test_matmul():
 
 # ---------------------------------------------------------------- shapes
 
-@h.test
+@case
 def test_flatten_reshape():
     """Flatten axes; Reshape with 0 and -1, allowzero (opset 14), opset 1 attribute"""
     x = randn(2, 3, 4, 5)
@@ -294,7 +304,7 @@ def test_flatten_reshape():
     one("Reshape", x.shape, x=x, opset=1, shape=[2, -1], what="Reshape-1 attribute")
 
 
-@h.test
+@case
 def test_transpose():
     """Transpose with perms and the default reversal"""
     x = randn(2, 3, 4, 5)
@@ -307,7 +317,7 @@ def test_transpose():
     check(m, randn(3, 4, scale=10), "INT64 transpose")
 
 
-@h.test
+@case
 def test_squeeze_unsqueeze_opsets():
     """Squeeze/Unsqueeze: axes attribute before opset 13, input from 13"""
     x = randn(2, 1, 3, 1)
@@ -321,7 +331,7 @@ def test_squeeze_unsqueeze_opsets():
         what="Unsqueeze-13")
 
 
-@h.test
+@case
 def test_concat_split():
     """Concat along axes (with negative axis); Split by attribute, input, equal parts"""
     x = randn(2, 3, 4)
@@ -340,7 +350,7 @@ def test_concat_split():
     check(m, x, "Split-13 equal")
 
 
-@h.test
+@case
 def test_shape_gather_chain():
     """Shape -> Gather -> Unsqueeze -> Concat -> Reshape of exported models (int64 all along)"""
     x = randn(3, 4, 5)
@@ -381,7 +391,7 @@ def test_shape_gather_chain():
     check(m, x, "INT64 arithmetic on a shape")
 
 
-@h.test
+@case
 def test_gather():
     """Gather: float data, int64 and int32 indices, negative, scalar and 2-D indices"""
     x = randn(3, 5, 4)
@@ -397,7 +407,7 @@ def test_gather():
     check(m, np.array([[1, 9, 3], [0, 0, 7]], np.float32), "embedding lookup (nodes unsorted)")
 
 
-@h.test
+@case
 def test_slice_opsets():
     """Slice: attributes before opset 10; inputs with axes and steps (negative too) from 10"""
     x = randn(4, 6, 5)
@@ -416,7 +426,7 @@ def test_slice_opsets():
         one("Slice", x.shape, ins, inits, x=x, what="Slice-13 %s %s %s %s" % (st, en, ax, sp))
 
 
-@h.test
+@case
 def test_constant_identity_dropout():
     """Constant (value, value_float(s), value_int(s)), Identity, Dropout with its mask"""
     x = randn(2, 3)
@@ -429,12 +439,15 @@ def test_constant_identity_dropout():
                node("Mul", ["a", "f"], ["b"]),
                node("Sub", ["b", "fs"], ["d"]),
                node("Identity", ["d"], ["e"]),
-               node("Dropout", ["e"], ["g", "mask"], ratio=0.5) if False else
                node("Dropout", ["e"], ["g", "mask"]),
                node("Reshape", ["g", "s"], ["output"])], x.shape, opset=13)
     check(m, x, "Constant/Identity/Dropout")
     m = model([node("Dropout", ["input"], ["output"], ratio=0.3)], x.shape, opset=7)
     check(m, x, "Dropout-7")
+    # as torch exports it: ratio and training_mode (false) as inputs
+    m = model([node("Dropout", ["input", "r", "t"], ["output"])], x.shape,
+              [init("r", np.float32(0.25)), init("t", np.array(False))], opset=13)
+    check(m, x, "Dropout-13 training_mode false")
 
 
 # ---------------------------------------------------------------- convolutions and pools
@@ -449,7 +462,7 @@ def conv_case(what, x_shape, w_shape, bias=True, opset=13, **attrs):
     check(m, randn(*x_shape), "Conv " + what)
 
 
-@h.test
+@case
 def test_conv():
     """Conv: pads, strides, dilations, groups, depthwise, auto_pad, 1x1, 1-D, no bias"""
     conv_case("3x3 pad 1", (2, 3, 8, 8), (4, 3, 3, 3), pads=[1, 1, 1, 1])
@@ -480,7 +493,7 @@ def pool_case(op, what, x_shape, opset=13, **attrs):
     check(m, randn(*x_shape), "%s %s" % (op, what))
 
 
-@h.test
+@case
 def test_pools():
     """MaxPool, AveragePool (count_include_pad, ceil_mode, pads, auto_pad), global pools"""
     x = (2, 3, 9, 8)
@@ -513,7 +526,7 @@ def test_pools():
     pool_case("GlobalMaxPool", "", x)
 
 
-@h.test
+@case
 def test_batchnorm():
     """BatchNormalization (inference) in opsets 9 and 15, 4-D and 2-D inputs"""
     for opset, shape in ((9, (2, 4, 5, 5)), (15, (2, 4, 5, 5)), (15, (3, 4))):
@@ -544,7 +557,7 @@ def int4_init(name, q, signed=True):
     return t
 
 
-@h.test
+@case
 def test_quantize_dequantize():
     """QuantizeLinear/DequantizeLinear: per tensor, per axis, int8/uint8/int32"""
     x = randn(3, 4, 5, scale=2.0)
@@ -585,7 +598,7 @@ def test_quantize_dequantize():
     check(m, randn(3, 5), "int32 bias")
 
 
-@h.test
+@case
 def test_quant_blocked_int4():
     """Opset 21: blocked DequantizeLinear of INT4/UINT4 weights, blocked QuantizeLinear"""
     k, n, bs = 10, 6, 4                           # 10 rows in blocks of 4: the last block short
@@ -641,7 +654,7 @@ def mlp(sizes, seed_scale=0.1):
     return nodes, inits
 
 
-@h.test
+@case
 def test_model_mlp():
     """An MLP 784-300-100-10 (Gemm, Relu, Softmax), ORT with optimisations off and all on"""
     nodes, inits = mlp([784, 300, 100, 10], 0.05)
@@ -687,7 +700,7 @@ def cnn_model(opset=13):
     return model(nodes, (1, 1, 28, 28), inits, opset)
 
 
-@h.test
+@case
 def test_model_cnn():
     """A CNN (Conv+BN+Relu+MaxPool twice, shape-chain flatten, Gemm), opsets 11 and 13, ORT off/all"""
     x = RNG.random((16, 1, 28, 28), dtype=np.float32)
@@ -697,7 +710,7 @@ def test_model_cnn():
         check(m, x, "CNN opset %d (ORT all)" % opset, opt="all")
 
 
-@h.test
+@case
 def test_model_shuffled_nodes():
     """A model whose nodes are listed out of order runs the same (sorted once at compile)"""
     m = cnn_model(13)
@@ -710,7 +723,7 @@ def test_model_shuffled_nodes():
 
 # ---------------------------------------------------------------- the CLI
 
-@h.test
+@case
 def test_unsupported_operator():
     """An unsupported op: exit 1 and a message naming the op and the node"""
     need()
@@ -727,7 +740,7 @@ def test_unsupported_operator():
     assert not os.path.exists(os.path.join(d, "y.safetensors"))
 
 
-@h.test
+@case
 def test_eval_json():
     """slimd eval: samples, top-1 accuracy against ORT's argmax, seconds, batch"""
     need()
