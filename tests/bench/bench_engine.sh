@@ -3,8 +3,9 @@
 # (`slimd eval`) next to ONNX Runtime (onnxruntime-node, CPU, all graph
 # optimisations; tests/bench/ort_eval.js) on the 10,000 Fashion-MNIST test
 # images, same machine, same run, same batch size, best of R whole-set
-# runs each, for an MLP 784-300-100-10 and a two-conv CNN (the shapes of
-# the Fashion-MNIST fixtures, random weights: engine_prep.py).  A
+# runs each, for the Fashion-MNIST MLP 784-300-100-10 and two-conv CNN of
+# tests/fixtures (or, without them, random-weight models of the same
+# shapes: engine_prep.py).  A
 # benchmark, not a test: it prints a table and exits 0 whatever the
 # figures.
 #
@@ -40,6 +41,11 @@ repeat=${SLIMD_BENCH_REPEAT:-5}
 dir=${SLIMD_BENCH_DIR:-${TMPDIR:-/tmp}/slimd-bench-engine}
 mkdir -p "$dir"
 "$python" "$srcdir/tests/bench/engine_prep.py" "$dir"
+# the trained fixtures, when the tree has them, replace the random-weight
+# models of the same shapes (same time; accuracies that mean something)
+for m in mlp cnn; do
+    if [ -f "$srcdir/tests/fixtures/$m.onnx" ]; then cp "$srcdir/tests/fixtures/$m.onnx" "$dir/$m.onnx"; fi
+done
 
 field() {   # field JSON KEY: a number from a one-line JSON object
     printf '%s' "$1" | "$python" -c 'import json,sys; print(json.load(sys.stdin).get(sys.argv[1], ""))' "$2"
@@ -48,14 +54,15 @@ field() {   # field JSON KEY: a number from a one-line JSON object
 # OpenBLAS picks its kernels from the CPU model; a model newer than the
 # installed OpenBLAS knows gets its generic Prescott (SSE3) kernels (the
 # case on this project's machines: Debian 12's 0.3.21 on a Xeon model
-# 207).  The table then has second slimd rows with OPENBLAS_CORETYPE set
-# to what the CPU's flags support, to show what that costs.  slimd does
-# not set it itself (README, Performance: whole jobs).
-core=$(OPENBLAS_VERBOSE=2 "$slimd" --version 2>&1 | sed -n 's/^Core: //p' | head -n 1)
+# 207).  slimd then sets OPENBLAS_CORETYPE from the CPU's flags and runs
+# itself again (daemon/main.c); the core printed is the one it ends up
+# with (OpenBLAS prints one line per load).  The "Prescott" row runs
+# slimd with OPENBLAS_CORETYPE=Prescott, to show what the fallback costs.
+core=$(OPENBLAS_VERBOSE=2 "$slimd" --version 2>&1 | sed -n 's/^Core: //p' | tail -n 1)
+first=$(OPENBLAS_VERBOSE=2 "$slimd" --version 2>&1 | sed -n 's/^Core: //p' | head -n 1)
 alt=
-if [ "$core" = Prescott ] && [ -z "${OPENBLAS_CORETYPE:-}" ]; then
-    if grep -qw avx512f /proc/cpuinfo; then alt=SkylakeX
-    elif grep -qw avx2 /proc/cpuinfo; then alt=Haswell; fi
+if [ "$first" = Prescott ] && [ "$core" != Prescott ] && [ -z "${OPENBLAS_CORETYPE:-}" ]; then
+    alt=Prescott
 fi
 
 printf 'engine benchmark: %s images, batch %s, best of %s, %s cores, OpenBLAS core %s, %s\n' \
@@ -74,7 +81,7 @@ for m in mlp cnn; do
         else
             s=$("$slimd" eval "$dir/$m.onnx" "$dir/fashion-test.safetensors" --batch "$batch" \
                 --repeat "$repeat")
-            label="as installed (${core:-?})"
+            label="default (${core:-?})"
         fi
         ss=$(field "$s" seconds)
         printf '%-6s %-26s %10.4f %10.4f %7.2fx %10.4f %10.4f\n' "$m" "$label" "$ss" "$os" \
