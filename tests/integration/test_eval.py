@@ -201,6 +201,29 @@ for _model in ("mlp", "cnn"):
 
 
 @test
+def test_external_data_fixture():
+    """the MLP with external data, uploaded as a tar: same accuracy as the inline one, tar out"""
+    need()
+    import io
+    import tarfile
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for f in ("mlp_external.onnx", "mlp_external.onnx.data"):
+            tf.add(os.path.join(FIX, f), f)
+    mid = D.upload(buf.getvalue(), name="mlp-external").json["id"]
+    passes = [{"op": "quantize", "dtype": "int8"}]
+    r = D.submit({"model": mid, "passes": passes, "eval": {"dataset": DS}})
+    job = D.wait_job(r.json["id"], timeout=300)
+    assert job["state"] == "succeeded", job
+    ext = D.get("/v1/jobs/%s/report" % r.json["id"]).json["accuracy"]
+    a = D.get("/v1/jobs/%s/artifact" % r.json["id"])
+    assert a.header("Content-Type") == "application/x-tar", a.headers
+    inline, _ = run_eval("mlp", passes)
+    assert (ext["before"], ext["after"]) == (inline["accuracy"]["before"],
+                                             inline["accuracy"]["after"]), (ext, inline)
+
+
+@test
 def test_drift_without_dataset():
     """an ONNX job without eval reports output drift on a random batch"""
     need()
