@@ -79,18 +79,7 @@ static int in_top5(const float *y, int64_t k, int64_t label)
 
 int slim_eval_check(struct slim_onnx *before, struct slim_error *err)
 {
-    struct slim_engine *e = NULL;
-    int64_t dims[SLIM_MAX_DIMS], n;
-    const char *name;
-    int nd, rc = slim_engine_new(before, &e, err);
-    if (rc)
-        return rc;
-    n = slim_engine_input(e, &name, dims, &nd);
-    if (n <= 0)
-        rc = slim_error_set(err, SLIM_EINVAL, "the model's input '%.100s' has dims of unknown "
-                            "size besides the batch: the engine cannot evaluate it", name);
-    slim_engine_free(e);
-    return rc;
+    return slim_engine_check(before, err);
 }
 
 struct side {
@@ -147,16 +136,24 @@ int slim_eval_run(struct slim_onnx *before, const char *after_path,
         goto out;
     }
     per = slim_engine_input(b.e, &in_name, dims, &nd);
+    if (o->dataset) {
+        if ((rc = slim_dataset_load(o->dataset, o->max_samples, &ds, err))) {
+            slim_error_prefix(err, "eval.dataset");
+            goto out;
+        }
+        /* a model that leaves its sample dims symbolic takes the data's */
+        if (per <= 0 && !(rc = slim_engine_set_sample_shape(b.e, ds.shape, ds.ndim, err)) &&
+            !(rc = slim_engine_set_sample_shape(a.e, ds.shape, ds.ndim, err)))
+            per = slim_engine_input(b.e, &in_name, dims, &nd);
+        if (rc)
+            goto out;
+    }
     if (per <= 0) {
         rc = slim_error_set(err, SLIM_EINVAL, "the model's input '%.100s' has dims of unknown "
                             "size besides the batch: the engine cannot evaluate it", in_name);
         goto out;
     }
     if (o->dataset) {
-        if ((rc = slim_dataset_load(o->dataset, o->max_samples, &ds, err))) {
-            slim_error_prefix(err, "eval.dataset");
-            goto out;
-        }
         if (ds.sample_size != per) {
             rc = slim_error_set(err, SLIM_EINVAL, "eval.dataset: its samples have %lld values, "
                                 "the model's input '%.100s' takes %lld per sample",

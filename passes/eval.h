@@ -20,10 +20,9 @@ struct slim_eval_opts {
     void *check_ud;
 };
 
-/* Checks, without running anything, that `before` can be evaluated:
- * the engine supports every op (SLIM_EUNSUPPORTED names the first that
- * it does not) and the graph has one float input of known per-sample
- * size. */
+/* Checks, without loading a weight, that `before` can be evaluated: the
+ * engine supports every op (SLIM_EUNSUPPORTED names the first that it
+ * does not).  Shapes are checked when the evaluation runs. */
 int slim_eval_check(struct slim_onnx *before, struct slim_error *err);
 
 /* Runs the original (`before`, borrowed) and the artifact at

@@ -29,6 +29,11 @@ struct slim_engine;
 int slim_engine_new(struct slim_onnx *m, struct slim_engine **out, struct slim_error *err);
 void slim_engine_free(struct slim_engine *e);
 
+/* Checks, without loading a weight, that the engine has every operator
+ * of m's graph: SLIM_EUNSUPPORTED names the first it lacks (the check
+ * slim_engine_new makes first).  Cheap enough for a request handler. */
+int slim_engine_check(const struct slim_onnx *m, struct slim_error *err);
+
 /* The input's name, and its per-sample shape (the dims after the batch
  * dim, as declared; a symbolic or unknown dim is -1) into dims[0..*ndim).
  * Returns the elements per sample, or -1 when a dim is unknown. */

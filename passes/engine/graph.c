@@ -436,7 +436,7 @@ static int is_default_domain(const char *d)
 
 /* Checks every node's operator against the table, in file order, so the
  * first unsupported one in the file is the one named. */
-static int check_ops(struct slim_engine *e, const Onnx__GraphProto *g, struct slim_error *err)
+static int check_ops(const Onnx__GraphProto *g, struct slim_error *err)
 {
     for (size_t i = 0; i < g->n_node; i++) {
         const Onnx__NodeProto *np = g->node[i];
@@ -464,6 +464,11 @@ static int check_ops(struct slim_engine *e, const Onnx__GraphProto *g, struct sl
                                   op->min_out, op->max_out);
     }
     return 0;
+}
+
+int slim_engine_check(const struct slim_onnx *m, struct slim_error *err)
+{
+    return check_ops(m->graph, err);
 }
 
 /* Creates the values, resolves every node's inputs and outputs, and
@@ -891,7 +896,7 @@ int slim_engine_new(struct slim_onnx *m, struct slim_engine **out, struct slim_e
         return slim_error_set(err, SLIM_ENOMEM, "out of memory");
     e->m = m;
     e->opset = m->opset;
-    if ((rc = check_ops(e, g, err)))
+    if ((rc = check_ops(g, err)))
         goto out;
     if (!(e->nodes = slim_calloc(g->n_node + 1, sizeof *e->nodes))) {
         rc = slim_error_set(err, SLIM_ENOMEM, "out of memory");
