@@ -1,12 +1,22 @@
 /*
  * slim.h - the public interface of libslim, slimd's compute library.
  *
- * libslim holds everything that touches model weights: the error values,
- * the allocation wrapper, dtypes and their conversions, the safetensors
- * reader and writer, the passes (quantize, prune, ...), the pipeline that
- * runs one job spec over one model, and the report.  It knows nothing of
- * HTTP, SQLite or libuv, so the daemon, the offline `slimd compress`, the
- * unit tests and the benchmarks all call the same code.
+ * libslim holds everything that touches model weights.  Its folders show
+ * its layers, each depending only on the ones above it in this list:
+ *   passes/            the ground (this header, errors, allocation, dtypes,
+ *                      globs), and on top the passes (pass_*.c, pass.c
+ *                      their registry), the pipeline that runs one job
+ *                      spec over one model (pipeline.c), the report
+ *                      (report.c) and the evaluation (eval.c)
+ *   passes/kernels/    numbers in, numbers out: pruning, quantizers, SVD,
+ *                      k-means, each with a `_ref` twin (kernels.h)
+ *   passes/formats/    bytes <-> tensors and graphs: safetensors, sharded
+ *                      sources, the artifact layout and writer, ONNX in
+ *                      and out (onnx.h), datasets (dataset.h)
+ *   passes/engine/     runs an ONNX graph (engine.h)
+ * It knows nothing of HTTP, SQLite or libuv, so the daemon, the offline
+ * `slimd compress`, the unit tests and the benchmarks all call the same
+ * code.
  *
  * Job specs and reports are JSON, and the safetensors header is JSON, so
  * libslim uses jansson for them (DESIGN.md allows it; STYLE.md's "libc and
