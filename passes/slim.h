@@ -2,7 +2,9 @@
  * slim.h - the public interface of libslim, slimd's compute library.
  *
  * libslim holds everything that touches model weights.  Its folders show
- * its layers, each depending only on the ones above it in this list:
+ * its layers: kernels/ uses only the ground; formats/ the ground and the
+ * kernels; engine/ the ground and formats/onnx.h; the passes, pipeline,
+ * report and eval use them all, and nothing uses them:
  *   passes/            the ground (this header, errors, allocation, dtypes,
  *                      globs), and on top the passes (pass_*.c, pass.c
  *                      their registry), the pipeline that runs one job
