@@ -21,7 +21,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include "passes/formats/artifact.h"
+#include "passes/artifact.h"
 #include "passes/pass.h"
 #include "passes/report.h"
 #include "passes/formats/source.h"

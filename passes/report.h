@@ -5,7 +5,7 @@
 #ifndef SLIM_REPORT_H
 #define SLIM_REPORT_H
 
-#include "passes/formats/artifact.h"
+#include "passes/artifact.h"
 #include "passes/pass.h"
 
 /* Running totals of a report. */

@@ -9,12 +9,13 @@
  *                      globs), and on top the passes (pass_*.c, pass.c
  *                      their registry), the pipeline that runs one job
  *                      spec over one model (pipeline.c), the report
- *                      (report.c) and the evaluation (eval.c)
+ *                      (report.c), the artifact's layout (artifact.c)
+ *                      and the evaluation (eval.c)
  *   passes/kernels/    numbers in, numbers out: pruning, quantizers, SVD,
  *                      k-means, each with a `_ref` twin (kernels.h)
  *   passes/formats/    bytes <-> tensors and graphs: safetensors, sharded
- *                      sources, the artifact layout and writer, ONNX in
- *                      and out (onnx.h), datasets (dataset.h)
+ *                      sources, the artifact writer, ONNX in and out
+ *                      (onnx.h), datasets (dataset.h)
  *   passes/engine/     runs an ONNX graph (engine.h)
  * It knows nothing of HTTP, SQLite or libuv, so the daemon, the offline
  * `slimd compress`, the unit tests and the benchmarks all call the same
