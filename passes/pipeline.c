@@ -531,9 +531,10 @@ static int read_tensor(struct run *r, const struct slim_shard *s, const struct s
     double t0 = slim_now();
     unsigned char *buf;
     drop_buffers(r);
-    /* ONNX: fp32 straight from the unpacked protobuf or the external
-     * file's mapping; nothing to fault in or give back */
-    if (s->in_memory && want_f32 && !keep_raw && t->dtype == SLIM_DT_F32 &&
+    /* ONNX inline weights: fp32 straight from the unpacked protobuf,
+     * nothing to fault in or give back (external ones are file mappings:
+     * faulted in and given back below, like a safetensors file's) */
+    if (s->in_memory && !t->file_mapped && want_f32 && !keep_raw && t->dtype == SLIM_DT_F32 &&
         (uintptr_t)t->data % sizeof(float) == 0) {
         r->mapped = (void *)t->data;
         r->mapped_len = 0;

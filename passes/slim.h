@@ -154,6 +154,8 @@ struct slim_tensor {
     void *own;                  /* non-NULL when this tensor owns its bytes (then data == own) */
     size_t nbytes;
     int role;                   /* enum slim_role: what the graph uses it for, where known */
+    int file_mapped;            /* data is in a read-only file mapping (pages can be given
+                                 * back and re-read); ONNX sources set it */
 };
 
 /* What a tensor is to its model, where the format says (ONNX does;
