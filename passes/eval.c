@@ -135,6 +135,10 @@ int slim_eval_run(struct slim_onnx *before, const char *after_path,
         slim_error_prefix(err, "the artifact");
         goto out;
     }
+    if (o->memory_limit) {
+        slim_engine_set_memory_limit(b.e, (size_t)o->memory_limit);
+        slim_engine_set_memory_limit(a.e, (size_t)o->memory_limit);
+    }
     per = slim_engine_input(b.e, &in_name, dims, &nd);
     if (o->dataset) {
         if ((rc = slim_dataset_load(o->dataset, o->max_samples, &ds, err))) {

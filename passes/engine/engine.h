@@ -29,6 +29,12 @@ struct slim_engine;
 int slim_engine_new(struct slim_onnx *m, struct slim_engine **out, struct slim_error *err);
 void slim_engine_free(struct slim_engine *e);
 
+/* Caps the bytes the engine's buffers (values and scratch, not the
+ * weights loaded at compile) may hold from now on; 0: no cap.  A run
+ * that would need more fails with SLIM_EBUDGET instead of leaving it to
+ * the kernel's OOM killer (a hostile graph can ask for any size). */
+void slim_engine_set_memory_limit(struct slim_engine *e, size_t bytes);
+
 /* Checks, without loading a weight, that the engine has every operator
  * of m's graph: SLIM_EUNSUPPORTED names the first it lacks (the check
  * slim_engine_new makes first).  Cheap enough for a request handler. */

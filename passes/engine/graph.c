@@ -286,6 +286,16 @@ static int const_from_tensor(struct slim_engine *e, struct eng_value *v,
 
 /* ---- the buffer pool ------------------------------------------------------- */
 
+/* 1 if `more` bytes fit the engine's memory limit (and counts them). */
+static int mem_take(struct slim_engine *e, size_t more)
+{
+    e->over_budget = e->mem_limit && e->mem_used + more > e->mem_limit;
+    if (e->over_budget)
+        return 0;
+    e->mem_used += more;
+    return 1;
+}
+
 static struct eng_buf *pool_get(struct slim_engine *e, size_t bytes)
 {
     struct eng_buf *best = NULL, *largest = NULL, **grown;
@@ -300,17 +310,25 @@ static struct eng_buf *pool_get(struct slim_engine *e, size_t bytes)
     }
     if (!best && largest) {
         /* nothing free is big enough: grow the largest (its contents are dead) */
-        void *p = slim_aligned_alloc(bytes);
-        if (!p)
+        void *p;
+        if (!mem_take(e, bytes - largest->cap))
             return NULL;
+        if (!(p = slim_aligned_alloc(bytes))) {
+            e->mem_used -= bytes - largest->cap;
+            return NULL;
+        }
         slim_aligned_free(largest->p);
         largest->p = p;
         largest->cap = bytes;
         best = largest;
     }
     if (!best) {
-        if (!(best = slim_calloc(1, sizeof *best)))
+        if (!mem_take(e, bytes))
             return NULL;
+        if (!(best = slim_calloc(1, sizeof *best))) {
+            e->mem_used -= bytes;
+            return NULL;
+        }
         if (!(best->p = slim_aligned_alloc(bytes))) {
             slim_free(best);
             return NULL;
@@ -374,8 +392,12 @@ int eng_out(struct slim_engine *e, const struct eng_node *n, int k, int type, in
     /* rounded up to a cache line, so the pool's best fit sees the same
      * size classes run after run */
     bytes = ((size_t)v->numel * eng_held_size(type) + 63) & ~(size_t)63;
-    if (!(v->buf = pool_get(e, bytes ? bytes : 64)))
+    if (!(v->buf = pool_get(e, bytes ? bytes : 64))) {
+        if (e->over_budget)
+            return slim_error_set(err, SLIM_EBUDGET, "a tensor of %zu MiB is over the engine's "
+                                  "memory budget of %zu MiB", bytes >> 20, e->mem_limit >> 20);
         return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    }
     v->data = v->buf->p;
     return 0;
 }
@@ -406,9 +428,13 @@ int eng_out_view(struct slim_engine *e, const struct eng_node *n, int k,
 void *eng_scratch(struct slim_engine *e, int slot, size_t bytes)
 {
     if (e->scratch_cap[slot] < bytes) {
-        void *p = slim_aligned_alloc(bytes);
-        if (!p)
+        void *p;
+        if (!mem_take(e, bytes - e->scratch_cap[slot]))
             return NULL;
+        if (!(p = slim_aligned_alloc(bytes))) {
+            e->mem_used -= bytes - e->scratch_cap[slot];
+            return NULL;
+        }
         slim_aligned_free(e->scratch[slot]);
         e->scratch[slot] = p;
         e->scratch_cap[slot] = bytes;
@@ -464,6 +490,11 @@ static int check_ops(const Onnx__GraphProto *g, struct slim_error *err)
                                   op->min_out, op->max_out);
     }
     return 0;
+}
+
+void slim_engine_set_memory_limit(struct slim_engine *e, size_t bytes)
+{
+    e->mem_limit = bytes;
 }
 
 int slim_engine_check(const struct slim_onnx *m, struct slim_error *err)

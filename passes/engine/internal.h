@@ -124,6 +124,9 @@ struct slim_engine {
     size_t y_cap;
     void *scratch[4];           /* op scratch (im2col columns, ...), capacity kept */
     size_t scratch_cap[4];
+    size_t mem_limit;           /* bytes the pool and scratch may hold; 0: no limit */
+    size_t mem_used;
+    int over_budget;            /* the last failed allocation was refused by mem_limit */
 };
 
 /* ---- graph.c: what ops call -------------------------------------------- */
