@@ -64,7 +64,9 @@ enum MHD_Result api_metrics(struct api_ctx *ctx, struct MHD_Connection *conn,
  * as "Authorization: Bearer", never as a cookie (a cookie would ride
  * along with other sites' requests).  A report opens as a plain link
  * without a token; with one, the page fetches report.html with the
- * token and shows it in place (a link cannot carry the header).
+ * token and shows it in place (a link cannot carry the header), minus
+ * its style sheet, which the dashboard's CSP would refuse (and the
+ * browser report) as soon as the fetched page is parsed.
  *
  * Its CSP allows exactly its inline style and script, by their SHA-256
  * (computed once, below), and connections to itself only: an injected
@@ -85,7 +87,7 @@ static const char dashboard_script[] =
     " if(!r.ok)throw new Error(u+': '+r.status);return r}\n"
     "function cell(r,t){const d=document.createElement('td');d.textContent=t;r.appendChild(d);return d}\n"
     "async function report(e){if(!sessionStorage.getItem(K))return;e.preventDefault();\n"
-    " const html=await (await get(e.target.href)).text();\n"
+    " const html=(await (await get(e.target.href)).text()).replace(/<style>[^<]*<\\/style>/g,'');\n"
     " const doc=new DOMParser().parseFromString(html,'text/html');\n"
     " for(const s of doc.querySelectorAll('style,script'))s.remove();\n"
     " $('report').replaceChildren(...Array.from(doc.body.childNodes,n=>document.importNode(n,true)))}\n"
