@@ -163,8 +163,9 @@ static const char *const sql[Q_COUNT] = {
     [Q_SHA_REFS] = "SELECT (SELECT count(*) FROM models WHERE sha256 = ?1)"
                    " + (SELECT count(*) FROM datasets WHERE sha256 = ?1)"
                    " + (SELECT count(*) FROM jobs WHERE artifact_sha = ?1)",
-    [Q_DS_INSERT] = "INSERT INTO datasets (id, name, format, bytes, sha256, info, owner, created_at)"
-                    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, " NOW ") RETURNING " DATASET_COLS,
+    [Q_DS_INSERT] = "INSERT INTO datasets (id, name, format, bytes, sha256, info, owner,"
+                    " created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, " NOW ")"
+                    " RETURNING " DATASET_COLS,
     [Q_DS_GET] = "SELECT " DATASET_COLS " FROM datasets WHERE id = ?1",
     [Q_DS_LIST] = "SELECT " DATASET_COLS " FROM datasets WHERE" OWNED(3)
                   " ORDER BY rowid DESC LIMIT ?1 OFFSET ?2",
