@@ -18,7 +18,11 @@
  *
  * Routes are a table of (method, pattern) -> handler; patterns have
  * {id} segments.  A path that matches with another method gets 405 and
- * an Allow header listing the methods it has.
+ * an Allow header listing the methods it has.  Each route names the
+ * token scope it needs; api/auth.c's gates run on the first call, before
+ * a byte of the body is taken: the Host header before routing, the
+ * token, its scope and the cross-site rules after, so an upload without
+ * a valid token is refused before it is stored anywhere.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -58,6 +62,8 @@ struct api_server {
 enum body_mode { BODY_NONE, BODY_JSON, BODY_UPLOAD };
 
 struct api_request {
+    struct api_ctx *ctx;
+    struct api_principal who;    /* set by api_gate */
     enum body_mode mode;
     char *body;
     size_t body_len;
@@ -76,41 +82,58 @@ struct route {
     enum body_mode mode;
     int kind;
     const char *const *fields;   /* BODY_UPLOAD: the multipart fields kept, in part order */
+    unsigned scope;              /* enum store_scope bits needed; 0: open */
+    unsigned gate;               /* API_GATE_* */
 };
 
 enum route_kind {
     R_HEALTH, R_MODELS_LIST, R_MODELS_UPLOAD, R_MODEL_GET, R_MODEL_DELETE, R_MODEL_FILE,
     R_DATASETS_LIST, R_DATASETS_UPLOAD, R_DATASET_GET, R_DATASET_DELETE, R_DATASET_FILE,
     R_JOBS_LIST, R_JOBS_SUBMIT, R_JOB_GET, R_JOB_CANCEL, R_JOB_REPORT, R_JOB_REPORT_HTML,
-    R_JOB_ARTIFACT, R_METRICS, R_DASHBOARD,
+    R_JOB_ARTIFACT, R_METRICS, R_DASHBOARD, R_TOKENS_LIST, R_TOKENS_CREATE, R_TOKEN_REVOKE,
 };
 
 static const char *const model_fields[] = {"file", NULL};
 /* a dataset is one safetensors file, or IDX images and labels */
 static const char *const dataset_fields[] = {"file", "images", "labels", NULL};
 
+#define READ STORE_SCOPE_READ
+#define SUBMIT STORE_SCOPE_SUBMIT
+#define ADMIN STORE_SCOPE_ADMIN
+/* /v1/health is open (liveness probes carry no token), and so is the
+ * dashboard page: it is static and holds no data (its script asks the
+ * API for the data, with the token the user gives it).  /metrics needs
+ * read: job counts are the service's business, and Prometheus sends a
+ * bearer token (authorization: credentials_file). */
 static const struct route routes[] = {
-    {"GET", "/v1/health", BODY_NONE, R_HEALTH, NULL},
-    {"GET", "/v1/models", BODY_NONE, R_MODELS_LIST, NULL},
-    {"POST", "/v1/models", BODY_UPLOAD, R_MODELS_UPLOAD, model_fields},
-    {"GET", "/v1/models/{id}", BODY_NONE, R_MODEL_GET, NULL},
-    {"DELETE", "/v1/models/{id}", BODY_NONE, R_MODEL_DELETE, NULL},
-    {"GET", "/v1/models/{id}/file", BODY_NONE, R_MODEL_FILE, NULL},
-    {"GET", "/v1/datasets", BODY_NONE, R_DATASETS_LIST, NULL},
-    {"POST", "/v1/datasets", BODY_UPLOAD, R_DATASETS_UPLOAD, dataset_fields},
-    {"GET", "/v1/datasets/{id}", BODY_NONE, R_DATASET_GET, NULL},
-    {"DELETE", "/v1/datasets/{id}", BODY_NONE, R_DATASET_DELETE, NULL},
-    {"GET", "/v1/datasets/{id}/file", BODY_NONE, R_DATASET_FILE, NULL},
-    {"GET", "/v1/jobs", BODY_NONE, R_JOBS_LIST, NULL},
-    {"POST", "/v1/jobs", BODY_JSON, R_JOBS_SUBMIT, NULL},
-    {"GET", "/v1/jobs/{id}", BODY_NONE, R_JOB_GET, NULL},
-    {"POST", "/v1/jobs/{id}/cancel", BODY_NONE, R_JOB_CANCEL, NULL},
-    {"GET", "/v1/jobs/{id}/report", BODY_NONE, R_JOB_REPORT, NULL},
-    {"GET", "/v1/jobs/{id}/report.html", BODY_NONE, R_JOB_REPORT_HTML, NULL},
-    {"GET", "/v1/jobs/{id}/artifact", BODY_NONE, R_JOB_ARTIFACT, NULL},
-    {"GET", "/metrics", BODY_NONE, R_METRICS, NULL},
-    {"GET", "/", BODY_NONE, R_DASHBOARD, NULL},
+    {"GET", "/v1/health", BODY_NONE, R_HEALTH, NULL, 0, 0},
+    {"GET", "/v1/models", BODY_NONE, R_MODELS_LIST, NULL, READ, 0},
+    {"POST", "/v1/models", BODY_UPLOAD, R_MODELS_UPLOAD, model_fields, SUBMIT, API_GATE_FORM},
+    {"GET", "/v1/models/{id}", BODY_NONE, R_MODEL_GET, NULL, READ, 0},
+    {"DELETE", "/v1/models/{id}", BODY_NONE, R_MODEL_DELETE, NULL, SUBMIT, 0},
+    {"GET", "/v1/models/{id}/file", BODY_NONE, R_MODEL_FILE, NULL, READ, 0},
+    {"GET", "/v1/datasets", BODY_NONE, R_DATASETS_LIST, NULL, READ, 0},
+    {"POST", "/v1/datasets", BODY_UPLOAD, R_DATASETS_UPLOAD, dataset_fields, SUBMIT,
+     API_GATE_FORM},
+    {"GET", "/v1/datasets/{id}", BODY_NONE, R_DATASET_GET, NULL, READ, 0},
+    {"DELETE", "/v1/datasets/{id}", BODY_NONE, R_DATASET_DELETE, NULL, SUBMIT, 0},
+    {"GET", "/v1/datasets/{id}/file", BODY_NONE, R_DATASET_FILE, NULL, READ, 0},
+    {"GET", "/v1/jobs", BODY_NONE, R_JOBS_LIST, NULL, READ, 0},
+    {"POST", "/v1/jobs", BODY_JSON, R_JOBS_SUBMIT, NULL, SUBMIT, API_GATE_JSON},
+    {"GET", "/v1/jobs/{id}", BODY_NONE, R_JOB_GET, NULL, READ, 0},
+    {"POST", "/v1/jobs/{id}/cancel", BODY_NONE, R_JOB_CANCEL, NULL, SUBMIT, API_GATE_FORM},
+    {"GET", "/v1/jobs/{id}/report", BODY_NONE, R_JOB_REPORT, NULL, READ, 0},
+    {"GET", "/v1/jobs/{id}/report.html", BODY_NONE, R_JOB_REPORT_HTML, NULL, READ, 0},
+    {"GET", "/v1/jobs/{id}/artifact", BODY_NONE, R_JOB_ARTIFACT, NULL, READ, 0},
+    {"GET", "/v1/tokens", BODY_NONE, R_TOKENS_LIST, NULL, ADMIN, 0},
+    {"POST", "/v1/tokens", BODY_JSON, R_TOKENS_CREATE, NULL, ADMIN, API_GATE_JSON},
+    {"DELETE", "/v1/tokens/{id}", BODY_NONE, R_TOKEN_REVOKE, NULL, ADMIN, 0},
+    {"GET", "/metrics", BODY_NONE, R_METRICS, NULL, READ, 0},
+    {"GET", "/", BODY_NONE, R_DASHBOARD, NULL, 0, 0},
 };
+#undef READ
+#undef SUBMIT
+#undef ADMIN
 #define N_ROUTES (sizeof routes / sizeof routes[0])
 
 /* Matches url against pattern; copies the {id} segment into id. */
@@ -151,6 +174,16 @@ const char *api_request_body(const struct api_request *req, size_t *len)
 struct api_upload *api_request_upload(struct api_request *req)
 {
     return &req->up;
+}
+
+struct api_principal *api_request_principal(struct api_request *req)
+{
+    return &req->who;
+}
+
+struct api_ctx *api_request_ctx(struct api_request *req)
+{
+    return req ? req->ctx : NULL;
 }
 
 uint64_t api_upload_bytes(const struct api_upload *up)
@@ -227,6 +260,7 @@ static enum MHD_Result queue(struct MHD_Connection *conn, struct api_request *re
         return MHD_NO;
     api_request_set_status(req, status);
     MHD_add_response_header(resp, "Cache-Control", "no-store");
+    api_secure_response(conn, req, resp);
     r = MHD_queue_response(conn, (unsigned)status, resp);
     MHD_destroy_response(resp);
     return r;
@@ -278,6 +312,19 @@ static enum MHD_Result reply_error_status(struct MHD_Connection *conn, struct ap
     return queue(conn, req, status, resp);
 }
 
+enum MHD_Result api_reply_error_header(struct MHD_Connection *conn, struct api_request *req,
+                                       int code, const char *hname, const char *hval,
+                                       const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return reply_error_status(conn, req, slim_http_status(code), slim_errcode(code), msg, hname,
+                              hval);
+}
+
 enum MHD_Result api_reply_error(struct MHD_Connection *conn, struct api_request *req, int code,
                                 const char *fmt, ...)
 {
@@ -310,6 +357,19 @@ enum MHD_Result api_reply_text(struct MHD_Connection *conn, struct api_request *
     }
     MHD_add_response_header(resp, "Content-Type", type);
     return queue(conn, req, status, resp);
+}
+
+enum MHD_Result api_reply_html(struct MHD_Connection *conn, struct api_request *req, char *html,
+                               size_t len, const char *csp)
+{
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, html, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(html);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, "Content-Type", "text/html; charset=utf-8");
+    MHD_add_response_header(resp, "Content-Security-Policy", csp);
+    return queue(conn, req, 200, resp);
 }
 
 enum MHD_Result api_reply_empty(struct MHD_Connection *conn, struct api_request *req, int status)
@@ -573,6 +633,9 @@ static enum MHD_Result dispatch(struct api_ctx *ctx, struct MHD_Connection *conn
     case R_JOB_ARTIFACT: return api_jobs_get(ctx, conn, req, id, "artifact");
     case R_METRICS: return api_metrics(ctx, conn, req);
     case R_DASHBOARD: return api_dashboard(ctx, conn, req);
+    case R_TOKENS_LIST: return api_tokens_list(ctx, conn, req);
+    case R_TOKENS_CREATE: return api_tokens_create(ctx, conn, req);
+    case R_TOKEN_REVOKE: return api_tokens_revoke(ctx, conn, req, id);
     }
     return api_reply_error(conn, req, SLIM_EINTERNAL, "no handler");
 }
@@ -587,6 +650,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     const struct route *r = NULL;
     char id[128], allow[64];
     int path_known = 0;
+    enum MHD_Result gated;
 
     allow[0] = 0;
     for (size_t i = 0; i < N_ROUTES; i++) {
@@ -605,10 +669,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         req = slim_calloc(1, sizeof *req);
         if (!req)
             return MHD_NO;
+        req->ctx = ctx;
         req->started = slim_now();
         snprintf(req->method, sizeof req->method, "%s", method);
         snprintf(req->url, sizeof req->url, "%s", url);
         *con_cls = req;
+        if (!api_gate_host(ctx, conn, req, method, path_known, &gated))
+            return gated;
         if (!r) {
             if (path_known)
                 return reply_error_status(conn, req, 405, "METHOD_NOT_ALLOWED",
@@ -616,6 +683,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             return api_reply_error(conn, req, SLIM_ENOTFOUND, "no such endpoint: %s %.200s",
                                    method, url);
         }
+        if (!api_gate(ctx, conn, req, method, r->scope, r->gate, &gated))
+            return gated;
         req->mode = r->mode;
         if (r->mode == BODY_UPLOAD) {
             const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
@@ -720,6 +789,14 @@ int api_server_start(struct store *st, const struct api_config *cfg,
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
                      MHD_USE_ERROR_LOG;
     const union MHD_DaemonInfo *di;
+    /* libmicrohttpd copies neither: the PEM text must outlive the daemon
+     * (cli.c keeps it until the server has stopped) */
+    struct MHD_OptionItem tls_opts[] = {
+        {MHD_OPTION_HTTPS_MEM_CERT, 0, (void *)cfg->tls_cert},
+        {MHD_OPTION_HTTPS_MEM_KEY, 0, (void *)cfg->tls_key},
+        {MHD_OPTION_END, 0, NULL},
+    };
+    struct MHD_OptionItem no_opts[] = {{MHD_OPTION_END, 0, NULL}};
 
     if (!srv)
         return slim_error_set(err, SLIM_ENOMEM, "out of memory");
@@ -746,6 +823,27 @@ int api_server_start(struct store *st, const struct api_config *cfg,
     srv->ctx.job_memory = cfg->job_memory;
     srv->ctx.max_queued = cfg->max_queued;
     srv->ctx.min_free = cfg->min_free;
+    srv->ctx.auth = cfg->auth;
+    snprintf(srv->ctx.listen_host, sizeof srv->ctx.listen_host, "%s", cfg->host);
+    srv->ctx.listen_any = sa->sa_family == AF_INET
+                              ? a4.sin_addr.s_addr == htonl(INADDR_ANY)
+                              : !memcmp(&a6.sin6_addr, &in6addr_any, sizeof in6addr_any);
+    srv->ctx.allowed_hosts = cfg->allowed_hosts;
+    srv->ctx.cors_origins = cfg->cors_origins;
+    if (cfg->tls_cert || cfg->tls_key) {
+        /* Debian builds libmicrohttpd with GnuTLS; a build without it
+         * would otherwise fail later with a less helpful message */
+        if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
+            slim_free(srv);
+            return slim_error_set(err, SLIM_EINVAL, "this libmicrohttpd was built without TLS "
+                                  "support: --tls-cert/--tls-key cannot be used");
+        }
+        if (!cfg->tls_cert || !cfg->tls_key) {
+            slim_free(srv);
+            return slim_error_set(err, SLIM_EINVAL, "TLS needs both --tls-cert and --tls-key");
+        }
+        flags |= MHD_USE_TLS;
+    }
     srv->mhd = MHD_start_daemon(flags, cfg->port, NULL, NULL, on_request, &srv->ctx,
                                 MHD_OPTION_SOCK_ADDR, sa,
                                 MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
@@ -755,9 +853,15 @@ int api_server_start(struct store *st, const struct api_config *cfg,
                                 MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL,
                                 MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONN_MEMORY,
                                 MHD_OPTION_CONNECTION_MEMORY_INCREMENT, (size_t)CONN_MEMORY_INCREMENT,
+                                MHD_OPTION_ARRAY, (flags & MHD_USE_TLS) ? tls_opts : no_opts,
                                 MHD_OPTION_END);
     if (!srv->mhd) {
         slim_free(srv);
+        if (flags & MHD_USE_TLS)
+            return slim_error_set(err, SLIM_EIO, "cannot listen on %s:%u with TLS (address in "
+                                  "use, or a certificate and key that do not load or do not "
+                                  "match? libmicrohttpd's message is above)", cfg->host,
+                                  cfg->port);
         return slim_error_set(err, SLIM_EIO, "cannot listen on %s:%u (address in use?)",
                               cfg->host, cfg->port);
     }

@@ -62,7 +62,9 @@
     X(EBUSY,      -16,  "TOO_MANY_REQUESTS", 429, "too many requests") \
     X(ENOSPACE,   -17,  "INSUFFICIENT_STORAGE", 507, "insufficient storage") \
     X(EUNSUPPORTED, -18, "UNSUPPORTED_OPERATOR", 422, "unsupported operator") \
-    X(EDATASET,   -19,  "INVALID_DATASET",   400, "malformed dataset")
+    X(EDATASET,   -19,  "INVALID_DATASET",   400, "malformed dataset") \
+    X(EUNAUTH,    -20,  "UNAUTHORIZED",      401, "no valid bearer token") \
+    X(EFORBIDDEN, -21,  "FORBIDDEN",         403, "forbidden")
 
 enum slim_errno {
 #define SLIM_X(name, val, code, status, msg) SLIM_##name = val,

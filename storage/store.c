@@ -29,6 +29,15 @@
  * and once it has finished the delete sets the column NULL, as for
  * models.  Blobs are shared by content: models, datasets and artifacts
  * may name the same sha256, and a blob goes when the last of them does.
+ *
+ * Tokens (schema 4) are rows of id, name, scope bits, the secret's
+ * SHA-256 (token.c) and times; they are revoked, never deleted, so the
+ * owner column that models, datasets and jobs gained with them always
+ * names a row.  The list statements filter by owner with
+ * "?N IS NULL OR owner = ?N" (NULL: every row): one statement for both
+ * cases, at the cost of a scan in rowid order that an index on owner
+ * would spare a token with few rows among many; the lists are paged and
+ * the tables hold thousands of rows, not millions.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -43,12 +52,15 @@
 #include "storage/store.h"
 
 #define NOW "strftime('%Y-%m-%dT%H:%M:%SZ', 'now')"
-#define MODEL_COLS "id, kind, name, format, bytes, sha256, info, created_at"
-#define DATASET_COLS "id, name, format, bytes, sha256, info, created_at"
+#define MODEL_COLS "id, kind, name, format, bytes, sha256, info, created_at, owner"
+#define DATASET_COLS "id, name, format, bytes, sha256, info, created_at, owner"
 #define JOB_COLS                                                                   \
     "id, model_id, state, progress, stage, error, attempts, cancel_requested, "    \
     "created_at, started_at, finished_at, spec, artifact_sha, artifact_bytes, mem_bytes, "  \
-    "dataset_id"
+    "dataset_id, owner"
+#define TOKEN_COLS "id, name, scopes, created_at, last_used_at, revoked"
+/* ?N: an owner's token id, or NULL for every row */
+#define OWNED(n) " (?" #n " IS NULL OR owner = ?" #n ")"
 
 /* Append only: entry i takes the schema from version i to i + 1. */
 static const char *const migrations[] = {
@@ -103,6 +115,20 @@ static const char *const migrations[] = {
     "DELETE FROM models WHERE kind = 'dataset';"
     "ALTER TABLE jobs ADD COLUMN dataset_id TEXT REFERENCES datasets(id) ON DELETE SET NULL;"
     "CREATE INDEX jobs_dataset ON jobs(dataset_id);",
+    /* 4: bearer tokens (the secret's sha256, never the secret; scopes
+     * as bits), and the token that created each model, dataset and job
+     * (NULL for rows made with --auth none or before tokens existed) */
+    "CREATE TABLE tokens ("
+    "  id TEXT PRIMARY KEY,"
+    "  name TEXT NOT NULL,"
+    "  scopes INTEGER NOT NULL CHECK (scopes > 0),"
+    "  hash TEXT NOT NULL UNIQUE,"
+    "  created_at TEXT NOT NULL,"
+    "  last_used_at TEXT,"
+    "  revoked INTEGER NOT NULL DEFAULT 0);"
+    "ALTER TABLE models ADD COLUMN owner TEXT REFERENCES tokens(id);"
+    "ALTER TABLE datasets ADD COLUMN owner TEXT REFERENCES tokens(id);"
+    "ALTER TABLE jobs ADD COLUMN owner TEXT REFERENCES tokens(id);",
 };
 
 enum q {
@@ -114,6 +140,8 @@ enum q {
     Q_JOB_CLAIM, Q_JOB_PROGRESS, Q_JOB_SUCCEED, Q_JOB_FAIL, Q_JOB_CANCEL_QUEUED,
     Q_JOB_CANCEL_RUNNING, Q_JOB_CANCELED, Q_JOB_REQUEUE, Q_JOB_REPORT, Q_JOB_COUNTS,
     Q_RECOVER_CANCELED, Q_RECOVER_FAIL, Q_RECOVER_REQUEUE,
+    Q_TOKEN_INSERT, Q_TOKEN_LIST, Q_TOKEN_FIND, Q_TOKEN_TOUCH, Q_TOKEN_REVOKE, Q_TOKEN_GET,
+    Q_TOKEN_COUNT_LIVE,
     Q_COUNT
 };
 
@@ -122,39 +150,43 @@ static const char *const sql[Q_COUNT] = {
     [Q_BEGIN_IMMEDIATE] = "BEGIN IMMEDIATE",
     [Q_COMMIT] = "COMMIT",
     [Q_ROLLBACK] = "ROLLBACK",
-    [Q_MODEL_INSERT] = "INSERT INTO models (id, kind, name, format, bytes, sha256, info, created_at)"
-                       " VALUES (?1, 'model', ?2, ?3, ?4, ?5, ?6, " NOW ") RETURNING " MODEL_COLS,
+    [Q_MODEL_INSERT] = "INSERT INTO models (id, kind, name, format, bytes, sha256, info, owner,"
+                       " created_at) VALUES (?1, 'model', ?2, ?3, ?4, ?5, ?6, ?7, " NOW ")"
+                       " RETURNING " MODEL_COLS,
     [Q_MODEL_GET] = "SELECT " MODEL_COLS " FROM models WHERE id = ?1",
-    [Q_MODEL_LIST] = "SELECT " MODEL_COLS " FROM models WHERE kind = 'model'"
+    [Q_MODEL_LIST] = "SELECT " MODEL_COLS " FROM models WHERE kind = 'model' AND" OWNED(3)
                      " ORDER BY rowid DESC LIMIT ?1 OFFSET ?2",
-    [Q_MODEL_COUNT] = "SELECT count(*) FROM models WHERE kind = 'model'",
+    [Q_MODEL_COUNT] = "SELECT count(*) FROM models WHERE kind = 'model' AND" OWNED(1),
     [Q_MODEL_USER] = "SELECT id, state FROM jobs WHERE model_id = ?1 AND state IN (0, 1)"
                      " ORDER BY seq LIMIT 1",
     [Q_MODEL_DELETE] = "DELETE FROM models WHERE id = ?1",
     [Q_SHA_REFS] = "SELECT (SELECT count(*) FROM models WHERE sha256 = ?1)"
                    " + (SELECT count(*) FROM datasets WHERE sha256 = ?1)"
                    " + (SELECT count(*) FROM jobs WHERE artifact_sha = ?1)",
-    [Q_DS_INSERT] = "INSERT INTO datasets (id, name, format, bytes, sha256, info, created_at)"
-                    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, " NOW ") RETURNING " DATASET_COLS,
+    [Q_DS_INSERT] = "INSERT INTO datasets (id, name, format, bytes, sha256, info, owner,"
+                    " created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, " NOW ")"
+                    " RETURNING " DATASET_COLS,
     [Q_DS_GET] = "SELECT " DATASET_COLS " FROM datasets WHERE id = ?1",
-    [Q_DS_LIST] = "SELECT " DATASET_COLS " FROM datasets ORDER BY rowid DESC LIMIT ?1 OFFSET ?2",
-    [Q_DS_COUNT] = "SELECT count(*) FROM datasets",
+    [Q_DS_LIST] = "SELECT " DATASET_COLS " FROM datasets WHERE" OWNED(3)
+                  " ORDER BY rowid DESC LIMIT ?1 OFFSET ?2",
+    [Q_DS_COUNT] = "SELECT count(*) FROM datasets WHERE" OWNED(1),
     [Q_DS_USER] = "SELECT id, state FROM jobs WHERE dataset_id = ?1 AND state IN (0, 1)"
                   " ORDER BY seq LIMIT 1",
     [Q_DS_DELETE] = "DELETE FROM datasets WHERE id = ?1",
     /* selecting from models makes a missing (or non-'model') id insert
      * nothing, and so does a dataset (?6, when not NULL) that is missing */
-    [Q_JOB_INSERT] = "INSERT INTO jobs (id, seq, model_id, dataset_id, spec, mem_bytes, created_at)"
-                     " SELECT ?1, (SELECT coalesce(max(seq), 0) + 1 FROM jobs), id, ?6, ?3, ?4, "
-                     NOW " FROM models WHERE id = ?2 AND kind = 'model'"
+    [Q_JOB_INSERT] = "INSERT INTO jobs (id, seq, model_id, dataset_id, spec, mem_bytes, owner,"
+                     " created_at) SELECT ?1, (SELECT coalesce(max(seq), 0) + 1 FROM jobs), id,"
+                     " ?6, ?3, ?4, ?7, " NOW " FROM models WHERE id = ?2 AND kind = 'model'"
                      " AND (?6 IS NULL OR EXISTS (SELECT 1 FROM datasets WHERE id = ?6))"
                      " AND (SELECT count(*) FROM jobs WHERE state = 0) < ?5 RETURNING " JOB_COLS,
     [Q_JOB_GET] = "SELECT " JOB_COLS " FROM jobs WHERE id = ?1",
-    [Q_JOB_LIST] = "SELECT " JOB_COLS " FROM jobs ORDER BY seq DESC LIMIT ?1 OFFSET ?2",
-    [Q_JOB_LIST_STATE] = "SELECT " JOB_COLS " FROM jobs WHERE state = ?3"
+    [Q_JOB_LIST] = "SELECT " JOB_COLS " FROM jobs WHERE" OWNED(3)
+                   " ORDER BY seq DESC LIMIT ?1 OFFSET ?2",
+    [Q_JOB_LIST_STATE] = "SELECT " JOB_COLS " FROM jobs WHERE state = ?3 AND" OWNED(4)
                          " ORDER BY seq DESC LIMIT ?1 OFFSET ?2",
-    [Q_JOB_COUNT] = "SELECT count(*) FROM jobs",
-    [Q_JOB_COUNT_STATE] = "SELECT count(*) FROM jobs WHERE state = ?1",
+    [Q_JOB_COUNT] = "SELECT count(*) FROM jobs WHERE" OWNED(1),
+    [Q_JOB_COUNT_STATE] = "SELECT count(*) FROM jobs WHERE state = ?1 AND" OWNED(2),
     [Q_JOB_CLAIM] = "UPDATE jobs SET state = 1, attempts = attempts + 1, started_at = " NOW ","
                     " finished_at = NULL, progress = 0, stage = NULL, error = NULL"
                     " WHERE id = (SELECT id FROM jobs WHERE state = 0 ORDER BY seq LIMIT 1)"
@@ -186,6 +218,17 @@ static const char *const sql[Q_COUNT] = {
                        " WHERE state = 1 AND attempts >= ?1",
     [Q_RECOVER_REQUEUE] = "UPDATE jobs SET state = 0, started_at = NULL, progress = 0, stage = NULL"
                           " WHERE state = 1",
+    [Q_TOKEN_INSERT] = "INSERT INTO tokens (id, name, scopes, hash, created_at)"
+                       " VALUES (?1, ?2, ?3, ?4, " NOW ") RETURNING " TOKEN_COLS,
+    [Q_TOKEN_LIST] = "SELECT " TOKEN_COLS " FROM tokens ORDER BY rowid",
+    /* the last column: whether last_used_at is a minute old (or unset) */
+    [Q_TOKEN_FIND] = "SELECT id, scopes, revoked, last_used_at IS NULL OR last_used_at <"
+                     " strftime('%Y-%m-%dT%H:%M:%SZ', 'now', '-60 seconds') FROM tokens"
+                     " WHERE hash = ?1",
+    [Q_TOKEN_TOUCH] = "UPDATE tokens SET last_used_at = " NOW " WHERE id = ?1",
+    [Q_TOKEN_REVOKE] = "UPDATE tokens SET revoked = 1 WHERE id = ?1 AND revoked = 0",
+    [Q_TOKEN_GET] = "SELECT " TOKEN_COLS " FROM tokens WHERE id = ?1",
+    [Q_TOKEN_COUNT_LIVE] = "SELECT count(*) FROM tokens WHERE revoked = 0",
 };
 
 struct store {
@@ -330,11 +373,12 @@ static const char *const onnx_keys[] = {"opset", "ir_version", "producer", "inpu
 static json_t *model_row(sqlite3_stmt *s)
 {
     json_t *info = col_json(s, 6), *row;
-    row = json_pack("{s:s?, s:s?, s:s?, s:s?, s:I, s:s?, s:O?, s:O?, s:s?}",
+    row = json_pack("{s:s?, s:s?, s:s?, s:s?, s:I, s:s?, s:O?, s:O?, s:s?, s:s?}",
                     "id", col_text(s, 0), "kind", col_text(s, 1), "name", col_text(s, 2),
                     "format", col_text(s, 3), "bytes", (json_int_t)sqlite3_column_int64(s, 4),
                     "sha256", col_text(s, 5), "tensors", json_object_get(info, "tensors"),
-                    "params", json_object_get(info, "params"), "created_at", col_text(s, 7));
+                    "params", json_object_get(info, "params"), "created_at", col_text(s, 7),
+                    "owner", col_text(s, 8));
     if (row && json_object_get(info, "shards"))   /* a sharded checkpoint: its shard files */
         json_object_set(row, "shards", json_object_get(info, "shards"));
     /* an ONNX model: its graph's outline (all small: no per-tensor list) */
@@ -352,7 +396,7 @@ static json_t *job_row(sqlite3_stmt *s)
         artifact = json_pack("{s:s?, s:I}", "sha256", col_text(s, 12), "bytes",
                              (json_int_t)sqlite3_column_int64(s, 13));
     return json_pack("{s:s?, s:s?, s:s?, s:s, s:f, s:s?, s:s?, s:I, s:b, s:s?, s:s?, s:s?, s:o?,"
-                     " s:o?, s:I}",
+                     " s:o?, s:I, s:s?}",
                      "id", col_text(s, 0), "model", col_text(s, 1), "dataset", col_text(s, 15),
                      "state", store_job_state_name(sqlite3_column_int(s, 2)),
                      "progress", sqlite3_column_double(s, 3), "stage", col_text(s, 4),
@@ -361,7 +405,7 @@ static json_t *job_row(sqlite3_stmt *s)
                      "created_at", col_text(s, 8), "started_at", col_text(s, 9),
                      "finished_at", col_text(s, 10), "spec", col_json(s, 11),
                      "artifact", artifact, "memory_bytes",
-                     (json_int_t)sqlite3_column_int64(s, 14));
+                     (json_int_t)sqlite3_column_int64(s, 14), "owner", col_text(s, 16));
 }
 
 /* Steps s for one row and converts it with to_json into *row; a missing
@@ -574,6 +618,27 @@ int store_open(const char *data_dir, struct store **out, struct slim_error *err)
     return 0;
 }
 
+int store_open_meta(const char *data_dir, struct store **out, struct slim_error *err)
+{
+    struct store *st = slim_calloc(1, sizeof *st);
+    int rc;
+
+    if (!st || !(st->dir = slim_strdup(data_dir))) {
+        slim_free(st);
+        return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    }
+    pthread_mutex_init(&st->lock, NULL);
+    rc = mkdir_p(data_dir, err);
+    if (!rc)
+        rc = open_db(st, err);
+    if (rc) {
+        store_close(st);
+        return rc;
+    }
+    *out = st;
+    return 0;
+}
+
 void store_close(struct store *st)
 {
     if (!st)
@@ -626,10 +691,11 @@ static const struct upload_kind dataset_kind = {
 static json_t *dataset_row(sqlite3_stmt *s)
 {
     json_t *info = col_json(s, 5);
-    json_t *row = json_pack("{s:s?, s:s?, s:s?, s:I, s:s?, s:s?}", "id", col_text(s, 0),
+    json_t *row = json_pack("{s:s?, s:s?, s:s?, s:I, s:s?, s:s?, s:s?}", "id", col_text(s, 0),
                             "name", col_text(s, 1), "format", col_text(s, 2),
                             "bytes", (json_int_t)sqlite3_column_int64(s, 3),
-                            "sha256", col_text(s, 4), "created_at", col_text(s, 6));
+                            "sha256", col_text(s, 4), "created_at", col_text(s, 6),
+                            "owner", col_text(s, 7));
     if (row && json_is_object(info) && json_object_update_missing(row, info)) {
         json_decref(row);
         row = NULL;
@@ -638,9 +704,9 @@ static json_t *dataset_row(sqlite3_stmt *s)
     return row;
 }
 
-static int upload_insert(struct store *st, const struct upload_kind *k, const char *name,
-                         const char *sha, uint64_t bytes, json_t *info, json_t **row,
-                         struct slim_error *err)
+static int upload_insert(struct store *st, const struct upload_kind *k, const char *owner,
+                         const char *name, const char *sha, uint64_t bytes, json_t *info,
+                         json_t **row, struct slim_error *err)
 {
     const char *format = json_string_value(json_object_get(info, "format"));
     json_t *utf8 = name ? json_string(name) : NULL;   /* NULL unless valid UTF-8 */
@@ -661,7 +727,8 @@ static int upload_insert(struct store *st, const struct upload_kind *k, const ch
     pthread_mutex_lock(&st->lock);
     rc = blob_present(st, sha, err);
     if (!rc)
-        rc = prep(st, k->insert, &s, err, "sssIss", id, name, format, (int64_t)bytes, sha, text);
+        rc = prep(st, k->insert, &s, err, "sssIsss", id, name, format, (int64_t)bytes, sha, text,
+                  owner);
     if (!rc)
         rc = one_row(st, s, k->to_json, row, k->what, id, err);
     pthread_mutex_unlock(&st->lock);
@@ -682,8 +749,8 @@ static int upload_get(struct store *st, const struct upload_kind *k, const char 
     return rc;
 }
 
-static int upload_list(struct store *st, const struct upload_kind *k, int limit, int offset,
-                       json_t **rows, int *total, struct slim_error *err)
+static int upload_list(struct store *st, const struct upload_kind *k, const char *owner,
+                       int limit, int offset, json_t **rows, int *total, struct slim_error *err)
 {
     sqlite3_stmt *list, *count;
     int rc;
@@ -691,8 +758,8 @@ static int upload_list(struct store *st, const struct upload_kind *k, int limit,
     /* one read transaction, so total and rows come from one snapshot */
     rc = run(st, Q_BEGIN, NULL, err, "");
     if (!rc) {
-        rc = prep(st, k->list, &list, err, "ii", limit, offset);
-        if (!rc && !(rc = prep(st, k->count, &count, err, "")))
+        rc = prep(st, k->list, &list, err, "iis", limit, offset, owner);
+        if (!rc && !(rc = prep(st, k->count, &count, err, "s", owner)))
             rc = list_rows(st, list, count, k->to_json, rows, total, err);
         rc = finish(st, rc, err);
     }
@@ -766,10 +833,10 @@ out:
     return rc;
 }
 
-int store_model_insert(struct store *st, const char *name, const char *sha, uint64_t bytes,
-                       json_t *info, json_t **row, struct slim_error *err)
+int store_model_insert(struct store *st, const char *owner, const char *name, const char *sha,
+                       uint64_t bytes, json_t *info, json_t **row, struct slim_error *err)
 {
-    return upload_insert(st, &model_kind, name, sha, bytes, info, row, err);
+    return upload_insert(st, &model_kind, owner, name, sha, bytes, info, row, err);
 }
 
 int store_model_get(struct store *st, const char *id, json_t **row, struct slim_error *err)
@@ -777,10 +844,10 @@ int store_model_get(struct store *st, const char *id, json_t **row, struct slim_
     return upload_get(st, &model_kind, id, row, err);
 }
 
-int store_model_list(struct store *st, int limit, int offset, json_t **rows, int *total,
-                     struct slim_error *err)
+int store_model_list(struct store *st, const char *owner, int limit, int offset, json_t **rows,
+                     int *total, struct slim_error *err)
 {
-    return upload_list(st, &model_kind, limit, offset, rows, total, err);
+    return upload_list(st, &model_kind, owner, limit, offset, rows, total, err);
 }
 
 int store_model_delete(struct store *st, const char *id, struct slim_error *err)
@@ -790,10 +857,10 @@ int store_model_delete(struct store *st, const char *id, struct slim_error *err)
 
 /* ---- datasets ---- */
 
-int store_dataset_insert(struct store *st, const char *name, const char *sha, uint64_t bytes,
-                         json_t *info, json_t **row, struct slim_error *err)
+int store_dataset_insert(struct store *st, const char *owner, const char *name, const char *sha,
+                         uint64_t bytes, json_t *info, json_t **row, struct slim_error *err)
 {
-    return upload_insert(st, &dataset_kind, name, sha, bytes, info, row, err);
+    return upload_insert(st, &dataset_kind, owner, name, sha, bytes, info, row, err);
 }
 
 int store_dataset_get(struct store *st, const char *id, json_t **row, struct slim_error *err)
@@ -801,10 +868,10 @@ int store_dataset_get(struct store *st, const char *id, json_t **row, struct sli
     return upload_get(st, &dataset_kind, id, row, err);
 }
 
-int store_dataset_list(struct store *st, int limit, int offset, json_t **rows, int *total,
-                       struct slim_error *err)
+int store_dataset_list(struct store *st, const char *owner, int limit, int offset, json_t **rows,
+                       int *total, struct slim_error *err)
 {
-    return upload_list(st, &dataset_kind, limit, offset, rows, total, err);
+    return upload_list(st, &dataset_kind, owner, limit, offset, rows, total, err);
 }
 
 int store_dataset_delete(struct store *st, const char *id, struct slim_error *err)
@@ -826,9 +893,9 @@ static int row_exists(struct store *st, enum q i, const char *id)
     return found;
 }
 
-int store_job_insert(struct store *st, const char *model_id, const char *dataset_id, json_t *spec,
-                     uint64_t mem_bytes, int64_t max_queued, json_t **row,
-                     struct slim_error *err)
+int store_job_insert(struct store *st, const char *owner, const char *model_id,
+                     const char *dataset_id, json_t *spec, uint64_t mem_bytes,
+                     int64_t max_queued, json_t **row, struct slim_error *err)
 {
     sqlite3_stmt *s;
     char id[32], *text;
@@ -841,8 +908,8 @@ int store_job_insert(struct store *st, const char *model_id, const char *dataset
     if (!(text = json_dumps(spec, JSON_COMPACT)))
         return slim_error_set(err, SLIM_ENOMEM, "out of memory");
     pthread_mutex_lock(&st->lock);
-    rc = prep(st, Q_JOB_INSERT, &s, err, "sssIIs", id, model_id, text, (int64_t)mem_bytes,
-              max_queued > 0 ? max_queued : INT64_MAX, dataset_id);
+    rc = prep(st, Q_JOB_INSERT, &s, err, "sssIIss", id, model_id, text, (int64_t)mem_bytes,
+              max_queued > 0 ? max_queued : INT64_MAX, dataset_id, owner);
     if (!rc) /* no row: the model or the dataset does not exist, or the queue is full */
         rc = one_row(st, s, job_row, row, "model", model_id, err);
     if (rc == SLIM_ENOTFOUND && row_exists(st, Q_MODEL_GET, model_id)) {
@@ -870,8 +937,8 @@ int store_job_get(struct store *st, const char *id, json_t **row, struct slim_er
     return rc;
 }
 
-int store_job_list(struct store *st, int state, int limit, int offset, json_t **rows,
-                   int *total, struct slim_error *err)
+int store_job_list(struct store *st, const char *owner, int state, int limit, int offset,
+                   json_t **rows, int *total, struct slim_error *err)
 {
     sqlite3_stmt *list, *count;
     int rc;
@@ -879,13 +946,13 @@ int store_job_list(struct store *st, int state, int limit, int offset, json_t **
     rc = run(st, Q_BEGIN, NULL, err, "");
     if (!rc) {
         if (state < 0)
-            rc = prep(st, Q_JOB_LIST, &list, err, "ii", limit, offset);
+            rc = prep(st, Q_JOB_LIST, &list, err, "iis", limit, offset, owner);
         else
-            rc = prep(st, Q_JOB_LIST_STATE, &list, err, "iii", limit, offset, state);
+            rc = prep(st, Q_JOB_LIST_STATE, &list, err, "iiis", limit, offset, state, owner);
         if (!rc && state < 0)
-            rc = prep(st, Q_JOB_COUNT, &count, err, "");
+            rc = prep(st, Q_JOB_COUNT, &count, err, "s", owner);
         else if (!rc)
-            rc = prep(st, Q_JOB_COUNT_STATE, &count, err, "i", state);
+            rc = prep(st, Q_JOB_COUNT_STATE, &count, err, "is", state, owner);
         if (!rc)
             rc = list_rows(st, list, count, job_row, rows, total, err);
         rc = finish(st, rc, err);
@@ -1078,6 +1145,152 @@ int store_job_counts(struct store *st, int64_t counts[5], struct slim_error *err
                 counts[state] = sqlite3_column_int64(s, 1);
         }
         rc = rc == SQLITE_DONE ? 0 : db_error(st, err, "cannot count jobs");
+        done(s);
+    }
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+/* ---- tokens ---- */
+
+static json_t *token_row(sqlite3_stmt *s)
+{
+    unsigned bits = (unsigned)sqlite3_column_int(s, 2);
+    json_t *scopes = json_array();
+    char name[24];
+    for (unsigned bit = 1; scopes && bit <= STORE_SCOPES_ALL; bit <<= 1) {
+        store_scopes_format(bits & bit, name, sizeof name);   /* token.c's names */
+        if (name[0])
+            json_array_append_new(scopes, json_string(name));
+    }
+    return json_pack("{s:s?, s:s?, s:o?, s:s?, s:s?, s:b}", "id", col_text(s, 0),
+                     "name", col_text(s, 1), "scopes", scopes, "created_at", col_text(s, 3),
+                     "last_used_at", col_text(s, 4), "revoked", sqlite3_column_int(s, 5) != 0);
+}
+
+int store_token_create(struct store *st, const char *name, unsigned scopes,
+                       char secret_out[STORE_TOKEN_LEN + 1], json_t **row,
+                       struct slim_error *err)
+{
+    json_t *utf8 = name ? json_string(name) : NULL;   /* NULL unless valid UTF-8 */
+    char id[32], hash[65];
+    sqlite3_stmt *s;
+    int rc;
+
+    json_decref(utf8);
+    *row = NULL;
+    if (!utf8 || !name[0] || strlen(name) > 200)
+        return slim_error_set(err, SLIM_EINVAL, "name: expected 1 to 200 bytes of UTF-8 text");
+    if (!scopes || (scopes & ~STORE_SCOPES_ALL))
+        return slim_error_set(err, SLIM_EINVAL, "scopes: expected one or more of read, submit, "
+                              "admin");
+    if ((rc = new_id(id, sizeof id, "tok_", err)) ||
+        (rc = store_token_secret_new(secret_out, err)) ||
+        (rc = store_token_hash(secret_out, hash, err)))
+        goto out;
+    pthread_mutex_lock(&st->lock);
+    rc = prep(st, Q_TOKEN_INSERT, &s, err, "ssis", id, name, (int)scopes, hash);
+    if (!rc)
+        rc = one_row(st, s, token_row, row, "token", id, err);
+    pthread_mutex_unlock(&st->lock);
+out:
+    if (rc)   /* a secret that was not stored must not be shown */
+        explicit_bzero(secret_out, STORE_TOKEN_LEN + 1);
+    return rc;
+}
+
+int store_token_list(struct store *st, json_t **rows, struct slim_error *err)
+{
+    json_t *arr = json_array();
+    sqlite3_stmt *s;
+    int rc, step = SQLITE_DONE;
+    if (!arr)
+        return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    pthread_mutex_lock(&st->lock);
+    if (!(rc = prep(st, Q_TOKEN_LIST, &s, err, ""))) {
+        while (!rc && (step = sqlite3_step(s)) == SQLITE_ROW)
+            if (json_array_append_new(arr, token_row(s)))
+                rc = slim_error_set(err, SLIM_ENOMEM, "out of memory");
+        if (!rc && step != SQLITE_DONE)
+            rc = db_error(st, err, "cannot list tokens");
+        done(s);
+    }
+    pthread_mutex_unlock(&st->lock);
+    if (rc)
+        json_decref(arr);
+    else
+        *rows = arr;
+    return rc;
+}
+
+int store_token_revoke(struct store *st, const char *id, int *was_revoked,
+                       struct slim_error *err)
+{
+    int rc, n = 0;
+    if (was_revoked)
+        *was_revoked = 0;
+    pthread_mutex_lock(&st->lock);
+    rc = run(st, Q_TOKEN_REVOKE, &n, err, "s", id);
+    if (!rc && !n) {
+        if (!row_exists(st, Q_TOKEN_GET, id))
+            rc = slim_error_set(err, SLIM_ENOTFOUND, "token %.64s does not exist", id);
+        else if (was_revoked)
+            *was_revoked = 1;
+    }
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+int store_token_verify(struct store *st, const char *secret, struct store_token *out,
+                       struct slim_error *err)
+{
+    size_t pre = strlen(STORE_TOKEN_PREFIX);
+    char hash[65];
+    sqlite3_stmt *s;
+    int rc, step, touch = 0;
+
+    memset(out, 0, sizeof *out);
+    /* the shape first: a malformed secret costs no hash and no query */
+    if (strlen(secret) != STORE_TOKEN_LEN || strncmp(secret, STORE_TOKEN_PREFIX, pre) ||
+        strspn(secret + pre, "0123456789abcdef") != STORE_TOKEN_LEN - pre)
+        return slim_error_set(err, SLIM_EUNAUTH, "the bearer token is malformed: expected "
+                              STORE_TOKEN_PREFIX " and 64 hex digits");
+    if ((rc = store_token_hash(secret, hash, err)))
+        return rc;
+    pthread_mutex_lock(&st->lock);
+    if ((rc = prep(st, Q_TOKEN_FIND, &s, err, "s", hash)))
+        goto out;
+    step = sqlite3_step(s);
+    if (step == SQLITE_ROW && sqlite3_column_int(s, 2)) {
+        rc = slim_error_set(err, SLIM_EUNAUTH, "the bearer token %s was revoked", col_text(s, 0));
+    } else if (step == SQLITE_ROW) {
+        snprintf(out->id, sizeof out->id, "%s", col_text(s, 0) ? col_text(s, 0) : "");
+        out->scopes = (unsigned)sqlite3_column_int(s, 1) & STORE_SCOPES_ALL;
+        touch = sqlite3_column_int(s, 3);
+    } else if (step == SQLITE_DONE) {
+        rc = slim_error_set(err, SLIM_EUNAUTH, "the bearer token is not one of this daemon's");
+    } else {
+        rc = db_error(st, err, "cannot read tokens");
+    }
+    done(s);
+    if (!rc && touch)   /* best effort: a full disk must not lock everyone out */
+        run(st, Q_TOKEN_TOUCH, NULL, NULL, "s", out->id);
+out:
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+int store_token_count_live(struct store *st, int64_t *n, struct slim_error *err)
+{
+    sqlite3_stmt *s;
+    int rc;
+    *n = 0;
+    pthread_mutex_lock(&st->lock);
+    if (!(rc = prep(st, Q_TOKEN_COUNT_LIVE, &s, err, ""))) {
+        if (sqlite3_step(s) == SQLITE_ROW)
+            *n = sqlite3_column_int64(s, 0);
+        else
+            rc = db_error(st, err, "cannot count tokens");
         done(s);
     }
     pthread_mutex_unlock(&st->lock);

@@ -10,7 +10,8 @@
  * statements in one place.
  *
  * Layout of the data dir:
- *   slimd.db            SQLite database (schema versioned by user_version)
+ *   slimd.db            SQLite database (schema versioned by user_version),
+ *                       bearer tokens included (their sha256, never the secret)
  *   blobs/ab/abcdef...  content-addressed files, named by their sha256
  *   tmp/                uploads and artifacts being written
  *
@@ -21,6 +22,15 @@
  * Every function returns 0 or a negative enum slim_errno with detail in
  * err: SLIM_ENOTFOUND for a missing id, SLIM_ECONFLICT for a state that
  * forbids the change, SLIM_EIO for SQLite or file-system failures.
+ * Messages name files relative to the data dir ("blobs/ab/..."), never
+ * by the server's absolute path: they reach API clients.
+ *
+ * Ownership: models, datasets and jobs record the id of the token that
+ * created them ("owner"; NULL when the daemon runs with --auth none).
+ * The list functions take an owner: NULL lists every row, a token id
+ * only that token's rows (the filter is in the SQL, so paging and
+ * totals count only what the caller may see).  Getting one row is not
+ * filtered here: the row shows its "owner" and the API decides.
  */
 #ifndef SLIM_STORE_H
 #define SLIM_STORE_H
@@ -45,6 +55,12 @@ int store_job_state_parse(const char *name);        /* state, or -1 */
 /* Opens (creating if needed) the data dir and its database, and runs the
  * migrations up to the current schema version.  *out is a new store. */
 int store_open(const char *data_dir, struct store **out, struct slim_error *err);
+/* Opens the database only, for `slimd token`, which may run beside a
+ * daemon on the same data dir: creates the data dir and migrates like
+ * store_open, but leaves blobs/ and tmp/ alone (store_open empties tmp/,
+ * which would destroy a running daemon's uploads).  Only the token
+ * functions may be used on it. */
+int store_open_meta(const char *data_dir, struct store **out, struct slim_error *err);
 void store_close(struct store *st);
 const char *store_data_dir(const struct store *st);
 
@@ -114,12 +130,12 @@ void store_blob_drop_unused(struct store *st, const char *sha);
  * from slim_model_describe ({format, tensors, params, ...}); borrowed.
  * *row is a new reference to the row as the API shows it:
  * {id, name, format, bytes, sha256, tensors, params, created_at}. */
-int store_model_insert(struct store *st, const char *name, const char *sha,
+int store_model_insert(struct store *st, const char *owner, const char *name, const char *sha,
                        uint64_t bytes, json_t *info, json_t **row, struct slim_error *err);
 int store_model_get(struct store *st, const char *id, json_t **row, struct slim_error *err);
 /* Newest first; *rows is a new array. */
-int store_model_list(struct store *st, int limit, int offset, json_t **rows, int *total,
-                     struct slim_error *err);
+int store_model_list(struct store *st, const char *owner, int limit, int offset, json_t **rows,
+                     int *total, struct slim_error *err);
 /* Deletes the row; SLIM_ECONFLICT while a queued or running job uses it.
  * Removes the blob when nothing (model, dataset or artifact) references it
  * any more. */
@@ -132,12 +148,12 @@ int store_model_delete(struct store *st, const char *id, struct slim_error *err)
  * it must have "format".  *row is a new reference to the row as the API
  * shows it: {id, name, format, bytes, sha256, created_at} followed by
  * info's other keys (samples, input_shape, ...). */
-int store_dataset_insert(struct store *st, const char *name, const char *sha, uint64_t bytes,
-                         json_t *info, json_t **row, struct slim_error *err);
+int store_dataset_insert(struct store *st, const char *owner, const char *name, const char *sha,
+                         uint64_t bytes, json_t *info, json_t **row, struct slim_error *err);
 int store_dataset_get(struct store *st, const char *id, json_t **row, struct slim_error *err);
 /* Newest first; *rows is a new array. */
-int store_dataset_list(struct store *st, int limit, int offset, json_t **rows, int *total,
-                       struct slim_error *err);
+int store_dataset_list(struct store *st, const char *owner, int limit, int offset, json_t **rows,
+                       int *total, struct slim_error *err);
 /* Deletes the row; SLIM_ECONFLICT while a queued or running job
  * evaluates on it (jobs of other states keep "dataset": null).  Removes
  * the blob when nothing else references it. */
@@ -152,16 +168,16 @@ int store_dataset_delete(struct store *st, const char *id, struct slim_error *er
  * body (borrowed; stored as text); mem_bytes the memory it reserves
  * while it runs.  With max_queued > 0, SLIM_EBUSY when that many jobs
  * are queued already.  *row: the job as the API shows it. */
-int store_job_insert(struct store *st, const char *model_id, const char *dataset_id, json_t *spec,
-                     uint64_t mem_bytes, int64_t max_queued, json_t **row,
-                     struct slim_error *err);
+int store_job_insert(struct store *st, const char *owner, const char *model_id,
+                     const char *dataset_id, json_t *spec, uint64_t mem_bytes,
+                     int64_t max_queued, json_t **row, struct slim_error *err);
 /* {id, model, dataset, state, progress, stage, error, attempts, created_at,
  *  started_at, finished_at, spec, artifact: {sha256, bytes} | null,
- *  memory_bytes} */
+ *  memory_bytes, owner} */
 int store_job_get(struct store *st, const char *id, json_t **row, struct slim_error *err);
 /* Newest first; state < 0 for all. */
-int store_job_list(struct store *st, int state, int limit, int offset, json_t **rows,
-                   int *total, struct slim_error *err);
+int store_job_list(struct store *st, const char *owner, int state, int limit, int offset,
+                   json_t **rows, int *total, struct slim_error *err);
 /* Atomically moves the oldest queued job to running (attempts + 1,
  * started_at now) and returns it, if its memory_bytes fit in mem_left;
  * SLIM_ENOTFOUND when none is queued or the oldest does not fit (jobs
@@ -192,5 +208,66 @@ int store_job_recover(struct store *st, int max_attempts, int *requeued, int *fa
 int store_job_report(struct store *st, const char *id, json_t **report, struct slim_error *err);
 /* Counts per state, for /metrics: counts[state]. */
 int store_job_counts(struct store *st, int64_t counts[5], struct slim_error *err);
+
+/* ---- bearer tokens (token.c hashes, store.c keeps) ----
+ *
+ * A token is "slimd_" and 64 hex digits of getrandom(): 256 random
+ * bits, shown once when it is made.  The database keeps its SHA-256
+ * (hex) and finds a token by that hash, so a copy of slimd.db gives no
+ * usable token, and no secret is ever compared byte by byte in C (no
+ * timing to measure).  A plain hash, not a slow one (bcrypt, argon2):
+ * the secret is random and long, so there is nothing to guess, and
+ * every request pays the hash.  Tokens are revoked, never deleted, so
+ * the ids that models and jobs record as their owner stay meaningful. */
+
+/* Scopes: persisted as bits, grow only at the end.  admin implies the
+ * others. */
+enum store_scope {
+    STORE_SCOPE_READ = 1,     /* GET */
+    STORE_SCOPE_SUBMIT = 2,   /* uploads, jobs, cancel and delete its own */
+    STORE_SCOPE_ADMIN = 4,    /* everyone's rows, tokens */
+};
+#define STORE_SCOPES_ALL 7u
+#define STORE_TOKEN_PREFIX "slimd_"
+#define STORE_TOKEN_LEN 70     /* the prefix and 64 hex digits */
+
+struct store_token {
+    char id[32];               /* "tok_" + 16 hex digits */
+    unsigned scopes;           /* enum store_scope bits */
+};
+
+/* "read,submit" -> bits; SLIM_EINVAL naming an unknown or empty scope. */
+int store_scopes_parse(const char *list, unsigned *scopes, struct slim_error *err);
+/* bits -> "read,submit" into buf (>= 24 bytes). */
+void store_scopes_format(unsigned scopes, char *buf, size_t len);
+/* A new random secret (STORE_TOKEN_LEN characters and a NUL). */
+int store_token_secret_new(char secret[STORE_TOKEN_LEN + 1], struct slim_error *err);
+/* The lowercase hex SHA-256 of the secret's bytes. */
+int store_token_hash(const char *secret, char hash[65], struct slim_error *err);
+
+/* Makes a token: a new secret into secret_out (shown to the caller
+ * once; only its hash is stored) and *row, a new reference to
+ * {id, name, scopes: [...], created_at, last_used_at: null, revoked}.
+ * name: 1 to 200 bytes of UTF-8 (the caller checks more); scopes: a
+ * non-empty subset of STORE_SCOPES_ALL. */
+int store_token_create(struct store *st, const char *name, unsigned scopes,
+                       char secret_out[STORE_TOKEN_LEN + 1], json_t **row,
+                       struct slim_error *err);
+/* Every token, oldest first, revoked ones too; *rows is a new array. */
+int store_token_list(struct store *st, json_t **rows, struct slim_error *err);
+/* Revokes: the token stops working at once, for this process and any
+ * other on the same database.  SLIM_ENOTFOUND for an unknown id;
+ * revoking twice is 0 (*was_revoked, may be NULL, says so). */
+int store_token_revoke(struct store *st, const char *id, int *was_revoked,
+                       struct slim_error *err);
+/* Finds the live token whose secret this is: 0 and *out, or
+ * SLIM_EUNAUTH when there is none (malformed, unknown or revoked; the
+ * message says which, without echoing the secret).  Records
+ * last_used_at, at most once a minute per token (a write per request
+ * would cost an fsync each); a failure to record it is ignored. */
+int store_token_verify(struct store *st, const char *secret, struct store_token *out,
+                       struct slim_error *err);
+/* Tokens that are not revoked. */
+int store_token_count_live(struct store *st, int64_t *n, struct slim_error *err);
 
 #endif
