@@ -10,11 +10,11 @@
  * writes it and has it hashed by a thread of its own, so memory does not
  * grow with the file (CONN_MEMORY sizes the chunks); a multipart body
  * streams each field the route keeps into a writer of its own (a
- * dataset's IDX images and labels); JSON bodies are
- * buffered up to 1 MiB.  An error found mid-body (too large, disk full)
+ * dataset's IDX images and labels); JSON bodies (job specs) are
+ * buffered up to 64 KiB.  An error found mid-body (too large, disk full)
  * is remembered, the rest of the body is drained, and the error is sent
- * at the end; an upload whose Content-Length is already too large gets
- * its 413 before a byte of it is read.
+ * at the end; an upload or spec whose Content-Length is already too
+ * large gets its 413 before a byte of it is read.
  *
  * Routes are a table of (method, pattern) -> handler; patterns have
  * {id} segments.  A path that matches with another method gets 405 and
@@ -38,7 +38,10 @@
 #include "api/api.h"
 #include "daemon/log.h"
 
-#define JSON_BODY_MAX (1u << 20)
+/* The one JSON body, a job spec, is stored with its job and returned by
+ * GET /v1/jobs/{id}: 64 KiB holds any real spec (hundreds of globs) and
+ * keeps 1,000 queued jobs' specs under 64 MiB of database. */
+#define JSON_BODY_MAX (64u << 10)
 /* MHD's per-connection pool (default 32 KiB).  MHD reads into about half
  * of it, so a 1 MiB pool hands an upload's body over in ~512 KiB pieces
  * (one write() each) instead of 16 KiB ones: 2,000 write()s per GiB
@@ -769,6 +772,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                                    method, url);
         }
         req->mode = r->mode;
+        if (r->mode == BODY_JSON) {
+            const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                         MHD_HTTP_HEADER_CONTENT_LENGTH);
+            if (cl && strtoull(cl, NULL, 10) > JSON_BODY_MAX)
+                return api_reply_error(conn, req, SLIM_ETOOBIG,
+                                       "job spec of %.20s bytes exceeds the limit of %u bytes",
+                                       cl, JSON_BODY_MAX);
+        }
         if (r->mode == BODY_UPLOAD) {
             const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                                          MHD_HTTP_HEADER_CONTENT_LENGTH);
@@ -825,7 +836,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return MHD_YES;
     req->routed = 1;
     if (req->body_too_big)
-        return api_reply_error(conn, req, SLIM_ETOOBIG, "request body exceeds %u bytes",
+        return api_reply_error(conn, req, SLIM_ETOOBIG, "job spec exceeds the limit of %u bytes",
                                JSON_BODY_MAX);
     (void)version;
     return dispatch(ctx, conn, req, r, id);

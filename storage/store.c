@@ -43,11 +43,23 @@
 #include "storage/store.h"
 
 #define NOW "strftime('%Y-%m-%dT%H:%M:%SZ', 'now')"
-#define MODEL_COLS "id, kind, name, format, bytes, sha256, info, created_at"
+/* A model's info keeps its safetensors __metadata__ (up to 1 MiB) for
+ * whoever needs it, but no reply shows it: SQLite drops it before the
+ * row is parsed, so a list of such models costs what a list of small
+ * ones does. */
+#define MODEL_COLS "id, kind, name, format, bytes, sha256, json_remove(info, '$.metadata'), created_at"
 #define DATASET_COLS "id, name, format, bytes, sha256, info, created_at"
 #define JOB_COLS                                                                   \
     "id, model_id, state, progress, stage, error, attempts, cancel_requested, "    \
     "created_at, started_at, finished_at, spec, artifact_sha, artifact_bytes, mem_bytes, "  \
+    "dataset_id"
+/* A list row shows its spec's ops, not the spec: a page of 1,000 jobs
+ * stays small whatever their specs hold (SQLite reads the ops out, so
+ * the specs are never parsed into JSON objects here either). */
+#define JOB_LIST_COLS                                                              \
+    "id, model_id, state, progress, stage, error, attempts, cancel_requested, "    \
+    "created_at, started_at, finished_at, (SELECT json_group_array(json_extract(p.value, '$.op'))" \
+    " FROM json_each(jobs.spec, '$.passes') AS p), artifact_sha, artifact_bytes, mem_bytes, "  \
     "dataset_id"
 
 /* Append only: entry i takes the schema from version i to i + 1. */
@@ -150,8 +162,8 @@ static const char *const sql[Q_COUNT] = {
                      " AND (?6 IS NULL OR EXISTS (SELECT 1 FROM datasets WHERE id = ?6))"
                      " AND (SELECT count(*) FROM jobs WHERE state = 0) < ?5 RETURNING " JOB_COLS,
     [Q_JOB_GET] = "SELECT " JOB_COLS " FROM jobs WHERE id = ?1",
-    [Q_JOB_LIST] = "SELECT " JOB_COLS " FROM jobs ORDER BY seq DESC LIMIT ?1 OFFSET ?2",
-    [Q_JOB_LIST_STATE] = "SELECT " JOB_COLS " FROM jobs WHERE state = ?3"
+    [Q_JOB_LIST] = "SELECT " JOB_LIST_COLS " FROM jobs ORDER BY seq DESC LIMIT ?1 OFFSET ?2",
+    [Q_JOB_LIST_STATE] = "SELECT " JOB_LIST_COLS " FROM jobs WHERE state = ?3"
                          " ORDER BY seq DESC LIMIT ?1 OFFSET ?2",
     [Q_JOB_COUNT] = "SELECT count(*) FROM jobs",
     [Q_JOB_COUNT_STATE] = "SELECT count(*) FROM jobs WHERE state = ?1",
@@ -362,6 +374,19 @@ static json_t *job_row(sqlite3_stmt *s)
                      "finished_at", col_text(s, 10), "spec", col_json(s, 11),
                      "artifact", artifact, "memory_bytes",
                      (json_int_t)sqlite3_column_int64(s, 14));
+}
+
+/* A list row (JOB_LIST_COLS): the job with "passes", its spec's ops in
+ * order, in the place of "spec". */
+static json_t *job_summary_row(sqlite3_stmt *s)
+{
+    json_t *row = job_row(s), *ops;
+    if (!row)
+        return NULL;
+    ops = json_object_get(row, "spec");
+    json_object_set(row, "passes", json_is_array(ops) ? ops : json_array());
+    json_object_del(row, "spec");
+    return row;
 }
 
 /* Steps s for one row and converts it with to_json into *row; a missing
@@ -887,7 +912,7 @@ int store_job_list(struct store *st, int state, int limit, int offset, json_t **
         else if (!rc)
             rc = prep(st, Q_JOB_COUNT_STATE, &count, err, "i", state);
         if (!rc)
-            rc = list_rows(st, list, count, job_row, rows, total, err);
+            rc = list_rows(st, list, count, job_summary_row, rows, total, err);
         rc = finish(st, rc, err);
     }
     pthread_mutex_unlock(&st->lock);

@@ -159,7 +159,8 @@ int store_job_insert(struct store *st, const char *model_id, const char *dataset
  *  started_at, finished_at, spec, artifact: {sha256, bytes} | null,
  *  memory_bytes} */
 int store_job_get(struct store *st, const char *id, json_t **row, struct slim_error *err);
-/* Newest first; state < 0 for all. */
+/* Newest first; state < 0 for all.  Rows are store_job_get's with
+ * "passes" (the spec's ops, in order) in the place of "spec". */
 int store_job_list(struct store *st, int state, int limit, int offset, json_t **rows,
                    int *total, struct slim_error *err);
 /* Atomically moves the oldest queued job to running (attempts + 1,

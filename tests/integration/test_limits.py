@@ -293,5 +293,108 @@ def test_connection_flags_checked():
                                                                  p.stderr[-300:])
 
 
+# ---------------------------------------------------------------- caps
+
+INT8 = {"op": "quantize", "dtype": "int8"}
+
+
+def padded_spec(model_id, size):
+    """A valid spec of about `size` bytes: an int8 pass whose exclude list
+    names tensors the model does not have."""
+    names, n = [], 0
+    while n < size - 200:
+        names.append("no.such.tensor.%06d.weight" % len(names))
+        n += len(names[-1]) + 4
+    return {"model": model_id, "passes": [dict(INT8, exclude=names)]}
+
+
+@test
+def test_spec_size_cap():
+    """a job spec over 64 KiB is 413 naming the cap (Content-Length or chunked); one just under is queued"""
+    d = daemon("spec")
+    try:
+        mid = d.upload(h.safetensors_bytes([h.t_f32("w", [64, 64], 1)]), name="m").json["id"]
+        big = json.dumps(padded_spec(mid, 70000)).encode()
+        r = d.request("POST", "/v1/jobs", body=big, headers={"Content-Type": "application/json"})
+        check_error(r, 413, "PAYLOAD_TOO_LARGE", ["65536 bytes", str(len(big))])
+        r = d.request("POST", "/v1/jobs", body=iter([big[:40000], big[40000:]]), chunked=True,
+                      headers={"Content-Type": "application/json"})
+        check_error(r, 413, "PAYLOAD_TOO_LARGE", "65536 bytes")
+        ok = json.dumps(padded_spec(mid, 64000)).encode()
+        assert 60000 < len(ok) <= 65536, len(ok)
+        r = d.request("POST", "/v1/jobs", body=ok, headers={"Content-Type": "application/json"})
+        assert r.status == 202, r
+        assert d.wait_job(r.json["id"])["state"] == "succeeded"
+        assert d.get("/v1/jobs?limit=10").json["total"] == 1   # the refused ones left nothing
+    finally:
+        d.stop()
+
+
+@test
+def test_list_limit_capped():
+    """?limit= above 1000 (or below 1) is 400 naming the range, on every list"""
+    d = daemon("paging")
+    try:
+        for path in ("/v1/jobs", "/v1/models", "/v1/datasets"):
+            for bad in ("1001", "0", "100000", "-5", "x"):
+                check_error(d.get(path + "?limit=" + bad), 400, "INVALID_ARGUMENT",
+                            ["limit", "1 to 1000"])
+            r = d.get(path + "?limit=1000")
+            assert r.status == 200 and r.json["limit"] == 1000, r
+    finally:
+        d.stop()
+
+
+@test
+def test_job_list_carries_summaries():
+    """100 jobs with 60 KB specs: GET /v1/jobs?limit=1000 lists their ops, not their specs, and stays small"""
+    d = daemon("joblist")
+    try:
+        mid = d.upload(h.safetensors_bytes([h.t_f32("w", [64, 64], 1)]), name="m").json["id"]
+        spec = padded_spec(mid, 60000)
+        ids = [d.submit(spec).json["id"] for _ in range(100)]
+        one = d.get("/v1/jobs/" + ids[0]).json
+        assert one["spec"]["passes"][0]["exclude"] == spec["passes"][0]["exclude"], \
+            "GET /v1/jobs/{id} lost the spec"
+        t0 = time.monotonic()
+        r = d.get("/v1/jobs?limit=1000")
+        took = time.monotonic() - t0
+        assert r.status == 200 and r.json["total"] == 100 and len(r.json["jobs"]) == 100, r
+        h._diag("GET /v1/jobs?limit=1000 over 100 jobs with 60 KB specs: %d bytes in %.0f ms"
+                % (len(r.body), took * 1000))
+        assert len(r.body) < 100 * 1024, "a page of 100 jobs is %d bytes" % len(r.body)
+        for j in r.json["jobs"]:
+            assert "spec" not in j and j["passes"] == ["quantize"], j
+            assert j["id"] in ids and j["model"] == mid, j
+    finally:
+        d.stop()
+
+
+@test
+def test_model_list_leaves_metadata_out():
+    """16 models with ~1 MB of __metadata__: the list shows counts, not metadata or tensors, in < 200 ms"""
+    d = daemon("modellist")
+    try:
+        md = {"k%04d" % i: "v" * 1000 for i in range(1000)}      # ~1 MB, 1,000 entries
+        tensors = [h.t_f32("layers.%d.weight" % i, [4, 4], i) for i in range(200)]
+        for i in range(16):
+            d.upload(h.safetensors_bytes(tensors, metadata=dict(md, n=str(i))), name="m%d" % i)
+        took = []
+        for _ in range(3):
+            t0 = time.monotonic()
+            r = d.get("/v1/models?limit=1000")
+            took.append(time.monotonic() - t0)
+        h._diag("GET /v1/models over 16 models with 1 MB of metadata each: %d bytes in %.0f ms "
+                "(best of 3)" % (len(r.body), min(took) * 1000))
+        assert r.status == 200 and len(r.json["models"]) == 16, r
+        assert len(r.body) < 16 * 1024, "a page of 16 models is %d bytes" % len(r.body)
+        for m in r.json["models"]:
+            assert m["tensors"] == 200 and "metadata" not in m, m
+        # parsing each model's stored metadata took ~30 ms a model here
+        assert min(took) < 0.2, "the list took %.0f ms" % (min(took) * 1000)
+    finally:
+        d.stop()
+
+
 if __name__ == "__main__":
     h.run()
