@@ -168,7 +168,7 @@ static const char *const sql[Q_COUNT] = {
     [Q_JOB_COUNT] = "SELECT count(*) FROM jobs",
     [Q_JOB_COUNT_STATE] = "SELECT count(*) FROM jobs WHERE state = ?1",
     [Q_JOB_CLAIM] = "UPDATE jobs SET state = 1, attempts = attempts + 1, started_at = " NOW ","
-                    " finished_at = NULL, progress = 0, stage = NULL, error = NULL"
+                    " finished_at = NULL, progress = 0, stage = 'load', error = NULL"
                     " WHERE id = (SELECT id FROM jobs WHERE state = 0 ORDER BY seq LIMIT 1)"
                     " AND mem_bytes <= ?1 RETURNING " JOB_COLS,
     [Q_JOB_PROGRESS] = "UPDATE jobs SET progress = ?2, stage = coalesce(?3, stage)"
@@ -176,7 +176,10 @@ static const char *const sql[Q_COUNT] = {
     [Q_JOB_SUCCEED] = "UPDATE jobs SET state = 2, progress = 1, stage = NULL, finished_at = " NOW ","
                       " artifact_sha = ?2, artifact_bytes = ?3, report = ?4"
                       " WHERE id = ?1 AND state = 1 AND cancel_requested = 0",
-    [Q_JOB_FAIL] = "UPDATE jobs SET state = 3, stage = NULL, finished_at = " NOW ", error = ?2"
+    /* a cancel answered 200 wins over a failure that came after it */
+    [Q_JOB_FAIL] = "UPDATE jobs SET state = CASE WHEN cancel_requested THEN 4 ELSE 3 END,"
+                   " stage = NULL, finished_at = " NOW ","
+                   " error = CASE WHEN cancel_requested THEN NULL ELSE ?2 END"
                    " WHERE id = ?1 AND state = 1",
     [Q_JOB_CANCEL_QUEUED] = "UPDATE jobs SET state = 4, cancel_requested = 1, finished_at = " NOW
                             " WHERE id = ?1 AND state = 0",
@@ -939,21 +942,32 @@ int store_job_claim(struct store *st, uint64_t mem_left, json_t **row, struct sl
 
 /* After a job UPDATE that changed nothing: SLIM_ENOTFOUND, or
  * SLIM_ECONFLICT naming the state the job is in instead. */
-static int job_not_in(struct store *st, const char *id, const char *want, struct slim_error *err)
+/* The job's state in *state; SLIM_ENOTFOUND when there is no such job. */
+static int job_state(struct store *st, const char *id, int *state, struct slim_error *err)
 {
     sqlite3_stmt *s;
     int rc = prep(st, Q_JOB_REPORT, &s, err, "s", id);
     if (rc)
         return rc;
     rc = sqlite3_step(s);
-    if (rc == SQLITE_ROW)
-        rc = slim_error_set(err, SLIM_ECONFLICT, "job %.64s is %s, not %s", id,
-                            store_job_state_name(sqlite3_column_int(s, 0)), want);
-    else if (rc == SQLITE_DONE)
+    if (rc == SQLITE_ROW) {
+        *state = sqlite3_column_int(s, 0);
+        rc = 0;
+    } else if (rc == SQLITE_DONE) {
         rc = slim_error_set(err, SLIM_ENOTFOUND, "job %.64s does not exist", id);
-    else
+    } else {
         rc = db_error(st, err, "cannot read job %.64s", id);
+    }
     done(s);
+    return rc;
+}
+
+static int job_not_in(struct store *st, const char *id, const char *want, struct slim_error *err)
+{
+    int state, rc = job_state(st, id, &state, err);
+    if (!rc)
+        rc = slim_error_set(err, SLIM_ECONFLICT, "job %.64s is %s, not %s", id,
+                            store_job_state_name(state), want);
     return rc;
 }
 
@@ -1030,14 +1044,18 @@ int store_job_requeue(struct store *st, const char *id, struct slim_error *err)
 
 int store_job_cancel(struct store *st, const char *id, int *was_running, struct slim_error *err)
 {
-    int rc, n = 0;
+    int rc, n = 0, state;
     *was_running = 0;
     pthread_mutex_lock(&st->lock);
     rc = run(st, Q_JOB_CANCEL_QUEUED, &n, err, "s", id);
     if (!rc && !n && !(rc = run(st, Q_JOB_CANCEL_RUNNING, &n, err, "s", id)))
         *was_running = n > 0;
-    if (!rc && !n)
-        rc = job_not_in(st, id, "queued or running: only those can be canceled", err);
+    if (!rc && !n && !(rc = job_state(st, id, &state, err)))
+        /* it finished first: the cancel comes too late, and says so */
+        rc = state == STORE_JOB_CANCELED
+                 ? slim_error_set(err, SLIM_ECONFLICT, "job %.64s is already canceled", id)
+                 : slim_error_set(err, SLIM_ECONFLICT, "job %.64s already %s: too late to "
+                                  "cancel it", id, store_job_state_name(state));
     pthread_mutex_unlock(&st->lock);
     return rc;
 }

@@ -180,6 +180,7 @@ struct slim_kmeans_opts {
     int no_dp;         /* never use the optimal DP (tests, benchmarks) */
     double *trace;     /* optional: inertia after each Lloyd iteration of the */
     int trace_cap;     /*   first start (quantile init), up to trace_cap values */
+    const struct slim_poll *poll; /* slim_kmeans_1d: polled between phases; NULL: none */
 };
 
 struct slim_kmeans_info {

@@ -562,6 +562,28 @@ static void test_svd_exact_poll(void **state)
     free(w);
 }
 
+/* k-means polls between its phases: progress grows, a stop is heard at
+ * the first poll, and nothing leaks. */
+static void test_kmeans_poll(void **state)
+{
+    size_t n = 200000;
+    float *w = gauss_array(n, 1.0f), cb[16];
+    uint8_t *idx = malloc(n);
+    struct poll_log l = {0};
+    struct slim_poll poll = {log_poll, &l};
+    struct slim_kmeans_opts o = {.k = 16, .poll = &poll};
+    long live = slim_alloc_live();
+    (void)state;
+    assert_int_equal(slim_kmeans_1d(w, n, &o, 2, cb, idx, NULL, NULL), 0);
+    assert_true(l.calls >= 3 && l.backwards == 0);
+    l = (struct poll_log){.stop_at_call = 1};
+    assert_int_equal(slim_kmeans_1d(w, n, &o, 2, cb, idx, NULL, NULL), SLIM_ECANCELED);
+    assert_int_equal(l.calls, 1);
+    assert_int_equal(slim_alloc_live(), live);
+    free(w);
+    free(idx);
+}
+
 static void test_svd_randomized_error(void **state)
 {
     const size_t m = 400, n = 300, p = 300, k = 20;
@@ -1106,6 +1128,7 @@ int main(void)
         cmocka_unit_test(test_svd_exact_error),
         cmocka_unit_test(test_svd_exact_twin),
         cmocka_unit_test(test_svd_exact_poll),
+        cmocka_unit_test(test_kmeans_poll),
         cmocka_unit_test(test_svd_randomized_error),
         cmocka_unit_test(test_svd_rank_helpers),
         cmocka_unit_test(test_svd_bad_input),
