@@ -215,7 +215,14 @@ static void after_work(uv_work_t *w, int status)
     struct slim_error err;
     (void)status;
 
-    if (s->rc == 0) {
+    if (s->rc == 0 && atomic_load(&s->stop) == STOP_CANCEL) {
+        /* canceled while its artifact was being adopted: the row says
+         * cancel_requested, so the success would be refused anyway; this
+         * spares serialising the report to learn it */
+        store_blob_drop_unused(r->st, s->sha);
+        store_job_canceled(r->st, s->id, NULL);
+        log_info("job %s canceled (as it finished)", s->id);
+    } else if (s->rc == 0) {
         int rc = store_job_succeed(r->st, s->id, s->sha, s->bytes, s->report, &err);
         if (rc == SLIM_ECANCELED) {
             store_job_canceled(r->st, s->id, NULL);
