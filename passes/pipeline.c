@@ -1303,6 +1303,7 @@ static int stream(struct run *r, struct out *o, const char *out_path, int planne
                 (rc = read_tensor(r, sh, src, r->touched[i] & TOUCHED,
                                   r->touched[i] & COPIES_RAW, err)) ||
                 (rc = run_passes(r, r->spec->n_passes, err)) ||
+                (rc = slim_work_check(&r->w, -1.0, err)) ||
                 (rc = slim_artifact_layout(&r->w, &art, err)))
                 goto out;
             t0 = slim_now();

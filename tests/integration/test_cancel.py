@@ -268,20 +268,22 @@ def test_cancel_latency_of_each_pass():
         j = D.wait_job(jid, timeout=300, interval=0.01)
         whole = time.monotonic() - t0
         assert j["state"] == "succeeded", j
-        for frac in (0.5, 0.25, 0.1):
+        # cancels at three points of its run; the worst one counts
+        worst = []
+        for frac in (0.25, 0.5, 0.75):
             jid = D.submit(spec).json["id"]
             wait_for(jid, lambda j: j["state"] == "running", interval=0.002)
             time.sleep(whole * frac)
             r, took, j = cancel_and_time(jid)
-            if r.status == 409:          # it finished first: cancel earlier
+            if r.status == 409:          # it finished first
                 assert j["state"] == "succeeded", j
                 continue
             assert r.status == 200 and j["state"] == "canceled", (r, j)
-            assert took < 1.0, "%s: canceled %.2f s after the 200" % (name, took)
-            out.append("%s %.3f s (of a %.2f s job)" % (name, took, whole))
-            break
-        else:
-            raise AssertionError("%s: every cancel came too late" % name)
+            assert took < 1.0, "%s: canceled %.2f s after the 200 (at %d%% of its run)" % (
+                name, took, frac * 100)
+            worst.append(took)
+        assert worst, "%s: every cancel came too late" % name
+        out.append("%s max %.3f s of %d (a %.2f s job)" % (name, max(worst), len(worst), whole))
     h._diag("cancel latency (200 to canceled): " + "; ".join(out))
 
 
