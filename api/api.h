@@ -1,11 +1,19 @@
 /*
  * api.h - slimd's REST API on libmicrohttpd.
  *
- * The server runs libmicrohttpd with a thread per connection: an upload
- * streams to disk from its own thread without holding up other clients,
- * and handlers may block on SQLite and the file system.  Connections are
- * capped (--max-connections would be the knob; 256 now) so a flood
- * cannot create unbounded threads.
+ * The server runs libmicrohttpd with a thread per connection (polled
+ * with poll(), so descriptors past FD_SETSIZE work): an upload streams
+ * to disk from its own thread without holding up other clients, and
+ * handlers may block on SQLite and the file system.  Connections are
+ * capped in total (--max-conns) so a flood cannot create unbounded
+ * threads, and per client address (--max-conns-per-ip) so that one
+ * client's idle or slow sockets cannot take every slot.  A connection
+ * must send a whole request head within --conn-timeout seconds of
+ * opening (or of its last response) and may stay silent no longer than
+ * that: libmicrohttpd's timeout is an idle timeout, reset by every byte,
+ * so a client trickling its headers (slowloris) is cut off by server.c's
+ * reaper instead.  A body that keeps arriving, however slowly, and a
+ * handler that takes long (an upload's final fsync) are never cut.
  *
  * The API knows nothing of the runner: it talks to it through the hooks
  * below (wake the runner after a job is queued; ask it to stop a running
@@ -45,6 +53,10 @@ struct api_config {
     const char *const *cors_origins;    /* NULL-terminated, or NULL; borrowed */
     const char *tls_cert;    /* PEM text of the certificate (chain), or NULL: plain HTTP */
     const char *tls_key;     /* PEM text of its private key */
+    unsigned max_conns;      /* connections at once; past it new ones wait in the backlog */
+    unsigned max_conns_per_ip; /* connections at once from one address; 0: no limit */
+    unsigned conn_timeout;   /* seconds a connection may stay silent, and may take to send
+                              * a whole request head; 0: no limit */
 };
 
 struct api_server;

@@ -10,11 +10,11 @@
  * writes it and has it hashed by a thread of its own, so memory does not
  * grow with the file (CONN_MEMORY sizes the chunks); a multipart body
  * streams each field the route keeps into a writer of its own (a
- * dataset's IDX images and labels); JSON bodies are
- * buffered up to 1 MiB.  An error found mid-body (too large, disk full)
+ * dataset's IDX images and labels); JSON bodies (job specs) are
+ * buffered up to 64 KiB.  An error found mid-body (too large, disk full)
  * is remembered, the rest of the body is drained, and the error is sent
- * at the end; an upload whose Content-Length is already too large gets
- * its 413 before a byte of it is read.
+ * at the end; an upload or spec whose Content-Length is already too
+ * large gets its 413 before a byte of it is read.
  *
  * Routes are a table of (method, pattern) -> handler; patterns have
  * {id} segments.  A path that matches with another method gets 405 and
@@ -28,17 +28,24 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include "api/api.h"
 #include "daemon/log.h"
 
-#define JSON_BODY_MAX (1u << 20)
+/* The one JSON body, a job spec, is stored with its job and returned by
+ * GET /v1/jobs/{id}: 64 KiB holds any real spec (hundreds of globs) and
+ * keeps 1,000 queued jobs' specs under 64 MiB of database. */
+#define JSON_BODY_MAX (64u << 10)
 /* MHD's per-connection pool (default 32 KiB).  MHD reads into about half
  * of it, so a 1 MiB pool hands an upload's body over in ~512 KiB pieces
  * (one write() each) instead of 16 KiB ones: 2,000 write()s per GiB
@@ -53,10 +60,30 @@
 #define CONN_MEMORY (1u << 20)
 #define CONN_MEMORY_INCREMENT (64u << 10)
 
+/* A connection that has not yet sent a whole request head (its line and
+ * headers): on the watch list from the moment it is accepted, and again
+ * after each response, until the head is in.  The list is the reaper's;
+ * an entry leaves it (and is freed) when libmicrohttpd reports the
+ * connection closed, which it does before it closes the socket, so the
+ * reaper never shuts down a descriptor that was reused. */
+struct conn_watch {
+    struct conn_watch *prev, *next;
+    int fd;
+    int waiting;            /* 1 while the request head is incomplete */
+    double deadline;        /* slim_now() by which it must be complete */
+};
+
 struct api_server {
     struct MHD_Daemon *mhd;
     struct api_ctx ctx;
     uint16_t port;
+    unsigned head_timeout;  /* seconds; 0: none */
+    pthread_mutex_t lock;   /* guards watch and stop */
+    pthread_cond_t wake;
+    struct conn_watch *watch;
+    int stop;
+    int reaper_started;
+    pthread_t reaper;
 };
 
 enum body_mode { BODY_NONE, BODY_JSON, BODY_UPLOAD };
@@ -609,6 +636,133 @@ static void upload_chunk(struct api_ctx *ctx, struct api_request *req, const cha
         api_upload_discard(&req->up);
 }
 
+static struct api_server *server_of(struct api_ctx *ctx)
+{
+    return (struct api_server *)((char *)ctx - offsetof(struct api_server, ctx));
+}
+
+/* The request head of conn is complete (1) or awaited again after a
+ * response (0): takes it off or puts it back on the reaper's clock. */
+static void head_watch(struct api_server *srv, struct MHD_Connection *conn, int complete)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    struct conn_watch *w = ci ? ci->socket_context : NULL;
+    if (!w)
+        return;
+    pthread_mutex_lock(&srv->lock);
+    w->waiting = !complete;
+    w->deadline = slim_now() + srv->head_timeout;
+    pthread_mutex_unlock(&srv->lock);
+}
+
+/* libmicrohttpd: a connection was accepted (its watch entry is made) or
+ * is about to be closed (its entry goes, before the socket does). */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    struct api_server *srv = cls;
+    struct conn_watch *w = *socket_context;
+    const union MHD_ConnectionInfo *ci;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        if (!srv->head_timeout || !ci || !(w = slim_calloc(1, sizeof *w)))
+            return;   /* unwatched: the idle timeout still applies */
+        w->fd = ci->connect_fd;
+        w->waiting = 1;
+        w->deadline = slim_now() + srv->head_timeout;
+        pthread_mutex_lock(&srv->lock);
+        w->next = srv->watch;
+        if (srv->watch)
+            srv->watch->prev = w;
+        srv->watch = w;
+        pthread_mutex_unlock(&srv->lock);
+        *socket_context = w;
+        return;
+    }
+    if (!w)
+        return;
+    pthread_mutex_lock(&srv->lock);
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        srv->watch = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    pthread_mutex_unlock(&srv->lock);
+    slim_free(w);
+    *socket_context = NULL;
+}
+
+/* The reaper: four times a second, shuts down the sockets of connections
+ * whose request head is overdue.  Their own thread then reads end of file
+ * and libmicrohttpd closes them as if the client had. */
+static void *reaper_main(void *arg)
+{
+    struct api_server *srv = arg;
+    pthread_mutex_lock(&srv->lock);
+    while (!srv->stop) {
+        struct timespec ts;
+        double now = slim_now();
+        int cut = 0;
+        for (struct conn_watch *w = srv->watch; w; w = w->next)
+            if (w->waiting && w->deadline <= now) {
+                shutdown(w->fd, SHUT_RDWR);
+                w->waiting = 0;   /* once is enough */
+                cut++;
+            }
+        if (cut)
+            log_info("http: closed %d connection(s) that sent no complete request within "
+                     "%u s (--conn-timeout)", cut, srv->head_timeout);
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 250 * 1000 * 1000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&srv->wake, &srv->lock, &ts);
+    }
+    pthread_mutex_unlock(&srv->lock);
+    return NULL;
+}
+
+/* libmicrohttpd's own messages, through our log.  A flood (one "reached
+ * connection limit" per refused socket) would bury everything else, so
+ * each message's format is logged at most once per 10 s, with a count of
+ * the ones held back. */
+static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    static const char *last_fmt;
+    static double last_at;
+    static unsigned held;
+    char msg[512];
+    double now = slim_now();
+    unsigned before = 0;
+    size_t n;
+    (void)cls;
+    pthread_mutex_lock(&lock);
+    if (fmt == last_fmt && now - last_at < 10.0) {
+        held++;
+        pthread_mutex_unlock(&lock);
+        return;
+    }
+    if (fmt == last_fmt)
+        before = held;
+    last_fmt = fmt;
+    last_at = now;
+    held = 0;
+    pthread_mutex_unlock(&lock);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    n = strlen(msg);
+    while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
+        msg[--n] = 0;
+    if (before)
+        log_warn("http: %s (%u more like it in the last 10 s)", msg, before);
+    else
+        log_warn("http: %s", msg);
+}
+
 static enum MHD_Result dispatch(struct api_ctx *ctx, struct MHD_Connection *conn,
                                 struct api_request *req, const struct route *r, const char *id)
 {
@@ -666,6 +820,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     }
 
     if (!req) {
+        head_watch(server_of(ctx), conn, 1);
         req = slim_calloc(1, sizeof *req);
         if (!req)
             return MHD_NO;
@@ -686,6 +841,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         if (!api_gate(ctx, conn, req, method, r->scope, r->gate, &gated))
             return gated;
         req->mode = r->mode;
+        if (r->mode == BODY_JSON) {
+            const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                         MHD_HTTP_HEADER_CONTENT_LENGTH);
+            if (cl && strtoull(cl, NULL, 10) > JSON_BODY_MAX)
+                return api_reply_error(conn, req, SLIM_ETOOBIG,
+                                       "job spec of %.20s bytes exceeds the limit of %u bytes",
+                                       cl, JSON_BODY_MAX);
+        }
         if (r->mode == BODY_UPLOAD) {
             const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                                          MHD_HTTP_HEADER_CONTENT_LENGTH);
@@ -742,7 +905,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return MHD_YES;
     req->routed = 1;
     if (req->body_too_big)
-        return api_reply_error(conn, req, SLIM_ETOOBIG, "request body exceeds %u bytes",
+        return api_reply_error(conn, req, SLIM_ETOOBIG, "job spec exceeds the limit of %u bytes",
                                JSON_BODY_MAX);
     (void)version;
     return dispatch(ctx, conn, req, r, id);
@@ -754,7 +917,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     struct api_request *req = *con_cls;
     const union MHD_ConnectionInfo *ci;
     char addr[INET6_ADDRSTRLEN] = "-";
-    (void)cls;
+    /* a kept-alive connection has as long for its next request head */
+    head_watch(cls, conn, 0);
     if (!req)
         return;
     ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
@@ -778,6 +942,20 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     *con_cls = NULL;
 }
 
+/* Stops the reaper thread once libmicrohttpd is gone (every watch entry
+ * went with its connection) or never started. */
+static void stop_reaper(struct api_server *srv)
+{
+    pthread_mutex_lock(&srv->lock);
+    srv->stop = 1;
+    pthread_cond_signal(&srv->wake);
+    pthread_mutex_unlock(&srv->lock);
+    if (srv->reaper_started)
+        pthread_join(srv->reaper, NULL);
+    pthread_cond_destroy(&srv->wake);
+    pthread_mutex_destroy(&srv->lock);
+}
+
 int api_server_start(struct store *st, const struct api_config *cfg,
                      const struct api_hooks *hooks, struct api_server **out,
                      struct slim_error *err)
@@ -786,8 +964,10 @@ int api_server_start(struct store *st, const struct api_config *cfg,
     struct sockaddr_in6 a6;
     struct sockaddr_in a4;
     struct sockaddr *sa;
+    /* poll(), not select(): select() cannot watch a descriptor past
+     * FD_SETSIZE (1024), and libmicrohttpd refuses such connections */
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
-                     MHD_USE_ERROR_LOG;
+                     MHD_USE_POLL | MHD_USE_ERROR_LOG;
     const union MHD_DaemonInfo *di;
     /* libmicrohttpd copies neither: the PEM text must outlive the daemon
      * (cli.c keeps it until the server has stopped) */
@@ -844,11 +1024,19 @@ int api_server_start(struct store *st, const struct api_config *cfg,
         }
         flags |= MHD_USE_TLS;
     }
+    srv->head_timeout = cfg->conn_timeout;
+    pthread_mutex_init(&srv->lock, NULL);
+    pthread_cond_init(&srv->wake, NULL);
+    if (srv->head_timeout && pthread_create(&srv->reaper, NULL, reaper_main, srv) == 0)
+        srv->reaper_started = 1;
     srv->mhd = MHD_start_daemon(flags, cfg->port, NULL, NULL, on_request, &srv->ctx,
+                                MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,
                                 MHD_OPTION_SOCK_ADDR, sa,
-                                MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
-                                MHD_OPTION_CONNECTION_LIMIT, (unsigned)256,
-                                MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)300,
+                                MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
+                                MHD_OPTION_NOTIFY_CONNECTION, on_connection, srv,
+                                MHD_OPTION_CONNECTION_LIMIT, cfg->max_conns,
+                                MHD_OPTION_PER_IP_CONNECTION_LIMIT, cfg->max_conns_per_ip,
+                                MHD_OPTION_CONNECTION_TIMEOUT, cfg->conn_timeout,
                                 MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
                                 MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL,
                                 MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONN_MEMORY,
@@ -856,6 +1044,7 @@ int api_server_start(struct store *st, const struct api_config *cfg,
                                 MHD_OPTION_ARRAY, (flags & MHD_USE_TLS) ? tls_opts : no_opts,
                                 MHD_OPTION_END);
     if (!srv->mhd) {
+        stop_reaper(srv);
         slim_free(srv);
         if (flags & MHD_USE_TLS)
             return slim_error_set(err, SLIM_EIO, "cannot listen on %s:%u with TLS (address in "
@@ -884,5 +1073,6 @@ void api_server_stop(struct api_server *srv)
     if (s != MHD_INVALID_SOCKET)
         close(s);
     MHD_stop_daemon(srv->mhd);
+    stop_reaper(srv);
     slim_free(srv);
 }

@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <uv.h>
@@ -37,7 +38,8 @@ void slimd_usage(FILE *f)
     fprintf(f,
             "usage: slimd serve [--listen ADDR:PORT] [--data-dir DIR] [--workers N]\n"
             "                   [--max-upload-bytes N] [--job-memory-mb N] [--max-queued N]\n"
-            "                   [--min-free-bytes N] [--auth token|none] [--allowed-host NAME]\n"
+            "                   [--min-free-bytes N] [--max-conns N] [--max-conns-per-ip N]\n"
+            "                   [--conn-timeout S] [--auth token|none] [--allowed-host NAME]\n"
             "                   [--cors-origin ORIGIN] [--tls-cert FILE --tls-key FILE]\n"
             "       slimd token create --scope read,submit,admin --name NAME [--data-dir DIR]\n"
             "       slimd token list [--json] [--data-dir DIR]\n"
@@ -63,6 +65,15 @@ void slimd_usage(FILE *f)
             "  --min-free-bytes N       free space the data dir keeps: an upload (and its size)\n"
             "                           or a job (and its model's size) that would eat into it\n"
             "                           is 507 (SLIMD_MIN_FREE_BYTES; default 268435456)\n"
+            "  --max-conns N            connections served at once; more wait to be accepted\n"
+            "                           (SLIMD_MAX_CONNS; default 1024, at most what the open\n"
+            "                           file limit allows)\n"
+            "  --max-conns-per-ip N     connections at once from one address; more are closed\n"
+            "                           as they come (SLIMD_MAX_CONNS_PER_IP; default 64; 0: none)\n"
+            "  --conn-timeout S         a connection that sends no whole request (line and\n"
+            "                           headers) within S seconds of opening or of its last\n"
+            "                           response, or stays silent S seconds, is closed\n"
+            "                           (SLIMD_CONN_TIMEOUT; default 30; 0: never)\n"
             "  --auth token|none        token: every request but /v1/health and / needs\n"
             "                           'Authorization: Bearer TOKEN' (slimd token create);\n"
             "                           none: only on a loopback address (SLIMD_AUTH; default\n"
@@ -176,6 +187,36 @@ static void on_signal(uv_signal_t *h, int signum)
     runner_shutdown(s->runner, runner_done, s);
 }
 
+/* Each connection may hold two descriptors (its socket, and a file it
+ * downloads or an upload's temp file); the store, the jobs and
+ * libmicrohttpd keep FD_RESERVE more.  The soft limit on open files is
+ * raised to the hard one first (1024 by default, 524288 hard under
+ * systemd); what still does not fit lowers max_conns, with a warning,
+ * rather than letting accept() fail with EMFILE later. */
+#define FD_RESERVE 64
+static unsigned fit_connections(unsigned want)
+{
+    struct rlimit rl;
+    rlim_t fit;
+    if (getrlimit(RLIMIT_NOFILE, &rl))
+        return want;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rlim_t old = rl.rlim_cur;
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl))
+            rl.rlim_cur = old;
+    }
+    if (rl.rlim_cur == RLIM_INFINITY)
+        return want;
+    fit = rl.rlim_cur > 2 * FD_RESERVE ? (rl.rlim_cur - FD_RESERVE) / 2 : FD_RESERVE / 2;
+    if ((rlim_t)want <= fit)
+        return want;
+    log_warn("--max-conns %u needs more open files than RLIMIT_NOFILE (%llu) allows: serving "
+             "%llu connections at once", want, (unsigned long long)rl.rlim_cur,
+             (unsigned long long)fit);
+    return (unsigned)fit;
+}
+
 static const char *env_or(const char *name, const char *dflt)
 {
     const char *v = getenv(name);
@@ -263,6 +304,9 @@ int slimd_serve(int argc, char **argv)
         {"cors-origin", required_argument, NULL, 'C'},
         {"tls-cert", required_argument, NULL, 'c'},
         {"tls-key", required_argument, NULL, 'k'},
+        {"max-conns", required_argument, NULL, 'M'},
+        {"max-conns-per-ip", required_argument, NULL, 'I'},
+        {"conn-timeout", required_argument, NULL, 'T'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -281,13 +325,16 @@ int slimd_serve(int argc, char **argv)
     const char *job_mem_s = env_or("SLIMD_JOB_MEMORY_MB", NULL);
     const char *max_queued_s = env_or("SLIMD_MAX_QUEUED", "1000");
     const char *min_free_s = env_or("SLIMD_MIN_FREE_BYTES", "268435456");
+    const char *max_conns_s = env_or("SLIMD_MAX_CONNS", "1024");
+    const char *per_ip_s = env_or("SLIMD_MAX_CONNS_PER_IP", "64");
+    const char *conn_timeout_s = env_or("SLIMD_CONN_TIMEOUT", "30");
     struct serve_state s;
     struct store *st = NULL;
     struct slim_error err;
     struct api_config acfg;
     struct api_hooks hooks;
     struct runner_config rcfg;
-    uint64_t workers, max_up, job_mem_mb, max_queued, min_free;
+    uint64_t workers, max_up, job_mem_mb, max_queued, min_free, max_conns, per_ip, conn_timeout;
     char host[256], env[32];
     long ncpu;
     int c;
@@ -303,6 +350,9 @@ int slimd_serve(int argc, char **argv)
         case 'j': job_mem_s = optarg; break;
         case 'q': max_queued_s = optarg; break;
         case 'f': min_free_s = optarg; break;
+        case 'M': max_conns_s = optarg; break;
+        case 'I': per_ip_s = optarg; break;
+        case 'T': conn_timeout_s = optarg; break;
         case 'a': auth_s = optarg; break;
         case 'H':
             if (list_add(&hosts_flag, "--allowed-host", optarg))
@@ -406,6 +456,24 @@ int slimd_serve(int argc, char **argv)
     }
     acfg.min_free = min_free;
     acfg.job_memory = job_mem_mb << 20;
+    if (parse_u64(max_conns_s, 1, 1u << 20, &max_conns)) {
+        fprintf(stderr, "slimd serve: --max-conns '%s': expected a positive integer\n",
+                max_conns_s);
+        goto out;
+    }
+    if (parse_u64(per_ip_s, 0, 1u << 20, &per_ip)) {
+        fprintf(stderr, "slimd serve: --max-conns-per-ip '%s': expected an integer (0: no "
+                "limit)\n", per_ip_s);
+        goto out;
+    }
+    if (parse_u64(conn_timeout_s, 0, 86400, &conn_timeout)) {
+        fprintf(stderr, "slimd serve: --conn-timeout '%s': expected seconds from 0 (never) to "
+                "86400\n", conn_timeout_s);
+        goto out;
+    }
+    acfg.max_conns = fit_connections((unsigned)max_conns);
+    acfg.max_conns_per_ip = (unsigned)per_ip;
+    acfg.conn_timeout = (unsigned)conn_timeout;
 
     /* libuv reads this when its pool first starts; see runner.h. */
     snprintf(env, sizeof env, "%d", (int)workers);

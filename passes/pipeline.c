@@ -957,7 +957,9 @@ static int out_shard_begin(struct out *o, struct run *r, size_t s, struct slim_e
 }
 
 /* Copies a spilled shard's data into the artifact, 8 MiB at a time. */
-static int copy_spill(const char *spill, struct slim_writer *wr, struct slim_error *err)
+/* Checks for a cancel every 8 MiB: a spilled artifact can be gigabytes. */
+static int copy_spill(struct run *r, const char *spill, struct slim_writer *wr,
+                      struct slim_error *err)
 {
     int fd = open(spill, O_RDONLY | O_CLOEXEC), rc = 0;
     const size_t step = (size_t)8 << 20;
@@ -965,6 +967,8 @@ static int copy_spill(const char *spill, struct slim_writer *wr, struct slim_err
         return slim_error_set(err, SLIM_EIO, "cannot reopen the artifact's data: %s",
                               strerror(errno));
     for (;;) {
+        if ((rc = slim_work_check(&r->w, -1.0, err)))
+            break;
         char *buf = slim_aligned_alloc(step);
         ssize_t got;
         struct slim_piece piece;
@@ -1093,6 +1097,11 @@ int slim_pipeline_estimate(const struct slim_spec *spec, const char *in_path, ui
     }
     run_release(&r);
     return rc;
+}
+
+void slim_pipeline_settle(void)
+{
+    slim_kernel_settle();
 }
 
 int slim_pipeline_output_kind(const char *in_path)
@@ -1307,6 +1316,7 @@ static int stream(struct run *r, struct out *o, const char *out_path, int planne
                 (rc = read_tensor(r, sh, src, r->touched[i] & TOUCHED,
                                   r->touched[i] & COPIES_RAW, err)) ||
                 (rc = run_passes(r, r->spec->n_passes, err)) ||
+                (rc = slim_work_check(&r->w, -1.0, err)) ||
                 (rc = slim_artifact_layout(&r->w, &art, err)))
                 goto out;
             t0 = slim_now();
@@ -1348,7 +1358,7 @@ static int stream(struct run *r, struct out *o, const char *out_path, int planne
             goto out;
         for (size_t s = 0; s < r->src.n && !rc; s++) {
             spill_path(out_path, s, sp, sizeof sp);
-            if (!(rc = out_shard_begin(o, r, s, err)) && !(rc = copy_spill(sp, o->wr, err)))
+            if (!(rc = out_shard_begin(o, r, s, err)) && !(rc = copy_spill(r, sp, o->wr, err)))
                 rc = out_file_end(o, err);
             unlink(sp);
         }
@@ -1435,8 +1445,10 @@ int slim_pipeline_run(const struct slim_spec *spec, const char *in_path, const c
         json_object_set_new(json_object_get(*report, "timings"), "eval_seconds",
                             json_real(slim_now() - t_eval));
     }
+    /* a cancel heard now still wins: the artifact goes, and the job ends
+     * canceled rather than succeeded (which the store would refuse) */
     r.w.p_lo = r.w.p_hi = 1.0;
-    slim_work_check(&r.w, 0.0, NULL);
+    rc = slim_work_check(&r.w, 0.0, err);
 out:
     if (o.wr)
         slim_writer_abort(o.wr);

@@ -280,6 +280,13 @@ int slim_pipeline_run(const struct slim_spec *spec, const char *in_path,
                       const char *out_path, const struct slim_run_opts *opts,
                       json_t **report, struct slim_error *err);
 
+/* slim_pipeline_run returns SLIM_ECANCELED within a few hundred
+ * milliseconds of its progress callback asking it to stop, but a kernel
+ * step that cannot stop midway (the exact SVD's bidiagonal SVD) is left
+ * to finish on a thread of its own, with its memory.  This waits until
+ * no such step runs in the process.  Any thread. */
+void slim_pipeline_settle(void);
+
 /* What kind of artifact slim_pipeline_run writes for the model at
  * in_path, judged from its first bytes: 0, one safetensors file at
  * out_path; 1 (a model.safetensors.index.json naming shard files beside

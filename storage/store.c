@@ -52,11 +52,24 @@
 #include "storage/store.h"
 
 #define NOW "strftime('%Y-%m-%dT%H:%M:%SZ', 'now')"
-#define MODEL_COLS "id, kind, name, format, bytes, sha256, info, created_at, owner"
+/* A model's info keeps its safetensors __metadata__ (up to 1 MiB) for
+ * whoever needs it, but no reply shows it: SQLite drops it before the
+ * row is parsed, so a list of such models costs what a list of small
+ * ones does. */
+#define MODEL_COLS "id, kind, name, format, bytes, sha256, json_remove(info, '$.metadata'), " \
+    "created_at, owner"
 #define DATASET_COLS "id, name, format, bytes, sha256, info, created_at, owner"
 #define JOB_COLS                                                                   \
     "id, model_id, state, progress, stage, error, attempts, cancel_requested, "    \
     "created_at, started_at, finished_at, spec, artifact_sha, artifact_bytes, mem_bytes, "  \
+    "dataset_id, owner"
+/* A list row shows its spec's ops, not the spec: a page of 1,000 jobs
+ * stays small whatever their specs hold (SQLite reads the ops out, so
+ * the specs are never parsed into JSON objects here either). */
+#define JOB_LIST_COLS                                                              \
+    "id, model_id, state, progress, stage, error, attempts, cancel_requested, "    \
+    "created_at, started_at, finished_at, (SELECT json_group_array(json_extract(p.value, '$.op'))" \
+    " FROM json_each(jobs.spec, '$.passes') AS p), artifact_sha, artifact_bytes, mem_bytes, "  \
     "dataset_id, owner"
 #define TOKEN_COLS "id, name, scopes, created_at, last_used_at, revoked"
 /* ?N: an owner's token id, or NULL for every row */
@@ -181,14 +194,14 @@ static const char *const sql[Q_COUNT] = {
                      " AND (?6 IS NULL OR EXISTS (SELECT 1 FROM datasets WHERE id = ?6))"
                      " AND (SELECT count(*) FROM jobs WHERE state = 0) < ?5 RETURNING " JOB_COLS,
     [Q_JOB_GET] = "SELECT " JOB_COLS " FROM jobs WHERE id = ?1",
-    [Q_JOB_LIST] = "SELECT " JOB_COLS " FROM jobs WHERE" OWNED(3)
+    [Q_JOB_LIST] = "SELECT " JOB_LIST_COLS " FROM jobs WHERE" OWNED(3)
                    " ORDER BY seq DESC LIMIT ?1 OFFSET ?2",
-    [Q_JOB_LIST_STATE] = "SELECT " JOB_COLS " FROM jobs WHERE state = ?3 AND" OWNED(4)
+    [Q_JOB_LIST_STATE] = "SELECT " JOB_LIST_COLS " FROM jobs WHERE state = ?3 AND" OWNED(4)
                          " ORDER BY seq DESC LIMIT ?1 OFFSET ?2",
     [Q_JOB_COUNT] = "SELECT count(*) FROM jobs WHERE" OWNED(1),
     [Q_JOB_COUNT_STATE] = "SELECT count(*) FROM jobs WHERE state = ?1 AND" OWNED(2),
     [Q_JOB_CLAIM] = "UPDATE jobs SET state = 1, attempts = attempts + 1, started_at = " NOW ","
-                    " finished_at = NULL, progress = 0, stage = NULL, error = NULL"
+                    " finished_at = NULL, progress = 0, stage = 'load', error = NULL"
                     " WHERE id = (SELECT id FROM jobs WHERE state = 0 ORDER BY seq LIMIT 1)"
                     " AND mem_bytes <= ?1 RETURNING " JOB_COLS,
     [Q_JOB_PROGRESS] = "UPDATE jobs SET progress = ?2, stage = coalesce(?3, stage)"
@@ -196,7 +209,10 @@ static const char *const sql[Q_COUNT] = {
     [Q_JOB_SUCCEED] = "UPDATE jobs SET state = 2, progress = 1, stage = NULL, finished_at = " NOW ","
                       " artifact_sha = ?2, artifact_bytes = ?3, report = ?4"
                       " WHERE id = ?1 AND state = 1 AND cancel_requested = 0",
-    [Q_JOB_FAIL] = "UPDATE jobs SET state = 3, stage = NULL, finished_at = " NOW ", error = ?2"
+    /* a cancel answered 200 wins over a failure that came after it */
+    [Q_JOB_FAIL] = "UPDATE jobs SET state = CASE WHEN cancel_requested THEN 4 ELSE 3 END,"
+                   " stage = NULL, finished_at = " NOW ","
+                   " error = CASE WHEN cancel_requested THEN NULL ELSE ?2 END"
                    " WHERE id = ?1 AND state = 1",
     [Q_JOB_CANCEL_QUEUED] = "UPDATE jobs SET state = 4, cancel_requested = 1, finished_at = " NOW
                             " WHERE id = ?1 AND state = 0",
@@ -406,6 +422,19 @@ static json_t *job_row(sqlite3_stmt *s)
                      "finished_at", col_text(s, 10), "spec", col_json(s, 11),
                      "artifact", artifact, "memory_bytes",
                      (json_int_t)sqlite3_column_int64(s, 14), "owner", col_text(s, 16));
+}
+
+/* A list row (JOB_LIST_COLS): the job with "passes", its spec's ops in
+ * order, in the place of "spec". */
+static json_t *job_summary_row(sqlite3_stmt *s)
+{
+    json_t *row = job_row(s), *ops;
+    if (!row)
+        return NULL;
+    ops = json_object_get(row, "spec");
+    json_object_set_new(row, "passes", json_is_array(ops) ? json_incref(ops) : json_array());
+    json_object_del(row, "spec");
+    return row;
 }
 
 /* Steps s for one row and converts it with to_json into *row; a missing
@@ -954,7 +983,7 @@ int store_job_list(struct store *st, const char *owner, int state, int limit, in
         else if (!rc)
             rc = prep(st, Q_JOB_COUNT_STATE, &count, err, "is", state, owner);
         if (!rc)
-            rc = list_rows(st, list, count, job_row, rows, total, err);
+            rc = list_rows(st, list, count, job_summary_row, rows, total, err);
         rc = finish(st, rc, err);
     }
     pthread_mutex_unlock(&st->lock);
@@ -981,21 +1010,32 @@ int store_job_claim(struct store *st, uint64_t mem_left, json_t **row, struct sl
 
 /* After a job UPDATE that changed nothing: SLIM_ENOTFOUND, or
  * SLIM_ECONFLICT naming the state the job is in instead. */
-static int job_not_in(struct store *st, const char *id, const char *want, struct slim_error *err)
+/* The job's state in *state; SLIM_ENOTFOUND when there is no such job. */
+static int job_state(struct store *st, const char *id, int *state, struct slim_error *err)
 {
     sqlite3_stmt *s;
     int rc = prep(st, Q_JOB_REPORT, &s, err, "s", id);
     if (rc)
         return rc;
     rc = sqlite3_step(s);
-    if (rc == SQLITE_ROW)
-        rc = slim_error_set(err, SLIM_ECONFLICT, "job %.64s is %s, not %s", id,
-                            store_job_state_name(sqlite3_column_int(s, 0)), want);
-    else if (rc == SQLITE_DONE)
+    if (rc == SQLITE_ROW) {
+        *state = sqlite3_column_int(s, 0);
+        rc = 0;
+    } else if (rc == SQLITE_DONE) {
         rc = slim_error_set(err, SLIM_ENOTFOUND, "job %.64s does not exist", id);
-    else
+    } else {
         rc = db_error(st, err, "cannot read job %.64s", id);
+    }
     done(s);
+    return rc;
+}
+
+static int job_not_in(struct store *st, const char *id, const char *want, struct slim_error *err)
+{
+    int state, rc = job_state(st, id, &state, err);
+    if (!rc)
+        rc = slim_error_set(err, SLIM_ECONFLICT, "job %.64s is %s, not %s", id,
+                            store_job_state_name(state), want);
     return rc;
 }
 
@@ -1072,14 +1112,18 @@ int store_job_requeue(struct store *st, const char *id, struct slim_error *err)
 
 int store_job_cancel(struct store *st, const char *id, int *was_running, struct slim_error *err)
 {
-    int rc, n = 0;
+    int rc, n = 0, state;
     *was_running = 0;
     pthread_mutex_lock(&st->lock);
     rc = run(st, Q_JOB_CANCEL_QUEUED, &n, err, "s", id);
     if (!rc && !n && !(rc = run(st, Q_JOB_CANCEL_RUNNING, &n, err, "s", id)))
         *was_running = n > 0;
-    if (!rc && !n)
-        rc = job_not_in(st, id, "queued or running: only those can be canceled", err);
+    if (!rc && !n && !(rc = job_state(st, id, &state, err)))
+        /* it finished first: the cancel comes too late, and says so */
+        rc = state == STORE_JOB_CANCELED
+                 ? slim_error_set(err, SLIM_ECONFLICT, "job %.64s is already canceled", id)
+                 : slim_error_set(err, SLIM_ECONFLICT, "job %.64s already %s: too late to "
+                                  "cancel it", id, store_job_state_name(state));
     pthread_mutex_unlock(&st->lock);
     return rc;
 }

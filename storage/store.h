@@ -175,7 +175,8 @@ int store_job_insert(struct store *st, const char *owner, const char *model_id,
  *  started_at, finished_at, spec, artifact: {sha256, bytes} | null,
  *  memory_bytes, owner} */
 int store_job_get(struct store *st, const char *id, json_t **row, struct slim_error *err);
-/* Newest first; state < 0 for all. */
+/* Newest first; state < 0 for all.  Rows are store_job_get's with
+ * "passes" (the spec's ops, in order) in the place of "spec". */
 int store_job_list(struct store *st, const char *owner, int state, int limit, int offset,
                    json_t **rows, int *total, struct slim_error *err);
 /* Atomically moves the oldest queued job to running (attempts + 1,
@@ -186,14 +187,19 @@ int store_job_claim(struct store *st, uint64_t mem_left, json_t **row, struct sl
 /* Records progress and stage of a running job (no-op if not running). */
 int store_job_progress(struct store *st, const char *id, double progress, const char *stage,
                        struct slim_error *err);
-/* running -> succeeded, with the artifact blob and the report (borrowed). */
+/* running -> succeeded, with the artifact blob and the report
+ * (borrowed); SLIM_ECANCELED, changing nothing, when a cancel was
+ * requested meanwhile (the caller then ends it canceled). */
 int store_job_succeed(struct store *st, const char *id, const char *artifact_sha,
                       uint64_t artifact_bytes, json_t *report, struct slim_error *err);
-/* running -> failed with a message. */
+/* running -> failed with a message, or canceled (without one) when a
+ * cancel was requested: a cancel answered 200 always ends canceled. */
 int store_job_fail(struct store *st, const char *id, const char *message, struct slim_error *err);
 /* queued -> canceled at once (returns 0, *was_running = 0); running ->
  * cancel requested (state unchanged, *was_running = 1: the runner stops
- * it and calls store_job_canceled); finished -> SLIM_ECONFLICT. */
+ * it and calls store_job_canceled; whatever ends the job afterwards ends
+ * it canceled); finished -> SLIM_ECONFLICT, "job ... already succeeded:
+ * too late to cancel it" (or failed; "is already canceled"). */
 int store_job_cancel(struct store *st, const char *id, int *was_running, struct slim_error *err);
 /* running -> canceled. */
 int store_job_canceled(struct store *st, const char *id, struct slim_error *err);

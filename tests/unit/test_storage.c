@@ -978,9 +978,9 @@ static void test_job_lifecycle(void **state)
     json_decref(rep);
     assert_int_equal(store_job_report(st, "job_nope", &rep, &err), SLIM_ENOTFOUND);
 
-    /* finished jobs cannot be canceled */
+    /* finished jobs cannot be canceled: too late, and the message says so */
     assert_int_equal(store_job_cancel(st, j1, &was_running, &err), SLIM_ECONFLICT);
-    assert_non_null(strstr(err.msg, "succeeded"));
+    assert_non_null(strstr(err.msg, "already succeeded: too late to cancel it"));
     assert_int_equal(store_job_cancel(st, "job_nope", &was_running, &err), SLIM_ENOTFOUND);
 
     /* j2 running then failed */
@@ -1017,6 +1017,9 @@ static void test_job_lifecycle(void **state)
     assert_string_equal(sfield(row, "state"), "canceled");
     json_decref(row);
     assert_int_equal(store_job_canceled(st, j4, &err), SLIM_ECONFLICT);
+    assert_int_equal(store_job_cancel(st, j4, &was_running, &err), SLIM_ECONFLICT);
+    assert_non_null(strstr(err.msg, "is already canceled"));
+
 
     /* requeue does not count the attempt */
     const char *j5 = put_job(st, m);
@@ -1050,6 +1053,29 @@ static void test_job_lifecycle(void **state)
     assert_string_equal(store_job_state_name(STORE_JOB_SUCCEEDED), "succeeded");
     assert_int_equal(store_job_state_parse("canceled"), STORE_JOB_CANCELED);
     assert_int_equal(store_job_state_parse("cancelled"), -1);
+
+    /* a cancel answered while running wins over whatever ends the job:
+     * a success is refused (the runner then records canceled), and a
+     * failure becomes canceled, without its message */
+    assert_int_equal(store_job_cancel(st, j5, &was_running, &err), 0);
+    const char *j6 = put_job(st, m), *j7 = put_job(st, m);
+    claim_expect(st, j6);
+    assert_int_equal(store_job_cancel(st, j6, &was_running, &err), 0);
+    rep = json_object();
+    assert_int_equal(store_job_succeed(st, j6, art, 14, rep, &err), SLIM_ECANCELED);
+    json_decref(rep);
+    row = get_job(st, j6);
+    assert_string_equal(sfield(row, "state"), "running");
+    json_decref(row);
+    assert_int_equal(store_job_canceled(st, j6, &err), 0);
+    claim_expect(st, j7);
+    assert_int_equal(store_job_cancel(st, j7, &was_running, &err), 0);
+    assert_int_equal(store_job_fail(st, j7, "disk full", &err), 0);
+    row = get_job(st, j7);
+    assert_string_equal(sfield(row, "state"), "canceled");
+    assert_true(json_is_null(json_object_get(row, "error")));
+    json_decref(row);
+    assert_int_equal(store_job_cancel(st, j7, &was_running, &err), SLIM_ECONFLICT);
     store_close(st);
 }
 
