@@ -11,6 +11,12 @@
  * WAL with synchronous=FULL, not NORMAL: NORMAL may lose the last commits
  * on power loss, and a job acknowledged with 202 must survive (DESIGN.md);
  * one WAL fsync per commit is small next to the fsyncs every blob pays.
+ * A busy timeout of 5 s covers another process holding the database.
+ * Every write's result is checked to its end, the commit included (see
+ * one_row and finish); a disk that is full (SQLITE_FULL, or ENOSPC under
+ * an I/O error) is SLIM_ENOSPACE, the API's 507, and releases the
+ * reserve (store.h) so that the runner's retry and the next start can
+ * still write.
  * Migrations: migrations[] only grows; each step runs in BEGIN IMMEDIATE
  * with its PRAGMA user_version bump, so two processes cannot both migrate.
  *
@@ -29,15 +35,24 @@
  * and once it has finished the delete sets the column NULL, as for
  * models.  Blobs are shared by content: models, datasets and artifacts
  * may name the same sha256, and a blob goes when the last of them does.
+ *
+ * A blob is committed (fsync, rename, fsync of its folder) before its row
+ * is inserted, so a crash in between leaves a blob that nothing names;
+ * store_open removes those (sweep_blobs), as it empties tmp/.  Removing
+ * them at open, when nothing is being uploaded, was chosen over a
+ * periodic sweep that would race uploads between commit and insert.
  */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 #include <sqlite3.h>
 #include "storage/store.h"
@@ -48,7 +63,7 @@
 #define JOB_COLS                                                                   \
     "id, model_id, state, progress, stage, error, attempts, cancel_requested, "    \
     "created_at, started_at, finished_at, spec, artifact_sha, artifact_bytes, mem_bytes, "  \
-    "dataset_id"
+    "dataset_id, error_code"
 
 /* Append only: entry i takes the schema from version i to i + 1. */
 static const char *const migrations[] = {
@@ -103,6 +118,8 @@ static const char *const migrations[] = {
     "DELETE FROM models WHERE kind = 'dataset';"
     "ALTER TABLE jobs ADD COLUMN dataset_id TEXT REFERENCES datasets(id) ON DELETE SET NULL;"
     "CREATE INDEX jobs_dataset ON jobs(dataset_id);",
+    /* 4: a failed job's REST error code beside its message */
+    "ALTER TABLE jobs ADD COLUMN error_code TEXT;",
 };
 
 enum q {
@@ -113,7 +130,7 @@ enum q {
     Q_JOB_INSERT, Q_JOB_GET, Q_JOB_LIST, Q_JOB_LIST_STATE, Q_JOB_COUNT, Q_JOB_COUNT_STATE,
     Q_JOB_CLAIM, Q_JOB_PROGRESS, Q_JOB_SUCCEED, Q_JOB_FAIL, Q_JOB_CANCEL_QUEUED,
     Q_JOB_CANCEL_RUNNING, Q_JOB_CANCELED, Q_JOB_REQUEUE, Q_JOB_REPORT, Q_JOB_COUNTS,
-    Q_RECOVER_CANCELED, Q_RECOVER_FAIL, Q_RECOVER_REQUEUE,
+    Q_RECOVER_CANCELED, Q_RECOVER_FAIL, Q_RECOVER_REQUEUE, Q_JOB_RETRY,
     Q_COUNT
 };
 
@@ -156,7 +173,8 @@ static const char *const sql[Q_COUNT] = {
     [Q_JOB_COUNT] = "SELECT count(*) FROM jobs",
     [Q_JOB_COUNT_STATE] = "SELECT count(*) FROM jobs WHERE state = ?1",
     [Q_JOB_CLAIM] = "UPDATE jobs SET state = 1, attempts = attempts + 1, started_at = " NOW ","
-                    " finished_at = NULL, progress = 0, stage = NULL, error = NULL"
+                    " finished_at = NULL, progress = 0, stage = NULL, error = NULL,"
+                    " error_code = NULL"
                     " WHERE id = (SELECT id FROM jobs WHERE state = 0 ORDER BY seq LIMIT 1)"
                     " AND mem_bytes <= ?1 RETURNING " JOB_COLS,
     [Q_JOB_PROGRESS] = "UPDATE jobs SET progress = ?2, stage = coalesce(?3, stage)"
@@ -164,8 +182,8 @@ static const char *const sql[Q_COUNT] = {
     [Q_JOB_SUCCEED] = "UPDATE jobs SET state = 2, progress = 1, stage = NULL, finished_at = " NOW ","
                       " artifact_sha = ?2, artifact_bytes = ?3, report = ?4"
                       " WHERE id = ?1 AND state = 1 AND cancel_requested = 0",
-    [Q_JOB_FAIL] = "UPDATE jobs SET state = 3, stage = NULL, finished_at = " NOW ", error = ?2"
-                   " WHERE id = ?1 AND state = 1",
+    [Q_JOB_FAIL] = "UPDATE jobs SET state = 3, stage = NULL, finished_at = " NOW ", error = ?2,"
+                   " error_code = ?3 WHERE id = ?1 AND state = 1",
     [Q_JOB_CANCEL_QUEUED] = "UPDATE jobs SET state = 4, cancel_requested = 1, finished_at = " NOW
                             " WHERE id = ?1 AND state = 0",
     [Q_JOB_CANCEL_RUNNING] = "UPDATE jobs SET cancel_requested = 1 WHERE id = ?1 AND state = 1",
@@ -182,10 +200,20 @@ static const char *const sql[Q_COUNT] = {
                            " WHERE state = 1 AND cancel_requested",
     [Q_RECOVER_FAIL] = "UPDATE jobs SET state = 3, stage = NULL, finished_at = " NOW ","
                        " error = 'interrupted ' || CASE attempts WHEN 1 THEN 'once'"
-                       " ELSE attempts || ' times' END || ' (daemon restarts); giving up'"
-                       " WHERE state = 1 AND attempts >= ?1",
+                       " ELSE attempts || ' times' END || ' (daemon restarts); giving up',"
+                       " error_code = 'INTERNAL' WHERE state = 1 AND attempts >= ?1",
     [Q_RECOVER_REQUEUE] = "UPDATE jobs SET state = 0, started_at = NULL, progress = 0, stage = NULL"
                           " WHERE state = 1",
+    /* attempts is not given back (unlike Q_JOB_REQUEUE): the claim
+     * counted this attempt, and max_attempts (?2) bounds the retries;
+     * the error stays on the queued row, so users see why it waits */
+    [Q_JOB_RETRY] = "UPDATE jobs SET state = CASE WHEN cancel_requested THEN 4"
+                    " WHEN attempts >= ?2 THEN 3 ELSE 0 END,"
+                    " finished_at = CASE WHEN cancel_requested OR attempts >= ?2 THEN " NOW " END,"
+                    " started_at = CASE WHEN cancel_requested OR attempts >= ?2 THEN started_at END,"
+                    " error = CASE WHEN cancel_requested THEN NULL ELSE ?3 END,"
+                    " error_code = CASE WHEN cancel_requested THEN NULL ELSE ?4 END,"
+                    " progress = 0, stage = NULL WHERE id = ?1 AND state = 1 RETURNING " JOB_COLS,
 };
 
 struct store {
@@ -193,6 +221,12 @@ struct store {
     sqlite3 *db;
     sqlite3_stmt *q[Q_COUNT];
     char *dir;
+    struct store_sweep sweep;       /* what store_open cleaned */
+    /* the reserve: reserve_lock guards the file and the two fields below;
+     * it is taken inside st->lock (db_error), never the other way round */
+    pthread_mutex_t reserve_lock;
+    uint64_t reserve_bytes;         /* wanted; 0: none */
+    atomic_int reserve_held;        /* the file is there at that size */
 };
 
 static const char *const state_names[] = {"queued", "running", "succeeded", "failed", "canceled"};
@@ -220,15 +254,33 @@ const char *store_data_dir(const struct store *st)
 /* Sets err from the connection's last error, prefixed with what failed. */
 static int db_error(struct store *st, struct slim_error *err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+static void reserve_release(struct store *st);
+
+/* SQLite's last error as ours: a full disk is SLIM_ENOSPACE whether SQLite
+ * says SQLITE_FULL (a write) or an I/O error whose errno is ENOSPC (the
+ * -shm file, an fsync). */
+static int db_code(struct store *st)
+{
+    int c = sqlite3_errcode(st->db) & 0xff, e = sqlite3_system_errno(st->db);
+    if (c == SQLITE_NOMEM)
+        return SLIM_ENOMEM;
+    if (c == SQLITE_FULL ||
+        ((c == SQLITE_IOERR || c == SQLITE_CANTOPEN) && (e == ENOSPC || e == EDQUOT)))
+        return SLIM_ENOSPACE;
+    return SLIM_EIO;
+}
+
 static int db_error(struct store *st, struct slim_error *err, const char *fmt, ...)
 {
     char what[96];
+    int code = db_code(st);
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(what, sizeof what, fmt, ap);
     va_end(ap);
-    return slim_error_set(err, sqlite3_errcode(st->db) == SQLITE_NOMEM ? SLIM_ENOMEM : SLIM_EIO,
-                          "%s: %s", what, sqlite3_errmsg(st->db));
+    if (code == SLIM_ENOSPACE)
+        reserve_release(st);   /* so the retry of what must be recorded finds room */
+    return slim_error_set(err, code, "%s: %s", what, sqlite3_errmsg(st->db));
 }
 
 /* Ends a statement's use: resets it (releasing its read snapshot) and
@@ -351,12 +403,13 @@ static json_t *job_row(sqlite3_stmt *s)
     if (sqlite3_column_type(s, 12) != SQLITE_NULL)
         artifact = json_pack("{s:s?, s:I}", "sha256", col_text(s, 12), "bytes",
                              (json_int_t)sqlite3_column_int64(s, 13));
-    return json_pack("{s:s?, s:s?, s:s?, s:s, s:f, s:s?, s:s?, s:I, s:b, s:s?, s:s?, s:s?, s:o?,"
-                     " s:o?, s:I}",
+    return json_pack("{s:s?, s:s?, s:s?, s:s, s:f, s:s?, s:s?, s:s?, s:I, s:b, s:s?, s:s?, s:s?,"
+                     " s:o?, s:o?, s:I}",
                      "id", col_text(s, 0), "model", col_text(s, 1), "dataset", col_text(s, 15),
                      "state", store_job_state_name(sqlite3_column_int(s, 2)),
                      "progress", sqlite3_column_double(s, 3), "stage", col_text(s, 4),
-                     "error", col_text(s, 5), "attempts", (json_int_t)sqlite3_column_int64(s, 6),
+                     "error", col_text(s, 5), "error_code", col_text(s, 16),
+                     "attempts", (json_int_t)sqlite3_column_int64(s, 6),
                      "cancel_requested", sqlite3_column_int(s, 7) != 0,
                      "created_at", col_text(s, 8), "started_at", col_text(s, 9),
                      "finished_at", col_text(s, 10), "spec", col_json(s, 11),
@@ -466,17 +519,188 @@ static int mkdir_p(const char *path, struct slim_error *err)
 }
 
 /* Empties tmp/: whatever is there is a partial upload or artifact of a
- * process that died (one data dir serves one daemon). */
-static void purge_tmp(const char *tmp)
+ * process that died (one data dir serves one daemon).  Returns how many
+ * files went. */
+static int purge_tmp(const char *tmp)
 {
     DIR *d = opendir(tmp);
     struct dirent *e;
+    int n = 0;
     if (!d)
-        return;
+        return 0;
     while ((e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
-            unlinkat(dirfd(d), e->d_name, 0);
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") &&
+            unlinkat(dirfd(d), e->d_name, 0) == 0)
+            n++;
     closedir(d);
+    return n;
+}
+
+/* 1 when name is 64 lowercase hex digits starting with the two of dir. */
+static int blob_name(const char *dir, const char *name)
+{
+    size_t n = strspn(name, "0123456789abcdef");
+    return n == 64 && !name[64] && name[0] == dir[0] && name[1] == dir[1];
+}
+
+/* Removes every blob that no row names: blobs/xx/<sha> committed by a
+ * process that died before it inserted the row (an upload between commit
+ * and insert, an artifact between adopt and succeed, a delete between
+ * its commit and the unlink).  Runs at open, before any request, so no
+ * upload is between its commit and its insert.  A file whose name is
+ * not a blob's is left alone: slimd never makes one, so it is not ours
+ * to remove.  A blob whose reference count cannot be read is kept. */
+static void sweep_blobs(struct store *st)
+{
+    char path[4096];
+    DIR *top, *sub;
+    struct dirent *e, *f;
+    sqlite3_stmt *s;
+    struct stat sb;
+
+    snprintf(path, sizeof path, "%s/blobs", st->dir);
+    if (!(top = opendir(path)))
+        return;
+    while ((e = readdir(top))) {
+        if (strlen(e->d_name) != 2 || strspn(e->d_name, "0123456789abcdef") != 2)
+            continue;
+        snprintf(path, sizeof path, "%s/blobs/%s", st->dir, e->d_name);
+        if (!(sub = opendir(path)))
+            continue;
+        while ((f = readdir(sub))) {
+            int unused;
+            if (!blob_name(e->d_name, f->d_name) || prep(st, Q_SHA_REFS, &s, NULL, "s", f->d_name))
+                continue;
+            unused = sqlite3_step(s) == SQLITE_ROW && sqlite3_column_int(s, 0) == 0;
+            done(s);
+            if (unused && fstatat(dirfd(sub), f->d_name, &sb, 0) == 0 &&
+                unlinkat(dirfd(sub), f->d_name, 0) == 0) {
+                st->sweep.orphans_removed++;
+                st->sweep.orphan_bytes += (uint64_t)sb.st_size;
+            }
+        }
+        closedir(sub);
+    }
+    closedir(top);
+}
+
+/* ---- the reserve (store.h) ---- */
+
+static void reserve_path(const struct store *st, char *buf, size_t len)
+{
+    snprintf(buf, len, "%s/slimd.reserve", st->dir);
+}
+
+static uint64_t free_bytes(const char *dir)
+{
+    struct statvfs v;
+    if (statvfs(dir, &v) != 0)
+        return UINT64_MAX;   /* cannot tell: behave as if there were room */
+    return (uint64_t)v.f_bavail * (uint64_t)v.f_frsize;
+}
+
+/* Gives the reserve's space back to the file system.  Any thread; may be
+ * called with st->lock held. */
+static void reserve_release(struct store *st)
+{
+    char path[4096];
+    if (!atomic_load(&st->reserve_held))
+        return;
+    pthread_mutex_lock(&st->reserve_lock);
+    if (atomic_load(&st->reserve_held)) {
+        reserve_path(st, path, sizeof path);
+        unlink(path);
+        atomic_store(&st->reserve_held, 0);
+    }
+    pthread_mutex_unlock(&st->reserve_lock);
+}
+
+/* With reserve_lock held: makes the file exactly reserve_bytes of
+ * allocated space when twice that is free (so holding it never fills
+ * the disk itself).  fallocate, not writes: the space is the point, and
+ * fallocate takes it without writing 8 MiB. */
+static int reserve_take(struct store *st)
+{
+    char path[4096];
+    struct stat sb;
+    int fd, rc;
+    reserve_path(st, path, sizeof path);
+    if (stat(path, &sb) == 0 && (uint64_t)sb.st_size == st->reserve_bytes &&
+        (uint64_t)sb.st_blocks * 512 >= st->reserve_bytes)
+        return 1;
+    unlink(path);
+    if (free_bytes(st->dir) / 2 < st->reserve_bytes)
+        return 0;
+    if ((fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) < 0)
+        return 0;
+    rc = posix_fallocate(fd, 0, (off_t)st->reserve_bytes);
+    close(fd);
+    if (rc) {
+        unlink(path);
+        return 0;
+    }
+    return 1;
+}
+
+int store_reserve_set(struct store *st, uint64_t bytes, struct slim_error *err)
+{
+    char path[4096];
+    pthread_mutex_lock(&st->reserve_lock);
+    st->reserve_bytes = bytes;
+    if (bytes) {
+        atomic_store(&st->reserve_held, reserve_take(st));
+    } else {
+        reserve_path(st, path, sizeof path);
+        if (unlink(path) && errno != ENOENT) {
+            pthread_mutex_unlock(&st->reserve_lock);
+            return slim_error_set(err, SLIM_EIO, "cannot remove the reserve: %s",
+                                  strerror(errno));
+        }
+        atomic_store(&st->reserve_held, 0);
+    }
+    pthread_mutex_unlock(&st->reserve_lock);
+    return 0;
+}
+
+int store_reserve_refill(struct store *st)
+{
+    int held;
+    if (atomic_load(&st->reserve_held))
+        return 1;
+    pthread_mutex_lock(&st->reserve_lock);
+    if (st->reserve_bytes && !atomic_load(&st->reserve_held))
+        atomic_store(&st->reserve_held, reserve_take(st));
+    held = !st->reserve_bytes || atomic_load(&st->reserve_held);
+    pthread_mutex_unlock(&st->reserve_lock);
+    return held;
+}
+
+uint64_t store_reserve_missing(struct store *st)
+{
+    uint64_t missing;
+    if (atomic_load(&st->reserve_held))
+        return 0;
+    pthread_mutex_lock(&st->reserve_lock);
+    missing = atomic_load(&st->reserve_held) ? 0 : st->reserve_bytes;
+    pthread_mutex_unlock(&st->reserve_lock);
+    return missing;
+}
+
+/* At open, before SQLite needs room for its -wal and -shm files: a disk
+ * with less free than the reserve left over from the last run gets the
+ * reserve back (store_reserve_set takes it again once there is room). */
+static void reserve_at_open(struct store *st)
+{
+    char path[4096];
+    struct stat sb;
+    reserve_path(st, path, sizeof path);
+    if (stat(path, &sb) == 0 && free_bytes(st->dir) < (uint64_t)sb.st_size && unlink(path) == 0)
+        st->sweep.reserve_released = 1;
+}
+
+void store_open_sweep(const struct store *st, struct store_sweep *out)
+{
+    *out = st->sweep;
 }
 
 static int migrate(struct store *st, struct slim_error *err)
@@ -557,15 +781,29 @@ int store_open(const char *data_dir, struct store **out, struct slim_error *err)
         return slim_error_set(err, SLIM_ENOMEM, "out of memory");
     }
     pthread_mutex_init(&st->lock, NULL);
+    pthread_mutex_init(&st->reserve_lock, NULL);
     rc = mkdir_p(data_dir, err);
     snprintf(sub, sizeof sub, "%s/blobs", data_dir);
     if (!rc)
         rc = mkdir_p(sub, err);
     snprintf(sub, sizeof sub, "%s/tmp", data_dir);
     if (!rc && !(rc = mkdir_p(sub, err)))
-        purge_tmp(sub);
+        st->sweep.tmp_removed = purge_tmp(sub);
+    if (!rc) {
+        /* blobs/ and tmp/ may be new: their names must be durable before
+         * a blob renamed into blobs/ is (blob.c fsyncs only below) */
+        int fd = open(data_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0 || fsync(fd))
+            rc = slim_error_set(err, SLIM_EIO, "cannot fsync the data dir: %s", strerror(errno));
+        if (fd >= 0)
+            close(fd);
+    }
+    if (!rc)
+        reserve_at_open(st);
     if (!rc)
         rc = open_db(st, err);
+    if (!rc)
+        sweep_blobs(st);
     if (rc) {
         store_close(st);
         return rc;
@@ -581,6 +819,7 @@ void store_close(struct store *st)
     for (int i = 0; i < Q_COUNT; i++)
         sqlite3_finalize(st->q[i]);
     sqlite3_close(st->db);
+    pthread_mutex_destroy(&st->reserve_lock);
     pthread_mutex_destroy(&st->lock);
     slim_free(st->dir);
     slim_free(st);
@@ -936,6 +1175,9 @@ int store_job_progress(struct store *st, const char *id, double progress, const 
                        struct slim_error *err)
 {
     int rc;
+    /* progress is not worth the reserve's space (see store.h) */
+    if (store_reserve_missing(st))
+        return slim_error_set(err, SLIM_ENOSPACE, "the disk is full: progress not recorded");
     if (!(progress >= 0)) /* NaN too */
         progress = 0;
     if (progress > 1)
@@ -966,8 +1208,11 @@ int store_job_succeed(struct store *st, const char *id, const char *artifact_sha
         rc = job_not_in(st, id, "running", err);
         if (rc == SLIM_ECONFLICT && strstr(err->msg, "is running"))
             rc = slim_error_set(err, SLIM_ECANCELED, "job %.64s was canceled", id);
-        drop_blob_if_unused(st, artifact_sha);
     }
+    /* no row names the artifact (the update failed or changed nothing):
+     * it goes now rather than stay an orphan until the next start */
+    if (rc)
+        drop_blob_if_unused(st, artifact_sha);
     pthread_mutex_unlock(&st->lock);
     free(text);
     return rc;
@@ -987,9 +1232,38 @@ static int job_change(struct store *st, enum q i, const char *id, const char *te
     return rc;
 }
 
-int store_job_fail(struct store *st, const char *id, const char *message, struct slim_error *err)
+int store_job_fail(struct store *st, const char *id, int code, const char *message,
+                   struct slim_error *err)
 {
-    return job_change(st, Q_JOB_FAIL, id, message ? message : "failed", "running", err);
+    int rc, n = 0;
+    pthread_mutex_lock(&st->lock);
+    rc = run(st, Q_JOB_FAIL, &n, err, "sss", id, message ? message : "failed",
+             slim_errcode(code ? code : SLIM_EINTERNAL));
+    if (!rc && !n)
+        rc = job_not_in(st, id, "running", err);
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+int store_job_retry(struct store *st, const char *id, int max_attempts, int code,
+                    const char *message, int *state, struct slim_error *err)
+{
+    sqlite3_stmt *s;
+    json_t *row = NULL;
+    int rc;
+    *state = -1;
+    pthread_mutex_lock(&st->lock);
+    rc = prep(st, Q_JOB_RETRY, &s, err, "siss", id, max_attempts < 1 ? 1 : max_attempts,
+              message ? message : "no space left", slim_errcode(code ? code : SLIM_ENOSPACE));
+    if (!rc)
+        rc = one_row(st, s, job_row, &row, "job", id, err);
+    if (rc == SLIM_ENOTFOUND)   /* no row changed: not running, or gone */
+        rc = job_not_in(st, id, "running", err);
+    if (!rc)
+        *state = store_job_state_parse(json_string_value(json_object_get(row, "state")));
+    pthread_mutex_unlock(&st->lock);
+    json_decref(row);
+    return rc;
 }
 
 int store_job_canceled(struct store *st, const char *id, struct slim_error *err)

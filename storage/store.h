@@ -13,6 +13,8 @@
  *   slimd.db            SQLite database (schema versioned by user_version)
  *   blobs/ab/abcdef...  content-addressed files, named by their sha256
  *   tmp/                uploads and artifacts being written
+ *   slimd.reserve       space held back for the database when the disk
+ *                       fills (store_reserve_set)
  *
  * Rows returned to callers are JSON objects (new references) shaped as
  * the REST API shows them, so the API layer does not re-map columns.
@@ -43,10 +45,50 @@ const char *store_job_state_name(int state);        /* "queued" */
 int store_job_state_parse(const char *name);        /* state, or -1 */
 
 /* Opens (creating if needed) the data dir and its database, and runs the
- * migrations up to the current schema version.  *out is a new store. */
+ * migrations up to the current schema version.  *out is a new store.
+ * Before anything else it cleans what a process that died left behind
+ * (one data dir serves one daemon): every file in tmp/ (partial uploads
+ * and artifacts) and every blob that no model, dataset or job artifact
+ * names (a blob committed just before a crash, whose row never came);
+ * and when the disk is full it releases slimd.reserve first, so that
+ * SQLite can create its -wal and -shm files.  store_open_sweep says
+ * what was cleaned. */
 int store_open(const char *data_dir, struct store **out, struct slim_error *err);
 void store_close(struct store *st);
 const char *store_data_dir(const struct store *st);
+
+/* What store_open cleaned, for the daemon's log. */
+struct store_sweep {
+    int tmp_removed;            /* files in tmp/ */
+    int orphans_removed;        /* unreferenced blobs */
+    uint64_t orphan_bytes;
+    int reserve_released;       /* slimd.reserve was released: the disk was full */
+};
+void store_open_sweep(const struct store *st, struct store_sweep *out);
+
+/* ---- the disk-full reserve ----
+ *
+ * A full disk must not keep slimd from recording what it already did
+ * (a job that failed must not stay `running`) nor from starting.  So the
+ * store holds `bytes` of real disk space in data_dir/slimd.reserve
+ * (fallocate'd), and gives it back to the file system the moment SQLite
+ * reports the disk full (SQLITE_FULL or ENOSPC), or at open when less
+ * than the reserve is free: the write that failed is answered with
+ * SLIM_ENOSPACE as before, but the runner's retry of a job's outcome,
+ * and the next start, then find room for their few WAL pages.  While
+ * the reserve is released, store_check_free counts it as needed (uploads
+ * and submissions cannot take that space) and progress updates are not
+ * written; it is taken back once twice its size is free again. */
+
+/* Sets the reserve's size (0 removes it) and holds it when the disk has
+ * room.  Any thread. */
+int store_reserve_set(struct store *st, uint64_t bytes, struct slim_error *err);
+/* Takes a released reserve back when twice its size is free.  Returns 1
+ * when the reserve is held (or none is wanted), 0 while it is released.
+ * Any thread. */
+int store_reserve_refill(struct store *st);
+/* Bytes of reserve released and not yet taken back (0 when held). */
+uint64_t store_reserve_missing(struct store *st);
 
 /* ---- blobs ---- */
 
@@ -96,7 +138,9 @@ int store_hash_final(struct store_hash *h, char sha_out[65], struct slim_error *
 void store_hash_free(struct store_hash *h);
 /* SLIM_ENOSPACE, with a message giving both figures, when the data
  * dir's file system has fewer than `need` bytes free for this process
- * (statvfs f_bavail); 0 otherwise (and when it cannot be measured). */
+ * (statvfs f_bavail), plus the reserve while it is released; 0
+ * otherwise (and when it cannot be measured).  Takes the reserve back
+ * when it can. */
 int store_check_free(struct store *st, uint64_t need, struct slim_error *err);
 /* Path of a temp file name under tmp/ that nothing else uses (buf >= 4096). */
 int store_tmp_path(struct store *st, const char *suffix, char *buf, size_t len);
@@ -155,9 +199,10 @@ int store_dataset_delete(struct store *st, const char *id, struct slim_error *er
 int store_job_insert(struct store *st, const char *model_id, const char *dataset_id, json_t *spec,
                      uint64_t mem_bytes, int64_t max_queued, json_t **row,
                      struct slim_error *err);
-/* {id, model, dataset, state, progress, stage, error, attempts, created_at,
- *  started_at, finished_at, spec, artifact: {sha256, bytes} | null,
- *  memory_bytes} */
+/* {id, model, dataset, state, progress, stage, error, error_code, attempts,
+ *  created_at, started_at, finished_at, spec, artifact: {sha256, bytes} |
+ *  null, memory_bytes}.  error_code is the REST code of the error
+ *  ("INSUFFICIENT_STORAGE"), set with error. */
 int store_job_get(struct store *st, const char *id, json_t **row, struct slim_error *err);
 /* Newest first; state < 0 for all. */
 int store_job_list(struct store *st, int state, int limit, int offset, json_t **rows,
@@ -167,14 +212,28 @@ int store_job_list(struct store *st, int state, int limit, int offset, json_t **
  * SLIM_ENOTFOUND when none is queued or the oldest does not fit (jobs
  * start in order: a large one is not overtaken). */
 int store_job_claim(struct store *st, uint64_t mem_left, json_t **row, struct slim_error *err);
-/* Records progress and stage of a running job (no-op if not running). */
+/* Records progress and stage of a running job (no-op if not running).
+ * SLIM_ENOSPACE without writing while the reserve is released. */
 int store_job_progress(struct store *st, const char *id, double progress, const char *stage,
                        struct slim_error *err);
-/* running -> succeeded, with the artifact blob and the report (borrowed). */
+/* running -> succeeded, with the artifact blob and the report (borrowed).
+ * When the row does not change (a write that fails, a disk that is
+ * full, a cancel that came first: SLIM_ECANCELED) the artifact blob is
+ * removed unless something else names it, so no failure leaves an
+ * orphan blob. */
 int store_job_succeed(struct store *st, const char *id, const char *artifact_sha,
                       uint64_t artifact_bytes, json_t *report, struct slim_error *err);
-/* running -> failed with a message. */
-int store_job_fail(struct store *st, const char *id, const char *message, struct slim_error *err);
+/* running -> failed with a message and code (an enum slim_errno: the
+ * row keeps its REST code, e.g. "IO_ERROR"). */
+int store_job_fail(struct store *st, const char *id, int code, const char *message,
+                   struct slim_error *err);
+/* A running job that could not finish for want of disk space: back to
+ * queued with its attempts kept (the claim counted this one), its error
+ * and code shown meanwhile; or failed with them once it has used
+ * max_attempts; or canceled when a cancel was asked for.  *state is the
+ * state it went to. */
+int store_job_retry(struct store *st, const char *id, int max_attempts, int code,
+                    const char *message, int *state, struct slim_error *err);
 /* queued -> canceled at once (returns 0, *was_running = 0); running ->
  * cancel requested (state unchanged, *was_running = 1: the runner stops
  * it and calls store_job_canceled); finished -> SLIM_ECONFLICT. */
@@ -184,7 +243,8 @@ int store_job_canceled(struct store *st, const char *id, struct slim_error *err)
 /* running -> queued (shutdown interrupted it; attempts not counted). */
 int store_job_requeue(struct store *st, const char *id, struct slim_error *err);
 /* On start: every job left running is re-queued, or failed when it has
- * used max_attempts.  *requeued and *failed count them. */
+ * used max_attempts (error_code INTERNAL).  *requeued and *failed count
+ * them. */
 int store_job_recover(struct store *st, int max_attempts, int *requeued, int *failed,
                       struct slim_error *err);
 /* The report of a succeeded job; new reference.  SLIM_ECONFLICT while

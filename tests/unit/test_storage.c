@@ -155,7 +155,7 @@ static void claim_expect(struct store *st, const char *id)
 }
 
 /* The schema version store.c migrates to. */
-#define LATEST 3
+#define LATEST 4
 
 /* The schema as earlier slimd versions left it, frozen here as they
  * shipped (store.c's migrations[0] and [1]), so a migration is tested
@@ -632,7 +632,7 @@ static void test_dataset_delete_and_jobs(void **state)
     assert_int_equal(store_dataset_delete(st, d, &err), SLIM_ECONFLICT);
     assert_non_null(strstr(err.msg, "(running)"));
     assert_true(blob_exists(st, dsha));
-    assert_int_equal(store_job_fail(st, jd, "boom", &err), 0);
+    assert_int_equal(store_job_fail(st, jd, SLIM_EIO, "boom", &err), 0);
 
     /* finished: the dataset goes, the job keeps its spec and shows null */
     assert_int_equal(store_dataset_delete(st, d, &err), 0);
@@ -896,12 +896,13 @@ static void test_job_lifecycle(void **state)
 
     /* j2 running then failed */
     claim_expect(st, j2);
-    assert_int_equal(store_job_fail(st, j2, "passes[0]: boom", &err), 0);
+    assert_int_equal(store_job_fail(st, j2, SLIM_ENUMERIC, "passes[0]: boom", &err), 0);
     row = get_job(st, j2);
     assert_string_equal(sfield(row, "state"), "failed");
     assert_string_equal(sfield(row, "error"), "passes[0]: boom");
+    assert_string_equal(sfield(row, "error_code"), "NUMERIC_ERROR");
     json_decref(row);
-    assert_int_equal(store_job_fail(st, j2, "again", &err), SLIM_ECONFLICT);
+    assert_int_equal(store_job_fail(st, j2, SLIM_EIO, "again", &err), SLIM_ECONFLICT);
     assert_int_equal(store_job_report(st, j2, &rep, &err), SLIM_ECONFLICT);
     assert_non_null(strstr(err.msg, "failed"));
 
@@ -994,6 +995,7 @@ static void test_recover(void **state)
             assert_string_equal(sfield(row, "state"), "failed");
             assert_string_equal(sfield(row, "error"),
                                 "interrupted 3 times (daemon restarts); giving up");
+            assert_string_equal(sfield(row, "error_code"), "INTERNAL");
             assert_rfc3339(sfield(row, "finished_at"));
         }
         json_decref(row);
@@ -1245,18 +1247,31 @@ static int ff_open(sqlite3_vfs *v, const char *name, sqlite3_file *f, int flags,
     return rc;
 }
 
-static void test_full_disk_acknowledges_nothing(void **state)
+/* Makes the full VFS the default (for stores opened after), and back. */
+static void full_vfs_on(void)
 {
-    /* a commit that fails must fail the call: no job or model is
-     * returned as stored (202/201) and then found missing, and the claim
-     * of a job whose running state did not commit starts nothing */
-    (void)state;
     real_vfs = sqlite3_vfs_find(NULL);
     full_vfs = *real_vfs;
     full_vfs.zName = "slimd-test-full";
     full_vfs.szOsFile = (int)sizeof(struct full_file) + real_vfs->szOsFile;
     full_vfs.xOpen = ff_open;
     assert_int_equal(sqlite3_vfs_register(&full_vfs, 1), SQLITE_OK);
+}
+
+static void full_vfs_off(void)
+{
+    sqlite3_vfs_unregister(&full_vfs);
+    /* SQLite picks any VFS as the default once it is gone: name ours */
+    sqlite3_vfs_register(real_vfs, 1);
+}
+
+static void test_full_disk_acknowledges_nothing(void **state)
+{
+    /* a commit that fails must fail the call: no job or model is
+     * returned as stored (202/201) and then found missing, and the claim
+     * of a job whose running state did not commit starts nothing */
+    (void)state;
+    full_vfs_on();
 
     struct store *st = open_store(data_dir("full"));
     struct slim_error err;
@@ -1266,10 +1281,10 @@ static void test_full_disk_acknowledges_nothing(void **state)
     int total = -1;
 
     disk_full = 1;
-    assert_int_equal(store_job_insert(st, m, NULL, spec, 0, 0, &row, &err), SLIM_EIO);
+    assert_int_equal(store_job_insert(st, m, NULL, spec, 0, 0, &row, &err), SLIM_ENOSPACE);
     assert_null(row);
     row = (json_t *)1;
-    assert_int_equal(store_job_claim(st, UINT64_MAX, &row, &err), SLIM_EIO);
+    assert_int_equal(store_job_claim(st, UINT64_MAX, &row, &err), SLIM_ENOSPACE);
     assert_null(row);
     info = json_pack("{s:s, s:i, s:i}", "format", "safetensors", "tensors", 1, "params", 1);
     assert_int_equal(store_model_insert(st, "n", SHA_ABC, 3, info, &row, &err) != 0, 1);
@@ -1287,7 +1302,213 @@ static void test_full_disk_acknowledges_nothing(void **state)
     json_decref(info);
     json_decref(spec);
     store_close(st);
-    sqlite3_vfs_unregister(&full_vfs);
+    full_vfs_off();
+}
+
+static int file_exists(const char *dir, const char *name)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    return access(path, F_OK) == 0;
+}
+
+static void test_full_disk_drops_the_artifact(void **state)
+{
+    /* a job whose success cannot be recorded must not leave its
+     * artifact as an orphan blob, unless something else names it; the
+     * job is still running and can be failed once there is room, with
+     * the code of what went wrong */
+    (void)state;
+    full_vfs_on();
+    struct store *st = open_store(data_dir("full-art"));
+    struct slim_error err;
+    const char *m = put_model(st, "m", "the model's bytes"), *j = put_job(st, m);
+    const char *k = put_job(st, m), *art, *shared;
+    json_t *rep = json_pack("{s:[]}", "tensors"), *row;
+
+    claim_expect(st, j);
+    art = put_blob(st, "an artifact of j");
+    disk_full = 1;
+    assert_int_equal(store_job_succeed(st, j, art, 16, rep, &err), SLIM_ENOSPACE);
+    disk_full = 0;
+    assert_false(blob_exists(st, art));
+    row = get_job(st, j);
+    assert_string_equal(sfield(row, "state"), "running");
+    assert_true(json_is_null(json_object_get(row, "artifact")));
+    json_decref(row);
+    assert_int_equal(store_job_fail(st, j, SLIM_ENOSPACE, "cannot record the result", &err), 0);
+    row = get_job(st, j);
+    assert_string_equal(sfield(row, "state"), "failed");
+    assert_string_equal(sfield(row, "error_code"), "INSUFFICIENT_STORAGE");
+    json_decref(row);
+
+    /* an artifact with the model's bytes shares its blob: it stays */
+    claim_expect(st, k);
+    shared = put_blob(st, "the model's bytes");
+    disk_full = 1;
+    assert_int_equal(store_job_succeed(st, k, shared, 17, rep, &err), SLIM_ENOSPACE);
+    disk_full = 0;
+    assert_true(blob_exists(st, shared));
+    json_decref(rep);
+    store_close(st);
+    full_vfs_off();
+}
+
+static void test_retry_counts_attempts(void **state)
+{
+    /* a job that ran out of disk space goes back to the queue with the
+     * attempt counted and the reason shown, and fails once it has used
+     * max_attempts; a cancel asked for meanwhile wins */
+    (void)state;
+    struct store *st = open_store(data_dir("retry"));
+    struct slim_error err;
+    const char *m = put_model(st, "m", "retry model"), *j = put_job(st, m), *c;
+    const char *why = "cannot write the artifact: No space left on device";
+    int st_out = -1, was_running;
+    json_t *row;
+
+    for (int attempt = 1; attempt <= 3; attempt++) {
+        claim_expect(st, j);
+        row = get_job(st, j);
+        assert_int_equal(json_integer_value(json_object_get(row, "attempts")), attempt);
+        assert_true(json_is_null(json_object_get(row, "error")));   /* the claim clears it */
+        json_decref(row);
+        assert_int_equal(store_job_retry(st, j, 3, SLIM_ENOSPACE, why, &st_out, &err), 0);
+        row = get_job(st, j);
+        assert_int_equal(json_integer_value(json_object_get(row, "attempts")), attempt);
+        assert_string_equal(sfield(row, "error"), why);
+        assert_string_equal(sfield(row, "error_code"), "INSUFFICIENT_STORAGE");
+        if (attempt < 3) {
+            assert_int_equal(st_out, STORE_JOB_QUEUED);
+            assert_string_equal(sfield(row, "state"), "queued");
+            assert_true(json_is_null(json_object_get(row, "started_at")));
+            assert_true(json_is_null(json_object_get(row, "finished_at")));
+        } else {
+            assert_int_equal(st_out, STORE_JOB_FAILED);
+            assert_string_equal(sfield(row, "state"), "failed");
+            assert_rfc3339(sfield(row, "finished_at"));
+        }
+        json_decref(row);
+    }
+    assert_int_equal(store_job_retry(st, j, 3, SLIM_ENOSPACE, why, &st_out, &err),
+                     SLIM_ECONFLICT);
+    assert_int_equal(store_job_retry(st, "job_nope", 3, SLIM_ENOSPACE, why, &st_out, &err),
+                     SLIM_ENOTFOUND);
+
+    c = put_job(st, m);
+    claim_expect(st, c);
+    assert_int_equal(store_job_cancel(st, c, &was_running, &err), 0);
+    assert_int_equal(store_job_retry(st, c, 3, SLIM_ENOSPACE, why, &st_out, &err), 0);
+    assert_int_equal(st_out, STORE_JOB_CANCELED);
+    row = get_job(st, c);
+    assert_string_equal(sfield(row, "state"), "canceled");
+    assert_true(json_is_null(json_object_get(row, "error")));
+    json_decref(row);
+    store_close(st);
+}
+
+static void test_reserve(void **state)
+{
+    /* the reserve is real allocated space; SQLite's first "disk full"
+     * gives it back; meanwhile progress is not written and free-space
+     * checks count it; it comes back once there is room */
+    (void)state;
+    full_vfs_on();
+    const char *dir = data_dir("reserve");
+    struct store *st = open_store(dir);
+    struct store_sweep sweep;
+    struct slim_error err;
+    const char *m = put_model(st, "m", "reserve model"), *j = put_job(st, m);
+    char path[4096];
+    struct stat sb;
+    json_t *row;
+
+    snprintf(path, sizeof path, "%s/slimd.reserve", dir);
+    assert_int_equal(store_reserve_set(st, 1 << 20, &err), 0);
+    assert_int_equal(stat(path, &sb), 0);
+    assert_int_equal(sb.st_size, 1 << 20);
+    assert_true((uint64_t)sb.st_blocks * 512 >= (1u << 20));
+    assert_int_equal(store_reserve_missing(st), 0);
+    assert_int_equal(store_reserve_refill(st), 1);
+    claim_expect(st, j);
+    assert_int_equal(store_job_progress(st, j, 0.5, "quantize", &err), 0);
+
+    disk_full = 1;
+    assert_int_equal(store_job_progress(st, j, 0.6, "quantize", &err), SLIM_ENOSPACE);
+    disk_full = 0;
+    assert_false(file_exists(dir, "slimd.reserve"));
+    assert_int_equal(store_reserve_missing(st), 1 << 20);
+    /* while released, progress is not written, even with room */
+    assert_int_equal(store_job_progress(st, j, 0.7, "quantize", &err), SLIM_ENOSPACE);
+    row = get_job(st, j);
+    assert_true(json_number_value(json_object_get(row, "progress")) == 0.5);
+    json_decref(row);
+    /* this disk has room: the next free-space check takes it back */
+    assert_int_equal(store_check_free(st, 1, &err), 0);
+    assert_true(file_exists(dir, "slimd.reserve"));
+    assert_int_equal(store_reserve_missing(st), 0);
+    assert_int_equal(store_job_progress(st, j, 0.8, "quantize", &err), 0);
+
+    /* kept across a restart on a disk with room */
+    store_close(st);
+    st = open_store(dir);
+    store_open_sweep(st, &sweep);
+    assert_int_equal(sweep.reserve_released, 0);
+    assert_true(file_exists(dir, "slimd.reserve"));
+    assert_int_equal(store_reserve_set(st, 1 << 20, &err), 0);
+    assert_int_equal(store_reserve_missing(st), 0);
+    assert_int_equal(store_reserve_set(st, 0, &err), 0);
+    assert_false(file_exists(dir, "slimd.reserve"));
+    assert_int_equal(store_reserve_refill(st), 1);   /* none wanted */
+    store_close(st);
+    full_vfs_off();
+}
+
+static void test_sweep_orphans(void **state)
+{
+    /* a blob that nothing names (a crash between commit and insert) and
+     * temp files go at open; named blobs and files that are not blobs
+     * stay */
+    (void)state;
+    const char *dir = data_dir("sweep");
+    struct store *st = open_store(dir);
+    struct store_sweep sweep;
+    struct slim_error err;
+    const char *m = put_model(st, "m", "sweep model"), *j = put_job(st, m), *art, *orphan;
+    char path[4096], keep_art[65], keep_orphan[65];
+    json_t *rep = json_pack("{s:[]}", "tensors");
+
+    claim_expect(st, j);
+    art = put_blob(st, "sweep artifact");
+    snprintf(keep_art, sizeof keep_art, "%s", art);
+    assert_int_equal(store_job_succeed(st, j, keep_art, 14, rep, &err), 0);
+    orphan = put_blob(st, "no row names me");
+    snprintf(keep_orphan, sizeof keep_orphan, "%s", orphan);
+    snprintf(path, sizeof path, "%s/blobs/%.2s/README", dir, keep_art);
+    fclose(fopen(path, "w"));
+    snprintf(path, sizeof path, "%s/tmp/upload-crashed", dir);
+    fclose(fopen(path, "w"));
+    store_close(st);
+
+    st = open_store(dir);
+    store_open_sweep(st, &sweep);
+    assert_int_equal(sweep.tmp_removed, 1);
+    assert_int_equal(sweep.orphans_removed, 1);
+    assert_int_equal(sweep.orphan_bytes, strlen("no row names me"));
+    assert_false(blob_exists(st, keep_orphan));
+    assert_true(blob_exists(st, keep_art));
+    json_t *row;
+    assert_int_equal(store_model_get(st, m, &row, &err), 0);
+    assert_true(blob_exists(st, sfield(row, "sha256")));
+    json_decref(row);
+    snprintf(path, sizeof path, "%s/blobs/%.2s/README", dir, keep_art);
+    assert_int_equal(access(path, F_OK), 0);
+    store_close(st);
+    st = open_store(dir);   /* nothing left to do */
+    store_open_sweep(st, &sweep);
+    assert_int_equal(sweep.tmp_removed + sweep.orphans_removed, 0);
+    json_decref(rep);
+    store_close(st);
 }
 
 static void test_alloc_failures(void **state)
@@ -1356,6 +1577,10 @@ int main(void)
         cmocka_unit_test(test_concurrent_claim),
         cmocka_unit_test(test_claim_within_memory),
         cmocka_unit_test(test_full_disk_acknowledges_nothing),
+        cmocka_unit_test(test_full_disk_drops_the_artifact),
+        cmocka_unit_test(test_retry_counts_attempts),
+        cmocka_unit_test(test_reserve),
+        cmocka_unit_test(test_sweep_orphans),
         cmocka_unit_test(test_alloc_failures),
         cmocka_unit_test(test_no_leaks_in_wrappers),
     };
