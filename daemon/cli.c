@@ -29,7 +29,7 @@ void slimd_usage(FILE *f)
     fprintf(f,
             "usage: slimd serve [--listen ADDR:PORT] [--data-dir DIR] [--workers N]\n"
             "                   [--max-upload-bytes N] [--job-memory-mb N] [--max-queued N]\n"
-            "                   [--min-free-bytes N] [--reserve-bytes N]\n"
+            "                   [--min-free-bytes N] [--db-reserve-bytes N]\n"
             "       slimd compress MODEL --spec SPEC.json -o OUTDIR [--threads N]\n"
             "       slimd infer MODEL.onnx INPUT.safetensors OUTPUT.safetensors\n"
             "       slimd eval MODEL.onnx DATA.safetensors [--batch N] [--repeat R] [--threads N]\n"
@@ -51,10 +51,9 @@ void slimd_usage(FILE *f)
             "  --min-free-bytes N       free space the data dir keeps: an upload (and its size)\n"
             "                           or a job (and its model's size) that would eat into it\n"
             "                           is 507 (SLIMD_MIN_FREE_BYTES; default 268435456)\n"
-            "  --reserve-bytes N        disk space held in DATA_DIR/slimd.reserve and given back\n"
-            "                           when the disk fills, so that slimd can still record\n"
-            "                           job outcomes and restart (SLIMD_RESERVE_BYTES;\n"
-            "                           default 8388608; 0: none)\n"
+            "  --db-reserve-bytes N     disk space kept allocated for the database's write-ahead\n"
+            "                           log, so that job outcomes are recorded on a full disk\n"
+            "                           (SLIMD_DB_RESERVE_BYTES; default 8388608; 0: none)\n"
             "compress  runs a job spec over a model without a server and writes the\n"
             "          artifact and report.json into OUTDIR.  MODEL is a .safetensors file,\n"
             "          a sharded checkpoint's model.safetensors.index.json (the shards are\n"
@@ -167,7 +166,7 @@ int slimd_serve(int argc, char **argv)
         {"job-memory-mb", required_argument, NULL, 'j'},
         {"max-queued", required_argument, NULL, 'q'},
         {"min-free-bytes", required_argument, NULL, 'f'},
-        {"reserve-bytes", required_argument, NULL, 'r'},
+        {"db-reserve-bytes", required_argument, NULL, 'r'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -178,10 +177,11 @@ int slimd_serve(int argc, char **argv)
     const char *job_mem_s = env_or("SLIMD_JOB_MEMORY_MB", NULL);
     const char *max_queued_s = env_or("SLIMD_MAX_QUEUED", "1000");
     const char *min_free_s = env_or("SLIMD_MIN_FREE_BYTES", "268435456");
-    /* 8 MiB: thousands of WAL pages, for the state changes of jobs and
-     * the -wal and -shm files of a start on a full disk; nothing next
-     * to a disk that models are stored on */
-    const char *reserve_s = env_or("SLIMD_RESERVE_BYTES", "8388608");
+    /* 8 MiB: twice the WAL that SQLite's checkpoints every 1000 pages
+     * leave (so with the database able to grow the WAL never needs a
+     * new block), and some 2,000 pages of job state changes when it
+     * cannot; nothing next to a disk that models are stored on */
+    const char *reserve_s = env_or("SLIMD_DB_RESERVE_BYTES", "8388608");
     struct store_sweep sweep;
     struct serve_state s;
     struct store *st = NULL;
@@ -255,7 +255,7 @@ int slimd_serve(int argc, char **argv)
     }
     acfg.min_free = min_free;
     if (parse_u64(reserve_s, 0, (uint64_t)1 << 40, &reserve)) {
-        fprintf(stderr, "slimd serve: --reserve-bytes '%s': expected an integer (0: none)\n",
+        fprintf(stderr, "slimd serve: --db-reserve-bytes '%s': expected an integer (0: none)\n",
                 reserve_s);
         return 2;
     }
@@ -277,21 +277,17 @@ int slimd_serve(int argc, char **argv)
     memset(&s, 0, sizeof s);
     s.loop = uv_default_loop();
     if (store_open(data_dir, &st, &err)) {
-        log_error("cannot open data dir %s: %s", data_dir, err.msg);
+        log_error("cannot open data dir %s: %s%s", data_dir, err.msg,
+                  err.code == SLIM_ENOSPACE ? " (its disk is full: free some space)" : "");
         return 1;
     }
     store_open_sweep(st, &sweep);
-    if (sweep.reserve_released)
-        log_warn("the data dir's disk is full: released slimd.reserve so the database can open");
     if (sweep.tmp_removed || sweep.orphans_removed)
         log_info("cleaned up after an unclean stop: %d temp file(s), %d unreferenced blob(s) "
                  "(%llu bytes)", sweep.tmp_removed, sweep.orphans_removed,
                  (unsigned long long)sweep.orphan_bytes);
-    if (store_reserve_set(st, reserve, &err))
-        log_warn("%s", err.msg);
-    else if (reserve && !store_reserve_refill(st))
-        log_warn("less than %llu MiB free: slimd.reserve is not held until there is",
-                 (unsigned long long)((2 * reserve) >> 20));
+    if (store_wal_reserve(st, reserve, &err))
+        log_warn("%s; job outcomes may not be recorded while the disk is full", err.msg);
     if (runner_new(s.loop, st, &rcfg, &s.runner, &err)) {
         log_error("cannot start the runner: %s", err.msg);
         store_close(st);

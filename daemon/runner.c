@@ -23,15 +23,15 @@
  * A job's outcome must reach its row, or the job would stay `running`
  * (issue 9).  When that write fails (the disk is full: SQLite cannot
  * append to its WAL) the slot is kept, marked pending, and the write is
- * retried with the backoff below until it lands; the store gives its
- * reserve back on the first failure, so the retry finds room.  Only a
+ * retried with the backoff below until it lands (the store keeps room
+ * for such writes in its WAL: see store.c).  Only a
  * shutdown gives up on a pending outcome: the row is then still running
  * and the next start's recovery re-queues it, counting the attempt.
  *
  * Backoff on storage trouble: a claim whose write fails, an outcome that
  * cannot be recorded, and a job that ran out of disk space (SLIM_ENOSPACE)
- * each double a delay (0.25 s up to 30 s) during which nothing is
- * claimed; a job that ends any other way resets it.  A job that ran out
+ * each double a delay (0.25 s up to 10 s: a disk freed by its admin is
+ * used within seconds) during which nothing is claimed; a job that ends any other way resets it.  A job that ran out
  * of space is re-queued with its attempt counted (store_job_retry) and
  * fails with INSUFFICIENT_STORAGE after max_attempts, so a full disk
  * costs one claim per delay, each visible in the job's attempts, never
@@ -55,7 +55,7 @@ enum { STOP_NONE = 0, STOP_CANCEL = 1, STOP_SHUTDOWN = 2 };
 enum outcome { OUT_SUCCEED, OUT_FAIL, OUT_RETRY, OUT_CANCELED, OUT_REQUEUE };
 
 #define BACKOFF_MIN_MS 250
-#define BACKOFF_MAX_MS 30000
+#define BACKOFF_MAX_MS 10000
 
 struct slot {
     int used;
@@ -88,6 +88,7 @@ struct runner {
     uv_timer_t tick;        /* persists running jobs' progress */
     uv_timer_t retry;       /* ends a backoff: records pending outcomes, claims */
     uint64_t backoff_ms;    /* current delay; 0 while storage is fine */
+    int recovered;          /* store_job_recover has run (a full disk can delay it) */
     struct slot *slots;
     int running;
     uint64_t reserved;      /* memory the running jobs reserved */
@@ -326,8 +327,17 @@ static void after_work(uv_work_t *w, int status)
 static void on_retry(uv_timer_t *t)
 {
     struct runner *r = t->data;
-    int stuck = 0;
-    store_reserve_refill(r->st);
+    struct slim_error err;
+    int stuck = 0, requeued = 0, failed = 0;
+    if (!r->recovered) {
+        if (store_job_recover(r->st, r->cfg.max_attempts, &requeued, &failed, &err)) {
+            back_off(r);
+            return;
+        }
+        r->recovered = 1;
+        log_info("recovered from an unclean stop: %d job(s) re-queued, %d failed", requeued,
+                 failed);
+    }
     for (int i = 0; i < r->cfg.workers; i++) {
         struct slot *s = &r->slots[i];
         if (!s->used || !s->pending)
@@ -440,7 +450,7 @@ static void claim_more(struct runner *r)
     struct slim_error err;
     json_t *row;
     /* during a backoff only its timer claims (on_retry) */
-    while (!r->shutting_down && r->running < r->cfg.workers &&
+    while (!r->shutting_down && r->recovered && r->running < r->cfg.workers &&
            !uv_is_active((uv_handle_t *)&r->retry)) {
         struct slot *s = NULL;
         for (int i = 0; i < r->cfg.workers && !s; i++)
@@ -489,13 +499,17 @@ int runner_new(uv_loop_t *loop, struct store *st, const struct runner_config *cf
     r->cfg = *cfg;
     pthread_mutex_init(&r->lock, NULL);
     rc = store_job_recover(st, cfg->max_attempts, &requeued, &failed, err);
-    if (rc) {
+    if (rc && rc != SLIM_ENOSPACE) {
         pthread_mutex_destroy(&r->lock);
         slim_free(r->slots);
         slim_free(r);
         return rc;
     }
-    if (requeued || failed)
+    r->recovered = !rc;
+    if (rc)
+        log_warn("cannot re-queue the jobs an unclean stop left running (%s): trying again "
+                 "with backoff, and claiming nothing until then", err->msg);
+    else if (requeued || failed)
         log_info("recovered from an unclean stop: %d job(s) re-queued, %d failed", requeued,
                  failed);
     uv_async_init(loop, &r->wake, on_wake);
@@ -505,6 +519,8 @@ int runner_new(uv_loop_t *loop, struct store *st, const struct runner_config *cf
     uv_timer_init(loop, &r->retry);
     r->retry.data = r;
     *out = r;
+    if (!r->recovered)
+        back_off(r);
     claim_more(r);
     return 0;
 }

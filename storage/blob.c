@@ -89,9 +89,6 @@ int store_check_free(struct store *st, uint64_t need, struct slim_error *err)
 {
     struct statvfs v;
     uint64_t avail;
-    /* a released reserve is space this request must not take */
-    if (!store_reserve_refill(st))
-        need += store_reserve_missing(st);
     if (!need || statvfs(store_data_dir(st), &v) != 0)
         return 0;
     avail = (uint64_t)v.f_bavail * (uint64_t)v.f_frsize;

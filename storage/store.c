@@ -14,9 +14,23 @@
  * A busy timeout of 5 s covers another process holding the database.
  * Every write's result is checked to its end, the commit included (see
  * one_row and finish); a disk that is full (SQLITE_FULL, or ENOSPC under
- * an I/O error) is SLIM_ENOSPACE, the API's 507, and releases the
- * reserve (store.h) so that the runner's retry and the next start can
- * still write.
+ * an I/O error) is SLIM_ENOSPACE, the API's 507.
+ *
+ * A full disk must not stop slimd from recording what it did (a job
+ * that failed must not stay `running`) nor from starting.  Both need
+ * SQLite to write, and SQLite writes into its WAL, so the WAL is what
+ * holds the space: it is persistent (SQLITE_FCNTL_PERSIST_WAL: the -wal
+ * and -shm files are not deleted at close, so a start needs no new
+ * file), checkpointed at open (so the first write starts it over in the
+ * space it has), and preallocated (store_wal_reserve, fallocate) to a
+ * few MiB.  With one connection every checkpoint completes, the WAL
+ * restarts from its beginning long before its end, and a write needs no
+ * new block; when the disk is so full that the database file cannot
+ * grow for a checkpoint, the WAL still takes a few thousand pages of
+ * state changes in the space it owns.  Rejected: a separate reserve file
+ * unlinked on SQLITE_FULL (tried first: uploads and artifacts in flight
+ * took the freed space before SQLite's retry could), and
+ * locking_mode=EXCLUSIVE (no -shm, but no sqlite3 shell beside slimd).
  * Migrations: migrations[] only grows; each step runs in BEGIN IMMEDIATE
  * with its PRAGMA user_version bump, so two processes cannot both migrate.
  *
@@ -47,12 +61,10 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/random.h>
 #include <sys/stat.h>
-#include <sys/statvfs.h>
 #include <unistd.h>
 #include <sqlite3.h>
 #include "storage/store.h"
@@ -222,11 +234,6 @@ struct store {
     sqlite3_stmt *q[Q_COUNT];
     char *dir;
     struct store_sweep sweep;       /* what store_open cleaned */
-    /* the reserve: reserve_lock guards the file and the two fields below;
-     * it is taken inside st->lock (db_error), never the other way round */
-    pthread_mutex_t reserve_lock;
-    uint64_t reserve_bytes;         /* wanted; 0: none */
-    atomic_int reserve_held;        /* the file is there at that size */
 };
 
 static const char *const state_names[] = {"queued", "running", "succeeded", "failed", "canceled"};
@@ -254,8 +261,6 @@ const char *store_data_dir(const struct store *st)
 /* Sets err from the connection's last error, prefixed with what failed. */
 static int db_error(struct store *st, struct slim_error *err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-static void reserve_release(struct store *st);
-
 /* SQLite's last error as ours: a full disk is SLIM_ENOSPACE whether SQLite
  * says SQLITE_FULL (a write) or an I/O error whose errno is ENOSPC (the
  * -shm file, an fsync). */
@@ -278,8 +283,6 @@ static int db_error(struct store *st, struct slim_error *err, const char *fmt, .
     va_start(ap, fmt);
     vsnprintf(what, sizeof what, fmt, ap);
     va_end(ap);
-    if (code == SLIM_ENOSPACE)
-        reserve_release(st);   /* so the retry of what must be recorded finds room */
     return slim_error_set(err, code, "%s: %s", what, sqlite3_errmsg(st->db));
 }
 
@@ -584,118 +587,34 @@ static void sweep_blobs(struct store *st)
     closedir(top);
 }
 
-/* ---- the reserve (store.h) ---- */
+/* ---- room for the database (store.h) ---- */
 
-static void reserve_path(const struct store *st, char *buf, size_t len)
-{
-    snprintf(buf, len, "%s/slimd.reserve", st->dir);
-}
-
-static uint64_t free_bytes(const char *dir)
-{
-    struct statvfs v;
-    if (statvfs(dir, &v) != 0)
-        return UINT64_MAX;   /* cannot tell: behave as if there were room */
-    return (uint64_t)v.f_bavail * (uint64_t)v.f_frsize;
-}
-
-/* Gives the reserve's space back to the file system.  Any thread; may be
- * called with st->lock held. */
-static void reserve_release(struct store *st)
-{
-    char path[4096];
-    if (!atomic_load(&st->reserve_held))
-        return;
-    pthread_mutex_lock(&st->reserve_lock);
-    if (atomic_load(&st->reserve_held)) {
-        reserve_path(st, path, sizeof path);
-        unlink(path);
-        atomic_store(&st->reserve_held, 0);
-    }
-    pthread_mutex_unlock(&st->reserve_lock);
-}
-
-/* With reserve_lock held: makes the file exactly reserve_bytes of
- * allocated space when twice that is free (so holding it never fills
- * the disk itself).  fallocate, not writes: the space is the point, and
- * fallocate takes it without writing 8 MiB. */
-static int reserve_take(struct store *st)
+int store_wal_reserve(struct store *st, uint64_t bytes, struct slim_error *err)
 {
     char path[4096];
     struct stat sb;
-    int fd, rc;
-    reserve_path(st, path, sizeof path);
-    if (stat(path, &sb) == 0 && (uint64_t)sb.st_size == st->reserve_bytes &&
-        (uint64_t)sb.st_blocks * 512 >= st->reserve_bytes)
-        return 1;
-    unlink(path);
-    if (free_bytes(st->dir) / 2 < st->reserve_bytes)
+    int fd, rc = 0;
+    if (!bytes)
         return 0;
-    if ((fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) < 0)
-        return 0;
-    rc = posix_fallocate(fd, 0, (off_t)st->reserve_bytes);
+    snprintf(path, sizeof path, "%s/slimd.db-wal", st->dir);
+    pthread_mutex_lock(&st->lock);
+    /* SQLite made the file when it first read in WAL mode (open_db);
+     * without it there is nothing to grow */
+    if ((fd = open(path, O_WRONLY | O_CLOEXEC)) < 0) {
+        rc = slim_error_set(err, SLIM_EIO, "cannot open the database's WAL: %s", strerror(errno));
+        goto out;
+    }
+    /* allocates blocks where there are none, past the end or in holes;
+     * never touches bytes already written, so frames stay as they are */
+    if ((fstat(fd, &sb) || (uint64_t)sb.st_blocks * 512 < bytes) &&
+        (rc = posix_fallocate(fd, 0, (off_t)bytes)))
+        rc = slim_error_set(err, rc == ENOSPC || rc == EDQUOT ? SLIM_ENOSPACE : SLIM_EIO,
+                            "cannot preallocate %llu MiB for the database's WAL: %s",
+                            (unsigned long long)(bytes >> 20), strerror(rc));
     close(fd);
-    if (rc) {
-        unlink(path);
-        return 0;
-    }
-    return 1;
-}
-
-int store_reserve_set(struct store *st, uint64_t bytes, struct slim_error *err)
-{
-    char path[4096];
-    pthread_mutex_lock(&st->reserve_lock);
-    st->reserve_bytes = bytes;
-    if (bytes) {
-        atomic_store(&st->reserve_held, reserve_take(st));
-    } else {
-        reserve_path(st, path, sizeof path);
-        if (unlink(path) && errno != ENOENT) {
-            pthread_mutex_unlock(&st->reserve_lock);
-            return slim_error_set(err, SLIM_EIO, "cannot remove the reserve: %s",
-                                  strerror(errno));
-        }
-        atomic_store(&st->reserve_held, 0);
-    }
-    pthread_mutex_unlock(&st->reserve_lock);
-    return 0;
-}
-
-int store_reserve_refill(struct store *st)
-{
-    int held;
-    if (atomic_load(&st->reserve_held))
-        return 1;
-    pthread_mutex_lock(&st->reserve_lock);
-    if (st->reserve_bytes && !atomic_load(&st->reserve_held))
-        atomic_store(&st->reserve_held, reserve_take(st));
-    held = !st->reserve_bytes || atomic_load(&st->reserve_held);
-    pthread_mutex_unlock(&st->reserve_lock);
-    return held;
-}
-
-uint64_t store_reserve_missing(struct store *st)
-{
-    uint64_t missing;
-    if (atomic_load(&st->reserve_held))
-        return 0;
-    pthread_mutex_lock(&st->reserve_lock);
-    missing = atomic_load(&st->reserve_held) ? 0 : st->reserve_bytes;
-    pthread_mutex_unlock(&st->reserve_lock);
-    return missing;
-}
-
-/* At open, before SQLite needs room for its -wal and -shm files: a disk
- * with less free than the reserve left over from the last run gets the
- * reserve back (store_reserve_set takes it again once there is room). */
-static void reserve_at_open(struct store *st)
-{
-    char path[4096];
-    struct stat sb;
-    reserve_path(st, path, sizeof path);
-    if (stat(path, &sb) == 0 && free_bytes(st->dir) < (uint64_t)sb.st_size && unlink(path) == 0)
-        st->sweep.reserve_released = 1;
+out:
+    pthread_mutex_unlock(&st->lock);
+    return rc;
 }
 
 void store_open_sweep(const struct store *st, struct store_sweep *out)
@@ -754,6 +673,15 @@ static int open_db(struct store *st, struct slim_error *err)
     /* only matters when another process (a second slimd, the sqlite3
      * shell) holds the database: our own threads queue on st->lock */
     sqlite3_busy_timeout(st->db, 5000);
+    /* Persistent WAL: the -wal and -shm files stay (allocated) when the
+     * last connection closes, instead of being deleted and created again
+     * at the next open, which on a full disk fails ("disk I/O error":
+     * slimd could not start).  The WAL keeps the size it grew to (no
+     * journal_size_limit: that would truncate it to 0 at close), a few
+     * MiB with the default checkpoints, and is reused from its start
+     * after each checkpoint, so writes need no new space either. */
+    int persist = 1;
+    sqlite3_file_control(st->db, "main", SQLITE_FCNTL_PERSIST_WAL, &persist);
     if (sqlite3_exec(st->db, "PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL", NULL, NULL,
                      NULL))
         return db_error(st, err, "cannot configure %s", path);
@@ -764,6 +692,12 @@ static int open_db(struct store *st, struct slim_error *err)
     sqlite3_finalize(s);
     if (rc || (rc = migrate(st, err)))
         return rc;
+    /* The persisted WAL still holds the frames of the last run (all in
+     * the database file after the checkpoint at close, but recovery does
+     * not know it): a checkpoint now lets the first write start the WAL
+     * over in the space it has, instead of appending, which a full disk
+     * refuses.  Its failure is harmless: writes then append as usual. */
+    sqlite3_wal_checkpoint_v2(st->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
     for (int i = 0; i < Q_COUNT; i++)
         if (sqlite3_prepare_v3(st->db, sql[i], -1, SQLITE_PREPARE_PERSISTENT, &st->q[i], NULL))
             return db_error(st, err, "cannot prepare statement %d", i);
@@ -781,7 +715,6 @@ int store_open(const char *data_dir, struct store **out, struct slim_error *err)
         return slim_error_set(err, SLIM_ENOMEM, "out of memory");
     }
     pthread_mutex_init(&st->lock, NULL);
-    pthread_mutex_init(&st->reserve_lock, NULL);
     rc = mkdir_p(data_dir, err);
     snprintf(sub, sizeof sub, "%s/blobs", data_dir);
     if (!rc)
@@ -798,8 +731,6 @@ int store_open(const char *data_dir, struct store **out, struct slim_error *err)
         if (fd >= 0)
             close(fd);
     }
-    if (!rc)
-        reserve_at_open(st);
     if (!rc)
         rc = open_db(st, err);
     if (!rc)
@@ -819,7 +750,6 @@ void store_close(struct store *st)
     for (int i = 0; i < Q_COUNT; i++)
         sqlite3_finalize(st->q[i]);
     sqlite3_close(st->db);
-    pthread_mutex_destroy(&st->reserve_lock);
     pthread_mutex_destroy(&st->lock);
     slim_free(st->dir);
     slim_free(st);
@@ -1175,9 +1105,6 @@ int store_job_progress(struct store *st, const char *id, double progress, const 
                        struct slim_error *err)
 {
     int rc;
-    /* progress is not worth the reserve's space (see store.h) */
-    if (store_reserve_missing(st))
-        return slim_error_set(err, SLIM_ENOSPACE, "the disk is full: progress not recorded");
     if (!(progress >= 0)) /* NaN too */
         progress = 0;
     if (progress > 1)

@@ -13,8 +13,7 @@
  *   slimd.db            SQLite database (schema versioned by user_version)
  *   blobs/ab/abcdef...  content-addressed files, named by their sha256
  *   tmp/                uploads and artifacts being written
- *   slimd.reserve       space held back for the database when the disk
- *                       fills (store_reserve_set)
+ *   slimd.db-wal, -shm  SQLite's, kept between runs (store.c says why)
  *
  * Rows returned to callers are JSON objects (new references) shaped as
  * the REST API shows them, so the API layer does not re-map columns.
@@ -49,10 +48,8 @@ int store_job_state_parse(const char *name);        /* state, or -1 */
  * Before anything else it cleans what a process that died left behind
  * (one data dir serves one daemon): every file in tmp/ (partial uploads
  * and artifacts) and every blob that no model, dataset or job artifact
- * names (a blob committed just before a crash, whose row never came);
- * and when the disk is full it releases slimd.reserve first, so that
- * SQLite can create its -wal and -shm files.  store_open_sweep says
- * what was cleaned. */
+ * names (a blob committed just before a crash, whose row never came).
+ * store_open_sweep says what was cleaned. */
 int store_open(const char *data_dir, struct store **out, struct slim_error *err);
 void store_close(struct store *st);
 const char *store_data_dir(const struct store *st);
@@ -62,33 +59,15 @@ struct store_sweep {
     int tmp_removed;            /* files in tmp/ */
     int orphans_removed;        /* unreferenced blobs */
     uint64_t orphan_bytes;
-    int reserve_released;       /* slimd.reserve was released: the disk was full */
 };
 void store_open_sweep(const struct store *st, struct store_sweep *out);
 
-/* ---- the disk-full reserve ----
- *
- * A full disk must not keep slimd from recording what it already did
- * (a job that failed must not stay `running`) nor from starting.  So the
- * store holds `bytes` of real disk space in data_dir/slimd.reserve
- * (fallocate'd), and gives it back to the file system the moment SQLite
- * reports the disk full (SQLITE_FULL or ENOSPC), or at open when less
- * than the reserve is free: the write that failed is answered with
- * SLIM_ENOSPACE as before, but the runner's retry of a job's outcome,
- * and the next start, then find room for their few WAL pages.  While
- * the reserve is released, store_check_free counts it as needed (uploads
- * and submissions cannot take that space) and progress updates are not
- * written; it is taken back once twice its size is free again. */
-
-/* Sets the reserve's size (0 removes it) and holds it when the disk has
- * room.  Any thread. */
-int store_reserve_set(struct store *st, uint64_t bytes, struct slim_error *err);
-/* Takes a released reserve back when twice its size is free.  Returns 1
- * when the reserve is held (or none is wanted), 0 while it is released.
- * Any thread. */
-int store_reserve_refill(struct store *st);
-/* Bytes of reserve released and not yet taken back (0 when held). */
-uint64_t store_reserve_missing(struct store *st);
+/* Room for the database on a full disk: preallocates the write-ahead
+ * log (slimd.db-wal, which SQLite keeps between runs) to `bytes` of
+ * allocated space, so that recording job outcomes never needs a new
+ * block (see store.c).  Call once after store_open.  SLIM_ENOSPACE when
+ * the disk has not that much free (the WAL keeps what it had). */
+int store_wal_reserve(struct store *st, uint64_t bytes, struct slim_error *err);
 
 /* ---- blobs ---- */
 
@@ -138,9 +117,7 @@ int store_hash_final(struct store_hash *h, char sha_out[65], struct slim_error *
 void store_hash_free(struct store_hash *h);
 /* SLIM_ENOSPACE, with a message giving both figures, when the data
  * dir's file system has fewer than `need` bytes free for this process
- * (statvfs f_bavail), plus the reserve while it is released; 0
- * otherwise (and when it cannot be measured).  Takes the reserve back
- * when it can. */
+ * (statvfs f_bavail); 0 otherwise (and when it cannot be measured). */
 int store_check_free(struct store *st, uint64_t need, struct slim_error *err);
 /* Path of a temp file name under tmp/ that nothing else uses (buf >= 4096). */
 int store_tmp_path(struct store *st, const char *suffix, char *buf, size_t len);
@@ -212,8 +189,7 @@ int store_job_list(struct store *st, int state, int limit, int offset, json_t **
  * SLIM_ENOTFOUND when none is queued or the oldest does not fit (jobs
  * start in order: a large one is not overtaken). */
 int store_job_claim(struct store *st, uint64_t mem_left, json_t **row, struct slim_error *err);
-/* Records progress and stage of a running job (no-op if not running).
- * SLIM_ENOSPACE without writing while the reserve is released. */
+/* Records progress and stage of a running job (no-op if not running). */
 int store_job_progress(struct store *st, const char *id, double progress, const char *stage,
                        struct slim_error *err);
 /* running -> succeeded, with the artifact blob and the report (borrowed).

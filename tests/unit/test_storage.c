@@ -1407,61 +1407,41 @@ static void test_retry_counts_attempts(void **state)
     store_close(st);
 }
 
-static void test_reserve(void **state)
+static void test_wal_kept_and_reserved(void **state)
 {
-    /* the reserve is real allocated space; SQLite's first "disk full"
-     * gives it back; meanwhile progress is not written and free-space
-     * checks count it; it comes back once there is room */
+    /* the WAL and its index stay between runs (a start on a full disk
+     * creates no file), the WAL keeps the space reserved for it, and
+     * the rows in it are all there after the reopen */
     (void)state;
-    full_vfs_on();
-    const char *dir = data_dir("reserve");
+    const char *dir = data_dir("wal");
     struct store *st = open_store(dir);
-    struct store_sweep sweep;
     struct slim_error err;
-    const char *m = put_model(st, "m", "reserve model"), *j = put_job(st, m);
     char path[4096];
     struct stat sb;
     json_t *row;
+    const char *m;
 
-    snprintf(path, sizeof path, "%s/slimd.reserve", dir);
-    assert_int_equal(store_reserve_set(st, 1 << 20, &err), 0);
+    snprintf(path, sizeof path, "%s/slimd.db-wal", dir);
+    assert_int_equal(store_wal_reserve(st, 1 << 20, &err), 0);
     assert_int_equal(stat(path, &sb), 0);
-    assert_int_equal(sb.st_size, 1 << 20);
     assert_true((uint64_t)sb.st_blocks * 512 >= (1u << 20));
-    assert_int_equal(store_reserve_missing(st), 0);
-    assert_int_equal(store_reserve_refill(st), 1);
-    claim_expect(st, j);
-    assert_int_equal(store_job_progress(st, j, 0.5, "quantize", &err), 0);
-
-    disk_full = 1;
-    assert_int_equal(store_job_progress(st, j, 0.6, "quantize", &err), SLIM_ENOSPACE);
-    disk_full = 0;
-    assert_false(file_exists(dir, "slimd.reserve"));
-    assert_int_equal(store_reserve_missing(st), 1 << 20);
-    /* while released, progress is not written, even with room */
-    assert_int_equal(store_job_progress(st, j, 0.7, "quantize", &err), SLIM_ENOSPACE);
-    row = get_job(st, j);
-    assert_true(json_number_value(json_object_get(row, "progress")) == 0.5);
-    json_decref(row);
-    /* this disk has room: the next free-space check takes it back */
-    assert_int_equal(store_check_free(st, 1, &err), 0);
-    assert_true(file_exists(dir, "slimd.reserve"));
-    assert_int_equal(store_reserve_missing(st), 0);
-    assert_int_equal(store_job_progress(st, j, 0.8, "quantize", &err), 0);
-
-    /* kept across a restart on a disk with room */
+    assert_true(sb.st_size >= (1 << 20));
+    m = put_model(st, "m", "kept in the WAL");
+    put_job(st, m);
     store_close(st);
+    assert_true(file_exists(dir, "slimd.db-wal"));
+    assert_true(file_exists(dir, "slimd.db-shm"));
+    assert_int_equal(stat(path, &sb), 0);
+    assert_true((uint64_t)sb.st_blocks * 512 >= (1u << 20));
+
     st = open_store(dir);
-    store_open_sweep(st, &sweep);
-    assert_int_equal(sweep.reserve_released, 0);
-    assert_true(file_exists(dir, "slimd.reserve"));
-    assert_int_equal(store_reserve_set(st, 1 << 20, &err), 0);
-    assert_int_equal(store_reserve_missing(st), 0);
-    assert_int_equal(store_reserve_set(st, 0, &err), 0);
-    assert_false(file_exists(dir, "slimd.reserve"));
-    assert_int_equal(store_reserve_refill(st), 1);   /* none wanted */
+    assert_int_equal(store_model_get(st, m, &row, &err), 0);
+    assert_string_equal(sfield(row, "name"), "m");
+    json_decref(row);
+    assert_int_equal(store_wal_reserve(st, 1 << 20, &err), 0);   /* already there */
+    assert_int_equal(store_wal_reserve(st, 0, &err), 0);
+    put_job(st, m);
     store_close(st);
-    full_vfs_off();
 }
 
 static void test_sweep_orphans(void **state)
@@ -1579,7 +1559,7 @@ int main(void)
         cmocka_unit_test(test_full_disk_acknowledges_nothing),
         cmocka_unit_test(test_full_disk_drops_the_artifact),
         cmocka_unit_test(test_retry_counts_attempts),
-        cmocka_unit_test(test_reserve),
+        cmocka_unit_test(test_wal_kept_and_reserved),
         cmocka_unit_test(test_sweep_orphans),
         cmocka_unit_test(test_alloc_failures),
         cmocka_unit_test(test_no_leaks_in_wrappers),
