@@ -347,8 +347,10 @@ static int run(struct store *st, enum q i, int *changes, struct slim_error *err,
     va_end(ap);
     if (rc)
         return rc;
+    /* the message names no SQL: it reaches users (a job's error, a 500) */
     if (sqlite3_step(s) != SQLITE_DONE)
-        rc = db_error(st, err, "%.40s", sql[i]);
+        rc = db_error(st, err, "%s", i == Q_BEGIN ? "cannot read the database"
+                                                  : "cannot update the database");
     else if (changes)
         *changes = sqlite3_changes(st->db);
     done(s);
