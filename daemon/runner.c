@@ -23,21 +23,24 @@
  * A job's outcome must reach its row, or the job would stay `running`
  * (issue 9).  When that write fails (the disk is full: SQLite cannot
  * append to its WAL) the slot is kept, marked pending, and the write is
- * retried with the backoff below until it lands (the store keeps room
- * for such writes in its WAL: see store.c).  Only a
- * shutdown gives up on a pending outcome: the row is then still running
- * and the next start's recovery re-queues it, counting the attempt.
+ * retried after each backoff below until it lands (the store keeps room
+ * for such writes in its WAL: see store.c).  Only a shutdown gives up on
+ * a pending outcome: the row is then still running, and the next start's
+ * recovery re-queues it, counting the attempt.  That recovery, when the
+ * disk is too full to write it, is retried the same way, and nothing is
+ * claimed before it has run.
  *
  * Backoff on storage trouble: a claim whose write fails, an outcome that
  * cannot be recorded, and a job that ran out of disk space (SLIM_ENOSPACE)
- * each double a delay (0.25 s up to 10 s: a disk freed by its admin is
- * used within seconds) during which nothing is claimed; a job that ends any other way resets it.  A job that ran out
- * of space is re-queued with its attempt counted (store_job_retry) and
- * fails with INSUFFICIENT_STORAGE after max_attempts, so a full disk
- * costs one claim per delay, each visible in the job's attempts, never
- * a claim loop.  Rejected: failing such jobs at once (a disk that is
- * full for a minute would fail the whole queue in a second) and a
- * per-job not-before time (the cause, the disk, is shared by all jobs).
+ * each double a delay (0.25 s up to 10 s, so that a disk its admin frees
+ * is used within seconds) during which nothing is claimed; a job that
+ * ends any other way resets it.  A job that ran out of space is
+ * re-queued with its attempt counted (store_job_retry) and fails with
+ * INSUFFICIENT_STORAGE after max_attempts, so a full disk costs one claim
+ * per delay, each visible in the job's attempts, never a claim loop.
+ * Rejected: failing such jobs at once (a disk full for a minute would
+ * fail the whole queue in a second) and a per-job not-before time (the
+ * cause, the disk, is shared by all jobs).
  */
 #include <stdatomic.h>
 #include <stdio.h>
