@@ -7,29 +7,31 @@ Two ways the daemon loses its footing, each driven hard from outside:
     tmpfs; a loop-mounted ext4 image where tmpfs cannot be mounted; the
     tests skip, saying why, when neither can: they need root).  Two
     clients upload models and datasets and submit jobs while the disk
-    fills: first by their own uploads and artifacts, then by a filler
-    file written beside the data dir until ENOSPC (beside 16 MiB of
-    ballast written before the start).  One run has
-    --min-free-bytes 0, so the daemon really meets ENOSPC and
-    SQLITE_FULL instead of refusing up front; one has the check on
-    (--min-free-bytes 24 MiB on the 64 MiB disk).  Every 201/202 and
-    every refusal is recorded.  Then: no job stays `running` and none is
-    claimed in a loop (attempts stay within the daemon's 3, and the idle
-    daemon burns no CPU while the disk is full); SIGTERM exits 0; the
-    daemon restarts on the still-full disk; every acknowledged model,
-    dataset and job is there (downloaded and hashed) and nothing else;
-    once the filler and the ballast are deleted every job finishes, and each succeeded
-    job's artifact matches its sha256; after a stop, SQLite's
-    integrity_check is ok, every blob file is named by a row, and tmp/
-    is empty.
+    fills: beside 16 MiB of ballast written before the start, first by
+    their own uploads and artifacts, then by a filler file written
+    beside the data dir until ENOSPC.  One run has --min-free-bytes 0,
+    so the daemon really meets ENOSPC instead of refusing up front; one
+    has the check on (--min-free-bytes 24 MiB on the 64 MiB disk); one
+    runs without the WAL's preallocated room (--db-reserve-bytes 0), so
+    SQLite meets SQLITE_FULL too.  Every 201/202 and every refusal is
+    recorded.  Then: no job stays `running` and none is claimed in a
+    loop (attempts and claims stay within the daemon's 3, and the daemon
+    burns no CPU while the disk is full); SIGTERM exits 0; the daemon
+    restarts on the disk full to the last block; every acknowledged
+    model, dataset and job is there (downloaded and hashed) and nothing
+    else; once the filler and the ballast are deleted every job
+    finishes, and each succeeded job's artifact matches its sha256;
+    after a stop, SQLite's integrity_check is ok, every blob file is
+    named by a row, and tmp/ is empty.
   * kill -9.  A daemon with 2 workers gets 100 jobs (six kinds of passes
     on small models, with uploads interleaved) and is killed with SIGKILL
     at seeded random moments, 15 times, and restarted on the same data
-    dir each time; some kills land right after a start, during recovery.
-    At the end every acknowledged job is succeeded, failed or canceled,
-    with at most 3 attempts; every succeeded artifact hashes to its
-    record; integrity_check is ok; no blob is orphaned; no temp file is
-    left.
+    dir each time; some kills land right after a 202, some during
+    recovery.  After each kill, integrity_check passes on a copy of the
+    database as the kill left it.  At the end every acknowledged job is
+    succeeded, failed or canceled, with at most 3 attempts; every
+    succeeded artifact hashes to its record; integrity_check is ok; no
+    blob is orphaned; no temp file is left.
 
 Run by hand (as root):
   SLIMD_BIN=./slimd /usr/bin/python3 tests/integration/test_durability.py
@@ -370,6 +372,24 @@ def check_offline(data_dir):
     return len(blobs), running
 
 
+def integrity_of_copy(data_dir):
+    """integrity_check on a copy of the database and its WAL, as a kill
+    -9 left them: the copy is recovered by SQLite as the next start would
+    (a read-only connection to the original may not run that recovery)."""
+    tmp = h.make_tmpdir("slimd-dbcopy-")
+    for suffix in ("", "-wal"):
+        src = os.path.join(data_dir, "slimd.db" + suffix)
+        if os.path.exists(src):
+            with open(src, "rb") as f, open(os.path.join(tmp, "slimd.db" + suffix), "wb") as g:
+                g.write(f.read())
+    db = sqlite3.connect(os.path.join(tmp, "slimd.db"))
+    try:
+        ok = db.execute("PRAGMA integrity_check").fetchall()
+    finally:
+        db.close()
+    assert ok == [("ok",)], "integrity_check after a kill: %r" % ok
+
+
 def cpu_seconds(d):
     with open("/proc/%d/stat" % d.proc.pid) as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -611,6 +631,7 @@ def test_kill9_over_100_jobs():
                     time.sleep(rng.uniform(0.05, 1.2))
                     kills["random"] += 1
                 d.kill()
+                integrity_of_copy(d.data_dir)
             else:
                 while t.is_alive() and len(ledger.jobs) < JOBS:
                     time.sleep(0.05)
@@ -623,6 +644,7 @@ def test_kill9_over_100_jobs():
                     # blobs and temp files being swept
                     time.sleep(rng.uniform(0, 0.05))
                     d.kill()
+                    integrity_of_copy(d.data_dir)
                     kills["recovery"] += 1
                     d.start()
         assert not ledger.bad, "unexpected answers:\n" + "\n".join(ledger.bad[:10])
