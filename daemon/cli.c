@@ -39,7 +39,8 @@ void slimd_usage(FILE *f)
             "usage: slimd serve [--listen ADDR:PORT] [--data-dir DIR] [--workers N]\n"
             "                   [--max-upload-bytes N] [--job-memory-mb N] [--max-queued N]\n"
             "                   [--min-free-bytes N] [--max-conns N] [--max-conns-per-ip N]\n"
-            "                   [--conn-timeout S] [--auth token|none] [--allowed-host NAME]\n"
+            "                   [--conn-timeout S] [--db-reserve-bytes N] [--auth token|none]\n"
+            "                   [--allowed-host NAME]\n"
             "                   [--cors-origin ORIGIN] [--tls-cert FILE --tls-key FILE]\n"
             "       slimd token create --scope read,submit,admin --name NAME [--data-dir DIR]\n"
             "       slimd token list [--json] [--data-dir DIR]\n"
@@ -74,6 +75,9 @@ void slimd_usage(FILE *f)
             "                           headers) within S seconds of opening or of its last\n"
             "                           response, or stays silent S seconds, is closed\n"
             "                           (SLIMD_CONN_TIMEOUT; default 30; 0: never)\n"
+            "  --db-reserve-bytes N     disk space kept allocated for the database's write-ahead\n"
+            "                           log, so that job outcomes are recorded on a full disk\n"
+            "                           (SLIMD_DB_RESERVE_BYTES; default 8388608; 0: none)\n"
             "  --auth token|none        token: every request but /v1/health and / needs\n"
             "                           'Authorization: Bearer TOKEN' (slimd token create);\n"
             "                           none: only on a loopback address (SLIMD_AUTH; default\n"
@@ -307,6 +311,7 @@ int slimd_serve(int argc, char **argv)
         {"max-conns", required_argument, NULL, 'M'},
         {"max-conns-per-ip", required_argument, NULL, 'I'},
         {"conn-timeout", required_argument, NULL, 'T'},
+        {"db-reserve-bytes", required_argument, NULL, 'r'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -328,13 +333,19 @@ int slimd_serve(int argc, char **argv)
     const char *max_conns_s = env_or("SLIMD_MAX_CONNS", "1024");
     const char *per_ip_s = env_or("SLIMD_MAX_CONNS_PER_IP", "64");
     const char *conn_timeout_s = env_or("SLIMD_CONN_TIMEOUT", "30");
+    /* 8 MiB: twice the WAL that SQLite's checkpoints every 1000 pages
+     * leave (so with the database able to grow the WAL never needs a
+     * new block), and some 2,000 pages of job state changes when it
+     * cannot; nothing next to a disk that models are stored on */
+    const char *reserve_s = env_or("SLIMD_DB_RESERVE_BYTES", "8388608");
+    struct store_sweep sweep;
     struct serve_state s;
     struct store *st = NULL;
     struct slim_error err;
     struct api_config acfg;
     struct api_hooks hooks;
     struct runner_config rcfg;
-    uint64_t workers, max_up, job_mem_mb, max_queued, min_free, max_conns, per_ip, conn_timeout;
+    uint64_t workers, max_up, job_mem_mb, max_queued, min_free, max_conns, per_ip, conn_timeout, reserve;
     char host[256], env[32];
     long ncpu;
     int c;
@@ -350,6 +361,7 @@ int slimd_serve(int argc, char **argv)
         case 'j': job_mem_s = optarg; break;
         case 'q': max_queued_s = optarg; break;
         case 'f': min_free_s = optarg; break;
+        case 'r': reserve_s = optarg; break;
         case 'M': max_conns_s = optarg; break;
         case 'I': per_ip_s = optarg; break;
         case 'T': conn_timeout_s = optarg; break;
@@ -455,6 +467,11 @@ int slimd_serve(int argc, char **argv)
         goto out;
     }
     acfg.min_free = min_free;
+    if (parse_u64(reserve_s, 0, (uint64_t)1 << 40, &reserve)) {
+        fprintf(stderr, "slimd serve: --db-reserve-bytes '%s': expected an integer (0: none)\n",
+                reserve_s);
+        goto out;
+    }
     acfg.job_memory = job_mem_mb << 20;
     if (parse_u64(max_conns_s, 1, 1u << 20, &max_conns)) {
         fprintf(stderr, "slimd serve: --max-conns '%s': expected a positive integer\n",
@@ -492,9 +509,17 @@ int slimd_serve(int argc, char **argv)
     s.loop = uv_default_loop();
     rc = 1;
     if (store_open(data_dir, &st, &err)) {
-        log_error("cannot open data dir %s: %s", data_dir, err.msg);
+        log_error("cannot open data dir %s: %s%s", data_dir, err.msg,
+                  err.code == SLIM_ENOSPACE ? " (its disk is full: free some space)" : "");
         goto out;
     }
+    store_open_sweep(st, &sweep);
+    if (sweep.tmp_removed || sweep.orphans_removed)
+        log_info("cleaned up after an unclean stop: %d temp file(s), %d unreferenced blob(s) "
+                 "(%llu bytes)", sweep.tmp_removed, sweep.orphans_removed,
+                 (unsigned long long)sweep.orphan_bytes);
+    if (store_wal_reserve(st, reserve, &err))
+        log_warn("%s; job outcomes may not be recorded while the disk is full", err.msg);
     if (acfg.auth == API_AUTH_TOKEN && store_token_count_live(st, &live_tokens, &err)) {
         log_error("cannot read the tokens: %s", err.msg);
         goto out;

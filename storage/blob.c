@@ -149,20 +149,21 @@ static int install(struct store *st, const char *tmp, const char *sha, struct sl
     char dir[4096], dst[4096];
     snprintf(dir, sizeof dir, "%s/blobs/%.2s", store_data_dir(st), sha);
     store_blob_path(st, sha, dst, sizeof dst);
-    if (mkdir(dir, 0750) == 0) {
-        char blobs[4096];
-        snprintf(blobs, sizeof blobs, "%s/blobs", store_data_dir(st));
-        if (fsync_dir(blobs))
-            return io_error(st, err, "fsync", blobs);
-    } else if (errno != EEXIST) {
+    if (mkdir(dir, 0750) && errno != EEXIST)
         return io_error(st, err, "create", dir);
-    }
-    if (access(dst, F_OK) == 0) {
+    /* The folders are fsynced whether this call made the blob or found
+     * it: a blob found may be one another upload renamed a moment ago and
+     * has not yet fsynced its folder, and our row must not become durable
+     * before the name it points to.  blobs/ too, for a fan-out folder
+     * another thread has just made.  Two directory fsyncs are cheap next
+     * to the file's. */
+    if (access(dst, F_OK) == 0)
         unlink(tmp);
-        return 0;
-    }
-    if (rename(tmp, dst))
+    else if (rename(tmp, dst))
         return io_error(st, err, "rename into", dst);
+    if (fsync_dir(dir))
+        return io_error(st, err, "fsync", dir);
+    snprintf(dir, sizeof dir, "%s/blobs", store_data_dir(st));
     if (fsync_dir(dir))
         return io_error(st, err, "fsync", dir);
     return 0;

@@ -11,6 +11,26 @@
  * WAL with synchronous=FULL, not NORMAL: NORMAL may lose the last commits
  * on power loss, and a job acknowledged with 202 must survive (DESIGN.md);
  * one WAL fsync per commit is small next to the fsyncs every blob pays.
+ * A busy timeout of 5 s covers another process holding the database.
+ * Every write's result is checked to its end, the commit included (see
+ * one_row and finish); a disk that is full (SQLITE_FULL, or ENOSPC under
+ * an I/O error) is SLIM_ENOSPACE, the API's 507.
+ *
+ * A full disk must not stop slimd from recording what it did (a job
+ * that failed must not stay `running`) nor from starting.  Both need
+ * SQLite to write, and SQLite writes into its WAL, so the WAL is what
+ * holds the space: it is persistent (SQLITE_FCNTL_PERSIST_WAL: the -wal
+ * and -shm files are not deleted at close, so a start needs no new
+ * file), checkpointed at open (so the first write starts it over in the
+ * space it has), and preallocated (store_wal_reserve, fallocate) to a
+ * few MiB.  With one connection every checkpoint completes, the WAL
+ * restarts from its beginning long before its end, and a write needs no
+ * new block; when the disk is so full that the database file cannot
+ * grow for a checkpoint, the WAL still takes a few thousand pages of
+ * state changes in the space it owns.  Rejected: a separate reserve file
+ * unlinked on SQLITE_FULL (tried first: uploads and artifacts in flight
+ * took the freed space before SQLite's retry could), and
+ * locking_mode=EXCLUSIVE (no -shm, but no sqlite3 shell beside slimd).
  * Migrations: migrations[] only grows; each step runs in BEGIN IMMEDIATE
  * with its PRAGMA user_version bump, so two processes cannot both migrate.
  *
@@ -38,9 +58,16 @@
  * cases, at the cost of a scan in rowid order that an index on owner
  * would spare a token with few rows among many; the lists are paged and
  * the tables hold thousands of rows, not millions.
+ *
+ * A blob is committed (fsync, rename, fsync of its folder) before its row
+ * is inserted, so a crash in between leaves a blob that nothing names;
+ * store_open removes those (sweep_blobs), as it empties tmp/.  Removing
+ * them at open, when nothing is being uploaded, was chosen over a
+ * periodic sweep that would race uploads between commit and insert.
  */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -62,7 +89,7 @@
 #define JOB_COLS                                                                   \
     "id, model_id, state, progress, stage, error, attempts, cancel_requested, "    \
     "created_at, started_at, finished_at, spec, artifact_sha, artifact_bytes, mem_bytes, "  \
-    "dataset_id, owner"
+    "dataset_id, owner, error_code"
 /* A list row shows its spec's ops, not the spec: a page of 1,000 jobs
  * stays small whatever their specs hold (SQLite reads the ops out, so
  * the specs are never parsed into JSON objects here either). */
@@ -70,7 +97,7 @@
     "id, model_id, state, progress, stage, error, attempts, cancel_requested, "    \
     "created_at, started_at, finished_at, (SELECT json_group_array(json_extract(p.value, '$.op'))" \
     " FROM json_each(jobs.spec, '$.passes') AS p), artifact_sha, artifact_bytes, mem_bytes, "  \
-    "dataset_id, owner"
+    "dataset_id, owner, error_code"
 #define TOKEN_COLS "id, name, scopes, created_at, last_used_at, revoked"
 /* ?N: an owner's token id, or NULL for every row */
 #define OWNED(n) " (?" #n " IS NULL OR owner = ?" #n ")"
@@ -142,6 +169,8 @@ static const char *const migrations[] = {
     "ALTER TABLE models ADD COLUMN owner TEXT REFERENCES tokens(id);"
     "ALTER TABLE datasets ADD COLUMN owner TEXT REFERENCES tokens(id);"
     "ALTER TABLE jobs ADD COLUMN owner TEXT REFERENCES tokens(id);",
+    /* 5: a failed job's REST error code beside its message */
+    "ALTER TABLE jobs ADD COLUMN error_code TEXT;",
 };
 
 enum q {
@@ -152,7 +181,7 @@ enum q {
     Q_JOB_INSERT, Q_JOB_GET, Q_JOB_LIST, Q_JOB_LIST_STATE, Q_JOB_COUNT, Q_JOB_COUNT_STATE,
     Q_JOB_CLAIM, Q_JOB_PROGRESS, Q_JOB_SUCCEED, Q_JOB_FAIL, Q_JOB_CANCEL_QUEUED,
     Q_JOB_CANCEL_RUNNING, Q_JOB_CANCELED, Q_JOB_REQUEUE, Q_JOB_REPORT, Q_JOB_COUNTS,
-    Q_RECOVER_CANCELED, Q_RECOVER_FAIL, Q_RECOVER_REQUEUE,
+    Q_RECOVER_CANCELED, Q_RECOVER_FAIL, Q_RECOVER_REQUEUE, Q_JOB_RETRY,
     Q_TOKEN_INSERT, Q_TOKEN_LIST, Q_TOKEN_FIND, Q_TOKEN_TOUCH, Q_TOKEN_REVOKE, Q_TOKEN_GET,
     Q_TOKEN_COUNT_LIVE,
     Q_COUNT
@@ -201,7 +230,8 @@ static const char *const sql[Q_COUNT] = {
     [Q_JOB_COUNT] = "SELECT count(*) FROM jobs WHERE" OWNED(1),
     [Q_JOB_COUNT_STATE] = "SELECT count(*) FROM jobs WHERE state = ?1 AND" OWNED(2),
     [Q_JOB_CLAIM] = "UPDATE jobs SET state = 1, attempts = attempts + 1, started_at = " NOW ","
-                    " finished_at = NULL, progress = 0, stage = 'load', error = NULL"
+                    " finished_at = NULL, progress = 0, stage = 'load', error = NULL,"
+                    " error_code = NULL"
                     " WHERE id = (SELECT id FROM jobs WHERE state = 0 ORDER BY seq LIMIT 1)"
                     " AND mem_bytes <= ?1 RETURNING " JOB_COLS,
     [Q_JOB_PROGRESS] = "UPDATE jobs SET progress = ?2, stage = coalesce(?3, stage)"
@@ -212,7 +242,8 @@ static const char *const sql[Q_COUNT] = {
     /* a cancel answered 200 wins over a failure that came after it */
     [Q_JOB_FAIL] = "UPDATE jobs SET state = CASE WHEN cancel_requested THEN 4 ELSE 3 END,"
                    " stage = NULL, finished_at = " NOW ","
-                   " error = CASE WHEN cancel_requested THEN NULL ELSE ?2 END"
+                   " error = CASE WHEN cancel_requested THEN NULL ELSE ?2 END,"
+                   " error_code = CASE WHEN cancel_requested THEN NULL ELSE ?3 END"
                    " WHERE id = ?1 AND state = 1",
     [Q_JOB_CANCEL_QUEUED] = "UPDATE jobs SET state = 4, cancel_requested = 1, finished_at = " NOW
                             " WHERE id = ?1 AND state = 0",
@@ -230,8 +261,8 @@ static const char *const sql[Q_COUNT] = {
                            " WHERE state = 1 AND cancel_requested",
     [Q_RECOVER_FAIL] = "UPDATE jobs SET state = 3, stage = NULL, finished_at = " NOW ","
                        " error = 'interrupted ' || CASE attempts WHEN 1 THEN 'once'"
-                       " ELSE attempts || ' times' END || ' (daemon restarts); giving up'"
-                       " WHERE state = 1 AND attempts >= ?1",
+                       " ELSE attempts || ' times' END || ' (daemon restarts); giving up',"
+                       " error_code = 'INTERNAL' WHERE state = 1 AND attempts >= ?1",
     [Q_RECOVER_REQUEUE] = "UPDATE jobs SET state = 0, started_at = NULL, progress = 0, stage = NULL"
                           " WHERE state = 1",
     [Q_TOKEN_INSERT] = "INSERT INTO tokens (id, name, scopes, hash, created_at)"
@@ -245,6 +276,16 @@ static const char *const sql[Q_COUNT] = {
     [Q_TOKEN_REVOKE] = "UPDATE tokens SET revoked = 1 WHERE id = ?1 AND revoked = 0",
     [Q_TOKEN_GET] = "SELECT " TOKEN_COLS " FROM tokens WHERE id = ?1",
     [Q_TOKEN_COUNT_LIVE] = "SELECT count(*) FROM tokens WHERE revoked = 0",
+    /* attempts is not given back (unlike Q_JOB_REQUEUE): the claim
+     * counted this attempt, and max_attempts (?2) bounds the retries;
+     * the error stays on the queued row, so users see why it waits */
+    [Q_JOB_RETRY] = "UPDATE jobs SET state = CASE WHEN cancel_requested THEN 4"
+                    " WHEN attempts >= ?2 THEN 3 ELSE 0 END,"
+                    " finished_at = CASE WHEN cancel_requested OR attempts >= ?2 THEN " NOW " END,"
+                    " started_at = CASE WHEN cancel_requested OR attempts >= ?2 THEN started_at END,"
+                    " error = CASE WHEN cancel_requested THEN NULL ELSE ?3 END,"
+                    " error_code = CASE WHEN cancel_requested THEN NULL ELSE ?4 END,"
+                    " progress = 0, stage = NULL WHERE id = ?1 AND state = 1 RETURNING " JOB_COLS,
 };
 
 struct store {
@@ -252,6 +293,7 @@ struct store {
     sqlite3 *db;
     sqlite3_stmt *q[Q_COUNT];
     char *dir;
+    struct store_sweep sweep;       /* what store_open cleaned */
 };
 
 static const char *const state_names[] = {"queued", "running", "succeeded", "failed", "canceled"};
@@ -279,15 +321,29 @@ const char *store_data_dir(const struct store *st)
 /* Sets err from the connection's last error, prefixed with what failed. */
 static int db_error(struct store *st, struct slim_error *err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* SQLite's last error as ours: a full disk is SLIM_ENOSPACE whether SQLite
+ * says SQLITE_FULL (a write) or an I/O error whose errno is ENOSPC (the
+ * -shm file, an fsync). */
+static int db_code(struct store *st)
+{
+    int c = sqlite3_errcode(st->db) & 0xff, e = sqlite3_system_errno(st->db);
+    if (c == SQLITE_NOMEM)
+        return SLIM_ENOMEM;
+    if (c == SQLITE_FULL ||
+        ((c == SQLITE_IOERR || c == SQLITE_CANTOPEN) && (e == ENOSPC || e == EDQUOT)))
+        return SLIM_ENOSPACE;
+    return SLIM_EIO;
+}
+
 static int db_error(struct store *st, struct slim_error *err, const char *fmt, ...)
 {
     char what[96];
+    int code = db_code(st);
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(what, sizeof what, fmt, ap);
     va_end(ap);
-    return slim_error_set(err, sqlite3_errcode(st->db) == SQLITE_NOMEM ? SLIM_ENOMEM : SLIM_EIO,
-                          "%s: %s", what, sqlite3_errmsg(st->db));
+    return slim_error_set(err, code, "%s: %s", what, sqlite3_errmsg(st->db));
 }
 
 /* Ends a statement's use: resets it (releasing its read snapshot) and
@@ -351,8 +407,10 @@ static int run(struct store *st, enum q i, int *changes, struct slim_error *err,
     va_end(ap);
     if (rc)
         return rc;
+    /* the message names no SQL: it reaches users (a job's error, a 500) */
     if (sqlite3_step(s) != SQLITE_DONE)
-        rc = db_error(st, err, "%.40s", sql[i]);
+        rc = db_error(st, err, "%s", i == Q_BEGIN ? "cannot read the database"
+                                                  : "cannot update the database");
     else if (changes)
         *changes = sqlite3_changes(st->db);
     done(s);
@@ -411,12 +469,13 @@ static json_t *job_row(sqlite3_stmt *s)
     if (sqlite3_column_type(s, 12) != SQLITE_NULL)
         artifact = json_pack("{s:s?, s:I}", "sha256", col_text(s, 12), "bytes",
                              (json_int_t)sqlite3_column_int64(s, 13));
-    return json_pack("{s:s?, s:s?, s:s?, s:s, s:f, s:s?, s:s?, s:I, s:b, s:s?, s:s?, s:s?, s:o?,"
-                     " s:o?, s:I, s:s?}",
+    return json_pack("{s:s?, s:s?, s:s?, s:s, s:f, s:s?, s:s?, s:s?, s:I, s:b, s:s?, s:s?, s:s?,"
+                     " s:o?, s:o?, s:I, s:s?}",
                      "id", col_text(s, 0), "model", col_text(s, 1), "dataset", col_text(s, 15),
                      "state", store_job_state_name(sqlite3_column_int(s, 2)),
                      "progress", sqlite3_column_double(s, 3), "stage", col_text(s, 4),
-                     "error", col_text(s, 5), "attempts", (json_int_t)sqlite3_column_int64(s, 6),
+                     "error", col_text(s, 5), "error_code", col_text(s, 17),
+                     "attempts", (json_int_t)sqlite3_column_int64(s, 6),
                      "cancel_requested", sqlite3_column_int(s, 7) != 0,
                      "created_at", col_text(s, 8), "started_at", col_text(s, 9),
                      "finished_at", col_text(s, 10), "spec", col_json(s, 11),
@@ -539,17 +598,104 @@ static int mkdir_p(const char *path, struct slim_error *err)
 }
 
 /* Empties tmp/: whatever is there is a partial upload or artifact of a
- * process that died (one data dir serves one daemon). */
-static void purge_tmp(const char *tmp)
+ * process that died (one data dir serves one daemon).  Returns how many
+ * files went. */
+static int purge_tmp(const char *tmp)
 {
     DIR *d = opendir(tmp);
     struct dirent *e;
+    int n = 0;
     if (!d)
-        return;
+        return 0;
     while ((e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
-            unlinkat(dirfd(d), e->d_name, 0);
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") &&
+            unlinkat(dirfd(d), e->d_name, 0) == 0)
+            n++;
     closedir(d);
+    return n;
+}
+
+/* 1 when name is 64 lowercase hex digits starting with the two of dir. */
+static int blob_name(const char *dir, const char *name)
+{
+    size_t n = strspn(name, "0123456789abcdef");
+    return n == 64 && !name[64] && name[0] == dir[0] && name[1] == dir[1];
+}
+
+/* Removes every blob that no row names: blobs/xx/<sha> committed by a
+ * process that died before it inserted the row (an upload between commit
+ * and insert, an artifact between adopt and succeed, a delete between
+ * its commit and the unlink).  Runs at open, before any request, so no
+ * upload is between its commit and its insert.  A file whose name is
+ * not a blob's is left alone: slimd never makes one, so it is not ours
+ * to remove.  A blob whose reference count cannot be read is kept. */
+static void sweep_blobs(struct store *st)
+{
+    char path[4096];
+    DIR *top, *sub;
+    struct dirent *e, *f;
+    sqlite3_stmt *s;
+    struct stat sb;
+
+    snprintf(path, sizeof path, "%s/blobs", st->dir);
+    if (!(top = opendir(path)))
+        return;
+    while ((e = readdir(top))) {
+        if (strlen(e->d_name) != 2 || strspn(e->d_name, "0123456789abcdef") != 2)
+            continue;
+        snprintf(path, sizeof path, "%s/blobs/%s", st->dir, e->d_name);
+        if (!(sub = opendir(path)))
+            continue;
+        while ((f = readdir(sub))) {
+            int unused;
+            if (!blob_name(e->d_name, f->d_name) || prep(st, Q_SHA_REFS, &s, NULL, "s", f->d_name))
+                continue;
+            unused = sqlite3_step(s) == SQLITE_ROW && sqlite3_column_int(s, 0) == 0;
+            done(s);
+            if (unused && fstatat(dirfd(sub), f->d_name, &sb, 0) == 0 &&
+                unlinkat(dirfd(sub), f->d_name, 0) == 0) {
+                st->sweep.orphans_removed++;
+                st->sweep.orphan_bytes += (uint64_t)sb.st_size;
+            }
+        }
+        closedir(sub);
+    }
+    closedir(top);
+}
+
+/* ---- room for the database (store.h) ---- */
+
+int store_wal_reserve(struct store *st, uint64_t bytes, struct slim_error *err)
+{
+    char path[4096];
+    struct stat sb;
+    int fd, rc = 0;
+    if (!bytes)
+        return 0;
+    snprintf(path, sizeof path, "%s/slimd.db-wal", st->dir);
+    pthread_mutex_lock(&st->lock);
+    /* SQLite made the file when it first read in WAL mode (open_db);
+     * without it there is nothing to grow */
+    if ((fd = open(path, O_WRONLY | O_CLOEXEC)) < 0) {
+        rc = slim_error_set(err, SLIM_EIO, "cannot open the database's WAL: %s", strerror(errno));
+        goto out;
+    }
+    /* allocates blocks where there are none, past the end or in holes;
+     * never touches bytes already written, so frames stay as they are */
+    if ((fstat(fd, &sb) || (uint64_t)sb.st_blocks * 512 < bytes) &&
+        (rc = posix_fallocate(fd, 0, (off_t)bytes)))
+        rc = slim_error_set(err, rc == ENOSPC || rc == EDQUOT ? SLIM_ENOSPACE : SLIM_EIO,
+                            "cannot preallocate %llu MiB for the database's WAL: %s",
+                            (unsigned long long)(bytes >> 20), strerror(rc));
+    close(fd);
+out:
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+void store_open_sweep(const struct store *st, struct store_sweep *out)
+{
+    *out = st->sweep;
 }
 
 static int migrate(struct store *st, struct slim_error *err)
@@ -603,6 +749,15 @@ static int open_db(struct store *st, struct slim_error *err)
     /* only matters when another process (a second slimd, the sqlite3
      * shell) holds the database: our own threads queue on st->lock */
     sqlite3_busy_timeout(st->db, 5000);
+    /* Persistent WAL: the -wal and -shm files stay (allocated) when the
+     * last connection closes, instead of being deleted and created again
+     * at the next open, which on a full disk fails ("disk I/O error":
+     * slimd could not start).  The WAL keeps the size it grew to (no
+     * journal_size_limit: that would truncate it to 0 at close), a few
+     * MiB with the default checkpoints, and is reused from its start
+     * after each checkpoint, so writes need no new space either. */
+    int persist = 1;
+    sqlite3_file_control(st->db, "main", SQLITE_FCNTL_PERSIST_WAL, &persist);
     if (sqlite3_exec(st->db, "PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL", NULL, NULL,
                      NULL))
         return db_error(st, err, "cannot configure %s", path);
@@ -613,6 +768,12 @@ static int open_db(struct store *st, struct slim_error *err)
     sqlite3_finalize(s);
     if (rc || (rc = migrate(st, err)))
         return rc;
+    /* The persisted WAL still holds the frames of the last run (all in
+     * the database file after the checkpoint at close, but recovery does
+     * not know it): a checkpoint now lets the first write start the WAL
+     * over in the space it has, instead of appending, which a full disk
+     * refuses.  Its failure is harmless: writes then append as usual. */
+    sqlite3_wal_checkpoint_v2(st->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
     for (int i = 0; i < Q_COUNT; i++)
         if (sqlite3_prepare_v3(st->db, sql[i], -1, SQLITE_PREPARE_PERSISTENT, &st->q[i], NULL))
             return db_error(st, err, "cannot prepare statement %d", i);
@@ -636,9 +797,20 @@ int store_open(const char *data_dir, struct store **out, struct slim_error *err)
         rc = mkdir_p(sub, err);
     snprintf(sub, sizeof sub, "%s/tmp", data_dir);
     if (!rc && !(rc = mkdir_p(sub, err)))
-        purge_tmp(sub);
+        st->sweep.tmp_removed = purge_tmp(sub);
+    if (!rc) {
+        /* blobs/ and tmp/ may be new: their names must be durable before
+         * a blob renamed into blobs/ is (blob.c fsyncs only below) */
+        int fd = open(data_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0 || fsync(fd))
+            rc = slim_error_set(err, SLIM_EIO, "cannot fsync the data dir: %s", strerror(errno));
+        if (fd >= 0)
+            close(fd);
+    }
     if (!rc)
         rc = open_db(st, err);
+    if (!rc)
+        sweep_blobs(st);
     if (rc) {
         store_close(st);
         return rc;
@@ -1073,8 +1245,11 @@ int store_job_succeed(struct store *st, const char *id, const char *artifact_sha
         rc = job_not_in(st, id, "running", err);
         if (rc == SLIM_ECONFLICT && strstr(err->msg, "is running"))
             rc = slim_error_set(err, SLIM_ECANCELED, "job %.64s was canceled", id);
-        drop_blob_if_unused(st, artifact_sha);
     }
+    /* no row names the artifact (the update failed or changed nothing):
+     * it goes now rather than stay an orphan until the next start */
+    if (rc)
+        drop_blob_if_unused(st, artifact_sha);
     pthread_mutex_unlock(&st->lock);
     free(text);
     return rc;
@@ -1094,9 +1269,38 @@ static int job_change(struct store *st, enum q i, const char *id, const char *te
     return rc;
 }
 
-int store_job_fail(struct store *st, const char *id, const char *message, struct slim_error *err)
+int store_job_fail(struct store *st, const char *id, int code, const char *message,
+                   struct slim_error *err)
 {
-    return job_change(st, Q_JOB_FAIL, id, message ? message : "failed", "running", err);
+    int rc, n = 0;
+    pthread_mutex_lock(&st->lock);
+    rc = run(st, Q_JOB_FAIL, &n, err, "sss", id, message ? message : "failed",
+             slim_errcode(code ? code : SLIM_EINTERNAL));
+    if (!rc && !n)
+        rc = job_not_in(st, id, "running", err);
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+int store_job_retry(struct store *st, const char *id, int max_attempts, int code,
+                    const char *message, int *state, struct slim_error *err)
+{
+    sqlite3_stmt *s;
+    json_t *row = NULL;
+    int rc;
+    *state = -1;
+    pthread_mutex_lock(&st->lock);
+    rc = prep(st, Q_JOB_RETRY, &s, err, "siss", id, max_attempts < 1 ? 1 : max_attempts,
+              message ? message : "no space left", slim_errcode(code ? code : SLIM_ENOSPACE));
+    if (!rc)
+        rc = one_row(st, s, job_row, &row, "job", id, err);
+    if (rc == SLIM_ENOTFOUND)   /* no row changed: not running, or gone */
+        rc = job_not_in(st, id, "running", err);
+    if (!rc)
+        *state = store_job_state_parse(json_string_value(json_object_get(row, "state")));
+    pthread_mutex_unlock(&st->lock);
+    json_decref(row);
+    return rc;
 }
 
 int store_job_canceled(struct store *st, const char *id, struct slim_error *err)

@@ -14,6 +14,7 @@
  *                       bearer tokens included (their sha256, never the secret)
  *   blobs/ab/abcdef...  content-addressed files, named by their sha256
  *   tmp/                uploads and artifacts being written
+ *   slimd.db-wal, -shm  SQLite's, kept between runs (store.c says why)
  *
  * Rows returned to callers are JSON objects (new references) shaped as
  * the REST API shows them, so the API layer does not re-map columns.
@@ -53,7 +54,12 @@ const char *store_job_state_name(int state);        /* "queued" */
 int store_job_state_parse(const char *name);        /* state, or -1 */
 
 /* Opens (creating if needed) the data dir and its database, and runs the
- * migrations up to the current schema version.  *out is a new store. */
+ * migrations up to the current schema version.  *out is a new store.
+ * Before anything else it cleans what a process that died left behind
+ * (one data dir serves one daemon): every file in tmp/ (partial uploads
+ * and artifacts) and every blob that no model, dataset or job artifact
+ * names (a blob committed just before a crash, whose row never came).
+ * store_open_sweep says what was cleaned. */
 int store_open(const char *data_dir, struct store **out, struct slim_error *err);
 /* Opens the database only, for `slimd token`, which may run beside a
  * daemon on the same data dir: creates the data dir and migrates like
@@ -63,6 +69,21 @@ int store_open(const char *data_dir, struct store **out, struct slim_error *err)
 int store_open_meta(const char *data_dir, struct store **out, struct slim_error *err);
 void store_close(struct store *st);
 const char *store_data_dir(const struct store *st);
+
+/* What store_open cleaned, for the daemon's log. */
+struct store_sweep {
+    int tmp_removed;            /* files in tmp/ */
+    int orphans_removed;        /* unreferenced blobs */
+    uint64_t orphan_bytes;
+};
+void store_open_sweep(const struct store *st, struct store_sweep *out);
+
+/* Room for the database on a full disk: preallocates the write-ahead
+ * log (slimd.db-wal, which SQLite keeps between runs) to `bytes` of
+ * allocated space, so that recording job outcomes never needs a new
+ * block (see store.c).  Call once after store_open.  SLIM_ENOSPACE when
+ * the disk has not that much free (the WAL keeps what it had). */
+int store_wal_reserve(struct store *st, uint64_t bytes, struct slim_error *err);
 
 /* ---- blobs ---- */
 
@@ -171,9 +192,10 @@ int store_dataset_delete(struct store *st, const char *id, struct slim_error *er
 int store_job_insert(struct store *st, const char *owner, const char *model_id,
                      const char *dataset_id, json_t *spec, uint64_t mem_bytes,
                      int64_t max_queued, json_t **row, struct slim_error *err);
-/* {id, model, dataset, state, progress, stage, error, attempts, created_at,
- *  started_at, finished_at, spec, artifact: {sha256, bytes} | null,
- *  memory_bytes, owner} */
+/* {id, model, dataset, state, progress, stage, error, error_code, attempts,
+ *  created_at, started_at, finished_at, spec, artifact: {sha256, bytes} |
+ *  null, memory_bytes, owner}.  error_code is the REST code of the error
+ *  ("INSUFFICIENT_STORAGE"), set with error. */
 int store_job_get(struct store *st, const char *id, json_t **row, struct slim_error *err);
 /* Newest first; state < 0 for all.  Rows are store_job_get's with
  * "passes" (the spec's ops, in order) in the place of "spec". */
@@ -187,14 +209,26 @@ int store_job_claim(struct store *st, uint64_t mem_left, json_t **row, struct sl
 /* Records progress and stage of a running job (no-op if not running). */
 int store_job_progress(struct store *st, const char *id, double progress, const char *stage,
                        struct slim_error *err);
-/* running -> succeeded, with the artifact blob and the report
- * (borrowed); SLIM_ECANCELED, changing nothing, when a cancel was
- * requested meanwhile (the caller then ends it canceled). */
+/* running -> succeeded, with the artifact blob and the report (borrowed).
+ * When the row does not change (a write that fails, a disk that is
+ * full, a cancel that came first: SLIM_ECANCELED) the artifact blob is
+ * removed unless something else names it, so no failure leaves an
+ * orphan blob. */
 int store_job_succeed(struct store *st, const char *id, const char *artifact_sha,
                       uint64_t artifact_bytes, json_t *report, struct slim_error *err);
-/* running -> failed with a message, or canceled (without one) when a
- * cancel was requested: a cancel answered 200 always ends canceled. */
-int store_job_fail(struct store *st, const char *id, const char *message, struct slim_error *err);
+/* running -> failed with a message and code (an enum slim_errno: the
+ * row keeps its REST code, e.g. "IO_ERROR"), or canceled (without
+ * either) when a cancel was requested: a cancel answered 200 always ends
+ * canceled. */
+int store_job_fail(struct store *st, const char *id, int code, const char *message,
+                   struct slim_error *err);
+/* A running job that could not finish for want of disk space: back to
+ * queued with its attempts kept (the claim counted this one), its error
+ * and code shown meanwhile; or failed with them once it has used
+ * max_attempts; or canceled when a cancel was asked for.  *state is the
+ * state it went to. */
+int store_job_retry(struct store *st, const char *id, int max_attempts, int code,
+                    const char *message, int *state, struct slim_error *err);
 /* queued -> canceled at once (returns 0, *was_running = 0); running ->
  * cancel requested (state unchanged, *was_running = 1: the runner stops
  * it and calls store_job_canceled; whatever ends the job afterwards ends
@@ -206,7 +240,8 @@ int store_job_canceled(struct store *st, const char *id, struct slim_error *err)
 /* running -> queued (shutdown interrupted it; attempts not counted). */
 int store_job_requeue(struct store *st, const char *id, struct slim_error *err);
 /* On start: every job left running is re-queued, or failed when it has
- * used max_attempts.  *requeued and *failed count them. */
+ * used max_attempts (error_code INTERNAL).  *requeued and *failed count
+ * them. */
 int store_job_recover(struct store *st, int max_attempts, int *requeued, int *failed,
                       struct slim_error *err);
 /* The report of a succeeded job; new reference.  SLIM_ECONFLICT while

@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <sqlite3.h>
 #include "tests/unit/util.h"
+#include "tests/unit/full_vfs.h"
 #include "storage/store.h"
 
 #define SHA_ABC "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
@@ -157,7 +158,7 @@ static void claim_expect(struct store *st, const char *id)
 }
 
 /* The schema version store.c migrates to. */
-#define LATEST 4
+#define LATEST 5
 
 /* The schema as earlier slimd versions left it, frozen here as they
  * shipped (store.c's migrations[0] and [1]), so a migration is tested
@@ -721,7 +722,7 @@ static void test_dataset_delete_and_jobs(void **state)
     assert_int_equal(store_dataset_delete(st, d, &err), SLIM_ECONFLICT);
     assert_non_null(strstr(err.msg, "(running)"));
     assert_true(blob_exists(st, dsha));
-    assert_int_equal(store_job_fail(st, jd, "boom", &err), 0);
+    assert_int_equal(store_job_fail(st, jd, SLIM_EIO, "boom", &err), 0);
 
     /* finished: the dataset goes, the job keeps its spec and shows null */
     assert_int_equal(store_dataset_delete(st, d, &err), 0);
@@ -985,12 +986,13 @@ static void test_job_lifecycle(void **state)
 
     /* j2 running then failed */
     claim_expect(st, j2);
-    assert_int_equal(store_job_fail(st, j2, "passes[0]: boom", &err), 0);
+    assert_int_equal(store_job_fail(st, j2, SLIM_ENUMERIC, "passes[0]: boom", &err), 0);
     row = get_job(st, j2);
     assert_string_equal(sfield(row, "state"), "failed");
     assert_string_equal(sfield(row, "error"), "passes[0]: boom");
+    assert_string_equal(sfield(row, "error_code"), "NUMERIC_ERROR");
     json_decref(row);
-    assert_int_equal(store_job_fail(st, j2, "again", &err), SLIM_ECONFLICT);
+    assert_int_equal(store_job_fail(st, j2, SLIM_EIO, "again", &err), SLIM_ECONFLICT);
     assert_int_equal(store_job_report(st, j2, &rep, &err), SLIM_ECONFLICT);
     assert_non_null(strstr(err.msg, "failed"));
 
@@ -1070,7 +1072,7 @@ static void test_job_lifecycle(void **state)
     assert_int_equal(store_job_canceled(st, j6, &err), 0);
     claim_expect(st, j7);
     assert_int_equal(store_job_cancel(st, j7, &was_running, &err), 0);
-    assert_int_equal(store_job_fail(st, j7, "disk full", &err), 0);
+    assert_int_equal(store_job_fail(st, j7, SLIM_EIO, "disk full", &err), 0);
     row = get_job(st, j7);
     assert_string_equal(sfield(row, "state"), "canceled");
     assert_true(json_is_null(json_object_get(row, "error")));
@@ -1109,6 +1111,7 @@ static void test_recover(void **state)
             assert_string_equal(sfield(row, "state"), "failed");
             assert_string_equal(sfield(row, "error"),
                                 "interrupted 3 times (daemon restarts); giving up");
+            assert_string_equal(sfield(row, "error_code"), "INTERNAL");
             assert_rfc3339(sfield(row, "finished_at"));
         }
         json_decref(row);
@@ -1296,69 +1299,7 @@ static void test_claim_within_memory(void **state)
     store_close(st);
 }
 
-/* ---- a disk that fills up: a VFS over the default one whose writes to
- * the WAL fail with SQLITE_FULL while `disk_full` is set.  A WAL frame
- * is written when a transaction commits, so this fails exactly the
- * commit that a statement's last step performs. */
-
-static sqlite3_vfs *real_vfs;
-static sqlite3_vfs full_vfs;
-static int disk_full;
-
-struct full_file {
-    sqlite3_file base;
-    sqlite3_file *real;   /* right after this struct */
-    int wal;
-};
-
-#define REAL(f) (((struct full_file *)(f))->real)
-static int ff_close(sqlite3_file *f) { return REAL(f)->pMethods->xClose(REAL(f)); }
-static int ff_read(sqlite3_file *f, void *b, int n, sqlite3_int64 o)
-{ return REAL(f)->pMethods->xRead(REAL(f), b, n, o); }
-static int ff_write(sqlite3_file *f, const void *b, int n, sqlite3_int64 o)
-{
-    if (disk_full && ((struct full_file *)f)->wal)
-        return SQLITE_FULL;
-    return REAL(f)->pMethods->xWrite(REAL(f), b, n, o);
-}
-static int ff_truncate(sqlite3_file *f, sqlite3_int64 n)
-{ return REAL(f)->pMethods->xTruncate(REAL(f), n); }
-static int ff_sync(sqlite3_file *f, int fl) { return REAL(f)->pMethods->xSync(REAL(f), fl); }
-static int ff_size(sqlite3_file *f, sqlite3_int64 *n)
-{ return REAL(f)->pMethods->xFileSize(REAL(f), n); }
-static int ff_lock(sqlite3_file *f, int l) { return REAL(f)->pMethods->xLock(REAL(f), l); }
-static int ff_unlock(sqlite3_file *f, int l) { return REAL(f)->pMethods->xUnlock(REAL(f), l); }
-static int ff_reserved(sqlite3_file *f, int *r)
-{ return REAL(f)->pMethods->xCheckReservedLock(REAL(f), r); }
-static int ff_fcntl(sqlite3_file *f, int op, void *a)
-{ return REAL(f)->pMethods->xFileControl(REAL(f), op, a); }
-static int ff_sector(sqlite3_file *f) { return REAL(f)->pMethods->xSectorSize(REAL(f)); }
-static int ff_dev(sqlite3_file *f) { return REAL(f)->pMethods->xDeviceCharacteristics(REAL(f)); }
-static int ff_shm_map(sqlite3_file *f, int pg, int sz, int ext, void volatile **pp)
-{ return REAL(f)->pMethods->xShmMap(REAL(f), pg, sz, ext, pp); }
-static int ff_shm_lock(sqlite3_file *f, int o, int n, int fl)
-{ return REAL(f)->pMethods->xShmLock(REAL(f), o, n, fl); }
-static void ff_shm_barrier(sqlite3_file *f) { REAL(f)->pMethods->xShmBarrier(REAL(f)); }
-static int ff_shm_unmap(sqlite3_file *f, int del)
-{ return REAL(f)->pMethods->xShmUnmap(REAL(f), del); }
-
-static const sqlite3_io_methods full_methods = {
-    2, ff_close, ff_read, ff_write, ff_truncate, ff_sync, ff_size, ff_lock, ff_unlock,
-    ff_reserved, ff_fcntl, ff_sector, ff_dev, ff_shm_map, ff_shm_lock, ff_shm_barrier,
-    ff_shm_unmap, NULL, NULL,
-};
-
-static int ff_open(sqlite3_vfs *v, const char *name, sqlite3_file *f, int flags, int *out)
-{
-    struct full_file *ff = (struct full_file *)f;
-    int rc;
-    (void)v;
-    ff->real = (sqlite3_file *)(ff + 1);
-    ff->wal = (flags & SQLITE_OPEN_WAL) != 0;
-    rc = real_vfs->xOpen(real_vfs, name, ff->real, flags, out);
-    f->pMethods = rc == SQLITE_OK && ff->real->pMethods ? &full_methods : NULL;
-    return rc;
-}
+/* ---- a disk that fills up (tests/unit/full_vfs.h) ---- */
 
 static void test_full_disk_acknowledges_nothing(void **state)
 {
@@ -1366,12 +1307,7 @@ static void test_full_disk_acknowledges_nothing(void **state)
      * returned as stored (202/201) and then found missing, and the claim
      * of a job whose running state did not commit starts nothing */
     (void)state;
-    real_vfs = sqlite3_vfs_find(NULL);
-    full_vfs = *real_vfs;
-    full_vfs.zName = "slimd-test-full";
-    full_vfs.szOsFile = (int)sizeof(struct full_file) + real_vfs->szOsFile;
-    full_vfs.xOpen = ff_open;
-    assert_int_equal(sqlite3_vfs_register(&full_vfs, 1), SQLITE_OK);
+    full_vfs_on();
 
     struct store *st = open_store(data_dir("full"));
     struct slim_error err;
@@ -1381,10 +1317,10 @@ static void test_full_disk_acknowledges_nothing(void **state)
     int total = -1;
 
     disk_full = 1;
-    assert_int_equal(store_job_insert(st, NULL, m, NULL, spec, 0, 0, &row, &err), SLIM_EIO);
+    assert_int_equal(store_job_insert(st, NULL, m, NULL, spec, 0, 0, &row, &err), SLIM_ENOSPACE);
     assert_null(row);
     row = (json_t *)1;
-    assert_int_equal(store_job_claim(st, UINT64_MAX, &row, &err), SLIM_EIO);
+    assert_int_equal(store_job_claim(st, UINT64_MAX, &row, &err), SLIM_ENOSPACE);
     assert_null(row);
     info = json_pack("{s:s, s:i, s:i}", "format", "safetensors", "tensors", 1, "params", 1);
     assert_int_equal(store_model_insert(st, NULL, "n", SHA_ABC, 3, info, &row, &err) != 0, 1);
@@ -1402,7 +1338,193 @@ static void test_full_disk_acknowledges_nothing(void **state)
     json_decref(info);
     json_decref(spec);
     store_close(st);
-    sqlite3_vfs_unregister(&full_vfs);
+    full_vfs_off();
+}
+
+static int file_exists(const char *dir, const char *name)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    return access(path, F_OK) == 0;
+}
+
+static void test_full_disk_drops_the_artifact(void **state)
+{
+    /* a job whose success cannot be recorded must not leave its
+     * artifact as an orphan blob, unless something else names it; the
+     * job is still running and can be failed once there is room, with
+     * the code of what went wrong */
+    (void)state;
+    full_vfs_on();
+    struct store *st = open_store(data_dir("full-art"));
+    struct slim_error err;
+    const char *m = put_model(st, "m", "the model's bytes"), *j = put_job(st, m);
+    const char *k = put_job(st, m), *art, *shared;
+    json_t *rep = json_pack("{s:[]}", "tensors"), *row;
+
+    claim_expect(st, j);
+    art = put_blob(st, "an artifact of j");
+    disk_full = 1;
+    assert_int_equal(store_job_succeed(st, j, art, 16, rep, &err), SLIM_ENOSPACE);
+    disk_full = 0;
+    assert_false(blob_exists(st, art));
+    row = get_job(st, j);
+    assert_string_equal(sfield(row, "state"), "running");
+    assert_true(json_is_null(json_object_get(row, "artifact")));
+    json_decref(row);
+    assert_int_equal(store_job_fail(st, j, SLIM_ENOSPACE, "cannot record the result", &err), 0);
+    row = get_job(st, j);
+    assert_string_equal(sfield(row, "state"), "failed");
+    assert_string_equal(sfield(row, "error_code"), "INSUFFICIENT_STORAGE");
+    json_decref(row);
+
+    /* an artifact with the model's bytes shares its blob: it stays */
+    claim_expect(st, k);
+    shared = put_blob(st, "the model's bytes");
+    disk_full = 1;
+    assert_int_equal(store_job_succeed(st, k, shared, 17, rep, &err), SLIM_ENOSPACE);
+    disk_full = 0;
+    assert_true(blob_exists(st, shared));
+    json_decref(rep);
+    store_close(st);
+    full_vfs_off();
+}
+
+static void test_retry_counts_attempts(void **state)
+{
+    /* a job that ran out of disk space goes back to the queue with the
+     * attempt counted and the reason shown, and fails once it has used
+     * max_attempts; a cancel asked for meanwhile wins */
+    (void)state;
+    struct store *st = open_store(data_dir("retry"));
+    struct slim_error err;
+    const char *m = put_model(st, "m", "retry model"), *j = put_job(st, m), *c;
+    const char *why = "cannot write the artifact: No space left on device";
+    int st_out = -1, was_running;
+    json_t *row;
+
+    for (int attempt = 1; attempt <= 3; attempt++) {
+        claim_expect(st, j);
+        row = get_job(st, j);
+        assert_int_equal(json_integer_value(json_object_get(row, "attempts")), attempt);
+        assert_true(json_is_null(json_object_get(row, "error")));   /* the claim clears it */
+        json_decref(row);
+        assert_int_equal(store_job_retry(st, j, 3, SLIM_ENOSPACE, why, &st_out, &err), 0);
+        row = get_job(st, j);
+        assert_int_equal(json_integer_value(json_object_get(row, "attempts")), attempt);
+        assert_string_equal(sfield(row, "error"), why);
+        assert_string_equal(sfield(row, "error_code"), "INSUFFICIENT_STORAGE");
+        if (attempt < 3) {
+            assert_int_equal(st_out, STORE_JOB_QUEUED);
+            assert_string_equal(sfield(row, "state"), "queued");
+            assert_true(json_is_null(json_object_get(row, "started_at")));
+            assert_true(json_is_null(json_object_get(row, "finished_at")));
+        } else {
+            assert_int_equal(st_out, STORE_JOB_FAILED);
+            assert_string_equal(sfield(row, "state"), "failed");
+            assert_rfc3339(sfield(row, "finished_at"));
+        }
+        json_decref(row);
+    }
+    assert_int_equal(store_job_retry(st, j, 3, SLIM_ENOSPACE, why, &st_out, &err),
+                     SLIM_ECONFLICT);
+    assert_int_equal(store_job_retry(st, "job_nope", 3, SLIM_ENOSPACE, why, &st_out, &err),
+                     SLIM_ENOTFOUND);
+
+    c = put_job(st, m);
+    claim_expect(st, c);
+    assert_int_equal(store_job_cancel(st, c, &was_running, &err), 0);
+    assert_int_equal(store_job_retry(st, c, 3, SLIM_ENOSPACE, why, &st_out, &err), 0);
+    assert_int_equal(st_out, STORE_JOB_CANCELED);
+    row = get_job(st, c);
+    assert_string_equal(sfield(row, "state"), "canceled");
+    assert_true(json_is_null(json_object_get(row, "error")));
+    json_decref(row);
+    store_close(st);
+}
+
+static void test_wal_kept_and_reserved(void **state)
+{
+    /* the WAL and its index stay between runs (a start on a full disk
+     * creates no file), the WAL keeps the space reserved for it, and
+     * the rows in it are all there after the reopen */
+    (void)state;
+    const char *dir = data_dir("wal");
+    struct store *st = open_store(dir);
+    struct slim_error err;
+    char path[4096];
+    struct stat sb;
+    json_t *row;
+    const char *m;
+
+    snprintf(path, sizeof path, "%s/slimd.db-wal", dir);
+    assert_int_equal(store_wal_reserve(st, 1 << 20, &err), 0);
+    assert_int_equal(stat(path, &sb), 0);
+    assert_true((uint64_t)sb.st_blocks * 512 >= (1u << 20));
+    assert_true(sb.st_size >= (1 << 20));
+    m = put_model(st, "m", "kept in the WAL");
+    put_job(st, m);
+    store_close(st);
+    assert_true(file_exists(dir, "slimd.db-wal"));
+    assert_true(file_exists(dir, "slimd.db-shm"));
+    assert_int_equal(stat(path, &sb), 0);
+    assert_true((uint64_t)sb.st_blocks * 512 >= (1u << 20));
+
+    st = open_store(dir);
+    assert_int_equal(store_model_get(st, m, &row, &err), 0);
+    assert_string_equal(sfield(row, "name"), "m");
+    json_decref(row);
+    assert_int_equal(store_wal_reserve(st, 1 << 20, &err), 0);   /* already there */
+    assert_int_equal(store_wal_reserve(st, 0, &err), 0);
+    put_job(st, m);
+    store_close(st);
+}
+
+static void test_sweep_orphans(void **state)
+{
+    /* a blob that nothing names (a crash between commit and insert) and
+     * temp files go at open; named blobs and files that are not blobs
+     * stay */
+    (void)state;
+    const char *dir = data_dir("sweep");
+    struct store *st = open_store(dir);
+    struct store_sweep sweep;
+    struct slim_error err;
+    const char *m = put_model(st, "m", "sweep model"), *j = put_job(st, m), *art, *orphan;
+    char path[4096], keep_art[65], keep_orphan[65];
+    json_t *rep = json_pack("{s:[]}", "tensors");
+
+    claim_expect(st, j);
+    art = put_blob(st, "sweep artifact");
+    snprintf(keep_art, sizeof keep_art, "%s", art);
+    assert_int_equal(store_job_succeed(st, j, keep_art, 14, rep, &err), 0);
+    orphan = put_blob(st, "no row names me");
+    snprintf(keep_orphan, sizeof keep_orphan, "%s", orphan);
+    snprintf(path, sizeof path, "%s/blobs/%.2s/README", dir, keep_art);
+    fclose(fopen(path, "w"));
+    snprintf(path, sizeof path, "%s/tmp/upload-crashed", dir);
+    fclose(fopen(path, "w"));
+    store_close(st);
+
+    st = open_store(dir);
+    store_open_sweep(st, &sweep);
+    assert_int_equal(sweep.tmp_removed, 1);
+    assert_int_equal(sweep.orphans_removed, 1);
+    assert_int_equal(sweep.orphan_bytes, strlen("no row names me"));
+    assert_false(blob_exists(st, keep_orphan));
+    assert_true(blob_exists(st, keep_art));
+    json_t *row;
+    assert_int_equal(store_model_get(st, m, &row, &err), 0);
+    assert_true(blob_exists(st, sfield(row, "sha256")));
+    json_decref(row);
+    snprintf(path, sizeof path, "%s/blobs/%.2s/README", dir, keep_art);
+    assert_int_equal(access(path, F_OK), 0);
+    store_close(st);
+    st = open_store(dir);   /* nothing left to do */
+    store_open_sweep(st, &sweep);
+    assert_int_equal(sweep.tmp_removed + sweep.orphans_removed, 0);
+    json_decref(rep);
+    store_close(st);
 }
 
 static void test_token_hash_and_scopes(void **state)
@@ -1750,6 +1872,10 @@ int main(void)
         cmocka_unit_test(test_concurrent_claim),
         cmocka_unit_test(test_claim_within_memory),
         cmocka_unit_test(test_full_disk_acknowledges_nothing),
+        cmocka_unit_test(test_full_disk_drops_the_artifact),
+        cmocka_unit_test(test_retry_counts_attempts),
+        cmocka_unit_test(test_wal_kept_and_reserved),
+        cmocka_unit_test(test_sweep_orphans),
         cmocka_unit_test(test_alloc_failures),
         cmocka_unit_test(test_no_leaks_in_wrappers),
     };
