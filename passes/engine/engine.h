@@ -27,6 +27,14 @@ struct slim_engine;
  * SLIM_EFORMAT (a malformed graph: a cycle, an undefined input, a bad
  * attribute), SLIM_ENOMEM. */
 int slim_engine_new(struct slim_onnx *m, struct slim_engine **out, struct slim_error *err);
+/* The same, with a limit on the bytes that the engine's tensor buffers
+ * (the pool that every node's outputs come from, constant folding
+ * included) may hold at once; 0 is none.  A graph that needs more
+ * fails, in compile or in slim_engine_run, with SLIM_EBUDGET naming the
+ * tensor, where it would otherwise take whatever memory its shapes
+ * (broadcasts, pads, MatMul sizes) ask for. */
+int slim_engine_new_limited(struct slim_onnx *m, uint64_t max_bytes, struct slim_engine **out,
+                            struct slim_error *err);
 void slim_engine_free(struct slim_engine *e);
 
 /* Checks, without loading a weight, that the engine has every operator
