@@ -237,9 +237,8 @@ uint64_t api_upload_bytes(const struct api_upload *up);
 void api_upload_discard(struct api_upload *up);
 /* The ?name= of the request: NULL without one, "" when empty. */
 const char *api_upload_name(struct MHD_Connection *conn);
-/* 1 when name is a display name: 1 to 200 bytes of valid UTF-8 with no
- * control characters (it is echoed in JSON and in Content-Disposition). */
-int api_valid_name(const char *name);
+/* api_valid_name and the other parsers of request text: */
+#include "api/http_parse.h"
 /* Reads up to len bytes from the start of path; 0 or -1. */
 int api_read_head(const char *path, unsigned char *buf, size_t len, size_t *got);
 

@@ -22,7 +22,10 @@
  * token scope it needs; api/auth.c's gates run on the first call, before
  * a byte of the body is taken: the Host header before routing, the
  * token, its scope and the cross-site rules after, so an upload without
- * a valid token is refused before it is stored anywhere.
+ * a valid token is refused before it is stored anywhere.  The request
+ * text that slimd parses itself (Range, unescaping, route patterns,
+ * names, query integers) is in http_parse.c, where the fuzz target
+ * reaches it.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -40,6 +43,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "api/api.h"
+#include "api/http_parse.h"
 #include "daemon/log.h"
 
 /* The one JSON body, a job spec, is stored with its job and returned by
@@ -163,29 +167,6 @@ static const struct route routes[] = {
 #undef ADMIN
 #define N_ROUTES (sizeof routes / sizeof routes[0])
 
-/* Matches url against pattern; copies the {id} segment into id. */
-static int match(const char *pattern, const char *url, char *id, size_t idlen)
-{
-    const char *p = pattern, *u = url;
-    while (*p && *u) {
-        if (!strncmp(p, "{id}", 4)) {
-            size_t n = strcspn(u, "/");
-            if (n == 0 || n >= idlen)
-                return 0;
-            memcpy(id, u, n);
-            id[n] = 0;
-            u += n;
-            p += 4;
-            continue;
-        }
-        if (*p != *u)
-            return 0;
-        p++;
-        u++;
-    }
-    return !*p && !*u;
-}
-
 void api_request_set_status(struct api_request *req, int status)
 {
     if (req)
@@ -247,22 +228,6 @@ const char *api_upload_name(struct MHD_Connection *conn)
     const char *name = NULL;
     MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, find_name, &name);
     return name;
-}
-
-/* Checked before the blob is committed, so that a bad name stores
- * nothing. */
-int api_valid_name(const char *name)
-{
-    size_t n = strlen(name);
-    json_t *utf8;
-    if (n == 0 || n > 200)
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        if ((unsigned char)name[i] < 0x20 || name[i] == 0x7f)
-            return 0;
-    utf8 = json_string(name);   /* NULL unless valid UTF-8 */
-    json_decref(utf8);
-    return utf8 != NULL;
 }
 
 int api_read_head(const char *path, unsigned char *buf, size_t len, size_t *got)
@@ -405,56 +370,6 @@ enum MHD_Result api_reply_empty(struct MHD_Connection *conn, struct api_request 
                  MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT));
 }
 
-/* Parses a single "bytes=a-b" range against size; 1 if a valid range was
- * found (start/len set), 0 if no usable Range header, -1 if unsatisfiable. */
-static int parse_range(const char *h, uint64_t size, uint64_t *start, uint64_t *len)
-{
-    unsigned long long a, b;
-    char *end;
-    if (!h || strncmp(h, "bytes=", 6) || strchr(h, ','))
-        return 0;
-    h += 6;
-    /* digits only: strtoull would also take a sign or spaces, and
-     * "bytes=0--1" would become the whole file as a 206 */
-    for (const char *c = h; *c; c++)
-        if (*c != '-' && (*c < '0' || *c > '9'))
-            return 0;
-    if (strchr(h, '-') != strrchr(h, '-'))
-        return 0;
-    if (*h == '-') {
-        errno = 0;
-        b = strtoull(h + 1, &end, 10);
-        if (errno || *end || end == h + 1)
-            return 0;
-        if (b == 0 || size == 0)
-            return -1;
-        if (b > size)
-            b = size;
-        *start = size - b;
-        *len = b;
-        return 1;
-    }
-    errno = 0;
-    a = strtoull(h, &end, 10);
-    if (errno || end == h || *end != '-')
-        return 0;
-    h = end + 1;
-    if (*h) {
-        b = strtoull(h, &end, 10);
-        if (*end || b < a)
-            return 0;
-    } else {
-        b = size ? size - 1 : 0;
-    }
-    if (a >= size)
-        return -1;
-    if (b >= size)
-        b = size - 1;
-    *start = a;
-    *len = b - a + 1;
-    return 1;
-}
-
 enum MHD_Result api_reply_file(struct MHD_Connection *conn, struct api_request *req,
                                const char *path, const char *sha, const char *content_type,
                                const char *filename)
@@ -483,7 +398,7 @@ enum MHD_Result api_reply_file(struct MHD_Connection *conn, struct api_request *
             MHD_add_response_header(resp, "ETag", etag);
         return queue(conn, req, 304, resp);
     }
-    r = parse_range(range, (uint64_t)st.st_size, &start, &len);
+    r = api_parse_range(range, (uint64_t)st.st_size, &start, &len);
     if (r < 0) {
         close(fd);
         snprintf(hdr, sizeof hdr, "bytes */%lld", (long long)st.st_size);
@@ -514,32 +429,12 @@ enum MHD_Result api_reply_file(struct MHD_Connection *conn, struct api_request *
     return queue(conn, req, status, resp);
 }
 
-static int hexval(char c)
-{
-    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
-                                          : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
-}
-
-/* libmicrohttpd's URL and query unescaping, except that %00 stays as
- * the three characters it is: decoded, a NUL would cut the string short
- * and "/v1/health%00x" would be served as "/v1/health". */
+/* MHD's unescape callback: api_unescape (%00 is kept as text). */
 static size_t unescape(void *cls, struct MHD_Connection *conn, char *s)
 {
-    char *w = s;
-    const char *r = s;
     (void)cls;
     (void)conn;
-    while (*r) {
-        int hi = r[0] == '%' ? hexval(r[1]) : -1, lo = hi >= 0 ? hexval(r[2]) : -1;
-        if (lo >= 0 && (hi | lo)) {
-            *w++ = (char)(hi * 16 + lo);
-            r += 3;
-        } else {
-            *w++ = *r++;
-        }
-    }
-    *w = 0;
-    return (size_t)(w - s);
+    return api_unescape(s);
 }
 
 int api_paging(struct MHD_Connection *conn, struct api_request *req, int *limit, int *offset,
@@ -547,13 +442,11 @@ int api_paging(struct MHD_Connection *conn, struct api_request *req, int *limit,
 {
     const char *l = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "limit");
     const char *o = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "offset");
-    char *end;
     long v;
     *limit = 50;
     *offset = 0;
     if (l) {
-        v = strtol(l, &end, 10);
-        if (!*l || *end || v < 1 || v > 1000) {
+        if (api_parse_long(l, 1, 1000, &v)) {
             *ret = api_reply_error(conn, req, SLIM_EINVAL,
                                    "limit: expected an integer from 1 to 1000, got '%.40s'", l);
             return 0;
@@ -561,8 +454,7 @@ int api_paging(struct MHD_Connection *conn, struct api_request *req, int *limit,
         *limit = (int)v;
     }
     if (o) {
-        v = strtol(o, &end, 10);
-        if (!*o || *end || v < 0 || v > 1000000000) {
+        if (api_parse_long(o, 0, 1000000000, &v)) {
             *ret = api_reply_error(conn, req, SLIM_EINVAL,
                                    "offset: expected a non-negative integer, got '%.40s'", o);
             return 0;
@@ -808,7 +700,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 
     allow[0] = 0;
     for (size_t i = 0; i < N_ROUTES; i++) {
-        if (!match(routes[i].pattern, url, id, sizeof id))
+        if (!api_route_match(routes[i].pattern, url, id, sizeof id))
             continue;
         path_known = 1;
         if (!strcmp(routes[i].method, method) ||

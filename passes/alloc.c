@@ -21,7 +21,10 @@
  * Rejected: mallopt(M_MMAP_THRESHOLD) (process-wide, and glibc's
  * per-thread arenas still mmap anything above 32 MiB), and a per-job
  * arena handed through every kernel (the kernels allocate their own
- * scratch; one wrapper serves them all).
+ * scratch; one wrapper serves them all).  Under AddressSanitizer the
+ * blocks and their cache are off and every buffer comes from
+ * posix_memalign: a mapping rounded up to 2 MiB has no redzone, and a
+ * reused block would hide a use after free.
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -30,6 +33,19 @@
 #include <string.h>
 #include <sys/mman.h>
 #include "passes/slim.h"
+
+/* gcc says __SANITIZE_ADDRESS__, clang __has_feature(address_sanitizer) */
+#if !defined(SLIM_ASAN) && defined(__SANITIZE_ADDRESS__)
+#define SLIM_ASAN 1
+#endif
+#if !defined(SLIM_ASAN) && defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SLIM_ASAN 1
+#endif
+#endif
+#ifndef SLIM_ASAN
+#define SLIM_ASAN 0
+#endif
 
 static atomic_long fail_after = -1;
 static atomic_long live;
@@ -221,7 +237,7 @@ void *slim_aligned_alloc(size_t n)
     void *p = NULL;
     if (should_fail())
         return NULL;
-    if (n >= LARGE_MIN)
+    if (n >= LARGE_MIN && !SLIM_ASAN)
         p = large_alloc(n);
     if (!p && posix_memalign(&p, 64, n ? n : 64) != 0)
         return NULL;

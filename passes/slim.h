@@ -343,6 +343,11 @@ int slim_dataset_idx_size(const char *images_path, const char *labels_path,
 int slim_dataset_from_idx(const char *images_path, const char *labels_path,
                           const char *out_path, struct slim_error *err);
 
+/* 1 if text is valid UTF-8 (jansson's rules: no overlong forms,
+ * surrogates, or code points past U+10FFFF), else 0.  For names read as
+ * raw bytes (ONNX protobufs, tar headers) before they reach JSON. */
+int slim_utf8_valid(const char *text);
+
 /* Glob matching used by include/exclude: '*' matches any run of
  * characters (including '.'), '?' one character, '[...]' a class. */
 int slim_glob_match(const char *pattern, const char *name);

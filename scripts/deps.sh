@@ -26,6 +26,31 @@ slimd_install_deps() {
         "${missing[@]}" || return 1
 }
 
+# What the sanitizer stages of scripts/slimd-test add: clang and its
+# runtimes for the libFuzzer targets (tests/fuzz/build.sh); gcc's own
+# ASan and UBSan runtimes come with build-essential.
+FUZZ_DEPS="clang libclang-rt-14-dev"
+
+# slimd_variant_build DIR CONFIGURE-ARGS...: a second build of this tree
+# with other compiler flags, in DIR/build, from a copy of the sources in
+# DIR/src made by `make distdir` (a configured source tree cannot also
+# host an out-of-tree build: automake's configure refuses).  The copy
+# keeps the files' times and configure reruns only when the arguments
+# change, so a second call rebuilds only what changed.  Run from the top
+# of the tree.
+slimd_variant_build() {
+    local dir=$1
+    shift
+    [ -x configure ] || ./autogen.sh || return 1
+    [ -f Makefile ] || ./configure || return 1
+    mkdir -p "$dir/build" || return 1
+    make -s distdir distdir="$dir/src" >/dev/null || return 1
+    if [ ! -f "$dir/build/Makefile" ] || [ "$(cat "$dir/build/configure.args" 2>/dev/null)" != "$*" ]; then
+        (cd "$dir/build" && ../src/configure -q "$@") || return 1
+        echo "$*" >"$dir/build/configure.args"
+    fi
+}
+
 slimd_build() {
     [ -x configure ] || ./autogen.sh || return 1
     [ -f Makefile ] || ./configure || return 1

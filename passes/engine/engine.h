@@ -27,13 +27,15 @@ struct slim_engine;
  * SLIM_EFORMAT (a malformed graph: a cycle, an undefined input, a bad
  * attribute), SLIM_ENOMEM. */
 int slim_engine_new(struct slim_onnx *m, struct slim_engine **out, struct slim_error *err);
+/* The same, with a limit on the bytes that the engine's tensor buffers
+ * (the pool that every node's outputs come from, constant folding
+ * included) may hold at once; 0 is none.  A graph that needs more
+ * fails, in compile or in slim_engine_run, with SLIM_EBUDGET naming the
+ * tensor, where it would otherwise take whatever memory its shapes
+ * (broadcasts, pads, MatMul sizes) ask for. */
+int slim_engine_new_limited(struct slim_onnx *m, uint64_t max_bytes, struct slim_engine **out,
+                            struct slim_error *err);
 void slim_engine_free(struct slim_engine *e);
-
-/* Caps the bytes the engine's buffers (values and scratch, not the
- * weights loaded at compile) may hold from now on; 0: no cap.  A run
- * that would need more fails with SLIM_EBUDGET instead of leaving it to
- * the kernel's OOM killer (a hostile graph can ask for any size). */
-void slim_engine_set_memory_limit(struct slim_engine *e, size_t bytes);
 
 /* Checks, without loading a weight, that the engine has every operator
  * of m's graph: SLIM_EUNSUPPORTED names the first it lacks (the check

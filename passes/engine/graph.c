@@ -53,6 +53,16 @@ size_t eng_held_size(int type)
     }
 }
 
+int64_t eng_numel_checked(int ndim, const int64_t *shape)
+{
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] < 0 || __builtin_mul_overflow(n, shape[i], &n) || n > ENG_MAX_NUMEL)
+            return -1;
+    }
+    return n;
+}
+
 int64_t eng_numel(int ndim, const int64_t *shape)
 {
     int64_t n = 1;
@@ -141,7 +151,8 @@ int eng_attr_ints(const struct eng_node *n, const char *name, int64_t *out, int 
     if (a->n_ints > (size_t)max)
         return slim_error_set(err, SLIM_EUNSUPPORTED, "attribute '%s' has %zu values (at most "
                               "%d supported)", name, a->n_ints, max);
-    memcpy(out, a->ints, a->n_ints * sizeof *out);
+    if (a->n_ints)   /* an empty list's pointer may be NULL */
+        memcpy(out, a->ints, a->n_ints * sizeof *out);
     *count = (int)a->n_ints;
     return 0;
 }
@@ -161,6 +172,9 @@ const char *eng_attr_string(const struct eng_node *n, const char *name, char *bu
 int eng_read_ints(const struct eng_value *v, int64_t *out, int max, int *count,
                   struct slim_error *err)
 {
+    if (!v)   /* an optional input left out by an empty name, before one that is given */
+        return slim_error_set(err, SLIM_EFORMAT, "an input of integers is left out (empty "
+                              "name)");
     if (v->type != SLIM_ONNX_INT64 && v->type != SLIM_ONNX_INT32)
         return slim_error_set(err, SLIM_EINVAL, "'%.60s' is %s, expected INT64", v->name,
                               slim_onnx_type_name(v->type));
@@ -286,19 +300,12 @@ static int const_from_tensor(struct slim_engine *e, struct eng_value *v,
 
 /* ---- the buffer pool ------------------------------------------------------- */
 
-/* 1 if `more` bytes fit the engine's memory limit (and counts them). */
-static int mem_take(struct slim_engine *e, size_t more)
-{
-    e->over_budget = e->mem_limit && e->mem_used + more > e->mem_limit;
-    if (e->over_budget)
-        return 0;
-    e->mem_used += more;
-    return 1;
-}
-
-static struct eng_buf *pool_get(struct slim_engine *e, size_t bytes)
+/* A free buffer of at least bytes, or NULL: out of memory, or (*over
+ * set) the pool would pass e->max_bytes. */
+static struct eng_buf *pool_get(struct slim_engine *e, size_t bytes, int *over)
 {
     struct eng_buf *best = NULL, *largest = NULL, **grown;
+    *over = 0;
     for (size_t i = 0; i < e->n_pool; i++) {
         struct eng_buf *b = e->pool[i];
         if (b->refs)
@@ -308,27 +315,25 @@ static struct eng_buf *pool_get(struct slim_engine *e, size_t bytes)
         if (!largest || b->cap > largest->cap)
             largest = b;
     }
+    if (!best && e->max_bytes &&
+        e->pool_bytes - (largest ? largest->cap : 0) + bytes > e->max_bytes) {
+        *over = 1;
+        return NULL;
+    }
     if (!best && largest) {
         /* nothing free is big enough: grow the largest (its contents are dead) */
-        void *p;
-        if (!mem_take(e, bytes - largest->cap))
+        void *p = slim_aligned_alloc(bytes);
+        if (!p)
             return NULL;
-        if (!(p = slim_aligned_alloc(bytes))) {
-            e->mem_used -= bytes - largest->cap;
-            return NULL;
-        }
         slim_aligned_free(largest->p);
+        e->pool_bytes += bytes - largest->cap;
         largest->p = p;
         largest->cap = bytes;
         best = largest;
     }
     if (!best) {
-        if (!mem_take(e, bytes))
+        if (!(best = slim_calloc(1, sizeof *best)))
             return NULL;
-        if (!(best = slim_calloc(1, sizeof *best))) {
-            e->mem_used -= bytes;
-            return NULL;
-        }
         if (!(best->p = slim_aligned_alloc(bytes))) {
             slim_free(best);
             return NULL;
@@ -341,6 +346,7 @@ static struct eng_buf *pool_get(struct slim_engine *e, size_t bytes)
         }
         e->pool = grown;
         e->pool[e->n_pool++] = best;
+        e->pool_bytes += bytes;
     }
     best->refs = 1;
     return best;
@@ -367,9 +373,12 @@ struct eng_value *eng_outv(struct slim_engine *e, const struct eng_node *n, int 
 static int set_shape(struct eng_value *v, int type, int ndim, const int64_t *shape,
                      struct slim_error *err)
 {
-    if (ndim > SLIM_MAX_DIMS)
+    if (ndim < 0 || ndim > SLIM_MAX_DIMS)
         return slim_error_set(err, SLIM_EUNSUPPORTED, "'%.80s' would have %d dims (at most %d "
                               "supported)", v->name, ndim, SLIM_MAX_DIMS);
+    if (eng_numel_checked(ndim, shape) < 0)
+        return slim_error_set(err, SLIM_EINVAL, "'%.80s' would have a negative dim or more "
+                              "than 2^48 elements", v->name);
     v->type = type;
     v->ndim = ndim;
     if (ndim)
@@ -383,7 +392,7 @@ int eng_out(struct slim_engine *e, const struct eng_node *n, int k, int type, in
 {
     struct eng_value *v = eng_outv(e, n, k);
     size_t bytes;
-    int rc;
+    int rc, over;
     if (!v)
         return slim_error_set(err, SLIM_EINTERNAL, "output %d is not produced", k);
     if ((rc = set_shape(v, type, ndim, shape, err)))
@@ -392,12 +401,12 @@ int eng_out(struct slim_engine *e, const struct eng_node *n, int k, int type, in
     /* rounded up to a cache line, so the pool's best fit sees the same
      * size classes run after run */
     bytes = ((size_t)v->numel * eng_held_size(type) + 63) & ~(size_t)63;
-    if (!(v->buf = pool_get(e, bytes ? bytes : 64))) {
-        if (e->over_budget)
-            return slim_error_set(err, SLIM_EBUDGET, "a tensor of %zu MiB is over the engine's "
-                                  "memory budget of %zu MiB", bytes >> 20, e->mem_limit >> 20);
-        return slim_error_set(err, SLIM_ENOMEM, "out of memory");
-    }
+    if (!(v->buf = pool_get(e, bytes ? bytes : 64, &over)))
+        return over ? slim_error_set(err, SLIM_EBUDGET, "'%.60s' needs %llu MiB, past the "
+                                     "engine's limit of %llu MiB for all its tensors", v->name,
+                                     (unsigned long long)(bytes >> 20),
+                                     (unsigned long long)(e->max_bytes >> 20))
+                    : slim_error_set(err, SLIM_ENOMEM, "out of memory");
     v->data = v->buf->p;
     return 0;
 }
@@ -411,7 +420,7 @@ int eng_out_view(struct slim_engine *e, const struct eng_node *n, int k,
     int rc;
     if (!v)
         return 0;
-    if (eng_numel(ndim, shape) != src->numel)
+    if (eng_numel_checked(ndim, shape) != src->numel)
         return slim_error_set(err, SLIM_EINVAL, "cannot view %s as %s",
                               eng_shape_str(src->ndim, src->shape, a, sizeof a),
                               eng_shape_str(ndim, shape, b, sizeof b));
@@ -428,13 +437,9 @@ int eng_out_view(struct slim_engine *e, const struct eng_node *n, int k,
 void *eng_scratch(struct slim_engine *e, int slot, size_t bytes)
 {
     if (e->scratch_cap[slot] < bytes) {
-        void *p;
-        if (!mem_take(e, bytes - e->scratch_cap[slot]))
+        void *p = slim_aligned_alloc(bytes);
+        if (!p)
             return NULL;
-        if (!(p = slim_aligned_alloc(bytes))) {
-            e->mem_used -= bytes - e->scratch_cap[slot];
-            return NULL;
-        }
         slim_aligned_free(e->scratch[slot]);
         e->scratch[slot] = p;
         e->scratch_cap[slot] = bytes;
@@ -492,11 +497,6 @@ static int check_ops(const Onnx__GraphProto *g, struct slim_error *err)
     return 0;
 }
 
-void slim_engine_set_memory_limit(struct slim_engine *e, size_t bytes)
-{
-    e->mem_limit = bytes;
-}
-
 int slim_engine_check(const struct slim_onnx *m, struct slim_error *err)
 {
     return check_ops(m->graph, err);
@@ -550,8 +550,20 @@ static int build(struct slim_engine *e, struct name_map *mp, const Onnx__TensorP
     }
     /* sparse initializers (pruned weights) run as their dense form */
     for (size_t i = 0; i < g->n_sparse_initializer; i++) {
+        const Onnx__SparseTensorProto *sp = g->sparse_initializer[i];
         const Onnx__TensorProto *t;
-        if ((rc = slim_onnx_sparse_dense(e->m, g->sparse_initializer[i], &t, err)))
+        int64_t dense = sp->n_dims <= SLIM_MAX_DIMS
+                            ? eng_numel_checked((int)sp->n_dims, sp->dims) : -1;
+        /* the dense form is the engine's too: a few bytes of indices may
+         * claim any dims */
+        if (e->max_bytes && dense >= 0 && (uint64_t)dense > e->max_bytes / 8) {
+            rc = slim_error_set(err, SLIM_EBUDGET, "sparse initializer '%.60s' is %lld "
+                                "elements dense, past the engine's limit of %llu MiB",
+                                sp->values && sp->values->name ? sp->values->name : "",
+                                (long long)dense, (unsigned long long)(e->max_bytes >> 20));
+            goto out;
+        }
+        if ((rc = slim_onnx_sparse_dense(e->m, sp, &t, err)))
             goto out;
         if (!t->name || map_find(mp, e->values, t->name) >= 0) {
             rc = slim_error_set(err, SLIM_EFORMAT, "sparse initializer '%.80s' is unnamed or "
@@ -624,6 +636,14 @@ static int build(struct slim_engine *e, struct name_map *mp, const Onnx__TensorP
             const char *name = np->input[k];
             int v = name && *name ? map_find(mp, e->values, name) : -1;
             n->in[k] = v;
+            /* an empty name leaves out an optional input; the kernels
+             * take the first min_in as given */
+            if (k < n->op->min_in && v < 0 && !(name && *name)) {
+                rc = slim_error_set(err, SLIM_EFORMAT, "node %s (%s): input %d is required "
+                                    "but has no name", node_label(n, lab, sizeof lab),
+                                    np->op_type, k);
+                goto out;
+            }
             if (name && *name && v < 0) {
                 rc = slim_error_set(err, SLIM_EFORMAT, "node %s (%s): input '%.60s' is not "
                                     "made by any node, initializer or graph input",
@@ -636,9 +656,19 @@ static int build(struct slim_engine *e, struct name_map *mp, const Onnx__TensorP
                 n_edges++;
             }
         }
+        /* trailing empty names leave optional inputs out: the kernels see
+         * fewer inputs (Reshape's n_in, Slice's axes and steps) */
+        while (n->n_in > 0 && n->in[n->n_in - 1] < 0)
+            n->n_in--;
         for (int k = 0; k < n->n_out; k++) {
             const char *name = np->output[k];
             n->out[k] = name && *name ? map_find(mp, e->values, name) : -1;
+            if (k < n->op->min_out && n->out[k] < 0) {
+                rc = slim_error_set(err, SLIM_EFORMAT, "node %s (%s): output %d is required "
+                                    "but has no name", node_label(n, lab, sizeof lab),
+                                    np->op_type, k);
+                goto out;
+            }
         }
     }
     for (size_t v = 0; v < nv; v++)
@@ -915,6 +945,12 @@ static void fuse_pool(struct slim_engine *e)
 
 int slim_engine_new(struct slim_onnx *m, struct slim_engine **out, struct slim_error *err)
 {
+    return slim_engine_new_limited(m, 0, out, err);
+}
+
+int slim_engine_new_limited(struct slim_onnx *m, uint64_t max_bytes, struct slim_engine **out,
+                            struct slim_error *err)
+{
     const Onnx__GraphProto *g = m->graph;
     const Onnx__TensorProto **init_of = NULL;
     struct name_map mp = {NULL, 0};
@@ -927,6 +963,7 @@ int slim_engine_new(struct slim_onnx *m, struct slim_engine **out, struct slim_e
         return slim_error_set(err, SLIM_ENOMEM, "out of memory");
     e->m = m;
     e->opset = m->opset;
+    e->max_bytes = max_bytes;
     if ((rc = check_ops(g, err)))
         goto out;
     if (!(e->nodes = slim_calloc(g->n_node + 1, sizeof *e->nodes))) {

@@ -124,10 +124,13 @@ struct slim_engine {
     size_t y_cap;
     void *scratch[4];           /* op scratch (im2col columns, ...), capacity kept */
     size_t scratch_cap[4];
-    size_t mem_limit;           /* bytes the pool and scratch may hold; 0: no limit */
-    size_t mem_used;
-    int over_budget;            /* the last failed allocation was refused by mem_limit */
+    uint64_t max_bytes;         /* the pool's limit (slim_engine_new_limited), 0: none */
+    uint64_t pool_bytes;        /* what the pool's buffers hold */
 };
+
+/* Elements of one value at most: products of dims are checked against
+ * it, so no byte count can overflow (2^48 x 8 bytes < 2^63). */
+#define ENG_MAX_NUMEL ((int64_t)1 << 48)
 
 /* ---- graph.c: what ops call -------------------------------------------- */
 
@@ -166,7 +169,12 @@ int eng_attr_ints(const struct eng_node *n, const char *name, int64_t *out, int 
 const char *eng_attr_string(const struct eng_node *n, const char *name, char *buf,
                             size_t len);
 
-/* The integer elements of v (INT64 or INT32) into out[0..*count). */
+/* The elements of a shape (dims >= 0), or -1 when a dim is negative or
+ * the product passes ENG_MAX_NUMEL. */
+int64_t eng_numel_checked(int ndim, const int64_t *shape);
+
+/* The integer elements of v (INT64 or INT32) into out[0..*count).  v may
+ * be NULL (eng_in of an input left out): SLIM_EFORMAT. */
 int eng_read_ints(const struct eng_value *v, int64_t *out, int max, int *count,
                   struct slim_error *err);
 

@@ -112,8 +112,9 @@ static int reshape_run(struct slim_engine *e, struct eng_node *n, struct slim_er
             infer = i;
         } else if (shape[i] < 0) {
             return slim_error_set(err, SLIM_EINVAL, "shape[%d] = %lld", i, (long long)shape[i]);
-        } else {
-            known *= shape[i];
+        } else if (__builtin_mul_overflow(known, shape[i], &known) || known > ENG_MAX_NUMEL) {
+            return slim_error_set(err, SLIM_EINVAL, "the target shape has more than 2^48 "
+                                  "elements");
         }
     }
     if (infer >= 0) {

@@ -12,7 +12,11 @@
  *
  * External locations are relative paths: absolute paths, "..", empty
  * components and backslashes are refused, so a model cannot make the
- * daemon read outside its own folder or tar.
+ * daemon read outside its own folder or tar.  slim_onnx_parse takes the
+ * .onnx as bytes in memory (tests/fuzz/fuzz_onnx.c feeds it): the same
+ * unpacking and checks, and with no folder or tar beside it, external
+ * data is refused rather than looked up relative to the process's
+ * working folder.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -174,6 +178,10 @@ static int external_file(struct slim_onnx *m, const char *loc, const struct slim
             *out = &m->files[i];
             return 0;
         }
+    /* slim_onnx_parse: bytes alone, no folder or tar to look in */
+    if (!m->tar && !m->dir)
+        return slim_error_set(err, SLIM_EFORMAT, "external data file '%.100s': the model came "
+                              "without its folder", loc);
     if (!safe_location(loc))
         return slim_error_set(err, SLIM_EFORMAT,
                               "external data location '%.100s' is not a relative path inside "
@@ -326,24 +334,41 @@ int slim_onnx_tensor_data(struct slim_onnx *m, const Onnx__TensorProto *t, const
         *nbytes = want;
         return 0;
     }
-    /* the typed fields: repack as little-endian bytes */
+    /* the typed fields: repack as little-endian bytes, once the field
+     * is known to hold what the dims say (dims alone may claim
+     * terabytes) */
+    {
+        size_t have = type == SLIM_ONNX_FLOAT ? t->n_float_data
+                      : type == SLIM_ONNX_INT64 ? t->n_int64_data
+                      : type == SLIM_ONNX_DOUBLE ? t->n_double_data
+                      : type == SLIM_ONNX_UINT32 || type == SLIM_ONNX_UINT64 ? t->n_uint64_data
+                      : t->n_int32_data;
+        size_t need = type == SLIM_ONNX_INT4 || type == SLIM_ONNX_UINT4 ? want : (size_t)n;
+        if (have != need)
+            return slim_error_set(err, SLIM_EFORMAT,
+                                  "tensor '%.100s': holds a different number of values than "
+                                  "its dims (%lld)", name, (long long)n);
+    }
     if (!(buf = slim_aligned_alloc(want + 8)))
         return slim_error_set(err, SLIM_ENOMEM, "tensor '%.100s': out of memory", name);
     switch (type) {
     case SLIM_ONNX_FLOAT:
         if (t->n_float_data != (size_t)n)
             goto count;
-        memcpy(buf, t->float_data, want);
+        if (want)   /* no values: the field's pointer may be NULL */
+            memcpy(buf, t->float_data, want);
         break;
     case SLIM_ONNX_INT64:
         if (t->n_int64_data != (size_t)n)
             goto count;
-        memcpy(buf, t->int64_data, want);
+        if (want)
+            memcpy(buf, t->int64_data, want);
         break;
     case SLIM_ONNX_DOUBLE:
         if (t->n_double_data != (size_t)n)
             goto count;
-        memcpy(buf, t->double_data, want);
+        if (want)
+            memcpy(buf, t->double_data, want);
         break;
     case SLIM_ONNX_UINT32: case SLIM_ONNX_UINT64:
         if (t->n_uint64_data != (size_t)n)
@@ -460,7 +485,8 @@ int slim_onnx_sparse_dense(struct slim_onnx *m, const Onnx__SparseTensorProto *s
         return slim_error_set(err, SLIM_ENOMEM, "out of memory");
     }
     onnx__tensor_proto__init(t);
-    memcpy(dims, sp->dims, rank * sizeof *dims);
+    if (rank)
+        memcpy(dims, sp->dims, rank * sizeof *dims);
     t->n_dims = rank;
     t->dims = dims;
     t->has_data_type = 1;
@@ -480,16 +506,142 @@ static int ends_with(const char *s, const char *tail)
     return a >= b && !strcmp(s + a - b, tail);
 }
 
+/* Protobuf's own parsers stop at 100 levels of nested messages.
+ * protobuf-c recurses without a limit, so a few MB of nested graphs (a
+ * GraphProto in an attribute of a node of a GraphProto ...) would
+ * overflow the stack of the thread that unpacks them. */
+#define MAX_NESTING 100
+
+static int read_varint(const unsigned char *p, size_t end, size_t *at, uint64_t *v)
+{
+    uint64_t r = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+        unsigned char b;
+        if (*at >= end)
+            return -1;
+        b = p[(*at)++];
+        r |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *v = r;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* Walks the wire format of a ModelProto without recursion (an explicit
+ * stack of the messages entered, guided by the descriptors) and refuses
+ * nesting deeper than MAX_NESTING, or bytes that are no protobuf, before
+ * protobuf-c recurses into them. */
+static int check_nesting(const unsigned char *p, size_t len, struct slim_error *err)
+{
+    const ProtobufCMessageDescriptor *desc[MAX_NESTING + 1];
+    size_t end[MAX_NESTING + 1], at = 0;
+    int depth = 0;
+
+    desc[0] = &onnx__model_proto__descriptor;
+    end[0] = len;
+    for (;;) {
+        uint64_t key, v;
+        while (depth > 0 && at == end[depth])
+            depth--;
+        if (at == len)
+            return 0;
+        if (read_varint(p, end[depth], &at, &key))
+            break;
+        if ((key & 7) == 0) {
+            if (read_varint(p, end[depth], &at, &v))
+                break;
+        } else if ((key & 7) == 1 || (key & 7) == 5) {
+            size_t n = (key & 7) == 1 ? 8 : 4;
+            if (end[depth] - at < n)
+                break;
+            at += n;
+        } else if ((key & 7) == 2) {
+            const ProtobufCFieldDescriptor *f = NULL;
+            if (read_varint(p, end[depth], &at, &v) || v > end[depth] - at)
+                break;
+            if ((key >> 3) <= UINT32_MAX)
+                f = protobuf_c_message_descriptor_get_field(desc[depth], (unsigned)(key >> 3));
+            if (f && f->type == PROTOBUF_C_TYPE_MESSAGE) {
+                if (depth == MAX_NESTING)
+                    return slim_error_set(err, SLIM_EFORMAT, "not a valid ONNX model: its "
+                                          "messages nest more than %d deep", MAX_NESTING);
+                depth++;
+                desc[depth] = f->descriptor;
+                end[depth] = at + (size_t)v;
+            } else {
+                at += (size_t)v;
+            }
+        } else {
+            break;   /* groups (3, 4) and wire types 6, 7: nothing ONNX uses */
+        }
+    }
+    return slim_error_set(err, SLIM_EFORMAT, "not a valid ONNX model (the protobuf does not "
+                          "parse as a ModelProto)");
+}
+
+/* Checks every string field of msg and of the messages in it (at most
+ * MAX_NESTING deep: check_nesting saw to it); on the first that is not
+ * UTF-8, writes its path ("graph.node[3].name") to path and returns 0. */
+static int strings_utf8(const ProtobufCMessage *msg, char *path, size_t plen, size_t at)
+{
+    const ProtobufCMessageDescriptor *d = msg->descriptor;
+    for (unsigned i = 0; i < d->n_fields; i++) {
+        const ProtobufCFieldDescriptor *f = &d->fields[i];
+        const char *base = (const char *)msg;
+        size_t n = 1;
+        void *const *items;
+        if (f->type != PROTOBUF_C_TYPE_STRING && f->type != PROTOBUF_C_TYPE_MESSAGE)
+            continue;
+        if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
+            *(const uint32_t *)(base + f->quantifier_offset) != f->id)
+            continue;
+        if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+            n = *(const size_t *)(base + f->quantifier_offset);
+            items = *(void *const *const *)(base + f->offset);
+        } else {
+            items = (void *const *)(base + f->offset);
+        }
+        for (size_t k = 0; k < n; k++) {
+            const void *v = items[k];
+            int w;
+            if (!v)
+                continue;
+            w = f->label == PROTOBUF_C_LABEL_REPEATED
+                    ? snprintf(path + at, plen - at, "%s%s[%zu]", at ? "." : "", f->name, k)
+                    : snprintf(path + at, plen - at, "%s%s", at ? "." : "", f->name);
+            if (w < 0 || (size_t)w >= plen - at)
+                w = (int)(plen - at - 1);
+            if (f->type == PROTOBUF_C_TYPE_STRING ? !slim_utf8_valid(v)
+                                                  : !strings_utf8(v, path, plen, at + (size_t)w))
+                return 0;
+            path[at] = 0;
+        }
+    }
+    return 1;
+}
+
 static int unpack(struct slim_onnx *m, const void *buf, size_t len, struct slim_error *err)
 {
+    char path[128] = "";
+    int rc;
     if (len > SLIM_ONNX_MAX_PROTO)
         return slim_error_set(err, SLIM_EFORMAT, "the .onnx file is over 2 GiB (protobuf's "
                               "limit: larger models keep their weights in external data)");
+    if ((rc = check_nesting(buf, len, err)))
+        return rc;
     m->model = (Onnx__ModelProto *)protobuf_c_message_unpack(&onnx__model_proto__descriptor,
                                                              &pb_allocator, len, buf);
     if (!m->model)
         return slim_error_set(err, SLIM_EFORMAT, "not a valid ONNX model (the protobuf does "
                               "not parse as a ModelProto)");
+    /* protobuf's strings are UTF-8; names end up in JSON (the model's
+     * record, reports, the artifact's metadata), which takes nothing
+     * else */
+    if (!strings_utf8(&m->model->base, path, sizeof path, 0))
+        return slim_error_set(err, SLIM_EFORMAT, "not a valid ONNX model: %s is not UTF-8 "
+                              "text", path);
     return 0;
 }
 
@@ -622,6 +774,16 @@ int slim_onnx_open(const char *path, struct slim_onnx *m, struct slim_error *err
     rc = kind == SLIM_SRC_TAR || kind == SLIM_SRC_ONNX_TAR ? open_tar(path, m, err)
                                                            : open_file(path, m, err);
     if (rc)
+        slim_onnx_release(m);
+    return rc;
+}
+
+int slim_onnx_parse(const void *buf, size_t len, struct slim_onnx *m, struct slim_error *err)
+{
+    int rc;
+    memset(m, 0, sizeof *m);
+    m->bytes = len;
+    if ((rc = unpack(m, len ? buf : "", len, err)) || (rc = check(m, err)))
         slim_onnx_release(m);
     return rc;
 }

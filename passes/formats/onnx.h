@@ -86,6 +86,12 @@ int slim_onnx_sniff(const void *head, size_t len);
  * (inline sizes; external locations, files and spans).  On failure m
  * is empty and SLIM_EFORMAT/SLIM_EIO/SLIM_ENOMEM names the problem. */
 int slim_onnx_open(const char *path, struct slim_onnx *m, struct slim_error *err);
+/* The same unpacking and checks over a .onnx held in memory (buf is only
+ * read during the call: protobuf-c copies what it keeps).  No folder or
+ * tar comes with it, so an initializer in external data is SLIM_EFORMAT;
+ * m->name and m->dir stay NULL.  For the fuzz target and for callers
+ * that already hold the bytes. */
+int slim_onnx_parse(const void *buf, size_t len, struct slim_onnx *m, struct slim_error *err);
 void slim_onnx_release(struct slim_onnx *m);
 
 /* Elements of t (product of dims); -1 on overflow or a negative dim. */

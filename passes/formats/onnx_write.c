@@ -59,6 +59,15 @@ struct arena {
     int oom;
 };
 
+/* memcpy for arrays that may be empty: protobuf-c leaves an empty
+ * repeated field's pointer NULL, and memcpy from NULL is undefined even
+ * for 0 bytes (compilers may drop a later NULL check because of it). */
+static void copy(void *dst, const void *src, size_t n)
+{
+    if (n)
+        memcpy(dst, src, n);
+}
+
 static void *arena_alloc(struct arena *a, size_t n)
 {
     void *p;
@@ -157,7 +166,7 @@ static Onnx__TensorProto *tensor_new(struct wctx *c, const char *name, int type,
     if (!t || !d)
         return NULL;
     onnx__tensor_proto__init(t);
-    memcpy(d, dims, (size_t)ndim * sizeof *d);
+    copy(d, dims, (size_t)ndim * sizeof *d);
     t->n_dims = (size_t)ndim;
     t->dims = d;
     t->has_data_type = 1;
@@ -189,7 +198,7 @@ static const char *const_i64(struct wctx *c, const char *base, const int64_t *v,
     int64_t dims[1] = {n};
     if (!d)
         return NULL;
-    memcpy(d, v, (size_t)n * sizeof *d);
+    copy(d, v, (size_t)n * sizeof *d);
     return init_add(c, base, SLIM_ONNX_INT64, 1, dims, d, (size_t)n * sizeof *d);
 }
 
@@ -212,7 +221,7 @@ static Onnx__AttributeProto *attr_new(struct wctx *c, Onnx__NodeProto *n, const 
     g = arena_alloc(&c->a, (n->n_attribute + 1) * sizeof *g);
     if (!g)
         return NULL;
-    memcpy(g, n->attribute, n->n_attribute * sizeof *g);
+    copy(g, n->attribute, n->n_attribute * sizeof *g);
     g[n->n_attribute++] = a;
     n->attribute = g;
     return a;
@@ -630,7 +639,7 @@ static int sparse_init(struct wctx *c, json_t *e, const char *out, const int64_t
         sp->indices = tensor_new(c, "", SLIM_ONNX_INT64, 1, vd, idx,
                                  (size_t)nnz * sizeof *idx);
     }
-    memcpy(d, dims, (size_t)ndim * sizeof *d);
+    copy(d, dims, (size_t)ndim * sizeof *d);
     sp->n_dims = (size_t)ndim;
     sp->dims = d;
     if (!sp->values || !sp->indices || plist_push(&c->sparse, sp))
@@ -715,7 +724,7 @@ static void copy_attrs(struct wctx *c, Onnx__NodeProto *m, const Onnx__NodeProto
             Onnx__AttributeProto **g = arena_alloc(&c->a, (m->n_attribute + 1) * sizeof *g);
             if (!g)
                 return;
-            memcpy(g, m->attribute, m->n_attribute * sizeof *g);
+            copy(g, m->attribute, m->n_attribute * sizeof *g);
             g[m->n_attribute++] = n->attribute[i];
             m->attribute = g;
         }
@@ -1226,9 +1235,9 @@ static Onnx__NodeProto *node_copy(struct wctx *c, const Onnx__NodeProto *n)
     if (!m || !in || !out || !at)
         return NULL;
     *m = *n;
-    memcpy(in, n->input, n->n_input * sizeof *in);
-    memcpy(out, n->output, n->n_output * sizeof *out);
-    memcpy(at, n->attribute, n->n_attribute * sizeof *at);
+    copy(in, n->input, n->n_input * sizeof *in);
+    copy(out, n->output, n->n_output * sizeof *out);
+    copy(at, n->attribute, n->n_attribute * sizeof *at);
     m->input = in;
     m->output = out;
     m->attribute = at;
@@ -1339,7 +1348,7 @@ static int float16_graph(struct wctx *c, Onnx__GraphProto *g2, struct slim_error
     if (!rc) {
         Onnx__NodeProto **arr = arena_alloc(&c->a, (nodes.n + 1) * sizeof *arr);
         if (arr) {
-            memcpy(arr, nodes.v, nodes.n * sizeof *arr);
+            copy(arr, nodes.v, nodes.n * sizeof *arr);
             g2->n_node = nodes.n;
             g2->node = arr;
             g2->n_value_info = 0;

@@ -319,6 +319,13 @@ int slim_tar_members(const unsigned char *map, size_t len, struct slim_tar_membe
             break;
         case '0':
         case 0:
+            /* names go into JSON (the model's record, the artifact's
+             * index); pax says UTF-8, and slimd holds ustar names to it */
+            if (!slim_utf8_valid(name))
+                return slim_free(m), slim_error_set(err, SLIM_EFORMAT,
+                                                    "tar: the name of the member at offset %llu "
+                                                    "is not UTF-8 text",
+                                                    (unsigned long long)off);
             if (count == cap) {
                 struct slim_tar_member *g = slim_realloc(m, (cap = cap ? 2 * cap : 16) * sizeof *m);
                 if (!g)

@@ -210,8 +210,12 @@ int slim_writer_submit(struct slim_writer *wr, const struct slim_piece *pieces, 
         }
         return slim_error_set(err, SLIM_ENOMEM, "out of memory");
     }
-    memcpy(b->pieces, pieces, n * sizeof *pieces);
-    memcpy(b->owned, owned, nowned * sizeof *owned);
+    /* callers pass NULL with a count of 0 (a piece with nothing to free),
+     * and memcpy from NULL is undefined even for 0 bytes */
+    if (n)
+        memcpy(b->pieces, pieces, n * sizeof *pieces);
+    if (nowned)
+        memcpy(b->owned, owned, nowned * sizeof *owned);
     b->n = n;
     b->nowned = nowned;
     for (size_t i = 0; i < n; i++)

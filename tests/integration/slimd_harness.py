@@ -80,6 +80,12 @@ for _s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         pass
 
 
+# Set by tests/sanitize.sh, which runs the suite on an ASan+UBSan build:
+# memory figures then measure the sanitizer (shadow memory, redzones, the
+# quarantine of freed blocks), so tests skip their memory bounds.
+SANITIZED = bool(os.environ.get("SLIMD_SANITIZED"))
+
+
 def slimd_bin():
     """The daemon under test: $SLIMD_BIN, else ./slimd (the build dir)."""
     return os.path.abspath(os.environ.get("SLIMD_BIN", "./slimd"))

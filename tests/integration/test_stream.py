@@ -136,7 +136,9 @@ def test_daemon_memory_bounded_by_a_tensor():
         assert job["state"] == "succeeded", job
         grown = vm_hwm_kib(d) - before
         # one 4 MiB tensor's working set is ~20 MiB; the whole model is 64
-        assert grown < 32 * 1024, "peak memory grew by %d KiB for a 64 MiB model" % grown
+        # (under ASan, freed blocks sit in its quarantine: no bound holds)
+        assert h.SANITIZED or grown < 32 * 1024, \
+            "peak memory grew by %d KiB for a 64 MiB model" % grown
         art = d.get("/v1/jobs/%s/artifact" % job["id"])
         assert hashlib.sha256(art.body).hexdigest() == job["artifact"]["sha256"]
         rep = d.get("/v1/jobs/%s/report" % job["id"]).json

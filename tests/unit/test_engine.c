@@ -157,11 +157,13 @@ static void gb_init_raw(struct gb *g, const char *name, int type, int ndim, cons
     t->data_type = type;
     t->n_dims = (size_t)ndim;
     t->dims = amalloc((size_t)(ndim + 1) * sizeof *t->dims);
-    memcpy(t->dims, dims, (size_t)ndim * sizeof *dims);
+    if (ndim)   /* a scalar's dims may be NULL: no memcpy from NULL */
+        memcpy(t->dims, dims, (size_t)ndim * sizeof *dims);
     t->has_raw_data = 1;
     t->raw_data.len = nbytes;
     t->raw_data.data = amalloc(nbytes);
-    memcpy(t->raw_data.data, raw, nbytes);
+    if (nbytes)
+        memcpy(t->raw_data.data, raw, nbytes);
     g->inits[g->n_inits++] = t;
 }
 

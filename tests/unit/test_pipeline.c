@@ -362,7 +362,9 @@ static void test_large_blocks_are_reused(void **state)
     memset(p, 1, (size_t)8 << 20);
     slim_aligned_free(p);
     char *q = slim_aligned_alloc((size_t)7 << 20);   /* a similar size takes the same block */
-    assert_ptr_equal(p, q);
+    /* (under ASan there is no block cache: alloc.c) */
+    if (!TEST_ASAN)
+        assert_ptr_equal(p, q);
     slim_free(q);                                     /* slim_free works on large blocks too */
     char *r = slim_aligned_alloc((size_t)1 << 20);    /* far smaller: not that block */
     assert_ptr_not_equal(r, p);

@@ -17,6 +17,20 @@
 #include <cmocka.h>
 #include "passes/slim.h"
 
+/* 1 when built with AddressSanitizer (tests/sanitize.sh, gcc's macro or
+ * clang's feature): alloc.c then serves every buffer from
+ * posix_memalign, without its large-block cache. */
+#if defined(__SANITIZE_ADDRESS__)
+#define TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TEST_ASAN 1
+#endif
+#endif
+#ifndef TEST_ASAN
+#define TEST_ASAN 0
+#endif
+
 static char test_tmp_root[256];
 
 static void test_tmp_cleanup(void)
