@@ -309,10 +309,10 @@ def test_engine_memory_budget():
     job = D.wait_job(r.json["id"], timeout=60)
     assert job["state"] == "succeeded", job
     rep = D.get("/v1/jobs/%s/report" % r.json["id"]).json
-    assert "memory budget" in rep["drift"]["skipped"], rep["drift"]
+    assert "engine's limit" in rep["drift"]["skipped"], rep["drift"]
     r = D.submit(dict(spec, eval={"dataset": DS, "max_samples": 10}))
     job = D.wait_job(r.json["id"], timeout=60)
-    assert job["state"] == "failed" and "memory budget" in job["error"], job
+    assert job["state"] == "failed" and "engine's limit" in job["error"], job
     assert D.get("/v1/health").status == 200
 
 
