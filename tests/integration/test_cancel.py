@@ -87,10 +87,11 @@ def cancel_and_time(jid):
     return r, time.monotonic() - t0, j
 
 
-def cancel_in_stage(spec, stage, min_progress=0.0, limit=1.0):
+def cancel_in_stage(spec, stage, min_progress=0.0, limit=None):
     """Submits spec, waits for `stage` with progress >= min_progress,
     cancels, and checks the job is canceled within `limit` seconds of the
     200.  Returns (seconds, the job as last seen before the cancel)."""
+    limit = limit or BOUND
     jid = D.submit(spec).json["id"]
     seen = wait_for(jid, lambda j: j["state"] == "running" and j["stage"] == stage and
                     j["progress"] >= min_progress)
@@ -118,6 +119,10 @@ def many_tensors(n):
 # longer is tried again, up to TRIES times: the bound must hold at least
 # once per case, and every answer must hold every time.
 TRIES = 3
+# Under ASan+UBSan (tests/sanitize.sh) every kernel runs several times
+# slower: that run looks for memory errors, and the bound is scaled so
+# that it does not measure the sanitizer instead.
+BOUND = 5.0 if h.SANITIZED else 1.0
 
 
 def cancel_when(spec, pred, what, tries=TRIES):
@@ -139,7 +144,7 @@ def cancel_when(spec, pred, what, tries=TRIES):
                 what, j["state"], j)
             assert j["artifact"] is None, j
             check_error(D.get("/v1/jobs/%s/artifact" % jid), 409, "CONFLICT")
-            if took >= 1.0:
+            if took >= BOUND:
                 slow.append(took)
                 continue
         else:
@@ -300,7 +305,7 @@ def test_cancel_latency_of_each_pass():
                     assert j["state"] == "succeeded", j
                     break
                 assert r.status == 200 and j["state"] == "canceled", (r, j)
-                if took < 1.0:
+                if took < BOUND:
                     worst.append(took)
                     break
                 slow.append(took)
