@@ -92,14 +92,20 @@ def cancel_in_stage(spec, stage, min_progress=0.0, limit=None):
     cancels, and checks the job is canceled within `limit` seconds of the
     200.  Returns (seconds, the job as last seen before the cancel)."""
     limit = limit or BOUND
-    jid = D.submit(spec).json["id"]
-    seen = wait_for(jid, lambda j: j["state"] == "running" and j["stage"] == stage and
-                    j["progress"] >= min_progress)
-    assert seen["state"] == "running", "job ended before stage %s: %s" % (stage, seen)
-    r, took, j = cancel_and_time(jid)
-    assert r.status == 200, r
-    assert j["state"] == "canceled", "a cancel answered 200 ended %s: %s" % (j["state"], j)
-    assert took < limit, "canceled %.2f s after the 200 (stage %s)" % (took, stage)
+    slow = []
+    while True:     # a slow cancel on a loaded machine is tried again, TRIES times at most
+        jid = D.submit(spec).json["id"]
+        seen = wait_for(jid, lambda j: j["state"] == "running" and j["stage"] == stage and
+                        j["progress"] >= min_progress)
+        assert seen["state"] == "running", "job ended before stage %s: %s" % (stage, seen)
+        r, took, j = cancel_and_time(jid)
+        assert r.status == 200, r
+        assert j["state"] == "canceled", "a cancel answered 200 ended %s: %s" % (j["state"], j)
+        if took < limit:
+            break
+        slow.append(took)
+        assert len(slow) < TRIES, "canceled %s after the 200 (stage %s)" % (
+            ", ".join("%.2f s" % t for t in slow), stage)
     assert j["artifact"] is None and j["progress"] <= 1, j
     return took, seen
 
