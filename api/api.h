@@ -1,15 +1,28 @@
 /*
  * api.h - slimd's REST API on libmicrohttpd.
  *
- * The server runs libmicrohttpd with a thread per connection: an upload
- * streams to disk from its own thread without holding up other clients,
- * and handlers may block on SQLite and the file system.  Connections are
- * capped (--max-connections would be the knob; 256 now) so a flood
- * cannot create unbounded threads.
+ * The server runs libmicrohttpd with a thread per connection (polled
+ * with poll(), so descriptors past FD_SETSIZE work): an upload streams
+ * to disk from its own thread without holding up other clients, and
+ * handlers may block on SQLite and the file system.  Connections are
+ * capped in total (--max-conns) so a flood cannot create unbounded
+ * threads, and per client address (--max-conns-per-ip) so that one
+ * client's idle or slow sockets cannot take every slot.  A connection
+ * must send a whole request head within --conn-timeout seconds of
+ * opening (or of its last response) and may stay silent no longer than
+ * that: libmicrohttpd's timeout is an idle timeout, reset by every byte,
+ * so a client trickling its headers (slowloris) is cut off by server.c's
+ * reaper instead.  A body that keeps arriving, however slowly, and a
+ * handler that takes long (an upload's final fsync) are never cut.
  *
  * The API knows nothing of the runner: it talks to it through the hooks
  * below (wake the runner after a job is queued; ask it to stop a running
  * job), both safe to call from any thread.
+ *
+ * Who may ask what is api/auth.c's: bearer tokens and their scopes, the
+ * Host check, cross-site requests, CORS and the security headers every
+ * response carries.  With TLS (tls_cert and tls_key set) the same server
+ * speaks HTTPS through libmicrohttpd's GnuTLS.
  */
 #ifndef SLIM_API_H
 #define SLIM_API_H
@@ -24,6 +37,10 @@ struct api_hooks {
     void *ud;
 };
 
+/* --auth: tokens required, or nobody asked (loopback only; daemon/cli.c
+ * enforces that before the server starts). */
+enum api_auth { API_AUTH_NONE = 0, API_AUTH_TOKEN = 1 };
+
 struct api_config {
     const char *host;        /* numeric IPv4 or IPv6 address */
     uint16_t port;
@@ -31,9 +48,22 @@ struct api_config {
     uint64_t job_memory;     /* bytes all running jobs may reserve; 0: no limit */
     int64_t max_queued;      /* queued jobs before POST /v1/jobs is 429; 0: no limit */
     uint64_t min_free;       /* bytes the data dir keeps free; uploads and jobs need more */
+    int auth;                /* enum api_auth */
+    const char *const *allowed_hosts;   /* NULL-terminated, or NULL; borrowed */
+    const char *const *cors_origins;    /* NULL-terminated, or NULL; borrowed */
+    const char *tls_cert;    /* PEM text of the certificate (chain), or NULL: plain HTTP */
+    const char *tls_key;     /* PEM text of its private key */
+    unsigned max_conns;      /* connections at once; past it new ones wait in the backlog */
+    unsigned max_conns_per_ip; /* connections at once from one address; 0: no limit */
+    unsigned conn_timeout;   /* seconds a connection may stay silent, and may take to send
+                              * a whole request head; 0: no limit */
 };
 
 struct api_server;
+
+/* 1 when host (numeric) is a loopback address: 127.0.0.0/8, ::1, or
+ * ::ffff:127.x.y.z. */
+int api_host_is_loopback(const char *host);
 
 /* Starts serving.  Borrows st and hooks (they must outlive the server).
  * *out is a new server; release with api_server_stop. */
@@ -59,7 +89,55 @@ struct api_ctx {
     uint64_t job_memory;
     int64_t max_queued;
     uint64_t min_free;
+    int auth;                            /* enum api_auth */
+    char listen_host[64];                /* numeric, as given (no brackets) */
+    int listen_any;                      /* 0.0.0.0 or :: */
+    const char *const *allowed_hosts;    /* borrowed from the config */
+    const char *const *cors_origins;
 };
+
+/* ---- auth.c: the gate every request passes ---- */
+
+/* Scopes a route needs (store.h's bits; 0: open to all) and what else
+ * the gate checks for it. */
+#define API_GATE_JSON 1u     /* a JSON body: form Content-Types are 415 */
+#define API_GATE_FORM 2u     /* an upload or cancel that a web form could send */
+
+/* Before routing: the Host header (DNS rebinding) and, with
+ * --cors-origin, a CORS preflight (OPTIONS), which it answers itself.
+ * Returns 1 to go on; 0 when it queued a reply into *ret. */
+int api_gate_host(struct api_ctx *ctx, struct MHD_Connection *conn, struct api_request *req,
+                  const char *method, int path_known, enum MHD_Result *ret);
+/* After routing: cross-site requests, the bearer token (401) and its
+ * scope (403), and the Content-Type rules of flags.  On success the
+ * request's principal is set.  Returns 1 to go on; 0 when it queued a
+ * reply into *ret. */
+int api_gate(struct api_ctx *ctx, struct MHD_Connection *conn, struct api_request *req,
+             const char *method, unsigned scope, unsigned flags, enum MHD_Result *ret);
+/* Headers for every response: nosniff, a CSP unless the response set
+ * its own, and CORS for an allowed Origin.  req may be NULL. */
+void api_secure_response(struct MHD_Connection *conn, struct api_request *req,
+                         struct MHD_Response *resp);
+/* "'sha256-<base64>'" of text, for a CSP that allows exactly that inline
+ * script or style; out >= 64 bytes.  0, or -1 when hashing fails. */
+int api_csp_hash(const char *text, char *out, size_t len);
+
+/* Who is asking (set by api_gate). */
+struct api_principal {
+    int authenticated;           /* a live token was presented */
+    struct store_token token;
+};
+struct api_principal *api_request_principal(struct api_request *req);
+struct api_ctx *api_request_ctx(struct api_request *req);
+/* The owner filter for lists and gets: NULL when the caller sees every
+ * row (--auth none, or an admin token), else the token's id. */
+const char *api_request_owner(struct api_request *req);
+/* The owner to record on a new row: the token's id, or NULL (--auth none). */
+const char *api_request_creator(struct api_request *req);
+/* 1 when the caller may see row (its "owner" against api_request_owner):
+ * a row it may not see is answered 404, as if it did not exist, so ids
+ * of other tokens' rows leak nothing. */
+int api_request_sees(struct api_request *req, json_t *row);
 
 /* Replies: each queues a response on conn and returns MHD's result.
  * body/json are stolen (freed even on failure). */
@@ -75,6 +153,15 @@ enum MHD_Result api_reply_slim_error(struct MHD_Connection *conn, struct api_req
 enum MHD_Result api_reply_text(struct MHD_Connection *conn, struct api_request *req, int status,
                                char *text, size_t len, const char *type);
 enum MHD_Result api_reply_empty(struct MHD_Connection *conn, struct api_request *req, int status);
+/* An HTML page (stolen, like api_reply_text) with its own
+ * Content-Security-Policy. */
+enum MHD_Result api_reply_html(struct MHD_Connection *conn, struct api_request *req, char *html,
+                               size_t len, const char *csp);
+/* An error envelope with one extra header (hname may be NULL), for
+ * statuses whose header says what to do (401's WWW-Authenticate). */
+enum MHD_Result api_reply_error_header(struct MHD_Connection *conn, struct api_request *req,
+                                       int code, const char *hname, const char *hval,
+                                       const char *fmt, ...) __attribute__((format(printf, 6, 7)));
 /* Serves a file: ETag, Range (one range), If-None-Match, optional
  * Content-Disposition filename. */
 enum MHD_Result api_reply_file(struct MHD_Connection *conn, struct api_request *req,
@@ -116,6 +203,13 @@ enum MHD_Result api_health(struct api_ctx *ctx, struct MHD_Connection *conn,
                            struct api_request *req);
 enum MHD_Result api_dashboard(struct api_ctx *ctx, struct MHD_Connection *conn,
                               struct api_request *req);
+/* tokens.c: /v1/tokens (admin) */
+enum MHD_Result api_tokens_create(struct api_ctx *ctx, struct MHD_Connection *conn,
+                                  struct api_request *req);
+enum MHD_Result api_tokens_list(struct api_ctx *ctx, struct MHD_Connection *conn,
+                                struct api_request *req);
+enum MHD_Result api_tokens_revoke(struct api_ctx *ctx, struct MHD_Connection *conn,
+                                  struct api_request *req, const char *id);
 
 /* Upload state kept by server.c for POST /v1/models and /v1/datasets:
  * the files being written and the multipart parser when the body is

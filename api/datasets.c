@@ -20,6 +20,9 @@
  *     converting at each job was rejected: every job would pay the
  *     conversion, and a bad file would only be found by a job.
  *
+ * Like models, a dataset belongs to the token that uploaded it (see
+ * models.c).
+ *
  * Every failure answers with the problem named (EFORMAT from libslim is
  * INVALID_DATASET here) and leaves nothing: the parts are discarded, the
  * converted temp file removed, and a blob whose row could not be
@@ -175,7 +178,8 @@ enum MHD_Result api_datasets_upload(struct api_ctx *ctx, struct MHD_Connection *
     }
     if (rc)
         goto out;
-    if ((rc = store_dataset_insert(ctx->st, name, sha, bytes, info, &row, &err)))
+    if ((rc = store_dataset_insert(ctx->st, api_request_creator(req), name, sha, bytes, info, &row,
+                                   &err)))
         store_blob_drop_unused(ctx->st, sha);   /* unless another row shares it */
 out:
     /* before answering, so a client that sees the reply sees nothing left */
@@ -202,7 +206,7 @@ enum MHD_Result api_datasets_list(struct api_ctx *ctx, struct MHD_Connection *co
     enum MHD_Result ret;
     if (!api_paging(conn, req, &limit, &offset, &ret))
         return ret;
-    if (store_dataset_list(ctx->st, limit, offset, &rows, &total, &err))
+    if (store_dataset_list(ctx->st, api_request_owner(req), limit, offset, &rows, &total, &err))
         return api_reply_slim_error(conn, req, &err);
     return api_reply_json(conn, req, 200,
                           json_pack("{s:o, s:i, s:i, s:i}", "datasets", rows, "total", total,
@@ -221,6 +225,10 @@ enum MHD_Result api_datasets_get(struct api_ctx *ctx, struct MHD_Connection *con
 
     if (store_dataset_get(ctx->st, id, &row, &err))
         return api_reply_slim_error(conn, req, &err);
+    if (!api_request_sees(req, row)) {
+        json_decref(row);
+        return api_reply_error(conn, req, SLIM_ENOTFOUND, "dataset %.64s does not exist", id);
+    }
     if (!sub)
         return api_reply_json(conn, req, 200, row, NULL);
     /* the stored (canonical) file, named after the id: the upload's name
@@ -237,6 +245,14 @@ enum MHD_Result api_datasets_delete(struct api_ctx *ctx, struct MHD_Connection *
                                     struct api_request *req, const char *id)
 {
     struct slim_error err;
+    json_t *row;
+    int sees;
+    if (store_dataset_get(ctx->st, id, &row, &err))   /* owners never change */
+        return api_reply_slim_error(conn, req, &err);
+    sees = api_request_sees(req, row);
+    json_decref(row);
+    if (!sees)
+        return api_reply_error(conn, req, SLIM_ENOTFOUND, "dataset %.64s does not exist", id);
     if (store_dataset_delete(ctx->st, id, &err))
         return api_reply_slim_error(conn, req, &err);
     log_info("dataset %s deleted", id);

@@ -7,7 +7,16 @@
  * pipeline: a cancel marks the row (queued jobs end at once) and asks the
  * runner through its hook to stop a running one, which the pipeline
  * notices at its next progress check.
+ *
+ * With --auth token a job belongs to the token that submitted it, and
+ * may only name a model and a dataset that token sees: a submit token
+ * lists, reads and cancels its own jobs; an admin token every job.
+ * Another token's job, model or dataset is answered 404.
+ *
+ * report.html is a page: its CSP allows its one inline style by hash
+ * and nothing else (no script, no images but its inline SVG).
  */
+#include <pthread.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -85,7 +94,13 @@ enum MHD_Result api_jobs_submit(struct api_ctx *ctx, struct MHD_Connection *conn
         json_decref(body);
         return api_reply_slim_error(conn, req, &err);
     }
-    if (store_model_get(ctx->st, json_string_value(model), &mrow, &err)) {
+    rc = store_model_get(ctx->st, json_string_value(model), &mrow, &err);
+    if (!rc && !api_request_sees(req, mrow)) {   /* another token's model */
+        json_decref(mrow);
+        rc = slim_error_set(&err, SLIM_ENOTFOUND, "model %.64s does not exist",
+                            json_string_value(model));
+    }
+    if (rc) {
         slim_spec_free(spec);
         json_decref(body);
         return api_reply_slim_error(conn, req, &err);
@@ -94,8 +109,11 @@ enum MHD_Result api_jobs_submit(struct api_ctx *ctx, struct MHD_Connection *conn
      * the insert checks again, atomically, and records the reference
      * that keeps the dataset from being deleted under the job) */
     dataset = slim_spec_eval_dataset(spec);
-    if (dataset && !(rc = store_dataset_get(ctx->st, dataset, &drow, &err)))
+    if (dataset && !(rc = store_dataset_get(ctx->st, dataset, &drow, &err))) {
+        if (!api_request_sees(req, drow))
+            rc = slim_error_set(&err, SLIM_ENOTFOUND, "dataset %.64s does not exist", dataset);
         json_decref(drow);
+    }
     /* the artifact goes to the data dir too: refuse the job now if the
      * disk could not hold one the size of its model */
     if (!rc)
@@ -106,8 +124,8 @@ enum MHD_Result api_jobs_submit(struct api_ctx *ctx, struct MHD_Connection *conn
                             &mem, &err);
     json_decref(mrow);
     if (!rc)
-        rc = store_job_insert(ctx->st, json_string_value(model), dataset, body, mem,
-                              ctx->max_queued, &row, &err);
+        rc = store_job_insert(ctx->st, api_request_creator(req), json_string_value(model),
+                              dataset, body, mem, ctx->max_queued, &row, &err);
     if (rc == SLIM_ENOTFOUND && dataset && !strncmp(err.msg, "dataset ", 8))
         slim_error_prefix(&err, "eval.dataset");
     slim_spec_free(spec);   /* after the insert: dataset is borrowed from it */
@@ -139,7 +157,7 @@ enum MHD_Result api_jobs_list(struct api_ctx *ctx, struct MHD_Connection *conn,
         return api_reply_error(conn, req, SLIM_EINVAL,
                                "state: '%.40s' is not one of queued, running, succeeded, failed, "
                                "canceled", state);
-    if (store_job_list(ctx->st, st, limit, offset, &rows, &total, &err))
+    if (store_job_list(ctx->st, api_request_owner(req), st, limit, offset, &rows, &total, &err))
         return api_reply_slim_error(conn, req, &err);
     return api_reply_json(conn, req, 200,
                           json_pack("{s:o, s:i, s:i, s:i}", "jobs", rows, "total", total,
@@ -224,6 +242,23 @@ static void eval_html(FILE *f, json_t *rep)
                                               "max_abs_error")));
 }
 
+/* report.html's one style sheet, inline; its hash is in the page's CSP. */
+static const char report_style[] =
+    "body{font:14px system-ui,sans-serif;margin:2em}table{border-collapse:collapse}"
+    "td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}"
+    "td:first-child,th:first-child{text-align:left}";
+static char report_csp[256];
+static pthread_once_t report_csp_once = PTHREAD_ONCE_INIT;
+
+static void report_csp_init(void)
+{
+    char hash[64];
+    if (api_csp_hash(report_style, hash, sizeof hash))
+        snprintf(hash, sizeof hash, "'none'");   /* unstyled, still safe */
+    snprintf(report_csp, sizeof report_csp, "default-src 'none'; style-src %s; "
+             "frame-ancestors 'none'; base-uri 'none'; form-action 'none'", hash);
+}
+
 /* A page for people: totals, then a bar per tensor of its relative
  * error (inline SVG, no scripts), then the table. */
 static char *report_html(const char *job_id, json_t *rep)
@@ -242,10 +277,7 @@ static char *report_html(const char *job_id, json_t *rep)
             maxe = e;
     }
     fprintf(f, "<!doctype html><html><head><meta charset=\"utf-8\"><title>slimd report %s</title>"
-               "<style>body{font:14px system-ui,sans-serif;margin:2em}table{border-collapse:"
-               "collapse}td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}"
-               "td:first-child,th:first-child{text-align:left}</style></head><body>",
-            job_id);
+               "<style>%s</style></head><body>", job_id, report_style);
     fprintf(f, "<h1>Report for %s</h1><p>%lld bytes &rarr; %lld bytes (ratio %.2f), %lld "
                "parameters</p>", job_id,
             (long long)json_integer_value(json_object_get(totals, "bytes_before")),
@@ -297,6 +329,10 @@ enum MHD_Result api_jobs_get(struct api_ctx *ctx, struct MHD_Connection *conn,
 
     if (store_job_get(ctx->st, id, &row, &err))
         return api_reply_slim_error(conn, req, &err);
+    if (!api_request_sees(req, row)) {
+        json_decref(row);
+        return api_reply_error(conn, req, SLIM_ENOTFOUND, "job %.64s does not exist", id);
+    }
     if (!sub)
         return api_reply_json(conn, req, 200, row, NULL);
     if (strcmp(json_string_value(json_object_get(row, "state")), "succeeded"))
@@ -324,15 +360,24 @@ enum MHD_Result api_jobs_get(struct api_ctx *ctx, struct MHD_Connection *conn,
     json_decref(rep);
     if (!html)
         return api_reply_error(conn, req, SLIM_ENOMEM, "out of memory");
-    return api_reply_text(conn, req, 200, html, strlen(html), "text/html; charset=utf-8");
+    pthread_once(&report_csp_once, report_csp_init);
+    return api_reply_html(conn, req, html, strlen(html), report_csp);
 }
 
 enum MHD_Result api_jobs_cancel(struct api_ctx *ctx, struct MHD_Connection *conn,
                                 struct api_request *req, const char *id)
 {
     struct slim_error err;
-    int was_running = 0;
+    int was_running = 0, sees;
     json_t *row;
+    /* a submit token cancels its own jobs, an admin anyone's; the owner
+     * never changes, so this check races with nothing */
+    if (store_job_get(ctx->st, id, &row, &err))
+        return api_reply_slim_error(conn, req, &err);
+    sees = api_request_sees(req, row);
+    json_decref(row);
+    if (!sees)
+        return api_reply_error(conn, req, SLIM_ENOTFOUND, "job %.64s does not exist", id);
     if (store_job_cancel(ctx->st, id, &was_running, &err))
         return api_reply_slim_error(conn, req, &err);
     if (was_running && ctx->hooks && ctx->hooks->cancel)

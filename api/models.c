@@ -10,6 +10,10 @@
  * removes the temp file, and a row that cannot be inserted takes its
  * blob with it (unless another row shares it): a failed upload leaves
  * nothing behind.
+ *
+ * With --auth token a model belongs to the token that uploaded it: only
+ * that token (or an admin) lists, reads, downloads or deletes it; to
+ * anyone else it does not exist (404).
  */
 #include <stdio.h>
 #include <string.h>
@@ -69,7 +73,8 @@ enum MHD_Result api_models_upload(struct api_ctx *ctx, struct MHD_Connection *co
         return api_reply_slim_error(conn, req, &err);
     }
     up->part[0] = NULL;
-    if (store_model_insert(ctx->st, name, sha, bytes, info, &row, &err)) {
+    if (store_model_insert(ctx->st, api_request_creator(req), name, sha, bytes, info, &row,
+                           &err)) {
         /* no row came: the blob goes too, unless another row shares it */
         store_blob_drop_unused(ctx->st, sha);
         json_decref(info);
@@ -91,7 +96,7 @@ enum MHD_Result api_models_list(struct api_ctx *ctx, struct MHD_Connection *conn
     enum MHD_Result ret;
     if (!api_paging(conn, req, &limit, &offset, &ret))
         return ret;
-    if (store_model_list(ctx->st, limit, offset, &rows, &total, &err))
+    if (store_model_list(ctx->st, api_request_owner(req), limit, offset, &rows, &total, &err))
         return api_reply_slim_error(conn, req, &err);
     return api_reply_json(conn, req, 200,
                           json_pack("{s:o, s:i, s:i, s:i}", "models", rows, "total", total,
@@ -110,6 +115,10 @@ enum MHD_Result api_models_get(struct api_ctx *ctx, struct MHD_Connection *conn,
 
     if (store_model_get(ctx->st, id, &row, &err))
         return api_reply_slim_error(conn, req, &err);
+    if (!api_request_sees(req, row)) {
+        json_decref(row);
+        return api_reply_error(conn, req, SLIM_ENOTFOUND, "model %.64s does not exist", id);
+    }
     if (!sub)
         return api_reply_json(conn, req, 200, row, NULL);
     sha = json_string_value(json_object_get(row, "sha256"));
@@ -125,6 +134,16 @@ enum MHD_Result api_models_delete(struct api_ctx *ctx, struct MHD_Connection *co
                                   struct api_request *req, const char *id)
 {
     struct slim_error err;
+    json_t *row;
+    int sees;
+    /* the owner never changes, so checking it before the delete races
+     * with nothing */
+    if (store_model_get(ctx->st, id, &row, &err))
+        return api_reply_slim_error(conn, req, &err);
+    sees = api_request_sees(req, row);
+    json_decref(row);
+    if (!sees)
+        return api_reply_error(conn, req, SLIM_ENOTFOUND, "model %.64s does not exist", id);
     if (store_model_delete(ctx->st, id, &err))
         return api_reply_slim_error(conn, req, &err);
     log_info("model %s deleted", id);

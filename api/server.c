@@ -10,34 +10,46 @@
  * writes it and has it hashed by a thread of its own, so memory does not
  * grow with the file (CONN_MEMORY sizes the chunks); a multipart body
  * streams each field the route keeps into a writer of its own (a
- * dataset's IDX images and labels); JSON bodies are
- * buffered up to 1 MiB.  An error found mid-body (too large, disk full)
+ * dataset's IDX images and labels); JSON bodies (job specs) are
+ * buffered up to 64 KiB.  An error found mid-body (too large, disk full)
  * is remembered, the rest of the body is drained, and the error is sent
- * at the end; an upload whose Content-Length is already too large gets
- * its 413 before a byte of it is read.
+ * at the end; an upload or spec whose Content-Length is already too
+ * large gets its 413 before a byte of it is read.
  *
  * Routes are a table of (method, pattern) -> handler; patterns have
  * {id} segments.  A path that matches with another method gets 405 and
- * an Allow header listing the methods it has.  The request text that
- * slimd parses itself (Range, unescaping, route patterns, names, query
- * integers) is in http_parse.c, where the fuzz target reaches it.
+ * an Allow header listing the methods it has.  Each route names the
+ * token scope it needs; api/auth.c's gates run on the first call, before
+ * a byte of the body is taken: the Host header before routing, the
+ * token, its scope and the cross-site rules after, so an upload without
+ * a valid token is refused before it is stored anywhere.  The request
+ * text that slimd parses itself (Range, unescaping, route patterns,
+ * names, query integers) is in http_parse.c, where the fuzz target
+ * reaches it.
  */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include "api/api.h"
 #include "api/http_parse.h"
 #include "daemon/log.h"
 
-#define JSON_BODY_MAX (1u << 20)
+/* The one JSON body, a job spec, is stored with its job and returned by
+ * GET /v1/jobs/{id}: 64 KiB holds any real spec (hundreds of globs) and
+ * keeps 1,000 queued jobs' specs under 64 MiB of database. */
+#define JSON_BODY_MAX (64u << 10)
 /* MHD's per-connection pool (default 32 KiB).  MHD reads into about half
  * of it, so a 1 MiB pool hands an upload's body over in ~512 KiB pieces
  * (one write() each) instead of 16 KiB ones: 2,000 write()s per GiB
@@ -52,15 +64,37 @@
 #define CONN_MEMORY (1u << 20)
 #define CONN_MEMORY_INCREMENT (64u << 10)
 
+/* A connection that has not yet sent a whole request head (its line and
+ * headers): on the watch list from the moment it is accepted, and again
+ * after each response, until the head is in.  The list is the reaper's;
+ * an entry leaves it (and is freed) when libmicrohttpd reports the
+ * connection closed, which it does before it closes the socket, so the
+ * reaper never shuts down a descriptor that was reused. */
+struct conn_watch {
+    struct conn_watch *prev, *next;
+    int fd;
+    int waiting;            /* 1 while the request head is incomplete */
+    double deadline;        /* slim_now() by which it must be complete */
+};
+
 struct api_server {
     struct MHD_Daemon *mhd;
     struct api_ctx ctx;
     uint16_t port;
+    unsigned head_timeout;  /* seconds; 0: none */
+    pthread_mutex_t lock;   /* guards watch and stop */
+    pthread_cond_t wake;
+    struct conn_watch *watch;
+    int stop;
+    int reaper_started;
+    pthread_t reaper;
 };
 
 enum body_mode { BODY_NONE, BODY_JSON, BODY_UPLOAD };
 
 struct api_request {
+    struct api_ctx *ctx;
+    struct api_principal who;    /* set by api_gate */
     enum body_mode mode;
     char *body;
     size_t body_len;
@@ -79,41 +113,58 @@ struct route {
     enum body_mode mode;
     int kind;
     const char *const *fields;   /* BODY_UPLOAD: the multipart fields kept, in part order */
+    unsigned scope;              /* enum store_scope bits needed; 0: open */
+    unsigned gate;               /* API_GATE_* */
 };
 
 enum route_kind {
     R_HEALTH, R_MODELS_LIST, R_MODELS_UPLOAD, R_MODEL_GET, R_MODEL_DELETE, R_MODEL_FILE,
     R_DATASETS_LIST, R_DATASETS_UPLOAD, R_DATASET_GET, R_DATASET_DELETE, R_DATASET_FILE,
     R_JOBS_LIST, R_JOBS_SUBMIT, R_JOB_GET, R_JOB_CANCEL, R_JOB_REPORT, R_JOB_REPORT_HTML,
-    R_JOB_ARTIFACT, R_METRICS, R_DASHBOARD,
+    R_JOB_ARTIFACT, R_METRICS, R_DASHBOARD, R_TOKENS_LIST, R_TOKENS_CREATE, R_TOKEN_REVOKE,
 };
 
 static const char *const model_fields[] = {"file", NULL};
 /* a dataset is one safetensors file, or IDX images and labels */
 static const char *const dataset_fields[] = {"file", "images", "labels", NULL};
 
+#define READ STORE_SCOPE_READ
+#define SUBMIT STORE_SCOPE_SUBMIT
+#define ADMIN STORE_SCOPE_ADMIN
+/* /v1/health is open (liveness probes carry no token), and so is the
+ * dashboard page: it is static and holds no data (its script asks the
+ * API for the data, with the token the user gives it).  /metrics needs
+ * read: job counts are the service's business, and Prometheus sends a
+ * bearer token (authorization: credentials_file). */
 static const struct route routes[] = {
-    {"GET", "/v1/health", BODY_NONE, R_HEALTH, NULL},
-    {"GET", "/v1/models", BODY_NONE, R_MODELS_LIST, NULL},
-    {"POST", "/v1/models", BODY_UPLOAD, R_MODELS_UPLOAD, model_fields},
-    {"GET", "/v1/models/{id}", BODY_NONE, R_MODEL_GET, NULL},
-    {"DELETE", "/v1/models/{id}", BODY_NONE, R_MODEL_DELETE, NULL},
-    {"GET", "/v1/models/{id}/file", BODY_NONE, R_MODEL_FILE, NULL},
-    {"GET", "/v1/datasets", BODY_NONE, R_DATASETS_LIST, NULL},
-    {"POST", "/v1/datasets", BODY_UPLOAD, R_DATASETS_UPLOAD, dataset_fields},
-    {"GET", "/v1/datasets/{id}", BODY_NONE, R_DATASET_GET, NULL},
-    {"DELETE", "/v1/datasets/{id}", BODY_NONE, R_DATASET_DELETE, NULL},
-    {"GET", "/v1/datasets/{id}/file", BODY_NONE, R_DATASET_FILE, NULL},
-    {"GET", "/v1/jobs", BODY_NONE, R_JOBS_LIST, NULL},
-    {"POST", "/v1/jobs", BODY_JSON, R_JOBS_SUBMIT, NULL},
-    {"GET", "/v1/jobs/{id}", BODY_NONE, R_JOB_GET, NULL},
-    {"POST", "/v1/jobs/{id}/cancel", BODY_NONE, R_JOB_CANCEL, NULL},
-    {"GET", "/v1/jobs/{id}/report", BODY_NONE, R_JOB_REPORT, NULL},
-    {"GET", "/v1/jobs/{id}/report.html", BODY_NONE, R_JOB_REPORT_HTML, NULL},
-    {"GET", "/v1/jobs/{id}/artifact", BODY_NONE, R_JOB_ARTIFACT, NULL},
-    {"GET", "/metrics", BODY_NONE, R_METRICS, NULL},
-    {"GET", "/", BODY_NONE, R_DASHBOARD, NULL},
+    {"GET", "/v1/health", BODY_NONE, R_HEALTH, NULL, 0, 0},
+    {"GET", "/v1/models", BODY_NONE, R_MODELS_LIST, NULL, READ, 0},
+    {"POST", "/v1/models", BODY_UPLOAD, R_MODELS_UPLOAD, model_fields, SUBMIT, API_GATE_FORM},
+    {"GET", "/v1/models/{id}", BODY_NONE, R_MODEL_GET, NULL, READ, 0},
+    {"DELETE", "/v1/models/{id}", BODY_NONE, R_MODEL_DELETE, NULL, SUBMIT, 0},
+    {"GET", "/v1/models/{id}/file", BODY_NONE, R_MODEL_FILE, NULL, READ, 0},
+    {"GET", "/v1/datasets", BODY_NONE, R_DATASETS_LIST, NULL, READ, 0},
+    {"POST", "/v1/datasets", BODY_UPLOAD, R_DATASETS_UPLOAD, dataset_fields, SUBMIT,
+     API_GATE_FORM},
+    {"GET", "/v1/datasets/{id}", BODY_NONE, R_DATASET_GET, NULL, READ, 0},
+    {"DELETE", "/v1/datasets/{id}", BODY_NONE, R_DATASET_DELETE, NULL, SUBMIT, 0},
+    {"GET", "/v1/datasets/{id}/file", BODY_NONE, R_DATASET_FILE, NULL, READ, 0},
+    {"GET", "/v1/jobs", BODY_NONE, R_JOBS_LIST, NULL, READ, 0},
+    {"POST", "/v1/jobs", BODY_JSON, R_JOBS_SUBMIT, NULL, SUBMIT, API_GATE_JSON},
+    {"GET", "/v1/jobs/{id}", BODY_NONE, R_JOB_GET, NULL, READ, 0},
+    {"POST", "/v1/jobs/{id}/cancel", BODY_NONE, R_JOB_CANCEL, NULL, SUBMIT, API_GATE_FORM},
+    {"GET", "/v1/jobs/{id}/report", BODY_NONE, R_JOB_REPORT, NULL, READ, 0},
+    {"GET", "/v1/jobs/{id}/report.html", BODY_NONE, R_JOB_REPORT_HTML, NULL, READ, 0},
+    {"GET", "/v1/jobs/{id}/artifact", BODY_NONE, R_JOB_ARTIFACT, NULL, READ, 0},
+    {"GET", "/v1/tokens", BODY_NONE, R_TOKENS_LIST, NULL, ADMIN, 0},
+    {"POST", "/v1/tokens", BODY_JSON, R_TOKENS_CREATE, NULL, ADMIN, API_GATE_JSON},
+    {"DELETE", "/v1/tokens/{id}", BODY_NONE, R_TOKEN_REVOKE, NULL, ADMIN, 0},
+    {"GET", "/metrics", BODY_NONE, R_METRICS, NULL, READ, 0},
+    {"GET", "/", BODY_NONE, R_DASHBOARD, NULL, 0, 0},
 };
+#undef READ
+#undef SUBMIT
+#undef ADMIN
 #define N_ROUTES (sizeof routes / sizeof routes[0])
 
 void api_request_set_status(struct api_request *req, int status)
@@ -131,6 +182,16 @@ const char *api_request_body(const struct api_request *req, size_t *len)
 struct api_upload *api_request_upload(struct api_request *req)
 {
     return &req->up;
+}
+
+struct api_principal *api_request_principal(struct api_request *req)
+{
+    return &req->who;
+}
+
+struct api_ctx *api_request_ctx(struct api_request *req)
+{
+    return req ? req->ctx : NULL;
 }
 
 uint64_t api_upload_bytes(const struct api_upload *up)
@@ -191,6 +252,7 @@ static enum MHD_Result queue(struct MHD_Connection *conn, struct api_request *re
         return MHD_NO;
     api_request_set_status(req, status);
     MHD_add_response_header(resp, "Cache-Control", "no-store");
+    api_secure_response(conn, req, resp);
     r = MHD_queue_response(conn, (unsigned)status, resp);
     MHD_destroy_response(resp);
     return r;
@@ -242,6 +304,19 @@ static enum MHD_Result reply_error_status(struct MHD_Connection *conn, struct ap
     return queue(conn, req, status, resp);
 }
 
+enum MHD_Result api_reply_error_header(struct MHD_Connection *conn, struct api_request *req,
+                                       int code, const char *hname, const char *hval,
+                                       const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return reply_error_status(conn, req, slim_http_status(code), slim_errcode(code), msg, hname,
+                              hval);
+}
+
 enum MHD_Result api_reply_error(struct MHD_Connection *conn, struct api_request *req, int code,
                                 const char *fmt, ...)
 {
@@ -274,6 +349,19 @@ enum MHD_Result api_reply_text(struct MHD_Connection *conn, struct api_request *
     }
     MHD_add_response_header(resp, "Content-Type", type);
     return queue(conn, req, status, resp);
+}
+
+enum MHD_Result api_reply_html(struct MHD_Connection *conn, struct api_request *req, char *html,
+                               size_t len, const char *csp)
+{
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, html, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(html);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, "Content-Type", "text/html; charset=utf-8");
+    MHD_add_response_header(resp, "Content-Security-Policy", csp);
+    return queue(conn, req, 200, resp);
 }
 
 enum MHD_Result api_reply_empty(struct MHD_Connection *conn, struct api_request *req, int status)
@@ -440,6 +528,133 @@ static void upload_chunk(struct api_ctx *ctx, struct api_request *req, const cha
         api_upload_discard(&req->up);
 }
 
+static struct api_server *server_of(struct api_ctx *ctx)
+{
+    return (struct api_server *)((char *)ctx - offsetof(struct api_server, ctx));
+}
+
+/* The request head of conn is complete (1) or awaited again after a
+ * response (0): takes it off or puts it back on the reaper's clock. */
+static void head_watch(struct api_server *srv, struct MHD_Connection *conn, int complete)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    struct conn_watch *w = ci ? ci->socket_context : NULL;
+    if (!w)
+        return;
+    pthread_mutex_lock(&srv->lock);
+    w->waiting = !complete;
+    w->deadline = slim_now() + srv->head_timeout;
+    pthread_mutex_unlock(&srv->lock);
+}
+
+/* libmicrohttpd: a connection was accepted (its watch entry is made) or
+ * is about to be closed (its entry goes, before the socket does). */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    struct api_server *srv = cls;
+    struct conn_watch *w = *socket_context;
+    const union MHD_ConnectionInfo *ci;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        if (!srv->head_timeout || !ci || !(w = slim_calloc(1, sizeof *w)))
+            return;   /* unwatched: the idle timeout still applies */
+        w->fd = ci->connect_fd;
+        w->waiting = 1;
+        w->deadline = slim_now() + srv->head_timeout;
+        pthread_mutex_lock(&srv->lock);
+        w->next = srv->watch;
+        if (srv->watch)
+            srv->watch->prev = w;
+        srv->watch = w;
+        pthread_mutex_unlock(&srv->lock);
+        *socket_context = w;
+        return;
+    }
+    if (!w)
+        return;
+    pthread_mutex_lock(&srv->lock);
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        srv->watch = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    pthread_mutex_unlock(&srv->lock);
+    slim_free(w);
+    *socket_context = NULL;
+}
+
+/* The reaper: four times a second, shuts down the sockets of connections
+ * whose request head is overdue.  Their own thread then reads end of file
+ * and libmicrohttpd closes them as if the client had. */
+static void *reaper_main(void *arg)
+{
+    struct api_server *srv = arg;
+    pthread_mutex_lock(&srv->lock);
+    while (!srv->stop) {
+        struct timespec ts;
+        double now = slim_now();
+        int cut = 0;
+        for (struct conn_watch *w = srv->watch; w; w = w->next)
+            if (w->waiting && w->deadline <= now) {
+                shutdown(w->fd, SHUT_RDWR);
+                w->waiting = 0;   /* once is enough */
+                cut++;
+            }
+        if (cut)
+            log_info("http: closed %d connection(s) that sent no complete request within "
+                     "%u s (--conn-timeout)", cut, srv->head_timeout);
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 250 * 1000 * 1000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&srv->wake, &srv->lock, &ts);
+    }
+    pthread_mutex_unlock(&srv->lock);
+    return NULL;
+}
+
+/* libmicrohttpd's own messages, through our log.  A flood (one "reached
+ * connection limit" per refused socket) would bury everything else, so
+ * each message's format is logged at most once per 10 s, with a count of
+ * the ones held back. */
+static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    static const char *last_fmt;
+    static double last_at;
+    static unsigned held;
+    char msg[512];
+    double now = slim_now();
+    unsigned before = 0;
+    size_t n;
+    (void)cls;
+    pthread_mutex_lock(&lock);
+    if (fmt == last_fmt && now - last_at < 10.0) {
+        held++;
+        pthread_mutex_unlock(&lock);
+        return;
+    }
+    if (fmt == last_fmt)
+        before = held;
+    last_fmt = fmt;
+    last_at = now;
+    held = 0;
+    pthread_mutex_unlock(&lock);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    n = strlen(msg);
+    while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
+        msg[--n] = 0;
+    if (before)
+        log_warn("http: %s (%u more like it in the last 10 s)", msg, before);
+    else
+        log_warn("http: %s", msg);
+}
+
 static enum MHD_Result dispatch(struct api_ctx *ctx, struct MHD_Connection *conn,
                                 struct api_request *req, const struct route *r, const char *id)
 {
@@ -464,6 +679,9 @@ static enum MHD_Result dispatch(struct api_ctx *ctx, struct MHD_Connection *conn
     case R_JOB_ARTIFACT: return api_jobs_get(ctx, conn, req, id, "artifact");
     case R_METRICS: return api_metrics(ctx, conn, req);
     case R_DASHBOARD: return api_dashboard(ctx, conn, req);
+    case R_TOKENS_LIST: return api_tokens_list(ctx, conn, req);
+    case R_TOKENS_CREATE: return api_tokens_create(ctx, conn, req);
+    case R_TOKEN_REVOKE: return api_tokens_revoke(ctx, conn, req, id);
     }
     return api_reply_error(conn, req, SLIM_EINTERNAL, "no handler");
 }
@@ -478,6 +696,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     const struct route *r = NULL;
     char id[128], allow[64];
     int path_known = 0;
+    enum MHD_Result gated;
 
     allow[0] = 0;
     for (size_t i = 0; i < N_ROUTES; i++) {
@@ -493,13 +712,17 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     }
 
     if (!req) {
+        head_watch(server_of(ctx), conn, 1);
         req = slim_calloc(1, sizeof *req);
         if (!req)
             return MHD_NO;
+        req->ctx = ctx;
         req->started = slim_now();
         snprintf(req->method, sizeof req->method, "%s", method);
         snprintf(req->url, sizeof req->url, "%s", url);
         *con_cls = req;
+        if (!api_gate_host(ctx, conn, req, method, path_known, &gated))
+            return gated;
         if (!r) {
             if (path_known)
                 return reply_error_status(conn, req, 405, "METHOD_NOT_ALLOWED",
@@ -507,7 +730,17 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             return api_reply_error(conn, req, SLIM_ENOTFOUND, "no such endpoint: %s %.200s",
                                    method, url);
         }
+        if (!api_gate(ctx, conn, req, method, r->scope, r->gate, &gated))
+            return gated;
         req->mode = r->mode;
+        if (r->mode == BODY_JSON) {
+            const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                         MHD_HTTP_HEADER_CONTENT_LENGTH);
+            if (cl && strtoull(cl, NULL, 10) > JSON_BODY_MAX)
+                return api_reply_error(conn, req, SLIM_ETOOBIG,
+                                       "job spec of %.20s bytes exceeds the limit of %u bytes",
+                                       cl, JSON_BODY_MAX);
+        }
         if (r->mode == BODY_UPLOAD) {
             const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                                          MHD_HTTP_HEADER_CONTENT_LENGTH);
@@ -564,7 +797,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return MHD_YES;
     req->routed = 1;
     if (req->body_too_big)
-        return api_reply_error(conn, req, SLIM_ETOOBIG, "request body exceeds %u bytes",
+        return api_reply_error(conn, req, SLIM_ETOOBIG, "job spec exceeds the limit of %u bytes",
                                JSON_BODY_MAX);
     (void)version;
     return dispatch(ctx, conn, req, r, id);
@@ -576,7 +809,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     struct api_request *req = *con_cls;
     const union MHD_ConnectionInfo *ci;
     char addr[INET6_ADDRSTRLEN] = "-";
-    (void)cls;
+    /* a kept-alive connection has as long for its next request head */
+    head_watch(cls, conn, 0);
     if (!req)
         return;
     ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
@@ -600,6 +834,20 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     *con_cls = NULL;
 }
 
+/* Stops the reaper thread once libmicrohttpd is gone (every watch entry
+ * went with its connection) or never started. */
+static void stop_reaper(struct api_server *srv)
+{
+    pthread_mutex_lock(&srv->lock);
+    srv->stop = 1;
+    pthread_cond_signal(&srv->wake);
+    pthread_mutex_unlock(&srv->lock);
+    if (srv->reaper_started)
+        pthread_join(srv->reaper, NULL);
+    pthread_cond_destroy(&srv->wake);
+    pthread_mutex_destroy(&srv->lock);
+}
+
 int api_server_start(struct store *st, const struct api_config *cfg,
                      const struct api_hooks *hooks, struct api_server **out,
                      struct slim_error *err)
@@ -608,9 +856,19 @@ int api_server_start(struct store *st, const struct api_config *cfg,
     struct sockaddr_in6 a6;
     struct sockaddr_in a4;
     struct sockaddr *sa;
+    /* poll(), not select(): select() cannot watch a descriptor past
+     * FD_SETSIZE (1024), and libmicrohttpd refuses such connections */
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
-                     MHD_USE_ERROR_LOG;
+                     MHD_USE_POLL | MHD_USE_ERROR_LOG;
     const union MHD_DaemonInfo *di;
+    /* libmicrohttpd copies neither: the PEM text must outlive the daemon
+     * (cli.c keeps it until the server has stopped) */
+    struct MHD_OptionItem tls_opts[] = {
+        {MHD_OPTION_HTTPS_MEM_CERT, 0, (void *)cfg->tls_cert},
+        {MHD_OPTION_HTTPS_MEM_KEY, 0, (void *)cfg->tls_key},
+        {MHD_OPTION_END, 0, NULL},
+    };
+    struct MHD_OptionItem no_opts[] = {{MHD_OPTION_END, 0, NULL}};
 
     if (!srv)
         return slim_error_set(err, SLIM_ENOMEM, "out of memory");
@@ -637,18 +895,54 @@ int api_server_start(struct store *st, const struct api_config *cfg,
     srv->ctx.job_memory = cfg->job_memory;
     srv->ctx.max_queued = cfg->max_queued;
     srv->ctx.min_free = cfg->min_free;
+    srv->ctx.auth = cfg->auth;
+    snprintf(srv->ctx.listen_host, sizeof srv->ctx.listen_host, "%s", cfg->host);
+    srv->ctx.listen_any = sa->sa_family == AF_INET
+                              ? a4.sin_addr.s_addr == htonl(INADDR_ANY)
+                              : !memcmp(&a6.sin6_addr, &in6addr_any, sizeof in6addr_any);
+    srv->ctx.allowed_hosts = cfg->allowed_hosts;
+    srv->ctx.cors_origins = cfg->cors_origins;
+    if (cfg->tls_cert || cfg->tls_key) {
+        /* Debian builds libmicrohttpd with GnuTLS; a build without it
+         * would otherwise fail later with a less helpful message */
+        if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
+            slim_free(srv);
+            return slim_error_set(err, SLIM_EINVAL, "this libmicrohttpd was built without TLS "
+                                  "support: --tls-cert/--tls-key cannot be used");
+        }
+        if (!cfg->tls_cert || !cfg->tls_key) {
+            slim_free(srv);
+            return slim_error_set(err, SLIM_EINVAL, "TLS needs both --tls-cert and --tls-key");
+        }
+        flags |= MHD_USE_TLS;
+    }
+    srv->head_timeout = cfg->conn_timeout;
+    pthread_mutex_init(&srv->lock, NULL);
+    pthread_cond_init(&srv->wake, NULL);
+    if (srv->head_timeout && pthread_create(&srv->reaper, NULL, reaper_main, srv) == 0)
+        srv->reaper_started = 1;
     srv->mhd = MHD_start_daemon(flags, cfg->port, NULL, NULL, on_request, &srv->ctx,
+                                MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,
                                 MHD_OPTION_SOCK_ADDR, sa,
-                                MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
-                                MHD_OPTION_CONNECTION_LIMIT, (unsigned)256,
-                                MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)300,
+                                MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
+                                MHD_OPTION_NOTIFY_CONNECTION, on_connection, srv,
+                                MHD_OPTION_CONNECTION_LIMIT, cfg->max_conns,
+                                MHD_OPTION_PER_IP_CONNECTION_LIMIT, cfg->max_conns_per_ip,
+                                MHD_OPTION_CONNECTION_TIMEOUT, cfg->conn_timeout,
                                 MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
                                 MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL,
                                 MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONN_MEMORY,
                                 MHD_OPTION_CONNECTION_MEMORY_INCREMENT, (size_t)CONN_MEMORY_INCREMENT,
+                                MHD_OPTION_ARRAY, (flags & MHD_USE_TLS) ? tls_opts : no_opts,
                                 MHD_OPTION_END);
     if (!srv->mhd) {
+        stop_reaper(srv);
         slim_free(srv);
+        if (flags & MHD_USE_TLS)
+            return slim_error_set(err, SLIM_EIO, "cannot listen on %s:%u with TLS (address in "
+                                  "use, or a certificate and key that do not load or do not "
+                                  "match? libmicrohttpd's message is above)", cfg->host,
+                                  cfg->port);
         return slim_error_set(err, SLIM_EIO, "cannot listen on %s:%u (address in use?)",
                               cfg->host, cfg->port);
     }
@@ -671,5 +965,6 @@ void api_server_stop(struct api_server *srv)
     if (s != MHD_INVALID_SOCKET)
         close(s);
     MHD_stop_daemon(srv->mhd);
+    stop_reaper(srv);
     slim_free(srv);
 }

@@ -6,6 +6,14 @@
  * environment variable (SLIMD_LISTEN, ...) so a systemd unit or a
  * container sets them without a wrapper script; a flag beats the
  * variable.
+ *
+ * Security settings are checked before anything listens: --auth none is
+ * refused (exit 2) unless the listen address is loopback, and --auth
+ * token on any other address is refused (exit 1) while the data dir has
+ * no live token, with the command that makes one: a daemon that anyone
+ * on the network could use, or that nobody could, is a mistake to stop
+ * at once.  --auth defaults to none on a loopback address (the
+ * README's first command works without a token) and token elsewhere.
  */
 #include <cblas.h>
 #include <errno.h>
@@ -16,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <uv.h>
@@ -29,7 +38,13 @@ void slimd_usage(FILE *f)
     fprintf(f,
             "usage: slimd serve [--listen ADDR:PORT] [--data-dir DIR] [--workers N]\n"
             "                   [--max-upload-bytes N] [--job-memory-mb N] [--max-queued N]\n"
-            "                   [--min-free-bytes N]\n"
+            "                   [--min-free-bytes N] [--max-conns N] [--max-conns-per-ip N]\n"
+            "                   [--conn-timeout S] [--db-reserve-bytes N] [--auth token|none]\n"
+            "                   [--allowed-host NAME]\n"
+            "                   [--cors-origin ORIGIN] [--tls-cert FILE --tls-key FILE]\n"
+            "       slimd token create --scope read,submit,admin --name NAME [--data-dir DIR]\n"
+            "       slimd token list [--json] [--data-dir DIR]\n"
+            "       slimd token revoke ID [--data-dir DIR]\n"
             "       slimd compress MODEL --spec SPEC.json -o OUTDIR [--threads N]\n"
             "       slimd infer MODEL.onnx INPUT.safetensors OUTPUT.safetensors\n"
             "       slimd eval MODEL.onnx DATA.safetensors [--batch N] [--repeat R] [--threads N]\n"
@@ -51,6 +66,35 @@ void slimd_usage(FILE *f)
             "  --min-free-bytes N       free space the data dir keeps: an upload (and its size)\n"
             "                           or a job (and its model's size) that would eat into it\n"
             "                           is 507 (SLIMD_MIN_FREE_BYTES; default 268435456)\n"
+            "  --max-conns N            connections served at once; more wait to be accepted\n"
+            "                           (SLIMD_MAX_CONNS; default 1024, at most what the open\n"
+            "                           file limit allows)\n"
+            "  --max-conns-per-ip N     connections at once from one address; more are closed\n"
+            "                           as they come (SLIMD_MAX_CONNS_PER_IP; default 64; 0: none)\n"
+            "  --conn-timeout S         a connection that sends no whole request (line and\n"
+            "                           headers) within S seconds of opening or of its last\n"
+            "                           response, or stays silent S seconds, is closed\n"
+            "                           (SLIMD_CONN_TIMEOUT; default 30; 0: never)\n"
+            "  --db-reserve-bytes N     disk space kept allocated for the database's write-ahead\n"
+            "                           log, so that job outcomes are recorded on a full disk\n"
+            "                           (SLIMD_DB_RESERVE_BYTES; default 8388608; 0: none)\n"
+            "  --auth token|none        token: every request but /v1/health and / needs\n"
+            "                           'Authorization: Bearer TOKEN' (slimd token create);\n"
+            "                           none: only on a loopback address (SLIMD_AUTH; default\n"
+            "                           none on a loopback address, token elsewhere)\n"
+            "  --allowed-host NAME      a Host name clients may use besides the listen address\n"
+            "                           and localhost; repeatable; '*' for any (SLIMD_ALLOWED_HOSTS,\n"
+            "                           comma-separated)\n"
+            "  --cors-origin ORIGIN     a web origin (https://ci.example.com) whose pages may call\n"
+            "                           the API; repeatable (SLIMD_CORS_ORIGINS, comma-separated)\n"
+            "  --tls-cert FILE          serve HTTPS with this PEM certificate (chain) and\n"
+            "  --tls-key FILE           its PEM private key (SLIMD_TLS_CERT, SLIMD_TLS_KEY)\n"
+            "token     makes, lists and revokes bearer tokens in the data dir's database\n"
+            "          (a running daemon sees the change at once).  create prints the\n"
+            "          token on stdout, once: only its hash is stored.  Scopes: read (GET),\n"
+            "          submit (uploads, jobs, cancel and delete its own), admin (everything,\n"
+            "          everyone's, tokens).\n"
+            "  --data-dir DIR           (SLIMD_DATA_DIR; default ./data)\n"
             "compress  runs a job spec over a model without a server and writes the\n"
             "          artifact and report.json into OUTDIR.  MODEL is a .safetensors file,\n"
             "          a sharded checkpoint's model.safetensors.index.json (the shards are\n"
@@ -147,10 +191,106 @@ static void on_signal(uv_signal_t *h, int signum)
     runner_shutdown(s->runner, runner_done, s);
 }
 
+/* Each connection may hold two descriptors (its socket, and a file it
+ * downloads or an upload's temp file); the store, the jobs and
+ * libmicrohttpd keep FD_RESERVE more.  The soft limit on open files is
+ * raised to the hard one first (1024 by default, 524288 hard under
+ * systemd); what still does not fit lowers max_conns, with a warning,
+ * rather than letting accept() fail with EMFILE later. */
+#define FD_RESERVE 64
+static unsigned fit_connections(unsigned want)
+{
+    struct rlimit rl;
+    rlim_t fit;
+    if (getrlimit(RLIMIT_NOFILE, &rl))
+        return want;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rlim_t old = rl.rlim_cur;
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl))
+            rl.rlim_cur = old;
+    }
+    if (rl.rlim_cur == RLIM_INFINITY)
+        return want;
+    fit = rl.rlim_cur > 2 * FD_RESERVE ? (rl.rlim_cur - FD_RESERVE) / 2 : FD_RESERVE / 2;
+    if ((rlim_t)want <= fit)
+        return want;
+    log_warn("--max-conns %u needs more open files than RLIMIT_NOFILE (%llu) allows: serving "
+             "%llu connections at once", want, (unsigned long long)rl.rlim_cur,
+             (unsigned long long)fit);
+    return (unsigned)fit;
+}
+
 static const char *env_or(const char *name, const char *dflt)
 {
     const char *v = getenv(name);
     return v && *v ? v : dflt;
+}
+
+/* A repeatable flag's values, NULL-terminated: up to MAX_LIST, each a
+ * copy (the environment's comma-separated form is split here). */
+#define MAX_LIST 16
+struct str_list {
+    char *v[MAX_LIST + 1];
+    int n;
+};
+
+static int list_add(struct str_list *l, const char *what, const char *value)
+{
+    if (!*value || l->n == MAX_LIST || !(l->v[l->n] = slim_strdup(value))) {
+        fprintf(stderr, "slimd serve: %s '%s': expected at most %d non-empty values\n", what,
+                value, MAX_LIST);
+        return -1;
+    }
+    l->n++;
+    return 0;
+}
+
+static int list_add_env(struct str_list *l, const char *what, const char *var)
+{
+    const char *v = getenv(var);
+    char buf[4096], *save = NULL;
+    if (!v || !*v)
+        return 0;
+    snprintf(buf, sizeof buf, "%s", v);
+    for (char *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save))
+        if (list_add(l, what, t))
+            return -1;
+    return 0;
+}
+
+static void list_release(struct str_list *l)
+{
+    for (int i = 0; i < l->n; i++)
+        slim_free(l->v[i]);
+    l->n = 0;
+}
+
+/* A whole PEM file into memory (NUL-terminated, new): the key and
+ * certificate go to libmicrohttpd as text.  At most 1 MiB. */
+static char *read_pem(const char *flag, const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    size_t n = 0;
+    if (!f) {
+        fprintf(stderr, "slimd serve: %s %s: %s\n", flag, path, strerror(errno));
+        return NULL;
+    }
+    buf = slim_malloc((1u << 20) + 1);
+    if (buf)
+        n = fread(buf, 1, 1u << 20, f);
+    if (!buf || ferror(f) || !feof(f) || n == 0 || !strstr(buf, "-----BEGIN ")) {
+        if (buf)
+            buf[n] = 0;
+        fprintf(stderr, "slimd serve: %s %s: expected a PEM file (up to 1 MiB)\n", flag, path);
+        slim_free(buf);
+        fclose(f);
+        return NULL;
+    }
+    buf[n] = 0;
+    fclose(f);
+    return buf;
 }
 
 int slimd_serve(int argc, char **argv)
@@ -163,27 +303,54 @@ int slimd_serve(int argc, char **argv)
         {"job-memory-mb", required_argument, NULL, 'j'},
         {"max-queued", required_argument, NULL, 'q'},
         {"min-free-bytes", required_argument, NULL, 'f'},
+        {"auth", required_argument, NULL, 'a'},
+        {"allowed-host", required_argument, NULL, 'H'},
+        {"cors-origin", required_argument, NULL, 'C'},
+        {"tls-cert", required_argument, NULL, 'c'},
+        {"tls-key", required_argument, NULL, 'k'},
+        {"max-conns", required_argument, NULL, 'M'},
+        {"max-conns-per-ip", required_argument, NULL, 'I'},
+        {"conn-timeout", required_argument, NULL, 'T'},
+        {"db-reserve-bytes", required_argument, NULL, 'r'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *listen = env_or("SLIMD_LISTEN", "127.0.0.1:8420");
+    const char *auth_s = env_or("SLIMD_AUTH", NULL);
+    const char *tls_cert_path = env_or("SLIMD_TLS_CERT", NULL);
+    const char *tls_key_path = env_or("SLIMD_TLS_KEY", NULL);
+    struct str_list hosts = {.n = 0}, origins = {.n = 0}, hosts_flag = {.n = 0},
+                    origins_flag = {.n = 0};
+    char *tls_cert = NULL, *tls_key = NULL;
+    int64_t live_tokens = 0;
+    int rc = 2, loopback;
     const char *data_dir = env_or("SLIMD_DATA_DIR", "data");
     const char *workers_s = env_or("SLIMD_WORKERS", "1");
     const char *max_up_s = env_or("SLIMD_MAX_UPLOAD_BYTES", "17179869184");
     const char *job_mem_s = env_or("SLIMD_JOB_MEMORY_MB", NULL);
     const char *max_queued_s = env_or("SLIMD_MAX_QUEUED", "1000");
     const char *min_free_s = env_or("SLIMD_MIN_FREE_BYTES", "268435456");
+    const char *max_conns_s = env_or("SLIMD_MAX_CONNS", "1024");
+    const char *per_ip_s = env_or("SLIMD_MAX_CONNS_PER_IP", "64");
+    const char *conn_timeout_s = env_or("SLIMD_CONN_TIMEOUT", "30");
+    /* 8 MiB: twice the WAL that SQLite's checkpoints every 1000 pages
+     * leave (so with the database able to grow the WAL never needs a
+     * new block), and some 2,000 pages of job state changes when it
+     * cannot; nothing next to a disk that models are stored on */
+    const char *reserve_s = env_or("SLIMD_DB_RESERVE_BYTES", "8388608");
+    struct store_sweep sweep;
     struct serve_state s;
     struct store *st = NULL;
     struct slim_error err;
     struct api_config acfg;
     struct api_hooks hooks;
     struct runner_config rcfg;
-    uint64_t workers, max_up, job_mem_mb, max_queued, min_free;
+    uint64_t workers, max_up, job_mem_mb, max_queued, min_free, max_conns, per_ip, conn_timeout, reserve;
     char host[256], env[32];
     long ncpu;
     int c;
 
+    memset(&acfg, 0, sizeof acfg);
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
@@ -194,34 +361,91 @@ int slimd_serve(int argc, char **argv)
         case 'j': job_mem_s = optarg; break;
         case 'q': max_queued_s = optarg; break;
         case 'f': min_free_s = optarg; break;
-        case 'h': slimd_usage(stdout); return 0;
-        default: slimd_usage(stderr); return 2;
+        case 'r': reserve_s = optarg; break;
+        case 'M': max_conns_s = optarg; break;
+        case 'I': per_ip_s = optarg; break;
+        case 'T': conn_timeout_s = optarg; break;
+        case 'a': auth_s = optarg; break;
+        case 'H':
+            if (list_add(&hosts_flag, "--allowed-host", optarg))
+                goto out;
+            break;
+        case 'C':
+            if (list_add(&origins_flag, "--cors-origin", optarg))
+                goto out;
+            break;
+        case 'c': tls_cert_path = optarg; break;
+        case 'k': tls_key_path = optarg; break;
+        case 'h': slimd_usage(stdout); rc = 0; goto out;
+        default: slimd_usage(stderr); goto out;
         }
     }
+    /* a flag replaces its variable, as for every other setting */
+    if ((!hosts_flag.n && list_add_env(&hosts, "SLIMD_ALLOWED_HOSTS", "SLIMD_ALLOWED_HOSTS")) ||
+        (!origins_flag.n && list_add_env(&origins, "SLIMD_CORS_ORIGINS", "SLIMD_CORS_ORIGINS")))
+        goto out;
     if (optind < argc) {
         fprintf(stderr, "slimd serve: unexpected argument '%s'\n", argv[optind]);
-        return 2;
+        goto out;
     }
     if (parse_listen(listen, host, sizeof host, &acfg.port)) {
         fprintf(stderr, "slimd serve: --listen '%s': expected ADDR:PORT, e.g. 127.0.0.1:8420\n",
                 listen);
-        return 2;
+        goto out;
     }
+    loopback = api_host_is_loopback(host);
+    if (!auth_s)
+        acfg.auth = loopback ? API_AUTH_NONE : API_AUTH_TOKEN;
+    else if (!strcmp(auth_s, "token"))
+        acfg.auth = API_AUTH_TOKEN;
+    else if (!strcmp(auth_s, "none"))
+        acfg.auth = API_AUTH_NONE;
+    else {
+        fprintf(stderr, "slimd serve: --auth '%s': expected token or none\n", auth_s);
+        goto out;
+    }
+    if (acfg.auth == API_AUTH_NONE && !loopback) {
+        fprintf(stderr, "slimd serve: --auth none is only allowed on a loopback address "
+                "(127.0.0.1, ::1), and %s can be reached from other machines: use --auth "
+                "token (make a token with `slimd token create --scope read,submit --name NAME "
+                "--data-dir %s`), or listen on 127.0.0.1\n", host, data_dir);
+        goto out;
+    }
+    for (const char *const *o = (const char *const *)(origins_flag.n ? origins_flag.v
+                                                                      : origins.v); *o; o++)
+        if (strncmp(*o, "http://", 7) && strncmp(*o, "https://", 8)) {
+            fprintf(stderr, "slimd serve: --cors-origin '%s': expected an origin such as "
+                    "https://ci.example.com\n", *o);
+            goto out;
+        }
+    if (!tls_cert_path != !tls_key_path) {
+        fprintf(stderr, "slimd serve: --tls-cert and --tls-key go together\n");
+        goto out;
+    }
+    if (tls_cert_path && (!(tls_cert = read_pem("--tls-cert", tls_cert_path)) ||
+                          !(tls_key = read_pem("--tls-key", tls_key_path))))
+        goto out;
+    acfg.allowed_hosts = (const char *const *)(hosts_flag.n ? hosts_flag.v
+                                                            : hosts.n ? hosts.v : NULL);
+    acfg.cors_origins = (const char *const *)(origins_flag.n ? origins_flag.v
+                                                             : origins.n ? origins.v : NULL);
+    acfg.tls_cert = tls_cert;
+    acfg.tls_key = tls_key;
     if (parse_u64(workers_s, 1, 64, &workers)) {
         fprintf(stderr, "slimd serve: --workers '%s': expected an integer from 1 to 64\n",
                 workers_s);
-        return 2;
+        goto out;
     }
     if (parse_u64(max_up_s, 1, UINT64_MAX / 2, &max_up)) {
         fprintf(stderr, "slimd serve: --max-upload-bytes '%s': expected a positive integer\n",
                 max_up_s);
-        return 2;
+        goto out;
     }
     if (job_mem_s) {
         if (parse_u64(job_mem_s, 1, (uint64_t)1 << 30, &job_mem_mb)) {
             fprintf(stderr, "slimd serve: --job-memory-mb '%s': expected a positive integer "
                     "(MiB)\n", job_mem_s);
-            return 2;
+            goto out;
         }
     } else {
         /* three quarters of the machine: what is left serves the page
@@ -233,17 +457,40 @@ int slimd_serve(int argc, char **argv)
     if (parse_u64(max_queued_s, 0, 1u << 30, &max_queued)) {
         fprintf(stderr, "slimd serve: --max-queued '%s': expected an integer (0: no limit)\n",
                 max_queued_s);
-        return 2;
+        goto out;
     }
     acfg.host = host;
     acfg.max_upload = max_up;
     acfg.max_queued = (int64_t)max_queued;
     if (parse_u64(min_free_s, 0, UINT64_MAX / 4, &min_free)) {
         fprintf(stderr, "slimd serve: --min-free-bytes '%s': expected an integer\n", min_free_s);
-        return 2;
+        goto out;
     }
     acfg.min_free = min_free;
+    if (parse_u64(reserve_s, 0, (uint64_t)1 << 40, &reserve)) {
+        fprintf(stderr, "slimd serve: --db-reserve-bytes '%s': expected an integer (0: none)\n",
+                reserve_s);
+        goto out;
+    }
     acfg.job_memory = job_mem_mb << 20;
+    if (parse_u64(max_conns_s, 1, 1u << 20, &max_conns)) {
+        fprintf(stderr, "slimd serve: --max-conns '%s': expected a positive integer\n",
+                max_conns_s);
+        goto out;
+    }
+    if (parse_u64(per_ip_s, 0, 1u << 20, &per_ip)) {
+        fprintf(stderr, "slimd serve: --max-conns-per-ip '%s': expected an integer (0: no "
+                "limit)\n", per_ip_s);
+        goto out;
+    }
+    if (parse_u64(conn_timeout_s, 0, 86400, &conn_timeout)) {
+        fprintf(stderr, "slimd serve: --conn-timeout '%s': expected seconds from 0 (never) to "
+                "86400\n", conn_timeout_s);
+        goto out;
+    }
+    acfg.max_conns = fit_connections((unsigned)max_conns);
+    acfg.max_conns_per_ip = (unsigned)per_ip;
+    acfg.conn_timeout = (unsigned)conn_timeout;
 
     /* libuv reads this when its pool first starts; see runner.h. */
     snprintf(env, sizeof env, "%d", (int)workers);
@@ -260,14 +507,38 @@ int slimd_serve(int argc, char **argv)
 
     memset(&s, 0, sizeof s);
     s.loop = uv_default_loop();
+    rc = 1;
     if (store_open(data_dir, &st, &err)) {
-        log_error("cannot open data dir %s: %s", data_dir, err.msg);
-        return 1;
+        log_error("cannot open data dir %s: %s%s", data_dir, err.msg,
+                  err.code == SLIM_ENOSPACE ? " (its disk is full: free some space)" : "");
+        goto out;
     }
+    store_open_sweep(st, &sweep);
+    if (sweep.tmp_removed || sweep.orphans_removed)
+        log_info("cleaned up after an unclean stop: %d temp file(s), %d unreferenced blob(s) "
+                 "(%llu bytes)", sweep.tmp_removed, sweep.orphans_removed,
+                 (unsigned long long)sweep.orphan_bytes);
+    if (store_wal_reserve(st, reserve, &err))
+        log_warn("%s; job outcomes may not be recorded while the disk is full", err.msg);
+    if (acfg.auth == API_AUTH_TOKEN && store_token_count_live(st, &live_tokens, &err)) {
+        log_error("cannot read the tokens: %s", err.msg);
+        goto out;
+    }
+    if (acfg.auth == API_AUTH_TOKEN && !live_tokens && !loopback) {
+        log_error("refusing to listen on %s with --auth token and no token: nobody could use "
+                  "this daemon.  Make one first: slimd token create --scope read,submit,admin "
+                  "--name admin --data-dir %s", host, data_dir);
+        goto out;
+    }
+    if (acfg.auth == API_AUTH_TOKEN && !live_tokens)
+        log_warn("--auth token and no token yet: every request but /v1/health is 401 until "
+                 "one is made (slimd token create --data-dir %s ...)", data_dir);
+    if (acfg.auth == API_AUTH_TOKEN && !loopback && !tls_cert)
+        log_warn("tokens will cross the network in clear text: use --tls-cert and --tls-key, "
+                 "or a TLS proxy in front");
     if (runner_new(s.loop, st, &rcfg, &s.runner, &err)) {
         log_error("cannot start the runner: %s", err.msg);
-        store_close(st);
-        return 1;
+        goto out;
     }
     hooks.wake = hook_wake;
     hooks.cancel = hook_cancel;
@@ -276,23 +547,34 @@ int slimd_serve(int argc, char **argv)
         log_error("%s", err.msg);
         runner_shutdown(s.runner, NULL, NULL);
         uv_run(s.loop, UV_RUN_DEFAULT);
-        store_close(st);
-        return 1;
+        goto out;
     }
     uv_signal_init(s.loop, &s.sigint);
     uv_signal_init(s.loop, &s.sigterm);
     s.sigint.data = s.sigterm.data = &s;
     uv_signal_start(&s.sigint, on_signal, SIGINT);
     uv_signal_start(&s.sigterm, on_signal, SIGTERM);
-    log_info("slimd %s listening on http://%s%s%s:%u (data dir %s, %d worker(s), %d thread(s) "
-             "per job, %llu MiB for jobs)", SLIMD_VERSION, strchr(host, ':') ? "[" : "", host,
-             strchr(host, ':') ? "]" : "", api_server_port(s.api), data_dir, rcfg.workers,
-             rcfg.threads_per_job, (unsigned long long)(rcfg.job_memory >> 20));
+    log_info("slimd %s listening on %s://%s%s%s:%u (data dir %s, %d worker(s), %d thread(s) "
+             "per job, %llu MiB for jobs, auth %s)", SLIMD_VERSION, tls_cert ? "https" : "http",
+             strchr(host, ':') ? "[" : "", host, strchr(host, ':') ? "]" : "",
+             api_server_port(s.api), data_dir, rcfg.workers, rcfg.threads_per_job,
+             (unsigned long long)(rcfg.job_memory >> 20),
+             acfg.auth == API_AUTH_TOKEN ? "token" : "none (loopback)");
     uv_run(s.loop, UV_RUN_DEFAULT);
     uv_loop_close(s.loop);
-    store_close(st);
     log_info("stopped");
-    return 0;
+    rc = 0;
+out:
+    store_close(st);
+    list_release(&hosts);
+    list_release(&hosts_flag);
+    list_release(&origins);
+    list_release(&origins_flag);
+    if (tls_key)
+        explicit_bzero(tls_key, strlen(tls_key));
+    slim_free(tls_key);
+    slim_free(tls_cert);
+    return rc;
 }
 
 /* Where the artifact goes: OUTDIR/<stem>.slim.safetensors for one file

@@ -19,6 +19,40 @@
  * A cancel can race a claim: the API marks the row cancel_requested and
  * then looks for the slot.  The runner registers the slot first and
  * re-reads the flag after, so whichever comes second sees the other.
+ *
+ * A cancel answered 200 always ends the job canceled: the API set
+ * cancel_requested in the same store call that found the job running,
+ * and every way out of running (succeed, fail, re-queue, recovery)
+ * turns into canceled when that flag is set.  It ends within a second:
+ * the pipeline and its long kernels poll the stop flag, and a kernel
+ * step that cannot stop (the exact SVD's sbdsdc) is left running
+ * detached.  Then the worker records the job canceled at once, from its
+ * own thread (the store is thread-safe), and only returns, releasing
+ * the slot and its memory reservation, when slim_pipeline_settle says the
+ * detached step has ended: the next job never shares the machine with
+ * a canceled one's leftovers.
+ *
+ * A job's outcome must reach its row, or the job would stay `running`
+ * (issue 9).  When that write fails (the disk is full: SQLite cannot
+ * append to its WAL) the slot is kept, marked pending, and the write is
+ * retried after each backoff below until it lands (the store keeps room
+ * for such writes in its WAL: see store.c).  Only a shutdown gives up on
+ * a pending outcome: the row is then still running, and the next start's
+ * recovery re-queues it, counting the attempt.  That recovery, when the
+ * disk is too full to write it, is retried the same way, and nothing is
+ * claimed before it has run.
+ *
+ * Backoff on storage trouble: a claim whose write fails, an outcome that
+ * cannot be recorded, and a job that ran out of disk space (SLIM_ENOSPACE)
+ * each double a delay (0.25 s up to 10 s, so that a disk its admin frees
+ * is used within seconds) during which nothing is claimed; a job that
+ * ends any other way resets it.  A job that ran out of space is
+ * re-queued with its attempt counted (store_job_retry) and fails with
+ * INSUFFICIENT_STORAGE after max_attempts, so a full disk costs one claim
+ * per delay, each visible in the job's attempts, never a claim loop.
+ * Rejected: failing such jobs at once (a disk full for a minute would
+ * fail the whole queue in a second) and a per-job not-before time (the
+ * cause, the disk, is shared by all jobs).
  */
 #include <stdatomic.h>
 #include <stdio.h>
@@ -31,6 +65,12 @@
 #include "daemon/runner.h"
 
 enum { STOP_NONE = 0, STOP_CANCEL = 1, STOP_SHUTDOWN = 2 };
+
+/* What after_work records for a job (struct slot.outcome). */
+enum outcome { OUT_SUCCEED, OUT_FAIL, OUT_RETRY, OUT_CANCELED, OUT_REQUEUE };
+
+#define BACKOFF_MIN_MS 250
+#define BACKOFF_MAX_MS 10000
 
 struct slot {
     int used;
@@ -45,12 +85,16 @@ struct slot {
     _Atomic double progress;            /* written by the worker, read by the tick */
     _Atomic(const char *) stage;        /* a static string (an op name, "load", "write") */
     double persisted;                   /* what the tick wrote last */
+    const char *persisted_stage;
+    int recorded;                       /* the worker already recorded the cancel */
     int rc;
     struct slim_error err;
     json_t *report;
     char sha[65];
     uint64_t bytes;
     uint64_t mem;           /* what this job reserved (memory_bytes) */
+    int outcome;            /* enum outcome, once the pipeline has ended */
+    int pending;            /* the outcome is not recorded yet: retried on r->retry */
 };
 
 struct runner {
@@ -59,6 +103,9 @@ struct runner {
     struct store *st;
     struct runner_config cfg;
     uv_timer_t tick;        /* persists running jobs' progress */
+    uv_timer_t retry;       /* ends a backoff: records pending outcomes, claims */
+    uint64_t backoff_ms;    /* current delay; 0 while storage is fine */
+    int recovered;          /* store_job_recover has run (a full disk can delay it) */
     struct slot *slots;
     int running;
     uint64_t reserved;      /* memory the running jobs reserved */
@@ -69,28 +116,63 @@ struct runner {
 };
 
 static void claim_more(struct runner *r);
+static void on_retry(uv_timer_t *t);
 
+/* Storage trouble: wait longer before the next claim or retry. */
+static void back_off(struct runner *r)
+{
+    r->backoff_ms = r->backoff_ms ? r->backoff_ms * 2 : BACKOFF_MIN_MS;
+    if (r->backoff_ms > BACKOFF_MAX_MS)
+        r->backoff_ms = BACKOFF_MAX_MS;
+    if (!r->shutting_down)
+        uv_timer_start(&r->retry, on_retry, r->backoff_ms, 0);
+}
+
+/* Worker thread: a user's cancel is recorded the moment the pipeline
+ * stops for it, before it releases what it holds (freeing a model of
+ * 50,000 tensors took 0.4 s here): whatever the pipeline returns now,
+ * the job ends canceled (store_job_succeed refuses it). */
+static void record_cancel(struct slot *s)
+{
+    if (!s->recorded && atomic_load(&s->stop) == STOP_CANCEL &&
+        store_job_canceled(s->r->st, s->id, NULL) == 0)
+        s->recorded = 1;
+}
+
+/* Worker thread.  Progress only grows: two passes that each report
+ * their share of one tensor's span must not make it step back. */
 static int on_progress(void *ud, double progress, const char *stage)
 {
     struct slot *s = ud;
     if (progress >= 0) {
         atomic_store(&s->stage, stage);
-        atomic_store(&s->progress, progress);
+        if (progress > atomic_load(&s->progress))
+            atomic_store(&s->progress, progress);
     }
-    return atomic_load(&s->stop) != STOP_NONE;
+    if (atomic_load(&s->stop) == STOP_NONE)
+        return 0;
+    record_cancel(s);
+    return 1;
 }
 
-/* Loop thread: writes the progress that moved since the last tick. */
+/* Loop thread: writes the progress or stage that moved since the last
+ * tick. */
 static void on_tick(uv_timer_t *t)
 {
     struct runner *r = t->data;
     for (int i = 0; i < r->cfg.workers; i++) {
         struct slot *s = &r->slots[i];
         double p;
-        if (!s->used || (p = atomic_load(&s->progress)) == s->persisted)
+        const char *stage;
+        if (!s->used || s->pending)
+            continue;
+        p = atomic_load(&s->progress);
+        stage = atomic_load(&s->stage);
+        if (p == s->persisted && stage == s->persisted_stage)
             continue;
         s->persisted = p;
-        store_job_progress(r->st, s->id, p, atomic_load(&s->stage), NULL);
+        s->persisted_stage = stage;
+        store_job_progress(r->st, s->id, p, stage, NULL);
     }
 }
 
@@ -106,6 +188,16 @@ static void work_cb(uv_work_t *w)
     opts.sink_ud = hash;
     if (!s->rc)
         s->rc = slim_pipeline_run(s->spec, s->in_path, s->out_path, &opts, &s->report, &s->err);
+    /* a cancel that came after the pipeline's last look: the artifact is
+     * not adopted (after_work removes it) */
+    if (s->rc == 0 && atomic_load(&s->stop) == STOP_CANCEL)
+        s->rc = slim_error_set(&s->err, SLIM_ECANCELED, "canceled");
+    if (s->rc == SLIM_ECANCELED) {
+        /* the user sees canceled now; the slot waits for any kernel step
+         * the cancel left running (see the top of this file) */
+        record_cancel(s);
+        slim_pipeline_settle();
+    }
     /* the pipeline hashed the artifact as it wrote it and made it
      * durable: it moves into the blob store without a second read */
     if (!s->rc) {
@@ -132,6 +224,7 @@ static void release_slot(struct runner *r, struct slot *s)
     r->running--;
     r->reserved -= s->mem;
     s->mem = 0;
+    s->pending = 0;
     if (r->running == 0)
         uv_timer_stop(&r->tick);
 }
@@ -148,10 +241,16 @@ static void on_closed(uv_handle_t *h)
         done(ud);
 }
 
-static void on_tick_closed(uv_handle_t *h)
+static void on_retry_closed(uv_handle_t *h)
 {
     struct runner *r = h->data;
     uv_close((uv_handle_t *)&r->wake, on_closed);
+}
+
+static void on_tick_closed(uv_handle_t *h)
+{
+    struct runner *r = h->data;
+    uv_close((uv_handle_t *)&r->retry, on_retry_closed);
 }
 
 static void maybe_finish(struct runner *r)
@@ -160,36 +259,79 @@ static void maybe_finish(struct runner *r)
         uv_close((uv_handle_t *)&r->tick, on_tick_closed);
 }
 
-static void after_work(uv_work_t *w, int status)
+/* The write found the row no longer running (another process changed
+ * it) or gone: there is nothing left to record. */
+static int settled(int rc)
 {
-    struct slot *s = w->data;
-    struct runner *r = s->r;
-    struct slim_error err;
-    (void)status;
+    return rc == SLIM_ENOTFOUND || rc == SLIM_ECONFLICT;
+}
 
-    if (s->rc == 0) {
-        int rc = store_job_succeed(r->st, s->id, s->sha, s->bytes, s->report, &err);
+/* Writes s->outcome to the job's row.  0 when the row is no longer
+ * running (written, or changed by someone else); -1 when the write
+ * failed and must be retried (the caller keeps the slot pending).  A
+ * success that cannot be recorded becomes a failure (or, out of space, a
+ * retry) with the reason; its artifact was dropped by the store. */
+static int record(struct runner *r, struct slot *s)
+{
+    struct slim_error err;
+    int rc = 0, state = -1;
+
+    switch (s->outcome) {
+    case OUT_SUCCEED:
+        rc = store_job_succeed(r->st, s->id, s->sha, s->bytes, s->report, &err);
         if (rc == SLIM_ECANCELED) {
-            store_job_canceled(r->st, s->id, NULL);
+            s->outcome = OUT_CANCELED;
             log_info("job %s canceled (as it finished)", s->id);
-        } else if (rc) {
-            log_error("job %s: cannot record its result: %s", s->id, err.msg);
-            store_job_fail(r->st, s->id, err.msg, NULL);
-        } else {
+            return record(r, s);
+        }
+        if (!rc) {
             log_info("job %s succeeded (artifact %llu bytes, sha256 %.12s)", s->id,
                      (unsigned long long)s->bytes, s->sha);
+            return 0;
         }
-    } else if (s->rc == SLIM_ECANCELED && atomic_load(&s->stop) == STOP_SHUTDOWN) {
-        store_job_requeue(r->st, s->id, NULL);
-        log_info("job %s re-queued (shutdown)", s->id);
-    } else if (s->rc == SLIM_ECANCELED) {
-        store_job_canceled(r->st, s->id, NULL);
-        log_info("job %s canceled", s->id);
-    } else {
-        store_job_fail(r->st, s->id, s->err.msg, NULL);
-        log_info("job %s failed: %s", s->id, s->err.msg);
+        if (settled(rc))
+            break;
+        log_error("job %s: cannot record its result: %s", s->id, err.msg);
+        s->err = err;
+        slim_error_prefix(&s->err, "cannot record the result");
+        s->outcome = rc == SLIM_ENOSPACE ? OUT_RETRY : OUT_FAIL;
+        return record(r, s);
+    case OUT_RETRY:
+        rc = store_job_retry(r->st, s->id, r->cfg.max_attempts, s->err.code, s->err.msg, &state,
+                             &err);
+        if (!rc)
+            log_info("job %s %s: %s", s->id, state == STORE_JOB_QUEUED ? "re-queued (disk full)"
+                     : state == STORE_JOB_FAILED ? "failed (disk full, attempts used up)"
+                     : "canceled", s->err.msg);
+        break;
+    case OUT_FAIL:
+        if (!(rc = store_job_fail(r->st, s->id, s->err.code, s->err.msg, &err)))
+            log_info("job %s failed: %s", s->id, s->err.msg);
+        break;
+    case OUT_CANCELED:
+        /* the worker may have recorded it the moment the pipeline stopped */
+        if (s->recorded || !(rc = store_job_canceled(r->st, s->id, &err)))
+            log_info("job %s canceled", s->id);
+        break;
+    case OUT_REQUEUE:
+        if (!(rc = store_job_requeue(r->st, s->id, &err)))
+            log_info("job %s re-queued (shutdown)", s->id);
+        break;
     }
-    unlink(s->out_path);
+    if (rc && settled(rc)) {
+        log_warn("job %s: %s", s->id, err.msg);
+        rc = 0;
+    }
+    if (rc && !s->pending)
+        log_error("job %s: cannot record its outcome (%s); retrying with backoff", s->id,
+                  err.msg);
+    return rc ? -1 : 0;
+}
+
+/* The slot's job is over and recorded: free the slot, then claim the
+ * next job (or finish the shutdown). */
+static void slot_done(struct runner *r, struct slot *s)
+{
     release_slot(r, s);
     if (r->shutting_down)
         maybe_finish(r);
@@ -197,13 +339,100 @@ static void after_work(uv_work_t *w, int status)
         claim_more(r);
 }
 
-/* Fails a claimed job that cannot start; returns -1. */
-static int fail_start(struct runner *r, struct slot *s, const char *id, const char *why)
+static void after_work(uv_work_t *w, int status)
+{
+    struct slot *s = w->data;
+    struct runner *r = s->r;
+    (void)status;
+
+    if (s->rc == 0 && atomic_load(&s->stop) == STOP_CANCEL) {
+        /* canceled while its artifact was being adopted: the row says
+         * cancel_requested, so the success would be refused anyway; this
+         * spares serialising the report to learn it */
+        store_blob_drop_unused(r->st, s->sha);
+        s->outcome = OUT_CANCELED;
+    } else if (s->rc == 0)
+        s->outcome = OUT_SUCCEED;
+    else if (s->rc == SLIM_ECANCELED && atomic_load(&s->stop) == STOP_SHUTDOWN)
+        s->outcome = OUT_REQUEUE;
+    else if (s->rc == SLIM_ECANCELED)
+        s->outcome = OUT_CANCELED;
+    else if (s->rc == SLIM_ENOSPACE)
+        s->outcome = OUT_RETRY;
+    else
+        s->outcome = OUT_FAIL;
+    unlink(s->out_path);   /* whatever the pipeline left (after success: nothing) */
+    if (record(r, s)) {
+        /* a shutdown does not wait for the disk: recovery re-queues it */
+        if (s->outcome == OUT_REQUEUE || r->shutting_down) {
+            log_warn("job %s is left running; the next start re-queues it", s->id);
+            slot_done(r, s);
+            return;
+        }
+        s->pending = 1;
+        back_off(r);
+        return;
+    }
+    if (s->outcome == OUT_RETRY)
+        back_off(r);
+    else if (s->outcome != OUT_REQUEUE)
+        r->backoff_ms = 0;   /* a job ended on a disk with room: storage is fine */
+    slot_done(r, s);
+}
+
+/* The backoff ended: record what is pending, then claim again (or wait
+ * longer if a write still fails). */
+static void on_retry(uv_timer_t *t)
+{
+    struct runner *r = t->data;
+    struct slim_error err;
+    int stuck = 0, requeued = 0, failed = 0;
+    if (!r->recovered) {
+        if (store_job_recover(r->st, r->cfg.max_attempts, &requeued, &failed, &err)) {
+            back_off(r);
+            return;
+        }
+        r->recovered = 1;
+        log_info("recovered from an unclean stop: %d job(s) re-queued, %d failed", requeued,
+                 failed);
+    }
+    for (int i = 0; i < r->cfg.workers; i++) {
+        struct slot *s = &r->slots[i];
+        if (!s->used || !s->pending)
+            continue;
+        if (record(r, s)) {
+            stuck = 1;
+            continue;
+        }
+        if (s->outcome == OUT_RETRY)
+            stuck = 1;   /* recorded, but the disk was full: keep backing off */
+        release_slot(r, s);
+    }
+    if (stuck)
+        back_off(r);
+    else
+        claim_more(r);
+}
+
+/* Fails a claimed job that cannot start, through its slot (so that a
+ * write that fails is retried like any outcome); returns -1. */
+static int fail_start(struct runner *r, struct slot *s, int code, const char *why)
 {
     slim_spec_free(s->spec);
     s->spec = NULL;
-    store_job_fail(r->st, id, why, NULL);
-    log_info("job %s failed: %s", id, why);
+    slim_error_set(&s->err, code, "%s", why);
+    s->outcome = OUT_FAIL;
+    s->r = r;
+    pthread_mutex_lock(&r->lock);
+    s->used = 1;
+    pthread_mutex_unlock(&r->lock);
+    r->running++;
+    if (record(r, s)) {
+        s->pending = 1;
+        back_off(r);
+        return -1;
+    }
+    release_slot(r, s);
     return -1;
 }
 
@@ -219,8 +448,11 @@ static int start_job(struct runner *r, struct slot *s, json_t *row)
 
     snprintf(s->id, sizeof s->id, "%s", id);
     s->spec = NULL;
+    s->mem = 0;
+    s->report = NULL;
+    s->pending = 0;
     if (!model_id || store_model_get(r->st, model_id, &model, &err))
-        return fail_start(r, s, id, "its model was deleted");
+        return fail_start(r, s, SLIM_ENOTFOUND, "its model was deleted");
     store_blob_path(r->st, json_string_value(json_object_get(model, "sha256")), s->in_path,
                     sizeof s->in_path);
     json_decref(model);
@@ -228,12 +460,12 @@ static int start_job(struct runner *r, struct slot *s, json_t *row)
      * older slimd that a newer parser refuses */
     if (slim_spec_parse(json_object_get(row, "spec"), (const char *const[]){"model", NULL},
                         &s->spec, &err))
-        return fail_start(r, s, id, err.msg);
+        return fail_start(r, s, err.code, err.msg);
     s->eval_path[0] = 0;
     if ((ds_id = slim_spec_eval_dataset(s->spec))) {
         if (store_dataset_get(r->st, ds_id, &dataset, &err)) {
             snprintf(why, sizeof why, "its eval dataset %.64s was deleted", ds_id);
-            return fail_start(r, s, id, why);
+            return fail_start(r, s, SLIM_ENOTFOUND, why);
         }
         store_blob_path(r->st, json_string_value(json_object_get(dataset, "sha256")),
                         s->eval_path, sizeof s->eval_path);
@@ -247,6 +479,8 @@ static int start_job(struct runner *r, struct slot *s, json_t *row)
     atomic_store(&s->progress, 0.0);
     atomic_store(&s->stage, "load");
     s->persisted = 0;
+    s->persisted_stage = NULL;
+    s->recorded = 0;
     s->r = r;
     s->work.data = s;
     atomic_store(&s->stop, STOP_NONE);
@@ -275,7 +509,9 @@ static void claim_more(struct runner *r)
 {
     struct slim_error err;
     json_t *row;
-    while (!r->shutting_down && r->running < r->cfg.workers) {
+    /* during a backoff only its timer claims (on_retry) */
+    while (!r->shutting_down && r->recovered && r->running < r->cfg.workers &&
+           !uv_is_active((uv_handle_t *)&r->retry)) {
         struct slot *s = NULL;
         for (int i = 0; i < r->cfg.workers && !s; i++)
             if (!r->slots[i].used)
@@ -292,7 +528,11 @@ static void claim_more(struct runner *r)
         if (rc == SLIM_ENOTFOUND)
             return;
         if (rc) {
-            log_error("cannot claim a job: %s", err.msg);
+            /* nothing was claimed (the claim is one statement, its
+             * attempts + 1 included); try again after the backoff */
+            back_off(r);
+            log_error("cannot claim a job: %s; trying again in %.2f s", err.msg,
+                      r->backoff_ms / 1000.0);
             return;
         }
         start_job(r, s, row);
@@ -319,20 +559,28 @@ int runner_new(uv_loop_t *loop, struct store *st, const struct runner_config *cf
     r->cfg = *cfg;
     pthread_mutex_init(&r->lock, NULL);
     rc = store_job_recover(st, cfg->max_attempts, &requeued, &failed, err);
-    if (rc) {
+    if (rc && rc != SLIM_ENOSPACE) {
         pthread_mutex_destroy(&r->lock);
         slim_free(r->slots);
         slim_free(r);
         return rc;
     }
-    if (requeued || failed)
+    r->recovered = !rc;
+    if (rc)
+        log_warn("cannot re-queue the jobs an unclean stop left running (%s): trying again "
+                 "with backoff, and claiming nothing until then", err->msg);
+    else if (requeued || failed)
         log_info("recovered from an unclean stop: %d job(s) re-queued, %d failed", requeued,
                  failed);
     uv_async_init(loop, &r->wake, on_wake);
     r->wake.data = r;
     uv_timer_init(loop, &r->tick);
     r->tick.data = r;
+    uv_timer_init(loop, &r->retry);
+    r->retry.data = r;
     *out = r;
+    if (!r->recovered)
+        back_off(r);
     claim_more(r);
     return 0;
 }
@@ -363,5 +611,16 @@ void runner_shutdown(struct runner *r, void (*done)(void *ud), void *ud)
             atomic_compare_exchange_strong(&r->slots[i].stop, &none, STOP_SHUTDOWN);
     }
     pthread_mutex_unlock(&r->lock);
+    /* outcomes still pending get one last try; the rows of those that
+     * fail stay running, and the next start's recovery re-queues them */
+    uv_timer_stop(&r->retry);
+    for (int i = 0; i < r->cfg.workers; i++) {
+        struct slot *s = &r->slots[i];
+        if (!s->used || !s->pending)
+            continue;
+        if (record(r, s))
+            log_warn("job %s is left running; the next start re-queues it", s->id);
+        release_slot(r, s);
+    }
     maybe_finish(r);
 }

@@ -26,7 +26,9 @@ struct runner;
 
 /* Creates the runner on loop (which it borrows, like st).  Re-queues
  * jobs a crash left running (see store_job_recover) and claims queued
- * ones.  Call on the loop thread. */
+ * ones; when the disk is too full to record the re-queue, it tries again
+ * with backoff and claims nothing until it has.  Call on the loop
+ * thread. */
 int runner_new(uv_loop_t *loop, struct store *st, const struct runner_config *cfg,
                struct runner **out, struct slim_error *err);
 /* Wakes the runner to look for queued jobs.  Any thread. */

@@ -124,14 +124,14 @@ int slim_eval_run(struct slim_onnx *before, const char *after_path,
     memset(&ds, 0, sizeof ds);
     memset(&b, 0, sizeof b);
     memset(&a, 0, sizeof a);
-    if ((rc = slim_engine_new(before, &b.e, err)))
+    if ((rc = slim_engine_new_limited(before, o->memory_limit, &b.e, err)))
         goto out;
     if ((rc = slim_onnx_open(after_path, &after, err))) {
         slim_error_prefix(err, "the artifact as written");
         goto out;
     }
     have_after = 1;
-    if ((rc = slim_engine_new(&after, &a.e, err))) {
+    if ((rc = slim_engine_new_limited(&after, o->memory_limit, &a.e, err))) {
         slim_error_prefix(err, "the artifact");
         goto out;
     }

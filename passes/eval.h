@@ -15,6 +15,7 @@ struct slim_eval_opts {
     const char *dataset_id;     /* as the spec named it, for the report (may be NULL) */
     int64_t max_samples;        /* 0: all */
     int64_t batch;              /* samples per engine run */
+    uint64_t memory_limit;      /* each engine's buffers at most this (0: no cap) */
     /* polled between batches: non-zero stops with SLIM_ECANCELED */
     int (*check)(void *ud, double frac);
     void *check_ud;

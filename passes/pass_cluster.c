@@ -73,12 +73,20 @@ static int cluster_plan(const void *cfgp, struct slim_work *w, size_t i, struct 
     return describe_outs(cfgp, &w->wts[i], err);
 }
 
+/* k-means' poll: its share of the work moves the job's progress within
+ * this tensor's span, and a cancel stops it. */
+static int kernel_poll(void *ud, double frac)
+{
+    return slim_work_check(ud, frac, NULL) != 0;
+}
+
 static int cluster_one(const void *cfgp, struct slim_work *w, size_t i, struct slim_error *err)
 {
     const struct cluster_cfg *cfg = cfgp;
     struct slim_wt *t = &w->wts[i];
     size_t rows = (size_t)t->rows, cols = (size_t)t->cols, n = rows * cols;
-    struct slim_kmeans_opts opts = {.k = (int)cfg->k, .keep_zero = t->pruned};
+    struct slim_poll poll = {kernel_poll, w};
+    struct slim_kmeans_opts opts = {.k = (int)cfg->k, .keep_zero = t->pruned, .poll = &poll};
     struct slim_kmeans_info info;
     uint8_t *idx = NULL;
     float *book;

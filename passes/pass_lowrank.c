@@ -120,6 +120,13 @@ static int lowrank_plan(const void *cfgp, struct slim_work *w, size_t i, struct 
     return become_factors(w, i, r, NULL, NULL, err);
 }
 
+/* The SVD kernels' poll: their share of the work becomes the job's
+ * progress within this tensor's span, and a cancel stops them. */
+static int kernel_poll(void *ud, double frac)
+{
+    return slim_work_check(ud, frac, NULL) != 0;
+}
+
 /* Factors t (index i in w) in place; returns 1 when it inserted W_v. */
 static int factor_one(const void *cfgp, struct slim_work *w, size_t i, struct slim_error *err)
 {
@@ -129,6 +136,8 @@ static int factor_one(const void *cfgp, struct slim_work *w, size_t i, struct sl
     size_t r = rank_asked(cfg, m, n), useful = slim_lowrank_max_useful_rank(m, n);
     const float *a = t->val ? t->val : w->orig;
     struct slim_svd svd;
+    struct slim_poll poll = {kernel_poll, w};
+    struct slim_svd_opts opts = {.poll = &poll};
     float *u = NULL, *v = NULL;
     int randomized, rc;
     double rel;
@@ -136,7 +145,7 @@ static int factor_one(const void *cfgp, struct slim_work *w, size_t i, struct sl
     memset(&svd, 0, sizeof svd);
     if (cfg->energy > 0) {
         rc = slim_svd_for_energy(a, m, n, cfg->energy, cfg->algorithm != ALG_EXACT,
-                                 w->threads, &svd, &r, err);
+                                 w->threads, &poll, &svd, &r, err);
         randomized = svd.k < mn;
     } else {
         randomized = cfg->algorithm == ALG_RANDOMIZED ||
@@ -144,9 +153,9 @@ static int factor_one(const void *cfgp, struct slim_work *w, size_t i, struct sl
         if (r > useful) {
             rc = 0; /* decided below without an SVD */
         } else if (randomized) {
-            rc = slim_svd_randomized(a, m, n, r, NULL, w->threads, &svd, err);
+            rc = slim_svd_randomized(a, m, n, r, &opts, w->threads, &svd, err);
         } else {
-            rc = slim_svd_exact(a, m, n, w->threads, &svd, err);
+            rc = slim_svd_exact(a, m, n, w->threads, &poll, &svd, err);
         }
     }
     if (rc)

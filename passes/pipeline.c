@@ -21,7 +21,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include "passes/formats/artifact.h"
+#include "passes/artifact.h"
 #include "passes/pass.h"
 #include "passes/report.h"
 #include "passes/formats/source.h"
@@ -531,9 +531,10 @@ static int read_tensor(struct run *r, const struct slim_shard *s, const struct s
     double t0 = slim_now();
     unsigned char *buf;
     drop_buffers(r);
-    /* ONNX: fp32 straight from the unpacked protobuf or the external
-     * file's mapping; nothing to fault in or give back */
-    if (s->in_memory && want_f32 && !keep_raw && t->dtype == SLIM_DT_F32 &&
+    /* ONNX inline weights: fp32 straight from the unpacked protobuf,
+     * nothing to fault in or give back (external ones are file mappings:
+     * faulted in and given back below, like a safetensors file's) */
+    if (s->in_memory && !t->file_mapped && want_f32 && !keep_raw && t->dtype == SLIM_DT_F32 &&
         (uintptr_t)t->data % sizeof(float) == 0) {
         r->mapped = (void *)t->data;
         r->mapped_len = 0;
@@ -956,7 +957,9 @@ static int out_shard_begin(struct out *o, struct run *r, size_t s, struct slim_e
 }
 
 /* Copies a spilled shard's data into the artifact, 8 MiB at a time. */
-static int copy_spill(const char *spill, struct slim_writer *wr, struct slim_error *err)
+/* Checks for a cancel every 8 MiB: a spilled artifact can be gigabytes. */
+static int copy_spill(struct run *r, const char *spill, struct slim_writer *wr,
+                      struct slim_error *err)
 {
     int fd = open(spill, O_RDONLY | O_CLOEXEC), rc = 0;
     const size_t step = (size_t)8 << 20;
@@ -964,6 +967,8 @@ static int copy_spill(const char *spill, struct slim_writer *wr, struct slim_err
         return slim_error_set(err, SLIM_EIO, "cannot reopen the artifact's data: %s",
                               strerror(errno));
     for (;;) {
+        if ((rc = slim_work_check(&r->w, -1.0, err)))
+            break;
         char *buf = slim_aligned_alloc(step);
         ssize_t got;
         struct slim_piece piece;
@@ -1092,6 +1097,11 @@ int slim_pipeline_estimate(const struct slim_spec *spec, const char *in_path, ui
     }
     run_release(&r);
     return rc;
+}
+
+void slim_pipeline_settle(void)
+{
+    slim_kernel_settle();
 }
 
 int slim_pipeline_output_kind(const char *in_path)
@@ -1226,7 +1236,8 @@ static int eval_poll(void *ud, double frac)
 
 /* The original and the artifact as written, side by side: accuracy on
  * the eval dataset, or the output drift on a random batch without one
- * (then an op the engine lacks only notes why there is no figure). */
+ * (then an engine that cannot run the graph only notes why there is no
+ * figure). */
 static int evaluate(struct run *r, const char *out_path, const struct slim_run_opts *opts,
                     json_t **ev, struct slim_error *err)
 {
@@ -1237,6 +1248,14 @@ static int evaluate(struct run *r, const char *out_path, const struct slim_run_o
     eo.dataset_id = r->spec->eval_dataset;
     eo.max_samples = r->spec->eval_max_samples;
     eo.batch = r->spec->eval_batch;
+    /* the job's budget, or half the machine: a graph can ask for any
+     * size, and overcommitted memory would otherwise end in the OOM
+     * killer taking the daemon */
+    eo.memory_limit = r->spec->memory_limit;
+    if (!eo.memory_limit) {
+        long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+        eo.memory_limit = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page / 2 : 0;
+    }
     eo.check = eval_poll;
     eo.check_ud = r;
     if (r->spec->eval_dataset && !eo.dataset)
@@ -1246,7 +1265,10 @@ static int evaluate(struct run *r, const char *out_path, const struct slim_run_o
     r->w.p_lo = 0.98;
     r->w.p_hi = 0.995;
     rc = slim_eval_run(r->src.onnx, out_path, &eo, ev, err);
-    if (rc == SLIM_EUNSUPPORTED && !r->spec->eval_dataset) {
+    /* without "eval" the drift is a bonus: the engine failing on the
+     * graph (an op it lacks, a tensor over the budget) never fails a
+     * weight-only job */
+    if (rc && rc != SLIM_ECANCELED && !r->spec->eval_dataset) {
         *ev = json_pack("{s:s}", "skipped", err->msg);
         rc = *ev ? 0 : slim_error_set(err, SLIM_ENOMEM, "out of memory");
     }
@@ -1294,6 +1316,7 @@ static int stream(struct run *r, struct out *o, const char *out_path, int planne
                 (rc = read_tensor(r, sh, src, r->touched[i] & TOUCHED,
                                   r->touched[i] & COPIES_RAW, err)) ||
                 (rc = run_passes(r, r->spec->n_passes, err)) ||
+                (rc = slim_work_check(&r->w, -1.0, err)) ||
                 (rc = slim_artifact_layout(&r->w, &art, err)))
                 goto out;
             t0 = slim_now();
@@ -1335,7 +1358,7 @@ static int stream(struct run *r, struct out *o, const char *out_path, int planne
             goto out;
         for (size_t s = 0; s < r->src.n && !rc; s++) {
             spill_path(out_path, s, sp, sizeof sp);
-            if (!(rc = out_shard_begin(o, r, s, err)) && !(rc = copy_spill(sp, o->wr, err)))
+            if (!(rc = out_shard_begin(o, r, s, err)) && !(rc = copy_spill(r, sp, o->wr, err)))
                 rc = out_file_end(o, err);
             unlink(sp);
         }
@@ -1422,8 +1445,10 @@ int slim_pipeline_run(const struct slim_spec *spec, const char *in_path, const c
         json_object_set_new(json_object_get(*report, "timings"), "eval_seconds",
                             json_real(slim_now() - t_eval));
     }
+    /* a cancel heard now still wins: the artifact goes, and the job ends
+     * canceled rather than succeeded (which the store would refuse) */
     r.w.p_lo = r.w.p_hi = 1.0;
-    slim_work_check(&r.w, 0.0, NULL);
+    rc = slim_work_check(&r.w, 0.0, err);
 out:
     if (o.wr)
         slim_writer_abort(o.wr);

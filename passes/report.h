@@ -5,7 +5,7 @@
 #ifndef SLIM_REPORT_H
 #define SLIM_REPORT_H
 
-#include "passes/formats/artifact.h"
+#include "passes/artifact.h"
 #include "passes/pass.h"
 
 /* Running totals of a report. */
@@ -20,7 +20,8 @@ struct slim_report_totals {
  * tensor's row to rows (error of what the artifact decodes to against
  * the original, sizes before and after, scheme, sparsity, the passes'
  * extra fields) and adds to tot.  Error, SNR and non-zeros come from one
- * threaded read of the two buffers. */
+ * threaded read of the two buffers.  A low-rank pair is multiplied back
+ * in row blocks, checking w for a cancel between them (SLIM_ECANCELED). */
 int slim_report_tensor(struct slim_work *w, const struct slim_artifact *art,
                        struct slim_report_totals *tot, json_t *rows, struct slim_error *err);
 /* The whole report from the rows, totals and passes_rep (an array of

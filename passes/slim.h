@@ -1,12 +1,25 @@
 /*
  * slim.h - the public interface of libslim, slimd's compute library.
  *
- * libslim holds everything that touches model weights: the error values,
- * the allocation wrapper, dtypes and their conversions, the safetensors
- * reader and writer, the passes (quantize, prune, ...), the pipeline that
- * runs one job spec over one model, and the report.  It knows nothing of
- * HTTP, SQLite or libuv, so the daemon, the offline `slimd compress`, the
- * unit tests and the benchmarks all call the same code.
+ * libslim holds everything that touches model weights.  Its folders show
+ * its layers: kernels/ uses only the ground; formats/ the ground and the
+ * kernels; engine/ the ground and formats/onnx.h; the passes, pipeline,
+ * report and eval use them all, and nothing uses them:
+ *   passes/            the ground (this header, errors, allocation, dtypes,
+ *                      globs), and on top the passes (pass_*.c, pass.c
+ *                      their registry), the pipeline that runs one job
+ *                      spec over one model (pipeline.c), the report
+ *                      (report.c), the artifact's layout (artifact.c)
+ *                      and the evaluation (eval.c)
+ *   passes/kernels/    numbers in, numbers out: pruning, quantizers, SVD,
+ *                      k-means, each with a `_ref` twin (kernels.h)
+ *   passes/formats/    bytes <-> tensors and graphs: safetensors, sharded
+ *                      sources, the artifact writer, ONNX in and out
+ *                      (onnx.h), datasets (dataset.h)
+ *   passes/engine/     runs an ONNX graph (engine.h)
+ * It knows nothing of HTTP, SQLite or libuv, so the daemon, the offline
+ * `slimd compress`, the unit tests and the benchmarks all call the same
+ * code.
  *
  * Job specs and reports are JSON, and the safetensors header is JSON, so
  * libslim uses jansson for them (DESIGN.md allows it; STYLE.md's "libc and
@@ -49,7 +62,9 @@
     X(EBUSY,      -16,  "TOO_MANY_REQUESTS", 429, "too many requests") \
     X(ENOSPACE,   -17,  "INSUFFICIENT_STORAGE", 507, "insufficient storage") \
     X(EUNSUPPORTED, -18, "UNSUPPORTED_OPERATOR", 422, "unsupported operator") \
-    X(EDATASET,   -19,  "INVALID_DATASET",   400, "malformed dataset")
+    X(EDATASET,   -19,  "INVALID_DATASET",   400, "malformed dataset") \
+    X(EUNAUTH,    -20,  "UNAUTHORIZED",      401, "no valid bearer token") \
+    X(EFORBIDDEN, -21,  "FORBIDDEN",         403, "forbidden")
 
 enum slim_errno {
 #define SLIM_X(name, val, code, status, msg) SLIM_##name = val,
@@ -141,6 +156,8 @@ struct slim_tensor {
     void *own;                  /* non-NULL when this tensor owns its bytes (then data == own) */
     size_t nbytes;
     int role;                   /* enum slim_role: what the graph uses it for, where known */
+    int file_mapped;            /* data is in a read-only file mapping (pages can be given
+                                 * back and re-read); ONNX sources set it */
 };
 
 /* What a tensor is to its model, where the format says (ONNX does;
@@ -262,6 +279,13 @@ struct slim_run_opts {
 int slim_pipeline_run(const struct slim_spec *spec, const char *in_path,
                       const char *out_path, const struct slim_run_opts *opts,
                       json_t **report, struct slim_error *err);
+
+/* slim_pipeline_run returns SLIM_ECANCELED within a few hundred
+ * milliseconds of its progress callback asking it to stop, but a kernel
+ * step that cannot stop midway (the exact SVD's bidiagonal SVD) is left
+ * to finish on a thread of its own, with its memory.  This waits until
+ * no such step runs in the process.  Any thread. */
+void slim_pipeline_settle(void);
 
 /* What kind of artifact slim_pipeline_run writes for the model at
  * in_path, judged from its first bytes: 0, one safetensors file at

@@ -78,11 +78,21 @@ struct blob_writer {
     int failed;                     /* EVP_DigestUpdate failed in the thread */
 };
 
-/* A full disk (or quota) is SLIM_ENOSPACE, the API's 507. */
-static int io_error(struct slim_error *err, const char *what, const char *path)
+/* A full disk (or quota) is SLIM_ENOSPACE, the API's 507.  The message
+ * names path relative to the data dir ("blobs/ab/..."): it reaches API
+ * clients (an upload's error, a job's), who have no business knowing
+ * where the server keeps its files. */
+static int io_error(const struct store *st, struct slim_error *err, const char *what,
+                    const char *path)
 {
-    int code = errno == ENOSPC || errno == EDQUOT ? SLIM_ENOSPACE : SLIM_EIO;
-    return slim_error_set(err, code, "cannot %s %s: %s", what, path, strerror(errno));
+    int e = errno, code = e == ENOSPC || e == EDQUOT ? SLIM_ENOSPACE : SLIM_EIO;
+    const char *dir = store_data_dir(st), *shown = path, *slash = strrchr(path, '/');
+    size_t n = strlen(dir);
+    if (!strncmp(path, dir, n) && (path[n] == '/' || !path[n]))
+        shown = path[n] ? path + n + 1 : "the data dir";
+    else if (slash && slash[1])   /* not under the data dir: its file name only */
+        shown = slash + 1;
+    return slim_error_set(err, code, "cannot %s %s: %s", what, shown, strerror(e));
 }
 
 int store_check_free(struct store *st, uint64_t need, struct slim_error *err)
@@ -139,22 +149,23 @@ static int install(struct store *st, const char *tmp, const char *sha, struct sl
     char dir[4096], dst[4096];
     snprintf(dir, sizeof dir, "%s/blobs/%.2s", store_data_dir(st), sha);
     store_blob_path(st, sha, dst, sizeof dst);
-    if (mkdir(dir, 0750) == 0) {
-        char blobs[4096];
-        snprintf(blobs, sizeof blobs, "%s/blobs", store_data_dir(st));
-        if (fsync_dir(blobs))
-            return io_error(err, "fsync", blobs);
-    } else if (errno != EEXIST) {
-        return io_error(err, "create", dir);
-    }
-    if (access(dst, F_OK) == 0) {
+    if (mkdir(dir, 0750) && errno != EEXIST)
+        return io_error(st, err, "create", dir);
+    /* The folders are fsynced whether this call made the blob or found
+     * it: a blob found may be one another upload renamed a moment ago and
+     * has not yet fsynced its folder, and our row must not become durable
+     * before the name it points to.  blobs/ too, for a fan-out folder
+     * another thread has just made.  Two directory fsyncs are cheap next
+     * to the file's. */
+    if (access(dst, F_OK) == 0)
         unlink(tmp);
-        return 0;
-    }
-    if (rename(tmp, dst))
-        return io_error(err, "rename into", dst);
+    else if (rename(tmp, dst))
+        return io_error(st, err, "rename into", dst);
     if (fsync_dir(dir))
-        return io_error(err, "fsync", dir);
+        return io_error(st, err, "fsync", dir);
+    snprintf(dir, sizeof dir, "%s/blobs", store_data_dir(st));
+    if (fsync_dir(dir))
+        return io_error(st, err, "fsync", dir);
     return 0;
 }
 
@@ -284,7 +295,7 @@ int store_blob_begin(struct store *st, struct blob_writer **out, struct slim_err
         return slim_error_set(err, SLIM_ENOMEM, "sha256: cannot start a digest");
     }
     if ((bw->fd = mkostemp(bw->path, O_CLOEXEC)) < 0) {
-        int rc = io_error(err, "create a temp file in", store_data_dir(st));
+        int rc = io_error(st, err, "create a temp file in", "tmp/");
         writer_free(bw);
         return rc;
     }
@@ -302,7 +313,7 @@ int store_blob_write(struct blob_writer *bw, const void *buf, size_t len, struct
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0)
-            return io_error(err, "write", bw->path);
+            return io_error(bw->st, err, "write", bw->path);
         p += n;
         left -= (size_t)n;
     }
@@ -356,9 +367,9 @@ int store_blob_commit(struct blob_writer *bw, char sha_out[65], struct slim_erro
     if (!rc)
         rc = digest_final(bw->md, sha_out, err);
     if (!rc && fsync(bw->fd))
-        rc = io_error(err, "fsync", bw->path);
+        rc = io_error(bw->st, err, "fsync", bw->path);
     if (close(bw->fd) && !rc)
-        rc = io_error(err, "close", bw->path);
+        rc = io_error(bw->st, err, "close", bw->path);
     bw->fd = -1;
     if (!rc)
         rc = install(bw->st, bw->path, sha_out, err);
@@ -391,14 +402,14 @@ int store_blob_adopt(struct store *st, const char *tmp_path, char sha_out[65],
         goto out;
     }
     if ((fd = open(tmp_path, O_RDONLY | O_CLOEXEC)) < 0) {
-        rc = io_error(err, "open", tmp_path);
+        rc = io_error(st, err, "open", tmp_path);
         goto out;
     }
     while ((n = read(fd, buf, CHUNK)) != 0) {
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0) {
-            rc = io_error(err, "read", tmp_path);
+            rc = io_error(st, err, "read", tmp_path);
             goto out;
         }
         if (!EVP_DigestUpdate(md, buf, (size_t)n)) {
@@ -410,7 +421,7 @@ int store_blob_adopt(struct store *st, const char *tmp_path, char sha_out[65],
     /* fsync through a read-only descriptor is fine on Linux; the
      * pipeline may already have synced, this makes adopt safe alone */
     if (fsync(fd)) {
-        rc = io_error(err, "fsync", tmp_path);
+        rc = io_error(st, err, "fsync", tmp_path);
         goto out;
     }
     if ((rc = digest_final(md, sha_out, err)))

@@ -11,6 +11,26 @@
  * WAL with synchronous=FULL, not NORMAL: NORMAL may lose the last commits
  * on power loss, and a job acknowledged with 202 must survive (DESIGN.md);
  * one WAL fsync per commit is small next to the fsyncs every blob pays.
+ * A busy timeout of 5 s covers another process holding the database.
+ * Every write's result is checked to its end, the commit included (see
+ * one_row and finish); a disk that is full (SQLITE_FULL, or ENOSPC under
+ * an I/O error) is SLIM_ENOSPACE, the API's 507.
+ *
+ * A full disk must not stop slimd from recording what it did (a job
+ * that failed must not stay `running`) nor from starting.  Both need
+ * SQLite to write, and SQLite writes into its WAL, so the WAL is what
+ * holds the space: it is persistent (SQLITE_FCNTL_PERSIST_WAL: the -wal
+ * and -shm files are not deleted at close, so a start needs no new
+ * file), checkpointed at open (so the first write starts it over in the
+ * space it has), and preallocated (store_wal_reserve, fallocate) to a
+ * few MiB.  With one connection every checkpoint completes, the WAL
+ * restarts from its beginning long before its end, and a write needs no
+ * new block; when the disk is so full that the database file cannot
+ * grow for a checkpoint, the WAL still takes a few thousand pages of
+ * state changes in the space it owns.  Rejected: a separate reserve file
+ * unlinked on SQLITE_FULL (tried first: uploads and artifacts in flight
+ * took the freed space before SQLite's retry could), and
+ * locking_mode=EXCLUSIVE (no -shm, but no sqlite3 shell beside slimd).
  * Migrations: migrations[] only grows; each step runs in BEGIN IMMEDIATE
  * with its PRAGMA user_version bump, so two processes cannot both migrate.
  *
@@ -29,9 +49,25 @@
  * and once it has finished the delete sets the column NULL, as for
  * models.  Blobs are shared by content: models, datasets and artifacts
  * may name the same sha256, and a blob goes when the last of them does.
+ *
+ * Tokens (schema 4) are rows of id, name, scope bits, the secret's
+ * SHA-256 (token.c) and times; they are revoked, never deleted, so the
+ * owner column that models, datasets and jobs gained with them always
+ * names a row.  The list statements filter by owner with
+ * "?N IS NULL OR owner = ?N" (NULL: every row): one statement for both
+ * cases, at the cost of a scan in rowid order that an index on owner
+ * would spare a token with few rows among many; the lists are paged and
+ * the tables hold thousands of rows, not millions.
+ *
+ * A blob is committed (fsync, rename, fsync of its folder) before its row
+ * is inserted, so a crash in between leaves a blob that nothing names;
+ * store_open removes those (sweep_blobs), as it empties tmp/.  Removing
+ * them at open, when nothing is being uploaded, was chosen over a
+ * periodic sweep that would race uploads between commit and insert.
  */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -43,12 +79,28 @@
 #include "storage/store.h"
 
 #define NOW "strftime('%Y-%m-%dT%H:%M:%SZ', 'now')"
-#define MODEL_COLS "id, kind, name, format, bytes, sha256, info, created_at"
-#define DATASET_COLS "id, name, format, bytes, sha256, info, created_at"
+/* A model's info keeps its safetensors __metadata__ (up to 1 MiB) for
+ * whoever needs it, but no reply shows it: SQLite drops it before the
+ * row is parsed, so a list of such models costs what a list of small
+ * ones does. */
+#define MODEL_COLS "id, kind, name, format, bytes, sha256, json_remove(info, '$.metadata'), " \
+    "created_at, owner"
+#define DATASET_COLS "id, name, format, bytes, sha256, info, created_at, owner"
 #define JOB_COLS                                                                   \
     "id, model_id, state, progress, stage, error, attempts, cancel_requested, "    \
     "created_at, started_at, finished_at, spec, artifact_sha, artifact_bytes, mem_bytes, "  \
-    "dataset_id"
+    "dataset_id, owner, error_code"
+/* A list row shows its spec's ops, not the spec: a page of 1,000 jobs
+ * stays small whatever their specs hold (SQLite reads the ops out, so
+ * the specs are never parsed into JSON objects here either). */
+#define JOB_LIST_COLS                                                              \
+    "id, model_id, state, progress, stage, error, attempts, cancel_requested, "    \
+    "created_at, started_at, finished_at, (SELECT json_group_array(json_extract(p.value, '$.op'))" \
+    " FROM json_each(jobs.spec, '$.passes') AS p), artifact_sha, artifact_bytes, mem_bytes, "  \
+    "dataset_id, owner, error_code"
+#define TOKEN_COLS "id, name, scopes, created_at, last_used_at, revoked"
+/* ?N: an owner's token id, or NULL for every row */
+#define OWNED(n) " (?" #n " IS NULL OR owner = ?" #n ")"
 
 /* Append only: entry i takes the schema from version i to i + 1. */
 static const char *const migrations[] = {
@@ -103,6 +155,22 @@ static const char *const migrations[] = {
     "DELETE FROM models WHERE kind = 'dataset';"
     "ALTER TABLE jobs ADD COLUMN dataset_id TEXT REFERENCES datasets(id) ON DELETE SET NULL;"
     "CREATE INDEX jobs_dataset ON jobs(dataset_id);",
+    /* 4: bearer tokens (the secret's sha256, never the secret; scopes
+     * as bits), and the token that created each model, dataset and job
+     * (NULL for rows made with --auth none or before tokens existed) */
+    "CREATE TABLE tokens ("
+    "  id TEXT PRIMARY KEY,"
+    "  name TEXT NOT NULL,"
+    "  scopes INTEGER NOT NULL CHECK (scopes > 0),"
+    "  hash TEXT NOT NULL UNIQUE,"
+    "  created_at TEXT NOT NULL,"
+    "  last_used_at TEXT,"
+    "  revoked INTEGER NOT NULL DEFAULT 0);"
+    "ALTER TABLE models ADD COLUMN owner TEXT REFERENCES tokens(id);"
+    "ALTER TABLE datasets ADD COLUMN owner TEXT REFERENCES tokens(id);"
+    "ALTER TABLE jobs ADD COLUMN owner TEXT REFERENCES tokens(id);",
+    /* 5: a failed job's REST error code beside its message */
+    "ALTER TABLE jobs ADD COLUMN error_code TEXT;",
 };
 
 enum q {
@@ -113,7 +181,9 @@ enum q {
     Q_JOB_INSERT, Q_JOB_GET, Q_JOB_LIST, Q_JOB_LIST_STATE, Q_JOB_COUNT, Q_JOB_COUNT_STATE,
     Q_JOB_CLAIM, Q_JOB_PROGRESS, Q_JOB_SUCCEED, Q_JOB_FAIL, Q_JOB_CANCEL_QUEUED,
     Q_JOB_CANCEL_RUNNING, Q_JOB_CANCELED, Q_JOB_REQUEUE, Q_JOB_REPORT, Q_JOB_COUNTS,
-    Q_RECOVER_CANCELED, Q_RECOVER_FAIL, Q_RECOVER_REQUEUE,
+    Q_RECOVER_CANCELED, Q_RECOVER_FAIL, Q_RECOVER_REQUEUE, Q_JOB_RETRY,
+    Q_TOKEN_INSERT, Q_TOKEN_LIST, Q_TOKEN_FIND, Q_TOKEN_TOUCH, Q_TOKEN_REVOKE, Q_TOKEN_GET,
+    Q_TOKEN_COUNT_LIVE,
     Q_COUNT
 };
 
@@ -122,41 +192,46 @@ static const char *const sql[Q_COUNT] = {
     [Q_BEGIN_IMMEDIATE] = "BEGIN IMMEDIATE",
     [Q_COMMIT] = "COMMIT",
     [Q_ROLLBACK] = "ROLLBACK",
-    [Q_MODEL_INSERT] = "INSERT INTO models (id, kind, name, format, bytes, sha256, info, created_at)"
-                       " VALUES (?1, 'model', ?2, ?3, ?4, ?5, ?6, " NOW ") RETURNING " MODEL_COLS,
+    [Q_MODEL_INSERT] = "INSERT INTO models (id, kind, name, format, bytes, sha256, info, owner,"
+                       " created_at) VALUES (?1, 'model', ?2, ?3, ?4, ?5, ?6, ?7, " NOW ")"
+                       " RETURNING " MODEL_COLS,
     [Q_MODEL_GET] = "SELECT " MODEL_COLS " FROM models WHERE id = ?1",
-    [Q_MODEL_LIST] = "SELECT " MODEL_COLS " FROM models WHERE kind = 'model'"
+    [Q_MODEL_LIST] = "SELECT " MODEL_COLS " FROM models WHERE kind = 'model' AND" OWNED(3)
                      " ORDER BY rowid DESC LIMIT ?1 OFFSET ?2",
-    [Q_MODEL_COUNT] = "SELECT count(*) FROM models WHERE kind = 'model'",
+    [Q_MODEL_COUNT] = "SELECT count(*) FROM models WHERE kind = 'model' AND" OWNED(1),
     [Q_MODEL_USER] = "SELECT id, state FROM jobs WHERE model_id = ?1 AND state IN (0, 1)"
                      " ORDER BY seq LIMIT 1",
     [Q_MODEL_DELETE] = "DELETE FROM models WHERE id = ?1",
     [Q_SHA_REFS] = "SELECT (SELECT count(*) FROM models WHERE sha256 = ?1)"
                    " + (SELECT count(*) FROM datasets WHERE sha256 = ?1)"
                    " + (SELECT count(*) FROM jobs WHERE artifact_sha = ?1)",
-    [Q_DS_INSERT] = "INSERT INTO datasets (id, name, format, bytes, sha256, info, created_at)"
-                    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, " NOW ") RETURNING " DATASET_COLS,
+    [Q_DS_INSERT] = "INSERT INTO datasets (id, name, format, bytes, sha256, info, owner,"
+                    " created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, " NOW ")"
+                    " RETURNING " DATASET_COLS,
     [Q_DS_GET] = "SELECT " DATASET_COLS " FROM datasets WHERE id = ?1",
-    [Q_DS_LIST] = "SELECT " DATASET_COLS " FROM datasets ORDER BY rowid DESC LIMIT ?1 OFFSET ?2",
-    [Q_DS_COUNT] = "SELECT count(*) FROM datasets",
+    [Q_DS_LIST] = "SELECT " DATASET_COLS " FROM datasets WHERE" OWNED(3)
+                  " ORDER BY rowid DESC LIMIT ?1 OFFSET ?2",
+    [Q_DS_COUNT] = "SELECT count(*) FROM datasets WHERE" OWNED(1),
     [Q_DS_USER] = "SELECT id, state FROM jobs WHERE dataset_id = ?1 AND state IN (0, 1)"
                   " ORDER BY seq LIMIT 1",
     [Q_DS_DELETE] = "DELETE FROM datasets WHERE id = ?1",
     /* selecting from models makes a missing (or non-'model') id insert
      * nothing, and so does a dataset (?6, when not NULL) that is missing */
-    [Q_JOB_INSERT] = "INSERT INTO jobs (id, seq, model_id, dataset_id, spec, mem_bytes, created_at)"
-                     " SELECT ?1, (SELECT coalesce(max(seq), 0) + 1 FROM jobs), id, ?6, ?3, ?4, "
-                     NOW " FROM models WHERE id = ?2 AND kind = 'model'"
+    [Q_JOB_INSERT] = "INSERT INTO jobs (id, seq, model_id, dataset_id, spec, mem_bytes, owner,"
+                     " created_at) SELECT ?1, (SELECT coalesce(max(seq), 0) + 1 FROM jobs), id,"
+                     " ?6, ?3, ?4, ?7, " NOW " FROM models WHERE id = ?2 AND kind = 'model'"
                      " AND (?6 IS NULL OR EXISTS (SELECT 1 FROM datasets WHERE id = ?6))"
                      " AND (SELECT count(*) FROM jobs WHERE state = 0) < ?5 RETURNING " JOB_COLS,
     [Q_JOB_GET] = "SELECT " JOB_COLS " FROM jobs WHERE id = ?1",
-    [Q_JOB_LIST] = "SELECT " JOB_COLS " FROM jobs ORDER BY seq DESC LIMIT ?1 OFFSET ?2",
-    [Q_JOB_LIST_STATE] = "SELECT " JOB_COLS " FROM jobs WHERE state = ?3"
+    [Q_JOB_LIST] = "SELECT " JOB_LIST_COLS " FROM jobs WHERE" OWNED(3)
+                   " ORDER BY seq DESC LIMIT ?1 OFFSET ?2",
+    [Q_JOB_LIST_STATE] = "SELECT " JOB_LIST_COLS " FROM jobs WHERE state = ?3 AND" OWNED(4)
                          " ORDER BY seq DESC LIMIT ?1 OFFSET ?2",
-    [Q_JOB_COUNT] = "SELECT count(*) FROM jobs",
-    [Q_JOB_COUNT_STATE] = "SELECT count(*) FROM jobs WHERE state = ?1",
+    [Q_JOB_COUNT] = "SELECT count(*) FROM jobs WHERE" OWNED(1),
+    [Q_JOB_COUNT_STATE] = "SELECT count(*) FROM jobs WHERE state = ?1 AND" OWNED(2),
     [Q_JOB_CLAIM] = "UPDATE jobs SET state = 1, attempts = attempts + 1, started_at = " NOW ","
-                    " finished_at = NULL, progress = 0, stage = NULL, error = NULL"
+                    " finished_at = NULL, progress = 0, stage = 'load', error = NULL,"
+                    " error_code = NULL"
                     " WHERE id = (SELECT id FROM jobs WHERE state = 0 ORDER BY seq LIMIT 1)"
                     " AND mem_bytes <= ?1 RETURNING " JOB_COLS,
     [Q_JOB_PROGRESS] = "UPDATE jobs SET progress = ?2, stage = coalesce(?3, stage)"
@@ -164,7 +239,11 @@ static const char *const sql[Q_COUNT] = {
     [Q_JOB_SUCCEED] = "UPDATE jobs SET state = 2, progress = 1, stage = NULL, finished_at = " NOW ","
                       " artifact_sha = ?2, artifact_bytes = ?3, report = ?4"
                       " WHERE id = ?1 AND state = 1 AND cancel_requested = 0",
-    [Q_JOB_FAIL] = "UPDATE jobs SET state = 3, stage = NULL, finished_at = " NOW ", error = ?2"
+    /* a cancel answered 200 wins over a failure that came after it */
+    [Q_JOB_FAIL] = "UPDATE jobs SET state = CASE WHEN cancel_requested THEN 4 ELSE 3 END,"
+                   " stage = NULL, finished_at = " NOW ","
+                   " error = CASE WHEN cancel_requested THEN NULL ELSE ?2 END,"
+                   " error_code = CASE WHEN cancel_requested THEN NULL ELSE ?3 END"
                    " WHERE id = ?1 AND state = 1",
     [Q_JOB_CANCEL_QUEUED] = "UPDATE jobs SET state = 4, cancel_requested = 1, finished_at = " NOW
                             " WHERE id = ?1 AND state = 0",
@@ -182,10 +261,31 @@ static const char *const sql[Q_COUNT] = {
                            " WHERE state = 1 AND cancel_requested",
     [Q_RECOVER_FAIL] = "UPDATE jobs SET state = 3, stage = NULL, finished_at = " NOW ","
                        " error = 'interrupted ' || CASE attempts WHEN 1 THEN 'once'"
-                       " ELSE attempts || ' times' END || ' (daemon restarts); giving up'"
-                       " WHERE state = 1 AND attempts >= ?1",
+                       " ELSE attempts || ' times' END || ' (daemon restarts); giving up',"
+                       " error_code = 'INTERNAL' WHERE state = 1 AND attempts >= ?1",
     [Q_RECOVER_REQUEUE] = "UPDATE jobs SET state = 0, started_at = NULL, progress = 0, stage = NULL"
                           " WHERE state = 1",
+    [Q_TOKEN_INSERT] = "INSERT INTO tokens (id, name, scopes, hash, created_at)"
+                       " VALUES (?1, ?2, ?3, ?4, " NOW ") RETURNING " TOKEN_COLS,
+    [Q_TOKEN_LIST] = "SELECT " TOKEN_COLS " FROM tokens ORDER BY rowid",
+    /* the last column: whether last_used_at is a minute old (or unset) */
+    [Q_TOKEN_FIND] = "SELECT id, scopes, revoked, last_used_at IS NULL OR last_used_at <"
+                     " strftime('%Y-%m-%dT%H:%M:%SZ', 'now', '-60 seconds') FROM tokens"
+                     " WHERE hash = ?1",
+    [Q_TOKEN_TOUCH] = "UPDATE tokens SET last_used_at = " NOW " WHERE id = ?1",
+    [Q_TOKEN_REVOKE] = "UPDATE tokens SET revoked = 1 WHERE id = ?1 AND revoked = 0",
+    [Q_TOKEN_GET] = "SELECT " TOKEN_COLS " FROM tokens WHERE id = ?1",
+    [Q_TOKEN_COUNT_LIVE] = "SELECT count(*) FROM tokens WHERE revoked = 0",
+    /* attempts is not given back (unlike Q_JOB_REQUEUE): the claim
+     * counted this attempt, and max_attempts (?2) bounds the retries;
+     * the error stays on the queued row, so users see why it waits */
+    [Q_JOB_RETRY] = "UPDATE jobs SET state = CASE WHEN cancel_requested THEN 4"
+                    " WHEN attempts >= ?2 THEN 3 ELSE 0 END,"
+                    " finished_at = CASE WHEN cancel_requested OR attempts >= ?2 THEN " NOW " END,"
+                    " started_at = CASE WHEN cancel_requested OR attempts >= ?2 THEN started_at END,"
+                    " error = CASE WHEN cancel_requested THEN NULL ELSE ?3 END,"
+                    " error_code = CASE WHEN cancel_requested THEN NULL ELSE ?4 END,"
+                    " progress = 0, stage = NULL WHERE id = ?1 AND state = 1 RETURNING " JOB_COLS,
 };
 
 struct store {
@@ -193,6 +293,7 @@ struct store {
     sqlite3 *db;
     sqlite3_stmt *q[Q_COUNT];
     char *dir;
+    struct store_sweep sweep;       /* what store_open cleaned */
 };
 
 static const char *const state_names[] = {"queued", "running", "succeeded", "failed", "canceled"};
@@ -220,15 +321,29 @@ const char *store_data_dir(const struct store *st)
 /* Sets err from the connection's last error, prefixed with what failed. */
 static int db_error(struct store *st, struct slim_error *err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* SQLite's last error as ours: a full disk is SLIM_ENOSPACE whether SQLite
+ * says SQLITE_FULL (a write) or an I/O error whose errno is ENOSPC (the
+ * -shm file, an fsync). */
+static int db_code(struct store *st)
+{
+    int c = sqlite3_errcode(st->db) & 0xff, e = sqlite3_system_errno(st->db);
+    if (c == SQLITE_NOMEM)
+        return SLIM_ENOMEM;
+    if (c == SQLITE_FULL ||
+        ((c == SQLITE_IOERR || c == SQLITE_CANTOPEN) && (e == ENOSPC || e == EDQUOT)))
+        return SLIM_ENOSPACE;
+    return SLIM_EIO;
+}
+
 static int db_error(struct store *st, struct slim_error *err, const char *fmt, ...)
 {
     char what[96];
+    int code = db_code(st);
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(what, sizeof what, fmt, ap);
     va_end(ap);
-    return slim_error_set(err, sqlite3_errcode(st->db) == SQLITE_NOMEM ? SLIM_ENOMEM : SLIM_EIO,
-                          "%s: %s", what, sqlite3_errmsg(st->db));
+    return slim_error_set(err, code, "%s: %s", what, sqlite3_errmsg(st->db));
 }
 
 /* Ends a statement's use: resets it (releasing its read snapshot) and
@@ -292,8 +407,10 @@ static int run(struct store *st, enum q i, int *changes, struct slim_error *err,
     va_end(ap);
     if (rc)
         return rc;
+    /* the message names no SQL: it reaches users (a job's error, a 500) */
     if (sqlite3_step(s) != SQLITE_DONE)
-        rc = db_error(st, err, "%.40s", sql[i]);
+        rc = db_error(st, err, "%s", i == Q_BEGIN ? "cannot read the database"
+                                                  : "cannot update the database");
     else if (changes)
         *changes = sqlite3_changes(st->db);
     done(s);
@@ -330,11 +447,12 @@ static const char *const onnx_keys[] = {"opset", "ir_version", "producer", "inpu
 static json_t *model_row(sqlite3_stmt *s)
 {
     json_t *info = col_json(s, 6), *row;
-    row = json_pack("{s:s?, s:s?, s:s?, s:s?, s:I, s:s?, s:O?, s:O?, s:s?}",
+    row = json_pack("{s:s?, s:s?, s:s?, s:s?, s:I, s:s?, s:O?, s:O?, s:s?, s:s?}",
                     "id", col_text(s, 0), "kind", col_text(s, 1), "name", col_text(s, 2),
                     "format", col_text(s, 3), "bytes", (json_int_t)sqlite3_column_int64(s, 4),
                     "sha256", col_text(s, 5), "tensors", json_object_get(info, "tensors"),
-                    "params", json_object_get(info, "params"), "created_at", col_text(s, 7));
+                    "params", json_object_get(info, "params"), "created_at", col_text(s, 7),
+                    "owner", col_text(s, 8));
     if (row && json_object_get(info, "shards"))   /* a sharded checkpoint: its shard files */
         json_object_set(row, "shards", json_object_get(info, "shards"));
     /* an ONNX model: its graph's outline (all small: no per-tensor list) */
@@ -351,17 +469,31 @@ static json_t *job_row(sqlite3_stmt *s)
     if (sqlite3_column_type(s, 12) != SQLITE_NULL)
         artifact = json_pack("{s:s?, s:I}", "sha256", col_text(s, 12), "bytes",
                              (json_int_t)sqlite3_column_int64(s, 13));
-    return json_pack("{s:s?, s:s?, s:s?, s:s, s:f, s:s?, s:s?, s:I, s:b, s:s?, s:s?, s:s?, s:o?,"
-                     " s:o?, s:I}",
+    return json_pack("{s:s?, s:s?, s:s?, s:s, s:f, s:s?, s:s?, s:s?, s:I, s:b, s:s?, s:s?, s:s?,"
+                     " s:o?, s:o?, s:I, s:s?}",
                      "id", col_text(s, 0), "model", col_text(s, 1), "dataset", col_text(s, 15),
                      "state", store_job_state_name(sqlite3_column_int(s, 2)),
                      "progress", sqlite3_column_double(s, 3), "stage", col_text(s, 4),
-                     "error", col_text(s, 5), "attempts", (json_int_t)sqlite3_column_int64(s, 6),
+                     "error", col_text(s, 5), "error_code", col_text(s, 17),
+                     "attempts", (json_int_t)sqlite3_column_int64(s, 6),
                      "cancel_requested", sqlite3_column_int(s, 7) != 0,
                      "created_at", col_text(s, 8), "started_at", col_text(s, 9),
                      "finished_at", col_text(s, 10), "spec", col_json(s, 11),
                      "artifact", artifact, "memory_bytes",
-                     (json_int_t)sqlite3_column_int64(s, 14));
+                     (json_int_t)sqlite3_column_int64(s, 14), "owner", col_text(s, 16));
+}
+
+/* A list row (JOB_LIST_COLS): the job with "passes", its spec's ops in
+ * order, in the place of "spec". */
+static json_t *job_summary_row(sqlite3_stmt *s)
+{
+    json_t *row = job_row(s), *ops;
+    if (!row)
+        return NULL;
+    ops = json_object_get(row, "spec");
+    json_object_set_new(row, "passes", json_is_array(ops) ? json_incref(ops) : json_array());
+    json_object_del(row, "spec");
+    return row;
 }
 
 /* Steps s for one row and converts it with to_json into *row; a missing
@@ -466,17 +598,104 @@ static int mkdir_p(const char *path, struct slim_error *err)
 }
 
 /* Empties tmp/: whatever is there is a partial upload or artifact of a
- * process that died (one data dir serves one daemon). */
-static void purge_tmp(const char *tmp)
+ * process that died (one data dir serves one daemon).  Returns how many
+ * files went. */
+static int purge_tmp(const char *tmp)
 {
     DIR *d = opendir(tmp);
     struct dirent *e;
+    int n = 0;
     if (!d)
-        return;
+        return 0;
     while ((e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
-            unlinkat(dirfd(d), e->d_name, 0);
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") &&
+            unlinkat(dirfd(d), e->d_name, 0) == 0)
+            n++;
     closedir(d);
+    return n;
+}
+
+/* 1 when name is 64 lowercase hex digits starting with the two of dir. */
+static int blob_name(const char *dir, const char *name)
+{
+    size_t n = strspn(name, "0123456789abcdef");
+    return n == 64 && !name[64] && name[0] == dir[0] && name[1] == dir[1];
+}
+
+/* Removes every blob that no row names: blobs/xx/<sha> committed by a
+ * process that died before it inserted the row (an upload between commit
+ * and insert, an artifact between adopt and succeed, a delete between
+ * its commit and the unlink).  Runs at open, before any request, so no
+ * upload is between its commit and its insert.  A file whose name is
+ * not a blob's is left alone: slimd never makes one, so it is not ours
+ * to remove.  A blob whose reference count cannot be read is kept. */
+static void sweep_blobs(struct store *st)
+{
+    char path[4096];
+    DIR *top, *sub;
+    struct dirent *e, *f;
+    sqlite3_stmt *s;
+    struct stat sb;
+
+    snprintf(path, sizeof path, "%s/blobs", st->dir);
+    if (!(top = opendir(path)))
+        return;
+    while ((e = readdir(top))) {
+        if (strlen(e->d_name) != 2 || strspn(e->d_name, "0123456789abcdef") != 2)
+            continue;
+        snprintf(path, sizeof path, "%s/blobs/%s", st->dir, e->d_name);
+        if (!(sub = opendir(path)))
+            continue;
+        while ((f = readdir(sub))) {
+            int unused;
+            if (!blob_name(e->d_name, f->d_name) || prep(st, Q_SHA_REFS, &s, NULL, "s", f->d_name))
+                continue;
+            unused = sqlite3_step(s) == SQLITE_ROW && sqlite3_column_int(s, 0) == 0;
+            done(s);
+            if (unused && fstatat(dirfd(sub), f->d_name, &sb, 0) == 0 &&
+                unlinkat(dirfd(sub), f->d_name, 0) == 0) {
+                st->sweep.orphans_removed++;
+                st->sweep.orphan_bytes += (uint64_t)sb.st_size;
+            }
+        }
+        closedir(sub);
+    }
+    closedir(top);
+}
+
+/* ---- room for the database (store.h) ---- */
+
+int store_wal_reserve(struct store *st, uint64_t bytes, struct slim_error *err)
+{
+    char path[4096];
+    struct stat sb;
+    int fd, rc = 0;
+    if (!bytes)
+        return 0;
+    snprintf(path, sizeof path, "%s/slimd.db-wal", st->dir);
+    pthread_mutex_lock(&st->lock);
+    /* SQLite made the file when it first read in WAL mode (open_db);
+     * without it there is nothing to grow */
+    if ((fd = open(path, O_WRONLY | O_CLOEXEC)) < 0) {
+        rc = slim_error_set(err, SLIM_EIO, "cannot open the database's WAL: %s", strerror(errno));
+        goto out;
+    }
+    /* allocates blocks where there are none, past the end or in holes;
+     * never touches bytes already written, so frames stay as they are */
+    if ((fstat(fd, &sb) || (uint64_t)sb.st_blocks * 512 < bytes) &&
+        (rc = posix_fallocate(fd, 0, (off_t)bytes)))
+        rc = slim_error_set(err, rc == ENOSPC || rc == EDQUOT ? SLIM_ENOSPACE : SLIM_EIO,
+                            "cannot preallocate %llu MiB for the database's WAL: %s",
+                            (unsigned long long)(bytes >> 20), strerror(rc));
+    close(fd);
+out:
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+void store_open_sweep(const struct store *st, struct store_sweep *out)
+{
+    *out = st->sweep;
 }
 
 static int migrate(struct store *st, struct slim_error *err)
@@ -530,6 +749,15 @@ static int open_db(struct store *st, struct slim_error *err)
     /* only matters when another process (a second slimd, the sqlite3
      * shell) holds the database: our own threads queue on st->lock */
     sqlite3_busy_timeout(st->db, 5000);
+    /* Persistent WAL: the -wal and -shm files stay (allocated) when the
+     * last connection closes, instead of being deleted and created again
+     * at the next open, which on a full disk fails ("disk I/O error":
+     * slimd could not start).  The WAL keeps the size it grew to (no
+     * journal_size_limit: that would truncate it to 0 at close), a few
+     * MiB with the default checkpoints, and is reused from its start
+     * after each checkpoint, so writes need no new space either. */
+    int persist = 1;
+    sqlite3_file_control(st->db, "main", SQLITE_FCNTL_PERSIST_WAL, &persist);
     if (sqlite3_exec(st->db, "PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL", NULL, NULL,
                      NULL))
         return db_error(st, err, "cannot configure %s", path);
@@ -540,6 +768,12 @@ static int open_db(struct store *st, struct slim_error *err)
     sqlite3_finalize(s);
     if (rc || (rc = migrate(st, err)))
         return rc;
+    /* The persisted WAL still holds the frames of the last run (all in
+     * the database file after the checkpoint at close, but recovery does
+     * not know it): a checkpoint now lets the first write start the WAL
+     * over in the space it has, instead of appending, which a full disk
+     * refuses.  Its failure is harmless: writes then append as usual. */
+    sqlite3_wal_checkpoint_v2(st->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
     for (int i = 0; i < Q_COUNT; i++)
         if (sqlite3_prepare_v3(st->db, sql[i], -1, SQLITE_PREPARE_PERSISTENT, &st->q[i], NULL))
             return db_error(st, err, "cannot prepare statement %d", i);
@@ -563,7 +797,39 @@ int store_open(const char *data_dir, struct store **out, struct slim_error *err)
         rc = mkdir_p(sub, err);
     snprintf(sub, sizeof sub, "%s/tmp", data_dir);
     if (!rc && !(rc = mkdir_p(sub, err)))
-        purge_tmp(sub);
+        st->sweep.tmp_removed = purge_tmp(sub);
+    if (!rc) {
+        /* blobs/ and tmp/ may be new: their names must be durable before
+         * a blob renamed into blobs/ is (blob.c fsyncs only below) */
+        int fd = open(data_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0 || fsync(fd))
+            rc = slim_error_set(err, SLIM_EIO, "cannot fsync the data dir: %s", strerror(errno));
+        if (fd >= 0)
+            close(fd);
+    }
+    if (!rc)
+        rc = open_db(st, err);
+    if (!rc)
+        sweep_blobs(st);
+    if (rc) {
+        store_close(st);
+        return rc;
+    }
+    *out = st;
+    return 0;
+}
+
+int store_open_meta(const char *data_dir, struct store **out, struct slim_error *err)
+{
+    struct store *st = slim_calloc(1, sizeof *st);
+    int rc;
+
+    if (!st || !(st->dir = slim_strdup(data_dir))) {
+        slim_free(st);
+        return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    }
+    pthread_mutex_init(&st->lock, NULL);
+    rc = mkdir_p(data_dir, err);
     if (!rc)
         rc = open_db(st, err);
     if (rc) {
@@ -626,10 +892,11 @@ static const struct upload_kind dataset_kind = {
 static json_t *dataset_row(sqlite3_stmt *s)
 {
     json_t *info = col_json(s, 5);
-    json_t *row = json_pack("{s:s?, s:s?, s:s?, s:I, s:s?, s:s?}", "id", col_text(s, 0),
+    json_t *row = json_pack("{s:s?, s:s?, s:s?, s:I, s:s?, s:s?, s:s?}", "id", col_text(s, 0),
                             "name", col_text(s, 1), "format", col_text(s, 2),
                             "bytes", (json_int_t)sqlite3_column_int64(s, 3),
-                            "sha256", col_text(s, 4), "created_at", col_text(s, 6));
+                            "sha256", col_text(s, 4), "created_at", col_text(s, 6),
+                            "owner", col_text(s, 7));
     if (row && json_is_object(info) && json_object_update_missing(row, info)) {
         json_decref(row);
         row = NULL;
@@ -638,9 +905,9 @@ static json_t *dataset_row(sqlite3_stmt *s)
     return row;
 }
 
-static int upload_insert(struct store *st, const struct upload_kind *k, const char *name,
-                         const char *sha, uint64_t bytes, json_t *info, json_t **row,
-                         struct slim_error *err)
+static int upload_insert(struct store *st, const struct upload_kind *k, const char *owner,
+                         const char *name, const char *sha, uint64_t bytes, json_t *info,
+                         json_t **row, struct slim_error *err)
 {
     const char *format = json_string_value(json_object_get(info, "format"));
     json_t *utf8 = name ? json_string(name) : NULL;   /* NULL unless valid UTF-8 */
@@ -661,7 +928,8 @@ static int upload_insert(struct store *st, const struct upload_kind *k, const ch
     pthread_mutex_lock(&st->lock);
     rc = blob_present(st, sha, err);
     if (!rc)
-        rc = prep(st, k->insert, &s, err, "sssIss", id, name, format, (int64_t)bytes, sha, text);
+        rc = prep(st, k->insert, &s, err, "sssIsss", id, name, format, (int64_t)bytes, sha, text,
+                  owner);
     if (!rc)
         rc = one_row(st, s, k->to_json, row, k->what, id, err);
     pthread_mutex_unlock(&st->lock);
@@ -682,8 +950,8 @@ static int upload_get(struct store *st, const struct upload_kind *k, const char 
     return rc;
 }
 
-static int upload_list(struct store *st, const struct upload_kind *k, int limit, int offset,
-                       json_t **rows, int *total, struct slim_error *err)
+static int upload_list(struct store *st, const struct upload_kind *k, const char *owner,
+                       int limit, int offset, json_t **rows, int *total, struct slim_error *err)
 {
     sqlite3_stmt *list, *count;
     int rc;
@@ -691,8 +959,8 @@ static int upload_list(struct store *st, const struct upload_kind *k, int limit,
     /* one read transaction, so total and rows come from one snapshot */
     rc = run(st, Q_BEGIN, NULL, err, "");
     if (!rc) {
-        rc = prep(st, k->list, &list, err, "ii", limit, offset);
-        if (!rc && !(rc = prep(st, k->count, &count, err, "")))
+        rc = prep(st, k->list, &list, err, "iis", limit, offset, owner);
+        if (!rc && !(rc = prep(st, k->count, &count, err, "s", owner)))
             rc = list_rows(st, list, count, k->to_json, rows, total, err);
         rc = finish(st, rc, err);
     }
@@ -766,10 +1034,10 @@ out:
     return rc;
 }
 
-int store_model_insert(struct store *st, const char *name, const char *sha, uint64_t bytes,
-                       json_t *info, json_t **row, struct slim_error *err)
+int store_model_insert(struct store *st, const char *owner, const char *name, const char *sha,
+                       uint64_t bytes, json_t *info, json_t **row, struct slim_error *err)
 {
-    return upload_insert(st, &model_kind, name, sha, bytes, info, row, err);
+    return upload_insert(st, &model_kind, owner, name, sha, bytes, info, row, err);
 }
 
 int store_model_get(struct store *st, const char *id, json_t **row, struct slim_error *err)
@@ -777,10 +1045,10 @@ int store_model_get(struct store *st, const char *id, json_t **row, struct slim_
     return upload_get(st, &model_kind, id, row, err);
 }
 
-int store_model_list(struct store *st, int limit, int offset, json_t **rows, int *total,
-                     struct slim_error *err)
+int store_model_list(struct store *st, const char *owner, int limit, int offset, json_t **rows,
+                     int *total, struct slim_error *err)
 {
-    return upload_list(st, &model_kind, limit, offset, rows, total, err);
+    return upload_list(st, &model_kind, owner, limit, offset, rows, total, err);
 }
 
 int store_model_delete(struct store *st, const char *id, struct slim_error *err)
@@ -790,10 +1058,10 @@ int store_model_delete(struct store *st, const char *id, struct slim_error *err)
 
 /* ---- datasets ---- */
 
-int store_dataset_insert(struct store *st, const char *name, const char *sha, uint64_t bytes,
-                         json_t *info, json_t **row, struct slim_error *err)
+int store_dataset_insert(struct store *st, const char *owner, const char *name, const char *sha,
+                         uint64_t bytes, json_t *info, json_t **row, struct slim_error *err)
 {
-    return upload_insert(st, &dataset_kind, name, sha, bytes, info, row, err);
+    return upload_insert(st, &dataset_kind, owner, name, sha, bytes, info, row, err);
 }
 
 int store_dataset_get(struct store *st, const char *id, json_t **row, struct slim_error *err)
@@ -801,10 +1069,10 @@ int store_dataset_get(struct store *st, const char *id, json_t **row, struct sli
     return upload_get(st, &dataset_kind, id, row, err);
 }
 
-int store_dataset_list(struct store *st, int limit, int offset, json_t **rows, int *total,
-                       struct slim_error *err)
+int store_dataset_list(struct store *st, const char *owner, int limit, int offset, json_t **rows,
+                       int *total, struct slim_error *err)
 {
-    return upload_list(st, &dataset_kind, limit, offset, rows, total, err);
+    return upload_list(st, &dataset_kind, owner, limit, offset, rows, total, err);
 }
 
 int store_dataset_delete(struct store *st, const char *id, struct slim_error *err)
@@ -826,9 +1094,9 @@ static int row_exists(struct store *st, enum q i, const char *id)
     return found;
 }
 
-int store_job_insert(struct store *st, const char *model_id, const char *dataset_id, json_t *spec,
-                     uint64_t mem_bytes, int64_t max_queued, json_t **row,
-                     struct slim_error *err)
+int store_job_insert(struct store *st, const char *owner, const char *model_id,
+                     const char *dataset_id, json_t *spec, uint64_t mem_bytes,
+                     int64_t max_queued, json_t **row, struct slim_error *err)
 {
     sqlite3_stmt *s;
     char id[32], *text;
@@ -841,8 +1109,8 @@ int store_job_insert(struct store *st, const char *model_id, const char *dataset
     if (!(text = json_dumps(spec, JSON_COMPACT)))
         return slim_error_set(err, SLIM_ENOMEM, "out of memory");
     pthread_mutex_lock(&st->lock);
-    rc = prep(st, Q_JOB_INSERT, &s, err, "sssIIs", id, model_id, text, (int64_t)mem_bytes,
-              max_queued > 0 ? max_queued : INT64_MAX, dataset_id);
+    rc = prep(st, Q_JOB_INSERT, &s, err, "sssIIss", id, model_id, text, (int64_t)mem_bytes,
+              max_queued > 0 ? max_queued : INT64_MAX, dataset_id, owner);
     if (!rc) /* no row: the model or the dataset does not exist, or the queue is full */
         rc = one_row(st, s, job_row, row, "model", model_id, err);
     if (rc == SLIM_ENOTFOUND && row_exists(st, Q_MODEL_GET, model_id)) {
@@ -870,8 +1138,8 @@ int store_job_get(struct store *st, const char *id, json_t **row, struct slim_er
     return rc;
 }
 
-int store_job_list(struct store *st, int state, int limit, int offset, json_t **rows,
-                   int *total, struct slim_error *err)
+int store_job_list(struct store *st, const char *owner, int state, int limit, int offset,
+                   json_t **rows, int *total, struct slim_error *err)
 {
     sqlite3_stmt *list, *count;
     int rc;
@@ -879,15 +1147,15 @@ int store_job_list(struct store *st, int state, int limit, int offset, json_t **
     rc = run(st, Q_BEGIN, NULL, err, "");
     if (!rc) {
         if (state < 0)
-            rc = prep(st, Q_JOB_LIST, &list, err, "ii", limit, offset);
+            rc = prep(st, Q_JOB_LIST, &list, err, "iis", limit, offset, owner);
         else
-            rc = prep(st, Q_JOB_LIST_STATE, &list, err, "iii", limit, offset, state);
+            rc = prep(st, Q_JOB_LIST_STATE, &list, err, "iiis", limit, offset, state, owner);
         if (!rc && state < 0)
-            rc = prep(st, Q_JOB_COUNT, &count, err, "");
+            rc = prep(st, Q_JOB_COUNT, &count, err, "s", owner);
         else if (!rc)
-            rc = prep(st, Q_JOB_COUNT_STATE, &count, err, "i", state);
+            rc = prep(st, Q_JOB_COUNT_STATE, &count, err, "is", state, owner);
         if (!rc)
-            rc = list_rows(st, list, count, job_row, rows, total, err);
+            rc = list_rows(st, list, count, job_summary_row, rows, total, err);
         rc = finish(st, rc, err);
     }
     pthread_mutex_unlock(&st->lock);
@@ -914,21 +1182,32 @@ int store_job_claim(struct store *st, uint64_t mem_left, json_t **row, struct sl
 
 /* After a job UPDATE that changed nothing: SLIM_ENOTFOUND, or
  * SLIM_ECONFLICT naming the state the job is in instead. */
-static int job_not_in(struct store *st, const char *id, const char *want, struct slim_error *err)
+/* The job's state in *state; SLIM_ENOTFOUND when there is no such job. */
+static int job_state(struct store *st, const char *id, int *state, struct slim_error *err)
 {
     sqlite3_stmt *s;
     int rc = prep(st, Q_JOB_REPORT, &s, err, "s", id);
     if (rc)
         return rc;
     rc = sqlite3_step(s);
-    if (rc == SQLITE_ROW)
-        rc = slim_error_set(err, SLIM_ECONFLICT, "job %.64s is %s, not %s", id,
-                            store_job_state_name(sqlite3_column_int(s, 0)), want);
-    else if (rc == SQLITE_DONE)
+    if (rc == SQLITE_ROW) {
+        *state = sqlite3_column_int(s, 0);
+        rc = 0;
+    } else if (rc == SQLITE_DONE) {
         rc = slim_error_set(err, SLIM_ENOTFOUND, "job %.64s does not exist", id);
-    else
+    } else {
         rc = db_error(st, err, "cannot read job %.64s", id);
+    }
     done(s);
+    return rc;
+}
+
+static int job_not_in(struct store *st, const char *id, const char *want, struct slim_error *err)
+{
+    int state, rc = job_state(st, id, &state, err);
+    if (!rc)
+        rc = slim_error_set(err, SLIM_ECONFLICT, "job %.64s is %s, not %s", id,
+                            store_job_state_name(state), want);
     return rc;
 }
 
@@ -966,8 +1245,11 @@ int store_job_succeed(struct store *st, const char *id, const char *artifact_sha
         rc = job_not_in(st, id, "running", err);
         if (rc == SLIM_ECONFLICT && strstr(err->msg, "is running"))
             rc = slim_error_set(err, SLIM_ECANCELED, "job %.64s was canceled", id);
-        drop_blob_if_unused(st, artifact_sha);
     }
+    /* no row names the artifact (the update failed or changed nothing):
+     * it goes now rather than stay an orphan until the next start */
+    if (rc)
+        drop_blob_if_unused(st, artifact_sha);
     pthread_mutex_unlock(&st->lock);
     free(text);
     return rc;
@@ -987,9 +1269,38 @@ static int job_change(struct store *st, enum q i, const char *id, const char *te
     return rc;
 }
 
-int store_job_fail(struct store *st, const char *id, const char *message, struct slim_error *err)
+int store_job_fail(struct store *st, const char *id, int code, const char *message,
+                   struct slim_error *err)
 {
-    return job_change(st, Q_JOB_FAIL, id, message ? message : "failed", "running", err);
+    int rc, n = 0;
+    pthread_mutex_lock(&st->lock);
+    rc = run(st, Q_JOB_FAIL, &n, err, "sss", id, message ? message : "failed",
+             slim_errcode(code ? code : SLIM_EINTERNAL));
+    if (!rc && !n)
+        rc = job_not_in(st, id, "running", err);
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+int store_job_retry(struct store *st, const char *id, int max_attempts, int code,
+                    const char *message, int *state, struct slim_error *err)
+{
+    sqlite3_stmt *s;
+    json_t *row = NULL;
+    int rc;
+    *state = -1;
+    pthread_mutex_lock(&st->lock);
+    rc = prep(st, Q_JOB_RETRY, &s, err, "siss", id, max_attempts < 1 ? 1 : max_attempts,
+              message ? message : "no space left", slim_errcode(code ? code : SLIM_ENOSPACE));
+    if (!rc)
+        rc = one_row(st, s, job_row, &row, "job", id, err);
+    if (rc == SLIM_ENOTFOUND)   /* no row changed: not running, or gone */
+        rc = job_not_in(st, id, "running", err);
+    if (!rc)
+        *state = store_job_state_parse(json_string_value(json_object_get(row, "state")));
+    pthread_mutex_unlock(&st->lock);
+    json_decref(row);
+    return rc;
 }
 
 int store_job_canceled(struct store *st, const char *id, struct slim_error *err)
@@ -1005,14 +1316,18 @@ int store_job_requeue(struct store *st, const char *id, struct slim_error *err)
 
 int store_job_cancel(struct store *st, const char *id, int *was_running, struct slim_error *err)
 {
-    int rc, n = 0;
+    int rc, n = 0, state;
     *was_running = 0;
     pthread_mutex_lock(&st->lock);
     rc = run(st, Q_JOB_CANCEL_QUEUED, &n, err, "s", id);
     if (!rc && !n && !(rc = run(st, Q_JOB_CANCEL_RUNNING, &n, err, "s", id)))
         *was_running = n > 0;
-    if (!rc && !n)
-        rc = job_not_in(st, id, "queued or running: only those can be canceled", err);
+    if (!rc && !n && !(rc = job_state(st, id, &state, err)))
+        /* it finished first: the cancel comes too late, and says so */
+        rc = state == STORE_JOB_CANCELED
+                 ? slim_error_set(err, SLIM_ECONFLICT, "job %.64s is already canceled", id)
+                 : slim_error_set(err, SLIM_ECONFLICT, "job %.64s already %s: too late to "
+                                  "cancel it", id, store_job_state_name(state));
     pthread_mutex_unlock(&st->lock);
     return rc;
 }
@@ -1078,6 +1393,152 @@ int store_job_counts(struct store *st, int64_t counts[5], struct slim_error *err
                 counts[state] = sqlite3_column_int64(s, 1);
         }
         rc = rc == SQLITE_DONE ? 0 : db_error(st, err, "cannot count jobs");
+        done(s);
+    }
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+/* ---- tokens ---- */
+
+static json_t *token_row(sqlite3_stmt *s)
+{
+    unsigned bits = (unsigned)sqlite3_column_int(s, 2);
+    json_t *scopes = json_array();
+    char name[24];
+    for (unsigned bit = 1; scopes && bit <= STORE_SCOPES_ALL; bit <<= 1) {
+        store_scopes_format(bits & bit, name, sizeof name);   /* token.c's names */
+        if (name[0])
+            json_array_append_new(scopes, json_string(name));
+    }
+    return json_pack("{s:s?, s:s?, s:o?, s:s?, s:s?, s:b}", "id", col_text(s, 0),
+                     "name", col_text(s, 1), "scopes", scopes, "created_at", col_text(s, 3),
+                     "last_used_at", col_text(s, 4), "revoked", sqlite3_column_int(s, 5) != 0);
+}
+
+int store_token_create(struct store *st, const char *name, unsigned scopes,
+                       char secret_out[STORE_TOKEN_LEN + 1], json_t **row,
+                       struct slim_error *err)
+{
+    json_t *utf8 = name ? json_string(name) : NULL;   /* NULL unless valid UTF-8 */
+    char id[32], hash[65];
+    sqlite3_stmt *s;
+    int rc;
+
+    json_decref(utf8);
+    *row = NULL;
+    if (!utf8 || !name[0] || strlen(name) > 200)
+        return slim_error_set(err, SLIM_EINVAL, "name: expected 1 to 200 bytes of UTF-8 text");
+    if (!scopes || (scopes & ~STORE_SCOPES_ALL))
+        return slim_error_set(err, SLIM_EINVAL, "scopes: expected one or more of read, submit, "
+                              "admin");
+    if ((rc = new_id(id, sizeof id, "tok_", err)) ||
+        (rc = store_token_secret_new(secret_out, err)) ||
+        (rc = store_token_hash(secret_out, hash, err)))
+        goto out;
+    pthread_mutex_lock(&st->lock);
+    rc = prep(st, Q_TOKEN_INSERT, &s, err, "ssis", id, name, (int)scopes, hash);
+    if (!rc)
+        rc = one_row(st, s, token_row, row, "token", id, err);
+    pthread_mutex_unlock(&st->lock);
+out:
+    if (rc)   /* a secret that was not stored must not be shown */
+        explicit_bzero(secret_out, STORE_TOKEN_LEN + 1);
+    return rc;
+}
+
+int store_token_list(struct store *st, json_t **rows, struct slim_error *err)
+{
+    json_t *arr = json_array();
+    sqlite3_stmt *s;
+    int rc, step = SQLITE_DONE;
+    if (!arr)
+        return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    pthread_mutex_lock(&st->lock);
+    if (!(rc = prep(st, Q_TOKEN_LIST, &s, err, ""))) {
+        while (!rc && (step = sqlite3_step(s)) == SQLITE_ROW)
+            if (json_array_append_new(arr, token_row(s)))
+                rc = slim_error_set(err, SLIM_ENOMEM, "out of memory");
+        if (!rc && step != SQLITE_DONE)
+            rc = db_error(st, err, "cannot list tokens");
+        done(s);
+    }
+    pthread_mutex_unlock(&st->lock);
+    if (rc)
+        json_decref(arr);
+    else
+        *rows = arr;
+    return rc;
+}
+
+int store_token_revoke(struct store *st, const char *id, int *was_revoked,
+                       struct slim_error *err)
+{
+    int rc, n = 0;
+    if (was_revoked)
+        *was_revoked = 0;
+    pthread_mutex_lock(&st->lock);
+    rc = run(st, Q_TOKEN_REVOKE, &n, err, "s", id);
+    if (!rc && !n) {
+        if (!row_exists(st, Q_TOKEN_GET, id))
+            rc = slim_error_set(err, SLIM_ENOTFOUND, "token %.64s does not exist", id);
+        else if (was_revoked)
+            *was_revoked = 1;
+    }
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+int store_token_verify(struct store *st, const char *secret, struct store_token *out,
+                       struct slim_error *err)
+{
+    size_t pre = strlen(STORE_TOKEN_PREFIX);
+    char hash[65];
+    sqlite3_stmt *s;
+    int rc, step, touch = 0;
+
+    memset(out, 0, sizeof *out);
+    /* the shape first: a malformed secret costs no hash and no query */
+    if (strlen(secret) != STORE_TOKEN_LEN || strncmp(secret, STORE_TOKEN_PREFIX, pre) ||
+        strspn(secret + pre, "0123456789abcdef") != STORE_TOKEN_LEN - pre)
+        return slim_error_set(err, SLIM_EUNAUTH, "the bearer token is malformed: expected "
+                              STORE_TOKEN_PREFIX " and 64 hex digits");
+    if ((rc = store_token_hash(secret, hash, err)))
+        return rc;
+    pthread_mutex_lock(&st->lock);
+    if ((rc = prep(st, Q_TOKEN_FIND, &s, err, "s", hash)))
+        goto out;
+    step = sqlite3_step(s);
+    if (step == SQLITE_ROW && sqlite3_column_int(s, 2)) {
+        rc = slim_error_set(err, SLIM_EUNAUTH, "the bearer token %s was revoked", col_text(s, 0));
+    } else if (step == SQLITE_ROW) {
+        snprintf(out->id, sizeof out->id, "%s", col_text(s, 0) ? col_text(s, 0) : "");
+        out->scopes = (unsigned)sqlite3_column_int(s, 1) & STORE_SCOPES_ALL;
+        touch = sqlite3_column_int(s, 3);
+    } else if (step == SQLITE_DONE) {
+        rc = slim_error_set(err, SLIM_EUNAUTH, "the bearer token is not one of this daemon's");
+    } else {
+        rc = db_error(st, err, "cannot read tokens");
+    }
+    done(s);
+    if (!rc && touch)   /* best effort: a full disk must not lock everyone out */
+        run(st, Q_TOKEN_TOUCH, NULL, NULL, "s", out->id);
+out:
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+int store_token_count_live(struct store *st, int64_t *n, struct slim_error *err)
+{
+    sqlite3_stmt *s;
+    int rc;
+    *n = 0;
+    pthread_mutex_lock(&st->lock);
+    if (!(rc = prep(st, Q_TOKEN_COUNT_LIVE, &s, err, ""))) {
+        if (sqlite3_step(s) == SQLITE_ROW)
+            *n = sqlite3_column_int64(s, 0);
+        else
+            rc = db_error(st, err, "cannot count tokens");
         done(s);
     }
     pthread_mutex_unlock(&st->lock);

@@ -10,9 +10,11 @@
  * statements in one place.
  *
  * Layout of the data dir:
- *   slimd.db            SQLite database (schema versioned by user_version)
+ *   slimd.db            SQLite database (schema versioned by user_version),
+ *                       bearer tokens included (their sha256, never the secret)
  *   blobs/ab/abcdef...  content-addressed files, named by their sha256
  *   tmp/                uploads and artifacts being written
+ *   slimd.db-wal, -shm  SQLite's, kept between runs (store.c says why)
  *
  * Rows returned to callers are JSON objects (new references) shaped as
  * the REST API shows them, so the API layer does not re-map columns.
@@ -21,6 +23,15 @@
  * Every function returns 0 or a negative enum slim_errno with detail in
  * err: SLIM_ENOTFOUND for a missing id, SLIM_ECONFLICT for a state that
  * forbids the change, SLIM_EIO for SQLite or file-system failures.
+ * Messages name files relative to the data dir ("blobs/ab/..."), never
+ * by the server's absolute path: they reach API clients.
+ *
+ * Ownership: models, datasets and jobs record the id of the token that
+ * created them ("owner"; NULL when the daemon runs with --auth none).
+ * The list functions take an owner: NULL lists every row, a token id
+ * only that token's rows (the filter is in the SQL, so paging and
+ * totals count only what the caller may see).  Getting one row is not
+ * filtered here: the row shows its "owner" and the API decides.
  */
 #ifndef SLIM_STORE_H
 #define SLIM_STORE_H
@@ -43,10 +54,36 @@ const char *store_job_state_name(int state);        /* "queued" */
 int store_job_state_parse(const char *name);        /* state, or -1 */
 
 /* Opens (creating if needed) the data dir and its database, and runs the
- * migrations up to the current schema version.  *out is a new store. */
+ * migrations up to the current schema version.  *out is a new store.
+ * Before anything else it cleans what a process that died left behind
+ * (one data dir serves one daemon): every file in tmp/ (partial uploads
+ * and artifacts) and every blob that no model, dataset or job artifact
+ * names (a blob committed just before a crash, whose row never came).
+ * store_open_sweep says what was cleaned. */
 int store_open(const char *data_dir, struct store **out, struct slim_error *err);
+/* Opens the database only, for `slimd token`, which may run beside a
+ * daemon on the same data dir: creates the data dir and migrates like
+ * store_open, but leaves blobs/ and tmp/ alone (store_open empties tmp/,
+ * which would destroy a running daemon's uploads).  Only the token
+ * functions may be used on it. */
+int store_open_meta(const char *data_dir, struct store **out, struct slim_error *err);
 void store_close(struct store *st);
 const char *store_data_dir(const struct store *st);
+
+/* What store_open cleaned, for the daemon's log. */
+struct store_sweep {
+    int tmp_removed;            /* files in tmp/ */
+    int orphans_removed;        /* unreferenced blobs */
+    uint64_t orphan_bytes;
+};
+void store_open_sweep(const struct store *st, struct store_sweep *out);
+
+/* Room for the database on a full disk: preallocates the write-ahead
+ * log (slimd.db-wal, which SQLite keeps between runs) to `bytes` of
+ * allocated space, so that recording job outcomes never needs a new
+ * block (see store.c).  Call once after store_open.  SLIM_ENOSPACE when
+ * the disk has not that much free (the WAL keeps what it had). */
+int store_wal_reserve(struct store *st, uint64_t bytes, struct slim_error *err);
 
 /* ---- blobs ---- */
 
@@ -114,12 +151,12 @@ void store_blob_drop_unused(struct store *st, const char *sha);
  * from slim_model_describe ({format, tensors, params, ...}); borrowed.
  * *row is a new reference to the row as the API shows it:
  * {id, name, format, bytes, sha256, tensors, params, created_at}. */
-int store_model_insert(struct store *st, const char *name, const char *sha,
+int store_model_insert(struct store *st, const char *owner, const char *name, const char *sha,
                        uint64_t bytes, json_t *info, json_t **row, struct slim_error *err);
 int store_model_get(struct store *st, const char *id, json_t **row, struct slim_error *err);
 /* Newest first; *rows is a new array. */
-int store_model_list(struct store *st, int limit, int offset, json_t **rows, int *total,
-                     struct slim_error *err);
+int store_model_list(struct store *st, const char *owner, int limit, int offset, json_t **rows,
+                     int *total, struct slim_error *err);
 /* Deletes the row; SLIM_ECONFLICT while a queued or running job uses it.
  * Removes the blob when nothing (model, dataset or artifact) references it
  * any more. */
@@ -132,12 +169,12 @@ int store_model_delete(struct store *st, const char *id, struct slim_error *err)
  * it must have "format".  *row is a new reference to the row as the API
  * shows it: {id, name, format, bytes, sha256, created_at} followed by
  * info's other keys (samples, input_shape, ...). */
-int store_dataset_insert(struct store *st, const char *name, const char *sha, uint64_t bytes,
-                         json_t *info, json_t **row, struct slim_error *err);
+int store_dataset_insert(struct store *st, const char *owner, const char *name, const char *sha,
+                         uint64_t bytes, json_t *info, json_t **row, struct slim_error *err);
 int store_dataset_get(struct store *st, const char *id, json_t **row, struct slim_error *err);
 /* Newest first; *rows is a new array. */
-int store_dataset_list(struct store *st, int limit, int offset, json_t **rows, int *total,
-                       struct slim_error *err);
+int store_dataset_list(struct store *st, const char *owner, int limit, int offset, json_t **rows,
+                       int *total, struct slim_error *err);
 /* Deletes the row; SLIM_ECONFLICT while a queued or running job
  * evaluates on it (jobs of other states keep "dataset": null).  Removes
  * the blob when nothing else references it. */
@@ -152,16 +189,18 @@ int store_dataset_delete(struct store *st, const char *id, struct slim_error *er
  * body (borrowed; stored as text); mem_bytes the memory it reserves
  * while it runs.  With max_queued > 0, SLIM_EBUSY when that many jobs
  * are queued already.  *row: the job as the API shows it. */
-int store_job_insert(struct store *st, const char *model_id, const char *dataset_id, json_t *spec,
-                     uint64_t mem_bytes, int64_t max_queued, json_t **row,
-                     struct slim_error *err);
-/* {id, model, dataset, state, progress, stage, error, attempts, created_at,
- *  started_at, finished_at, spec, artifact: {sha256, bytes} | null,
- *  memory_bytes} */
+int store_job_insert(struct store *st, const char *owner, const char *model_id,
+                     const char *dataset_id, json_t *spec, uint64_t mem_bytes,
+                     int64_t max_queued, json_t **row, struct slim_error *err);
+/* {id, model, dataset, state, progress, stage, error, error_code, attempts,
+ *  created_at, started_at, finished_at, spec, artifact: {sha256, bytes} |
+ *  null, memory_bytes, owner}.  error_code is the REST code of the error
+ *  ("INSUFFICIENT_STORAGE"), set with error. */
 int store_job_get(struct store *st, const char *id, json_t **row, struct slim_error *err);
-/* Newest first; state < 0 for all. */
-int store_job_list(struct store *st, int state, int limit, int offset, json_t **rows,
-                   int *total, struct slim_error *err);
+/* Newest first; state < 0 for all.  Rows are store_job_get's with
+ * "passes" (the spec's ops, in order) in the place of "spec". */
+int store_job_list(struct store *st, const char *owner, int state, int limit, int offset,
+                   json_t **rows, int *total, struct slim_error *err);
 /* Atomically moves the oldest queued job to running (attempts + 1,
  * started_at now) and returns it, if its memory_bytes fit in mem_left;
  * SLIM_ENOTFOUND when none is queued or the oldest does not fit (jobs
@@ -170,21 +209,39 @@ int store_job_claim(struct store *st, uint64_t mem_left, json_t **row, struct sl
 /* Records progress and stage of a running job (no-op if not running). */
 int store_job_progress(struct store *st, const char *id, double progress, const char *stage,
                        struct slim_error *err);
-/* running -> succeeded, with the artifact blob and the report (borrowed). */
+/* running -> succeeded, with the artifact blob and the report (borrowed).
+ * When the row does not change (a write that fails, a disk that is
+ * full, a cancel that came first: SLIM_ECANCELED) the artifact blob is
+ * removed unless something else names it, so no failure leaves an
+ * orphan blob. */
 int store_job_succeed(struct store *st, const char *id, const char *artifact_sha,
                       uint64_t artifact_bytes, json_t *report, struct slim_error *err);
-/* running -> failed with a message. */
-int store_job_fail(struct store *st, const char *id, const char *message, struct slim_error *err);
+/* running -> failed with a message and code (an enum slim_errno: the
+ * row keeps its REST code, e.g. "IO_ERROR"), or canceled (without
+ * either) when a cancel was requested: a cancel answered 200 always ends
+ * canceled. */
+int store_job_fail(struct store *st, const char *id, int code, const char *message,
+                   struct slim_error *err);
+/* A running job that could not finish for want of disk space: back to
+ * queued with its attempts kept (the claim counted this one), its error
+ * and code shown meanwhile; or failed with them once it has used
+ * max_attempts; or canceled when a cancel was asked for.  *state is the
+ * state it went to. */
+int store_job_retry(struct store *st, const char *id, int max_attempts, int code,
+                    const char *message, int *state, struct slim_error *err);
 /* queued -> canceled at once (returns 0, *was_running = 0); running ->
  * cancel requested (state unchanged, *was_running = 1: the runner stops
- * it and calls store_job_canceled); finished -> SLIM_ECONFLICT. */
+ * it and calls store_job_canceled; whatever ends the job afterwards ends
+ * it canceled); finished -> SLIM_ECONFLICT, "job ... already succeeded:
+ * too late to cancel it" (or failed; "is already canceled"). */
 int store_job_cancel(struct store *st, const char *id, int *was_running, struct slim_error *err);
 /* running -> canceled. */
 int store_job_canceled(struct store *st, const char *id, struct slim_error *err);
 /* running -> queued (shutdown interrupted it; attempts not counted). */
 int store_job_requeue(struct store *st, const char *id, struct slim_error *err);
 /* On start: every job left running is re-queued, or failed when it has
- * used max_attempts.  *requeued and *failed count them. */
+ * used max_attempts (error_code INTERNAL).  *requeued and *failed count
+ * them. */
 int store_job_recover(struct store *st, int max_attempts, int *requeued, int *failed,
                       struct slim_error *err);
 /* The report of a succeeded job; new reference.  SLIM_ECONFLICT while
@@ -192,5 +249,66 @@ int store_job_recover(struct store *st, int max_attempts, int *requeued, int *fa
 int store_job_report(struct store *st, const char *id, json_t **report, struct slim_error *err);
 /* Counts per state, for /metrics: counts[state]. */
 int store_job_counts(struct store *st, int64_t counts[5], struct slim_error *err);
+
+/* ---- bearer tokens (token.c hashes, store.c keeps) ----
+ *
+ * A token is "slimd_" and 64 hex digits of getrandom(): 256 random
+ * bits, shown once when it is made.  The database keeps its SHA-256
+ * (hex) and finds a token by that hash, so a copy of slimd.db gives no
+ * usable token, and no secret is ever compared byte by byte in C (no
+ * timing to measure).  A plain hash, not a slow one (bcrypt, argon2):
+ * the secret is random and long, so there is nothing to guess, and
+ * every request pays the hash.  Tokens are revoked, never deleted, so
+ * the ids that models and jobs record as their owner stay meaningful. */
+
+/* Scopes: persisted as bits, grow only at the end.  admin implies the
+ * others. */
+enum store_scope {
+    STORE_SCOPE_READ = 1,     /* GET */
+    STORE_SCOPE_SUBMIT = 2,   /* uploads, jobs, cancel and delete its own */
+    STORE_SCOPE_ADMIN = 4,    /* everyone's rows, tokens */
+};
+#define STORE_SCOPES_ALL 7u
+#define STORE_TOKEN_PREFIX "slimd_"
+#define STORE_TOKEN_LEN 70     /* the prefix and 64 hex digits */
+
+struct store_token {
+    char id[32];               /* "tok_" + 16 hex digits */
+    unsigned scopes;           /* enum store_scope bits */
+};
+
+/* "read,submit" -> bits; SLIM_EINVAL naming an unknown or empty scope. */
+int store_scopes_parse(const char *list, unsigned *scopes, struct slim_error *err);
+/* bits -> "read,submit" into buf (>= 24 bytes). */
+void store_scopes_format(unsigned scopes, char *buf, size_t len);
+/* A new random secret (STORE_TOKEN_LEN characters and a NUL). */
+int store_token_secret_new(char secret[STORE_TOKEN_LEN + 1], struct slim_error *err);
+/* The lowercase hex SHA-256 of the secret's bytes. */
+int store_token_hash(const char *secret, char hash[65], struct slim_error *err);
+
+/* Makes a token: a new secret into secret_out (shown to the caller
+ * once; only its hash is stored) and *row, a new reference to
+ * {id, name, scopes: [...], created_at, last_used_at: null, revoked}.
+ * name: 1 to 200 bytes of UTF-8 (the caller checks more); scopes: a
+ * non-empty subset of STORE_SCOPES_ALL. */
+int store_token_create(struct store *st, const char *name, unsigned scopes,
+                       char secret_out[STORE_TOKEN_LEN + 1], json_t **row,
+                       struct slim_error *err);
+/* Every token, oldest first, revoked ones too; *rows is a new array. */
+int store_token_list(struct store *st, json_t **rows, struct slim_error *err);
+/* Revokes: the token stops working at once, for this process and any
+ * other on the same database.  SLIM_ENOTFOUND for an unknown id;
+ * revoking twice is 0 (*was_revoked, may be NULL, says so). */
+int store_token_revoke(struct store *st, const char *id, int *was_revoked,
+                       struct slim_error *err);
+/* Finds the live token whose secret this is: 0 and *out, or
+ * SLIM_EUNAUTH when there is none (malformed, unknown or revoked; the
+ * message says which, without echoing the secret).  Records
+ * last_used_at, at most once a minute per token (a write per request
+ * would cost an fsync each); a failure to record it is ignored. */
+int store_token_verify(struct store *st, const char *secret, struct store_token *out,
+                       struct slim_error *err);
+/* Tokens that are not revoked. */
+int store_token_count_live(struct store *st, int64_t *n, struct slim_error *err);
 
 #endif

@@ -533,7 +533,8 @@ static int open_onnx(const char *path, int kind, struct slim_source *src,
         int dt = slim_onnx_to_dtype(tp->has_data_type ? tp->data_type : 0);
         if (dt < 0 || tp->n_dims > SLIM_MAX_DIMS)
             continue;
-        if ((rc = slim_onnx_tensor_data(src->onnx, tp, &t->data, &t->nbytes, NULL, err)))
+        if ((rc = slim_onnx_tensor_data(src->onnx, tp, &t->data, &t->nbytes, &t->file_mapped,
+                                        err)))
             return rc;
         if (!(t->name = slim_strdup(tp->name)))
             return slim_error_set(err, SLIM_ENOMEM, "out of memory");

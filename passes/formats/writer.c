@@ -28,6 +28,14 @@
 #include "passes/formats/writer.h"
 
 #define CHUNK ((size_t)8 << 20)           /* one write() and one sink call */
+
+/* A full disk or quota is SLIM_ENOSPACE (the daemon retries such a job
+ * later), whichever call saw it: write, fsync (delayed allocation, NFS)
+ * or close; anything else is SLIM_EIO. */
+static int io_code(int e)
+{
+    return e == ENOSPC || e == EDQUOT ? SLIM_ENOSPACE : SLIM_EIO;
+}
 #define WRITEBACK_STEP ((uint64_t)32 << 20)
 #define MAX_WAITING 1            /* batches queued behind the one being written */
 
@@ -156,7 +164,7 @@ int slim_writer_open(const char *path, slim_sink_fn sink, void *sink_ud,
     if (wr->fd >= 0)
         (void)fchmod(wr->fd, 0644); /* an artifact, not a secret: mkstemp's 0600 is too tight */
     if (wr->fd < 0) {
-        int rc = slim_error_set(err, SLIM_EIO, "cannot create the artifact's temp file: %s",
+        int rc = slim_error_set(err, io_code(errno), "cannot create the artifact's temp file: %s",
                                 strerror(errno));
         slim_free(wr);
         return rc;
@@ -178,8 +186,7 @@ int slim_writer_open(const char *path, slim_sink_fn sink, void *sink_ud,
 static int write_error(struct slim_writer *wr, struct slim_error *err)
 {
     int e = wr->err_no;
-    return slim_error_set(err, e == ENOSPC || e == EDQUOT ? SLIM_ENOSPACE : SLIM_EIO,
-                          "cannot write the artifact: %s", strerror(e));
+    return slim_error_set(err, io_code(e), "cannot write the artifact: %s", strerror(e));
 }
 
 int slim_writer_submit(struct slim_writer *wr, const struct slim_piece *pieces, size_t n,
@@ -277,9 +284,11 @@ int slim_writer_finish(struct slim_writer *wr, struct slim_error *err)
     if (wr->err_no)
         rc = write_error(wr, err);
     else if (fsync(wr->fd) != 0)
-        rc = slim_error_set(err, SLIM_EIO, "cannot fsync the artifact: %s", strerror(errno));
+        rc = slim_error_set(err, io_code(errno), "cannot fsync the artifact: %s",
+                            strerror(errno));
     if (close(wr->fd) != 0 && !rc)
-        rc = slim_error_set(err, SLIM_EIO, "cannot close the artifact: %s", strerror(errno));
+        rc = slim_error_set(err, io_code(errno), "cannot close the artifact: %s",
+                            strerror(errno));
     if (!rc && rename(wr->tmp, wr->path) != 0)
         rc = slim_error_set(err, SLIM_EIO, "cannot rename the artifact into place: %s",
                             strerror(errno));

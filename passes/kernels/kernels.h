@@ -21,6 +21,8 @@
  *   On error in-place kernels leave w unchanged; outputs are unspecified.
  * - Every optimised kernel has a plain, single-threaded `_ref` twin with
  *   the same contract; the unit tests hold the two together.
+ * - Kernels that can run for seconds (the SVDs) take a struct slim_poll:
+ *   they report their progress through it and stop when it says so.
  */
 #ifndef SLIM_KERNELS_H
 #define SLIM_KERNELS_H
@@ -28,6 +30,30 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "passes/slim.h"
+
+/* ---- progress and cancellation ------------------------------------------ */
+
+/* A long kernel calls fn(ud, frac) between steps, with frac the share of
+ * its work done (0..1, non-decreasing), often enough that it stops within
+ * a few hundred milliseconds on a 4096 x 4096 matrix: when fn returns
+ * nonzero the kernel releases what it made and returns SLIM_ECANCELED.
+ * fn runs on the kernel's calling thread.  A NULL poll, or a NULL fn,
+ * never stops the kernel. */
+struct slim_poll {
+    int (*fn)(void *ud, double frac);
+    void *ud;
+};
+
+/* A LAPACK call that cannot stop midway (the bidiagonal SVD of the exact
+ * SVD) runs on a helper thread; a canceled kernel returns at once and
+ * leaves the helper to finish and free what it holds, detached.  This
+ * waits until every detached helper of the process has ended, so that a
+ * caller holding resources for the kernel's sake (the memory and CPU a
+ * job reserved) can release them when nothing uses them any more.  Any
+ * thread.  Defined in lowrank.c. */
+void slim_kernel_settle(void);
+/* Detached helpers still running; 0 once settled. */
+int slim_kernel_detached(void);
 
 /* ---- pruning (prune.c) -------------------------------------------------- */
 
@@ -92,12 +118,21 @@ struct slim_svd_opts {
     size_t block;      /* block width b; 0: max(3k/8, min(k/2, 32)) rounded up to
                         * a multiple of 8 (Krylov), k + 10 (power) */
     uint64_t seed;     /* Gaussian sketch seed; 0 is a valid seed */
+    const struct slim_poll *poll; /* progress and cancellation; NULL: none */
 };
 
-/* W (m, n) -> full thin SVD, k = min(m, n), by LAPACKE_sgesdd.  *out is
- * filled (new; release with slim_svd_release) only on success. */
-int slim_svd_exact(const float *w, size_t m, size_t n, int threads, struct slim_svd *out,
-                   struct slim_error *err);
+/* W (m, n) -> full thin SVD, k = min(m, n), by sgesdd's own steps taken
+ * one at a time: bidiagonalisation in panels of 32 columns (sgebrd's
+ * loop, with slabrd), the bidiagonal SVD (sbdsdc, on a helper thread that
+ * a cancel leaves behind, see slim_kernel_settle), and the back
+ * transformations (sormbr) 256 columns at a time, polling between steps.
+ * *out is filled (new; release with slim_svd_release) only on success;
+ * SLIM_ECANCELED when poll stopped it. */
+int slim_svd_exact(const float *w, size_t m, size_t n, int threads, const struct slim_poll *poll,
+                   struct slim_svd *out, struct slim_error *err);
+/* LAPACKE_sgesdd in one call, one thread: the reference. */
+int slim_svd_exact_ref(const float *w, size_t m, size_t n, struct slim_svd *out,
+                       struct slim_error *err);
 /* W (m, n) -> the leading k triplets, 1 <= k <= min(m, n), by a randomized
  * range finder (opts may be NULL).  Falls back to the exact SVD when the
  * basis would be as wide as min(m, n).  Deterministic for a given seed
@@ -111,9 +146,11 @@ int slim_svd_randomized_ref(const float *w, size_t m, size_t n, size_t k, int it
                             uint64_t seed, struct slim_svd *out, struct slim_error *err);
 /* W (m, n) -> the smallest SVD whose leading r triplets hold at least
  * `energy` of ||W||_F^2 (sum s_i^2 >= energy * frob2), and that r in *r.
- * Randomized with a doubling k; exact when k would pass min(m, n) / 4. */
+ * Randomized with a doubling k; exact when k would pass min(m, n) / 4.
+ * poll may be NULL. */
 int slim_svd_for_energy(const float *w, size_t m, size_t n, double energy, int randomized,
-                        int threads, struct slim_svd *out, size_t *r, struct slim_error *err);
+                        int threads, const struct slim_poll *poll, struct slim_svd *out,
+                        size_t *r, struct slim_error *err);
 void slim_svd_release(struct slim_svd *svd);
 
 /* svd -> U_r = U[:, :r] sqrt(s) (m, r) and V_r = sqrt(s) Vt[:r] (r, n), so
@@ -143,6 +180,7 @@ struct slim_kmeans_opts {
     int no_dp;         /* never use the optimal DP (tests, benchmarks) */
     double *trace;     /* optional: inertia after each Lloyd iteration of the */
     int trace_cap;     /*   first start (quantile init), up to trace_cap values */
+    const struct slim_poll *poll; /* slim_kmeans_1d: polled between phases; NULL: none */
 };
 
 struct slim_kmeans_info {

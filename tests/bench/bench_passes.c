@@ -356,7 +356,7 @@ static void bench_one_svd(const char *label, const float *w, size_t m, size_t n,
     double best = INFINITY, e = 0.0;
     for (int i = 0; i < reps; i++) {
         double t0 = slim_now();
-        int rc = exact ? slim_svd_exact(w, m, n, threads, &svd, &err)
+        int rc = exact ? slim_svd_exact(w, m, n, threads, NULL, &svd, &err)
                        : slim_svd_randomized(w, m, n, r, o, threads, &svd, &err);
         check(rc, label, &err);
         best = fmin(best, slim_now() - t0);

@@ -141,16 +141,20 @@ class Daemon:
     workers, max_upload: the --workers / --max-upload-bytes flags (None
     leaves the daemon's default).  env: extra environment variables.
     use_flags=False passes the settings through SLIMD_* environment
-    variables instead of flags (to test that path)."""
+    variables instead of flags (to test that path).  args: more flags
+    for `serve` (--auth token, --cors-origin ...); host: the address to
+    listen on (requests still go to 127.0.0.1, so 0.0.0.0 works too)."""
 
     def __init__(self, data_dir=None, workers=2, max_upload=None, env=None, use_flags=True,
-                 name="slimd"):
+                 name="slimd", args=None, host="127.0.0.1"):
         self.data_dir = data_dir or make_tmpdir()
         self.workers = workers
         self.max_upload = max_upload
         self.extra_env = dict(env or {})
         self.use_flags = use_flags
         self.name = name
+        self.args = list(args or [])
+        self.host = host
         self.proc = None
         self.port = None
         self.logdir = make_tmpdir("slimd-log-")
@@ -164,9 +168,10 @@ class Daemon:
         argv = [slimd_bin(), "serve"]
         env = dict(os.environ)
         for k in ("SLIMD_LISTEN", "SLIMD_DATA_DIR", "SLIMD_WORKERS", "SLIMD_MAX_UPLOAD_BYTES",
-                  "SLIMD_LOG"):
+                  "SLIMD_LOG", "SLIMD_AUTH", "SLIMD_ALLOWED_HOSTS", "SLIMD_CORS_ORIGINS",
+                  "SLIMD_TLS_CERT", "SLIMD_TLS_KEY"):
             env.pop(k, None)
-        settings = [("--listen", "SLIMD_LISTEN", "127.0.0.1:%d" % port),
+        settings = [("--listen", "SLIMD_LISTEN", "%s:%d" % (self.host, port)),
                     ("--data-dir", "SLIMD_DATA_DIR", self.data_dir)]
         if self.workers is not None:
             settings.append(("--workers", "SLIMD_WORKERS", str(self.workers)))
@@ -178,6 +183,7 @@ class Daemon:
                 argv += [flag, val]
             else:
                 env[var] = val
+        argv += self.args
         env.update(self.extra_env)
         return argv, env
 

@@ -179,10 +179,15 @@ def report_by_name(rep):
     return out
 
 
-def check_job_object(j, model_id=None):
+def check_job_object(j, model_id=None, listed=False):
+    """listed: a row of GET /v1/jobs, which shows the spec's ops
+    ("passes") in the place of the spec."""
     for k in ("id", "model", "state", "progress", "stage", "error", "attempts",
-              "cancel_requested", "created_at", "started_at", "finished_at", "spec", "artifact"):
+              "cancel_requested", "created_at", "started_at", "finished_at",
+              "passes" if listed else "spec", "artifact"):
         assert k in j, "job object lacks %r: %s" % (k, json.dumps(j))
+    if listed:
+        assert "spec" not in j and all(isinstance(op, str) for op in j["passes"]), j
     assert j["id"].startswith("job_"), j["id"]
     if model_id:
         assert j["model"] == model_id, (j["model"], model_id)
@@ -857,7 +862,7 @@ def test_job_list_and_filters():
     assert pos[2] < pos[1] < pos[0], "not newest first: positions %s" % pos
     assert pos[2] == 0, "the newest job is not first"
     for j in jobs:
-        check_job_object(j)
+        check_job_object(j, listed=True)
     times = [j["created_at"] for j in jobs]
     assert times == sorted(times, reverse=True), "created_at not descending"
 

@@ -291,6 +291,32 @@ def test_eval_errors():
 
 
 @test
+def test_engine_memory_budget():
+    """a graph whose tensors outgrow limits.memory_mb: drift skipped, eval fails, daemon lives"""
+    need()
+    w = numpy_helper.from_array(np.ones((4096, 1, 1, 1), np.float32), "w")
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w"], ["c"], pads=[250, 250, 250, 250]),
+         helper.make_node("GlobalAveragePool", ["c"], ["p"]),
+         helper.make_node("Flatten", ["p"], ["logits"])], "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 28, 28])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4096])], [w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    mid = D.upload(m.SerializeToString(), name="huge-activations").json["id"]
+    spec = {"model": mid, "passes": [{"op": "quantize", "dtype": "int8", "include": ["w"]}],
+            "limits": {"memory_mb": 256}}
+    r = D.submit(spec)
+    job = D.wait_job(r.json["id"], timeout=60)
+    assert job["state"] == "succeeded", job
+    rep = D.get("/v1/jobs/%s/report" % r.json["id"]).json
+    assert "engine's limit" in rep["drift"]["skipped"], rep["drift"]
+    r = D.submit(dict(spec, eval={"dataset": DS, "max_samples": 10}))
+    job = D.wait_job(r.json["id"], timeout=60)
+    assert job["state"] == "failed" and "engine's limit" in job["error"], job
+    assert D.get("/v1/health").status == 200
+
+
+@test
 def test_dataset_shape_mismatch():
     """a dataset whose samples do not fit the model's input: the job fails naming both sizes"""
     need()

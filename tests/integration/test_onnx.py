@@ -333,7 +333,10 @@ def check_scheme(label, spec):
         onnx.checker.check_model(m)
         assert [i.name for i in m.graph.input] == ["input"], [i.name for i in m.graph.input]
         assert [o.name for o in m.graph.output] == ["logits"]
-        assert_reference(art, name, spec)
+        # low rank runs x V^T U^T where the reference runs x (U V)^T: the
+        # same weights, summed in another order
+        lowrank = any(p["op"] == "lowrank" for p in spec["passes"])
+        assert_reference(art, name, spec, tol=1e-4 if lowrank else 1e-5)
         rep = D.get("/v1/jobs/%s/report" % job_id).json
         assert rep["totals"]["file_bytes_after"] == os.path.getsize(art), (
             rep["totals"], os.path.getsize(art))

@@ -419,7 +419,7 @@ static void test_svd_exact_error(void **state)
             s[i] = 3.0f * powf(0.93f, (float)i);
         float *w = make_spectrum(m, n, s);
         struct slim_svd svd;
-        assert_int_equal(slim_svd_exact(w, m, n, 1, &svd, NULL), 0);
+        assert_int_equal(slim_svd_exact(w, m, n, 1, NULL, &svd, NULL), 0);
         assert_int_equal(svd.k, p);
         for (size_t i = 0; i < p; i++)
             assert_true(fabsf(svd.s[i] - s[i]) <= 1e-4f * s[0]);
@@ -438,6 +438,150 @@ static void test_svd_exact_error(void **state)
         slim_svd_release(&svd);
         free(w);
     }
+}
+
+/* max |X X^T - I| over a (k, len) row-major X whose rows should be
+ * orthonormal; stride between a row's elements `step`, between rows `ld` */
+static double orth_defect(const float *x, size_t k, size_t len, size_t ld, size_t step)
+{
+    double worst = 0.0;
+    for (size_t a = 0; a < k; a++)
+        for (size_t b = a; b < k; b++) {
+            double dot = 0.0;
+            for (size_t t = 0; t < len; t++)
+                dot += (double)x[a * ld + t * step] * x[b * ld + t * step];
+            dot -= a == b ? 1.0 : 0.0;
+            worst = fabs(dot) > worst ? fabs(dot) : worst;
+        }
+    return worst;
+}
+
+/* The stepped exact SVD against LAPACKE_sgesdd on shapes that take the
+ * panelled path (min(m, n) > 128, not a multiple of the panel), wide and
+ * tall: singular values within 1e-5 of the largest, U and V orthonormal,
+ * W rebuilt to fp32 precision, and the leading vectors the same up to
+ * sign. */
+static void test_svd_exact_twin(void **state)
+{
+    const size_t shapes[][2] = {{300, 200}, {200, 300}, {257, 257}, {1000, 130}, {150, 700}};
+    (void)state;
+    rng_seed(17);
+    for (size_t sh = 0; sh < 5; sh++) {
+        size_t m = shapes[sh][0], n = shapes[sh][1], p = m < n ? m : n;
+        float *w = gauss_array(m * n, 1.0f);
+        struct slim_svd a, b;
+        assert_int_equal(slim_svd_exact(w, m, n, 2, NULL, &a, NULL), 0);
+        assert_int_equal(slim_svd_exact_ref(w, m, n, &b, NULL), 0);
+        assert_int_equal(a.k, p);
+        assert_int_equal(b.k, p);
+        for (size_t i = 0; i < p; i++) {
+            assert_true(fabsf(a.s[i] - b.s[i]) <= 1e-5f * b.s[0]);
+            assert_true(i == 0 || a.s[i] <= a.s[i - 1]);
+        }
+        assert_true(measured_error(w, m, n, &a, p) < 1e-5);
+        assert_true(orth_defect(a.u, p, m, 1, p) < 1e-4);    /* columns of U */
+        assert_true(orth_defect(a.vt, p, n, n, 1) < 1e-4);   /* rows of Vt */
+        for (size_t j = 0; j < 3; j++) {
+            double du = 0.0, dv = 0.0;
+            for (size_t i = 0; i < m; i++)
+                du += (double)a.u[i * p + j] * b.u[i * p + j];
+            for (size_t c = 0; c < n; c++)
+                dv += (double)a.vt[j * n + c] * b.vt[j * n + c];
+            assert_true(fabs(fabs(du) - 1.0) < 1e-3 && fabs(fabs(dv) - 1.0) < 1e-3);
+        }
+        slim_svd_release(&a);
+        slim_svd_release(&b);
+        free(w);
+    }
+}
+
+struct poll_log {
+    double last;
+    int calls, stop_at_call;
+    double stop_at_frac;
+    int backwards;
+};
+
+static int log_poll(void *ud, double frac)
+{
+    struct poll_log *l = ud;
+    if (frac < l->last)
+        l->backwards++;
+    l->last = frac;
+    l->calls++;
+    return (l->stop_at_call && l->calls >= l->stop_at_call) ||
+           (l->stop_at_frac > 0 && frac >= l->stop_at_frac);
+}
+
+/* Progress goes 0 -> 1 without stepping back; a stop asked in the
+ * panels, or while the bidiagonal SVD runs on its helper, returns
+ * SLIM_ECANCELED; once the detached helper is settled nothing is left
+ * allocated.  The randomized SVD stops too. */
+static void test_svd_exact_poll(void **state)
+{
+    size_t m = 400, n = 300;
+    float *w;
+    struct slim_svd svd;
+    struct poll_log l = {0};
+    struct slim_poll poll = {log_poll, &l};
+    struct slim_error err;
+    long live;
+    (void)state;
+    rng_seed(18);
+    w = gauss_array(m * n, 1.0f);
+    assert_int_equal(slim_svd_exact(w, m, n, 2, &poll, &svd, NULL), 0);
+    assert_true(l.calls > (int)((300 - 128) / 32) && l.backwards == 0 && l.last == 1.0);
+    slim_svd_release(&svd);
+
+    live = slim_alloc_live();
+    l = (struct poll_log){.stop_at_call = 3};
+    assert_int_equal(slim_svd_exact(w, m, n, 2, &poll, &svd, &err), SLIM_ECANCELED);
+    assert_int_equal(l.calls, 3);
+    assert_true(l.last > 0.0 && l.last < 0.58);
+    assert_int_equal(slim_alloc_live(), live);
+    free(w);
+
+    /* 1024^2: sbdsdc runs long enough to be waited on and left behind */
+    w = gauss_array(1024 * 1024, 1.0f);
+    live = slim_alloc_live();
+    l = (struct poll_log){.stop_at_frac = 0.59};
+    assert_int_equal(slim_svd_exact(w, 1024, 1024, 2, &poll, &svd, &err), SLIM_ECANCELED);
+    assert_true(l.last >= 0.59 && l.last < 0.77);
+    slim_kernel_settle();
+    assert_int_equal(slim_kernel_detached(), 0);
+    assert_int_equal(slim_alloc_live(), live);
+
+    struct slim_svd_opts o = {.poll = &poll};
+    l = (struct poll_log){.stop_at_call = 2};
+    assert_int_equal(slim_svd_randomized(w, 1024, 1024, 64, &o, 2, &svd, NULL), SLIM_ECANCELED);
+    assert_int_equal(slim_alloc_live(), live);
+    l = (struct poll_log){0};
+    assert_int_equal(slim_svd_randomized(w, 1024, 1024, 64, &o, 2, &svd, NULL), 0);
+    assert_true(l.calls >= 6 && l.backwards == 0 && l.last < 1.0);
+    slim_svd_release(&svd);
+    free(w);
+}
+
+/* k-means polls between its phases: progress grows, a stop is heard at
+ * the first poll, and nothing leaks. */
+static void test_kmeans_poll(void **state)
+{
+    size_t n = 200000;
+    float *w = gauss_array(n, 1.0f), cb[16];
+    uint8_t *idx = malloc(n);
+    struct poll_log l = {0};
+    struct slim_poll poll = {log_poll, &l};
+    struct slim_kmeans_opts o = {.k = 16, .poll = &poll};
+    long live = slim_alloc_live();
+    (void)state;
+    assert_int_equal(slim_kmeans_1d(w, n, &o, 2, cb, idx, NULL, NULL), 0);
+    assert_true(l.calls >= 3 && l.backwards == 0);
+    l = (struct poll_log){.stop_at_call = 1};
+    assert_int_equal(slim_kmeans_1d(w, n, &o, 2, cb, idx, NULL, NULL), SLIM_ECANCELED);
+    assert_int_equal(l.calls, 1);
+    assert_int_equal(slim_alloc_live(), live);
+    free(w);
+    free(idx);
 }
 
 static void test_svd_randomized_error(void **state)
@@ -514,8 +658,8 @@ static void test_svd_rank_helpers(void **state)
         cum += (double)sp[want] * sp[want];
     float *w = make_spectrum(m, n, sp);
     struct slim_svd a, b;
-    assert_int_equal(slim_svd_for_energy(w, m, n, 0.95, 1, 2, &a, &r1, NULL), 0);
-    assert_int_equal(slim_svd_for_energy(w, m, n, 0.95, 0, 1, &b, &r2, NULL), 0);
+    assert_int_equal(slim_svd_for_energy(w, m, n, 0.95, 1, 2, NULL, &a, &r1, NULL), 0);
+    assert_int_equal(slim_svd_for_energy(w, m, n, 0.95, 0, 1, NULL, &b, &r2, NULL), 0);
     assert_int_equal(r2, want);
     assert_true(r1 >= want && r1 <= want + 1);
     assert_int_equal(a.k, r1);
@@ -531,19 +675,19 @@ static void test_svd_bad_input(void **state)
     struct slim_svd svd;
     struct slim_error err = {0};
     (void)state;
-    assert_int_equal(slim_svd_exact(w, 2, 3, 1, &svd, &err), SLIM_ENUMERIC);
+    assert_int_equal(slim_svd_exact(w, 2, 3, 1, NULL, &svd, &err), SLIM_ENUMERIC);
     assert_int_equal(slim_svd_randomized(w, 2, 3, 1, NULL, 1, &svd, NULL), SLIM_ENUMERIC);
     w[4] = 5;
-    assert_int_equal(slim_svd_exact(w, 0, 3, 1, &svd, NULL), SLIM_EINVAL);
+    assert_int_equal(slim_svd_exact(w, 0, 3, 1, NULL, &svd, NULL), SLIM_EINVAL);
     assert_int_equal(slim_svd_randomized(w, 2, 3, 0, NULL, 1, &svd, NULL), SLIM_EINVAL);
     assert_int_equal(slim_svd_randomized(w, 2, 3, 3, NULL, 1, &svd, NULL), SLIM_EINVAL);
     /* a zero matrix and a 1 x 1 one */
     float z[6] = {0};
-    assert_int_equal(slim_svd_exact(z, 2, 3, 1, &svd, NULL), 0);
+    assert_int_equal(slim_svd_exact(z, 2, 3, 1, NULL, &svd, NULL), 0);
     assert_true(svd.s[0] == 0.0f && slim_lowrank_rel_error(&svd, 1) == 0.0);
     slim_svd_release(&svd);
     float one = -2.5f, u, v;
-    assert_int_equal(slim_svd_exact(&one, 1, 1, 1, &svd, NULL), 0);
+    assert_int_equal(slim_svd_exact(&one, 1, 1, 1, NULL, &svd, NULL), 0);
     slim_lowrank_factors(&svd, 1, &u, &v);
     assert_true(fabsf(u * v - one) < 1e-6f);
     slim_svd_release(&svd);
@@ -934,7 +1078,7 @@ static void test_alloc_failures(void **state)
     float *orig = gauss_array(n, 1.0f), *w = malloc(n * 4), cb[8];
     uint8_t *idx = malloc(n);
     (void)state;
-    for (int kernel = 0; kernel < 3; kernel++) {
+    for (int kernel = 0; kernel < 4; kernel++) {
         int ok = 0;
         for (long fail = 0; fail < 64 && !ok; fail++) {
             long live = slim_alloc_live();
@@ -948,7 +1092,8 @@ static void test_alloc_failures(void **state)
                 rc = slim_kmeans_1d(w, n, &o, 1, cb, idx, NULL, NULL);
             } else {
                 struct slim_svd svd;
-                rc = slim_svd_randomized(w, 200, 100, 5, NULL, 1, &svd, NULL);
+                rc = kernel == 2 ? slim_svd_randomized(w, 200, 100, 5, NULL, 1, &svd, NULL)
+                                 : slim_svd_exact(w, 200, 100, 1, NULL, &svd, NULL);
                 if (!rc)
                     slim_svd_release(&svd);
             }
@@ -981,6 +1126,9 @@ int main(void)
         cmocka_unit_test(test_prune_nm_patterns),
         cmocka_unit_test(test_prune_rows),
         cmocka_unit_test(test_svd_exact_error),
+        cmocka_unit_test(test_svd_exact_twin),
+        cmocka_unit_test(test_svd_exact_poll),
+        cmocka_unit_test(test_kmeans_poll),
         cmocka_unit_test(test_svd_randomized_error),
         cmocka_unit_test(test_svd_rank_helpers),
         cmocka_unit_test(test_svd_bad_input),

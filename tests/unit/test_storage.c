@@ -3,8 +3,10 @@
  * earlier schema, reopen), model and dataset rows, the blob store
  * (hashing, dedup, no temp file left behind, blobs shared by models,
  * datasets and artifacts), the job queue's state machine, crash
- * recovery, model and dataset deletion against jobs that use them, and
- * concurrent claims from two connections.  Each test works in its own
+ * recovery, model and dataset deletion against jobs that use them,
+ * concurrent claims from two connections, bearer tokens (hashing,
+ * verification, revocation, the secret never stored) and the owner
+ * filter of the lists.  Each test works in its own
  * data dir under the program's temp dir.
  */
 #include <dirent.h>
@@ -12,6 +14,7 @@
 #include <sys/stat.h>
 #include <sqlite3.h>
 #include "tests/unit/util.h"
+#include "tests/unit/full_vfs.h"
 #include "storage/store.h"
 
 #define SHA_ABC "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
@@ -87,7 +90,7 @@ static const char *put_model(struct store *st, const char *name, const char *tex
     json_t *info = json_pack("{s:s, s:i, s:i}", "format", "safetensors", "tensors", 3,
                              "params", 1000), *row;
     struct slim_error err;
-    if (store_model_insert(st, name, sha, strlen(text), info, &row, &err))
+    if (store_model_insert(st, NULL, name, sha, strlen(text), info, &row, &err))
         fail_msg("model insert: %s", err.msg);
     snprintf(p, 32, "%s", json_string_value(json_object_get(row, "id")));
     json_decref(row);
@@ -104,7 +107,7 @@ static const char *put_job(struct store *st, const char *model)
     json_t *spec = json_pack("{s:s, s:[{s:s, s:s}]}", "model", model, "passes", "op",
                              "quantize", "dtype", "int8"), *row;
     struct slim_error err;
-    if (store_job_insert(st, model, NULL, spec, 0, 0, &row, &err))
+    if (store_job_insert(st, NULL, model, NULL, spec, 0, 0, &row, &err))
         fail_msg("job insert: %s", err.msg);
     snprintf(p, 32, "%s", json_string_value(json_object_get(row, "id")));
     json_decref(row);
@@ -155,7 +158,7 @@ static void claim_expect(struct store *st, const char *id)
 }
 
 /* The schema version store.c migrates to. */
-#define LATEST 3
+#define LATEST 5
 
 /* The schema as earlier slimd versions left it, frozen here as they
  * shipped (store.c's migrations[0] and [1]), so a migration is tested
@@ -192,8 +195,24 @@ static const char *const schema_v1 =
     "CREATE INDEX jobs_model ON jobs(model_id);"
     "CREATE INDEX jobs_artifact ON jobs(artifact_sha);";
 static const char *const schema_v2 = "ALTER TABLE jobs ADD COLUMN mem_bytes INTEGER NOT NULL DEFAULT 0;";
+static const char *const schema_v3 =
+    "CREATE TABLE datasets ("
+    "  id TEXT PRIMARY KEY,"
+    "  name TEXT NOT NULL,"
+    "  format TEXT NOT NULL,"
+    "  bytes INTEGER NOT NULL,"
+    "  sha256 TEXT NOT NULL,"
+    "  info TEXT NOT NULL,"
+    "  created_at TEXT NOT NULL);"
+    "CREATE INDEX datasets_sha256 ON datasets(sha256);"
+    "INSERT INTO datasets (id, name, format, bytes, sha256, info, created_at)"
+    "  SELECT id, name, format, bytes, sha256, info, created_at FROM models"
+    "  WHERE kind = 'dataset' ORDER BY rowid;"
+    "DELETE FROM models WHERE kind = 'dataset';"
+    "ALTER TABLE jobs ADD COLUMN dataset_id TEXT REFERENCES datasets(id) ON DELETE SET NULL;"
+    "CREATE INDEX jobs_dataset ON jobs(dataset_id);";
 
-/* Creates dir (and its parent) holding a database at `version` (1 or 2)
+/* Creates dir (and its parent) holding a database at `version` (1 to 3)
  * with the rows that rows_sql inserts. */
 static void make_old_db(const char *dir, int version, const char *rows_sql)
 {
@@ -209,6 +228,8 @@ static void make_old_db(const char *dir, int version, const char *rows_sql)
     assert_int_equal(sqlite3_exec(db, schema_v1, NULL, NULL, NULL), SQLITE_OK);
     if (version >= 2)
         assert_int_equal(sqlite3_exec(db, schema_v2, NULL, NULL, NULL), SQLITE_OK);
+    if (version >= 3)
+        assert_int_equal(sqlite3_exec(db, schema_v3, NULL, NULL, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_exec(db, rows_sql, NULL, NULL, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_exec(db, bump, NULL, NULL, NULL), SQLITE_OK);
     sqlite3_close(db);
@@ -291,7 +312,7 @@ static void test_models(void **state)
     const char *sha = put_blob(st, "abc"), *a, *b, *c;
     int total;
 
-    assert_int_equal(store_model_insert(st, "tiny", sha, 3, info, &row, &err), 0);
+    assert_int_equal(store_model_insert(st, NULL, "tiny", sha, 3, info, &row, &err), 0);
     assert_id(sfield(row, "id"), "mdl_");
     assert_string_equal(sfield(row, "name"), "tiny");
     assert_string_equal(sfield(row, "kind"), "model");
@@ -310,21 +331,21 @@ static void test_models(void **state)
     json_decref(row);
 
     /* the blob must be committed first */
-    assert_int_equal(store_model_insert(st, "x", SHA_EMPTY, 0, info, &row, &err), SLIM_EIO);
+    assert_int_equal(store_model_insert(st, NULL, "x", SHA_EMPTY, 0, info, &row, &err), SLIM_EIO);
     /* a name that is not UTF-8 would break the JSON */
-    assert_int_equal(store_model_insert(st, "\xff\xfe", sha, 3, info, &row, &err), SLIM_EINVAL);
+    assert_int_equal(store_model_insert(st, NULL, "\xff\xfe", sha, 3, info, &row, &err), SLIM_EINVAL);
     json_decref(info);
 
     a = put_model(st, "first", "1");
     b = put_model(st, "second", "2");
     c = put_model(st, "third", "3");
-    assert_int_equal(store_model_list(st, 2, 0, &rows, &total, &err), 0);
+    assert_int_equal(store_model_list(st, NULL, 2, 0, &rows, &total, &err), 0);
     assert_int_equal(total, 4);
     assert_int_equal(json_array_size(rows), 2);
     assert_string_equal(sfield(json_array_get(rows, 0), "id"), c);
     assert_string_equal(sfield(json_array_get(rows, 1), "id"), b);
     json_decref(rows);
-    assert_int_equal(store_model_list(st, 2, 2, &rows, &total, &err), 0);
+    assert_int_equal(store_model_list(st, NULL, 2, 2, &rows, &total, &err), 0);
     assert_int_equal(json_array_size(rows), 2);
     assert_string_equal(sfield(json_array_get(rows, 0), "id"), a);
     assert_string_equal(sfield(json_array_get(rows, 1), "name"), "tiny");
@@ -332,7 +353,7 @@ static void test_models(void **state)
 
     /* a "kind" in the describe object no longer makes a dataset */
     info = json_pack("{s:s, s:s}", "kind", "dataset", "format", "safetensors");
-    assert_int_equal(store_model_insert(st, "evalset", sha, 3, info, &row, &err), 0);
+    assert_int_equal(store_model_insert(st, NULL, "evalset", sha, 3, info, &row, &err), 0);
     json_decref(info);
     assert_id(sfield(row, "id"), "mdl_");
     assert_string_equal(sfield(row, "kind"), "model");
@@ -344,7 +365,7 @@ static void test_models(void **state)
     assert_int_equal(err.code, SLIM_ENOTFOUND);
     assert_non_null(strstr(err.msg, b));
     assert_int_equal(store_model_delete(st, b, &err), SLIM_ENOTFOUND);
-    assert_int_equal(store_model_list(st, 10, 0, &rows, &total, &err), 0);
+    assert_int_equal(store_model_list(st, NULL, 10, 0, &rows, &total, &err), 0);
     assert_int_equal(total, 3);
     assert_int_equal(json_array_size(rows), 3);
     json_decref(rows);
@@ -411,12 +432,12 @@ static void test_migrate_from_v2(void **state)
     assert_int_equal(json_integer_value(json_object_get(row, "memory_bytes")), 7);
     assert_true(json_is_null(json_object_get(row, "dataset")));
     json_decref(row);
-    assert_int_equal(store_model_list(st, 10, 0, &rows, &total, &err), 0);
+    assert_int_equal(store_model_list(st, NULL, 10, 0, &rows, &total, &err), 0);
     assert_int_equal(total, 1);
     assert_string_equal(sfield(json_array_get(rows, 0), "id"), "mdl_00000000000000b2");
     json_decref(rows);
     assert_int_equal(store_model_get(st, "ds_00000000000000b2", &row, &err), SLIM_ENOTFOUND);
-    assert_int_equal(store_dataset_list(st, 10, 0, &rows, &total, &err), 0);
+    assert_int_equal(store_dataset_list(st, NULL, 10, 0, &rows, &total, &err), 0);
     assert_int_equal(total, 1);
     row = json_array_get(rows, 0);
     assert_string_equal(sfield(row, "id"), "ds_00000000000000b2");
@@ -426,12 +447,81 @@ static void test_migrate_from_v2(void **state)
     assert_int_equal(json_integer_value(json_object_get(row, "samples")), 3);
     json_decref(rows);
     spec = json_object();
-    assert_int_equal(store_job_insert(st, "mdl_00000000000000b2", "ds_00000000000000b2", spec, 0,
+    assert_int_equal(store_job_insert(st, NULL, "mdl_00000000000000b2", "ds_00000000000000b2", spec, 0,
                                       0, &row, &err), 0);
     assert_string_equal(sfield(row, "dataset"), "ds_00000000000000b2");
     json_decref(row);
     json_decref(spec);
     assert_int_equal(store_dataset_delete(st, "ds_00000000000000b2", &err), SLIM_ECONFLICT);
+    store_close(st);
+    /* reopening migrates nothing more */
+    st = open_store(dir);
+    assert_int_equal(schema_version(dir), LATEST);
+    store_close(st);
+}
+
+static void test_migrate_from_v3(void **state)
+{
+    /* version 3 -> 4: tokens arrive (none yet), and every model,
+     * dataset and job made before them has no owner: an admin (owner
+     * filter NULL) lists them, a token's filter does not, and rows made
+     * from then on can name their token */
+    (void)state;
+    const char *dir = data_dir("v3");
+    char secret[STORE_TOKEN_LEN + 1];
+    struct slim_error err;
+    struct store *st;
+    json_t *row, *rows, *spec;
+    int64_t live = -1;
+    int total;
+    make_old_db(dir, 3,
+                "INSERT INTO models VALUES ('mdl_00000000000000c3', 'model', 'm', 'safetensors',"
+                " 3, '" SHA_ABC "', '{\"format\":\"safetensors\",\"tensors\":1,\"params\":1}',"
+                " '2026-01-01T00:00:00Z');"
+                "INSERT INTO datasets VALUES ('ds_00000000000000c3', 'd', 'safetensors', 3,"
+                " '" SHA_ABC "', '{\"format\":\"safetensors\",\"samples\":3}',"
+                " '2026-01-02T00:00:00Z');"
+                "INSERT INTO jobs (id, seq, model_id, spec, created_at, mem_bytes, dataset_id)"
+                " VALUES ('job_00000000000000c3', 1, 'mdl_00000000000000c3',"
+                " '{\"model\":\"mdl_00000000000000c3\",\"passes\":[]}', '2026-01-01T00:00:00Z',"
+                " 5, 'ds_00000000000000c3');");
+    st = open_store(dir);
+    assert_int_equal(schema_version(dir), LATEST);
+    assert_int_equal(store_token_count_live(st, &live, &err), 0);
+    assert_int_equal(live, 0);
+    row = get_job(st, "job_00000000000000c3");
+    assert_true(json_is_null(json_object_get(row, "owner")));
+    assert_string_equal(sfield(row, "dataset"), "ds_00000000000000c3");
+    assert_int_equal(json_integer_value(json_object_get(row, "memory_bytes")), 5);
+    json_decref(row);
+    assert_int_equal(store_model_get(st, "mdl_00000000000000c3", &row, &err), 0);
+    assert_true(json_is_null(json_object_get(row, "owner")));
+    json_decref(row);
+    assert_int_equal(store_dataset_get(st, "ds_00000000000000c3", &row, &err), 0);
+    assert_true(json_is_null(json_object_get(row, "owner")));
+    json_decref(row);
+    assert_int_equal(store_model_list(st, NULL, 10, 0, &rows, &total, &err), 0);
+    assert_int_equal(total, 1);
+    json_decref(rows);
+    assert_int_equal(store_job_list(st, "tok_00000000000000c3", -1, 10, 0, &rows, &total, &err),
+                     0);
+    assert_int_equal(total, 0);
+    assert_int_equal(json_array_size(rows), 0);
+    json_decref(rows);
+    /* a token made after the migration owns what it makes */
+    assert_int_equal(store_token_create(st, "ci", STORE_SCOPE_SUBMIT, secret, &row, &err), 0);
+    char tok[32];
+    snprintf(tok, sizeof tok, "%s", sfield(row, "id"));
+    json_decref(row);
+    spec = json_object();
+    assert_int_equal(store_job_insert(st, tok, "mdl_00000000000000c3", NULL, spec, 0, 0, &row,
+                                      &err), 0);
+    assert_string_equal(sfield(row, "owner"), tok);
+    json_decref(row);
+    json_decref(spec);
+    assert_int_equal(store_job_list(st, tok, -1, 10, 0, &rows, &total, &err), 0);
+    assert_int_equal(total, 1);
+    json_decref(rows);
     store_close(st);
     /* reopening migrates nothing more */
     st = open_store(dir);
@@ -450,7 +540,7 @@ static const char *put_dataset(struct store *st, const char *name, const char *t
                              "samples", 3, "input_shape", 4, "input_dtype", "F32", "labels", 1,
                              "classes", 2), *row;
     struct slim_error err;
-    if (store_dataset_insert(st, name, sha, strlen(text), info, &row, &err))
+    if (store_dataset_insert(st, NULL, name, sha, strlen(text), info, &row, &err))
         fail_msg("dataset insert: %s", err.msg);
     snprintf(p, 32, "%s", json_string_value(json_object_get(row, "id")));
     json_decref(row);
@@ -471,7 +561,7 @@ static void test_datasets(void **state)
     char id[32];
     int total;
 
-    assert_int_equal(store_dataset_insert(st, "digits", sha, 3, info, &row, &err), 0);
+    assert_int_equal(store_dataset_insert(st, NULL, "digits", sha, 3, info, &row, &err), 0);
     assert_id(sfield(row, "id"), "ds_");
     assert_string_equal(sfield(row, "name"), "digits");
     assert_string_equal(sfield(row, "format"), "safetensors");
@@ -491,29 +581,29 @@ static void test_datasets(void **state)
     json_decref(row);
 
     /* the blob must be committed first; names are UTF-8; info has a format */
-    assert_int_equal(store_dataset_insert(st, "x", SHA_EMPTY, 0, info, &row, &err), SLIM_EIO);
-    assert_int_equal(store_dataset_insert(st, "\xff\xfe", sha, 3, info, &row, &err), SLIM_EINVAL);
+    assert_int_equal(store_dataset_insert(st, NULL, "x", SHA_EMPTY, 0, info, &row, &err), SLIM_EIO);
+    assert_int_equal(store_dataset_insert(st, NULL, "\xff\xfe", sha, 3, info, &row, &err), SLIM_EINVAL);
     json_decref(info);
     info = json_object();
-    assert_int_equal(store_dataset_insert(st, "x", sha, 3, info, &row, &err), SLIM_EINVAL);
+    assert_int_equal(store_dataset_insert(st, NULL, "x", sha, 3, info, &row, &err), SLIM_EINVAL);
     json_decref(info);
 
     /* newest first, paginated; models and datasets do not mix */
     a = put_dataset(st, "first", "1");
     b = put_dataset(st, "second", "2");
     c = put_dataset(st, "third", "3");
-    assert_int_equal(store_dataset_list(st, 2, 0, &rows, &total, &err), 0);
+    assert_int_equal(store_dataset_list(st, NULL, 2, 0, &rows, &total, &err), 0);
     assert_int_equal(total, 4);
     assert_int_equal(json_array_size(rows), 2);
     assert_string_equal(sfield(json_array_get(rows, 0), "id"), c);
     assert_string_equal(sfield(json_array_get(rows, 1), "id"), b);
     json_decref(rows);
-    assert_int_equal(store_dataset_list(st, 2, 2, &rows, &total, &err), 0);
+    assert_int_equal(store_dataset_list(st, NULL, 2, 2, &rows, &total, &err), 0);
     assert_int_equal(json_array_size(rows), 2);
     assert_string_equal(sfield(json_array_get(rows, 0), "id"), a);
     assert_string_equal(sfield(json_array_get(rows, 1), "id"), id);
     json_decref(rows);
-    assert_int_equal(store_model_list(st, 10, 0, &rows, &total, &err), 0);
+    assert_int_equal(store_model_list(st, NULL, 10, 0, &rows, &total, &err), 0);
     assert_int_equal(total, 0);
     json_decref(rows);
     assert_int_equal(store_model_get(st, a, &row, &err), SLIM_ENOTFOUND);
@@ -522,7 +612,7 @@ static void test_datasets(void **state)
     assert_int_equal(store_dataset_delete(st, m, &err), SLIM_ENOTFOUND);
     /* nor can a dataset be a job's model */
     info = json_object();
-    assert_int_equal(store_job_insert(st, a, NULL, info, 0, 0, &row, &err), SLIM_ENOTFOUND);
+    assert_int_equal(store_job_insert(st, NULL, a, NULL, info, 0, 0, &row, &err), SLIM_ENOTFOUND);
     json_decref(info);
 
     assert_int_equal(store_dataset_delete(st, b, &err), 0);
@@ -533,7 +623,7 @@ static void test_datasets(void **state)
         assert_string_equal(err.msg, want);
     }
     assert_int_equal(store_dataset_delete(st, b, &err), SLIM_ENOTFOUND);
-    assert_int_equal(store_dataset_list(st, 10, 0, &rows, &total, &err), 0);
+    assert_int_equal(store_dataset_list(st, NULL, 10, 0, &rows, &total, &err), 0);
     assert_int_equal(total, 3);
     json_decref(rows);
     store_close(st);
@@ -607,19 +697,19 @@ static void test_dataset_delete_and_jobs(void **state)
     json_decref(row);
 
     /* a missing dataset inserts nothing and is named; a missing model first */
-    assert_int_equal(store_job_insert(st, m, "ds_0000000000000000", spec, 0, 0, &row, &err),
+    assert_int_equal(store_job_insert(st, NULL, m, "ds_0000000000000000", spec, 0, 0, &row, &err),
                      SLIM_ENOTFOUND);
     assert_string_equal(err.msg, "dataset ds_0000000000000000 does not exist");
-    assert_int_equal(store_job_insert(st, "mdl_0000000000000000", "ds_0000000000000000", spec,
+    assert_int_equal(store_job_insert(st, NULL, "mdl_0000000000000000", "ds_0000000000000000", spec,
                                       0, 0, &row, &err), SLIM_ENOTFOUND);
     assert_non_null(strstr(err.msg, "model mdl_0000000000000000"));
-    assert_int_equal(store_job_list(st, -1, 10, 0, &row, &total, &err), 0);
+    assert_int_equal(store_job_list(st, NULL, -1, 10, 0, &row, &total, &err), 0);
     assert_int_equal(total, 1);
     json_decref(row);
     /* a full queue is still told apart */
-    assert_int_equal(store_job_insert(st, m, d, spec, 0, 1, &row, &err), SLIM_EBUSY);
+    assert_int_equal(store_job_insert(st, NULL, m, d, spec, 0, 1, &row, &err), SLIM_EBUSY);
 
-    assert_int_equal(store_job_insert(st, m, d, spec, 0, 0, &row, &err), 0);
+    assert_int_equal(store_job_insert(st, NULL, m, d, spec, 0, 0, &row, &err), 0);
     assert_string_equal(sfield(row, "dataset"), d);
     snprintf(jd, sizeof jd, "%s", sfield(row, "id"));
     json_decref(row);
@@ -632,7 +722,7 @@ static void test_dataset_delete_and_jobs(void **state)
     assert_int_equal(store_dataset_delete(st, d, &err), SLIM_ECONFLICT);
     assert_non_null(strstr(err.msg, "(running)"));
     assert_true(blob_exists(st, dsha));
-    assert_int_equal(store_job_fail(st, jd, "boom", &err), 0);
+    assert_int_equal(store_job_fail(st, jd, SLIM_EIO, "boom", &err), 0);
 
     /* finished: the dataset goes, the job keeps its spec and shows null */
     assert_int_equal(store_dataset_delete(st, d, &err), 0);
@@ -840,7 +930,7 @@ static void test_job_lifecycle(void **state)
 
     /* unknown model */
     rep = json_object();
-    assert_int_equal(store_job_insert(st, "mdl_0000000000000000", NULL, rep, 0, 0, &row, &err),
+    assert_int_equal(store_job_insert(st, NULL, "mdl_0000000000000000", NULL, rep, 0, 0, &row, &err),
                      SLIM_ENOTFOUND);
     json_decref(rep);
     assert_non_null(strstr(err.msg, "mdl_0000000000000000"));
@@ -889,19 +979,20 @@ static void test_job_lifecycle(void **state)
     json_decref(rep);
     assert_int_equal(store_job_report(st, "job_nope", &rep, &err), SLIM_ENOTFOUND);
 
-    /* finished jobs cannot be canceled */
+    /* finished jobs cannot be canceled: too late, and the message says so */
     assert_int_equal(store_job_cancel(st, j1, &was_running, &err), SLIM_ECONFLICT);
-    assert_non_null(strstr(err.msg, "succeeded"));
+    assert_non_null(strstr(err.msg, "already succeeded: too late to cancel it"));
     assert_int_equal(store_job_cancel(st, "job_nope", &was_running, &err), SLIM_ENOTFOUND);
 
     /* j2 running then failed */
     claim_expect(st, j2);
-    assert_int_equal(store_job_fail(st, j2, "passes[0]: boom", &err), 0);
+    assert_int_equal(store_job_fail(st, j2, SLIM_ENUMERIC, "passes[0]: boom", &err), 0);
     row = get_job(st, j2);
     assert_string_equal(sfield(row, "state"), "failed");
     assert_string_equal(sfield(row, "error"), "passes[0]: boom");
+    assert_string_equal(sfield(row, "error_code"), "NUMERIC_ERROR");
     json_decref(row);
-    assert_int_equal(store_job_fail(st, j2, "again", &err), SLIM_ECONFLICT);
+    assert_int_equal(store_job_fail(st, j2, SLIM_EIO, "again", &err), SLIM_ECONFLICT);
     assert_int_equal(store_job_report(st, j2, &rep, &err), SLIM_ECONFLICT);
     assert_non_null(strstr(err.msg, "failed"));
 
@@ -928,6 +1019,9 @@ static void test_job_lifecycle(void **state)
     assert_string_equal(sfield(row, "state"), "canceled");
     json_decref(row);
     assert_int_equal(store_job_canceled(st, j4, &err), SLIM_ECONFLICT);
+    assert_int_equal(store_job_cancel(st, j4, &was_running, &err), SLIM_ECONFLICT);
+    assert_non_null(strstr(err.msg, "is already canceled"));
+
 
     /* requeue does not count the attempt */
     const char *j5 = put_job(st, m);
@@ -940,13 +1034,13 @@ static void test_job_lifecycle(void **state)
     json_decref(row);
 
     /* list newest first, filtered, and counts */
-    assert_int_equal(store_job_list(st, -1, 10, 0, &rows, &total, &err), 0);
+    assert_int_equal(store_job_list(st, NULL, -1, 10, 0, &rows, &total, &err), 0);
     assert_int_equal(total, 5);
     assert_int_equal(json_array_size(rows), 5);
     assert_string_equal(sfield(json_array_get(rows, 0), "id"), j5);
     assert_string_equal(sfield(json_array_get(rows, 4), "id"), j1);
     json_decref(rows);
-    assert_int_equal(store_job_list(st, STORE_JOB_CANCELED, 1, 1, &rows, &total, &err), 0);
+    assert_int_equal(store_job_list(st, NULL, STORE_JOB_CANCELED, 1, 1, &rows, &total, &err), 0);
     assert_int_equal(total, 2);
     assert_int_equal(json_array_size(rows), 1);
     assert_string_equal(sfield(json_array_get(rows, 0), "id"), j3);
@@ -961,6 +1055,29 @@ static void test_job_lifecycle(void **state)
     assert_string_equal(store_job_state_name(STORE_JOB_SUCCEEDED), "succeeded");
     assert_int_equal(store_job_state_parse("canceled"), STORE_JOB_CANCELED);
     assert_int_equal(store_job_state_parse("cancelled"), -1);
+
+    /* a cancel answered while running wins over whatever ends the job:
+     * a success is refused (the runner then records canceled), and a
+     * failure becomes canceled, without its message */
+    assert_int_equal(store_job_cancel(st, j5, &was_running, &err), 0);
+    const char *j6 = put_job(st, m), *j7 = put_job(st, m);
+    claim_expect(st, j6);
+    assert_int_equal(store_job_cancel(st, j6, &was_running, &err), 0);
+    rep = json_object();
+    assert_int_equal(store_job_succeed(st, j6, art, 14, rep, &err), SLIM_ECANCELED);
+    json_decref(rep);
+    row = get_job(st, j6);
+    assert_string_equal(sfield(row, "state"), "running");
+    json_decref(row);
+    assert_int_equal(store_job_canceled(st, j6, &err), 0);
+    claim_expect(st, j7);
+    assert_int_equal(store_job_cancel(st, j7, &was_running, &err), 0);
+    assert_int_equal(store_job_fail(st, j7, SLIM_EIO, "disk full", &err), 0);
+    row = get_job(st, j7);
+    assert_string_equal(sfield(row, "state"), "canceled");
+    assert_true(json_is_null(json_object_get(row, "error")));
+    json_decref(row);
+    assert_int_equal(store_job_cancel(st, j7, &was_running, &err), SLIM_ECONFLICT);
     store_close(st);
 }
 
@@ -994,6 +1111,7 @@ static void test_recover(void **state)
             assert_string_equal(sfield(row, "state"), "failed");
             assert_string_equal(sfield(row, "error"),
                                 "interrupted 3 times (daemon restarts); giving up");
+            assert_string_equal(sfield(row, "error_code"), "INTERNAL");
             assert_rfc3339(sfield(row, "finished_at"));
         }
         json_decref(row);
@@ -1158,8 +1276,8 @@ static void test_claim_within_memory(void **state)
     const char *m = put_model(st, "m", "model bytes");
     json_t *spec = json_pack("{s:s, s:[{s:s, s:s}]}", "model", m, "passes", "op", "quantize",
                              "dtype", "int8"), *big, *small, *row;
-    assert_int_equal(store_job_insert(st, m, NULL, spec, 600, 0, &big, &err), 0);
-    assert_int_equal(store_job_insert(st, m, NULL, spec, 100, 0, &small, &err), 0);
+    assert_int_equal(store_job_insert(st, NULL, m, NULL, spec, 600, 0, &big, &err), 0);
+    assert_int_equal(store_job_insert(st, NULL, m, NULL, spec, 100, 0, &small, &err), 0);
     assert_int_equal(json_integer_value(json_object_get(big, "memory_bytes")), 600);
     assert_int_equal(store_job_claim(st, 500, &row, &err), SLIM_ENOTFOUND);
     assert_int_equal(store_job_claim(st, 600, &row, &err), 0);
@@ -1167,9 +1285,9 @@ static void test_claim_within_memory(void **state)
     json_decref(row);
     /* a queue cap: with one job queued and a cap of 1, the next is
      * EBUSY; a missing model is still ENOTFOUND */
-    assert_int_equal(store_job_insert(st, m, NULL, spec, 0, 1, &row, &err), SLIM_EBUSY);
+    assert_int_equal(store_job_insert(st, NULL, m, NULL, spec, 0, 1, &row, &err), SLIM_EBUSY);
     assert_non_null(strstr(err.msg, "--max-queued"));
-    assert_int_equal(store_job_insert(st, "mdl_0000000000000000", NULL, spec, 0, 1, &row, &err),
+    assert_int_equal(store_job_insert(st, NULL, "mdl_0000000000000000", NULL, spec, 0, 1, &row, &err),
                      SLIM_ENOTFOUND);
     assert_int_equal(store_job_claim(st, 99, &row, &err), SLIM_ENOTFOUND);
     assert_int_equal(store_job_claim(st, 100, &row, &err), 0);
@@ -1181,69 +1299,7 @@ static void test_claim_within_memory(void **state)
     store_close(st);
 }
 
-/* ---- a disk that fills up: a VFS over the default one whose writes to
- * the WAL fail with SQLITE_FULL while `disk_full` is set.  A WAL frame
- * is written when a transaction commits, so this fails exactly the
- * commit that a statement's last step performs. */
-
-static sqlite3_vfs *real_vfs;
-static sqlite3_vfs full_vfs;
-static int disk_full;
-
-struct full_file {
-    sqlite3_file base;
-    sqlite3_file *real;   /* right after this struct */
-    int wal;
-};
-
-#define REAL(f) (((struct full_file *)(f))->real)
-static int ff_close(sqlite3_file *f) { return REAL(f)->pMethods->xClose(REAL(f)); }
-static int ff_read(sqlite3_file *f, void *b, int n, sqlite3_int64 o)
-{ return REAL(f)->pMethods->xRead(REAL(f), b, n, o); }
-static int ff_write(sqlite3_file *f, const void *b, int n, sqlite3_int64 o)
-{
-    if (disk_full && ((struct full_file *)f)->wal)
-        return SQLITE_FULL;
-    return REAL(f)->pMethods->xWrite(REAL(f), b, n, o);
-}
-static int ff_truncate(sqlite3_file *f, sqlite3_int64 n)
-{ return REAL(f)->pMethods->xTruncate(REAL(f), n); }
-static int ff_sync(sqlite3_file *f, int fl) { return REAL(f)->pMethods->xSync(REAL(f), fl); }
-static int ff_size(sqlite3_file *f, sqlite3_int64 *n)
-{ return REAL(f)->pMethods->xFileSize(REAL(f), n); }
-static int ff_lock(sqlite3_file *f, int l) { return REAL(f)->pMethods->xLock(REAL(f), l); }
-static int ff_unlock(sqlite3_file *f, int l) { return REAL(f)->pMethods->xUnlock(REAL(f), l); }
-static int ff_reserved(sqlite3_file *f, int *r)
-{ return REAL(f)->pMethods->xCheckReservedLock(REAL(f), r); }
-static int ff_fcntl(sqlite3_file *f, int op, void *a)
-{ return REAL(f)->pMethods->xFileControl(REAL(f), op, a); }
-static int ff_sector(sqlite3_file *f) { return REAL(f)->pMethods->xSectorSize(REAL(f)); }
-static int ff_dev(sqlite3_file *f) { return REAL(f)->pMethods->xDeviceCharacteristics(REAL(f)); }
-static int ff_shm_map(sqlite3_file *f, int pg, int sz, int ext, void volatile **pp)
-{ return REAL(f)->pMethods->xShmMap(REAL(f), pg, sz, ext, pp); }
-static int ff_shm_lock(sqlite3_file *f, int o, int n, int fl)
-{ return REAL(f)->pMethods->xShmLock(REAL(f), o, n, fl); }
-static void ff_shm_barrier(sqlite3_file *f) { REAL(f)->pMethods->xShmBarrier(REAL(f)); }
-static int ff_shm_unmap(sqlite3_file *f, int del)
-{ return REAL(f)->pMethods->xShmUnmap(REAL(f), del); }
-
-static const sqlite3_io_methods full_methods = {
-    2, ff_close, ff_read, ff_write, ff_truncate, ff_sync, ff_size, ff_lock, ff_unlock,
-    ff_reserved, ff_fcntl, ff_sector, ff_dev, ff_shm_map, ff_shm_lock, ff_shm_barrier,
-    ff_shm_unmap, NULL, NULL,
-};
-
-static int ff_open(sqlite3_vfs *v, const char *name, sqlite3_file *f, int flags, int *out)
-{
-    struct full_file *ff = (struct full_file *)f;
-    int rc;
-    (void)v;
-    ff->real = (sqlite3_file *)(ff + 1);
-    ff->wal = (flags & SQLITE_OPEN_WAL) != 0;
-    rc = real_vfs->xOpen(real_vfs, name, ff->real, flags, out);
-    f->pMethods = rc == SQLITE_OK && ff->real->pMethods ? &full_methods : NULL;
-    return rc;
-}
+/* ---- a disk that fills up (tests/unit/full_vfs.h) ---- */
 
 static void test_full_disk_acknowledges_nothing(void **state)
 {
@@ -1251,12 +1307,7 @@ static void test_full_disk_acknowledges_nothing(void **state)
      * returned as stored (202/201) and then found missing, and the claim
      * of a job whose running state did not commit starts nothing */
     (void)state;
-    real_vfs = sqlite3_vfs_find(NULL);
-    full_vfs = *real_vfs;
-    full_vfs.zName = "slimd-test-full";
-    full_vfs.szOsFile = (int)sizeof(struct full_file) + real_vfs->szOsFile;
-    full_vfs.xOpen = ff_open;
-    assert_int_equal(sqlite3_vfs_register(&full_vfs, 1), SQLITE_OK);
+    full_vfs_on();
 
     struct store *st = open_store(data_dir("full"));
     struct slim_error err;
@@ -1266,17 +1317,17 @@ static void test_full_disk_acknowledges_nothing(void **state)
     int total = -1;
 
     disk_full = 1;
-    assert_int_equal(store_job_insert(st, m, NULL, spec, 0, 0, &row, &err), SLIM_EIO);
+    assert_int_equal(store_job_insert(st, NULL, m, NULL, spec, 0, 0, &row, &err), SLIM_ENOSPACE);
     assert_null(row);
     row = (json_t *)1;
-    assert_int_equal(store_job_claim(st, UINT64_MAX, &row, &err), SLIM_EIO);
+    assert_int_equal(store_job_claim(st, UINT64_MAX, &row, &err), SLIM_ENOSPACE);
     assert_null(row);
     info = json_pack("{s:s, s:i, s:i}", "format", "safetensors", "tensors", 1, "params", 1);
-    assert_int_equal(store_model_insert(st, "n", SHA_ABC, 3, info, &row, &err) != 0, 1);
+    assert_int_equal(store_model_insert(st, NULL, "n", SHA_ABC, 3, info, &row, &err) != 0, 1);
     disk_full = 0;
 
     /* nothing of that exists; the queued job is still queued, once */
-    assert_int_equal(store_job_list(st, -1, 100, 0, &row, &total, &err), 0);
+    assert_int_equal(store_job_list(st, NULL, -1, 100, 0, &row, &total, &err), 0);
     assert_int_equal(total, 1);
     json_decref(row);
     row = get_job(st, queued);
@@ -1287,7 +1338,467 @@ static void test_full_disk_acknowledges_nothing(void **state)
     json_decref(info);
     json_decref(spec);
     store_close(st);
-    sqlite3_vfs_unregister(&full_vfs);
+    full_vfs_off();
+}
+
+static int file_exists(const char *dir, const char *name)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    return access(path, F_OK) == 0;
+}
+
+static void test_full_disk_drops_the_artifact(void **state)
+{
+    /* a job whose success cannot be recorded must not leave its
+     * artifact as an orphan blob, unless something else names it; the
+     * job is still running and can be failed once there is room, with
+     * the code of what went wrong */
+    (void)state;
+    full_vfs_on();
+    struct store *st = open_store(data_dir("full-art"));
+    struct slim_error err;
+    const char *m = put_model(st, "m", "the model's bytes"), *j = put_job(st, m);
+    const char *k = put_job(st, m), *art, *shared;
+    json_t *rep = json_pack("{s:[]}", "tensors"), *row;
+
+    claim_expect(st, j);
+    art = put_blob(st, "an artifact of j");
+    disk_full = 1;
+    assert_int_equal(store_job_succeed(st, j, art, 16, rep, &err), SLIM_ENOSPACE);
+    disk_full = 0;
+    assert_false(blob_exists(st, art));
+    row = get_job(st, j);
+    assert_string_equal(sfield(row, "state"), "running");
+    assert_true(json_is_null(json_object_get(row, "artifact")));
+    json_decref(row);
+    assert_int_equal(store_job_fail(st, j, SLIM_ENOSPACE, "cannot record the result", &err), 0);
+    row = get_job(st, j);
+    assert_string_equal(sfield(row, "state"), "failed");
+    assert_string_equal(sfield(row, "error_code"), "INSUFFICIENT_STORAGE");
+    json_decref(row);
+
+    /* an artifact with the model's bytes shares its blob: it stays */
+    claim_expect(st, k);
+    shared = put_blob(st, "the model's bytes");
+    disk_full = 1;
+    assert_int_equal(store_job_succeed(st, k, shared, 17, rep, &err), SLIM_ENOSPACE);
+    disk_full = 0;
+    assert_true(blob_exists(st, shared));
+    json_decref(rep);
+    store_close(st);
+    full_vfs_off();
+}
+
+static void test_retry_counts_attempts(void **state)
+{
+    /* a job that ran out of disk space goes back to the queue with the
+     * attempt counted and the reason shown, and fails once it has used
+     * max_attempts; a cancel asked for meanwhile wins */
+    (void)state;
+    struct store *st = open_store(data_dir("retry"));
+    struct slim_error err;
+    const char *m = put_model(st, "m", "retry model"), *j = put_job(st, m), *c;
+    const char *why = "cannot write the artifact: No space left on device";
+    int st_out = -1, was_running;
+    json_t *row;
+
+    for (int attempt = 1; attempt <= 3; attempt++) {
+        claim_expect(st, j);
+        row = get_job(st, j);
+        assert_int_equal(json_integer_value(json_object_get(row, "attempts")), attempt);
+        assert_true(json_is_null(json_object_get(row, "error")));   /* the claim clears it */
+        json_decref(row);
+        assert_int_equal(store_job_retry(st, j, 3, SLIM_ENOSPACE, why, &st_out, &err), 0);
+        row = get_job(st, j);
+        assert_int_equal(json_integer_value(json_object_get(row, "attempts")), attempt);
+        assert_string_equal(sfield(row, "error"), why);
+        assert_string_equal(sfield(row, "error_code"), "INSUFFICIENT_STORAGE");
+        if (attempt < 3) {
+            assert_int_equal(st_out, STORE_JOB_QUEUED);
+            assert_string_equal(sfield(row, "state"), "queued");
+            assert_true(json_is_null(json_object_get(row, "started_at")));
+            assert_true(json_is_null(json_object_get(row, "finished_at")));
+        } else {
+            assert_int_equal(st_out, STORE_JOB_FAILED);
+            assert_string_equal(sfield(row, "state"), "failed");
+            assert_rfc3339(sfield(row, "finished_at"));
+        }
+        json_decref(row);
+    }
+    assert_int_equal(store_job_retry(st, j, 3, SLIM_ENOSPACE, why, &st_out, &err),
+                     SLIM_ECONFLICT);
+    assert_int_equal(store_job_retry(st, "job_nope", 3, SLIM_ENOSPACE, why, &st_out, &err),
+                     SLIM_ENOTFOUND);
+
+    c = put_job(st, m);
+    claim_expect(st, c);
+    assert_int_equal(store_job_cancel(st, c, &was_running, &err), 0);
+    assert_int_equal(store_job_retry(st, c, 3, SLIM_ENOSPACE, why, &st_out, &err), 0);
+    assert_int_equal(st_out, STORE_JOB_CANCELED);
+    row = get_job(st, c);
+    assert_string_equal(sfield(row, "state"), "canceled");
+    assert_true(json_is_null(json_object_get(row, "error")));
+    json_decref(row);
+    store_close(st);
+}
+
+static void test_wal_kept_and_reserved(void **state)
+{
+    /* the WAL and its index stay between runs (a start on a full disk
+     * creates no file), the WAL keeps the space reserved for it, and
+     * the rows in it are all there after the reopen */
+    (void)state;
+    const char *dir = data_dir("wal");
+    struct store *st = open_store(dir);
+    struct slim_error err;
+    char path[4096];
+    struct stat sb;
+    json_t *row;
+    const char *m;
+
+    snprintf(path, sizeof path, "%s/slimd.db-wal", dir);
+    assert_int_equal(store_wal_reserve(st, 1 << 20, &err), 0);
+    assert_int_equal(stat(path, &sb), 0);
+    assert_true((uint64_t)sb.st_blocks * 512 >= (1u << 20));
+    assert_true(sb.st_size >= (1 << 20));
+    m = put_model(st, "m", "kept in the WAL");
+    put_job(st, m);
+    store_close(st);
+    assert_true(file_exists(dir, "slimd.db-wal"));
+    assert_true(file_exists(dir, "slimd.db-shm"));
+    assert_int_equal(stat(path, &sb), 0);
+    assert_true((uint64_t)sb.st_blocks * 512 >= (1u << 20));
+
+    st = open_store(dir);
+    assert_int_equal(store_model_get(st, m, &row, &err), 0);
+    assert_string_equal(sfield(row, "name"), "m");
+    json_decref(row);
+    assert_int_equal(store_wal_reserve(st, 1 << 20, &err), 0);   /* already there */
+    assert_int_equal(store_wal_reserve(st, 0, &err), 0);
+    put_job(st, m);
+    store_close(st);
+}
+
+static void test_sweep_orphans(void **state)
+{
+    /* a blob that nothing names (a crash between commit and insert) and
+     * temp files go at open; named blobs and files that are not blobs
+     * stay */
+    (void)state;
+    const char *dir = data_dir("sweep");
+    struct store *st = open_store(dir);
+    struct store_sweep sweep;
+    struct slim_error err;
+    const char *m = put_model(st, "m", "sweep model"), *j = put_job(st, m), *art, *orphan;
+    char path[4096], keep_art[65], keep_orphan[65];
+    json_t *rep = json_pack("{s:[]}", "tensors");
+
+    claim_expect(st, j);
+    art = put_blob(st, "sweep artifact");
+    snprintf(keep_art, sizeof keep_art, "%s", art);
+    assert_int_equal(store_job_succeed(st, j, keep_art, 14, rep, &err), 0);
+    orphan = put_blob(st, "no row names me");
+    snprintf(keep_orphan, sizeof keep_orphan, "%s", orphan);
+    snprintf(path, sizeof path, "%s/blobs/%.2s/README", dir, keep_art);
+    fclose(fopen(path, "w"));
+    snprintf(path, sizeof path, "%s/tmp/upload-crashed", dir);
+    fclose(fopen(path, "w"));
+    store_close(st);
+
+    st = open_store(dir);
+    store_open_sweep(st, &sweep);
+    assert_int_equal(sweep.tmp_removed, 1);
+    assert_int_equal(sweep.orphans_removed, 1);
+    assert_int_equal(sweep.orphan_bytes, strlen("no row names me"));
+    assert_false(blob_exists(st, keep_orphan));
+    assert_true(blob_exists(st, keep_art));
+    json_t *row;
+    assert_int_equal(store_model_get(st, m, &row, &err), 0);
+    assert_true(blob_exists(st, sfield(row, "sha256")));
+    json_decref(row);
+    snprintf(path, sizeof path, "%s/blobs/%.2s/README", dir, keep_art);
+    assert_int_equal(access(path, F_OK), 0);
+    store_close(st);
+    st = open_store(dir);   /* nothing left to do */
+    store_open_sweep(st, &sweep);
+    assert_int_equal(sweep.tmp_removed + sweep.orphans_removed, 0);
+    json_decref(rep);
+    store_close(st);
+}
+
+static void test_token_hash_and_scopes(void **state)
+{
+    /* the hash is SHA-256 of the secret's bytes (FIPS 180-2's "abc"
+     * vector), secrets are "slimd_" + 64 hex digits and never repeat,
+     * and scope lists parse strictly both ways */
+    (void)state;
+    char hash[65], a[STORE_TOKEN_LEN + 1], b[STORE_TOKEN_LEN + 1], buf[24];
+    struct slim_error err;
+    unsigned bits = 99;
+
+    assert_int_equal(store_token_hash("abc", hash, &err), 0);
+    assert_string_equal(hash, SHA_ABC);
+    assert_int_equal(store_token_hash("", hash, &err), 0);
+    assert_string_equal(hash, SHA_EMPTY);
+    assert_int_equal(store_token_secret_new(a, &err), 0);
+    assert_int_equal(store_token_secret_new(b, &err), 0);
+    assert_int_equal(strlen(a), STORE_TOKEN_LEN);
+    assert_memory_equal(a, "slimd_", 6);
+    assert_int_equal(strspn(a + 6, "0123456789abcdef"), 64);
+    assert_string_not_equal(a, b);
+
+    assert_int_equal(store_scopes_parse("read,submit", &bits, &err), 0);
+    assert_int_equal(bits, STORE_SCOPE_READ | STORE_SCOPE_SUBMIT);
+    assert_int_equal(store_scopes_parse("admin", &bits, &err), 0);
+    assert_int_equal(bits, STORE_SCOPE_ADMIN);
+    assert_int_equal(store_scopes_parse("submit,submit", &bits, &err), 0);
+    assert_int_equal(bits, STORE_SCOPE_SUBMIT);
+    const char *bad[] = {"", "READ", "read,", ",read", "read,,submit", "reads", "read submit"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        bits = 99;
+        assert_int_equal(store_scopes_parse(bad[i], &bits, &err), SLIM_EINVAL);
+        assert_int_equal(bits, 0);
+    }
+    assert_non_null(strstr(err.msg, "read submit"));
+    store_scopes_format(STORE_SCOPES_ALL, buf, sizeof buf);
+    assert_string_equal(buf, "read,submit,admin");
+    store_scopes_format(STORE_SCOPE_SUBMIT, buf, sizeof buf);
+    assert_string_equal(buf, "submit");
+    store_scopes_format(0, buf, sizeof buf);
+    assert_string_equal(buf, "");
+}
+
+/* The whole database file (and its WAL) as bytes contain needle. */
+static int db_holds(const char *dir, const char *needle)
+{
+    static const char *const files[] = {"slimd.db", "slimd.db-wal"};
+    int found = 0;
+    for (int i = 0; i < 2 && !found; i++) {
+        char path[4096], *buf;
+        FILE *f;
+        long n;
+        snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+        if (!(f = fopen(path, "rb")))
+            continue;
+        fseek(f, 0, SEEK_END);
+        n = ftell(f);
+        rewind(f);
+        buf = malloc((size_t)n + 1);
+        assert_non_null(buf);
+        assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
+        fclose(f);
+        found = memmem(buf, (size_t)n, needle, strlen(needle)) != NULL;
+        free(buf);
+    }
+    return found;
+}
+
+static void test_tokens(void **state)
+{
+    /* create shows the secret once and stores only its hash; verify
+     * finds the token by it (and records last_used_at), refuses a
+     * malformed, unknown or revoked one; revoke is idempotent; a second
+     * connection (the CLI beside a daemon) sees a revocation at once;
+     * store_open_meta leaves tmp/ alone */
+    (void)state;
+    const char *dir = data_dir("tokens");
+    char secret[STORE_TOKEN_LEN + 1], other[STORE_TOKEN_LEN + 1], hash[65], id[32], path[4096];
+    struct store *st = open_store(dir), *cli = NULL;
+    struct store_token tok;
+    struct slim_error err;
+    json_t *row, *rows;
+    int64_t live;
+    int was = -1;
+
+    assert_int_equal(store_token_create(st, "", STORE_SCOPE_READ, secret, &row, &err),
+                     SLIM_EINVAL);
+    assert_int_equal(store_token_create(st, "x", 0, secret, &row, &err), SLIM_EINVAL);
+    assert_int_equal(store_token_create(st, "x", 8, secret, &row, &err), SLIM_EINVAL);
+    assert_int_equal(store_token_create(st, "\xff\xfe", 1, secret, &row, &err), SLIM_EINVAL);
+
+    assert_int_equal(store_token_create(st, "ci", STORE_SCOPE_READ | STORE_SCOPE_SUBMIT, secret,
+                                        &row, &err), 0);
+    assert_id(sfield(row, "id"), "tok_");
+    snprintf(id, sizeof id, "%s", sfield(row, "id"));
+    assert_string_equal(sfield(row, "name"), "ci");
+    assert_int_equal(json_array_size(json_object_get(row, "scopes")), 2);
+    assert_string_equal(json_string_value(json_array_get(json_object_get(row, "scopes"), 0)),
+                        "read");
+    assert_string_equal(json_string_value(json_array_get(json_object_get(row, "scopes"), 1)),
+                        "submit");
+    assert_rfc3339(sfield(row, "created_at"));
+    assert_true(json_is_null(json_object_get(row, "last_used_at")));
+    assert_true(json_is_false(json_object_get(row, "revoked")));
+    assert_null(json_object_get(row, "token"));
+    assert_null(json_object_get(row, "hash"));
+    json_decref(row);
+    assert_int_equal(strlen(secret), STORE_TOKEN_LEN);
+
+    /* the database holds the hash, never the secret */
+    assert_int_equal(store_token_hash(secret, hash, &err), 0);
+    assert_true(db_holds(dir, hash));
+    assert_false(db_holds(dir, secret));
+    assert_false(db_holds(dir, secret + 6));
+
+    memset(&tok, 0x55, sizeof tok);
+    assert_int_equal(store_token_verify(st, secret, &tok, &err), 0);
+    assert_string_equal(tok.id, id);
+    assert_int_equal(tok.scopes, STORE_SCOPE_READ | STORE_SCOPE_SUBMIT);
+    assert_int_equal(store_token_list(st, &rows, &err), 0);
+    assert_int_equal(json_array_size(rows), 1);
+    assert_rfc3339(sfield(json_array_get(rows, 0), "last_used_at"));
+    json_decref(rows);
+
+    /* a secret of the right shape that is not ours; malformed ones */
+    snprintf(other, sizeof other, "%s", secret);
+    other[STORE_TOKEN_LEN - 1] = other[STORE_TOKEN_LEN - 1] == '0' ? '1' : '0';
+    assert_int_equal(store_token_verify(st, other, &tok, &err), SLIM_EUNAUTH);
+    assert_non_null(strstr(err.msg, "not one of"));
+    assert_null(strstr(err.msg, other));
+    assert_string_equal(tok.id, "");
+    const char *bad[] = {"", "slimd_", "Bearer x", "slimd_ABCDEF", secret + 1};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_equal(store_token_verify(st, bad[i], &tok, &err), SLIM_EUNAUTH);
+        assert_non_null(strstr(err.msg, "malformed"));
+    }
+    char upper[STORE_TOKEN_LEN + 1];
+    snprintf(upper, sizeof upper, "slimd_%s", secret + 6);
+    for (char *c = upper + 6; *c; c++)
+        if (*c >= 'a' && *c <= 'f')
+            *c = (char)(*c - 'a' + 'A');
+    assert_int_equal(store_token_verify(st, upper, &tok, &err) == 0, strcmp(upper, secret) == 0);
+
+    /* a second connection on the same database, as `slimd token` is */
+    snprintf(path, sizeof path, "%s/tmp/upload-in-progress", dir);
+    fclose(fopen(path, "w"));
+    assert_int_equal(store_open_meta(dir, &cli, &err), 0);
+    assert_int_equal(access(path, F_OK), 0);     /* the daemon's upload survives */
+    assert_int_equal(store_token_count_live(cli, &live, &err), 0);
+    assert_int_equal(live, 1);
+    assert_int_equal(store_token_revoke(cli, id, &was, &err), 0);
+    assert_int_equal(was, 0);
+    assert_int_equal(store_token_revoke(cli, id, &was, &err), 0);
+    assert_int_equal(was, 1);
+    assert_int_equal(store_token_revoke(cli, "tok_0000000000000000", &was, &err),
+                     SLIM_ENOTFOUND);
+    store_close(cli);
+    assert_int_equal(store_token_verify(st, secret, &tok, &err), SLIM_EUNAUTH);
+    assert_non_null(strstr(err.msg, "revoked"));
+    assert_int_equal(store_token_count_live(st, &live, &err), 0);
+    assert_int_equal(live, 0);
+    assert_int_equal(store_token_list(st, &rows, &err), 0);
+    assert_true(json_is_true(json_object_get(json_array_get(rows, 0), "revoked")));
+    json_decref(rows);
+    store_close(st);
+}
+
+static void test_owner_filters(void **state)
+{
+    /* rows record their owner; a token's lists (and totals) hold only
+     * its rows, NULL (admin, --auth none) holds every row */
+    (void)state;
+    struct store *st = open_store(data_dir("owners"));
+    char secret[STORE_TOKEN_LEN + 1], a[32], b[32];
+    json_t *info, *row, *rows, *spec;
+    struct slim_error err;
+    const char *m0 = put_model(st, "nobody's", "w0");
+    int total;
+
+    assert_int_equal(store_token_create(st, "a", STORE_SCOPE_SUBMIT, secret, &row, &err), 0);
+    snprintf(a, sizeof a, "%s", sfield(row, "id"));
+    json_decref(row);
+    assert_int_equal(store_token_create(st, "b", STORE_SCOPE_SUBMIT, secret, &row, &err), 0);
+    snprintf(b, sizeof b, "%s", sfield(row, "id"));
+    json_decref(row);
+
+    info = json_pack("{s:s, s:i, s:i}", "format", "safetensors", "tensors", 1, "params", 1);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(store_model_insert(st, a, "a's", put_blob(st, "wa"), 2, info, &row, &err),
+                         0);
+        assert_string_equal(sfield(row, "owner"), a);
+        json_decref(row);
+    }
+    assert_int_equal(store_model_insert(st, b, "b's", put_blob(st, "wb"), 2, info, &row, &err), 0);
+    json_decref(row);
+    assert_int_equal(store_dataset_insert(st, b, "b's", put_blob(st, "db"), 2, info, &row, &err),
+                     0);
+    assert_string_equal(sfield(row, "owner"), b);
+    json_decref(row);
+    json_decref(info);
+
+    assert_int_equal(store_model_list(st, a, 2, 0, &rows, &total, &err), 0);
+    assert_int_equal(total, 3);
+    assert_int_equal(json_array_size(rows), 2);   /* paged within a's rows */
+    assert_string_equal(sfield(json_array_get(rows, 0), "owner"), a);
+    json_decref(rows);
+    assert_int_equal(store_model_list(st, a, 10, 2, &rows, &total, &err), 0);
+    assert_int_equal(json_array_size(rows), 1);
+    json_decref(rows);
+    assert_int_equal(store_model_list(st, b, 10, 0, &rows, &total, &err), 0);
+    assert_int_equal(total, 1);
+    assert_string_equal(sfield(json_array_get(rows, 0), "name"), "b's");
+    json_decref(rows);
+    assert_int_equal(store_model_list(st, NULL, 10, 0, &rows, &total, &err), 0);
+    assert_int_equal(total, 5);
+    json_decref(rows);
+    assert_int_equal(store_dataset_list(st, a, 10, 0, &rows, &total, &err), 0);
+    assert_int_equal(total, 0);
+    json_decref(rows);
+    assert_int_equal(store_dataset_list(st, b, 10, 0, &rows, &total, &err), 0);
+    assert_int_equal(total, 1);
+    json_decref(rows);
+
+    claim_expect(st, put_job(st, m0));   /* nobody's, running */
+    spec = json_object();
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(store_job_insert(st, a, m0, NULL, spec, 0, 0, &row, &err), 0);
+        json_decref(row);
+    }
+    assert_int_equal(store_job_insert(st, b, m0, NULL, spec, 0, 0, &row, &err), 0);
+    json_decref(row);
+    json_decref(spec);
+    assert_int_equal(store_job_list(st, NULL, STORE_JOB_RUNNING, 10, 0, &rows, &total, &err), 0);
+    assert_int_equal(total, 1);
+    json_decref(rows);
+    assert_int_equal(store_job_list(st, a, -1, 10, 0, &rows, &total, &err), 0);
+    assert_int_equal(total, 2);
+    json_decref(rows);
+    assert_int_equal(store_job_list(st, a, STORE_JOB_QUEUED, 10, 0, &rows, &total, &err), 0);
+    assert_int_equal(total, 2);
+    json_decref(rows);
+    assert_int_equal(store_job_list(st, b, STORE_JOB_RUNNING, 10, 0, &rows, &total, &err), 0);
+    assert_int_equal(total, 0);
+    json_decref(rows);
+    assert_int_equal(store_job_list(st, NULL, -1, 10, 0, &rows, &total, &err), 0);
+    assert_int_equal(total, 4);
+    json_decref(rows);
+    store_close(st);
+}
+
+static void test_error_paths_are_relative(void **state)
+{
+    /* an I/O error's message (which clients see, as an upload's or a
+     * job's error) names the file inside the data dir, not where the
+     * server keeps it: the fan-out folder blobs/ba is made a plain file,
+     * so the commit of "abc" (sha ba78...) cannot rename into it */
+    (void)state;
+    const char *dir = data_dir("relative");
+    struct store *st = open_store(dir);
+    struct blob_writer *bw;
+    struct slim_error err;
+    char path[4096], sha[65];
+
+    snprintf(path, sizeof path, "%s/blobs/ba", dir);
+    fclose(fopen(path, "w"));
+    assert_int_equal(store_blob_begin(st, &bw, &err), 0);
+    assert_int_equal(store_blob_write(bw, "abc", 3, &err), 0);
+    assert_int_not_equal(store_blob_commit(bw, sha, &err), 0);
+    assert_non_null(strstr(err.msg, "blobs/ba/" SHA_ABC));
+    assert_null(strstr(err.msg, test_tmp_dir()));
+    assert_null(strstr(err.msg, dir));
+    assert_int_equal(tmp_files(st), 0);
+    store_close(st);
 }
 
 static void test_alloc_failures(void **state)
@@ -1345,6 +1856,11 @@ int main(void)
         cmocka_unit_test(test_models),
         cmocka_unit_test(test_migrate_from_v1),
         cmocka_unit_test(test_migrate_from_v2),
+        cmocka_unit_test(test_migrate_from_v3),
+        cmocka_unit_test(test_token_hash_and_scopes),
+        cmocka_unit_test(test_tokens),
+        cmocka_unit_test(test_owner_filters),
+        cmocka_unit_test(test_error_paths_are_relative),
         cmocka_unit_test(test_datasets),
         cmocka_unit_test(test_dataset_blobs_shared),
         cmocka_unit_test(test_dataset_delete_and_jobs),
@@ -1356,6 +1872,10 @@ int main(void)
         cmocka_unit_test(test_concurrent_claim),
         cmocka_unit_test(test_claim_within_memory),
         cmocka_unit_test(test_full_disk_acknowledges_nothing),
+        cmocka_unit_test(test_full_disk_drops_the_artifact),
+        cmocka_unit_test(test_retry_counts_attempts),
+        cmocka_unit_test(test_wal_kept_and_reserved),
+        cmocka_unit_test(test_sweep_orphans),
         cmocka_unit_test(test_alloc_failures),
         cmocka_unit_test(test_no_leaks_in_wrappers),
     };

@@ -15,7 +15,7 @@
  * sparse form works for every scheme with one piece of code.
  */
 #include <string.h>
-#include "passes/formats/artifact.h"
+#include "passes/artifact.h"
 
 static void *own(struct slim_artifact *a, size_t bytes)
 {
