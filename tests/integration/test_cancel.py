@@ -87,7 +87,7 @@ def cancel_and_time(jid):
     return r, time.monotonic() - t0, j
 
 
-def cancel_in_stage(spec, stage, min_progress=0.0, limit=1.0):
+def cancel_in_stage(spec, stage, min_progress=0.0, limit=None):
     """Submits spec, waits for `stage` with progress >= min_progress,
     cancels, and checks the job is canceled within `limit` seconds of the
     200.  Returns (seconds, the job as last seen before the cancel)."""
@@ -98,7 +98,7 @@ def cancel_in_stage(spec, stage, min_progress=0.0, limit=1.0):
     r, took, j = cancel_and_time(jid)
     assert r.status == 200, r
     assert j["state"] == "canceled", "a cancel answered 200 ended %s: %s" % (j["state"], j)
-    assert took < limit, "canceled %.2f s after the 200 (stage %s)" % (took, stage)
+    assert took < (limit or BOUND), "canceled %.2f s after the 200 (stage %s)" % (took, stage)
     assert j["artifact"] is None and j["progress"] <= 1, j
     return took, seen
 
@@ -116,8 +116,12 @@ def many_tensors(n):
 # The latency bound is 1 s on this machine.  The suite runs two tests at
 # once (make -j2 check) and CI may share its host, so a cancel that took
 # longer is tried again, up to TRIES times: the bound must hold at least
-# once per case, and every answer must hold every time.
+# once per case, and every answer must hold every time.  Under ASan+UBSan
+# (tests/sanitize.sh) the code between two cancel checks runs two to four
+# times slower, so the bound there is 4 s: what that run checks is the
+# answers and that nothing breaks, not the latency.
 TRIES = 3
+BOUND = 4.0 if h.SANITIZED else 1.0
 
 
 def cancel_when(spec, pred, what, tries=TRIES):
@@ -139,7 +143,7 @@ def cancel_when(spec, pred, what, tries=TRIES):
                 what, j["state"], j)
             assert j["artifact"] is None, j
             check_error(D.get("/v1/jobs/%s/artifact" % jid), 409, "CONFLICT")
-            if took >= 1.0:
+            if took >= BOUND:
                 slow.append(took)
                 continue
         else:
@@ -150,8 +154,8 @@ def cancel_when(spec, pred, what, tries=TRIES):
                 what, ", ".join("%.2f s" % t for t in slow)))
         return r.status, took, seen
     if slow:
-        raise AssertionError("%s: every cancel took 1 s or more: %s" % (
-            what, ", ".join("%.2f s" % t for t in slow)))
+        raise AssertionError("%s: every cancel took %.0f s or more: %s" % (
+            what, BOUND, ", ".join("%.2f s" % t for t in slow)))
     raise AssertionError("never caught a job in %s in %d tries" % (what, tries))
 
 
@@ -300,7 +304,7 @@ def test_cancel_latency_of_each_pass():
                     assert j["state"] == "succeeded", j
                     break
                 assert r.status == 200 and j["state"] == "canceled", (r, j)
-                if took < 1.0:
+                if took < BOUND:
                     worst.append(took)
                     break
                 slow.append(took)
