@@ -46,7 +46,6 @@
  * Content-Type on uploads (would break `curl -F` and `--data-binary`).
  */
 #include <arpa/inet.h>
-#include <ctype.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -100,35 +99,6 @@ static int is_ip(const char *s)
     return inet_pton(AF_INET, s, x) == 1 || inet_pton(AF_INET6, s, x) == 1;
 }
 
-/* The host name of a Host header ("[::1]:8420" -> "::1", "Example.COM.:80"
- * -> "example.com"), into name; 0, or -1 when it is not one. */
-static int host_name(const char *h, char *name, size_t len)
-{
-    size_t n;
-    const char *end;
-    if (h[0] == '[') {
-        end = strchr(h, ']');
-        if (!end || (end[1] && (end[1] != ':' || strspn(end + 2, "0123456789") != strlen(end + 2))))
-            return -1;
-        h++;
-    } else {
-        end = strchr(h, ':');
-        if (end && strspn(end + 1, "0123456789") != strlen(end + 1))
-            return -1;
-        if (!end)
-            end = h + strlen(h);
-    }
-    n = (size_t)(end - h);
-    if (n == 0 || n >= len)
-        return -1;
-    for (size_t i = 0; i < n; i++)
-        name[i] = (char)tolower((unsigned char)h[i]);
-    if (name[n - 1] == '.')   /* "localhost." is "localhost" */
-        n--;
-    name[n] = 0;
-    return n ? 0 : -1;
-}
-
 static int host_allowed(const struct api_ctx *ctx, const char *h)
 {
     char name[256];
@@ -136,7 +106,7 @@ static int host_allowed(const struct api_ctx *ctx, const char *h)
     for (const char *const *a = ctx->allowed_hosts; a && *a; a++)
         if (!strcmp(*a, "*"))
             return 1;
-    if (host_name(h, name, sizeof name))
+    if (api_parse_host(h, name, sizeof name))
         return 0;
     n = strlen(name);
     if (!strcmp(name, "localhost") || (n > 10 && !strcmp(name + n - 10, ".localhost")))
@@ -219,23 +189,6 @@ static int cross_site(const struct api_ctx *ctx, struct MHD_Connection *conn)
     return 0;
 }
 
-/* A media type a web form can send without a preflight. */
-static int form_type(const char *ct)
-{
-    static const char *const types[] = {"application/x-www-form-urlencoded",
-                                        "multipart/form-data", "text/plain", NULL};
-    size_t n;
-    if (!ct)
-        return 0;
-    while (*ct == ' ' || *ct == '\t')
-        ct++;
-    n = strcspn(ct, "; \t");
-    for (int i = 0; types[i]; i++)
-        if (strlen(types[i]) == n && !strncasecmp(ct, types[i], n))
-            return 1;
-    return 0;
-}
-
 static int looks_like_browser(struct MHD_Connection *conn)
 {
     const char *ua = header(conn, MHD_HTTP_HEADER_USER_AGENT);
@@ -243,17 +196,10 @@ static int looks_like_browser(struct MHD_Connection *conn)
            header(conn, "Sec-Fetch-Mode") || (ua && !strncmp(ua, "Mozilla/", 8));
 }
 
-/* The token of "Authorization: Bearer <token>" (scheme in any case), or
- * NULL. */
+/* The token of the Authorization header (api_parse_bearer), or NULL. */
 static const char *bearer(struct MHD_Connection *conn)
 {
-    const char *a = header(conn, MHD_HTTP_HEADER_AUTHORIZATION);
-    if (!a || strncasecmp(a, "Bearer", 6) || (a[6] != ' ' && a[6] != '\t'))
-        return NULL;
-    a += 6;
-    while (*a == ' ' || *a == '\t')
-        a++;
-    return a;
+    return api_parse_bearer(header(conn, MHD_HTTP_HEADER_AUTHORIZATION));
 }
 
 static int authenticate(struct api_ctx *ctx, struct MHD_Connection *conn,
@@ -306,12 +252,12 @@ int api_gate(struct api_ctx *ctx, struct MHD_Connection *conn, struct api_reques
     }
     if (ctx->auth == API_AUTH_TOKEN && scope && !authenticate(ctx, conn, req, scope, ret))
         return 0;
-    if ((flags & API_GATE_JSON) && form_type(ct)) {
+    if ((flags & API_GATE_JSON) && api_is_form_type(ct)) {
         *ret = api_reply_error(conn, req, SLIM_EMEDIA, "Content-Type '%.60s': this endpoint "
                                "takes JSON: send -H 'Content-Type: application/json'", ct);
         return 0;
     }
-    if ((flags & API_GATE_FORM) && form_type(ct) && !header(conn, "Authorization") &&
+    if ((flags & API_GATE_FORM) && api_is_form_type(ct) && !header(conn, "Authorization") &&
         !header(conn, "X-Slimd-Client") && looks_like_browser(conn)) {
         *ret = api_reply_error(conn, req, SLIM_EFORBIDDEN, "a browser sent this as a web form "
                                "(Content-Type '%.60s'): a page must send Authorization or "

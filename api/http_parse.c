@@ -1,6 +1,8 @@
 /*
  * http_parse.c - the request text slimd parses itself (http_parse.h):
- * Range, unescaping, route patterns, names, query integers.
+ * Range, unescaping, route patterns, names, query integers, and for
+ * auth.c's gates the Host header's name, form media types and the
+ * bearer token.
  *
  * libmicrohttpd parses the request line, the headers and multipart
  * bodies; what it hands over as strings is parsed here.  These functions
@@ -10,9 +12,11 @@
  * nothing here trusts a length or a number it has not bounded, and
  * nothing allocates.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <jansson.h>
 #include "api/http_parse.h"
 
@@ -137,4 +141,57 @@ int api_parse_long(const char *s, long min, long max, long *out)
         return -1;
     *out = v;
     return 0;
+}
+
+int api_parse_host(const char *h, char *name, size_t len)
+{
+    size_t n;
+    const char *end;
+    if (h[0] == '[') {
+        end = strchr(h, ']');
+        if (!end || (end[1] && (end[1] != ':' || strspn(end + 2, "0123456789") != strlen(end + 2))))
+            return -1;
+        h++;
+    } else {
+        end = strchr(h, ':');
+        if (end && strspn(end + 1, "0123456789") != strlen(end + 1))
+            return -1;
+        if (!end)
+            end = h + strlen(h);
+    }
+    n = (size_t)(end - h);
+    if (n == 0 || n >= len)
+        return -1;
+    for (size_t i = 0; i < n; i++)
+        name[i] = (char)tolower((unsigned char)h[i]);
+    if (name[n - 1] == '.')   /* "localhost." is "localhost" */
+        n--;
+    name[n] = 0;
+    return n ? 0 : -1;
+}
+
+int api_is_form_type(const char *ct)
+{
+    static const char *const types[] = {"application/x-www-form-urlencoded",
+                                        "multipart/form-data", "text/plain", NULL};
+    size_t n;
+    if (!ct)
+        return 0;
+    while (*ct == ' ' || *ct == '\t')
+        ct++;
+    n = strcspn(ct, "; \t");
+    for (int i = 0; types[i]; i++)
+        if (strlen(types[i]) == n && !strncasecmp(ct, types[i], n))
+            return 1;
+    return 0;
+}
+
+const char *api_parse_bearer(const char *a)
+{
+    if (!a || strncasecmp(a, "Bearer", 6) || (a[6] != ' ' && a[6] != '\t'))
+        return NULL;
+    a += 6;
+    while (*a == ' ' || *a == '\t')
+        a++;
+    return a;
 }

@@ -1,8 +1,9 @@
 /*
  * http_parse.h - the parts of an HTTP request that slimd parses itself
  * rather than leaving to libmicrohttpd: the Range header, URL and query
- * unescaping, route patterns, display names, and integers in query
- * strings.  Pure functions over strings: no libmicrohttpd, no I/O, no
+ * unescaping, route patterns, display names, integers in query
+ * strings, and what auth.c's gates read: the Host header's name, form
+ * media types, the bearer token.  Pure functions over strings: no libmicrohttpd, no I/O, no
  * global state, so the libFuzzer target (tests/fuzz/fuzz_http.c) calls
  * exactly what the server calls.  Internal to api/.
  */
@@ -39,5 +40,21 @@ int api_valid_name(const char *name);
 /* Parses s as a whole decimal integer in [min, max] into *out: 0, or -1
  * for an empty string, trailing characters, or a value out of range. */
 int api_parse_long(const char *s, long min, long max, long *out);
+
+/* The host name of a Host header ("[::1]:8420" -> "::1",
+ * "Example.COM.:80" -> "example.com": lower case, one trailing dot
+ * dropped, a port of digits only) into name[0..len); 0, or -1 when h is
+ * not one or the name does not fit. */
+int api_parse_host(const char *h, char *name, size_t len);
+
+/* 1 when the Content-Type ct (may be NULL) is a media type a web form
+ * can send without a CORS preflight (urlencoded, multipart/form-data,
+ * text/plain; any case, parameters ignored), else 0. */
+int api_is_form_type(const char *ct);
+
+/* The token of an Authorization header value "Bearer <token>" (the
+ * scheme in any case, then spaces or tabs), borrowed from a; NULL when a
+ * is NULL or another scheme.  The token may be empty. */
+const char *api_parse_bearer(const char *a);
 
 #endif

@@ -1,20 +1,25 @@
 /*
  * fuzz_http.c - libFuzzer target for the request text slimd parses
  * itself (api/http_parse.c): the Range header, URL and query unescaping,
- * route patterns, the upload's ?name=, and ?limit=/?offset= integers.
+ * route patterns, the upload's ?name=, ?limit=/?offset= integers, and
+ * what auth.c's gates read: the Host header's name, the Content-Type's
+ * form media types, the bearer token.
  * libmicrohttpd splits the request line, headers, query string and
  * multipart bodies; what it hands over is parsed by these functions,
  * which the target calls exactly as server.c does.
  *
  * Input: 8 bytes of a file size (little-endian; the Range is parsed
- * against it), then the text, used as the Range header, as a URL, as a
- * name and as a query value in turn.  The target checks each function's
+ * against it), then the text, used as the Range header, a URL, a name,
+ * a query value, a Host, a Content-Type and an Authorization header in
+ * turn.  The target checks each function's
  * contract (http_parse.h): a satisfiable range lies inside the file and
  * is not empty; unescaping never lengthens the text or lets a NUL in; a
  * route's {id} is one non-empty segment that fits its buffer; a valid
  * name is 1 to 200 bytes of UTF-8 without control characters; a parsed
- * integer is within its bounds.
+ * integer is within its bounds; a Host's name is lower case, not empty
+ * and without its port; a bearer token comes from "Bearer" and a blank.
  */
+#include <strings.h>
 #include <jansson.h>
 #include "tests/fuzz/fuzz.h"
 #include "api/http_parse.h"
@@ -76,6 +81,32 @@ static void check_name(const char *text, size_t n)
     }
 }
 
+static void check_host(const char *text)
+{
+    char name[256];
+    memset(name, 'x', sizeof name);
+    if (api_parse_host(text, name, sizeof name) == 0) {
+        size_t n = strnlen(name, sizeof name);
+        FUZZ_ASSERT(n > 0 && n < sizeof name, "host name of %zu bytes", n);
+        for (size_t i = 0; i < n; i++)
+            FUZZ_ASSERT(name[i] < 'A' || name[i] > 'Z', "upper case in host name '%s'", name);
+        FUZZ_ASSERT(text[0] == '[' || !strchr(name, ':'), "a port left in '%s'", name);
+    }
+}
+
+static void check_headers(const char *text)
+{
+    const char *tok = api_parse_bearer(text);
+    int form = api_is_form_type(text);
+    FUZZ_ASSERT(form == 0 || form == 1, "api_is_form_type returned %d", form);
+    if (tok) {
+        FUZZ_ASSERT(tok >= text + 7 && tok <= text + strlen(text), "token outside the header");
+        FUZZ_ASSERT(!strncasecmp(text, "bearer", 6) && (text[6] == ' ' || text[6] == '\t'),
+                    "a token from '%.20s'", text);
+        FUZZ_ASSERT(*tok != ' ' && *tok != '\t', "the token starts with a blank");
+    }
+}
+
 static void check_long(const char *text)
 {
     long v = -7;
@@ -113,6 +144,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     check_url(text, n);
     check_name(text, n);
     check_long(text);
+    check_host(text);
+    check_headers(text);
     free(text);
     return 0;
 }

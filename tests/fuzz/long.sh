@@ -15,7 +15,14 @@ secs=${1:-${SLIMD_FUZZ_SECONDS:-600}}
 [ $# -gt 0 ] && shift
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(safetensors spec onnx idx http upload)
-bash "$here/build.sh" >/dev/null || { echo "long.sh: the fuzz build failed" >&2; exit 1; }
+log=$(mktemp)
+if ! bash "$here/build.sh" >"$log" 2>&1; then
+    tail -30 "$log"
+    echo "long.sh: the fuzz build failed" >&2
+    rm -f "$log"
+    exit 1
+fi
+rm -f "$log"
 rows=()
 failed=0
 for t in "${targets[@]}"; do

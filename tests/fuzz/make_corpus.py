@@ -161,6 +161,10 @@ def seeds_http():
         (10, "/v1/models/mdl_04276e6d7f07d3c6/file"), (10, "/v1/jobs/job_1/report.html"),
         (10, "/v1/health%00x"), (10, "/v1/models/a%2Fb"), (10, "caf%C3%A9 model"),
         (10, "r\xc3\xa9sum\xc3\xa9"), (10, "1000"), (10, "-1"), (10, "offset=+5"),
+        (10, "localhost:8420"), (10, "[::1]:8420"), (10, "Example.COM.:80"),
+        (10, "127.0.0.1"), (10, "evil.example:8420"), (10, "Bearer slimd_0123abcd"),
+        (10, "bearer\t  tok"), (10, "multipart/form-data; boundary=x"),
+        (10, " Text/Plain;charset=utf-8"), (10, "application/json"),
     ]
     for i, (size, text) in enumerate(cases):
         put("http", "case-%02d" % i, struct.pack("<Q", size) + text.encode("latin-1"))

@@ -9,7 +9,7 @@
  * the daemon down), names that are not UTF-8 in an ONNX model and in a
  * tar, typed-field tensors whose dims claim terabytes, the engine's
  * memory limit, and the Range, unescape, route, name and integer
- * parsers.
+ * parsers, and the Host, Content-Type and Authorization ones.
  */
 #include <limits.h>
 #include "tests/unit/util.h"
@@ -453,6 +453,34 @@ static void test_names_and_integers(void **state)
     assert_int_equal(v, 1000);   /* untouched on failure */
 }
 
+static void test_host_form_bearer(void **state)
+{
+    char name[16];
+    (void)state;
+    assert_int_equal(api_parse_host("[::1]:8420", name, sizeof name), 0);
+    assert_string_equal(name, "::1");
+    assert_int_equal(api_parse_host("Example.COM.:80", name, sizeof name), 0);
+    assert_string_equal(name, "example.com");
+    assert_int_equal(api_parse_host("localhost", name, sizeof name), 0);
+    assert_string_equal(name, "localhost");
+    assert_int_equal(api_parse_host("a:80x", name, sizeof name), -1);
+    assert_int_equal(api_parse_host("[::1]x", name, sizeof name), -1);
+    assert_int_equal(api_parse_host("[::1", name, sizeof name), -1);
+    assert_int_equal(api_parse_host(":80", name, sizeof name), -1);
+    assert_int_equal(api_parse_host(".", name, sizeof name), -1);
+    assert_int_equal(api_parse_host("a-name-too-long.example", name, sizeof name), -1);
+    assert_int_equal(api_is_form_type(" Text/Plain;charset=utf-8"), 1);
+    assert_int_equal(api_is_form_type("multipart/form-data; boundary=x"), 1);
+    assert_int_equal(api_is_form_type("application/json"), 0);
+    assert_int_equal(api_is_form_type("text/plainx"), 0);
+    assert_int_equal(api_is_form_type(NULL), 0);
+    assert_string_equal(api_parse_bearer("bearer\t  tok"), "tok");
+    assert_string_equal(api_parse_bearer("Bearer "), "");
+    assert_null(api_parse_bearer("Bearertok"));
+    assert_null(api_parse_bearer("Basic abc"));
+    assert_null(api_parse_bearer(NULL));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -464,6 +492,7 @@ int main(void)
         cmocka_unit_test(test_range),
         cmocka_unit_test(test_unescape_and_routes),
         cmocka_unit_test(test_names_and_integers),
+        cmocka_unit_test(test_host_form_bearer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
