@@ -848,6 +848,56 @@ static void stop_reaper(struct api_server *srv)
     pthread_mutex_destroy(&srv->lock);
 }
 
+/* The listening socket, made here rather than by libmicrohttpd so that a
+ * taken address is an error that says so.  libmicrohttpd's
+ * MHD_OPTION_LISTENING_ADDRESS_REUSE set SO_REUSEPORT, under which a
+ * second slimd on the same port started without a word and the kernel
+ * shared the connections between the two daemons (issue 10).  Only
+ * SO_REUSEADDR is set: a restart may bind while the last run's
+ * connections sit in TIME_WAIT, but never beside a live listener.  IPv6
+ * sockets are v6-only, as libmicrohttpd made them.  Returns the
+ * descriptor, or -1 with err naming the address and the reason. */
+static int listen_socket(const struct sockaddr *sa, const char *host, unsigned port,
+                         struct slim_error *err)
+{
+    int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0), on = 1, e;
+    const char *v6 = sa->sa_family == AF_INET6 ? "[" : "";
+    if (fd < 0) {
+        slim_error_set(err, SLIM_EIO, "cannot make a socket: %s", strerror(errno));
+        return -1;
+    }
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) ||
+        (sa->sa_family == AF_INET6 &&
+         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof on)) ||
+        bind(fd, sa, sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                               : sizeof(struct sockaddr_in)) ||
+        listen(fd, SOMAXCONN)) {
+        e = errno;
+        close(fd);
+        if (e == EADDRINUSE)
+            slim_error_set(err, SLIM_EIO, "cannot listen on %s%s%s:%u: the address is already "
+                           "in use (another slimd, or another program, listens there): stop "
+                           "it or choose another --listen", v6, host, *v6 ? "]" : "", port);
+        else
+            slim_error_set(err, SLIM_EIO, "cannot listen on %s%s%s:%u: %s", v6, host,
+                           *v6 ? "]" : "", port, strerror(e));
+        return -1;
+    }
+    return fd;
+}
+
+/* The port fd is bound to (port 0 asks the kernel for one). */
+static uint16_t bound_port(int fd, uint16_t dflt)
+{
+    struct sockaddr_storage ss;
+    socklen_t n = sizeof ss;
+    if (getsockname(fd, (struct sockaddr *)&ss, &n))
+        return dflt;
+    if (ss.ss_family == AF_INET6)
+        return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+}
+
 int api_server_start(struct store *st, const struct api_config *cfg,
                      const struct api_hooks *hooks, struct api_server **out,
                      struct slim_error *err)
@@ -861,6 +911,7 @@ int api_server_start(struct store *st, const struct api_config *cfg,
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
                      MHD_USE_POLL | MHD_USE_ERROR_LOG;
     const union MHD_DaemonInfo *di;
+    int listen_fd;
     /* libmicrohttpd copies neither: the PEM text must outlive the daemon
      * (cli.c keeps it until the server has stopped) */
     struct MHD_OptionItem tls_opts[] = {
@@ -921,33 +972,37 @@ int api_server_start(struct store *st, const struct api_config *cfg,
     pthread_cond_init(&srv->wake, NULL);
     if (srv->head_timeout && pthread_create(&srv->reaper, NULL, reaper_main, srv) == 0)
         srv->reaper_started = 1;
+    if ((listen_fd = listen_socket(sa, cfg->host, cfg->port, err)) < 0) {
+        stop_reaper(srv);
+        slim_free(srv);
+        return err->code;
+    }
     srv->mhd = MHD_start_daemon(flags, cfg->port, NULL, NULL, on_request, &srv->ctx,
                                 MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,
-                                MHD_OPTION_SOCK_ADDR, sa,
+                                MHD_OPTION_LISTEN_SOCKET, listen_fd,
                                 MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
                                 MHD_OPTION_NOTIFY_CONNECTION, on_connection, srv,
                                 MHD_OPTION_CONNECTION_LIMIT, cfg->max_conns,
                                 MHD_OPTION_PER_IP_CONNECTION_LIMIT, cfg->max_conns_per_ip,
                                 MHD_OPTION_CONNECTION_TIMEOUT, cfg->conn_timeout,
-                                MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
                                 MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL,
                                 MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONN_MEMORY,
                                 MHD_OPTION_CONNECTION_MEMORY_INCREMENT, (size_t)CONN_MEMORY_INCREMENT,
                                 MHD_OPTION_ARRAY, (flags & MHD_USE_TLS) ? tls_opts : no_opts,
                                 MHD_OPTION_END);
     if (!srv->mhd) {
+        close(listen_fd);
         stop_reaper(srv);
         slim_free(srv);
         if (flags & MHD_USE_TLS)
-            return slim_error_set(err, SLIM_EIO, "cannot listen on %s:%u with TLS (address in "
-                                  "use, or a certificate and key that do not load or do not "
-                                  "match? libmicrohttpd's message is above)", cfg->host,
-                                  cfg->port);
-        return slim_error_set(err, SLIM_EIO, "cannot listen on %s:%u (address in use?)",
-                              cfg->host, cfg->port);
+            return slim_error_set(err, SLIM_EIO, "cannot serve on %s:%u with TLS (a "
+                                  "certificate and key that do not load or do not match? "
+                                  "libmicrohttpd's message is above)", cfg->host, cfg->port);
+        return slim_error_set(err, SLIM_EIO, "cannot serve on %s:%u (libmicrohttpd's message "
+                              "is above)", cfg->host, cfg->port);
     }
     di = MHD_get_daemon_info(srv->mhd, MHD_DAEMON_INFO_BIND_PORT);
-    srv->port = di ? di->port : cfg->port;
+    srv->port = di && di->port ? di->port : bound_port(listen_fd, cfg->port);
     *out = srv;
     return 0;
 }

@@ -323,7 +323,7 @@ int slimd_serve(int argc, char **argv)
                     origins_flag = {.n = 0};
     char *tls_cert = NULL, *tls_key = NULL;
     int64_t live_tokens = 0;
-    int rc = 2, loopback;
+    int rc = 2, loopback, lock_fd = -1;
     const char *data_dir = env_or("SLIMD_DATA_DIR", "data");
     const char *workers_s = env_or("SLIMD_WORKERS", "1");
     const char *max_up_s = env_or("SLIMD_MAX_UPLOAD_BYTES", "17179869184");
@@ -508,6 +508,10 @@ int slimd_serve(int argc, char **argv)
     memset(&s, 0, sizeof s);
     s.loop = uv_default_loop();
     rc = 1;
+    if (store_lock_dir(data_dir, &lock_fd, &err)) {
+        log_error("%s", err.msg);
+        goto out;
+    }
     if (store_open(data_dir, &st, &err)) {
         log_error("cannot open data dir %s: %s%s", data_dir, err.msg,
                   err.code == SLIM_ENOSPACE ? " (its disk is full: free some space)" : "");
@@ -566,6 +570,8 @@ int slimd_serve(int argc, char **argv)
     rc = 0;
 out:
     store_close(st);
+    if (lock_fd >= 0)
+        close(lock_fd);
     list_release(&hosts);
     list_release(&hosts_flag);
     list_release(&origins);

@@ -72,6 +72,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -837,6 +838,39 @@ int store_open_meta(const char *data_dir, struct store **out, struct slim_error 
         return rc;
     }
     *out = st;
+    return 0;
+}
+
+int store_lock_dir(const char *data_dir, int *fd_out, struct slim_error *err)
+{
+    char path[4096], pid[32] = "";
+    int fd, rc;
+    ssize_t n;
+
+    *fd_out = -1;
+    if ((rc = mkdir_p(data_dir, err)))
+        return rc;
+    if (snprintf(path, sizeof path, "%s/slimd.lock", data_dir) >= (int)sizeof path)
+        return slim_error_set(err, SLIM_EINVAL, "data dir: path too long");
+    if ((fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0640)) < 0)
+        return slim_error_set(err, SLIM_EIO, "cannot open %s: %s", path, strerror(errno));
+    if (flock(fd, LOCK_EX | LOCK_NB)) {
+        int e = errno;
+        n = pread(fd, pid, sizeof pid - 1, 0);
+        pid[n > 0 ? n : 0] = 0;
+        pid[strcspn(pid, "\n")] = 0;
+        close(fd);
+        if (e == EWOULDBLOCK)
+            return slim_error_set(err, SLIM_ECONFLICT, "data dir %s is in use by another slimd "
+                                  "(pid %s): one data dir serves one daemon", data_dir,
+                                  pid[0] ? pid : "unknown");
+        return slim_error_set(err, SLIM_EIO, "cannot lock %s: %s", path, strerror(e));
+    }
+    /* for the message above; the lock, not this text, is what counts */
+    snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) == 0)
+        n = pwrite(fd, pid, strlen(pid), 0);
+    *fd_out = fd;
     return 0;
 }
 

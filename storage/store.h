@@ -70,6 +70,16 @@ int store_open_meta(const char *data_dir, struct store **out, struct slim_error 
 void store_close(struct store *st);
 const char *store_data_dir(const struct store *st);
 
+/* One daemon per data dir: creates the data dir if needed and takes an
+ * exclusive flock(2) on DIR/slimd.lock, held while *fd_out stays open
+ * (the kernel drops it when the process ends, however it ends), with
+ * the holder's pid written into the file for the message a second
+ * daemon gets: SLIM_ECONFLICT "data dir DIR is in use by another slimd
+ * (pid N)".  Call before store_open, whose cleaning of tmp/ would
+ * destroy a running daemon's uploads.  `slimd token` (store_open_meta)
+ * takes no lock: it may run beside the daemon. */
+int store_lock_dir(const char *data_dir, int *fd_out, struct slim_error *err);
+
 /* What store_open cleaned, for the daemon's log. */
 struct store_sweep {
     int tmp_removed;            /* files in tmp/ */
