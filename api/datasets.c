@@ -200,18 +200,7 @@ out:
 enum MHD_Result api_datasets_list(struct api_ctx *ctx, struct MHD_Connection *conn,
                                   struct api_request *req)
 {
-    struct slim_error err;
-    json_t *rows;
-    int limit, offset, total;
-    enum MHD_Result ret;
-    if (!api_paging(conn, req, &limit, &offset, &ret))
-        return ret;
-    if (store_dataset_list(ctx->st, api_request_owner(req), limit, offset, &rows, &total, &err))
-        return api_reply_slim_error(conn, req, &err);
-    return api_reply_json(conn, req, 200,
-                          json_pack("{s:o, s:i, s:i, s:i}", "datasets", rows, "total", total,
-                                    "limit", limit, "offset", offset),
-                          NULL);
+    return api_uploads_list(ctx, conn, req, "datasets", store_dataset_find);
 }
 
 enum MHD_Result api_datasets_get(struct api_ctx *ctx, struct MHD_Connection *conn,

@@ -122,11 +122,15 @@ enum route_kind {
     R_DATASETS_LIST, R_DATASETS_UPLOAD, R_DATASET_GET, R_DATASET_DELETE, R_DATASET_FILE,
     R_JOBS_LIST, R_JOBS_SUBMIT, R_JOB_GET, R_JOB_CANCEL, R_JOB_REPORT, R_JOB_REPORT_HTML,
     R_JOB_ARTIFACT, R_METRICS, R_DASHBOARD, R_TOKENS_LIST, R_TOKENS_CREATE, R_TOKEN_REVOKE,
+    R_JOB_DELETE, R_JOB_PIN, R_JOB_UNPIN,
 };
 
 static const char *const model_fields[] = {"file", NULL};
 /* a dataset is one safetensors file, or IDX images and labels */
 static const char *const dataset_fields[] = {"file", "images", "labels", NULL};
+/* a job whose body is multipart carries its model and spec (jobs.c);
+ * a JSON route with fields takes multipart as an upload */
+static const char *const job_fields[] = {"model", "spec", NULL};
 
 #define READ STORE_SCOPE_READ
 #define SUBMIT STORE_SCOPE_SUBMIT
@@ -150,9 +154,12 @@ static const struct route routes[] = {
     {"DELETE", "/v1/datasets/{id}", BODY_NONE, R_DATASET_DELETE, NULL, SUBMIT, 0},
     {"GET", "/v1/datasets/{id}/file", BODY_NONE, R_DATASET_FILE, NULL, READ, 0},
     {"GET", "/v1/jobs", BODY_NONE, R_JOBS_LIST, NULL, READ, 0},
-    {"POST", "/v1/jobs", BODY_JSON, R_JOBS_SUBMIT, NULL, SUBMIT, API_GATE_JSON},
+    {"POST", "/v1/jobs", BODY_JSON, R_JOBS_SUBMIT, job_fields, SUBMIT, API_GATE_JSON},
     {"GET", "/v1/jobs/{id}", BODY_NONE, R_JOB_GET, NULL, READ, 0},
     {"POST", "/v1/jobs/{id}/cancel", BODY_NONE, R_JOB_CANCEL, NULL, SUBMIT, API_GATE_FORM},
+    {"DELETE", "/v1/jobs/{id}", BODY_NONE, R_JOB_DELETE, NULL, SUBMIT, 0},
+    {"POST", "/v1/jobs/{id}/pin", BODY_NONE, R_JOB_PIN, NULL, SUBMIT, API_GATE_FORM},
+    {"POST", "/v1/jobs/{id}/unpin", BODY_NONE, R_JOB_UNPIN, NULL, SUBMIT, API_GATE_FORM},
     {"GET", "/v1/jobs/{id}/report", BODY_NONE, R_JOB_REPORT, NULL, READ, 0},
     {"GET", "/v1/jobs/{id}/report.html", BODY_NONE, R_JOB_REPORT_HTML, NULL, READ, 0},
     {"GET", "/v1/jobs/{id}/artifact", BODY_NONE, R_JOB_ARTIFACT, NULL, READ, 0},
@@ -437,6 +444,40 @@ static size_t unescape(void *cls, struct MHD_Connection *conn, char *s)
     return api_unescape(s);
 }
 
+struct query_check {
+    const char *const *allowed;
+    const char *unknown;
+};
+
+static enum MHD_Result query_key(void *cls, enum MHD_ValueKind kind, const char *key,
+                                 const char *value)
+{
+    struct query_check *q = cls;
+    (void)kind;
+    (void)value;
+    for (const char *const *a = q->allowed; *a; a++)
+        if (!strcmp(*a, key))
+            return MHD_YES;
+    q->unknown = key;
+    return MHD_NO;
+}
+
+int api_query_check(struct MHD_Connection *conn, struct api_request *req,
+                    const char *const *allowed, enum MHD_Result *ret)
+{
+    struct query_check q = {allowed, NULL};
+    char list[256] = "";
+    MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, query_key, &q);
+    if (!q.unknown)
+        return 1;
+    for (const char *const *a = allowed; *a; a++)
+        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", a == allowed ? "" : ", ",
+                 *a);
+    *ret = api_reply_error(conn, req, SLIM_EINVAL, "unknown query parameter '%.60s': this "
+                           "endpoint takes %s", q.unknown, list);
+    return 0;
+}
+
 int api_paging(struct MHD_Connection *conn, struct api_request *req, int *limit, int *offset,
                enum MHD_Result *ret)
 {
@@ -682,6 +723,9 @@ static enum MHD_Result dispatch(struct api_ctx *ctx, struct MHD_Connection *conn
     case R_TOKENS_LIST: return api_tokens_list(ctx, conn, req);
     case R_TOKENS_CREATE: return api_tokens_create(ctx, conn, req);
     case R_TOKEN_REVOKE: return api_tokens_revoke(ctx, conn, req, id);
+    case R_JOB_DELETE: return api_jobs_delete(ctx, conn, req, id);
+    case R_JOB_PIN: return api_jobs_pin(ctx, conn, req, id, 1);
+    case R_JOB_UNPIN: return api_jobs_pin(ctx, conn, req, id, 0);
     }
     return api_reply_error(conn, req, SLIM_EINTERNAL, "no handler");
 }
@@ -730,10 +774,21 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             return api_reply_error(conn, req, SLIM_ENOTFOUND, "no such endpoint: %s %.200s",
                                    method, url);
         }
-        if (!api_gate(ctx, conn, req, method, r->scope, r->gate, &gated))
+        unsigned gate = r->gate;
+        enum body_mode mode = r->mode;
+        const char *type = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                       MHD_HTTP_HEADER_CONTENT_TYPE);
+        /* a JSON route with fields (POST /v1/jobs) also takes multipart:
+         * an upload then, gated like one */
+        if (mode == BODY_JSON && r->fields && type &&
+            !strncasecmp(type, "multipart/form-data", 19)) {
+            mode = BODY_UPLOAD;
+            gate = API_GATE_FORM;
+        }
+        if (!api_gate(ctx, conn, req, method, r->scope, gate, &gated))
             return gated;
-        req->mode = r->mode;
-        if (r->mode == BODY_JSON) {
+        req->mode = mode;
+        if (mode == BODY_JSON) {
             const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                                          MHD_HTTP_HEADER_CONTENT_LENGTH);
             if (cl && strtoull(cl, NULL, 10) > JSON_BODY_MAX)
@@ -741,7 +796,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                                        "job spec of %.20s bytes exceeds the limit of %u bytes",
                                        cl, JSON_BODY_MAX);
         }
-        if (r->mode == BODY_UPLOAD) {
+        if (mode == BODY_UPLOAD) {
             const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                                          MHD_HTTP_HEADER_CONTENT_LENGTH);
             const char *ct = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,

@@ -40,7 +40,7 @@ void slimd_usage(FILE *f)
             "                   [--max-upload-bytes N] [--job-memory-mb N] [--max-queued N]\n"
             "                   [--min-free-bytes N] [--max-conns N] [--max-conns-per-ip N]\n"
             "                   [--conn-timeout S] [--db-reserve-bytes N] [--auth token|none]\n"
-            "                   [--allowed-host NAME]\n"
+            "                   [--allowed-host NAME] [--retain-days N] [--max-data-bytes N]\n"
             "                   [--cors-origin ORIGIN] [--tls-cert FILE --tls-key FILE]\n"
             "       slimd token create --scope read,submit,admin --name NAME [--data-dir DIR]\n"
             "       slimd token list [--json] [--data-dir DIR]\n"
@@ -78,6 +78,14 @@ void slimd_usage(FILE *f)
             "  --db-reserve-bytes N     disk space kept allocated for the database's write-ahead\n"
             "                           log, so that job outcomes are recorded on a full disk\n"
             "                           (SLIMD_DB_RESERVE_BYTES; default 8388608; 0: none)\n"
+            "  --retain-days N          finished jobs are deleted with their artifacts N days\n"
+            "                           after they finished; pinned jobs and each model's\n"
+            "                           newest succeeded job stay (SLIMD_RETAIN_DAYS; default 0:\n"
+            "                           kept)\n"
+            "  --max-data-bytes N       when the data dir (as du counts it) holds more, the\n"
+            "                           oldest finished jobs go with their artifacts, with the\n"
+            "                           same exceptions; models and datasets stay\n"
+            "                           (SLIMD_MAX_DATA_BYTES; default 0: no limit)\n"
             "  --auth token|none        token: every request but /v1/health and / needs\n"
             "                           'Authorization: Bearer TOKEN' (slimd token create);\n"
             "                           none: only on a loopback address (SLIMD_AUTH; default\n"
@@ -312,6 +320,8 @@ int slimd_serve(int argc, char **argv)
         {"max-conns-per-ip", required_argument, NULL, 'I'},
         {"conn-timeout", required_argument, NULL, 'T'},
         {"db-reserve-bytes", required_argument, NULL, 'r'},
+        {"retain-days", required_argument, NULL, 'R'},
+        {"max-data-bytes", required_argument, NULL, 'B'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -338,6 +348,9 @@ int slimd_serve(int argc, char **argv)
      * new block), and some 2,000 pages of job state changes when it
      * cannot; nothing next to a disk that models are stored on */
     const char *reserve_s = env_or("SLIMD_DB_RESERVE_BYTES", "8388608");
+    const char *retain_s = env_or("SLIMD_RETAIN_DAYS", "0");
+    const char *max_data_s = env_or("SLIMD_MAX_DATA_BYTES", "0");
+    uint64_t retain_days, max_data;
     struct store_sweep sweep;
     struct serve_state s;
     struct store *st = NULL;
@@ -362,6 +375,8 @@ int slimd_serve(int argc, char **argv)
         case 'q': max_queued_s = optarg; break;
         case 'f': min_free_s = optarg; break;
         case 'r': reserve_s = optarg; break;
+        case 'R': retain_s = optarg; break;
+        case 'B': max_data_s = optarg; break;
         case 'M': max_conns_s = optarg; break;
         case 'I': per_ip_s = optarg; break;
         case 'T': conn_timeout_s = optarg; break;
@@ -500,6 +515,18 @@ int slimd_serve(int argc, char **argv)
     rcfg.max_attempts = 3;
     rcfg.threads_per_job = ncpu > (long)workers ? (int)(ncpu / (long)workers) : 1;
     rcfg.job_memory = acfg.job_memory;
+    if (parse_u64(retain_s, 0, 100000, &retain_days)) {
+        fprintf(stderr, "slimd serve: --retain-days '%s': expected a number of days (0: keep "
+                "jobs)\n", retain_s);
+        goto out;
+    }
+    if (parse_u64(max_data_s, 0, UINT64_MAX / 2, &max_data)) {
+        fprintf(stderr, "slimd serve: --max-data-bytes '%s': expected an integer (0: no "
+                "limit)\n", max_data_s);
+        goto out;
+    }
+    rcfg.retain_days = (int)retain_days;
+    rcfg.max_data_bytes = max_data;
     /* BLAS threads are process-wide in OpenBLAS: cap them so that
      * --workers concurrent jobs together use the cores once. */
     openblas_set_num_threads(rcfg.threads_per_job);

@@ -61,6 +61,7 @@
 #include <pthread.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include "api/api.h"
 #include "daemon/log.h"
 #include "daemon/runner.h"
 
@@ -70,6 +71,7 @@ enum { STOP_NONE = 0, STOP_CANCEL = 1, STOP_SHUTDOWN = 2 };
 enum outcome { OUT_SUCCEED, OUT_FAIL, OUT_RETRY, OUT_CANCELED, OUT_REQUEUE };
 
 #define BACKOFF_MIN_MS 250
+#define RETENTION_EVERY_MS (60 * 1000)
 #define BACKOFF_MAX_MS 10000
 
 struct slot {
@@ -104,12 +106,14 @@ struct runner {
     struct runner_config cfg;
     uv_timer_t tick;        /* persists running jobs' progress */
     uv_timer_t retry;       /* ends a backoff: records pending outcomes, claims */
+    uv_timer_t sweep;       /* retention, every RETENTION_EVERY_MS */
     uint64_t backoff_ms;    /* current delay; 0 while storage is fine */
     int recovered;          /* store_job_recover has run (a full disk can delay it) */
     struct slot *slots;
     int running;
     uint64_t reserved;      /* memory the running jobs reserved */
     int shutting_down;
+    int over_warned;        /* retention could not get under --max-data-bytes */
     pthread_mutex_t lock;   /* guards slot ids against runner_cancel */
     void (*done)(void *);
     void *done_ud;
@@ -117,6 +121,43 @@ struct runner {
 
 static void claim_more(struct runner *r);
 static void on_retry(uv_timer_t *t);
+
+/* Retention (--retain-days, --max-data-bytes; store_retention_sweep):
+ * when a job ends, before one starts (keeping room for an artifact the
+ * size of its model under --max-data-bytes, so the limit holds while it
+ * is written, not only after), and every minute.  It runs on the loop
+ * thread: its deletes are short statements, a batch of one transaction
+ * each, and what it walks (the data dir) is a few thousand files. */
+static void retention(struct runner *r, uint64_t headroom)
+{
+    struct store_retention cfg = {r->cfg.retain_days, r->cfg.max_data_bytes, headroom};
+    struct store_retention_result res;
+    struct slim_error err;
+    if (!cfg.retain_days && !cfg.max_bytes)
+        return;
+    if (store_retention_sweep(r->st, &cfg, &res, &err)) {
+        log_warn("retention: %s", err.msg);
+        return;
+    }
+    if (res.expired || res.evicted)
+        log_info("retention: removed %d job(s) (%d older than %d days, %d for "
+                 "--max-data-bytes), freed %llu bytes; data dir %llu bytes", res.expired + res.evicted,
+                 res.expired, r->cfg.retain_days, res.evicted, (unsigned long long)res.freed,
+                 (unsigned long long)(res.bytes_after ? res.bytes_after : 0));
+    /* said once per state change: an operator's problem, not a flood */
+    if (res.over && !r->over_warned)
+        log_warn("retention: the data dir holds %llu bytes, over --max-data-bytes %llu less "
+                 "%llu for the next artifact, and nothing is left that retention may remove "
+                 "(models, datasets, pinned jobs, each model's newest job, queued and running "
+                 "jobs stay)", (unsigned long long)res.bytes_after,
+                 (unsigned long long)r->cfg.max_data_bytes, (unsigned long long)headroom);
+    r->over_warned = res.over;
+}
+
+static void on_sweep(uv_timer_t *t)
+{
+    retention(t->data, 0);
+}
 
 /* Storage trouble: wait longer before the next claim or retry. */
 static void back_off(struct runner *r)
@@ -241,10 +282,16 @@ static void on_closed(uv_handle_t *h)
         done(ud);
 }
 
-static void on_retry_closed(uv_handle_t *h)
+static void on_sweep_closed(uv_handle_t *h)
 {
     struct runner *r = h->data;
     uv_close((uv_handle_t *)&r->wake, on_closed);
+}
+
+static void on_retry_closed(uv_handle_t *h)
+{
+    struct runner *r = h->data;
+    uv_close((uv_handle_t *)&r->sweep, on_sweep_closed);
 }
 
 static void on_tick_closed(uv_handle_t *h)
@@ -333,10 +380,12 @@ static int record(struct runner *r, struct slot *s)
 static void slot_done(struct runner *r, struct slot *s)
 {
     release_slot(r, s);
-    if (r->shutting_down)
+    if (r->shutting_down) {
         maybe_finish(r);
-    else
-        claim_more(r);
+        return;
+    }
+    retention(r, 0);
+    claim_more(r);
 }
 
 static void after_work(uv_work_t *w, int status)
@@ -458,8 +507,7 @@ static int start_job(struct runner *r, struct slot *s, json_t *row)
     json_decref(model);
     /* accepted at submission, so this fails only for a spec stored by an
      * older slimd that a newer parser refuses */
-    if (slim_spec_parse(json_object_get(row, "spec"), (const char *const[]){"model", NULL},
-                        &s->spec, &err))
+    if (slim_spec_parse(json_object_get(row, "spec"), api_spec_top_keys, &s->spec, &err))
         return fail_start(r, s, err.code, err.msg);
     s->eval_path[0] = 0;
     if ((ds_id = slim_spec_eval_dataset(s->spec))) {
@@ -472,6 +520,11 @@ static int start_job(struct runner *r, struct slot *s, json_t *row)
         json_decref(dataset);
     }
     store_tmp_path(r->st, ".safetensors", s->out_path, sizeof s->out_path);
+    {   /* room under --max-data-bytes for an artifact the model's size */
+        struct stat sb;
+        if (r->cfg.max_data_bytes && stat(s->in_path, &sb) == 0)
+            retention(r, (uint64_t)sb.st_size);
+    }
     s->mem = (uint64_t)json_integer_value(json_object_get(row, "memory_bytes"));
     r->reserved += s->mem;
     s->report = NULL;
@@ -578,6 +631,12 @@ int runner_new(uv_loop_t *loop, struct store *st, const struct runner_config *cf
     r->tick.data = r;
     uv_timer_init(loop, &r->retry);
     r->retry.data = r;
+    uv_timer_init(loop, &r->sweep);
+    r->sweep.data = r;
+    if (cfg->retain_days || cfg->max_data_bytes) {
+        retention(r, 0);
+        uv_timer_start(&r->sweep, on_sweep, RETENTION_EVERY_MS, RETENTION_EVERY_MS);
+    }
     *out = r;
     if (!r->recovered)
         back_off(r);
@@ -614,6 +673,7 @@ void runner_shutdown(struct runner *r, void (*done)(void *ud), void *ud)
     /* outcomes still pending get one last try; the rows of those that
      * fail stay running, and the next start's recovery re-queues them */
     uv_timer_stop(&r->retry);
+    uv_timer_stop(&r->sweep);
     for (int i = 0; i < r->cfg.workers; i++) {
         struct slot *s = &r->slots[i];
         if (!s->used || !s->pending)
