@@ -474,7 +474,7 @@ int api_query_check(struct MHD_Connection *conn, struct api_request *req,
         snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", a == allowed ? "" : ", ",
                  *a);
     *ret = api_reply_error(conn, req, SLIM_EINVAL, "unknown query parameter '%.60s': this "
-                           "endpoint takes %s", q.unknown, list);
+                           "endpoint takes %s", q.unknown, list[0] ? list : "none");
     return 0;
 }
 
