@@ -72,6 +72,7 @@ enum outcome { OUT_SUCCEED, OUT_FAIL, OUT_RETRY, OUT_CANCELED, OUT_REQUEUE };
 
 #define BACKOFF_MIN_MS 250
 #define RETENTION_EVERY_MS (60 * 1000)
+#define RETENTION_DB_MARGIN (1u << 20)
 #define BACKOFF_MAX_MS 10000
 
 struct slot {
@@ -520,10 +521,12 @@ static int start_job(struct runner *r, struct slot *s, json_t *row)
         json_decref(dataset);
     }
     store_tmp_path(r->st, ".safetensors", s->out_path, sizeof s->out_path);
-    {   /* room under --max-data-bytes for an artifact the model's size */
+    {   /* room under --max-data-bytes for an artifact the model's size,
+         * and what the database grows by while the job runs (its report,
+         * its progress in the WAL) */
         struct stat sb;
         if (r->cfg.max_data_bytes && stat(s->in_path, &sb) == 0)
-            retention(r, (uint64_t)sb.st_size);
+            retention(r, (uint64_t)sb.st_size + RETENTION_DB_MARGIN);
     }
     s->mem = (uint64_t)json_integer_value(json_object_get(row, "memory_bytes"));
     r->reserved += s->mem;
