@@ -8,6 +8,14 @@
  * runner through its hook to stop a running one, which the pipeline
  * notices at its next progress check.
  *
+ * Lifecycle (issue 10): a spec names its model by id, {"name"} or
+ * {"sha256"} (resolved here to an id, which the stored spec then holds),
+ * and may carry a "name" and "labels" that the list filters on; a
+ * multipart body uploads the model and submits in one request
+ * (submit_multipart); Idempotency-Key is idem.c's.  DELETE removes a
+ * job that is not running with its report and artifact; a pin keeps
+ * retention (the runner's) away from it.
+ *
  * With --auth token a job belongs to the token that submitted it, and
  * may only name a model and a dataset that token sees: a submit token
  * lists, reads and cancels its own jobs; an admin token every job.

@@ -14,6 +14,7 @@
  *                       bearer tokens included (their sha256, never the secret)
  *   blobs/ab/abcdef...  content-addressed files, named by their sha256
  *   tmp/                uploads and artifacts being written
+ *   slimd.lock          flock()ed by the daemon that serves the dir
  *   slimd.db-wal, -shm  SQLite's, kept between runs (store.c says why)
  *
  * Rows returned to callers are JSON objects (new references) shaped as
@@ -203,15 +204,16 @@ int store_dataset_delete(struct store *st, const char *id, struct slim_error *er
  * none); both must exist (SLIM_ENOTFOUND naming the one that does not,
  * checked in the same statement as the insert, so a dataset deleted
  * meanwhile cannot be referenced).  spec is the whole validated request
- * body (borrowed; stored as text); mem_bytes the memory it reserves
- * while it runs.  With max_queued > 0, SLIM_EBUSY when that many jobs
+ * body (borrowed; stored as text; its "name" and "labels", which the
+ * caller validated, are copied into their columns for the list's
+ * filters); mem_bytes the memory it reserves while it runs.  With max_queued > 0, SLIM_EBUSY when that many jobs
  * are queued already.  *row: the job as the API shows it. */
 int store_job_insert(struct store *st, const char *owner, const char *model_id,
                      const char *dataset_id, json_t *spec, uint64_t mem_bytes,
                      int64_t max_queued, json_t **row, struct slim_error *err);
 /* {id, model, dataset, state, progress, stage, error, error_code, attempts,
  *  created_at, started_at, finished_at, spec, artifact: {sha256, bytes} |
- *  null, memory_bytes, owner}.  error_code is the REST code of the error
+ *  null, memory_bytes, owner, name, labels: {}, pinned, model_sha256}.  error_code is the REST code of the error
  *  ("INSUFFICIENT_STORAGE"), set with error. */
 int store_job_get(struct store *st, const char *id, json_t **row, struct slim_error *err);
 /* Newest first; state < 0 for all.  Rows are store_job_get's with
