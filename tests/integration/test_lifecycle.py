@@ -141,23 +141,23 @@ def test_delete_shared_artifact():
 
 
 def slow_model():
-    return h.safetensors_bytes([h.t_f32("big.weight", [768, 768], 5)])
+    """An exact SVD of 1536x1536 runs for seconds: long enough to be seen
+    running (it is canceled, not waited for)."""
+    return h.safetensors_bytes([h.t_f32("big.weight", [1536, 1536], 5)])
 
 
 @test
 def test_delete_running_and_queued():
     """a running job is 409 (cancel first); a queued one is deleted and never runs"""
     m = upload(slow_model(), "slow")
-    spec = {"model": m["id"], "passes": [{"op": "lowrank", "rank": 700, "algorithm": "exact"}]}
+    spec = {"model": m["id"], "passes": [{"op": "lowrank", "rank": 64, "algorithm": "exact"}]}
     run = D.submit(spec).json["id"]
     queued = D.submit({"model": m["id"], "passes": [INT8]}).json["id"]
     deadline = time.time() + 60
     while D.get("/v1/jobs/" + run).json["state"] == "queued" and time.time() < deadline:
         time.sleep(0.01)
-    state = D.get("/v1/jobs/" + run).json["state"]
-    if state == "running":
-        check_error(D.request("DELETE", "/v1/jobs/" + run), 409, "CONFLICT",
-                    ["running", "cancel"])
+    assert D.get("/v1/jobs/" + run).json["state"] == "running"
+    check_error(D.request("DELETE", "/v1/jobs/" + run), 409, "CONFLICT", ["running", "cancel"])
     assert D.get("/v1/jobs/" + queued).json["state"] == "queued"
     assert D.request("DELETE", "/v1/jobs/" + queued).status == 204
     D.request("POST", "/v1/jobs/%s/cancel" % run)
