@@ -142,9 +142,10 @@ static void retention(struct runner *r, uint64_t headroom)
     }
     if (res.expired || res.evicted)
         log_info("retention: removed %d job(s) (%d older than %d days, %d for "
-                 "--max-data-bytes), freed %llu bytes; data dir %llu bytes", res.expired + res.evicted,
-                 res.expired, r->cfg.retain_days, res.evicted, (unsigned long long)res.freed,
-                 (unsigned long long)(res.bytes_after ? res.bytes_after : 0));
+                 "--max-data-bytes), freed %llu bytes; data dir %llu bytes",
+                 res.expired + res.evicted, res.expired, r->cfg.retain_days, res.evicted,
+                 (unsigned long long)res.freed,
+                 (unsigned long long)(cfg.max_bytes ? res.bytes_after : store_data_bytes(r->st)));
     /* said once per state change: an operator's problem, not a flood */
     if (res.over && !r->over_warned)
         log_warn("retention: the data dir holds %llu bytes, over --max-data-bytes %llu less "
