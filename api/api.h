@@ -268,6 +268,10 @@ struct api_idem {
 int api_idem_begin(struct api_ctx *ctx, struct MHD_Connection *conn, struct api_request *req,
                    const char *route, const char *request_sha, struct api_idem *idem,
                    enum MHD_Result *ret);
+/* The header's shape alone, for a handler that checks it before doing
+ * work (an upload): 1 when absent or well-formed; else replies 400 into
+ * *ret and returns 0. */
+int api_idem_check(struct MHD_Connection *conn, struct api_request *req, enum MHD_Result *ret);
 /* Records a success for the claimed key (if any) and replies with it;
  * body is stolen like api_reply_json's. */
 enum MHD_Result api_idem_reply(struct api_ctx *ctx, struct MHD_Connection *conn,

@@ -24,6 +24,26 @@
 #include "api/api.h"
 #include "daemon/log.h"
 
+/* 1 when key has the shape of an Idempotency-Key (see api.h). */
+static int key_ok(const char *key, size_t max)
+{
+    size_t n = strlen(key);
+    return n > 0 && n < max && strspn(key, "!\"#$%&'()*+,-./0123456789:;<=>?@"
+                                          "ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_`"
+                                          "abcdefghijklmnopqrstuvwxyz{|}~") == n;
+}
+
+int api_idem_check(struct MHD_Connection *conn, struct api_request *req, enum MHD_Result *ret)
+{
+    const char *key = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Idempotency-Key");
+    if (!key || key_ok(key, sizeof ((struct api_idem *)0)->key))
+        return 1;
+    *ret = api_reply_error(conn, req, SLIM_EINVAL, "Idempotency-Key: expected 1 to %zu "
+                           "printable ASCII characters without spaces (a UUID, say)",
+                           sizeof ((struct api_idem *)0)->key - 1);
+    return 0;
+}
+
 int api_idem_begin(struct api_ctx *ctx, struct MHD_Connection *conn, struct api_request *req,
                    const char *route, const char *request_sha, struct api_idem *idem,
                    enum MHD_Result *ret)
@@ -32,20 +52,12 @@ int api_idem_begin(struct api_ctx *ctx, struct MHD_Connection *conn, struct api_
     const char *owner = api_request_creator(req);
     struct store_idem replay;
     struct slim_error err;
-    size_t n;
 
     memset(idem, 0, sizeof *idem);
     if (!key)
         return 1;
-    n = strlen(key);
-    if (n == 0 || n >= sizeof idem->key || strspn(key, "!\"#$%&'()*+,-./0123456789:;<=>?@"
-                                                       "ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_`"
-                                                       "abcdefghijklmnopqrstuvwxyz{|}~") != n) {
-        *ret = api_reply_error(conn, req, SLIM_EINVAL, "Idempotency-Key: expected 1 to %zu "
-                               "printable ASCII characters without spaces (a UUID, say)",
-                               sizeof idem->key - 1);
+    if (!api_idem_check(conn, req, ret))
         return 0;
-    }
     if (store_idem_claim(ctx->st, route, owner, key, request_sha, &replay, &err)) {
         *ret = api_reply_slim_error(conn, req, &err);
         return 0;

@@ -266,6 +266,10 @@ static enum MHD_Result submit_multipart(struct api_ctx *ctx, struct MHD_Connecti
 
     memset(&idem, 0, sizeof idem);
     MHD_post_process(up->pp, NULL, 0);
+    if (!api_idem_check(conn, req, &ret)) {
+        api_upload_discard(up);
+        return ret;
+    }
     if (up->failed)
         rc = slim_error_set(&err, up->failed, "%s", up->msg);
     else if (!up->seen[PART_SPEC] || !up->part[PART_SPEC])

@@ -112,6 +112,10 @@ enum MHD_Result api_models_upload(struct api_ctx *ctx, struct MHD_Connection *co
 
     if (up->pp)
         MHD_post_process(up->pp, NULL, 0);
+    if (!api_idem_check(conn, req, &ret)) {
+        api_upload_discard(up);
+        return ret;
+    }
     if (api_model_store(ctx, req, 0, NULL, name, &row, &err))
         return api_reply_slim_error(conn, req, &err);
     /* the request is its bytes and its name: known now, once hashed */

@@ -331,6 +331,10 @@ def test_idempotency_key():
     assert D.get("/v1/models?name=idem-up").json["total"] == 1
     check_error(D.post_json("/v1/jobs", spec, headers={"Idempotency-Key": "a b"}), 400,
                 "INVALID_ARGUMENT", "Idempotency-Key")
+    check_error(D.request("POST", "/v1/models?name=bad-key", body=data,
+                          headers={"Idempotency-Key": "x" * 300}), 400, "INVALID_ARGUMENT",
+                "Idempotency-Key")
+    assert D.get("/v1/models?name=bad-key").json["total"] == 0
     D.wait_job(first.json["id"])
     D.wait_job(ok.json["id"])
     # stored in SQLite: a restart keeps it
