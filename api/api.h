@@ -282,6 +282,19 @@ void api_idem_release(struct api_ctx *ctx, struct api_idem *idem);
 /* Hex SHA-256 of a buffer. */
 int api_sha256_hex(const void *buf, size_t len, char out[65], struct slim_error *err);
 
+/* store_model_insert and store_dataset_insert. */
+typedef int (*api_insert_fn)(struct store *st, const char *owner, const char *name,
+                             const char *sha, uint64_t bytes, json_t *info, json_t **row,
+                             struct slim_error *err);
+/* models.c: the end of every upload.  The file goes into the blob store
+ * (the writer bw committed; with bw NULL the file at path, e.g. a
+ * converted dataset under tmp/, adopted) and its row is inserted with
+ * insert; a row that cannot be inserted takes its blob with it unless
+ * another row shares it.  bw is consumed, and path removed on failure.
+ * *bytes: the file's size; *row: new. */
+int api_upload_keep(struct api_ctx *ctx, struct api_request *req, struct blob_writer *bw,
+                    const char *path, const char *name, json_t *info, api_insert_fn insert,
+                    json_t **row, uint64_t *bytes, struct slim_error *err);
 /* models.c: validates the upload's part (its file: format, every bound),
  * commits it into the blob store and inserts the model row (*row, new).
  * field names the multipart field in messages (NULL: the body).  On any

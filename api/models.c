@@ -26,6 +26,26 @@
 #include "api/api.h"
 #include "daemon/log.h"
 
+int api_upload_keep(struct api_ctx *ctx, struct api_request *req, struct blob_writer *bw,
+                    const char *path, const char *name, json_t *info, api_insert_fn insert,
+                    json_t **row, uint64_t *bytes, struct slim_error *err)
+{
+    char sha[65];
+    int rc;
+    *row = NULL;
+    if (bw) {   /* commit frees the writer whatever happens */
+        *bytes = store_blob_bytes(bw);
+        rc = store_blob_commit(bw, sha, err);
+    } else {    /* adopt hashes the file and removes it when it fails */
+        rc = store_blob_adopt(ctx->st, path, sha, bytes, err);
+    }
+    if (rc)
+        return rc;
+    if ((rc = insert(ctx->st, api_request_creator(req), name, sha, *bytes, info, row, err)))
+        store_blob_drop_unused(ctx->st, sha);   /* unless another row shares it */
+    return rc;
+}
+
 int api_model_store(struct api_ctx *ctx, struct api_request *req, int part, const char *field,
                     const char *name, json_t **row, struct slim_error *err)
 {
@@ -34,7 +54,6 @@ int api_model_store(struct api_ctx *ctx, struct api_request *req, int part, cons
     unsigned char head[512];
     size_t got = 0;
     json_t *info = NULL;
-    char sha[65];
     uint64_t bytes = bw ? store_blob_bytes(bw) : 0;
     const char *fmt = NULL;
 
@@ -73,22 +92,15 @@ int api_model_store(struct api_ctx *ctx, struct api_request *req, int part, cons
     }
     if (!name)
         name = up->filename[part] ? up->filename[part] : "model";
-    /* commit frees the writer whatever happens */
-    up->part[part] = NULL;
-    if (store_blob_commit(bw, sha, err)) {
-        json_decref(info);
-        return err->code;
-    }
-    if (store_model_insert(ctx->st, api_request_creator(req), name, sha, bytes, info, row,
-                           err)) {
-        /* no row came: the blob goes too, unless another row shares it */
-        store_blob_drop_unused(ctx->st, sha);
+    up->part[part] = NULL;   /* api_upload_keep consumes it */
+    if (api_upload_keep(ctx, req, bw, NULL, name, info, store_model_insert, row, &bytes, err)) {
         json_decref(info);
         return err->code;
     }
     json_decref(info);
     log_info("model %s stored (%s, %llu bytes, sha256 %.12s%s)",
-             json_string_value(json_object_get(*row, "id")), name, (unsigned long long)bytes, sha,
+             json_string_value(json_object_get(*row, "id")), name, (unsigned long long)bytes,
+             json_string_value(json_object_get(*row, "sha256")),
              json_is_true(json_object_get(*row, "shared_blob")) ? ", same bytes as another: "
                                                                   "one blob" : "");
     return 0;
