@@ -247,7 +247,8 @@ int api_read_head(const char *path, unsigned char *buf, size_t len, size_t *got)
 int api_paging(struct MHD_Connection *conn, struct api_request *req, int *limit, int *offset,
                enum MHD_Result *ret);
 
-/* Request counters for /metrics. */
-void api_metrics_count(int status);
+/* misc.c: the OpenAPI document (api/openapi.yaml, compiled in). */
+enum MHD_Result api_openapi(struct api_ctx *ctx, struct MHD_Connection *conn,
+                            struct api_request *req);
 
 #endif
