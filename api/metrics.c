@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include "api/metrics.h"
 #include "passes/slim.h"
@@ -377,7 +378,8 @@ void api_metrics_write_process(FILE *f)
 {
     char buf[4096], *p;
     long tick = sysconf(_SC_CLK_TCK), page = sysconf(_SC_PAGESIZE);
-    unsigned long long utime, stime, start, vsize, btime = 0;
+    unsigned long long utime, stime, start, vsize;
+    struct timespec real, boot;
     long long rss;
     struct rlimit rl;
     DIR *d;
@@ -397,12 +399,16 @@ void api_metrics_write_process(FILE *f)
         put_header(f, "process_resident_memory_bytes", "Resident memory size in bytes.",
                    "gauge");
         fprintf(f, "process_resident_memory_bytes %lld\n", rss * (long long)page);
-        if (read_proc("/proc/stat", buf, sizeof buf) == 0 && (p = strstr(buf, "\nbtime ")) &&
-            sscanf(p + 7, "%llu", &btime) == 1) {
+        /* the boot time from the clocks, not /proc/stat's btime: the unit's
+         * ProcSubset=pid hides /proc/stat */
+        if (clock_gettime(CLOCK_REALTIME, &real) == 0 &&
+            clock_gettime(CLOCK_BOOTTIME, &boot) == 0) {
+            double booted = (double)real.tv_sec + real.tv_nsec / 1e9 -
+                            ((double)boot.tv_sec + boot.tv_nsec / 1e9);
             put_header(f, "process_start_time_seconds", "Start time of the process since unix "
                        "epoch in seconds.", "gauge");
             fprintf(f, "process_start_time_seconds %.17g\n",
-                    (double)btime + (double)start / (double)tick);
+                    booted + (double)start / (double)tick);
         }
     }
     if ((d = opendir("/proc/self/fd"))) {
