@@ -338,5 +338,32 @@ def test_process_and_data_dir():
     assert d > 0 and abs(d - walked) <= max(1 << 20, 0.1 * walked), (d, walked)
 
 
+@test
+def test_requeue_after_crash():
+    """kill -9 while a job runs: the next start re-queues it (reason recovery)"""
+    do_work()
+    big = h.safetensors_bytes([h.t_f32("w", [1024, 1024], 7)])
+    mid = D.upload(big, name="big").json["id"]
+    jid = D.submit({"model": mid, "passes": [
+        {"op": "lowrank", "rank": 512, "algorithm": "exact"}]}).json["id"]
+    D.wait_job(jid, states=("running", "succeeded", "failed", "canceled"), timeout=60,
+               interval=0.01)
+    job = D.get("/v1/jobs/" + jid).json
+    if job["state"] != "running":
+        h.skip("the job ended before it could be killed (state %s)" % job["state"])
+    D.proc.kill()
+    D.proc.wait(10)
+    D.kill()
+    D.start()
+    r = D.get("/metrics")
+    f = parse(r.body.decode())
+    assert value(f, "slimd_jobs_requeued_total", reason="recovery") == 1, r.body.decode()[-3000:]
+    job = D.wait_job(jid, timeout=300)
+    assert job["state"] == "succeeded", job
+    f = parse(D.get("/metrics").body.decode())
+    assert value(f, "slimd_job_duration_seconds", "slimd_job_duration_seconds_count",
+                 outcome="succeeded") == 1
+
+
 if __name__ == "__main__":
     h.run(setup, teardown, daemons=lambda: [D])
