@@ -16,6 +16,9 @@
       kernel's PR_SET_MDWE (refuse W+X and X gained by W mappings,
       inherited across exec: what MemoryDenyWriteExecute asks), which is
       checked to be in force first;
+    - ProtectProc=invisible and ProcSubset=pid: the same, in a mount and
+      pid namespace whose /proc is mounted subset=pid,hidepid=invisible
+      (as root, with unshare; the process metrics must still be there);
     - SystemCallFilter=@system-service: every system call `slimd serve`
       makes while it runs a lowrank+quantize job and answers requests
       (strace -f) is in the set `systemd-analyze syscall-filter` expands
@@ -246,6 +249,61 @@ def stop_traced(D):
         D.proc.wait(60)
     finally:
         D.kill()
+
+
+def proc_subset_works():
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        return "needs root and unshare (util-linux) for a private /proc"
+    p = subprocess.run(["unshare", "--mount", "--pid", "--fork", "sh", "-c",
+                        "mount -t proc -o subset=pid,hidepid=invisible proc /proc && "
+                        "test ! -e /proc/cpuinfo && test -e /proc/self/stat"],
+                       capture_output=True, timeout=60)
+    if p.returncode != 0:
+        return "cannot mount a private /proc here: %s" % p.stderr.decode().strip()[-200:]
+    return None
+
+
+@test
+def test_proc_subset():
+    """ProtectProc=invisible + ProcSubset=pid: compress, a daemon job and /metrics under such a /proc"""
+    why = proc_subset_works()
+    if why:
+        h.skip(why)
+    d = h.make_tmpdir()
+    model = model_file(d, [(512, 512), (256, 512)])
+    wrapper = os.path.join(d, "slimd-procsubset")
+    with open(wrapper, "w") as f:
+        f.write("#!/bin/sh\nexec unshare --mount --pid --fork sh -c 'mount -t proc -o "
+                "subset=pid,hidepid=invisible proc /proc && exec \"$0\" \"$@\"' %s \"$@\"\n"
+                % h.slimd_bin())
+    os.chmod(wrapper, 0o755)
+    spec = os.path.join(d, "spec.json")
+    with open(spec, "w") as f:
+        json.dump(SPEC, f)
+    p = subprocess.run([wrapper, "compress", model, "--spec", spec, "-o",
+                        os.path.join(d, "out")], capture_output=True, timeout=300)
+    assert p.returncode == 0, p.stderr.decode()[-2000:]
+    old = os.environ.get("SLIMD_BIN")
+    os.environ["SLIMD_BIN"] = wrapper
+    try:
+        D = h.Daemon(workers=1).start()
+    finally:
+        if old is None:
+            del os.environ["SLIMD_BIN"]
+        else:
+            os.environ["SLIMD_BIN"] = old
+    try:
+        with open(model, "rb") as f:
+            mid = D.upload(f.read(), name="m").json["id"]
+        job = D.wait_job(D.submit(dict(SPEC, model=mid)).json["id"], timeout=300)
+        assert job["state"] == "succeeded", job
+        text = D.get("/metrics").body.decode()
+        for fam in ("process_cpu_seconds_total", "process_resident_memory_bytes",
+                    "process_open_fds", "process_max_fds", "process_start_time_seconds",
+                    "slimd_data_dir_bytes"):
+            assert re.search("^%s [0-9.e+]+$" % fam, text, re.M), "%s missing:\n%s" % (fam, text)
+    finally:
+        stop_traced(D)
 
 
 def syscall_set(group):
