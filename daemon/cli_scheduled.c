@@ -139,8 +139,8 @@ static int check_config(json_t *cfg, char *why, size_t len)
 /* Runs one config through slimd submit; returns submit's exit status. */
 static int run_one(const char *slimd, const char *dir, const char *file, const char *server_opt)
 {
-    char path[4096], why[300], spec_path[] = "/tmp/slimd-scheduled-XXXXXX", server[512],
-         stem[256], timeout[32];
+    char path[4096], why[300], spec_path[4096], server[512], stem[256], timeout[32];
+    const char *tmp = getenv("TMPDIR") && *getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
     char *argv[64], *labels[32];
     int argc = 0, nlabels = 0, rc, status, fd;
     json_error_t jerr;
@@ -160,6 +160,7 @@ static int run_one(const char *slimd, const char *dir, const char *file, const c
         json_decref(cfg);
         return 2;
     }
+    snprintf(spec_path, sizeof spec_path, "%s/slimd-scheduled-XXXXXX", tmp);
     fd = mkstemp(spec_path);
     if (fd < 0 || json_dumpfd(json_object_get(cfg, "spec"), fd, JSON_COMPACT) || close(fd)) {
         fprintf(stderr, "slimd scheduled: %s: cannot write the spec to %s: %s\n", path,

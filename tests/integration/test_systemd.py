@@ -396,7 +396,8 @@ sys.exit(int(name.split("-")[-1]) if name.startswith("exit-") else 0)
 
 
 def spec_files():
-    return {x for x in os.listdir("/tmp") if x.startswith("slimd-scheduled-")}
+    tmp = os.environ.get("TMPDIR") or "/tmp"
+    return {x for x in os.listdir(tmp) if x.startswith("slimd-scheduled-")}
 
 
 def write(path, obj):
