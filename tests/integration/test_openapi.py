@@ -758,6 +758,8 @@ def test_probes():
             kw = dict(kw)
             query = kw.pop("_query", "")
             urls = [fixture_url(method, path, item, op)]
+            if "{id}" in path and id_prefix(item, op) == "job_":
+                urls.append(fill(path, FIX["failed_job"]))   # a job in another state
             if "{id}" in path:
                 urls.append(missing_url(path, item, op))
             if method == "DELETE":
