@@ -179,6 +179,38 @@ def value(fams, fam, sample=None, **labels):
     return got[0]
 
 
+@test
+def test_parser_is_strict():
+    """the parser itself: each kind of malformed exposition is refused"""
+    good = ('# HELP a_total A.\n# TYPE a_total counter\na_total{x="q\\"uote\\\\"} 1\n'
+            '# HELP h H.\n# TYPE h histogram\nh_bucket{le="1"} 1\nh_bucket{le="+Inf"} 2\n'
+            'h_sum 3\nh_count 2\n')
+    fams = parse(good)
+    assert fams["a_total"]["samples"][0][1] == {"x": 'q"uote\\'}, fams
+    bad = {
+        "no TYPE": "# HELP a_total A.\na_total 1\n",
+        "sample of another family": "# HELP a_total A.\n# TYPE a_total counter\nb_total 1\n",
+        "TYPE twice": "# HELP a A.\n# TYPE a gauge\n# TYPE a gauge\na 1\n",
+        "no +Inf": "# HELP h H.\n# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_sum 1\nh_count 1\n",
+        "not cumulative": "# HELP h H.\n# TYPE h histogram\nh_bucket{le=\"1\"} 2\n"
+                          "h_bucket{le=\"+Inf\"} 1\nh_sum 1\nh_count 1\n",
+        "+Inf != count": "# HELP h H.\n# TYPE h histogram\nh_bucket{le=\"+Inf\"} 2\n"
+                         "h_sum 1\nh_count 1\n",
+        "unescaped newline": '# HELP a A.\n# TYPE a gauge\na{x="1\n2"} 1\n',
+        "bad escape": '# HELP a A.\n# TYPE a gauge\na{x="\\q"} 1\n',
+        "duplicate series": "# HELP a A.\n# TYPE a gauge\na 1\na 2\n",
+        "counter without _total": "# HELP a A.\n# TYPE a counter\na 1\n",
+        "no final newline": "# HELP a A.\n# TYPE a gauge\na 1",
+        "bad value": "# HELP a A.\n# TYPE a gauge\na one\n",
+    }
+    for what, text in bad.items():
+        try:
+            parse(text)
+        except (AssertionError, ValueError, IndexError):
+            continue
+        raise AssertionError("the parser accepted: " + what)
+
+
 # ---------------------------------------------------------------- the work
 
 def do_work():
