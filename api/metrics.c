@@ -68,7 +68,8 @@ static struct family upload_bytes = {
     FAM_COUNTER, 0, {0}, 0, {0}, NULL, NULL};
 static struct family download_bytes = {
     "slimd_download_bytes_total",
-    "Bytes of files served, by kind (model, dataset, artifact); ranges count their length.",
+    "Bytes of files served, by kind (model, dataset, artifact, other), counted when the "
+    "response is queued; a range counts its length.",
     FAM_COUNTER, 1, {"kind"}, 0, {0}, NULL, NULL};
 static struct family artifact_bytes = {
     "slimd_artifact_bytes_total", "Bytes of artifacts written by jobs that succeeded.",
@@ -147,6 +148,7 @@ static void seed(void)
     };
     static const char *const outcomes[] = {"succeeded", "failed", "canceled", "requeued"};
     static const char *const reasons[] = {"shutdown", "disk_full", "recovery"};
+    static const char *const kinds[] = {"model", "dataset", "artifact"};
     if (seeded)
         return;
     seeded = 1;
@@ -156,6 +158,8 @@ static void seed(void)
         find(&job_duration, &outcomes[i]);
     for (size_t i = 0; i < sizeof reasons / sizeof reasons[0]; i++)
         find(&requeued, &reasons[i]);
+    for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++)
+        find(&download_bytes, &kinds[i]);
     find(&upload_bytes, NULL);
     find(&artifact_bytes, NULL);
     find(&queue_wait, NULL);

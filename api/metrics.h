@@ -27,7 +27,8 @@
 void api_metrics_http(const char *route, const char *method, int status, double seconds);
 /* Bytes of upload bodies received (models, datasets). */
 void api_metrics_upload_bytes(uint64_t n);
-/* Bytes of a file response queued (kind: "model", "dataset", "artifact"). */
+/* Bytes of a file response queued (kind: "model", "dataset", "artifact",
+ * "other"). */
 void api_metrics_download_bytes(const char *kind, uint64_t n);
 
 /* A job was claimed after waiting queue_seconds since it was submitted. */

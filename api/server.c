@@ -419,7 +419,8 @@ enum MHD_Result api_reply_file(struct MHD_Connection *conn, struct api_request *
     resp = MHD_create_response_from_fd_at_offset64(len, fd, start);
     if (resp && strcmp(req->method, "HEAD"))
         api_metrics_download_bytes(strstr(req->route, "/models/") ? "model"
-                                   : strstr(req->route, "/datasets/") ? "dataset" : "artifact",
+                                   : strstr(req->route, "/datasets/") ? "dataset"
+                                   : strstr(req->route, "/artifact") ? "artifact" : "other",
                                    len);
     if (!resp) {
         close(fd);
