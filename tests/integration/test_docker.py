@@ -235,6 +235,57 @@ def test_dockerignore():
         assert not ig.excluded(need), need
 
 
+def context_copy(dest):
+    """The build context as Docker would send it: every file under the tree that
+    .dockerignore does not exclude."""
+    ig = DockerIgnore(read(".dockerignore"))
+    n = 0
+    for root, dirs, files in os.walk(SRCDIR):
+        rel = os.path.relpath(root, SRCDIR)
+        rel = "" if rel == "." else rel + "/"
+        dirs[:] = [d for d in dirs if not ig.excluded(rel + d) or any(
+            neg for neg, rx in ig.rules)]
+        for f in files:
+            path = rel + f
+            if ig.excluded(path):
+                continue
+            os.makedirs(os.path.join(dest, rel), exist_ok=True)
+            shutil.copy2(os.path.join(SRCDIR, path), os.path.join(dest, path),
+                         follow_symlinks=False)
+            n += 1
+    return n
+
+
+@test
+def test_build_stage_steps():
+    """the build stage's steps, run here on the context .dockerignore leaves (opt-in: a full build)"""
+    if not os.environ.get("SLIMD_TEST_DOCKER_STEPS"):
+        h.skip("set SLIMD_TEST_DOCKER_STEPS=1 to run the build stage's steps here (a full build)")
+    st = stages()
+    ctx = h.make_tmpdir("slimd-context-")
+    out = os.path.join(ctx, ".out")
+    n = context_copy(ctx)
+    assert not os.path.exists(os.path.join(ctx, "data")) and not os.path.exists(
+        os.path.join(ctx, ".git")), "the context holds data/ or .git"
+    after_copy = False
+    for ins, args in st[0]:
+        if ins == "COPY" and args.split()[:1] == ["."]:
+            after_copy = True
+            continue
+        if ins == "RUN" and after_copy:
+            cmd = args.replace("DESTDIR=/out", "DESTDIR=" + out)
+            p = subprocess.run(["/bin/sh", "-c", cmd], cwd=ctx, capture_output=True,
+                               timeout=3600)
+            assert p.returncode == 0, "RUN %s: %s" % (args, (p.stdout + p.stderr).decode()[-3000:])
+    for ins, args in st[1]:
+        if ins == "COPY" and args.startswith("--from=build"):
+            src = args.split()[1]
+            assert os.path.exists(os.path.join(out, src[len("/out/"):])), \
+                "COPY --from=build %s: the build stage made no such file" % src
+    h._diag("context of %d files; the build stage's steps ran and made what the runtime "
+            "stage copies" % n)
+
+
 @test
 def test_compose_config():
     """docker compose config accepts the file (where docker compose is installed)"""
