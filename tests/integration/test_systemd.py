@@ -252,6 +252,13 @@ def stop_traced(D):
         os.kill(k, signal.SIGTERM)
     try:
         D.proc.wait(60)
+    except subprocess.TimeoutExpired:
+        for k in kids:          # never leave a daemon behind
+            try:
+                os.kill(k, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        raise
     finally:
         D.kill()
 
@@ -278,7 +285,7 @@ def test_proc_subset():
     model = model_file(d, [(512, 512), (256, 512)])
     wrapper = os.path.join(d, "slimd-procsubset")
     with open(wrapper, "w") as f:
-        f.write("#!/bin/sh\nexec unshare --mount --pid --fork sh -c 'mount -t proc -o "
+        f.write("#!/bin/sh\nexec unshare --mount --pid --fork --kill-child sh -c 'mount -t proc -o "
                 "subset=pid,hidepid=invisible proc /proc && exec \"$0\" \"$@\"' %s \"$@\"\n"
                 % h.slimd_bin())
     os.chmod(wrapper, 0o755)
