@@ -317,7 +317,8 @@ enum MHD_Result api_jobs_pin(struct api_ctx *ctx, struct MHD_Connection *conn,
  * too. */
 extern const char *const api_spec_top_keys[];
 
-/* Request counters for /metrics. */
-void api_metrics_count(int status);
+/* misc.c: the OpenAPI document (api/openapi.yaml, compiled in). */
+enum MHD_Result api_openapi(struct api_ctx *ctx, struct MHD_Connection *conn,
+                            struct api_request *req);
 
 #endif

@@ -44,6 +44,7 @@
 #include <unistd.h>
 #include "api/api.h"
 #include "api/http_parse.h"
+#include "api/metrics.h"
 #include "daemon/log.h"
 
 /* The one JSON body, a job spec, is stored with its job and returned by
@@ -103,6 +104,8 @@ struct api_request {
     int status;
     double started;
     int routed;
+    const char *route;      /* the route's pattern, for /metrics (never the raw path) */
+    const char *route_method;
     char method[8];
     char url[256];
 };
@@ -123,6 +126,7 @@ enum route_kind {
     R_JOBS_LIST, R_JOBS_SUBMIT, R_JOB_GET, R_JOB_CANCEL, R_JOB_REPORT, R_JOB_REPORT_HTML,
     R_JOB_ARTIFACT, R_METRICS, R_DASHBOARD, R_TOKENS_LIST, R_TOKENS_CREATE, R_TOKEN_REVOKE,
     R_JOB_DELETE, R_JOB_PIN, R_JOB_UNPIN,
+    R_OPENAPI,
 };
 
 static const char *const model_fields[] = {"file", NULL};
@@ -139,7 +143,9 @@ static const char *const job_fields[] = {"model", "spec", NULL};
  * dashboard page: it is static and holds no data (its script asks the
  * API for the data, with the token the user gives it).  /metrics needs
  * read: job counts are the service's business, and Prometheus sends a
- * bearer token (authorization: credentials_file). */
+ * bearer token (authorization: credentials_file).  /v1/openapi.yaml is
+ * open: it describes the API that the binary serves to anyone who may
+ * reach it, holds no data, and code generators fetch it without one. */
 static const struct route routes[] = {
     {"GET", "/v1/health", BODY_NONE, R_HEALTH, NULL, 0, 0},
     {"GET", "/v1/models", BODY_NONE, R_MODELS_LIST, NULL, READ, 0},
@@ -168,6 +174,7 @@ static const struct route routes[] = {
     {"DELETE", "/v1/tokens/{id}", BODY_NONE, R_TOKEN_REVOKE, NULL, ADMIN, 0},
     {"GET", "/metrics", BODY_NONE, R_METRICS, NULL, READ, 0},
     {"GET", "/", BODY_NONE, R_DASHBOARD, NULL, 0, 0},
+    {"GET", "/v1/openapi.yaml", BODY_NONE, R_OPENAPI, NULL, 0, 0},
 };
 #undef READ
 #undef SUBMIT
@@ -417,6 +424,11 @@ enum MHD_Result api_reply_file(struct MHD_Connection *conn, struct api_request *
     if (r > 0)
         status = 206;
     resp = MHD_create_response_from_fd_at_offset64(len, fd, start);
+    if (resp && strcmp(req->method, "HEAD"))
+        api_metrics_download_bytes(strstr(req->route, "/models/") ? "model"
+                                   : strstr(req->route, "/datasets/") ? "dataset"
+                                   : strstr(req->route, "/artifact") ? "artifact" : "other",
+                                   len);
     if (!resp) {
         close(fd);
         return MHD_NO;
@@ -551,6 +563,7 @@ static void upload_chunk(struct api_ctx *ctx, struct api_request *req, const cha
     struct slim_error err;
     if (req->up.failed)
         return;
+    api_metrics_upload_bytes(size);
     if (req->up.pp) {
         if (MHD_post_process(req->up.pp, data, size) != MHD_YES && !req->up.failed) {
             req->up.failed = SLIM_EINVAL;
@@ -696,6 +709,30 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
         log_warn("http: %s", msg);
 }
 
+/* The labels of a request in /metrics: its route's pattern (a path no
+ * route matches is "unmatched"; one that matches with another method,
+ * a 405, is its pattern), and its method when it is a standard one. */
+static const char *route_label(const char *url, const struct route *r)
+{
+    char id[128];
+    if (r)
+        return r->pattern;
+    for (size_t i = 0; i < N_ROUTES; i++)
+        if (api_route_match(routes[i].pattern, url, id, sizeof id))
+            return routes[i].pattern;
+    return "unmatched";
+}
+
+static const char *method_label(const char *method)
+{
+    static const char *const known[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH",
+                                        "OPTIONS"};
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+        if (!strcmp(method, known[i]))
+            return known[i];
+    return "other";
+}
+
 static enum MHD_Result dispatch(struct api_ctx *ctx, struct MHD_Connection *conn,
                                 struct api_request *req, const struct route *r, const char *id)
 {
@@ -726,6 +763,7 @@ static enum MHD_Result dispatch(struct api_ctx *ctx, struct MHD_Connection *conn
     case R_JOB_DELETE: return api_jobs_delete(ctx, conn, req, id);
     case R_JOB_PIN: return api_jobs_pin(ctx, conn, req, id, 1);
     case R_JOB_UNPIN: return api_jobs_pin(ctx, conn, req, id, 0);
+    case R_OPENAPI: return api_openapi(ctx, conn, req);
     }
     return api_reply_error(conn, req, SLIM_EINTERNAL, "no handler");
 }
@@ -764,6 +802,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         req->started = slim_now();
         snprintf(req->method, sizeof req->method, "%s", method);
         snprintf(req->url, sizeof req->url, "%s", url);
+        req->route = route_label(url, r);
+        req->route_method = method_label(method);
         *con_cls = req;
         if (!api_gate_host(ctx, conn, req, method, path_known, &gated))
             return gated;
@@ -876,7 +916,9 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         else if (sa->sa_family == AF_INET6)
             inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, addr, sizeof addr);
     }
-    api_metrics_count(req->status);
+    if (req->status)
+        api_metrics_http(req->route, req->route_method, req->status,
+                         slim_now() - req->started);
     log_info("http %s %s %s %d %.1fms%s", addr, req->method, req->url, req->status, (slim_now() - req->started) * 1000.0,
              toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (connection closed early)");
     if (req->up.pp)

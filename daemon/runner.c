@@ -59,9 +59,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <pthread.h>
+#include <time.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include "api/api.h"
+#include "api/metrics.h"
 #include "daemon/log.h"
 #include "daemon/runner.h"
 
@@ -98,6 +100,7 @@ struct slot {
     uint64_t mem;           /* what this job reserved (memory_bytes) */
     int outcome;            /* enum outcome, once the pipeline has ended */
     int pending;            /* the outcome is not recorded yet: retried on r->retry */
+    double started;         /* slim_now() at the claim, for /metrics */
 };
 
 struct runner {
@@ -336,6 +339,7 @@ static int record(struct runner *r, struct slot *s)
         if (!rc) {
             log_info("job %s succeeded (artifact %llu bytes, sha256 %.12s)", s->id,
                      (unsigned long long)s->bytes, s->sha);
+            api_metrics_job_ended("succeeded", slim_now() - s->started, 0, s->report, s->bytes);
             return 0;
         }
         if (settled(rc))
@@ -348,23 +352,36 @@ static int record(struct runner *r, struct slot *s)
     case OUT_RETRY:
         rc = store_job_retry(r->st, s->id, r->cfg.max_attempts, s->err.code, s->err.msg, &state,
                              &err);
-        if (!rc)
+        if (!rc) {
             log_info("job %s %s: %s", s->id, state == STORE_JOB_QUEUED ? "re-queued (disk full)"
                      : state == STORE_JOB_FAILED ? "failed (disk full, attempts used up)"
                      : "canceled", s->err.msg);
+            api_metrics_job_ended(state == STORE_JOB_QUEUED ? "requeued"
+                                  : state == STORE_JOB_FAILED ? "failed" : "canceled",
+                                  slim_now() - s->started, s->err.code, NULL, 0);
+            if (state == STORE_JOB_QUEUED)
+                api_metrics_job_requeued("disk_full", 1);
+        }
         break;
     case OUT_FAIL:
-        if (!(rc = store_job_fail(r->st, s->id, s->err.code, s->err.msg, &err)))
+        if (!(rc = store_job_fail(r->st, s->id, s->err.code, s->err.msg, &err))) {
             log_info("job %s failed: %s", s->id, s->err.msg);
+            api_metrics_job_ended("failed", slim_now() - s->started, s->err.code, NULL, 0);
+        }
         break;
     case OUT_CANCELED:
         /* the worker may have recorded it the moment the pipeline stopped */
-        if (s->recorded || !(rc = store_job_canceled(r->st, s->id, &err)))
+        if (s->recorded || !(rc = store_job_canceled(r->st, s->id, &err))) {
             log_info("job %s canceled", s->id);
+            api_metrics_job_ended("canceled", slim_now() - s->started, 0, NULL, 0);
+        }
         break;
     case OUT_REQUEUE:
-        if (!(rc = store_job_requeue(r->st, s->id, &err)))
+        if (!(rc = store_job_requeue(r->st, s->id, &err))) {
             log_info("job %s re-queued (shutdown)", s->id);
+            api_metrics_job_ended("requeued", slim_now() - s->started, 0, NULL, 0);
+            api_metrics_job_requeued("shutdown", 1);
+        }
         break;
     }
     if (rc && settled(rc)) {
@@ -446,6 +463,7 @@ static void on_retry(uv_timer_t *t)
         r->recovered = 1;
         log_info("recovered from an unclean stop: %d job(s) re-queued, %d failed", requeued,
                  failed);
+        api_metrics_job_requeued("recovery", requeued);
     }
     for (int i = 0; i < r->cfg.workers; i++) {
         struct slot *s = &r->slots[i];
@@ -487,6 +505,19 @@ static int fail_start(struct runner *r, struct slot *s, int code, const char *wh
     return -1;
 }
 
+/* How long the claimed job waited: the wall clock less its created_at
+ * (whole seconds, "2026-01-31T12:00:00Z"); 0 when that does not parse. */
+static double queue_seconds(json_t *row)
+{
+    const char *at = json_string_value(json_object_get(row, "created_at"));
+    struct timespec now;
+    struct tm tm;
+    memset(&tm, 0, sizeof tm);
+    if (!at || !strptime(at, "%Y-%m-%dT%H:%M:%SZ", &tm) || clock_gettime(CLOCK_REALTIME, &now))
+        return 0;
+    return (double)now.tv_sec + now.tv_nsec / 1e9 - (double)timegm(&tm);
+}
+
 /* Prepares a claimed job's slot; on error fails the job. */
 static int start_job(struct runner *r, struct slot *s, json_t *row)
 {
@@ -498,6 +529,8 @@ static int start_job(struct runner *r, struct slot *s, json_t *row)
     char why[200];
 
     snprintf(s->id, sizeof s->id, "%s", id);
+    s->started = slim_now();
+    api_metrics_job_started(queue_seconds(row));
     s->spec = NULL;
     s->mem = 0;
     s->report = NULL;
@@ -629,6 +662,7 @@ int runner_new(uv_loop_t *loop, struct store *st, const struct runner_config *cf
     else if (requeued || failed)
         log_info("recovered from an unclean stop: %d job(s) re-queued, %d failed", requeued,
                  failed);
+    api_metrics_job_requeued("recovery", requeued);
     uv_async_init(loop, &r->wake, on_wake);
     r->wake.data = r;
     uv_timer_init(loop, &r->tick);
