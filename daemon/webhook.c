@@ -236,8 +236,8 @@ static void *sender_main(void *arg)
         }
         json_decref(rows);
         pthread_mutex_lock(&wh->lock);
-        if (n == BATCH || wh->stop)
-            continue;   /* more may be due now */
+        if (n > 0 || wh->stop)
+            continue;   /* more may be due now, and a retry's next_at is to be read */
         wait = IDLE_SECONDS;
         if (next_at > 0 && next_at - wall_now() < wait)
             wait = next_at - wall_now();
