@@ -1075,7 +1075,9 @@ static void test_job_lifecycle(void **state)
     assert_int_equal(store_job_fail(st, j7, SLIM_EIO, "disk full", &err), 0);
     row = get_job(st, j7);
     assert_string_equal(sfield(row, "state"), "canceled");
-    assert_true(json_is_null(json_object_get(row, "error")));
+    assert_true(json_is_null(json_object_get(row, "error_message")));
+    assert_string_equal(json_string_value(json_object_get(json_object_get(row, "error"), "code")),
+                        "CANCELED");
     json_decref(row);
     assert_int_equal(store_job_cancel(st, j7, &was_running, &err), SLIM_ECONFLICT);
     store_close(st);
@@ -1438,7 +1440,9 @@ static void test_retry_counts_attempts(void **state)
     assert_int_equal(st_out, STORE_JOB_CANCELED);
     row = get_job(st, c);
     assert_string_equal(sfield(row, "state"), "canceled");
-    assert_true(json_is_null(json_object_get(row, "error")));
+    assert_true(json_is_null(json_object_get(row, "error_message")));
+    assert_string_equal(json_string_value(json_object_get(json_object_get(row, "error"), "code")),
+                        "CANCELED");
     json_decref(row);
     store_close(st);
 }
