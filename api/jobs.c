@@ -31,8 +31,9 @@
 #include "api/api.h"
 #include "daemon/log.h"
 
-/* "name" and "labels" are schema 6's (this file checks them) */
-const char *const api_spec_top_keys[] = {"model", "name", "labels", NULL};
+/* "name" and "labels" are schema 6's (this file checks them); "notify"
+ * is events.c's */
+const char *const api_spec_top_keys[] = {"model", "name", "labels", "notify", NULL};
 
 /* The memory a job reserves while it runs: its limits.memory_mb, or the
  * pipeline's estimate for its model.  A job whose estimate is over its
@@ -173,12 +174,13 @@ static int submit(struct api_ctx *ctx, struct api_request *req, json_t *body, js
 {
     struct slim_spec *spec = NULL;
     json_t *mrow = NULL, *drow;
-    const char *dataset;
+    const char *dataset, *notify_url = NULL;
     uint64_t mem = 0;
     int rc;
 
     *row = NULL;
-    if ((rc = check_spec(body, &spec, err)) || (rc = resolve_model(ctx, req, body, &mrow, err)))
+    if ((rc = check_spec(body, &spec, err)) || (rc = api_notify_url(body, &notify_url, err)) ||
+        (rc = resolve_model(ctx, req, body, &mrow, err)))
         goto out;
     /* an eval dataset must exist, like the model (404 when it does not;
      * the insert checks again, atomically, and records the reference
@@ -203,6 +205,17 @@ static int submit(struct api_ctx *ctx, struct api_request *req, json_t *body, js
                               ctx->max_queued, row, err);
     if (rc == SLIM_ENOTFOUND && dataset && !strncmp(err->msg, "dataset ", 8))
         slim_error_prefix(err, "eval.dataset");
+    /* the webhook is recorded before the runner hears of the job; if it
+     * cannot be, the job is withdrawn rather than run without it */
+    if (!rc && notify_url &&
+        (rc = store_webhook_add(ctx->st, json_string_value(json_object_get(*row, "id")),
+                                notify_url, err))) {
+        int was_running = 0;
+        store_job_cancel(ctx->st, json_string_value(json_object_get(*row, "id")), &was_running,
+                         NULL);
+        json_decref(*row);
+        *row = NULL;
+    }
 out:
     json_decref(mrow);
     slim_spec_free(spec);   /* after the insert: dataset is borrowed from it */
@@ -640,9 +653,16 @@ enum MHD_Result api_jobs_get(struct api_ctx *ctx, struct MHD_Connection *conn,
         json_decref(row);
         return api_reply_error(conn, req, SLIM_ENOTFOUND, "job %.64s does not exist", id);
     }
-    if (!sub)
+    if (!sub) {
+        if (!api_jobs_wait(ctx, conn, req, id, &row, &r)) {
+            json_decref(row);
+            return r;
+        }
         return api_reply_json(conn, req, 200, row, NULL);
-    if (strcmp(json_string_value(json_object_get(row, "state")), "succeeded"))
+    }
+    /* a job that failed a quality gate keeps its artifact and report */
+    if (strcmp(json_string_value(json_object_get(row, "state")), "succeeded") &&
+        !json_is_object(json_object_get(row, "artifact")))
         return not_ready(conn, req, row, strcmp(sub, "artifact") ? "report" : "artifact");
     if (!strcmp(sub, "artifact")) {
         art = json_object_get(row, "artifact");
