@@ -122,6 +122,7 @@ enum route_kind {
     R_DATASETS_LIST, R_DATASETS_UPLOAD, R_DATASET_GET, R_DATASET_DELETE, R_DATASET_FILE,
     R_JOBS_LIST, R_JOBS_SUBMIT, R_JOB_GET, R_JOB_CANCEL, R_JOB_REPORT, R_JOB_REPORT_HTML,
     R_JOB_ARTIFACT, R_METRICS, R_DASHBOARD, R_TOKENS_LIST, R_TOKENS_CREATE, R_TOKEN_REVOKE,
+    R_JOBS_COMPARE,
 };
 
 static const char *const model_fields[] = {"file", NULL};
@@ -151,6 +152,8 @@ static const struct route routes[] = {
     {"GET", "/v1/datasets/{id}/file", BODY_NONE, R_DATASET_FILE, NULL, READ, 0},
     {"GET", "/v1/jobs", BODY_NONE, R_JOBS_LIST, NULL, READ, 0},
     {"POST", "/v1/jobs", BODY_JSON, R_JOBS_SUBMIT, NULL, SUBMIT, API_GATE_JSON},
+    /* before /v1/jobs/{id}, which it also matches: the first match wins */
+    {"GET", "/v1/jobs/compare", BODY_NONE, R_JOBS_COMPARE, NULL, READ, 0},
     {"GET", "/v1/jobs/{id}", BODY_NONE, R_JOB_GET, NULL, READ, 0},
     {"POST", "/v1/jobs/{id}/cancel", BODY_NONE, R_JOB_CANCEL, NULL, SUBMIT, API_GATE_FORM},
     {"GET", "/v1/jobs/{id}/report", BODY_NONE, R_JOB_REPORT, NULL, READ, 0},
@@ -675,7 +678,8 @@ static enum MHD_Result dispatch(struct api_ctx *ctx, struct MHD_Connection *conn
     case R_JOB_GET: return api_jobs_get(ctx, conn, req, id, NULL);
     case R_JOB_CANCEL: return api_jobs_cancel(ctx, conn, req, id);
     case R_JOB_REPORT: return api_jobs_get(ctx, conn, req, id, "report");
-    case R_JOB_REPORT_HTML: return api_jobs_get(ctx, conn, req, id, "report.html");
+    case R_JOB_REPORT_HTML: return api_pages_job(ctx, conn, req, id);
+    case R_JOBS_COMPARE: return api_pages_compare(ctx, conn, req);
     case R_JOB_ARTIFACT: return api_jobs_get(ctx, conn, req, id, "artifact");
     case R_METRICS: return api_metrics(ctx, conn, req);
     case R_DASHBOARD: return api_dashboard(ctx, conn, req);
@@ -694,19 +698,26 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     struct api_ctx *ctx = cls;
     struct api_request *req = *con_cls;
     const struct route *r = NULL;
-    char id[128], allow[64];
+    char id[128], seg[128], allow[64];
     int path_known = 0;
     enum MHD_Result gated;
 
     allow[0] = 0;
+    id[0] = 0;
+    /* the first route that matches wins (/v1/jobs/compare before
+     * /v1/jobs/{id}); the others only add to Allow */
     for (size_t i = 0; i < N_ROUTES; i++) {
-        if (!api_route_match(routes[i].pattern, url, id, sizeof id))
+        seg[0] = 0;
+        if (!api_route_match(routes[i].pattern, url, seg, sizeof seg))
             continue;
         path_known = 1;
         if (!strcmp(routes[i].method, method) ||
-            (!strcmp(method, "HEAD") && !strcmp(routes[i].method, "GET")))
-            r = &routes[i];
-        else if (!strstr(allow, routes[i].method))
+            (!strcmp(method, "HEAD") && !strcmp(routes[i].method, "GET"))) {
+            if (!r) {
+                r = &routes[i];
+                snprintf(id, sizeof id, "%s", seg);
+            }
+        } else if (!strstr(allow, routes[i].method))
             snprintf(allow + strlen(allow), sizeof allow - strlen(allow), "%s%s",
                      allow[0] ? ", " : "", routes[i].method);
     }
