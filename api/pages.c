@@ -499,7 +499,8 @@ static void chart(FILE *f, const char *id, const char *title, const char *legend
     double max = 0;
     size_t i, n = json_array_size(tensors);
     int bars = m == M_BYTES && nreps == 1 ? 2 : nreps;
-    int row_h = ROW_H + (bars - 1) * 6;
+    int step = nreps > 1 ? 13 : 7;   /* two values need a line each */
+    int row_h = ROW_H + (bars - 1) * step;
 
     for (int r = 0; r < nreps; r++) {
         json_array_foreach(json_object_get(reps[r], "tensors"), i, t) {
@@ -531,7 +532,7 @@ static void chart(FILE *f, const char *id, const char *title, const char *legend
             json_t *tr = t;
             double x;
             const char *cls = r == 0 || m == M_BYTES ? "bar" : "bar2";
-            size_t by = y + 15 + (size_t)r * 7;
+            size_t by = y + 15 + (size_t)r * (size_t)step;
             if (nreps > 1 && r > 0) {   /* the same tensor in the other report */
                 tr = NULL;
                 json_t *u;
@@ -983,7 +984,7 @@ static char *compare_page(json_t *ja, json_t *jb, json_t *model, json_t *ra, jso
     esc(f, str(ja, "model"));
     fputs("</code> &middot; sha256 <code class=\"msha\">", f);
     esc(f, str(model, "sha256"));
-    fputs("</code></p><section class=\"cards\" id=\"sides\">", f);
+    fputs("</code></p><section class=\"sides\" id=\"sides\">", f);
     job_head(f, "A", ja);
     job_head(f, "B", jb);
     fputs("</section><h2>Totals</h2><div class=\"tbl\"><table class=\"cardrows\" id=\"totals\">"
