@@ -128,18 +128,23 @@ function labelsOf(x) {
   return box;
 }
 
-/* ?label= as the daemon takes it; "k:v" or "k=v" */
+/* The label filter: "key:value", several separated by commas, as
+ * [[key, value], ...]; null when empty; a string saying what is wrong. */
 function labelFilter() {
   const v = $('f-label').value.trim();
   if (!v) return null;
-  const i = v.search(/[:=]/);
-  return i < 0 ? [v, null] : [v.slice(0, i), v.slice(i + 1)];
+  const out = [];
+  for (const part of v.split(',').map(p => p.trim()).filter(p => p)) {
+    const i = part.indexOf(':');
+    if (i < 1 || i === part.length - 1) return 'label filter: write key:value (e.g. team:vision)';
+    out.push([part.slice(0, i), part.slice(i + 1)]);
+  }
+  return out;
 }
 
 function matchesLabel(x, f) {
-  if (!f) return true;
   const l = x.labels || {};
-  return Object.prototype.hasOwnProperty.call(l, f[0]) && (f[1] === null || l[f[0]] === f[1]);
+  return !f || f.every(([k, v]) => Object.prototype.hasOwnProperty.call(l, k) && l[k] === v);
 }
 
 async function modelOf(id) {
@@ -156,7 +161,7 @@ async function modelOf(id) {
 }
 
 async function ratioOf(x) {
-  if (x.state !== 'succeeded') return null;
+  if (x.state !== 'succeeded' && !x.artifact) return null;
   if (!S.ratios.has(x.id)) {
     try {
       const r = await json('/v1/jobs/' + encodeURIComponent(x.id) + '/report');
@@ -178,14 +183,18 @@ async function loadJobs() {
   const limit = Number($('f-limit').value);
   const q = new URLSearchParams({limit: String(limit), offset: String(S.offset)});
   if ($('f-state').value) q.set('state', $('f-state').value);
-  const lf = labelFilter();
-  if (lf && S.serverLabels) q.set('label', lf[1] === null ? lf[0] : lf[0] + ':' + lf[1]);
+  let lf = labelFilter();
+  if (typeof lf === 'string') {
+    msg('jobs-msg', lf, true);
+    lf = null;
+  }
+  if (lf && S.serverLabels) for (const [k, v] of lf) q.append('label', k + ':' + v);
   let j;
   try {
     j = await json('/v1/jobs?' + q);
   } catch (e) {
-    if (e.status === 400 && q.has('label') && /label/.test(e.message)) {
-      S.serverLabels = false;     // an older daemon: filter the page here
+    if (e.status === 400 && q.has('label') && /unknown/.test(e.message)) {
+      S.serverLabels = false;     // a daemon without label filters: filter the page here
       return loadJobs();
     }
     throw e;
@@ -219,7 +228,7 @@ function renderJobs(jobs) {
     const pick = el('input');
     pick.type = 'checkbox';
     pick.title = 'pick for comparison';
-    pick.disabled = x.state !== 'succeeded';
+    pick.disabled = x.state !== 'succeeded' && !x.artifact;
     pick.checked = S.sel.includes(x.id);
     pick.addEventListener('change', () => toggleSel(x.id, pick.checked));
     td(r, 'compare', pick);
@@ -255,8 +264,8 @@ function renderJobs(jobs) {
     td(r, 'labels', Object.keys(x.labels || {}).length ? labelsOf(x) : null);
     td(r, 'created', when(x.created_at));
     const acts = td(r, 'actions', null, 'acts');
-    acts.appendChild(link(report, x.state === 'succeeded' ? 'report' : 'details'));
-    if (x.state === 'succeeded')
+    acts.appendChild(link(report, x.state === 'succeeded' || x.artifact ? 'report' : 'details'));
+    if (x.artifact)   // succeeded, or failed a quality gate (both keep it)
       acts.appendChild(link('/v1/jobs/' + encodeURIComponent(x.id) + '/artifact', 'artifact'));
     if (x.state === 'queued' || x.state === 'running') {
       const b = el('button', 'cancel', 'b');
@@ -276,7 +285,7 @@ function renderJobs(jobs) {
   }
   if (!rows.length) {
     const r = document.createElement('tr');
-    const c = td(r, '', 'No jobs' + ($('f-state').value || labelFilter() ? ' match the filters.' :
+    const c = td(r, '', 'No jobs' + ($('f-state').value || $('f-label').value.trim() ? ' match the filters.' :
       ' yet: POST /v1/jobs a spec.'), 'muted');
     c.colSpan = 10;
     rows.push(r);

@@ -813,7 +813,8 @@ static char *job_page(json_t *job, json_t *model, json_t *rep)
     if (!f)
         return NULL;
     head(f, job_title(job), live ? 2 : 0);
-    nav(f, id, rep != NULL, !strcmp(state, "succeeded") && json_object_get(job, "artifact"));
+    /* a job failed by a quality gate keeps its artifact: the link stays */
+    nav(f, id, rep != NULL, json_is_object(json_object_get(job, "artifact")));
     fputs("<h1 id=\"title\">", f);
     if (rep && !strcmp(state, "succeeded"))
         fputs("Report: ", f);

@@ -532,6 +532,65 @@ def test_compare_page():
         b.quit()
 
 
+SIGN_EXP = bytes(0x3F if b < 128 else 0xBF for b in range(256))
+MANT_HI = bytes(0x80 | (b & 0x7F) for b in range(256))
+
+
+def full_rank(name, n):
+    """An n x n F32 tensor uniform in +-[1, 2): full rank, so an exact SVD takes its time."""
+    r = bytearray(os.urandom(4 * n * n))
+    r[3::4] = r[3::4].translate(SIGN_EXP)
+    r[2::4] = r[2::4].translate(MANT_HI)
+    return h.Tensor(name, "F32", [n, n], bytes(r))
+
+
+@test
+def test_running_queued_and_canceled_pages():
+    """a running job's page shows progress and refreshes; a queued one says so; canceled ones say when"""
+    need_browser()
+    f = Fixture(name="page-run").start(workers=1)
+    mid = f.upload(h.safetensors_bytes([full_rank("layers.0.weight", 2048)]), "big")["id"]
+    slow = {"model": mid, "passes": [{"op": "lowrank", "rank": 256, "algorithm": "exact"}]}
+    run = f.submit(slow)
+    queued = f.submit(slow)
+    deadline = time.time() + 60
+    while f.d.get("/v1/jobs/" + run).json["state"] != "running":
+        assert time.time() < deadline
+        time.sleep(0.05)
+    b = Browser()
+    try:
+        b.size(1280, 800)
+        b.goto(f.d.base + "/v1/jobs/%s/report.html" % run)
+        if f.d.get("/v1/jobs/" + run).json["state"] == "running":
+            assert b.js("document.getElementById('running') !== null")
+            assert b.js("document.querySelector('#running progress') !== null")
+            assert b.js("document.querySelector('meta[http-equiv=refresh]').content") == "2"
+            b.screenshot("running.png", 1280, max_height=800)
+        b.goto(f.d.base + "/v1/jobs/%s/report.html" % queued)
+        assert "Queued" in b.js("document.getElementById('queued').innerText")
+        # the dashboard cancels the queued job
+        b.goto(f.d.base + "/")
+        b.wait_for("document.querySelector('#jobs tr[data-id=\"%s\"] button') !== null" % queued)
+        assert b.js("document.querySelector('#jobs tr[data-id=\"%s\"] button').innerText"
+                    % queued) == "cancel"
+        b.js("document.querySelector('#jobs tr[data-id=\"%s\"] button').click()" % queued)
+        assert f.wait(queued)["state"] == "canceled"
+        b.wait_for("(document.querySelector('#jobs tr[data-id=\"%s\"]') || {}).innerText"
+                   ".includes('canceled')" % queued)
+        b.goto(f.d.base + "/v1/jobs/%s/report.html" % queued)
+        assert "before it started" in b.js("document.getElementById('canceled').innerText")
+        assert b.js("document.querySelector('meta[http-equiv=refresh]')") is None
+        r = f.d.request("POST", "/v1/jobs/%s/cancel" % run)
+        assert r.status in (200, 409), r
+        if f.wait(run)["state"] == "canceled":
+            b.goto(f.d.base + "/v1/jobs/%s/report.html" % run)
+            assert "It ran for" in b.js("document.getElementById('canceled').innerText")
+        assert not csp_violations(b.messages()), b.messages()
+    finally:
+        b.quit()
+        f.d.stop()
+
+
 @test
 def test_delete_and_banner():
     """delete from the dashboard (or a message when the daemon has no DELETE); a banner when the daemon stops answering"""
