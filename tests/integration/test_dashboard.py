@@ -396,6 +396,10 @@ def test_dashboard_lists_jobs_and_models():
         assert b.js("document.querySelector('meta[name=viewport]') !== null")
         width = b.js("document.documentElement.scrollWidth")
         assert width <= 390, "the phone layout scrolls sideways: %s px" % width
+        wide = b.js("Array.from(document.querySelectorAll('#jobs tbody tr, #models tbody tr'))"
+                    ".filter(r => r.scrollWidth > r.clientWidth + 1 || r.getBoundingClientRect()"
+                    ".right > document.documentElement.clientWidth).map(r => r.innerText)")
+        assert not wide, "rows wider than the phone: %s" % wide
         b.screenshot("dashboard-phone.png", 390)
         assert not csp_violations(b.messages()), b.messages()
     finally:
