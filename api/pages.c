@@ -17,8 +17,9 @@
  * Charts are inline SVG, one per measure (error, bits per weight,
  * sparsity, bytes): a row per tensor with the name on a line of its own
  * above its bar, so that "model.layers.27.self_attn.q_proj.weight"
- * never runs into its neighbour; a name too long for the row is cut
- * from the left (the end of a name is what tells tensors apart), and
+ * never runs into its neighbour; a name too long for a phone's row (48
+ * characters) is cut from the left (the end of a name is what tells
+ * tensors apart), and
  * the full name is the row's <title>.  Lengths are percentages, so the
  * text keeps its size on a phone and only the bars shrink.
  *
@@ -431,8 +432,9 @@ static void warnings_html(FILE *f, json_t *rep)
 /* ---- charts ----------------------------------------------------------- */
 
 enum measure { M_ERROR, M_BPW, M_SPARSITY, M_BYTES };
-#define ROW_H 30
-#define LABEL_CHARS 64
+#define ROW_H 32
+/* 48 characters of 11 px monospace fill a phone's chart (~320 px) */
+#define LABEL_CHARS 48
 
 /* The name, cut from the left to at most LABEL_CHARS characters
  * (UTF-8 aware: a cut never splits a character). */
@@ -532,7 +534,7 @@ static void chart(FILE *f, const char *id, const char *title, const char *legend
             json_t *tr = t;
             double x;
             const char *cls = r == 0 || m == M_BYTES ? "bar" : "bar2";
-            size_t by = y + 15 + (size_t)r * (size_t)step;
+            size_t by = y + 16 + (size_t)r * (size_t)step;
             if (nreps > 1 && r > 0) {   /* the same tensor in the other report */
                 tr = NULL;
                 json_t *u;
@@ -563,7 +565,7 @@ static void chart(FILE *f, const char *id, const char *title, const char *legend
             measure_value(val, sizeof val, tr, m, x, inf);
             snprintf(tip, sizeof tip, "%s", val);
             fprintf(f, "<text class=\"val\" x=\"100%%\" y=\"%zu\" text-anchor=\"end\">%s</text>",
-                    by + 6, tip);
+                    by + 8, tip);
         }
         fputs("</g>", f);
     }

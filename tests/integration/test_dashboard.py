@@ -406,6 +406,23 @@ def test_dashboard_lists_jobs_and_models():
         b.quit()
 
 
+def check_charts(b):
+    """No two texts of a chart overlap, and every text fits its chart."""
+    for chart in ("chart-error", "chart-bpw", "chart-sparsity", "chart-bytes"):
+        bad = b.js("""(() => {
+            const svg = document.querySelector('#%s svg'), box = svg.getBoundingClientRect();
+            const r = Array.from(svg.querySelectorAll('text'), t => t.getBoundingClientRect());
+            const out = [];
+            for (let i = 0; i < r.length; i++) {
+              if (r[i].right > box.right + 1 || r[i].left < box.left - 1) out.push('wide ' + i);
+              for (let j = i + 1; j < r.length; j++)
+                if (r[i].left < r[j].right && r[j].left < r[i].right &&
+                    r[i].top < r[j].bottom && r[j].top < r[i].bottom) out.push(i + '/' + j);
+            }
+            return out; })()""" % chart)
+        assert not bad, (chart, b.js("innerWidth"), bad)
+
+
 @test
 def test_report_page():
     """a report page: totals, a chart and a table row per tensor, labels that do not overlap, sorting, a hostile tensor name shown as text"""
@@ -432,19 +449,13 @@ def test_report_page():
         assert spec["passes"][1] == {"op": "quantize", "dtype": "int8"}, spec
         for chart in ("chart-error", "chart-bpw", "chart-sparsity", "chart-bytes"):
             assert b.js("document.querySelectorAll('#%s svg > g').length" % chart) == n, chart
-            # no two texts of a chart overlap, and the labels fit the chart
-            bad = b.js("""(() => {
-                const svg = document.querySelector('#%s svg'), box = svg.getBoundingClientRect();
-                const r = Array.from(svg.querySelectorAll('text'), t => t.getBoundingClientRect());
-                const out = [];
-                for (let i = 0; i < r.length; i++) {
-                  if (r[i].right > box.right + 1 || r[i].left < box.left - 1) out.push('wide ' + i);
-                  for (let j = i + 1; j < r.length; j++)
-                    if (r[i].left < r[j].right && r[j].left < r[i].right &&
-                        r[i].top < r[j].bottom && r[j].top < r[i].bottom) out.push(i + '/' + j);
-                }
-                return out; })()""" % chart)
-            assert not bad, (chart, bad)
+        check_charts(b)
+        b.size(390, 844, mobile=True)
+        b.goto(F.d.base + "/v1/jobs/%s/report.html" % F.a)
+        check_charts(b)
+        assert b.js("document.documentElement.scrollWidth") <= 390
+        b.size(1280, 900)
+        b.goto(F.d.base + "/v1/jobs/%s/report.html" % F.a)
         # the long name is cut from the left; its <title> holds all of it
         label = b.js("Array.from(document.querySelectorAll('#chart-error g')).find("
                      "g => g.querySelector('title').textContent === '%s')"
