@@ -498,6 +498,8 @@ def test_failed_job_page():
         b.goto(F.d.base + "/v1/jobs/%s/report.html" % F.bad)
         text = b.js("document.getElementById('failure').innerText")
         assert "NUMERIC_ERROR" in text and "NaN" in text, text
+        stage = F.bad_job["stage"]     # kept when a job fails: where it failed
+        assert stage and "stage " + stage in text, (stage, text)
         assert "nan-model" in b.js("document.querySelector('.sub').innerText")
         spec = json.loads(b.js("document.querySelector('pre.spec').textContent"))
         assert spec["passes"] == [{"op": "quantize", "dtype": "int8"}], spec
