@@ -293,9 +293,10 @@ static void card(FILE *f, const char *k, const char *v, const char *d)
     fputs("</div>", f);
 }
 
-static void cards_html(FILE *f, const struct summary *s)
+static void cards_html(FILE *f, const struct summary *s, json_t *rep)
 {
     char a[48], b[48], v[160], d[200];
+    json_t *acc = json_object_get(rep, "accuracy");
     fputs("<section class=\"cards\" id=\"totals\">", f);
     snprintf(v, sizeof v, "<span id=\"ratio\">%.2f</span>&times;", s->ratio);
     snprintf(d, sizeof d, "tensor data; file %.2f&times;",
@@ -318,6 +319,13 @@ static void cards_html(FILE *f, const struct summary *s)
     snprintf(d, sizeof d, "%.0f non-zero parameters", s->nonzero);
     card(f, "Sparsity", v, d);
     card(f, "Pipeline time", human_seconds(s->seconds, v, sizeof v), NULL);
+    if (json_is_number(json_object_get(acc, "before")) &&
+        json_is_number(json_object_get(acc, "after"))) {
+        double before = 100 * num(acc, "before"), after = 100 * num(acc, "after");
+        snprintf(v, sizeof v, "<span id=\"acc-after\">%.2f</span> %%", after);
+        snprintf(d, sizeof d, "was %.2f %% (%+.2f points)", before, after - before);
+        card(f, "Top-1 accuracy", v, d);
+    }
     fputs("</section>", f);
 }
 
@@ -352,7 +360,7 @@ static void eval_html(FILE *f, json_t *rep)
         fputs(" of dataset ", f);
         esc(f, str(ev, "dataset"));
     }
-    fputs(", measured on the artifact as written.</p><div class=\"tbl\"><table><thead><tr><th>"
+    fputs(", measured on the artifact as written.</p><div class=\"tbl\"><table class=\"narrow\"><thead><tr><th>"
           "</th><th class=\"n\">before</th><th class=\"n\">after</th></tr></thead><tbody>", f);
     if (json_object_get(ev, "before")) {
         json_t *top1 = json_pack("{s:O, s:O}", "before", json_object_get(ev, "before"), "after",
@@ -522,7 +530,7 @@ static void chart(FILE *f, const char *id, const char *title, const char *legend
     json_array_foreach(tensors, i, t) {
         const char *name = str(t, "name");
         size_t y = i * (size_t)row_h;
-        char val[96], tip[96];
+        char val[96];
         int has, inf;
         fputs("<g><title>", f);
         esc(f, name);
@@ -563,9 +571,8 @@ static void chart(FILE *f, const char *id, const char *title, const char *legend
             if (m == M_BYTES && nreps == 1 && r == 0)
                 continue;
             measure_value(val, sizeof val, tr, m, x, inf);
-            snprintf(tip, sizeof tip, "%s", val);
             fprintf(f, "<text class=\"val\" x=\"100%%\" y=\"%zu\" text-anchor=\"end\">%s</text>",
-                    by + 8, tip);
+                    by + 8, val);
         }
         fputs("</g>", f);
     }
@@ -827,7 +834,7 @@ static char *job_page(json_t *job, json_t *model, json_t *rep)
     training_html(f, job);
     if (rep) {
         summarize(rep, &s);
-        cards_html(f, &s);
+        cards_html(f, &s, rep);
         eval_html(f, rep);
         warnings_html(f, rep);
         fputs("<h2>Per tensor</h2><div class=\"charts\">", f);
@@ -1095,10 +1102,12 @@ enum MHD_Result api_pages_compare(struct api_ctx *ctx, struct MHD_Connection *co
     /* the same model: the same row, or (identical uploads) the same bytes */
     sa = ma ? str(ma, "sha256") : NULL;
     sb = mb ? str(mb, "sha256") : NULL;
-    if (strcmp(str(ja, "model"), str(jb, "model")) && !(sa && sb && !strcmp(sa, sb))) {
+    if (!str(ja, "model") || !str(jb, "model") ||
+        (strcmp(str(ja, "model"), str(jb, "model")) && !(sa && sb && !strcmp(sa, sb)))) {
         ret = api_reply_error(conn, req, SLIM_EINVAL, "b: job %s compressed model %s, and job "
                               "%s (a) model %s: only jobs on the same model compare",
-                              str(jb, "id"), str(jb, "model"), str(ja, "id"), str(ja, "model"));
+                              str(jb, "id"), str(jb, "model") ? str(jb, "model") : "?",
+                              str(ja, "id"), str(ja, "model") ? str(ja, "model") : "?");
         html = NULL;
     } else {
         html = compare_page(ja, jb, ma ? ma : mb, ra, rb);
