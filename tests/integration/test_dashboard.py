@@ -38,6 +38,7 @@ import socket
 import struct
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 
 import slimd_harness as h
@@ -235,6 +236,7 @@ class Browser:
 
 LONG = "model.encoder.block.11.layer.1.DenseReluDense.wo.weight_and_a_suffix_that_makes_it_long"
 HOSTILE = "<script>alert(1)</script>"
+EVIL_NAME = "<img src=x id=pwn>"
 
 
 def llm_tensors():
@@ -487,7 +489,7 @@ def test_report_page():
 
 @test
 def test_failed_job_page():
-    """a failed job's page explains the failure (code, message, spec) instead of a JSON 409"""
+    """a failed job's page explains the failure (code, message, stage, spec) instead of a JSON 409; a model name that is markup stays text"""
     need_browser()
     r = F.d.get("/v1/jobs/%s/report.html" % F.bad)
     assert r.status == 200 and r.header("Content-Type").startswith("text/html"), r
@@ -509,6 +511,27 @@ def test_failed_job_page():
     finally:
         b.quit()
     h.check_error(F.d.get("/v1/jobs/job_0000000000000000/report.html"), 404, "NOT_FOUND")
+
+    # a model whose name is markup: text on its job's page and on the dashboard
+    evil = F.upload(h.safetensors_bytes([h.t_f32("e.weight", [8, 8], 7)]),
+                    urllib.parse.quote(EVIL_NAME))
+    assert evil["name"] == EVIL_NAME, evil
+    ej = F.submit({"model": evil["id"], "passes": [{"op": "quantize", "dtype": "int8"}]})
+    assert F.wait(ej)["state"] == "succeeded"
+    page = F.d.get("/v1/jobs/%s/report.html" % ej).body.decode()
+    assert EVIL_NAME not in page and "&lt;img src=x id=pwn&gt;" in page
+    b = Browser()
+    try:
+        b.goto(F.d.base + "/")
+        b.wait_for("document.getElementById('models').innerText.includes('%s')" % EVIL_NAME)
+        b.wait_for("(document.querySelector('#jobs tr[data-id=\"%s\"]') || {}).innerText"
+                   "?.includes('%s')" % (ej, EVIL_NAME))
+        assert b.js("document.getElementById('pwn')") is None, "a model name became markup"
+        b.goto(F.d.base + "/v1/jobs/%s/report.html" % ej)
+        assert EVIL_NAME in b.js("document.querySelector('.sub').innerText")
+        assert b.js("document.getElementById('pwn')") is None, "a model name became markup"
+    finally:
+        b.quit()
 
 
 @test
