@@ -118,11 +118,11 @@ struct route {
 };
 
 enum route_kind {
+    R_JOBS_COMPARE,
     R_HEALTH, R_MODELS_LIST, R_MODELS_UPLOAD, R_MODEL_GET, R_MODEL_DELETE, R_MODEL_FILE,
     R_DATASETS_LIST, R_DATASETS_UPLOAD, R_DATASET_GET, R_DATASET_DELETE, R_DATASET_FILE,
     R_JOBS_LIST, R_JOBS_SUBMIT, R_JOB_GET, R_JOB_CANCEL, R_JOB_REPORT, R_JOB_REPORT_HTML,
     R_JOB_ARTIFACT, R_METRICS, R_DASHBOARD, R_TOKENS_LIST, R_TOKENS_CREATE, R_TOKEN_REVOKE,
-    R_JOBS_COMPARE,
 };
 
 static const char *const model_fields[] = {"file", NULL};
@@ -139,6 +139,8 @@ static const char *const dataset_fields[] = {"file", "images", "labels", NULL};
  * bearer token (authorization: credentials_file). */
 static const struct route routes[] = {
     {"GET", "/v1/health", BODY_NONE, R_HEALTH, NULL, 0, 0},
+    /* before /v1/jobs/{id}, which it also matches: the first match wins */
+    {"GET", "/v1/jobs/compare", BODY_NONE, R_JOBS_COMPARE, NULL, READ, 0},
     {"GET", "/v1/models", BODY_NONE, R_MODELS_LIST, NULL, READ, 0},
     {"POST", "/v1/models", BODY_UPLOAD, R_MODELS_UPLOAD, model_fields, SUBMIT, API_GATE_FORM},
     {"GET", "/v1/models/{id}", BODY_NONE, R_MODEL_GET, NULL, READ, 0},
@@ -152,8 +154,6 @@ static const struct route routes[] = {
     {"GET", "/v1/datasets/{id}/file", BODY_NONE, R_DATASET_FILE, NULL, READ, 0},
     {"GET", "/v1/jobs", BODY_NONE, R_JOBS_LIST, NULL, READ, 0},
     {"POST", "/v1/jobs", BODY_JSON, R_JOBS_SUBMIT, NULL, SUBMIT, API_GATE_JSON},
-    /* before /v1/jobs/{id}, which it also matches: the first match wins */
-    {"GET", "/v1/jobs/compare", BODY_NONE, R_JOBS_COMPARE, NULL, READ, 0},
     {"GET", "/v1/jobs/{id}", BODY_NONE, R_JOB_GET, NULL, READ, 0},
     {"POST", "/v1/jobs/{id}/cancel", BODY_NONE, R_JOB_CANCEL, NULL, SUBMIT, API_GATE_FORM},
     {"GET", "/v1/jobs/{id}/report", BODY_NONE, R_JOB_REPORT, NULL, READ, 0},
