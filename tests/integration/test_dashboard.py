@@ -388,6 +388,17 @@ def test_dashboard_lists_jobs_and_models():
              "l.dispatchEvent(new Event('change'))}")
         b.wait_for("document.getElementById('page').innerText === '1\u20134 of 4'")
         assert b.js("document.getElementById('next').disabled") is True
+        # the label filter, done by the daemon (GET /v1/jobs?label=k:v) when it can
+        b.js("{const l = document.getElementById('f-label'); l.value = 'team:vision';"
+             "l.dispatchEvent(new Event('change'))}")
+        b.wait_for("document.querySelectorAll('#jobs tbody tr[data-id]').length === "
+                   + ("1" if F.names else "0"))
+        if F.names:
+            assert b.js("document.querySelector('#jobs tbody tr').dataset.id") == F.b
+            assert b.js("document.getElementById('page').innerText") == "1\u20131 of 1"
+        b.js("{const l = document.getElementById('f-label'); l.value = '';"
+             "l.dispatchEvent(new Event('change'))}")
+        b.wait_for("document.querySelectorAll('#jobs tbody tr[data-id]').length === 4")
 
         # phone width: everything fits across, nothing scrolls sideways
         b.size(390, 844, mobile=True)
