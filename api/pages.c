@@ -19,9 +19,14 @@
  * above its bar, so that "model.layers.27.self_attn.q_proj.weight"
  * never runs into its neighbour; a name too long for a phone's row (48
  * characters) is cut from the left (the end of a name is what tells
- * tensors apart), and
- * the full name is the row's <title>.  Lengths are percentages, so the
- * text keeps its size on a phone and only the bars shrink.
+ * tensors apart), and the full name is the row's <title>.  Lengths are
+ * percentages, so the text keeps its size on a phone and only the bars
+ * shrink.
+ *
+ * With --auth token these pages need the token like the rest of the
+ * API; a link cannot carry it, so the dashboard fetches them with it and
+ * shows them in place (dashboard.js), which is why the dashboard's CSP
+ * also allows pages.js and pages.css.
  *
  * Everything that comes from users (tensor, model and job names,
  * labels, the spec, error messages) goes through esc().  The style
