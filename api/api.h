@@ -205,6 +205,12 @@ enum MHD_Result api_health(struct api_ctx *ctx, struct MHD_Connection *conn,
                            struct api_request *req);
 enum MHD_Result api_dashboard(struct api_ctx *ctx, struct MHD_Connection *conn,
                               struct api_request *req);
+/* pages.c: a job's page (report.html; any state) and two jobs compared
+ * (?a=&b=, succeeded jobs on the same model). */
+enum MHD_Result api_pages_job(struct api_ctx *ctx, struct MHD_Connection *conn,
+                              struct api_request *req, const char *id);
+enum MHD_Result api_pages_compare(struct api_ctx *ctx, struct MHD_Connection *conn,
+                                  struct api_request *req);
 /* tokens.c: /v1/tokens (admin) */
 enum MHD_Result api_tokens_create(struct api_ctx *ctx, struct MHD_Connection *conn,
                                   struct api_request *req);

@@ -437,7 +437,7 @@ static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max)
         if (r == WAIT_CHANGED || s->progress_due)
             sse_poll(s);
         if (s->off == s->len && mono_now() >= s->keepalive_at)
-            sse_append(s, ": keep-alive\n\n", 15);
+            sse_append(s, ": keep-alive\n\n", sizeof ": keep-alive\n\n" - 1);
     }
 }
 

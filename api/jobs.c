@@ -21,10 +21,8 @@
  * lists, reads and cancels its own jobs; an admin token every job.
  * Another token's job, model or dataset is answered 404.
  *
- * report.html is a page: its CSP allows its one inline style by hash
- * and nothing else (no script, no images but its inline SVG).
+ * report.html, the page for people, is api/pages.c's.
  */
-#include <pthread.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -498,147 +496,6 @@ static enum MHD_Result not_ready(struct MHD_Connection *conn, struct api_request
     return r;
 }
 
-static void html_escape(FILE *f, const char *s)
-{
-    for (; s && *s; s++) {
-        switch (*s) {
-        case '<': fputs("&lt;", f); break;
-        case '>': fputs("&gt;", f); break;
-        case '&': fputs("&amp;", f); break;
-        case '"': fputs("&quot;", f); break;
-        default: fputc(*s, f);
-        }
-    }
-}
-
-/* One row "label | before | after" of an {"before", "after"} pair. */
-static void pair_row(FILE *f, const char *label, json_t *pair, double mul, const char *fmt)
-{
-    char b[64], a[64];
-    if (!json_is_object(pair))
-        return;
-    snprintf(b, sizeof b, fmt, mul * json_number_value(json_object_get(pair, "before")));
-    snprintf(a, sizeof a, fmt, mul * json_number_value(json_object_get(pair, "after")));
-    fprintf(f, "<tr><td>%s</td><td>%s</td><td>%s</td></tr>", label, b, a);
-}
-
-/* The model's answers before and after (ONNX jobs): accuracy on the
- * eval dataset, or the output drift on a random batch. */
-static void eval_html(FILE *f, json_t *rep)
-{
-    json_t *acc = json_object_get(rep, "accuracy"), *ev = acc ? acc : json_object_get(rep, "drift");
-    if (!json_is_object(ev))
-        return;
-    if (json_is_string(json_object_get(ev, "skipped"))) {
-        fputs("<h2>Output drift</h2><p>Not measured: ", f);
-        html_escape(f, json_string_value(json_object_get(ev, "skipped")));
-        fputs("</p>", f);
-        return;
-    }
-    fprintf(f, "<h2>%s</h2><p>%lld samples", acc ? "Accuracy" : "Output drift (random input)",
-            (long long)json_integer_value(json_object_get(ev, "samples")));
-    if (json_is_string(json_object_get(ev, "dataset"))) {
-        fputs(" of dataset ", f);
-        html_escape(f, json_string_value(json_object_get(ev, "dataset")));
-    }
-    fprintf(f, ", measured on the artifact as written.</p><table><tr><th></th><th>before</th>"
-               "<th>after</th></tr>");
-    if (json_object_get(ev, "before")) {
-        json_t *top1 = json_pack("{s:O, s:O}", "before", json_object_get(ev, "before"), "after",
-                                 json_object_get(ev, "after"));
-        pair_row(f, "top-1 accuracy", top1, 100.0, "%.2f %%");
-        json_decref(top1);
-    }
-    pair_row(f, "top-5 accuracy", json_object_get(ev, "top5"), 100.0, "%.2f %%");
-    pair_row(f, "cross-entropy", json_object_get(ev, "cross_entropy"), 1.0, "%.4f");
-    pair_row(f, "samples/s", json_object_get(ev, "throughput"), 1.0, "%.0f");
-    pair_row(f, "ms per batch", json_object_get(ev, "latency_ms"), 1.0, "%.2f");
-    fprintf(f, "</table><p>Agreement (same top class): %.2f %%; output drift: relative error "
-               "%.3g, max |&Delta;| %.3g.</p>",
-            100.0 * json_number_value(json_object_get(ev, "agreement")),
-            json_number_value(json_object_get(json_object_get(ev, "output_drift"),
-                                              "relative_error")),
-            json_number_value(json_object_get(json_object_get(ev, "output_drift"),
-                                              "max_abs_error")));
-}
-
-/* report.html's one style sheet, inline; its hash is in the page's CSP. */
-static const char report_style[] =
-    "body{font:14px system-ui,sans-serif;margin:2em}table{border-collapse:collapse}"
-    "td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}"
-    "td:first-child,th:first-child{text-align:left}";
-static char report_csp[256];
-static pthread_once_t report_csp_once = PTHREAD_ONCE_INIT;
-
-static void report_csp_init(void)
-{
-    char hash[64];
-    if (api_csp_hash(report_style, hash, sizeof hash))
-        snprintf(hash, sizeof hash, "'none'");   /* unstyled, still safe */
-    snprintf(report_csp, sizeof report_csp, "default-src 'none'; style-src %s; "
-             "frame-ancestors 'none'; base-uri 'none'; form-action 'none'", hash);
-}
-
-/* A page for people: totals, then a bar per tensor of its relative
- * error (inline SVG, no scripts), then the table. */
-static char *report_html(const char *job_id, json_t *rep)
-{
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
-    json_t *tensors = json_object_get(rep, "tensors"), *t, *totals = json_object_get(rep, "totals");
-    size_t i, n = json_array_size(tensors);
-    double maxe = 0;
-    if (!f)
-        return NULL;
-    json_array_foreach(tensors, i, t) {
-        double e = json_number_value(json_object_get(t, "rel_error"));
-        if (e > maxe)
-            maxe = e;
-    }
-    fprintf(f, "<!doctype html><html><head><meta charset=\"utf-8\"><title>slimd report %s</title>"
-               "<style>%s</style></head><body>", job_id, report_style);
-    fprintf(f, "<h1>Report for %s</h1><p>%lld bytes &rarr; %lld bytes (ratio %.2f), %lld "
-               "parameters</p>", job_id,
-            (long long)json_integer_value(json_object_get(totals, "bytes_before")),
-            (long long)json_integer_value(json_object_get(totals, "bytes_after")),
-            json_number_value(json_object_get(totals, "ratio")),
-            (long long)json_integer_value(json_object_get(totals, "params")));
-    eval_html(f, rep);
-    fprintf(f, "<h2>Relative error per tensor</h2><svg width=\"720\" height=\"%zu\" "
-               "role=\"img\">", n * 18 + 4);
-    json_array_foreach(tensors, i, t) {
-        double e = json_number_value(json_object_get(t, "rel_error"));
-        double w = maxe > 0 ? 440.0 * e / maxe : 0;
-        fprintf(f, "<text x=\"0\" y=\"%zu\" font-size=\"12\">", i * 18 + 14);
-        html_escape(f, json_string_value(json_object_get(t, "name")));
-        fprintf(f, "</text><rect x=\"220\" y=\"%zu\" width=\"%.1f\" height=\"14\" "
-                   "fill=\"#4a7\"/><text x=\"%.1f\" y=\"%zu\" font-size=\"12\">%.3g</text>",
-                i * 18 + 2, w, 224 + w, i * 18 + 14, e);
-    }
-    fputs("</svg><h2>Tensors</h2><table><tr><th>name</th><th>dtype</th><th>bytes before</th>"
-          "<th>bytes after</th><th>rel. error</th><th>SNR dB</th></tr>", f);
-    json_array_foreach(tensors, i, t) {
-        json_t *snr = json_object_get(t, "snr_db");
-        fputs("<tr><td>", f);
-        html_escape(f, json_string_value(json_object_get(t, "name")));
-        fprintf(f, "</td><td>%s &rarr; %s</td><td>%lld</td><td>%lld</td><td>%.3g</td><td>",
-                json_string_value(json_object_get(t, "dtype_before")),
-                json_string_value(json_object_get(t, "dtype_after")),
-                (long long)json_integer_value(json_object_get(t, "bytes_before")),
-                (long long)json_integer_value(json_object_get(t, "bytes_after")),
-                json_number_value(json_object_get(t, "rel_error")));
-        if (json_is_number(snr))
-            fprintf(f, "%.1f", json_number_value(snr));
-        else
-            fputs("exact", f);
-        fputs("</td></tr>", f);
-    }
-    fputs("</table></body></html>\n", f);
-    fclose(f);
-    return buf;
-}
-
 enum MHD_Result api_jobs_get(struct api_ctx *ctx, struct MHD_Connection *conn,
                              struct api_request *req, const char *id, const char *sub)
 {
@@ -681,14 +538,7 @@ enum MHD_Result api_jobs_get(struct api_ctx *ctx, struct MHD_Connection *conn,
     json_decref(row);
     if (store_job_report(ctx->st, id, &rep, &err))
         return api_reply_slim_error(conn, req, &err);
-    if (!strcmp(sub, "report"))
-        return api_reply_json(conn, req, 200, rep, NULL);
-    char *html = report_html(id, rep);
-    json_decref(rep);
-    if (!html)
-        return api_reply_error(conn, req, SLIM_ENOMEM, "out of memory");
-    pthread_once(&report_csp_once, report_csp_init);
-    return api_reply_html(conn, req, html, strlen(html), report_csp);
+    return api_reply_json(conn, req, 200, rep, NULL);
 }
 
 enum MHD_Result api_jobs_cancel(struct api_ctx *ctx, struct MHD_Connection *conn,

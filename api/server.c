@@ -121,6 +121,7 @@ struct route {
 };
 
 enum route_kind {
+    R_JOBS_COMPARE,
     R_HEALTH, R_MODELS_LIST, R_MODELS_UPLOAD, R_MODEL_GET, R_MODEL_DELETE, R_MODEL_FILE,
     R_DATASETS_LIST, R_DATASETS_UPLOAD, R_DATASET_GET, R_DATASET_DELETE, R_DATASET_FILE,
     R_JOBS_LIST, R_JOBS_SUBMIT, R_JOB_GET, R_JOB_CANCEL, R_JOB_REPORT, R_JOB_REPORT_HTML,
@@ -149,6 +150,8 @@ static const char *const job_fields[] = {"model", "spec", NULL};
  * reach it, holds no data, and code generators fetch it without one. */
 static const struct route routes[] = {
     {"GET", "/v1/health", BODY_NONE, R_HEALTH, NULL, 0, 0},
+    /* before /v1/jobs/{id}, which it also matches: the first match wins */
+    {"GET", "/v1/jobs/compare", BODY_NONE, R_JOBS_COMPARE, NULL, READ, 0},
     {"GET", "/v1/models", BODY_NONE, R_MODELS_LIST, NULL, READ, 0},
     {"POST", "/v1/models", BODY_UPLOAD, R_MODELS_UPLOAD, model_fields, SUBMIT, API_GATE_FORM},
     {"GET", "/v1/models/{id}", BODY_NONE, R_MODEL_GET, NULL, READ, 0},
@@ -761,7 +764,8 @@ static enum MHD_Result dispatch(struct api_ctx *ctx, struct MHD_Connection *conn
     case R_JOB_GET: return api_jobs_get(ctx, conn, req, id, NULL);
     case R_JOB_CANCEL: return api_jobs_cancel(ctx, conn, req, id);
     case R_JOB_REPORT: return api_jobs_get(ctx, conn, req, id, "report");
-    case R_JOB_REPORT_HTML: return api_jobs_get(ctx, conn, req, id, "report.html");
+    case R_JOB_REPORT_HTML: return api_pages_job(ctx, conn, req, id);
+    case R_JOBS_COMPARE: return api_pages_compare(ctx, conn, req);
     case R_JOB_ARTIFACT: return api_jobs_get(ctx, conn, req, id, "artifact");
     case R_METRICS: return api_metrics(ctx, conn, req);
     case R_DASHBOARD: return api_dashboard(ctx, conn, req);
@@ -785,19 +789,26 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     struct api_ctx *ctx = cls;
     struct api_request *req = *con_cls;
     const struct route *r = NULL;
-    char id[128], allow[64];
+    char id[128], seg[128], allow[64];
     int path_known = 0;
     enum MHD_Result gated;
 
     allow[0] = 0;
+    id[0] = 0;
+    /* the first route that matches wins (/v1/jobs/compare before
+     * /v1/jobs/{id}); the others only add to Allow */
     for (size_t i = 0; i < N_ROUTES; i++) {
-        if (!api_route_match(routes[i].pattern, url, id, sizeof id))
+        seg[0] = 0;
+        if (!api_route_match(routes[i].pattern, url, seg, sizeof seg))
             continue;
         path_known = 1;
         if (!strcmp(routes[i].method, method) ||
-            (!strcmp(method, "HEAD") && !strcmp(routes[i].method, "GET")))
-            r = &routes[i];
-        else if (!strstr(allow, routes[i].method))
+            (!strcmp(method, "HEAD") && !strcmp(routes[i].method, "GET"))) {
+            if (!r) {
+                r = &routes[i];
+                snprintf(id, sizeof id, "%s", seg);
+            }
+        } else if (!strstr(allow, routes[i].method))
             snprintf(allow + strlen(allow), sizeof allow - strlen(allow), "%s%s",
                      allow[0] ? ", " : "", routes[i].method);
     }

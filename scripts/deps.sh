@@ -30,6 +30,11 @@ slimd_install_deps() {
         "${missing[@]}" || return 1
 }
 
+# What the test suite adds (scripts/slimd-test installs them): chromium
+# runs the dashboard and report pages headless in
+# tests/integration/test_dashboard.py.
+TEST_DEPS="chromium"
+
 # What the sanitizer stages of scripts/slimd-test add: clang and its
 # runtimes for the libFuzzer targets (tests/fuzz/build.sh); gcc's own
 # ASan and UBSan runtimes come with build-essential.

@@ -308,9 +308,11 @@ static const char *const sql[Q_COUNT] = {
                       " artifact_sha = ?2, artifact_bytes = ?3, report = ?4,"
                       " warning_count = json_array_length(?4, '$.warnings')"
                       " WHERE id = ?1 AND state = 1 AND cancel_requested = 0",
-    /* a cancel answered 200 wins over a failure that came after it */
+    /* a cancel answered 200 wins over a failure that came after it; a
+     * failed job keeps the stage it failed in (its page says where) */
     [Q_JOB_FAIL] = "UPDATE jobs SET state = CASE WHEN cancel_requested THEN 4 ELSE 3 END,"
-                   " stage = NULL, finished_at = " NOW ","
+                   " stage = CASE WHEN cancel_requested THEN NULL ELSE stage END,"
+                   " finished_at = " NOW ","
                    " error = CASE WHEN cancel_requested THEN NULL ELSE ?2 END,"
                    " error_code = CASE WHEN cancel_requested THEN NULL ELSE ?3 END"
                    " WHERE id = ?1 AND state = 1",

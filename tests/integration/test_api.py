@@ -638,7 +638,7 @@ def test_artifact_range_and_etag():
 
 @test
 def test_report_html():
-    """GET /v1/jobs/{id}/report.html: an HTML page naming every tensor; 409 before success"""
+    """GET /v1/jobs/{id}/report.html: an HTML page naming every tensor (a page for every state: test_dashboard.py)"""
     mid, ts, _ = shared_model()
     job, rep, _, _ = run_job(mid, [INT8_CH])
     r = D.get("/v1/jobs/%s/report.html" % job["id"])

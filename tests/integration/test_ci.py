@@ -47,7 +47,7 @@ MANT_HI = bytes(0x80 | (b & 0x7F) for b in range(256))
 
 D = None          # workers=1: a slow job keeps others queued
 SMALL = None      # a small model id
-SLOW = None       # a model whose exact SVD takes a few seconds
+SLOW = None       # a model whose exact SVD takes a few seconds (12 x 0.3 s here, idle)
 WORK = None
 
 
@@ -73,7 +73,7 @@ def setup():
         name="small").json["id"]
     SLOW = D.upload(h.safetensors_bytes([
         h.Tensor("layers.%d.weight" % i, "F32", [768, 768], random_f32(768 * 768))
-        for i in range(3)]), name="slow").json["id"]
+        for i in range(12)]), name="slow").json["id"]
 
 
 def slow_spec():
@@ -298,7 +298,7 @@ def test_events_keepalive_and_long_wait_past_conn_timeout():
     try:
         slow = d.upload(h.safetensors_bytes([
             h.Tensor("l%d.weight" % i, "F32", [768, 768], random_f32(768 * 768))
-            for i in range(10)])).json["id"]
+            for i in range(30)])).json["id"]
         small = d.upload(h.safetensors_bytes([h.t_f32("w", [8, 8], 1)])).json["id"]
         a = d.post_json("/v1/jobs", {"model": slow, "passes": [
             {"op": "lowrank", "rank": 64, "algorithm": "exact"}]}).json["id"]
@@ -319,6 +319,7 @@ def test_events_keepalive_and_long_wait_past_conn_timeout():
         took = time.monotonic() - t0
         conn.close()
         text = data.decode()
+        assert "\x00" not in text, "a NUL byte in the event stream: %r" % text[:300]
         assert text.rstrip().split("\n\n")[-1].startswith("id: "), text[-300:]
         assert "event: end" in text and '"state":"succeeded"' in text.split("event: end")[1], text
         assert took > 2.5 and ": keep-alive" in text, (took, text[:300])

@@ -986,9 +986,11 @@ static void test_job_lifecycle(void **state)
 
     /* j2 running then failed */
     claim_expect(st, j2);
+    assert_int_equal(store_job_progress(st, j2, 0.25, "prune", &err), 0);
     assert_int_equal(store_job_fail(st, j2, SLIM_ENUMERIC, "passes[0]: boom", &err), 0);
     row = get_job(st, j2);
     assert_string_equal(sfield(row, "state"), "failed");
+    assert_string_equal(sfield(row, "stage"), "prune");   /* where it failed */
     assert_string_equal(sfield(row, "error_message"), "passes[0]: boom");
     assert_string_equal(sfield(row, "error_code"), "NUMERIC_ERROR");
     json_decref(row);
