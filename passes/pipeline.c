@@ -224,12 +224,10 @@ static int entropy_check(const struct slim_spec *spec, json_t *passes, struct sl
         return slim_error_set(err, SLIM_ESPEC, "output.entropy and output.dequantize "
                               "contradict each other (dequantize stores plain fp32): choose one");
     if (spec->float16_graph || spec->onnx_opset || spec->want_onnx == 1)
-        return slim_error_set(err, SLIM_ESPEC, "output.entropy: the entropy-coded artifact is "
-                              "slimd's container (safetensors with the ONNX graph inside), not "
-                              "an ONNX file that a runtime loads, so output.%s does not apply; "
-                              "`slimd decode` turns it into plain ONNX",
-                              spec->float16_graph ? "float16_graph"
-                              : spec->onnx_opset  ? "opset" : "format 'onnx'");
+        return slim_error_set(err, SLIM_ESPEC, "output.entropy: the artifact is slimd's "
+                              "container, not ONNX, so output.%s does not apply (`slimd decode` "
+                              "gives plain ONNX)", spec->float16_graph ? "float16_graph"
+                              : spec->onnx_opset ? "opset" : "format 'onnx'");
     json_array_foreach(passes, i, v) {
         const char *op = json_string_value(json_object_get(v, "op"));
         const char *dt = json_string_value(json_object_get(v, "dtype"));
@@ -238,10 +236,9 @@ static int entropy_check(const struct slim_spec *spec, json_t *passes, struct sl
                  (!strcmp(op, "quantize") && dt && strcmp(dt, "fp16") && strcmp(dt, "bf16"));
     }
     if (!codes && !(pruned && spec->sparse))
-        return slim_error_set(err, SLIM_ESPEC, "output.entropy: nothing to code: it codes the "
-                              "codes of quantize (int8, int4, ternary, binary) or cluster, and "
-                              "the positions of pruned weights with \"output\": {\"sparse\": "
-                              "true}%s", pruned ? " (add \"sparse\": true)" : "");
+        return slim_error_set(err, SLIM_ESPEC, "output.entropy: nothing to code%s (it codes "
+                              "quantize int8/int4/ternary/binary or cluster codes, and pruned "
+                              "positions with output.sparse)", pruned ? ": add output.sparse" : "");
     return 0;
 }
 
