@@ -312,7 +312,8 @@ int slim_decode_entry(const struct slim_stored *st, json_t *e, const char *name,
                 goto lr_out;
             }
         }
-        if (fr[0] != rows || fc[1] != cols || fc[0] != fr[1]) {
+        if (fr[0] != rows || fc[1] != cols || fc[0] != fr[1] || rows > INT32_MAX ||
+            cols > INT32_MAX || fc[0] > INT32_MAX) {
             rc = bad(err, name, "low-rank factors whose shapes do not multiply to it");
             goto lr_out;
         }
@@ -353,7 +354,7 @@ static int decode_model(struct slim_model *m, int keep_dtype, const char *skip,
                         struct slim_tensor **out, size_t *n_out, struct slim_error *err)
 {
     const char *text = json_string_value(json_object_get(m->metadata, "slimd.tensors"));
-    json_t *entries = NULL, *members = json_object(), *e;
+    json_t *entries = NULL, *members = json_object(), *seen = json_object(), *e;
     struct slim_stored st = {model_find, m};
     struct slim_tensor *o = slim_calloc(m->n_tensors + 1, sizeof *o);
     json_error_t jerr;
@@ -363,7 +364,7 @@ static int decode_model(struct slim_model *m, int keep_dtype, const char *skip,
 
     *out = NULL;
     *n_out = 0;
-    if (!o || !members) {
+    if (!o || !members || !seen) {
         rc = slim_error_set(err, SLIM_ENOMEM, "out of memory");
         goto out;
     }
@@ -457,6 +458,16 @@ static int decode_model(struct slim_model *m, int keep_dtype, const char *skip,
                 d->name = NULL;
             }
         }
+        if (d->name && json_object_get(seen, d->name)) {
+            rc = slim_error_set(err, SLIM_EFORMAT, "tensor '%.100s' is both stored and an "
+                                "entry of slimd.tensors", d->name);
+            slim_free(d->name);
+            slim_aligned_free(d->own);
+            memset(d, 0, sizeof *d);
+            goto out;
+        }
+        if (d->name)
+            json_object_set_new(seen, d->name, json_true());
         if (!d->name || !d->own) {
             slim_free(d->name);
             slim_aligned_free(d->own);
@@ -476,6 +487,7 @@ out:
     *n_out = n;
     json_decref(entries);
     json_decref(members);
+    json_decref(seen);
     return rc;
 }
 

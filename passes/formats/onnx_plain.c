@@ -168,10 +168,10 @@ int slim_onnx_plain_write(const void *graph, size_t glen, const struct slim_tens
     }
     for (size_t i = 0; i < g->n_initializer; i++) {
         const Onnx__TensorProto *tp = g->initializer[i];
-        int64_t numel = 1;
+        int nonempty = 1;
         for (size_t k = 0; k < tp->n_dims; k++)
-            numel *= tp->dims[k] > 0 ? tp->dims[k] : 0;
-        if (!tp->has_raw_data && numel > 0 && !tp->n_float_data && !tp->n_int32_data &&
+            nonempty &= tp->dims[k] > 0;
+        if (!tp->has_raw_data && nonempty && !tp->n_float_data && !tp->n_int32_data &&
             !tp->n_int64_data && !tp->n_double_data && !tp->n_uint64_data &&
             !tp->n_string_data) {
             rc = slim_error_set(err, SLIM_EFORMAT, "initializer '%.100s' has no data in the "
@@ -349,6 +349,8 @@ static int table_entry(struct slim_onnx *m, struct table *tb, json_t *e, const c
                 return slim_error_set(err, SLIM_EFORMAT, "tensor '%.100s': bad shape", out);
             if (i == 0)
                 rows = v;
+            else if (v && cols > ((int64_t)1 << 34) / v)
+                return slim_error_set(err, SLIM_EFORMAT, "tensor '%.100s': bad shape", out);
             else
                 cols *= v;
         }
