@@ -87,6 +87,15 @@ static int code_bits_of(const char *scheme, json_t *e)
     return 0;
 }
 
+/* Element i of a float32 array at p, which may be unaligned (a stored
+ * tensor follows an entropy stream of any length). */
+static float ld_f32(const void *p, uint64_t i)
+{
+    float f;
+    memcpy(&f, (const unsigned char *)p + i * sizeof f, sizeof f);
+    return f;
+}
+
 /* Float of element k of a raw little-endian array of dtype dt. */
 static float raw_value(enum slim_dtype dt, const unsigned char *p)
 {
@@ -236,29 +245,26 @@ static int decode_leaf(const struct slim_stored *st, json_t *e, const char *name
         if (!bits) {
             v = raw_value(vdt, vals + k * eb);
         } else if (!strcmp(scheme, "int8")) {
-            const float *s = sc->data;
             uint64_t ri = slim_tensor_numel(sc) == 1 ? 0 : r;
             float z = zp ? (float)((const int8_t *)zp->data)[ri] : 0.0f;
-            v = ((float)(int8_t)codes[k] - z) * s[ri];
+            v = ((float)(int8_t)codes[k] - z) * ld_f32(sc->data, ri);
         } else if (!strcmp(scheme, "int4")) {
             uint64_t g = r * ((cols + (uint64_t)group - 1) / (uint64_t)group) + c / (uint64_t)group;
-            v = ((float)codes[k] - (float)((const uint8_t *)zp->data)[g]) *
-                ((const float *)sc->data)[g];
+            v = ((float)codes[k] - (float)((const uint8_t *)zp->data)[g]) * ld_f32(sc->data, g);
         } else if (!strcmp(scheme, "ternary")) {
             if (codes[k] > 2) {
                 rc = bad(err, name, "a ternary code of 3");
                 goto out;
             }
-            v = (codes[k] == 0 ? 0.0f : codes[k] == 1 ? 1.0f : -1.0f) *
-                ((const float *)sc->data)[r];
+            v = (codes[k] == 0 ? 0.0f : codes[k] == 1 ? 1.0f : -1.0f) * ld_f32(sc->data, r);
         } else if (!strcmp(scheme, "binary")) {
-            v = (codes[k] ? 1.0f : -1.0f) * ((const float *)sc->data)[r];
+            v = (codes[k] ? 1.0f : -1.0f) * ld_f32(sc->data, r);
         } else {
             if ((int64_t)codes[k] >= slim_tensor_numel(cb)) {
                 rc = bad(err, name, "a cluster index past its codebook");
                 goto out;
             }
-            v = ((const float *)cb->data)[codes[k]];
+            v = ld_f32(cb->data, codes[k]);
         }
         out[i] = v;
     }
