@@ -555,10 +555,10 @@ int slim_artifact_decode(const char *in_path, const char *out_path, int *out_kin
             goto out;
         rc = slim_onnx_plain_write(g->data, g->nbytes, d, n, out_path, err);
     } else {
-        json_t *md = json_object();
+        json_t *md;
         if ((rc = decode_model(&m, 0, NULL, &d, &n, err)))
             goto out;
-        if (md)
+        if ((md = json_object()))
             json_object_set_new(md, "slimd.decoded_from", json_string(SLIMD_VERSION));
         rc = md ? slim_st_write(out_path, d, n, md, err)
                 : slim_error_set(err, SLIM_ENOMEM, "out of memory");
