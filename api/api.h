@@ -247,7 +247,78 @@ int api_read_head(const char *path, unsigned char *buf, size_t len, size_t *got)
 int api_paging(struct MHD_Connection *conn, struct api_request *req, int *limit, int *offset,
                enum MHD_Result *ret);
 
-/* Request counters for /metrics. */
-void api_metrics_count(int status);
+/* Unknown query parameters are an error on list endpoints: replies 400
+ * naming the first one that is not in allowed (NULL-terminated) and
+ * returns 0; else returns 1. */
+int api_query_check(struct MHD_Connection *conn, struct api_request *req,
+                    const char *const *allowed, enum MHD_Result *ret);
+
+/* ---- idem.c: Idempotency-Key ---- */
+struct api_idem {
+    int active;              /* a key was claimed: reply or release it */
+    char route[32];
+    char key[256];
+    char owner[32];
+};
+/* Reads the request's Idempotency-Key (none: go on, idem inactive) and
+ * claims it for this route and request (request_sha: the request's
+ * SHA-256).  Returns 1 to go on; 0 when it queued a reply into *ret:
+ * the first result replayed, 422 for the key used with another request,
+ * 409 while that is still in progress, 400 for a malformed key. */
+int api_idem_begin(struct api_ctx *ctx, struct MHD_Connection *conn, struct api_request *req,
+                   const char *route, const char *request_sha, struct api_idem *idem,
+                   enum MHD_Result *ret);
+/* The header's shape alone, for a handler that checks it before doing
+ * work (an upload): 1 when absent or well-formed; else replies 400 into
+ * *ret and returns 0. */
+int api_idem_check(struct MHD_Connection *conn, struct api_request *req, enum MHD_Result *ret);
+/* Records a success for the claimed key (if any) and replies with it;
+ * body is stolen like api_reply_json's. */
+enum MHD_Result api_idem_reply(struct api_ctx *ctx, struct MHD_Connection *conn,
+                               struct api_request *req, struct api_idem *idem, int status,
+                               json_t *body, const char *location);
+/* The request failed: the key is forgotten, so a retry runs again. */
+void api_idem_release(struct api_ctx *ctx, struct api_idem *idem);
+/* Hex SHA-256 of a buffer. */
+int api_sha256_hex(const void *buf, size_t len, char out[65], struct slim_error *err);
+
+/* store_model_insert and store_dataset_insert. */
+typedef int (*api_insert_fn)(struct store *st, const char *owner, const char *name,
+                             const char *sha, uint64_t bytes, json_t *info, json_t **row,
+                             struct slim_error *err);
+/* models.c: the end of every upload.  The file goes into the blob store
+ * (the writer bw committed; with bw NULL the file at path, e.g. a
+ * converted dataset under tmp/, adopted) and its row is inserted with
+ * insert; a row that cannot be inserted takes its blob with it unless
+ * another row shares it.  bw is consumed, and path removed on failure.
+ * *bytes: the file's size; *row: new. */
+int api_upload_keep(struct api_ctx *ctx, struct api_request *req, struct blob_writer *bw,
+                    const char *path, const char *name, json_t *info, api_insert_fn insert,
+                    json_t **row, uint64_t *bytes, struct slim_error *err);
+/* models.c: validates the upload's part (its file: format, every bound),
+ * commits it into the blob store and inserts the model row (*row, new).
+ * field names the multipart field in messages (NULL: the body).  On any
+ * failure every part is discarded and nothing is left behind. */
+int api_model_store(struct api_ctx *ctx, struct api_request *req, int part, const char *field,
+                    const char *name, json_t **row, struct slim_error *err);
+/* The list handler of models and datasets: paging, ?name= and ?sha256=
+ * filters, unknown parameters refused; key is the array's name. */
+enum MHD_Result api_uploads_list(struct api_ctx *ctx, struct MHD_Connection *conn,
+                                 struct api_request *req, const char *key,
+                                 int (*find)(struct store *, const char *, const char *,
+                                             const char *, int, int, json_t **, int *,
+                                             struct slim_error *));
+enum MHD_Result api_jobs_delete(struct api_ctx *ctx, struct MHD_Connection *conn,
+                                struct api_request *req, const char *id);
+enum MHD_Result api_jobs_pin(struct api_ctx *ctx, struct MHD_Connection *conn,
+                             struct api_request *req, const char *id, int pin);
+/* The top-level keys of a job spec that are the API's, not the
+ * pipeline's (slim_spec_parse's allow list); the runner parses with it
+ * too. */
+extern const char *const api_spec_top_keys[];
+
+/* misc.c: the OpenAPI document (api/openapi.yaml, compiled in). */
+enum MHD_Result api_openapi(struct api_ctx *ctx, struct MHD_Connection *conn,
+                            struct api_request *req);
 
 #endif

@@ -130,7 +130,7 @@ enum MHD_Result api_datasets_upload(struct api_ctx *ctx, struct MHD_Connection *
     const char *name = api_upload_name(conn), *path;
     struct slim_error err;
     json_t *info = NULL, *row = NULL;
-    char sha[65], loc[128], out[4096] = "";
+    char loc[128], out[4096] = "";
     uint64_t bytes = 0;
     int rc = 0, idx = 0;
 
@@ -165,22 +165,14 @@ enum MHD_Result api_datasets_upload(struct api_ctx *ctx, struct MHD_Connection *
         name = up->filename[idx ? PART_IMAGES : PART_FILE];
     if (!name || !api_valid_name(name))
         name = "dataset";
-    if (idx) {
-        /* adopt hashes the converted file and moves it into the blob
-         * store; it removes the file when it fails */
-        rc = store_blob_adopt(ctx->st, out, sha, &bytes, &err);
+    /* the converted file (adopted: hashed and moved into the blob store,
+     * removed when that fails) or the upload's writer (consumed) */
+    rc = api_upload_keep(ctx, req, idx ? NULL : up->part[PART_FILE], out, name, info,
+                         store_dataset_insert, &row, &bytes, &err);
+    if (idx)
         out[0] = 0;
-    } else {
-        /* commit frees the writer whatever happens */
-        bytes = store_blob_bytes(up->part[PART_FILE]);
-        rc = store_blob_commit(up->part[PART_FILE], sha, &err);
+    else
         up->part[PART_FILE] = NULL;
-    }
-    if (rc)
-        goto out;
-    if ((rc = store_dataset_insert(ctx->st, api_request_creator(req), name, sha, bytes, info, &row,
-                                   &err)))
-        store_blob_drop_unused(ctx->st, sha);   /* unless another row shares it */
 out:
     /* before answering, so a client that sees the reply sees nothing left */
     api_upload_discard(up);
@@ -193,25 +185,14 @@ out:
     log_info("dataset %s stored (%s, %s, %lld samples, %llu bytes, sha256 %.12s)",
              json_string_value(json_object_get(row, "id")), name, idx ? "from IDX" : "safetensors",
              (long long)json_integer_value(json_object_get(row, "samples")),
-             (unsigned long long)bytes, sha);
+             (unsigned long long)bytes, json_string_value(json_object_get(row, "sha256")));
     return api_reply_json(conn, req, 201, row, loc);
 }
 
 enum MHD_Result api_datasets_list(struct api_ctx *ctx, struct MHD_Connection *conn,
                                   struct api_request *req)
 {
-    struct slim_error err;
-    json_t *rows;
-    int limit, offset, total;
-    enum MHD_Result ret;
-    if (!api_paging(conn, req, &limit, &offset, &ret))
-        return ret;
-    if (store_dataset_list(ctx->st, api_request_owner(req), limit, offset, &rows, &total, &err))
-        return api_reply_slim_error(conn, req, &err);
-    return api_reply_json(conn, req, 200,
-                          json_pack("{s:o, s:i, s:i, s:i}", "datasets", rows, "total", total,
-                                    "limit", limit, "offset", offset),
-                          NULL);
+    return api_uploads_list(ctx, conn, req, "datasets", store_dataset_find);
 }
 
 enum MHD_Result api_datasets_get(struct api_ctx *ctx, struct MHD_Connection *conn,

@@ -8,6 +8,14 @@
  * runner through its hook to stop a running one, which the pipeline
  * notices at its next progress check.
  *
+ * Lifecycle (issue 10): a spec names its model by id, {"name"} or
+ * {"sha256"} (resolved here to an id, which the stored spec then holds),
+ * and may carry a "name" and "labels" that the list filters on; a
+ * multipart body uploads the model and submits in one request
+ * (submit_multipart); Idempotency-Key is idem.c's.  DELETE removes a
+ * job that is not running with its report and artifact; a pin keeps
+ * retention (the runner's) away from it.
+ *
  * With --auth token a job belongs to the token that submitted it, and
  * may only name a model and a dataset that token sees: a submit token
  * lists, reads and cancels its own jobs; an admin token every job.
@@ -23,7 +31,8 @@
 #include "api/api.h"
 #include "daemon/log.h"
 
-static const char *const spec_top_keys[] = {"model", NULL};
+/* "name" and "labels" are schema 6's (this file checks them) */
+const char *const api_spec_top_keys[] = {"model", "name", "labels", NULL};
 
 /* The memory a job reserves while it runs: its limits.memory_mb, or the
  * pipeline's estimate for its model.  A job whose estimate is over its
@@ -53,116 +62,414 @@ static int reserve_memory(struct api_ctx *ctx, const struct slim_spec *spec, con
     return 0;
 }
 
-enum MHD_Result api_jobs_submit(struct api_ctx *ctx, struct MHD_Connection *conn,
-                                struct api_request *req)
+/* "name" and "labels" (schema 6): a name of 1 to 200 bytes of text; at
+ * most 32 labels, keys of 1 to 63 characters from [A-Za-z0-9._/-]
+ * (selector-friendly, as in k8s), values of 1 to 200 bytes of text. */
+#define LABELS_MAX 32
+static int check_name_labels(json_t *body, struct slim_error *err)
 {
-    const char *ct = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-                                                 MHD_HTTP_HEADER_CONTENT_TYPE);
+    json_t *name = json_object_get(body, "name"), *labels = json_object_get(body, "labels"), *v;
+    const char *k;
+    if (name && (!json_is_string(name) || !api_valid_name(json_string_value(name))))
+        return slim_error_set(err, SLIM_ESPEC, "name: expected a string of 1 to 200 bytes "
+                              "without control characters");
+    if (!labels)
+        return 0;
+    if (!json_is_object(labels))
+        return slim_error_set(err, SLIM_ESPEC, "labels: expected an object of strings, e.g. "
+                              "{\"branch\": \"main\"}");
+    if (json_object_size(labels) > LABELS_MAX)
+        return slim_error_set(err, SLIM_ESPEC, "labels: %zu labels, at most %d",
+                              json_object_size(labels), LABELS_MAX);
+    json_object_foreach(labels, k, v) {
+        size_t n = strlen(k);
+        if (n == 0 || n > 63 ||
+            strspn(k, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._/-") != n)
+            return slim_error_set(err, SLIM_ESPEC, "labels: key '%.70s': expected 1 to 63 "
+                                  "characters of letters, digits, '.', '_', '/' and '-'", k);
+        if (!json_is_string(v) || !api_valid_name(json_string_value(v)))
+            return slim_error_set(err, SLIM_ESPEC, "labels.%s: expected a string of 1 to 200 "
+                                  "bytes without control characters", k);
+    }
+    return 0;
+}
+
+/* The spec's "model": an id, {"name": N} (the newest model of that name
+ * the caller sees) or {"sha256": HEX}.  *mrow gets the model's row (new
+ * reference) and the spec's "model" becomes its id, so the stored spec
+ * says what ran. */
+static int resolve_model(struct api_ctx *ctx, struct api_request *req, json_t *body,
+                         json_t **mrow, struct slim_error *err)
+{
+    json_t *model = json_object_get(body, "model"), *by, *rows = NULL;
+    const char *name = NULL, *sha = NULL;
+    int rc, total = 0;
+
+    *mrow = NULL;
+    if (json_is_string(model)) {
+        rc = store_model_get(ctx->st, json_string_value(model), mrow, err);
+        if (!rc && !api_request_sees(req, *mrow)) {   /* another token's model */
+            json_decref(*mrow);
+            *mrow = NULL;
+            rc = slim_error_set(err, SLIM_ENOTFOUND, "model %.64s does not exist",
+                                json_string_value(model));
+        }
+        return rc;
+    }
+    if (!json_is_object(model) || json_object_size(model) != 1)
+        return slim_error_set(err, SLIM_ESPEC, "model: required, the id of an uploaded model "
+                              "(\"mdl_...\"), {\"name\": NAME} or {\"sha256\": HEX}");
+    if ((by = json_object_get(model, "name"))) {
+        if (!json_is_string(by) || !api_valid_name(json_string_value(by)))
+            return slim_error_set(err, SLIM_ESPEC, "model.name: expected a model's name (1 to "
+                                  "200 bytes of text)");
+        name = json_string_value(by);
+    } else if ((by = json_object_get(model, "sha256"))) {
+        sha = json_string_value(by);
+        if (!sha || strlen(sha) != 64 || strspn(sha, "0123456789abcdef") != 64)
+            return slim_error_set(err, SLIM_ESPEC, "model.sha256: expected 64 lowercase hex "
+                                  "digits");
+    } else {
+        return slim_error_set(err, SLIM_ESPEC, "model: an object names the model by \"name\" "
+                              "or by \"sha256\", not '%.40s'", json_object_iter_key(
+                                                                json_object_iter(model)));
+    }
+    /* the newest first: the store lists newest first */
+    rc = store_model_find(ctx->st, api_request_owner(req), name, sha, 1, 0, &rows, &total, err);
+    if (!rc && !json_array_size(rows))
+        rc = slim_error_set(err, SLIM_ENOTFOUND, name ? "model.name: no model is named '%.80s'"
+                                                      : "model.sha256: no model has sha256 %.64s",
+                            name ? name : sha);
+    if (!rc) {
+        *mrow = json_incref(json_array_get(rows, 0));
+        rc = json_object_set(body, "model", json_object_get(*mrow, "id"))
+                 ? slim_error_set(err, SLIM_ENOMEM, "out of memory") : 0;
+    }
+    json_decref(rows);
+    return rc;
+}
+
+/* A spec's own checks, before anything is stored or looked up: the
+ * pipeline's parser, name and labels.  *spec: new, or NULL on error. */
+static int check_spec(json_t *body, struct slim_spec **spec, struct slim_error *err)
+{
+    int rc;
+    *spec = NULL;
+    if (!json_is_object(body))
+        return slim_error_set(err, SLIM_ESPEC, "job spec: expected a JSON object");
+    if ((rc = slim_spec_parse(body, api_spec_top_keys, spec, err)))
+        return rc;
+    if ((rc = check_name_labels(body, err))) {
+        slim_spec_free(*spec);
+        *spec = NULL;
+    }
+    return rc;
+}
+
+/* Queues the job a parsed spec describes (body borrowed; its "model" is
+ * resolved in place).  *row: the job, new. */
+static int submit(struct api_ctx *ctx, struct api_request *req, json_t *body, json_t **row,
+                  struct slim_error *err)
+{
     struct slim_spec *spec = NULL;
-    struct slim_error err;
-    json_error_t jerr;
-    json_t *body, *model, *mrow, *drow, *row;
+    json_t *mrow = NULL, *drow;
     const char *dataset;
     uint64_t mem = 0;
-    int rc = 0;
-    size_t len;
-    const char *text = api_request_body(req, &len);
-    char loc[128];
+    int rc;
 
-    if (ct && !strncasecmp(ct, "multipart/", 10))
-        return api_reply_error(conn, req, SLIM_EMEDIA,
-                               "job specs are JSON: send them with -H 'Content-Type: "
-                               "application/json' -d @spec.json");
-    if (len == 0)
-        return api_reply_error(conn, req, SLIM_ESPEC,
-                               "empty body: expected a job spec {\"model\": ..., \"passes\": [...]}");
-    body = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
-    if (!body)
-        return api_reply_error(conn, req, SLIM_ESPEC, "body is not valid JSON: %s (line %d, column %d)",
-                               jerr.text, jerr.line, jerr.column);
-    if (!json_is_object(body)) {
-        json_decref(body);
-        return api_reply_error(conn, req, SLIM_ESPEC, "job spec: expected a JSON object");
-    }
-    model = json_object_get(body, "model");
-    if (!json_is_string(model)) {
-        json_decref(body);
-        return api_reply_error(conn, req, SLIM_ESPEC,
-                               "model: required, the id of an uploaded model (mdl_...)");
-    }
-    if (slim_spec_parse(body, spec_top_keys, &spec, &err)) {
-        json_decref(body);
-        return api_reply_slim_error(conn, req, &err);
-    }
-    rc = store_model_get(ctx->st, json_string_value(model), &mrow, &err);
-    if (!rc && !api_request_sees(req, mrow)) {   /* another token's model */
-        json_decref(mrow);
-        rc = slim_error_set(&err, SLIM_ENOTFOUND, "model %.64s does not exist",
-                            json_string_value(model));
-    }
-    if (rc) {
-        slim_spec_free(spec);
-        json_decref(body);
-        return api_reply_slim_error(conn, req, &err);
-    }
+    *row = NULL;
+    if ((rc = check_spec(body, &spec, err)) || (rc = resolve_model(ctx, req, body, &mrow, err)))
+        goto out;
     /* an eval dataset must exist, like the model (404 when it does not;
      * the insert checks again, atomically, and records the reference
      * that keeps the dataset from being deleted under the job) */
     dataset = slim_spec_eval_dataset(spec);
-    if (dataset && !(rc = store_dataset_get(ctx->st, dataset, &drow, &err))) {
+    if (dataset && !(rc = store_dataset_get(ctx->st, dataset, &drow, err))) {
         if (!api_request_sees(req, drow))
-            rc = slim_error_set(&err, SLIM_ENOTFOUND, "dataset %.64s does not exist", dataset);
+            rc = slim_error_set(err, SLIM_ENOTFOUND, "dataset %.64s does not exist", dataset);
         json_decref(drow);
     }
     /* the artifact goes to the data dir too: refuse the job now if the
      * disk could not hold one the size of its model */
     if (!rc)
         rc = store_check_free(ctx->st, ctx->min_free + (uint64_t)json_integer_value(
-                                                           json_object_get(mrow, "bytes")), &err);
+                                                           json_object_get(mrow, "bytes")), err);
     if (!rc)
         rc = reserve_memory(ctx, spec, json_string_value(json_object_get(mrow, "sha256")),
-                            &mem, &err);
-    json_decref(mrow);
+                            &mem, err);
     if (!rc)
-        rc = store_job_insert(ctx->st, api_request_creator(req), json_string_value(model),
-                              dataset, body, mem, ctx->max_queued, &row, &err);
-    if (rc == SLIM_ENOTFOUND && dataset && !strncmp(err.msg, "dataset ", 8))
-        slim_error_prefix(&err, "eval.dataset");
+        rc = store_job_insert(ctx->st, api_request_creator(req),
+                              json_string_value(json_object_get(mrow, "id")), dataset, body, mem,
+                              ctx->max_queued, row, err);
+    if (rc == SLIM_ENOTFOUND && dataset && !strncmp(err->msg, "dataset ", 8))
+        slim_error_prefix(err, "eval.dataset");
+out:
+    json_decref(mrow);
     slim_spec_free(spec);   /* after the insert: dataset is borrowed from it */
+    return rc;
+}
+
+/* The body's text as a spec: *body new, or an error naming the problem. */
+static int parse_spec(const char *text, size_t len, json_t **body, struct slim_error *err)
+{
+    json_error_t jerr;
+    if (len == 0)
+        return slim_error_set(err, SLIM_ESPEC, "empty body: expected a job spec {\"model\": ..., "
+                              "\"passes\": [...]}");
+    if (!(*body = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr)))
+        return slim_error_set(err, SLIM_ESPEC, "body is not valid JSON: %s (line %d, column %d)",
+                              jerr.text, jerr.line, jerr.column);
+    return 0;
+}
+
+/* The answer to a submission: the job (202, remembered under the
+ * Idempotency-Key) or the error (the key released). */
+static enum MHD_Result submitted(struct api_ctx *ctx, struct MHD_Connection *conn,
+                                 struct api_request *req, struct api_idem *idem, int rc,
+                                 json_t *row, const struct slim_error *err)
+{
+    char loc[128];
     if (rc) {
-        json_decref(body);
-        return api_reply_slim_error(conn, req, &err);
+        api_idem_release(ctx, idem);
+        return api_reply_slim_error(conn, req, err);
     }
-    log_info("job %s queued (model %s)", json_string_value(json_object_get(row, "id")),
-             json_string_value(model));
-    json_decref(body);
+    log_info("job %s queued (model %s%s%s)", json_string_value(json_object_get(row, "id")),
+             json_string_value(json_object_get(row, "model")),
+             json_is_string(json_object_get(row, "name")) ? ", name " : "",
+             json_is_string(json_object_get(row, "name"))
+                 ? json_string_value(json_object_get(row, "name")) : "");
     if (ctx->hooks && ctx->hooks->wake)
         ctx->hooks->wake(ctx->hooks->ud);
     snprintf(loc, sizeof loc, "/v1/jobs/%s", json_string_value(json_object_get(row, "id")));
-    return api_reply_json(conn, req, 202, row, loc);
+    return api_idem_reply(ctx, conn, req, idem, 202, row, loc);
+}
+
+enum { PART_MODEL = 0, PART_SPEC = 1 };   /* server.c's job_fields */
+
+/* Upload and submit in one request: multipart fields `model` (the file)
+ * and `spec` (the JSON spec, without "model": the upload is the model).
+ * The spec is checked before the model is stored, and the model is
+ * removed again when the job cannot be queued, so a refused request
+ * leaves nothing.  The model is named by ?name=, else the file name. */
+static enum MHD_Result submit_multipart(struct api_ctx *ctx, struct MHD_Connection *conn,
+                                        struct api_request *req)
+{
+    struct api_upload *up = api_request_upload(req);
+    struct slim_spec *spec = NULL;
+    struct slim_error err;
+    struct api_idem idem;
+    enum MHD_Result ret;
+    json_t *body = NULL, *mrow = NULL, *row = NULL;
+    char text[64 * 1024 + 1], sha[65], what[200];
+    size_t len = 0;
+    int rc = 0;
+
+    memset(&idem, 0, sizeof idem);
+    MHD_post_process(up->pp, NULL, 0);
+    if (!api_idem_check(conn, req, &ret)) {
+        api_upload_discard(up);
+        return ret;
+    }
+    if (up->failed)
+        rc = slim_error_set(&err, up->failed, "%s", up->msg);
+    else if (!up->seen[PART_SPEC] || !up->part[PART_SPEC])
+        rc = slim_error_set(&err, SLIM_ESPEC, "multipart job: no field named 'spec' (use curl "
+                            "-F model=@model.safetensors -F spec=@spec.json)");
+    else if (store_blob_bytes(up->part[PART_SPEC]) > sizeof text - 1)
+        rc = slim_error_set(&err, SLIM_ETOOBIG, "spec: over the limit of %zu bytes",
+                            sizeof text - 1);
+    else if (api_read_head(store_blob_temp_path(up->part[PART_SPEC]), (unsigned char *)text,
+                           sizeof text - 1, &len))
+        rc = slim_error_set(&err, SLIM_EIO, "cannot read the spec field back");
+    store_blob_abort(up->part[PART_SPEC]);
+    up->part[PART_SPEC] = NULL;
+    if (!rc)
+        rc = parse_spec(text, len, &body, &err);
+    if (!rc && json_is_object(body) && json_object_get(body, "model"))
+        rc = slim_error_set(&err, SLIM_ESPEC, "model: leave it out of the spec: the multipart "
+                            "field 'model' is the model");
+    if (!rc && !(rc = check_spec(body, &spec, &err)))
+        slim_spec_free(spec);
+    if (!rc)
+        rc = api_model_store(ctx, req, PART_MODEL, "model", api_upload_name(conn), &mrow, &err);
+    if (rc) {
+        api_upload_discard(up);
+        json_decref(body);
+        return api_reply_slim_error(conn, req, &err);
+    }
+    /* the request is the model's bytes, its name and the spec */
+    snprintf(what, sizeof what, "%s?name=%s\n", json_string_value(json_object_get(mrow, "sha256")),
+             api_upload_name(conn) ? api_upload_name(conn) : "");
+    {
+        struct store_hash *h;
+        if (!(rc = store_hash_new(&h, &err))) {
+            store_hash_update(h, what, strlen(what));
+            store_hash_update(h, text, len);
+            rc = store_hash_final(h, sha, &err);
+        }
+    }
+    if (!rc && !api_idem_begin(ctx, conn, req, "POST /v1/jobs", sha, &idem, &ret)) {
+        store_model_delete(ctx->st, json_string_value(json_object_get(mrow, "id")), NULL);
+        json_decref(mrow);
+        json_decref(body);
+        return ret;
+    }
+    if (!rc && json_object_set(body, "model", json_object_get(mrow, "id")))
+        rc = slim_error_set(&err, SLIM_ENOMEM, "out of memory");
+    if (!rc)
+        rc = submit(ctx, req, body, &row, &err);
+    if (rc)   /* the model came for this job alone */
+        store_model_delete(ctx->st, json_string_value(json_object_get(mrow, "id")), NULL);
+    json_decref(mrow);
+    json_decref(body);
+    return submitted(ctx, conn, req, &idem, rc, row, &err);
+}
+
+enum MHD_Result api_jobs_submit(struct api_ctx *ctx, struct MHD_Connection *conn,
+                                struct api_request *req)
+{
+    struct slim_error err;
+    struct api_idem idem;
+    enum MHD_Result ret;
+    json_t *body = NULL, *row = NULL;
+    size_t len;
+    const char *text = api_request_body(req, &len);
+    char sha[65];
+    int rc;
+
+    if (api_request_upload(req)->pp)
+        return submit_multipart(ctx, conn, req);
+    if (api_sha256_hex(text, len, sha, &err))
+        return api_reply_slim_error(conn, req, &err);
+    if (!api_idem_begin(ctx, conn, req, "POST /v1/jobs", sha, &idem, &ret))
+        return ret;
+    rc = parse_spec(text, len, &body, &err);
+    if (!rc)
+        rc = submit(ctx, req, body, &row, &err);
+    json_decref(body);
+    return submitted(ctx, conn, req, &idem, rc, row, &err);
+}
+
+static const char *const jobs_query[] = {"limit", "offset", "state", "name", "model", "label",
+                                         NULL};
+
+/* Every ?label=k:v of the request into one JSON object (AND). */
+struct label_args {
+    json_t *obj;
+    const char *bad;      /* the first value without a ':' */
+};
+
+static enum MHD_Result label_arg(void *cls, enum MHD_ValueKind kind, const char *key,
+                                 const char *value)
+{
+    struct label_args *a = cls;
+    const char *colon;
+    (void)kind;
+    if (strcmp(key, "label"))
+        return MHD_YES;
+    if (!value || !(colon = strchr(value, ':')) || colon == value || !colon[1]) {
+        a->bad = value ? value : "";
+        return MHD_NO;
+    }
+    char k[64];
+    snprintf(k, sizeof k, "%.*s", (int)(colon - value) < 63 ? (int)(colon - value) : 63, value);
+    json_object_set_new(a->obj, k, json_string(colon + 1));
+    return MHD_YES;
 }
 
 enum MHD_Result api_jobs_list(struct api_ctx *ctx, struct MHD_Connection *conn,
                               struct api_request *req)
 {
     const char *state = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "state");
+    struct store_job_filter f = {
+        .owner = api_request_owner(req),
+        .state = -1,
+        .name = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "name"),
+        .model = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "model"),
+    };
+    struct label_args la = {json_object(), NULL};
     struct slim_error err;
-    int limit, offset, total, st = -1;
+    int limit, offset, total, rc;
     enum MHD_Result ret;
+    char *labels = NULL;
     json_t *rows;
 
-    if (!api_paging(conn, req, &limit, &offset, &ret))
+    if (!la.obj)
+        return api_reply_error(conn, req, SLIM_ENOMEM, "out of memory");
+    if (!api_query_check(conn, req, jobs_query, &ret) ||
+        !api_paging(conn, req, &limit, &offset, &ret)) {
+        json_decref(la.obj);
         return ret;
-    if (state && (st = store_job_state_parse(state)) < 0)
+    }
+    if (state && (f.state = store_job_state_parse(state)) < 0) {
+        json_decref(la.obj);
         return api_reply_error(conn, req, SLIM_EINVAL,
                                "state: '%.40s' is not one of queued, running, succeeded, failed, "
                                "canceled", state);
-    if (store_job_list(ctx->st, api_request_owner(req), st, limit, offset, &rows, &total, &err))
+    }
+    MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, label_arg, &la);
+    if (la.bad) {
+        ret = api_reply_error(conn, req, SLIM_EINVAL, "label: expected KEY:VALUE (e.g. "
+                              "label=branch:main), got '%.80s'", la.bad);
+        json_decref(la.obj);
+        return ret;
+    }
+    if (json_object_size(la.obj) && !(labels = json_dumps(la.obj, JSON_COMPACT))) {
+        json_decref(la.obj);
+        return api_reply_error(conn, req, SLIM_ENOMEM, "out of memory");
+    }
+    json_decref(la.obj);
+    f.labels = labels;
+    rc = store_job_find(ctx->st, &f, limit, offset, &rows, &total, &err);
+    free(labels);
+    if (rc)
         return api_reply_slim_error(conn, req, &err);
     return api_reply_json(conn, req, 200,
                           json_pack("{s:o, s:i, s:i, s:i}", "jobs", rows, "total", total,
                                     "limit", limit, "offset", offset),
                           NULL);
+}
+
+/* A job the caller may not see is answered 404 (see the file comment);
+ * the owner never changes, so checking before the change races with
+ * nothing. */
+static int job_visible(struct api_ctx *ctx, struct api_request *req, const char *id,
+                       struct slim_error *err)
+{
+    json_t *row;
+    int sees, rc = store_job_get(ctx->st, id, &row, err);
+    if (rc)
+        return rc;
+    sees = api_request_sees(req, row);
+    json_decref(row);
+    return sees ? 0 : slim_error_set(err, SLIM_ENOTFOUND, "job %.64s does not exist", id);
+}
+
+/* 204: the job, its report and its artifact (when nothing else shares
+ * its blob) are gone.  A queued job may be deleted (it never runs); a
+ * running one is 409: cancel it first. */
+enum MHD_Result api_jobs_delete(struct api_ctx *ctx, struct MHD_Connection *conn,
+                                struct api_request *req, const char *id)
+{
+    struct slim_error err;
+    uint64_t freed = 0;
+    if (job_visible(ctx, req, id, &err) || store_job_delete(ctx->st, id, &freed, &err))
+        return api_reply_slim_error(conn, req, &err);
+    log_info("job %s deleted (%llu bytes freed)", id, (unsigned long long)freed);
+    return api_reply_empty(conn, req, 204);
+}
+
+/* A pinned job is never removed by retention (--retain-days,
+ * --max-data-bytes); DELETE still removes it. */
+enum MHD_Result api_jobs_pin(struct api_ctx *ctx, struct MHD_Connection *conn,
+                             struct api_request *req, const char *id, int pin)
+{
+    struct slim_error err;
+    json_t *row;
+    if (job_visible(ctx, req, id, &err) || store_job_pin(ctx->st, id, pin, &row, &err))
+        return api_reply_slim_error(conn, req, &err);
+    log_info("job %s %s", id, pin ? "pinned" : "unpinned");
+    return api_reply_json(conn, req, 200, row, NULL);
 }
 
 /* The job's state as a reason why its report/artifact is not there. */

@@ -44,6 +44,7 @@
 #include <unistd.h>
 #include "api/api.h"
 #include "api/http_parse.h"
+#include "api/metrics.h"
 #include "daemon/log.h"
 
 /* The one JSON body, a job spec, is stored with its job and returned by
@@ -103,6 +104,8 @@ struct api_request {
     int status;
     double started;
     int routed;
+    const char *route;      /* the route's pattern, for /metrics (never the raw path) */
+    const char *route_method;
     char method[8];
     char url[256];
 };
@@ -122,11 +125,16 @@ enum route_kind {
     R_DATASETS_LIST, R_DATASETS_UPLOAD, R_DATASET_GET, R_DATASET_DELETE, R_DATASET_FILE,
     R_JOBS_LIST, R_JOBS_SUBMIT, R_JOB_GET, R_JOB_CANCEL, R_JOB_REPORT, R_JOB_REPORT_HTML,
     R_JOB_ARTIFACT, R_METRICS, R_DASHBOARD, R_TOKENS_LIST, R_TOKENS_CREATE, R_TOKEN_REVOKE,
+    R_JOB_DELETE, R_JOB_PIN, R_JOB_UNPIN,
+    R_OPENAPI,
 };
 
 static const char *const model_fields[] = {"file", NULL};
 /* a dataset is one safetensors file, or IDX images and labels */
 static const char *const dataset_fields[] = {"file", "images", "labels", NULL};
+/* a job whose body is multipart carries its model and spec (jobs.c);
+ * a JSON route with fields takes multipart as an upload */
+static const char *const job_fields[] = {"model", "spec", NULL};
 
 #define READ STORE_SCOPE_READ
 #define SUBMIT STORE_SCOPE_SUBMIT
@@ -135,7 +143,9 @@ static const char *const dataset_fields[] = {"file", "images", "labels", NULL};
  * dashboard page: it is static and holds no data (its script asks the
  * API for the data, with the token the user gives it).  /metrics needs
  * read: job counts are the service's business, and Prometheus sends a
- * bearer token (authorization: credentials_file). */
+ * bearer token (authorization: credentials_file).  /v1/openapi.yaml is
+ * open: it describes the API that the binary serves to anyone who may
+ * reach it, holds no data, and code generators fetch it without one. */
 static const struct route routes[] = {
     {"GET", "/v1/health", BODY_NONE, R_HEALTH, NULL, 0, 0},
     {"GET", "/v1/models", BODY_NONE, R_MODELS_LIST, NULL, READ, 0},
@@ -150,9 +160,12 @@ static const struct route routes[] = {
     {"DELETE", "/v1/datasets/{id}", BODY_NONE, R_DATASET_DELETE, NULL, SUBMIT, 0},
     {"GET", "/v1/datasets/{id}/file", BODY_NONE, R_DATASET_FILE, NULL, READ, 0},
     {"GET", "/v1/jobs", BODY_NONE, R_JOBS_LIST, NULL, READ, 0},
-    {"POST", "/v1/jobs", BODY_JSON, R_JOBS_SUBMIT, NULL, SUBMIT, API_GATE_JSON},
+    {"POST", "/v1/jobs", BODY_JSON, R_JOBS_SUBMIT, job_fields, SUBMIT, API_GATE_JSON},
     {"GET", "/v1/jobs/{id}", BODY_NONE, R_JOB_GET, NULL, READ, 0},
     {"POST", "/v1/jobs/{id}/cancel", BODY_NONE, R_JOB_CANCEL, NULL, SUBMIT, API_GATE_FORM},
+    {"DELETE", "/v1/jobs/{id}", BODY_NONE, R_JOB_DELETE, NULL, SUBMIT, 0},
+    {"POST", "/v1/jobs/{id}/pin", BODY_NONE, R_JOB_PIN, NULL, SUBMIT, API_GATE_FORM},
+    {"POST", "/v1/jobs/{id}/unpin", BODY_NONE, R_JOB_UNPIN, NULL, SUBMIT, API_GATE_FORM},
     {"GET", "/v1/jobs/{id}/report", BODY_NONE, R_JOB_REPORT, NULL, READ, 0},
     {"GET", "/v1/jobs/{id}/report.html", BODY_NONE, R_JOB_REPORT_HTML, NULL, READ, 0},
     {"GET", "/v1/jobs/{id}/artifact", BODY_NONE, R_JOB_ARTIFACT, NULL, READ, 0},
@@ -161,6 +174,7 @@ static const struct route routes[] = {
     {"DELETE", "/v1/tokens/{id}", BODY_NONE, R_TOKEN_REVOKE, NULL, ADMIN, 0},
     {"GET", "/metrics", BODY_NONE, R_METRICS, NULL, READ, 0},
     {"GET", "/", BODY_NONE, R_DASHBOARD, NULL, 0, 0},
+    {"GET", "/v1/openapi.yaml", BODY_NONE, R_OPENAPI, NULL, 0, 0},
 };
 #undef READ
 #undef SUBMIT
@@ -410,6 +424,11 @@ enum MHD_Result api_reply_file(struct MHD_Connection *conn, struct api_request *
     if (r > 0)
         status = 206;
     resp = MHD_create_response_from_fd_at_offset64(len, fd, start);
+    if (resp && strcmp(req->method, "HEAD"))
+        api_metrics_download_bytes(strstr(req->route, "/models/") ? "model"
+                                   : strstr(req->route, "/datasets/") ? "dataset"
+                                   : strstr(req->route, "/artifact") ? "artifact" : "other",
+                                   len);
     if (!resp) {
         close(fd);
         return MHD_NO;
@@ -435,6 +454,40 @@ static size_t unescape(void *cls, struct MHD_Connection *conn, char *s)
     (void)cls;
     (void)conn;
     return api_unescape(s);
+}
+
+struct query_check {
+    const char *const *allowed;
+    const char *unknown;
+};
+
+static enum MHD_Result query_key(void *cls, enum MHD_ValueKind kind, const char *key,
+                                 const char *value)
+{
+    struct query_check *q = cls;
+    (void)kind;
+    (void)value;
+    for (const char *const *a = q->allowed; *a; a++)
+        if (!strcmp(*a, key))
+            return MHD_YES;
+    q->unknown = key;
+    return MHD_NO;
+}
+
+int api_query_check(struct MHD_Connection *conn, struct api_request *req,
+                    const char *const *allowed, enum MHD_Result *ret)
+{
+    struct query_check q = {allowed, NULL};
+    char list[256] = "";
+    MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, query_key, &q);
+    if (!q.unknown)
+        return 1;
+    for (const char *const *a = allowed; *a; a++)
+        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", a == allowed ? "" : ", ",
+                 *a);
+    *ret = api_reply_error(conn, req, SLIM_EINVAL, "unknown query parameter '%.60s': this "
+                           "endpoint takes %s", q.unknown, list[0] ? list : "none");
+    return 0;
 }
 
 int api_paging(struct MHD_Connection *conn, struct api_request *req, int *limit, int *offset,
@@ -510,6 +563,7 @@ static void upload_chunk(struct api_ctx *ctx, struct api_request *req, const cha
     struct slim_error err;
     if (req->up.failed)
         return;
+    api_metrics_upload_bytes(size);
     if (req->up.pp) {
         if (MHD_post_process(req->up.pp, data, size) != MHD_YES && !req->up.failed) {
             req->up.failed = SLIM_EINVAL;
@@ -655,6 +709,30 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
         log_warn("http: %s", msg);
 }
 
+/* The labels of a request in /metrics: its route's pattern (a path no
+ * route matches is "unmatched"; one that matches with another method,
+ * a 405, is its pattern), and its method when it is a standard one. */
+static const char *route_label(const char *url, const struct route *r)
+{
+    char id[128];
+    if (r)
+        return r->pattern;
+    for (size_t i = 0; i < N_ROUTES; i++)
+        if (api_route_match(routes[i].pattern, url, id, sizeof id))
+            return routes[i].pattern;
+    return "unmatched";
+}
+
+static const char *method_label(const char *method)
+{
+    static const char *const known[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH",
+                                        "OPTIONS"};
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+        if (!strcmp(method, known[i]))
+            return known[i];
+    return "other";
+}
+
 static enum MHD_Result dispatch(struct api_ctx *ctx, struct MHD_Connection *conn,
                                 struct api_request *req, const struct route *r, const char *id)
 {
@@ -682,6 +760,10 @@ static enum MHD_Result dispatch(struct api_ctx *ctx, struct MHD_Connection *conn
     case R_TOKENS_LIST: return api_tokens_list(ctx, conn, req);
     case R_TOKENS_CREATE: return api_tokens_create(ctx, conn, req);
     case R_TOKEN_REVOKE: return api_tokens_revoke(ctx, conn, req, id);
+    case R_JOB_DELETE: return api_jobs_delete(ctx, conn, req, id);
+    case R_JOB_PIN: return api_jobs_pin(ctx, conn, req, id, 1);
+    case R_JOB_UNPIN: return api_jobs_pin(ctx, conn, req, id, 0);
+    case R_OPENAPI: return api_openapi(ctx, conn, req);
     }
     return api_reply_error(conn, req, SLIM_EINTERNAL, "no handler");
 }
@@ -720,6 +802,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         req->started = slim_now();
         snprintf(req->method, sizeof req->method, "%s", method);
         snprintf(req->url, sizeof req->url, "%s", url);
+        req->route = route_label(url, r);
+        req->route_method = method_label(method);
         *con_cls = req;
         if (!api_gate_host(ctx, conn, req, method, path_known, &gated))
             return gated;
@@ -730,10 +814,21 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             return api_reply_error(conn, req, SLIM_ENOTFOUND, "no such endpoint: %s %.200s",
                                    method, url);
         }
-        if (!api_gate(ctx, conn, req, method, r->scope, r->gate, &gated))
+        unsigned gate = r->gate;
+        enum body_mode mode = r->mode;
+        const char *type = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                       MHD_HTTP_HEADER_CONTENT_TYPE);
+        /* a JSON route with fields (POST /v1/jobs) also takes multipart:
+         * an upload then, gated like one */
+        if (mode == BODY_JSON && r->fields && type &&
+            !strncasecmp(type, "multipart/form-data", 19)) {
+            mode = BODY_UPLOAD;
+            gate = API_GATE_FORM;
+        }
+        if (!api_gate(ctx, conn, req, method, r->scope, gate, &gated))
             return gated;
-        req->mode = r->mode;
-        if (r->mode == BODY_JSON) {
+        req->mode = mode;
+        if (mode == BODY_JSON) {
             const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                                          MHD_HTTP_HEADER_CONTENT_LENGTH);
             if (cl && strtoull(cl, NULL, 10) > JSON_BODY_MAX)
@@ -741,7 +836,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                                        "job spec of %.20s bytes exceeds the limit of %u bytes",
                                        cl, JSON_BODY_MAX);
         }
-        if (r->mode == BODY_UPLOAD) {
+        if (mode == BODY_UPLOAD) {
             const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                                          MHD_HTTP_HEADER_CONTENT_LENGTH);
             const char *ct = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
@@ -821,7 +916,9 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         else if (sa->sa_family == AF_INET6)
             inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, addr, sizeof addr);
     }
-    api_metrics_count(req->status);
+    if (req->status)
+        api_metrics_http(req->route, req->route_method, req->status,
+                         slim_now() - req->started);
     log_info("http %s %s %s %d %.1fms%s", addr, req->method, req->url, req->status, (slim_now() - req->started) * 1000.0,
              toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (connection closed early)");
     if (req->up.pp)
@@ -848,6 +945,56 @@ static void stop_reaper(struct api_server *srv)
     pthread_mutex_destroy(&srv->lock);
 }
 
+/* The listening socket, made here rather than by libmicrohttpd so that a
+ * taken address is an error that says so.  libmicrohttpd's
+ * MHD_OPTION_LISTENING_ADDRESS_REUSE set SO_REUSEPORT, under which a
+ * second slimd on the same port started without a word and the kernel
+ * shared the connections between the two daemons (issue 10).  Only
+ * SO_REUSEADDR is set: a restart may bind while the last run's
+ * connections sit in TIME_WAIT, but never beside a live listener.  IPv6
+ * sockets are v6-only, as libmicrohttpd made them.  Returns the
+ * descriptor, or -1 with err naming the address and the reason. */
+static int listen_socket(const struct sockaddr *sa, const char *host, unsigned port,
+                         struct slim_error *err)
+{
+    int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0), on = 1, e;
+    const char *v6 = sa->sa_family == AF_INET6 ? "[" : "";
+    if (fd < 0) {
+        slim_error_set(err, SLIM_EIO, "cannot make a socket: %s", strerror(errno));
+        return -1;
+    }
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) ||
+        (sa->sa_family == AF_INET6 &&
+         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof on)) ||
+        bind(fd, sa, sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                               : sizeof(struct sockaddr_in)) ||
+        listen(fd, SOMAXCONN)) {
+        e = errno;
+        close(fd);
+        if (e == EADDRINUSE)
+            slim_error_set(err, SLIM_EIO, "cannot listen on %s%s%s:%u: the address is already "
+                           "in use (another slimd, or another program, listens there): stop "
+                           "it or choose another --listen", v6, host, *v6 ? "]" : "", port);
+        else
+            slim_error_set(err, SLIM_EIO, "cannot listen on %s%s%s:%u: %s", v6, host,
+                           *v6 ? "]" : "", port, strerror(e));
+        return -1;
+    }
+    return fd;
+}
+
+/* The port fd is bound to (port 0 asks the kernel for one). */
+static uint16_t bound_port(int fd, uint16_t dflt)
+{
+    struct sockaddr_storage ss;
+    socklen_t n = sizeof ss;
+    if (getsockname(fd, (struct sockaddr *)&ss, &n))
+        return dflt;
+    if (ss.ss_family == AF_INET6)
+        return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+}
+
 int api_server_start(struct store *st, const struct api_config *cfg,
                      const struct api_hooks *hooks, struct api_server **out,
                      struct slim_error *err)
@@ -861,6 +1008,7 @@ int api_server_start(struct store *st, const struct api_config *cfg,
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
                      MHD_USE_POLL | MHD_USE_ERROR_LOG;
     const union MHD_DaemonInfo *di;
+    int listen_fd;
     /* libmicrohttpd copies neither: the PEM text must outlive the daemon
      * (cli.c keeps it until the server has stopped) */
     struct MHD_OptionItem tls_opts[] = {
@@ -921,33 +1069,37 @@ int api_server_start(struct store *st, const struct api_config *cfg,
     pthread_cond_init(&srv->wake, NULL);
     if (srv->head_timeout && pthread_create(&srv->reaper, NULL, reaper_main, srv) == 0)
         srv->reaper_started = 1;
+    if ((listen_fd = listen_socket(sa, cfg->host, cfg->port, err)) < 0) {
+        stop_reaper(srv);
+        slim_free(srv);
+        return err->code;
+    }
     srv->mhd = MHD_start_daemon(flags, cfg->port, NULL, NULL, on_request, &srv->ctx,
                                 MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,
-                                MHD_OPTION_SOCK_ADDR, sa,
+                                MHD_OPTION_LISTEN_SOCKET, listen_fd,
                                 MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
                                 MHD_OPTION_NOTIFY_CONNECTION, on_connection, srv,
                                 MHD_OPTION_CONNECTION_LIMIT, cfg->max_conns,
                                 MHD_OPTION_PER_IP_CONNECTION_LIMIT, cfg->max_conns_per_ip,
                                 MHD_OPTION_CONNECTION_TIMEOUT, cfg->conn_timeout,
-                                MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
                                 MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL,
                                 MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONN_MEMORY,
                                 MHD_OPTION_CONNECTION_MEMORY_INCREMENT, (size_t)CONN_MEMORY_INCREMENT,
                                 MHD_OPTION_ARRAY, (flags & MHD_USE_TLS) ? tls_opts : no_opts,
                                 MHD_OPTION_END);
     if (!srv->mhd) {
+        close(listen_fd);
         stop_reaper(srv);
         slim_free(srv);
         if (flags & MHD_USE_TLS)
-            return slim_error_set(err, SLIM_EIO, "cannot listen on %s:%u with TLS (address in "
-                                  "use, or a certificate and key that do not load or do not "
-                                  "match? libmicrohttpd's message is above)", cfg->host,
-                                  cfg->port);
-        return slim_error_set(err, SLIM_EIO, "cannot listen on %s:%u (address in use?)",
-                              cfg->host, cfg->port);
+            return slim_error_set(err, SLIM_EIO, "cannot serve on %s:%u with TLS (a "
+                                  "certificate and key that do not load or do not match? "
+                                  "libmicrohttpd's message is above)", cfg->host, cfg->port);
+        return slim_error_set(err, SLIM_EIO, "cannot serve on %s:%u (libmicrohttpd's message "
+                              "is above)", cfg->host, cfg->port);
     }
     di = MHD_get_daemon_info(srv->mhd, MHD_DAEMON_INFO_BIND_PORT);
-    srv->port = di ? di->port : cfg->port;
+    srv->port = di && di->port ? di->port : bound_port(listen_fd, cfg->port);
     *out = srv;
     return 0;
 }

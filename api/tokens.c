@@ -84,8 +84,12 @@ enum MHD_Result api_tokens_create(struct api_ctx *ctx, struct MHD_Connection *co
 enum MHD_Result api_tokens_list(struct api_ctx *ctx, struct MHD_Connection *conn,
                                 struct api_request *req)
 {
+    static const char *const none[] = {NULL};
     struct slim_error err;
+    enum MHD_Result ret;
     json_t *rows;
+    if (!api_query_check(conn, req, none, &ret))
+        return ret;
     if (store_token_list(ctx->st, &rows, &err))
         return api_reply_slim_error(conn, req, &err);
     return api_reply_json(conn, req, 200, json_pack("{s:o}", "tokens", rows), NULL);

@@ -40,11 +40,12 @@ void slimd_usage(FILE *f)
             "                   [--max-upload-bytes N] [--job-memory-mb N] [--max-queued N]\n"
             "                   [--min-free-bytes N] [--max-conns N] [--max-conns-per-ip N]\n"
             "                   [--conn-timeout S] [--db-reserve-bytes N] [--auth token|none]\n"
-            "                   [--allowed-host NAME]\n"
+            "                   [--allowed-host NAME] [--retain-days N] [--max-data-bytes N]\n"
             "                   [--cors-origin ORIGIN] [--tls-cert FILE --tls-key FILE]\n"
             "       slimd token create --scope read,submit,admin --name NAME [--data-dir DIR]\n"
             "       slimd token list [--json] [--data-dir DIR]\n"
             "       slimd token revoke ID [--data-dir DIR]\n"
+            "       slimd scheduled [--dir DIR] [--server URL]\n"
             "       slimd compress MODEL --spec SPEC.json -o OUTDIR [--threads N]\n"
             "       slimd infer MODEL.onnx INPUT.safetensors OUTPUT.safetensors\n"
             "       slimd eval MODEL.onnx DATA.safetensors [--batch N] [--repeat R] [--threads N]\n"
@@ -79,6 +80,14 @@ void slimd_usage(FILE *f)
             "  --db-reserve-bytes N     disk space kept allocated for the database's write-ahead\n"
             "                           log, so that job outcomes are recorded on a full disk\n"
             "                           (SLIMD_DB_RESERVE_BYTES; default 8388608; 0: none)\n"
+            "  --retain-days N          finished jobs are deleted with their artifacts N days\n"
+            "                           after they finished; pinned jobs and each model's\n"
+            "                           newest succeeded job stay (SLIMD_RETAIN_DAYS; default 0:\n"
+            "                           kept)\n"
+            "  --max-data-bytes N       when the data dir (as du counts it) holds more, the\n"
+            "                           oldest finished jobs go with their artifacts, with the\n"
+            "                           same exceptions; models and datasets stay\n"
+            "                           (SLIMD_MAX_DATA_BYTES; default 0: no limit)\n"
             "  --auth token|none        token: every request but /v1/health and / needs\n"
             "                           'Authorization: Bearer TOKEN' (slimd token create);\n"
             "                           none: only on a loopback address (SLIMD_AUTH; default\n"
@@ -96,6 +105,10 @@ void slimd_usage(FILE *f)
             "          submit (uploads, jobs, cancel and delete its own), admin (everything,\n"
             "          everyone's, tokens).\n"
             "  --data-dir DIR           (SLIMD_DATA_DIR; default ./data)\n"
+            "scheduled runs every DIR/*.json (default /etc/slimd/scheduled.d): a model name,\n"
+            "          a job spec and an output path, each through slimd submit --wait;\n"
+            "          exits with the worst exit status (slimd-scheduled.timer runs it;\n"
+            "          see slimd(8)).\n"
             "compress  runs a job spec over a model without a server and writes the\n"
             "          artifact and report.json into OUTDIR.  MODEL is a .safetensors file,\n"
             "          a sharded checkpoint's model.safetensors.index.json (the shards are\n"
@@ -317,6 +330,8 @@ int slimd_serve(int argc, char **argv)
         {"max-conns-per-ip", required_argument, NULL, 'I'},
         {"conn-timeout", required_argument, NULL, 'T'},
         {"db-reserve-bytes", required_argument, NULL, 'r'},
+        {"retain-days", required_argument, NULL, 'R'},
+        {"max-data-bytes", required_argument, NULL, 'B'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -328,7 +343,7 @@ int slimd_serve(int argc, char **argv)
                     origins_flag = {.n = 0};
     char *tls_cert = NULL, *tls_key = NULL;
     int64_t live_tokens = 0;
-    int rc = 2, loopback;
+    int rc = 2, loopback, lock_fd = -1;
     const char *data_dir = env_or("SLIMD_DATA_DIR", "data");
     const char *workers_s = env_or("SLIMD_WORKERS", "1");
     const char *max_up_s = env_or("SLIMD_MAX_UPLOAD_BYTES", "17179869184");
@@ -343,6 +358,9 @@ int slimd_serve(int argc, char **argv)
      * new block), and some 2,000 pages of job state changes when it
      * cannot; nothing next to a disk that models are stored on */
     const char *reserve_s = env_or("SLIMD_DB_RESERVE_BYTES", "8388608");
+    const char *retain_s = env_or("SLIMD_RETAIN_DAYS", "0");
+    const char *max_data_s = env_or("SLIMD_MAX_DATA_BYTES", "0");
+    uint64_t retain_days, max_data;
     struct store_sweep sweep;
     struct serve_state s;
     struct store *st = NULL;
@@ -367,6 +385,8 @@ int slimd_serve(int argc, char **argv)
         case 'q': max_queued_s = optarg; break;
         case 'f': min_free_s = optarg; break;
         case 'r': reserve_s = optarg; break;
+        case 'R': retain_s = optarg; break;
+        case 'B': max_data_s = optarg; break;
         case 'M': max_conns_s = optarg; break;
         case 'I': per_ip_s = optarg; break;
         case 'T': conn_timeout_s = optarg; break;
@@ -505,6 +525,18 @@ int slimd_serve(int argc, char **argv)
     rcfg.max_attempts = 3;
     rcfg.threads_per_job = ncpu > (long)workers ? (int)(ncpu / (long)workers) : 1;
     rcfg.job_memory = acfg.job_memory;
+    if (parse_u64(retain_s, 0, 100000, &retain_days)) {
+        fprintf(stderr, "slimd serve: --retain-days '%s': expected a number of days (0: keep "
+                "jobs)\n", retain_s);
+        goto out;
+    }
+    if (parse_u64(max_data_s, 0, UINT64_MAX / 2, &max_data)) {
+        fprintf(stderr, "slimd serve: --max-data-bytes '%s': expected an integer (0: no "
+                "limit)\n", max_data_s);
+        goto out;
+    }
+    rcfg.retain_days = (int)retain_days;
+    rcfg.max_data_bytes = max_data;
     /* BLAS threads are process-wide in OpenBLAS: cap them so that
      * --workers concurrent jobs together use the cores once. */
     openblas_set_num_threads(rcfg.threads_per_job);
@@ -513,6 +545,10 @@ int slimd_serve(int argc, char **argv)
     memset(&s, 0, sizeof s);
     s.loop = uv_default_loop();
     rc = 1;
+    if (store_lock_dir(data_dir, &lock_fd, &err)) {
+        log_error("%s", err.msg);
+        goto out;
+    }
     if (store_open(data_dir, &st, &err)) {
         log_error("cannot open data dir %s: %s%s", data_dir, err.msg,
                   err.code == SLIM_ENOSPACE ? " (its disk is full: free some space)" : "");
@@ -571,6 +607,8 @@ int slimd_serve(int argc, char **argv)
     rc = 0;
 out:
     store_close(st);
+    if (lock_fd >= 0)
+        close(lock_fd);
     list_release(&hosts);
     list_release(&hosts_flag);
     list_release(&origins);

@@ -72,6 +72,8 @@ int main(int argc, char **argv)
         return slimd_decode(argc - 1, argv + 1);
     if (!strcmp(argv[1], "token"))
         return slimd_token(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "scheduled"))
+        return slimd_scheduled(argc - 1, argv + 1);
     fprintf(stderr, "slimd: unknown command '%s'\n\n", argv[1]);
     slimd_usage(stderr);
     return 2;

@@ -59,8 +59,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <pthread.h>
+#include <time.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include "api/api.h"
+#include "api/metrics.h"
 #include "daemon/log.h"
 #include "daemon/runner.h"
 
@@ -70,6 +73,8 @@ enum { STOP_NONE = 0, STOP_CANCEL = 1, STOP_SHUTDOWN = 2 };
 enum outcome { OUT_SUCCEED, OUT_FAIL, OUT_RETRY, OUT_CANCELED, OUT_REQUEUE };
 
 #define BACKOFF_MIN_MS 250
+#define RETENTION_EVERY_MS (60 * 1000)
+#define RETENTION_DB_MARGIN (1u << 20)
 #define BACKOFF_MAX_MS 10000
 
 struct slot {
@@ -95,6 +100,7 @@ struct slot {
     uint64_t mem;           /* what this job reserved (memory_bytes) */
     int outcome;            /* enum outcome, once the pipeline has ended */
     int pending;            /* the outcome is not recorded yet: retried on r->retry */
+    double started;         /* slim_now() at the claim, for /metrics */
 };
 
 struct runner {
@@ -104,12 +110,14 @@ struct runner {
     struct runner_config cfg;
     uv_timer_t tick;        /* persists running jobs' progress */
     uv_timer_t retry;       /* ends a backoff: records pending outcomes, claims */
+    uv_timer_t sweep;       /* retention, every RETENTION_EVERY_MS */
     uint64_t backoff_ms;    /* current delay; 0 while storage is fine */
     int recovered;          /* store_job_recover has run (a full disk can delay it) */
     struct slot *slots;
     int running;
     uint64_t reserved;      /* memory the running jobs reserved */
     int shutting_down;
+    int over_warned;        /* retention could not get under --max-data-bytes */
     pthread_mutex_t lock;   /* guards slot ids against runner_cancel */
     void (*done)(void *);
     void *done_ud;
@@ -117,6 +125,44 @@ struct runner {
 
 static void claim_more(struct runner *r);
 static void on_retry(uv_timer_t *t);
+
+/* Retention (--retain-days, --max-data-bytes; store_retention_sweep):
+ * when a job ends, before one starts (keeping room for an artifact the
+ * size of its model under --max-data-bytes, so the limit holds while it
+ * is written, not only after), and every minute.  It runs on the loop
+ * thread: its deletes are short statements, a batch of one transaction
+ * each, and what it walks (the data dir) is a few thousand files. */
+static void retention(struct runner *r, uint64_t headroom)
+{
+    struct store_retention cfg = {r->cfg.retain_days, r->cfg.max_data_bytes, headroom};
+    struct store_retention_result res;
+    struct slim_error err;
+    if (!cfg.retain_days && !cfg.max_bytes)
+        return;
+    if (store_retention_sweep(r->st, &cfg, &res, &err)) {
+        log_warn("retention: %s", err.msg);
+        return;
+    }
+    if (res.expired || res.evicted)
+        log_info("retention: removed %d job(s) (%d older than %d days, %d for "
+                 "--max-data-bytes), freed %llu bytes; data dir %llu bytes",
+                 res.expired + res.evicted, res.expired, r->cfg.retain_days, res.evicted,
+                 (unsigned long long)res.freed,
+                 (unsigned long long)(cfg.max_bytes ? res.bytes_after : store_data_bytes(r->st)));
+    /* said once per state change: an operator's problem, not a flood */
+    if (res.over && !r->over_warned)
+        log_warn("retention: the data dir holds %llu bytes, over --max-data-bytes %llu less "
+                 "%llu for the next artifact, and nothing is left that retention may remove "
+                 "(models, datasets, pinned jobs, each model's newest job, queued and running "
+                 "jobs stay)", (unsigned long long)res.bytes_after,
+                 (unsigned long long)r->cfg.max_data_bytes, (unsigned long long)headroom);
+    r->over_warned = res.over;
+}
+
+static void on_sweep(uv_timer_t *t)
+{
+    retention(t->data, 0);
+}
 
 /* Storage trouble: wait longer before the next claim or retry. */
 static void back_off(struct runner *r)
@@ -241,10 +287,16 @@ static void on_closed(uv_handle_t *h)
         done(ud);
 }
 
-static void on_retry_closed(uv_handle_t *h)
+static void on_sweep_closed(uv_handle_t *h)
 {
     struct runner *r = h->data;
     uv_close((uv_handle_t *)&r->wake, on_closed);
+}
+
+static void on_retry_closed(uv_handle_t *h)
+{
+    struct runner *r = h->data;
+    uv_close((uv_handle_t *)&r->sweep, on_sweep_closed);
 }
 
 static void on_tick_closed(uv_handle_t *h)
@@ -287,6 +339,7 @@ static int record(struct runner *r, struct slot *s)
         if (!rc) {
             log_info("job %s succeeded (artifact %llu bytes, sha256 %.12s)", s->id,
                      (unsigned long long)s->bytes, s->sha);
+            api_metrics_job_ended("succeeded", slim_now() - s->started, 0, s->report, s->bytes);
             return 0;
         }
         if (settled(rc))
@@ -299,23 +352,36 @@ static int record(struct runner *r, struct slot *s)
     case OUT_RETRY:
         rc = store_job_retry(r->st, s->id, r->cfg.max_attempts, s->err.code, s->err.msg, &state,
                              &err);
-        if (!rc)
+        if (!rc) {
             log_info("job %s %s: %s", s->id, state == STORE_JOB_QUEUED ? "re-queued (disk full)"
                      : state == STORE_JOB_FAILED ? "failed (disk full, attempts used up)"
                      : "canceled", s->err.msg);
+            api_metrics_job_ended(state == STORE_JOB_QUEUED ? "requeued"
+                                  : state == STORE_JOB_FAILED ? "failed" : "canceled",
+                                  slim_now() - s->started, s->err.code, NULL, 0);
+            if (state == STORE_JOB_QUEUED)
+                api_metrics_job_requeued("disk_full", 1);
+        }
         break;
     case OUT_FAIL:
-        if (!(rc = store_job_fail(r->st, s->id, s->err.code, s->err.msg, &err)))
+        if (!(rc = store_job_fail(r->st, s->id, s->err.code, s->err.msg, &err))) {
             log_info("job %s failed: %s", s->id, s->err.msg);
+            api_metrics_job_ended("failed", slim_now() - s->started, s->err.code, NULL, 0);
+        }
         break;
     case OUT_CANCELED:
         /* the worker may have recorded it the moment the pipeline stopped */
-        if (s->recorded || !(rc = store_job_canceled(r->st, s->id, &err)))
+        if (s->recorded || !(rc = store_job_canceled(r->st, s->id, &err))) {
             log_info("job %s canceled", s->id);
+            api_metrics_job_ended("canceled", slim_now() - s->started, 0, NULL, 0);
+        }
         break;
     case OUT_REQUEUE:
-        if (!(rc = store_job_requeue(r->st, s->id, &err)))
+        if (!(rc = store_job_requeue(r->st, s->id, &err))) {
             log_info("job %s re-queued (shutdown)", s->id);
+            api_metrics_job_ended("requeued", slim_now() - s->started, 0, NULL, 0);
+            api_metrics_job_requeued("shutdown", 1);
+        }
         break;
     }
     if (rc && settled(rc)) {
@@ -333,10 +399,12 @@ static int record(struct runner *r, struct slot *s)
 static void slot_done(struct runner *r, struct slot *s)
 {
     release_slot(r, s);
-    if (r->shutting_down)
+    if (r->shutting_down) {
         maybe_finish(r);
-    else
-        claim_more(r);
+        return;
+    }
+    retention(r, 0);
+    claim_more(r);
 }
 
 static void after_work(uv_work_t *w, int status)
@@ -395,6 +463,7 @@ static void on_retry(uv_timer_t *t)
         r->recovered = 1;
         log_info("recovered from an unclean stop: %d job(s) re-queued, %d failed", requeued,
                  failed);
+        api_metrics_job_requeued("recovery", requeued);
     }
     for (int i = 0; i < r->cfg.workers; i++) {
         struct slot *s = &r->slots[i];
@@ -436,6 +505,19 @@ static int fail_start(struct runner *r, struct slot *s, int code, const char *wh
     return -1;
 }
 
+/* How long the claimed job waited: the wall clock less its created_at
+ * (whole seconds, "2026-01-31T12:00:00Z"); 0 when that does not parse. */
+static double queue_seconds(json_t *row)
+{
+    const char *at = json_string_value(json_object_get(row, "created_at"));
+    struct timespec now;
+    struct tm tm;
+    memset(&tm, 0, sizeof tm);
+    if (!at || !strptime(at, "%Y-%m-%dT%H:%M:%SZ", &tm) || clock_gettime(CLOCK_REALTIME, &now))
+        return 0;
+    return (double)now.tv_sec + now.tv_nsec / 1e9 - (double)timegm(&tm);
+}
+
 /* Prepares a claimed job's slot; on error fails the job. */
 static int start_job(struct runner *r, struct slot *s, json_t *row)
 {
@@ -447,6 +529,8 @@ static int start_job(struct runner *r, struct slot *s, json_t *row)
     char why[200];
 
     snprintf(s->id, sizeof s->id, "%s", id);
+    s->started = slim_now();
+    api_metrics_job_started(queue_seconds(row));
     s->spec = NULL;
     s->mem = 0;
     s->report = NULL;
@@ -458,8 +542,7 @@ static int start_job(struct runner *r, struct slot *s, json_t *row)
     json_decref(model);
     /* accepted at submission, so this fails only for a spec stored by an
      * older slimd that a newer parser refuses */
-    if (slim_spec_parse(json_object_get(row, "spec"), (const char *const[]){"model", NULL},
-                        &s->spec, &err))
+    if (slim_spec_parse(json_object_get(row, "spec"), api_spec_top_keys, &s->spec, &err))
         return fail_start(r, s, err.code, err.msg);
     s->eval_path[0] = 0;
     if ((ds_id = slim_spec_eval_dataset(s->spec))) {
@@ -472,6 +555,13 @@ static int start_job(struct runner *r, struct slot *s, json_t *row)
         json_decref(dataset);
     }
     store_tmp_path(r->st, ".safetensors", s->out_path, sizeof s->out_path);
+    {   /* room under --max-data-bytes for an artifact the model's size,
+         * and what the database grows by while the job runs (its report,
+         * its progress in the WAL) */
+        struct stat sb;
+        if (r->cfg.max_data_bytes && stat(s->in_path, &sb) == 0)
+            retention(r, (uint64_t)sb.st_size + RETENTION_DB_MARGIN);
+    }
     s->mem = (uint64_t)json_integer_value(json_object_get(row, "memory_bytes"));
     r->reserved += s->mem;
     s->report = NULL;
@@ -572,12 +662,19 @@ int runner_new(uv_loop_t *loop, struct store *st, const struct runner_config *cf
     else if (requeued || failed)
         log_info("recovered from an unclean stop: %d job(s) re-queued, %d failed", requeued,
                  failed);
+    api_metrics_job_requeued("recovery", requeued);
     uv_async_init(loop, &r->wake, on_wake);
     r->wake.data = r;
     uv_timer_init(loop, &r->tick);
     r->tick.data = r;
     uv_timer_init(loop, &r->retry);
     r->retry.data = r;
+    uv_timer_init(loop, &r->sweep);
+    r->sweep.data = r;
+    if (cfg->retain_days || cfg->max_data_bytes) {
+        retention(r, 0);
+        uv_timer_start(&r->sweep, on_sweep, RETENTION_EVERY_MS, RETENTION_EVERY_MS);
+    }
     *out = r;
     if (!r->recovered)
         back_off(r);
@@ -614,6 +711,7 @@ void runner_shutdown(struct runner *r, void (*done)(void *ud), void *ud)
     /* outcomes still pending get one last try; the rows of those that
      * fail stay running, and the next start's recovery re-queues them */
     uv_timer_stop(&r->retry);
+    uv_timer_stop(&r->sweep);
     for (int i = 0; i < r->cfg.workers; i++) {
         struct slot *s = &r->slots[i];
         if (!s->used || !s->pending)

@@ -20,6 +20,8 @@ struct runner_config {
     int max_attempts;     /* a job interrupted this often is failed */
     int threads_per_job;  /* BLAS/kernel threads per pipeline */
     uint64_t job_memory;  /* bytes the running jobs may reserve together; 0: no limit */
+    int retain_days;      /* --retain-days: finished jobs older go; 0: kept */
+    uint64_t max_data_bytes;  /* --max-data-bytes: oldest finished jobs go above it; 0: none */
 };
 
 struct runner;

@@ -64,7 +64,8 @@
     X(EUNSUPPORTED, -18, "UNSUPPORTED_OPERATOR", 422, "unsupported operator") \
     X(EDATASET,   -19,  "INVALID_DATASET",   400, "malformed dataset") \
     X(EUNAUTH,    -20,  "UNAUTHORIZED",      401, "no valid bearer token") \
-    X(EFORBIDDEN, -21,  "FORBIDDEN",         403, "forbidden")
+    X(EFORBIDDEN, -21,  "FORBIDDEN",         403, "forbidden") \
+    X(EIDEMPOTENCY, -26, "IDEMPOTENCY_KEY_REUSED", 422, "idempotency key reused")
 
 enum slim_errno {
 #define SLIM_X(name, val, code, status, msg) SLIM_##name = val,

@@ -2,11 +2,14 @@
 # Installs what slimd needs to build, run and test on Debian 12, skipping
 # what is already there.  Sourced by the other scripts; runs apt-get as
 # root, or through sudo when there is one.  openssl (the command) makes
-# the self-signed certificate of tests/integration/test_security.py.
+# the self-signed certificate of tests/integration/test_security.py;
+# python3-yaml reads the served OpenAPI document (test_openapi.py) and
+# the compose file (test_docker.py); strace lists the system calls
+# test_systemd.py checks against the unit's SystemCallFilter.
 DEPS="build-essential autoconf automake libtool pkg-config ca-certificates curl
   libmicrohttpd-dev libjansson-dev libsqlite3-dev libopenblas-dev liblapacke-dev
   libuv1-dev libprotobuf-c-dev protobuf-c-compiler libonnx-dev libssl-dev libcmocka-dev zlib1g-dev
-  python3 python3-numpy openssl"
+  python3 python3-numpy python3-yaml openssl strace"
 
 slimd_install_deps() {
     local missing=() p

@@ -68,10 +68,12 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -84,12 +86,21 @@
  * row is parsed, so a list of such models costs what a list of small
  * ones does. */
 #define MODEL_COLS "id, kind, name, format, bytes, sha256, json_remove(info, '$.metadata'), " \
-    "created_at, owner"
-#define DATASET_COLS "id, name, format, bytes, sha256, info, created_at, owner"
+    "created_at, owner, " DUPLICATES("models")
+/* Other rows of the same owner holding the same bytes (one blob): the
+ * API's "duplicates".  Counted among the owner's rows only, so that a
+ * token learns nothing of another token's uploads. */
+#define DUPLICATES(t) "(SELECT count(*) FROM " t " d WHERE d.sha256 = " t ".sha256" \
+    " AND d.id != " t ".id AND d.owner IS " t ".owner)"
+#define DATASET_COLS "id, name, format, bytes, sha256, info, created_at, owner, " \
+    DUPLICATES("datasets")
 #define JOB_COLS                                                                   \
     "id, model_id, state, progress, stage, error, attempts, cancel_requested, "    \
     "created_at, started_at, finished_at, spec, artifact_sha, artifact_bytes, mem_bytes, "  \
-    "dataset_id, owner, error_code"
+    "dataset_id, owner, error_code, " JOB_V6_COLS
+/* Schema 6: the job's name, labels (a JSON object), pin, and the sha256
+ * of its model as it was at submission (kept when the model goes). */
+#define JOB_V6_COLS "name, labels, pinned, model_sha256"
 /* A list row shows its spec's ops, not the spec: a page of 1,000 jobs
  * stays small whatever their specs hold (SQLite reads the ops out, so
  * the specs are never parsed into JSON objects here either). */
@@ -97,10 +108,29 @@
     "id, model_id, state, progress, stage, error, attempts, cancel_requested, "    \
     "created_at, started_at, finished_at, (SELECT json_group_array(json_extract(p.value, '$.op'))" \
     " FROM json_each(jobs.spec, '$.passes') AS p), artifact_sha, artifact_bytes, mem_bytes, "  \
-    "dataset_id, owner, error_code"
+    "dataset_id, owner, error_code, " JOB_V6_COLS
 #define TOKEN_COLS "id, name, scopes, created_at, last_used_at, revoked"
 /* ?N: an owner's token id, or NULL for every row */
 #define OWNED(n) " (?" #n " IS NULL OR owner = ?" #n ")"
+/* The lists of uploads: ?1 limit, ?2 offset, ?3 owner, ?4 a name and ?5
+ * a sha256 (NULL: any).  The counts bind the same numbers (?1 and ?2
+ * unused), so one binding serves both. */
+#define NAMED " (?4 IS NULL OR name = ?4) AND (?5 IS NULL OR sha256 = ?5)"
+#define ORDER_PAGE " ORDER BY rowid DESC LIMIT ?1 OFFSET ?2"
+/* The job lists' filters: ?3 owner, ?4 state (-1: any), ?5 name, ?6 model
+ * id, ?7 labels as a JSON object every pair of which the job's labels
+ * must hold (NULL: any); ?1 and ?2 as above. */
+#define JOB_FILTER OWNED(3) " AND (?4 < 0 OR state = ?4) AND (?5 IS NULL OR name = ?5)" \
+    " AND (?6 IS NULL OR model_id = ?6) AND (?7 IS NULL OR NOT EXISTS (SELECT 1 FROM" \
+    " json_each(?7) f WHERE labels IS NULL OR NOT EXISTS (SELECT 1 FROM json_each(jobs.labels) l" \
+    " WHERE l.key = f.key AND l.value = f.value)))"
+/* j is its model's newest succeeded job: retention keeps it */
+#define LAST_OF_MODEL " (j.state = 2 AND j.model_id IS NOT NULL AND j.seq = (SELECT max(k.seq)" \
+    " FROM jobs k WHERE k.model_id = j.model_id AND k.state = 2))"
+/* The spec names id ?N as a JSON string anywhere (a distill pass's
+ * student or dataset): ids are unique random strings, so a match is a
+ * reference. */
+#define SPEC_NAMES(n) "instr(spec, '\"' || ?" #n " || '\"') > 0"
 
 /* Append only: entry i takes the schema from version i to i + 1. */
 static const char *const migrations[] = {
@@ -171,6 +201,28 @@ static const char *const migrations[] = {
     "ALTER TABLE jobs ADD COLUMN owner TEXT REFERENCES tokens(id);",
     /* 5: a failed job's REST error code beside its message */
     "ALTER TABLE jobs ADD COLUMN error_code TEXT;",
+    /* 6 (lifecycle): a job's name and labels (copied out of its spec,
+     * for the list's filters), its pin (retention leaves it), the
+     * sha256 of its model at submission; model names indexed for
+     * {"model": {"name": ...}}; Idempotency-Key records (api/idem.c) */
+    "ALTER TABLE jobs ADD COLUMN name TEXT;"
+    "ALTER TABLE jobs ADD COLUMN labels TEXT;"
+    "ALTER TABLE jobs ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE jobs ADD COLUMN model_sha256 TEXT;"
+    "UPDATE jobs SET model_sha256 = (SELECT sha256 FROM models WHERE id = jobs.model_id);"
+    "CREATE INDEX jobs_name ON jobs(name);"
+    "CREATE INDEX jobs_finished ON jobs(state, finished_at);"
+    "CREATE INDEX models_name ON models(name);"
+    "CREATE TABLE idempotency ("
+    "  route TEXT NOT NULL,"
+    "  owner TEXT NOT NULL,"
+    "  key TEXT NOT NULL,"
+    "  request_sha256 TEXT NOT NULL,"
+    "  status INTEGER NOT NULL DEFAULT 0,"
+    "  location TEXT,"
+    "  response TEXT,"
+    "  created_at TEXT NOT NULL,"
+    "  PRIMARY KEY (route, owner, key));",
 };
 
 enum q {
@@ -178,12 +230,14 @@ enum q {
     Q_MODEL_INSERT, Q_MODEL_GET, Q_MODEL_LIST, Q_MODEL_COUNT, Q_MODEL_USER, Q_MODEL_DELETE,
     Q_SHA_REFS,
     Q_DS_INSERT, Q_DS_GET, Q_DS_LIST, Q_DS_COUNT, Q_DS_USER, Q_DS_DELETE,
-    Q_JOB_INSERT, Q_JOB_GET, Q_JOB_LIST, Q_JOB_LIST_STATE, Q_JOB_COUNT, Q_JOB_COUNT_STATE,
+    Q_JOB_INSERT, Q_JOB_GET, Q_JOB_LIST, Q_JOB_COUNT,
     Q_JOB_CLAIM, Q_JOB_PROGRESS, Q_JOB_SUCCEED, Q_JOB_FAIL, Q_JOB_CANCEL_QUEUED,
     Q_JOB_CANCEL_RUNNING, Q_JOB_CANCELED, Q_JOB_REQUEUE, Q_JOB_REPORT, Q_JOB_COUNTS,
     Q_RECOVER_CANCELED, Q_RECOVER_FAIL, Q_RECOVER_REQUEUE, Q_JOB_RETRY,
     Q_TOKEN_INSERT, Q_TOKEN_LIST, Q_TOKEN_FIND, Q_TOKEN_TOUCH, Q_TOKEN_REVOKE, Q_TOKEN_GET,
     Q_TOKEN_COUNT_LIVE,
+    Q_JOB_DELETE, Q_JOB_PIN, Q_RET_EXPIRED, Q_RET_OLDEST, Q_IDEM_EXPIRE, Q_IDEM_GET,
+    Q_IDEM_INSERT, Q_IDEM_FINISH, Q_IDEM_RELEASE, Q_IDEM_PENDING,
     Q_COUNT
 };
 
@@ -197,10 +251,11 @@ static const char *const sql[Q_COUNT] = {
                        " RETURNING " MODEL_COLS,
     [Q_MODEL_GET] = "SELECT " MODEL_COLS " FROM models WHERE id = ?1",
     [Q_MODEL_LIST] = "SELECT " MODEL_COLS " FROM models WHERE kind = 'model' AND" OWNED(3)
-                     " ORDER BY rowid DESC LIMIT ?1 OFFSET ?2",
-    [Q_MODEL_COUNT] = "SELECT count(*) FROM models WHERE kind = 'model' AND" OWNED(1),
-    [Q_MODEL_USER] = "SELECT id, state FROM jobs WHERE model_id = ?1 AND state IN (0, 1)"
-                     " ORDER BY seq LIMIT 1",
+                     " AND" NAMED ORDER_PAGE,
+    [Q_MODEL_COUNT] = "SELECT count(*) FROM models WHERE kind = 'model' AND" OWNED(3)
+                      " AND" NAMED,
+    [Q_MODEL_USER] = "SELECT id, state FROM jobs WHERE state IN (0, 1) AND (model_id = ?1"
+                     " OR " SPEC_NAMES(1) ") ORDER BY seq LIMIT 1",
     [Q_MODEL_DELETE] = "DELETE FROM models WHERE id = ?1",
     [Q_SHA_REFS] = "SELECT (SELECT count(*) FROM models WHERE sha256 = ?1)"
                    " + (SELECT count(*) FROM datasets WHERE sha256 = ?1)"
@@ -209,26 +264,25 @@ static const char *const sql[Q_COUNT] = {
                     " created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, " NOW ")"
                     " RETURNING " DATASET_COLS,
     [Q_DS_GET] = "SELECT " DATASET_COLS " FROM datasets WHERE id = ?1",
-    [Q_DS_LIST] = "SELECT " DATASET_COLS " FROM datasets WHERE" OWNED(3)
-                  " ORDER BY rowid DESC LIMIT ?1 OFFSET ?2",
-    [Q_DS_COUNT] = "SELECT count(*) FROM datasets WHERE" OWNED(1),
-    [Q_DS_USER] = "SELECT id, state FROM jobs WHERE dataset_id = ?1 AND state IN (0, 1)"
-                  " ORDER BY seq LIMIT 1",
+    [Q_DS_LIST] = "SELECT " DATASET_COLS " FROM datasets WHERE" OWNED(3) " AND" NAMED ORDER_PAGE,
+    [Q_DS_COUNT] = "SELECT count(*) FROM datasets WHERE" OWNED(3) " AND" NAMED,
+    [Q_DS_USER] = "SELECT id, state FROM jobs WHERE state IN (0, 1) AND (dataset_id = ?1"
+                  " OR " SPEC_NAMES(1) ") ORDER BY seq LIMIT 1",
     [Q_DS_DELETE] = "DELETE FROM datasets WHERE id = ?1",
     /* selecting from models makes a missing (or non-'model') id insert
      * nothing, and so does a dataset (?6, when not NULL) that is missing */
     [Q_JOB_INSERT] = "INSERT INTO jobs (id, seq, model_id, dataset_id, spec, mem_bytes, owner,"
-                     " created_at) SELECT ?1, (SELECT coalesce(max(seq), 0) + 1 FROM jobs), id,"
-                     " ?6, ?3, ?4, ?7, " NOW " FROM models WHERE id = ?2 AND kind = 'model'"
+                     " created_at, name, labels, model_sha256) SELECT ?1,"
+                     " (SELECT coalesce(max(seq), 0) + 1 FROM jobs), id,"
+                     " ?6, ?3, ?4, ?7, " NOW ", json_extract(?3, '$.name'),"
+                     " json_extract(?3, '$.labels'), sha256 FROM models"
+                     " WHERE id = ?2 AND kind = 'model'"
                      " AND (?6 IS NULL OR EXISTS (SELECT 1 FROM datasets WHERE id = ?6))"
                      " AND (SELECT count(*) FROM jobs WHERE state = 0) < ?5 RETURNING " JOB_COLS,
     [Q_JOB_GET] = "SELECT " JOB_COLS " FROM jobs WHERE id = ?1",
-    [Q_JOB_LIST] = "SELECT " JOB_LIST_COLS " FROM jobs WHERE" OWNED(3)
+    [Q_JOB_LIST] = "SELECT " JOB_LIST_COLS " FROM jobs WHERE" JOB_FILTER
                    " ORDER BY seq DESC LIMIT ?1 OFFSET ?2",
-    [Q_JOB_LIST_STATE] = "SELECT " JOB_LIST_COLS " FROM jobs WHERE state = ?3 AND" OWNED(4)
-                         " ORDER BY seq DESC LIMIT ?1 OFFSET ?2",
-    [Q_JOB_COUNT] = "SELECT count(*) FROM jobs WHERE" OWNED(1),
-    [Q_JOB_COUNT_STATE] = "SELECT count(*) FROM jobs WHERE state = ?1 AND" OWNED(2),
+    [Q_JOB_COUNT] = "SELECT count(*) FROM jobs WHERE" JOB_FILTER,
     [Q_JOB_CLAIM] = "UPDATE jobs SET state = 1, attempts = attempts + 1, started_at = " NOW ","
                     " finished_at = NULL, progress = 0, stage = 'load', error = NULL,"
                     " error_code = NULL"
@@ -286,6 +340,32 @@ static const char *const sql[Q_COUNT] = {
                     " error = CASE WHEN cancel_requested THEN NULL ELSE ?3 END,"
                     " error_code = CASE WHEN cancel_requested THEN NULL ELSE ?4 END,"
                     " progress = 0, stage = NULL WHERE id = ?1 AND state = 1 RETURNING " JOB_COLS,
+    /* ---- schema 6: lifecycle ---- */
+    /* a running job is not deleted (cancel it first); a queued one may
+     * be: the claim and this are single statements, one of them wins */
+    [Q_JOB_DELETE] = "DELETE FROM jobs WHERE id = ?1 AND state != 1 RETURNING artifact_sha",
+    [Q_JOB_PIN] = "UPDATE jobs SET pinned = ?2 WHERE id = ?1 RETURNING " JOB_COLS,
+    /* retention's candidates: finished, not pinned, not a model's newest
+     * succeeded job; --retain-days takes those finished before ?1 ("-N
+     * days"), --max-data-bytes the oldest that hold an artifact */
+    [Q_RET_EXPIRED] = "SELECT id FROM jobs j WHERE state IN (2, 3, 4) AND pinned = 0 AND"
+                      " finished_at < strftime('%Y-%m-%dT%H:%M:%SZ', 'now', ?1) AND NOT"
+                      LAST_OF_MODEL " ORDER BY seq LIMIT 100",
+    [Q_RET_OLDEST] = "SELECT id FROM jobs j WHERE state IN (2, 3, 4) AND pinned = 0 AND"
+                     " artifact_sha IS NOT NULL AND NOT" LAST_OF_MODEL
+                     " ORDER BY finished_at, seq LIMIT 1",
+    [Q_IDEM_EXPIRE] = "DELETE FROM idempotency WHERE created_at <"
+                      " strftime('%Y-%m-%dT%H:%M:%SZ', 'now', '-1 day')",
+    [Q_IDEM_GET] = "SELECT request_sha256, status, location, response FROM idempotency"
+                   " WHERE route = ?1 AND owner = ?2 AND key = ?3",
+    [Q_IDEM_INSERT] = "INSERT INTO idempotency (route, owner, key, request_sha256, created_at)"
+                      " VALUES (?1, ?2, ?3, ?4, " NOW ")",
+    [Q_IDEM_FINISH] = "UPDATE idempotency SET status = ?4, location = ?5, response = ?6"
+                      " WHERE route = ?1 AND owner = ?2 AND key = ?3",
+    /* at open: no request of a process that died is still being processed */
+    [Q_IDEM_PENDING] = "DELETE FROM idempotency WHERE status = 0",
+    [Q_IDEM_RELEASE] = "DELETE FROM idempotency WHERE route = ?1 AND owner = ?2 AND key = ?3"
+                       " AND status = 0",
 };
 
 struct store {
@@ -453,6 +533,10 @@ static json_t *model_row(sqlite3_stmt *s)
                     "sha256", col_text(s, 5), "tensors", json_object_get(info, "tensors"),
                     "params", json_object_get(info, "params"), "created_at", col_text(s, 7),
                     "owner", col_text(s, 8));
+    if (row) {   /* schema 6: same bytes, one blob */
+        json_object_set_new(row, "duplicates", json_integer(sqlite3_column_int64(s, 9)));
+        json_object_set_new(row, "shared_blob", json_boolean(sqlite3_column_int64(s, 9) > 0));
+    }
     if (row && json_object_get(info, "shards"))   /* a sharded checkpoint: its shard files */
         json_object_set(row, "shards", json_object_get(info, "shards"));
     /* an ONNX model: its graph's outline (all small: no per-tensor list) */
@@ -465,11 +549,11 @@ static json_t *model_row(sqlite3_stmt *s)
 
 static json_t *job_row(sqlite3_stmt *s)
 {
-    json_t *artifact = NULL;
+    json_t *artifact = NULL, *row, *labels = col_json(s, 19);
     if (sqlite3_column_type(s, 12) != SQLITE_NULL)
         artifact = json_pack("{s:s?, s:I}", "sha256", col_text(s, 12), "bytes",
                              (json_int_t)sqlite3_column_int64(s, 13));
-    return json_pack("{s:s?, s:s?, s:s?, s:s, s:f, s:s?, s:s?, s:s?, s:I, s:b, s:s?, s:s?, s:s?,"
+    row = json_pack("{s:s?, s:s?, s:s?, s:s, s:f, s:s?, s:s?, s:s?, s:I, s:b, s:s?, s:s?, s:s?,"
                      " s:o?, s:o?, s:I, s:s?}",
                      "id", col_text(s, 0), "model", col_text(s, 1), "dataset", col_text(s, 15),
                      "state", store_job_state_name(sqlite3_column_int(s, 2)),
@@ -481,6 +565,16 @@ static json_t *job_row(sqlite3_stmt *s)
                      "finished_at", col_text(s, 10), "spec", col_json(s, 11),
                      "artifact", artifact, "memory_bytes",
                      (json_int_t)sqlite3_column_int64(s, 14), "owner", col_text(s, 16));
+    /* schema 6 (JOB_V6_COLS) */
+    if (row && json_object_set_new(row, "name", col_text(s, 18) ? json_string(col_text(s, 18))
+                                                                : json_null()) == 0 &&
+        json_object_set_new(row, "labels", json_is_object(labels) ? json_incref(labels)
+                                                                   : json_object()) == 0 &&
+        json_object_set_new(row, "pinned", json_boolean(sqlite3_column_int(s, 20))) == 0)
+        json_object_set_new(row, "model_sha256", col_text(s, 21) ? json_string(col_text(s, 21))
+                                                                 : json_null());
+    json_decref(labels);
+    return row;
 }
 
 /* A list row (JOB_LIST_COLS): the job with "passes", its spec's ops in
@@ -811,6 +905,8 @@ int store_open(const char *data_dir, struct store **out, struct slim_error *err)
         rc = open_db(st, err);
     if (!rc)
         sweep_blobs(st);
+    if (!rc)
+        run(st, Q_IDEM_PENDING, NULL, NULL, "");
     if (rc) {
         store_close(st);
         return rc;
@@ -837,6 +933,39 @@ int store_open_meta(const char *data_dir, struct store **out, struct slim_error 
         return rc;
     }
     *out = st;
+    return 0;
+}
+
+int store_lock_dir(const char *data_dir, int *fd_out, struct slim_error *err)
+{
+    char path[4096], pid[32] = "";
+    int fd, rc;
+    ssize_t n;
+
+    *fd_out = -1;
+    if ((rc = mkdir_p(data_dir, err)))
+        return rc;
+    if (snprintf(path, sizeof path, "%s/slimd.lock", data_dir) >= (int)sizeof path)
+        return slim_error_set(err, SLIM_EINVAL, "data dir: path too long");
+    if ((fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0640)) < 0)
+        return slim_error_set(err, SLIM_EIO, "cannot open %s: %s", path, strerror(errno));
+    if (flock(fd, LOCK_EX | LOCK_NB)) {
+        int e = errno;
+        n = pread(fd, pid, sizeof pid - 1, 0);
+        pid[n > 0 ? n : 0] = 0;
+        pid[strcspn(pid, "\n")] = 0;
+        close(fd);
+        if (e == EWOULDBLOCK)
+            return slim_error_set(err, SLIM_ECONFLICT, "data dir %s is in use by another slimd "
+                                  "(pid %s): one data dir serves one daemon", data_dir,
+                                  pid[0] ? pid : "unknown");
+        return slim_error_set(err, SLIM_EIO, "cannot lock %s: %s", path, strerror(e));
+    }
+    /* for the message above; the lock, not this text, is what counts */
+    snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) == 0)
+        n = pwrite(fd, pid, strlen(pid), 0);
+    *fd_out = fd;
     return 0;
 }
 
@@ -897,6 +1026,10 @@ static json_t *dataset_row(sqlite3_stmt *s)
                             "bytes", (json_int_t)sqlite3_column_int64(s, 3),
                             "sha256", col_text(s, 4), "created_at", col_text(s, 6),
                             "owner", col_text(s, 7));
+    if (row) {
+        json_object_set_new(row, "duplicates", json_integer(sqlite3_column_int64(s, 8)));
+        json_object_set_new(row, "shared_blob", json_boolean(sqlite3_column_int64(s, 8) > 0));
+    }
     if (row && json_is_object(info) && json_object_update_missing(row, info)) {
         json_decref(row);
         row = NULL;
@@ -951,7 +1084,8 @@ static int upload_get(struct store *st, const struct upload_kind *k, const char 
 }
 
 static int upload_list(struct store *st, const struct upload_kind *k, const char *owner,
-                       int limit, int offset, json_t **rows, int *total, struct slim_error *err)
+                       const char *name, const char *sha, int limit, int offset, json_t **rows,
+                       int *total, struct slim_error *err)
 {
     sqlite3_stmt *list, *count;
     int rc;
@@ -959,8 +1093,9 @@ static int upload_list(struct store *st, const struct upload_kind *k, const char
     /* one read transaction, so total and rows come from one snapshot */
     rc = run(st, Q_BEGIN, NULL, err, "");
     if (!rc) {
-        rc = prep(st, k->list, &list, err, "iis", limit, offset, owner);
-        if (!rc && !(rc = prep(st, k->count, &count, err, "s", owner)))
+        rc = prep(st, k->list, &list, err, "iisss", limit, offset, owner, name, sha);
+        if (!rc && !(rc = prep(st, k->count, &count, err, "iisss", limit, offset, owner, name,
+                               sha)))
             rc = list_rows(st, list, count, k->to_json, rows, total, err);
         rc = finish(st, rc, err);
     }
@@ -968,20 +1103,24 @@ static int upload_list(struct store *st, const struct upload_kind *k, const char
     return rc;
 }
 
-/* Removes the blob file once no model or dataset row or job artifact
- * names it.  Called with the lock held, after the row is gone. */
-static void drop_blob_if_unused(struct store *st, const char *sha)
+/* Removes the blob file once no model or dataset row or job artifact names
+ * it, and returns the bytes that freed (0 when it stays or is missing).
+ * Called with the lock held, after the row is gone. */
+static uint64_t drop_blob_if_unused(struct store *st, const char *sha)
 {
     char path[4096];
     sqlite3_stmt *s;
+    struct stat sb;
     int unused = 0;
-    if (prep(st, Q_SHA_REFS, &s, NULL, "s", sha))
-        return;
+    if (!sha || prep(st, Q_SHA_REFS, &s, NULL, "s", sha))
+        return 0;
     unused = sqlite3_step(s) == SQLITE_ROW && sqlite3_column_int(s, 0) == 0;
     done(s);
     store_blob_path(st, sha, path, sizeof path);
-    if (unused && path[0])
-        unlink(path);
+    /* what it freed, in allocated blocks (what du counts) */
+    if (unused && path[0] && stat(path, &sb) == 0 && unlink(path) == 0)
+        return (uint64_t)sb.st_blocks * 512;
+    return 0;
 }
 
 void store_blob_drop_unused(struct store *st, const char *sha)
@@ -1048,7 +1187,13 @@ int store_model_get(struct store *st, const char *id, json_t **row, struct slim_
 int store_model_list(struct store *st, const char *owner, int limit, int offset, json_t **rows,
                      int *total, struct slim_error *err)
 {
-    return upload_list(st, &model_kind, owner, limit, offset, rows, total, err);
+    return upload_list(st, &model_kind, owner, NULL, NULL, limit, offset, rows, total, err);
+}
+
+int store_model_find(struct store *st, const char *owner, const char *name, const char *sha,
+                     int limit, int offset, json_t **rows, int *total, struct slim_error *err)
+{
+    return upload_list(st, &model_kind, owner, name, sha, limit, offset, rows, total, err);
 }
 
 int store_model_delete(struct store *st, const char *id, struct slim_error *err)
@@ -1072,7 +1217,13 @@ int store_dataset_get(struct store *st, const char *id, json_t **row, struct sli
 int store_dataset_list(struct store *st, const char *owner, int limit, int offset, json_t **rows,
                        int *total, struct slim_error *err)
 {
-    return upload_list(st, &dataset_kind, owner, limit, offset, rows, total, err);
+    return upload_list(st, &dataset_kind, owner, NULL, NULL, limit, offset, rows, total, err);
+}
+
+int store_dataset_find(struct store *st, const char *owner, const char *name, const char *sha,
+                       int limit, int offset, json_t **rows, int *total, struct slim_error *err)
+{
+    return upload_list(st, &dataset_kind, owner, name, sha, limit, offset, rows, total, err);
 }
 
 int store_dataset_delete(struct store *st, const char *id, struct slim_error *err)
@@ -1141,19 +1292,23 @@ int store_job_get(struct store *st, const char *id, json_t **row, struct slim_er
 int store_job_list(struct store *st, const char *owner, int state, int limit, int offset,
                    json_t **rows, int *total, struct slim_error *err)
 {
+    struct store_job_filter f = {.owner = owner, .state = state};
+    return store_job_find(st, &f, limit, offset, rows, total, err);
+}
+
+int store_job_find(struct store *st, const struct store_job_filter *f, int limit, int offset,
+                   json_t **rows, int *total, struct slim_error *err)
+{
     sqlite3_stmt *list, *count;
     int rc;
     pthread_mutex_lock(&st->lock);
     rc = run(st, Q_BEGIN, NULL, err, "");
     if (!rc) {
-        if (state < 0)
-            rc = prep(st, Q_JOB_LIST, &list, err, "iis", limit, offset, owner);
-        else
-            rc = prep(st, Q_JOB_LIST_STATE, &list, err, "iiis", limit, offset, state, owner);
-        if (!rc && state < 0)
-            rc = prep(st, Q_JOB_COUNT, &count, err, "s", owner);
-        else if (!rc)
-            rc = prep(st, Q_JOB_COUNT_STATE, &count, err, "is", state, owner);
+        rc = prep(st, Q_JOB_LIST, &list, err, "iisisss", limit, offset, f->owner, f->state,
+                  f->name, f->model, f->labels);
+        if (!rc)
+            rc = prep(st, Q_JOB_COUNT, &count, err, "iisisss", limit, offset, f->owner,
+                      f->state, f->name, f->model, f->labels);
         if (!rc)
             rc = list_rows(st, list, count, job_summary_row, rows, total, err);
         rc = finish(st, rc, err);
@@ -1543,4 +1698,252 @@ int store_token_count_live(struct store *st, int64_t *n, struct slim_error *err)
     }
     pthread_mutex_unlock(&st->lock);
     return rc;
+}
+
+/* ---- lifecycle (schema 6): delete, pin, retention, idempotency ----
+ *
+ * A job goes with its artifact (the blob, once nothing else names it:
+ * two jobs that made the same bytes, or a model uploaded from an
+ * artifact, share it) and its report (a column of the row).  Retention
+ * deletes whole jobs, the oldest first: a job kept without its artifact
+ * was rejected, since the row and report are what a user would look
+ * for and cost next to nothing, but an artifact-less "succeeded" job
+ * would answer its artifact URL with an error forever.  It never
+ * touches a queued or running job, nor a model or dataset (what such
+ * jobs need), only finished jobs and blobs nothing names any more.
+ */
+
+/* Deletes job id if it is not running; *sha gets its artifact's sha256
+ * ("" without one).  Lock held. */
+static int delete_job(struct store *st, const char *id, char sha[65], struct slim_error *err)
+{
+    sqlite3_stmt *s;
+    int rc, step, state, none = 0;
+    sha[0] = 0;
+    if ((rc = prep(st, Q_JOB_DELETE, &s, err, "s", id)))
+        return rc;
+    step = sqlite3_step(s);
+    if (step == SQLITE_ROW) {
+        snprintf(sha, 65, "%s", col_text(s, 0) ? col_text(s, 0) : "");
+        while ((step = sqlite3_step(s)) == SQLITE_ROW)
+            ;
+        if (step != SQLITE_DONE || sqlite3_reset(s) != SQLITE_OK)
+            rc = db_error(st, err, "cannot delete job %.64s", id);
+    } else if (step == SQLITE_DONE) {
+        none = 1;   /* nothing deleted: running, or no such job */
+    } else {
+        rc = db_error(st, err, "cannot delete job %.64s", id);
+    }
+    done(s);
+    if (none && !(rc = job_state(st, id, &state, err)))
+        rc = slim_error_set(err, SLIM_ECONFLICT, "job %.64s is running: cancel it first (POST "
+                            "/v1/jobs/%.64s/cancel), then delete it", id, id);
+    return rc;
+}
+
+int store_job_delete(struct store *st, const char *id, uint64_t *freed, struct slim_error *err)
+{
+    char sha[65];
+    uint64_t n = 0;
+    int rc;
+    pthread_mutex_lock(&st->lock);
+    rc = delete_job(st, id, sha, err);
+    if (!rc && sha[0])
+        n = drop_blob_if_unused(st, sha);
+    pthread_mutex_unlock(&st->lock);
+    if (freed)
+        *freed = n;
+    return rc;
+}
+
+int store_job_pin(struct store *st, const char *id, int pinned, json_t **row,
+                  struct slim_error *err)
+{
+    sqlite3_stmt *s;
+    int rc;
+    pthread_mutex_lock(&st->lock);
+    rc = prep(st, Q_JOB_PIN, &s, err, "si", id, pinned ? 1 : 0);
+    if (!rc)
+        rc = one_row(st, s, job_row, row, "job", id, err);
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+/* du's figure for the data dir: allocated blocks of every file and
+ * folder in it, not following links.  nftw has no context pointer: the
+ * sum is thread-local. */
+static __thread uint64_t du_sum;
+
+static int du_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)path;
+    (void)flag;
+    (void)ftw;
+    du_sum += (uint64_t)sb->st_blocks * 512;
+    return 0;
+}
+
+uint64_t store_data_bytes(struct store *st)
+{
+    du_sum = 0;
+    /* a file removed during the walk is skipped, not an error */
+    (void)nftw(st->dir, du_one, 16, FTW_PHYS);
+    return du_sum;
+}
+
+/* The ids statement i selects (bound to arg, may be NULL), at most
+ * 100, into ids.  Lock held. */
+static int select_ids(struct store *st, enum q i, const char *arg, char ids[][32], int *n,
+                      struct slim_error *err)
+{
+    sqlite3_stmt *s;
+    int rc, step;
+    *n = 0;
+    if ((rc = arg ? prep(st, i, &s, err, "s", arg) : prep(st, i, &s, err, "")))
+        return rc;
+    while (*n < 100 && (step = sqlite3_step(s)) == SQLITE_ROW)
+        snprintf(ids[(*n)++], 32, "%s", col_text(s, 0) ? col_text(s, 0) : "");
+    if (*n < 100 && step != SQLITE_DONE)
+        rc = db_error(st, err, "cannot read jobs");
+    done(s);
+    return rc;
+}
+
+int store_retention_sweep(struct store *st, const struct store_retention *cfg,
+                          struct store_retention_result *out, struct slim_error *err)
+{
+    char ids[100][32], sha[65], age[32];
+    uint64_t bytes, target;
+    int rc = 0, n = 0;
+
+    memset(out, 0, sizeof *out);
+    pthread_mutex_lock(&st->lock);
+    rc = run(st, Q_IDEM_EXPIRE, NULL, err, "");
+    pthread_mutex_unlock(&st->lock);
+    /* --retain-days: every candidate finished before the cut, in batches
+     * of one transaction each (one fsync per 100 jobs) */
+    snprintf(age, sizeof age, "-%d days", cfg->retain_days);
+    while (!rc && cfg->retain_days > 0) {
+        uint64_t freed = 0;
+        pthread_mutex_lock(&st->lock);
+        if (!(rc = run(st, Q_BEGIN_IMMEDIATE, NULL, err, ""))) {
+            rc = select_ids(st, Q_RET_EXPIRED, age, ids, &n, err);
+            char (*shas)[65] = n ? slim_calloc((size_t)n, 65) : NULL;
+            if (!rc && n && !shas)
+                rc = slim_error_set(err, SLIM_ENOMEM, "out of memory");
+            for (int k = 0; !rc && k < n; k++)
+                rc = delete_job(st, ids[k], shas[k], err);
+            if (!(rc = finish(st, rc, err)))
+                for (int k = 0; k < n; k++)
+                    freed += shas[k][0] ? drop_blob_if_unused(st, shas[k]) : 0;
+            slim_free(shas);
+        }
+        pthread_mutex_unlock(&st->lock);
+        if (!rc) {
+            out->expired += n;
+            out->freed += freed;
+        }
+        if (n < 100)
+            break;
+    }
+    if (rc || !cfg->max_bytes)
+        return rc;
+    /* --max-data-bytes: the oldest finished job with an artifact, one at
+     * a time, until the data dir (as du counts it) is under the limit
+     * less the headroom the caller keeps for an artifact on its way */
+    target = cfg->max_bytes > cfg->headroom ? cfg->max_bytes - cfg->headroom : 0;
+    out->bytes_before = bytes = store_data_bytes(st);
+    while (bytes > target) {
+        pthread_mutex_lock(&st->lock);
+        rc = select_ids(st, Q_RET_OLDEST, NULL, ids, &n, err);
+        if (!rc && n && !(rc = delete_job(st, ids[0], sha, err))) {
+            uint64_t freed = sha[0] ? drop_blob_if_unused(st, sha) : 0;
+            out->evicted++;
+            out->freed += freed;
+            bytes = bytes > freed ? bytes - freed : 0;
+        }
+        pthread_mutex_unlock(&st->lock);
+        if (rc == SLIM_ECONFLICT) {   /* it started running meanwhile? not a finished job */
+            rc = 0;
+            break;
+        }
+        if (rc || !n) {
+            out->over = !rc;   /* nothing left that retention may remove */
+            break;
+        }
+    }
+    out->bytes_after = store_data_bytes(st);
+    if (out->bytes_after > target && !rc)
+        out->over = 1;
+    return rc;
+}
+
+int store_idem_claim(struct store *st, const char *route, const char *owner, const char *key,
+                     const char *request_sha, struct store_idem *replay, struct slim_error *err)
+{
+    sqlite3_stmt *s;
+    int rc, step;
+    memset(replay, 0, sizeof *replay);
+    owner = owner ? owner : "";
+    pthread_mutex_lock(&st->lock);
+    if ((rc = run(st, Q_BEGIN_IMMEDIATE, NULL, err, "")))
+        goto out;
+    /* a record older than 24 h is forgotten: the key is new again */
+    if ((rc = run(st, Q_IDEM_EXPIRE, NULL, err, "")) ||
+        (rc = prep(st, Q_IDEM_GET, &s, err, "sss", route, owner, key)))
+        goto end;
+    step = sqlite3_step(s);
+    if (step == SQLITE_ROW) {
+        if (strcmp(col_text(s, 0) ? col_text(s, 0) : "", request_sha))
+            rc = slim_error_set(err, SLIM_EIDEMPOTENCY, "Idempotency-Key '%.64s' was used in "
+                                "the last 24 h for a different request: use a new key for "
+                                "a new request", key);
+        else if (sqlite3_column_int(s, 1) == 0)
+            rc = slim_error_set(err, SLIM_ECONFLICT, "a request with Idempotency-Key '%.64s' "
+                                "is still being processed: retry once it has finished", key);
+        else {
+            replay->status = sqlite3_column_int(s, 1);
+            snprintf(replay->location, sizeof replay->location, "%s",
+                     col_text(s, 2) ? col_text(s, 2) : "");
+            if (!(replay->response = col_json(s, 3)))
+                rc = slim_error_set(err, SLIM_EIO, "the stored response of Idempotency-Key "
+                                    "'%.64s' is unreadable", key);
+        }
+    } else if (step != SQLITE_DONE) {
+        rc = db_error(st, err, "cannot read idempotency keys");
+    }
+    done(s);
+    if (!rc && step == SQLITE_DONE)
+        rc = run(st, Q_IDEM_INSERT, NULL, err, "ssss", route, owner, key, request_sha);
+end:
+    rc = finish(st, rc, err);
+    if (rc) {
+        json_decref(replay->response);
+        replay->response = NULL;
+    }
+out:
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+int store_idem_finish(struct store *st, const char *route, const char *owner, const char *key,
+                      int status, const char *location, json_t *response, struct slim_error *err)
+{
+    char *text = json_dumps(response, JSON_COMPACT);
+    int rc;
+    if (!text)
+        return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    pthread_mutex_lock(&st->lock);
+    rc = run(st, Q_IDEM_FINISH, NULL, err, "sssiss", route, owner ? owner : "", key, status,
+             location, text);
+    pthread_mutex_unlock(&st->lock);
+    free(text);
+    return rc;
+}
+
+void store_idem_release(struct store *st, const char *route, const char *owner, const char *key)
+{
+    pthread_mutex_lock(&st->lock);
+    run(st, Q_IDEM_RELEASE, NULL, NULL, "sss", route, owner ? owner : "", key);
+    pthread_mutex_unlock(&st->lock);
 }

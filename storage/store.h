@@ -14,6 +14,7 @@
  *                       bearer tokens included (their sha256, never the secret)
  *   blobs/ab/abcdef...  content-addressed files, named by their sha256
  *   tmp/                uploads and artifacts being written
+ *   slimd.lock          flock()ed by the daemon that serves the dir
  *   slimd.db-wal, -shm  SQLite's, kept between runs (store.c says why)
  *
  * Rows returned to callers are JSON objects (new references) shaped as
@@ -69,6 +70,16 @@ int store_open(const char *data_dir, struct store **out, struct slim_error *err)
 int store_open_meta(const char *data_dir, struct store **out, struct slim_error *err);
 void store_close(struct store *st);
 const char *store_data_dir(const struct store *st);
+
+/* One daemon per data dir: creates the data dir if needed and takes an
+ * exclusive flock(2) on DIR/slimd.lock, held while *fd_out stays open
+ * (the kernel drops it when the process ends, however it ends), with
+ * the holder's pid written into the file for the message a second
+ * daemon gets: SLIM_ECONFLICT "data dir DIR is in use by another slimd
+ * (pid N)".  Call before store_open, whose cleaning of tmp/ would
+ * destroy a running daemon's uploads.  `slimd token` (store_open_meta)
+ * takes no lock: it may run beside the daemon. */
+int store_lock_dir(const char *data_dir, int *fd_out, struct slim_error *err);
 
 /* What store_open cleaned, for the daemon's log. */
 struct store_sweep {
@@ -157,7 +168,12 @@ int store_model_get(struct store *st, const char *id, json_t **row, struct slim_
 /* Newest first; *rows is a new array. */
 int store_model_list(struct store *st, const char *owner, int limit, int offset, json_t **rows,
                      int *total, struct slim_error *err);
-/* Deletes the row; SLIM_ECONFLICT while a queued or running job uses it.
+/* store_model_list filtered by name and by sha256 (each NULL: any):
+ * {"model": {"name": N}} is the first row of name N (the newest). */
+int store_model_find(struct store *st, const char *owner, const char *name, const char *sha,
+                     int limit, int offset, json_t **rows, int *total, struct slim_error *err);
+/* Deletes the row; SLIM_ECONFLICT while a queued or running job uses it
+ * (as its model, or named anywhere in its spec: a distill student).
  * Removes the blob when nothing (model, dataset or artifact) references it
  * any more. */
 int store_model_delete(struct store *st, const char *id, struct slim_error *err);
@@ -175,8 +191,10 @@ int store_dataset_get(struct store *st, const char *id, json_t **row, struct sli
 /* Newest first; *rows is a new array. */
 int store_dataset_list(struct store *st, const char *owner, int limit, int offset, json_t **rows,
                        int *total, struct slim_error *err);
+int store_dataset_find(struct store *st, const char *owner, const char *name, const char *sha,
+                       int limit, int offset, json_t **rows, int *total, struct slim_error *err);
 /* Deletes the row; SLIM_ECONFLICT while a queued or running job
- * evaluates on it (jobs of other states keep "dataset": null).  Removes
+ * evaluates on it (or names it anywhere in its spec) (jobs of other states keep "dataset": null).  Removes
  * the blob when nothing else references it. */
 int store_dataset_delete(struct store *st, const char *id, struct slim_error *err);
 
@@ -186,20 +204,33 @@ int store_dataset_delete(struct store *st, const char *id, struct slim_error *er
  * none); both must exist (SLIM_ENOTFOUND naming the one that does not,
  * checked in the same statement as the insert, so a dataset deleted
  * meanwhile cannot be referenced).  spec is the whole validated request
- * body (borrowed; stored as text); mem_bytes the memory it reserves
- * while it runs.  With max_queued > 0, SLIM_EBUSY when that many jobs
+ * body (borrowed; stored as text; its "name" and "labels", which the
+ * caller validated, are copied into their columns for the list's
+ * filters); mem_bytes the memory it reserves while it runs.  With max_queued > 0, SLIM_EBUSY when that many jobs
  * are queued already.  *row: the job as the API shows it. */
 int store_job_insert(struct store *st, const char *owner, const char *model_id,
                      const char *dataset_id, json_t *spec, uint64_t mem_bytes,
                      int64_t max_queued, json_t **row, struct slim_error *err);
 /* {id, model, dataset, state, progress, stage, error, error_code, attempts,
  *  created_at, started_at, finished_at, spec, artifact: {sha256, bytes} |
- *  null, memory_bytes, owner}.  error_code is the REST code of the error
+ *  null, memory_bytes, owner, name, labels: {}, pinned, model_sha256}.  error_code is the REST code of the error
  *  ("INSUFFICIENT_STORAGE"), set with error. */
 int store_job_get(struct store *st, const char *id, json_t **row, struct slim_error *err);
 /* Newest first; state < 0 for all.  Rows are store_job_get's with
  * "passes" (the spec's ops, in order) in the place of "spec". */
 int store_job_list(struct store *st, const char *owner, int state, int limit, int offset,
+                   json_t **rows, int *total, struct slim_error *err);
+/* What the job list filters on: every field set must match (NULL, and
+ * state -1, match anything).  labels: a JSON object text, {"k": "v"},
+ * every pair of which the job's labels must hold. */
+struct store_job_filter {
+    const char *owner;
+    int state;
+    const char *name;
+    const char *model;
+    const char *labels;
+};
+int store_job_find(struct store *st, const struct store_job_filter *f, int limit, int offset,
                    json_t **rows, int *total, struct slim_error *err);
 /* Atomically moves the oldest queued job to running (attempts + 1,
  * started_at now) and returns it, if its memory_bytes fit in mem_left;
@@ -249,6 +280,65 @@ int store_job_recover(struct store *st, int max_attempts, int *requeued, int *fa
 int store_job_report(struct store *st, const char *id, json_t **report, struct slim_error *err);
 /* Counts per state, for /metrics: counts[state]. */
 int store_job_counts(struct store *st, int64_t counts[5], struct slim_error *err);
+
+/* ---- lifecycle (schema 6) ---- */
+
+/* Deletes a job that is not running (queued, or finished): its row and
+ * report, and its artifact's blob unless something else names it
+ * (*freed, may be NULL: the bytes that freed).  SLIM_ECONFLICT while it
+ * runs ("cancel it first"), SLIM_ENOTFOUND for no such job. */
+int store_job_delete(struct store *st, const char *id, uint64_t *freed, struct slim_error *err);
+/* Sets or clears a job's pin (retention never removes a pinned job);
+ * *row: the job, a new reference. */
+int store_job_pin(struct store *st, const char *id, int pinned, json_t **row,
+                  struct slim_error *err);
+/* The data dir's size as du counts it: allocated blocks of every file
+ * and folder in it (blobs, database, WAL, temp files). */
+uint64_t store_data_bytes(struct store *st);
+
+struct store_retention {
+    int retain_days;        /* finished jobs older than this go; 0: kept */
+    uint64_t max_bytes;     /* the data dir's limit; 0: none */
+    uint64_t headroom;      /* bytes kept free under max_bytes (an artifact on its way) */
+};
+struct store_retention_result {
+    int expired;            /* jobs removed for retain_days */
+    int evicted;            /* jobs removed for max_bytes */
+    uint64_t freed;         /* bytes of blobs removed */
+    uint64_t bytes_before, bytes_after;   /* the data dir, with max_bytes */
+    int over;               /* still over max_bytes: nothing left that may go */
+};
+/* One retention pass: Idempotency-Key records older than 24 h go; with
+ * retain_days, every finished job that finished longer ago; with
+ * max_bytes, the finished jobs with an artifact, oldest first, until
+ * the data dir is under max_bytes - headroom.  Never removed: queued or
+ * running jobs, pinned jobs, a model's newest succeeded job, models and
+ * datasets.  Blobs go once nothing names them.  Any thread; it takes
+ * the lock per batch, so requests go on between. */
+int store_retention_sweep(struct store *st, const struct store_retention *cfg,
+                          struct store_retention_result *out, struct slim_error *err);
+
+/* Idempotency-Key records: (route, owner, key) -> the request's sha256
+ * and, once it succeeded, its status, Location and JSON body. */
+struct store_idem {
+    int status;             /* 0: none (go on) */
+    char location[128];
+    json_t *response;       /* new reference when status != 0 */
+};
+/* Claims key for a request with this sha256: 0 and replay->status 0
+ * when the key is new (the caller goes on, then calls finish or
+ * release); 0 and a replay (status, location, response) when the same
+ * request succeeded with it in the last 24 h; SLIM_EIDEMPOTENCY when
+ * the key was used for a different request; SLIM_ECONFLICT while the
+ * first request with it is still being processed.  owner NULL: none. */
+int store_idem_claim(struct store *st, const char *route, const char *owner, const char *key,
+                     const char *request_sha, struct store_idem *replay, struct slim_error *err);
+/* Records the claimed key's result (response borrowed). */
+int store_idem_finish(struct store *st, const char *route, const char *owner, const char *key,
+                      int status, const char *location, json_t *response, struct slim_error *err);
+/* Forgets a claim whose request failed: failures are not replayed, so a
+ * client retries them with the same key. */
+void store_idem_release(struct store *st, const char *route, const char *owner, const char *key);
 
 /* ---- bearer tokens (token.c hashes, store.c keeps) ----
  *

@@ -1059,7 +1059,9 @@ def test_dashboard():
 
 # ---------------------------------------------------------------- metrics, logs
 
-METRIC_LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)(\s+\d+)?$')
+# label values are quoted and may hold braces (route="/v1/jobs/{id}")
+METRIC_LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[^}"]|"(?:[^"\\]|\\.)*")*\})?'
+                         r'\s+(\S+)(\s+\d+)?$')
 
 
 def scrape():

@@ -501,9 +501,14 @@ def test_form_content_types_refused():
     spec = json.dumps({"model": mid, "passes": [{"op": "quantize", "dtype": "int8"}]}).encode()
     before = job_total(OPEN)
     for ct in ("text/plain", "text/plain;charset=UTF-8", "application/x-www-form-urlencoded",
-               "multipart/form-data; boundary=x", " Text/Plain"):
+               " Text/Plain"):
         r = OPEN.request("POST", "/v1/jobs", body=spec, headers={"Content-Type": ct})
         check_error(r, 415, "UNSUPPORTED_MEDIA", "application/json")
+    # multipart is upload-and-submit (issue 10): an upload's rules, so a
+    # JSON body sent as multipart is malformed, not queued
+    r = OPEN.request("POST", "/v1/jobs", body=spec,
+                     headers={"Content-Type": "multipart/form-data; boundary=x"})
+    check_error(r, 400, "INVALID_ARGUMENT", "multipart")
     check_error(T.request("POST", "/v1/jobs", body=spec,
                           headers=bearer(SUBMIT_A, **{"Content-Type": "text/plain"})),
                 415, "UNSUPPORTED_MEDIA")
@@ -532,6 +537,12 @@ def test_form_content_types_refused():
             check_error(r, 403, "FORBIDDEN")
         r = OPEN.request("POST", "/v1/jobs/%s/cancel" % job,
                          headers=dict(extra, **{"Content-Type": "application/x-www-form-urlencoded"}))
+        check_error(r, 403, "FORBIDDEN")
+        # upload-and-submit from a page's form is a form upload: refused too
+        jb, jct = h.multipart([("spec", json.dumps({"passes": [{"op": "quantize",
+                                                                  "dtype": "int8"}]})),
+                               ("model", "m.safetensors", model_bytes(5))])
+        r = OPEN.request("POST", "/v1/jobs", body=jb, headers=dict(extra, **{"Content-Type": jct}))
         check_error(r, 403, "FORBIDDEN")
     assert OPEN.get("/v1/models?limit=1").json["total"] == models_before
     assert stored_files(OPEN.data_dir) == files_before

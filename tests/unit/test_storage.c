@@ -158,7 +158,7 @@ static void claim_expect(struct store *st, const char *id)
 }
 
 /* The schema version store.c migrates to. */
-#define LATEST 5
+#define LATEST 6   /* schema version after every migration */
 
 /* The schema as earlier slimd versions left it, frozen here as they
  * shipped (store.c's migrations[0] and [1]), so a migration is tested
@@ -1849,6 +1849,152 @@ static void test_no_leaks_in_wrappers(void **state)
     assert_int_equal(slim_alloc_live(), before);
 }
 
+/* Schema 6: one daemon per data dir, job delete and pin, retention's
+ * protections and Idempotency-Key records. */
+static void succeed_with(struct store *st, const char *id, const char *text)
+{
+    struct slim_error err;
+    json_t *rep = json_pack("{s:s}", "note", text);
+    claim_expect(st, id);
+    if (store_job_succeed(st, id, put_blob(st, text), strlen(text), rep, &err))
+        fail_msg("succeed %s: %s", id, err.msg);
+    json_decref(rep);
+}
+
+static void age_job(const char *dir, const char *id, int days)
+{
+    char path[4096], sql[512];
+    sqlite3 *db;
+    snprintf(path, sizeof path, "%s/slimd.db", dir);
+    snprintf(sql, sizeof sql, "UPDATE jobs SET finished_at = strftime('%%Y-%%m-%%dT%%H:%%M:%%SZ',"
+             " 'now', '-%d days') WHERE id = '%s'", days, id);
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    sqlite3_busy_timeout(db, 5000);
+    assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+}
+
+static void test_lifecycle(void **state)
+{
+    (void)state;
+    const char *dir = data_dir("lifecycle");
+    struct store *st = open_store(dir);
+    struct store_retention_result res;
+    struct store_retention cfg = {0, 0, 0};
+    struct store_idem replay;
+    struct slim_error err;
+    char j[6][32], art[6][65];
+    json_t *row;
+    uint64_t freed = 99;
+    int fd = -1, fd2 = -1;
+
+    /* the lock: a second holder is refused, naming the first's pid */
+    assert_int_equal(store_lock_dir(dir, &fd, &err), 0);
+    assert_int_equal(store_lock_dir(dir, &fd2, &err), SLIM_ECONFLICT);
+    assert_non_null(strstr(err.msg, "in use by another slimd (pid "));
+    assert_int_equal(fd2, -1);
+    close(fd);
+    assert_int_equal(store_lock_dir(dir, &fd2, &err), 0);   /* released with its fd */
+    close(fd2);
+
+    const char *m = put_model(st, "m", "lifecycle model");
+    for (int i = 0; i < 6; i++)
+        snprintf(j[i], 32, "%s", put_job(st, m));
+    for (int i = 0; i < 4; i++) {
+        char text[32];
+        snprintf(text, sizeof text, "artifact %d", i);
+        succeed_with(st, j[i], text);
+        row = get_job(st, j[i]);
+        snprintf(art[i], 65, "%s", sfield(json_object_get(row, "artifact"), "sha256"));
+        assert_int_equal(strlen(sfield(row, "model_sha256")), 64);
+        assert_true(json_is_false(json_object_get(row, "pinned")));
+        json_decref(row);
+    }
+    claim_expect(st, j[4]);            /* j4 runs, j5 stays queued */
+    assert_int_equal(store_job_delete(st, j[4], NULL, &err), SLIM_ECONFLICT);
+    assert_non_null(strstr(err.msg, "cancel it first"));
+    assert_int_equal(store_job_delete(st, "job_0000000000000000", NULL, &err), SLIM_ENOTFOUND);
+
+    /* pins; retention by age: j0..j2 finished 3 days ago, j1 pinned, j3
+     * is the model's newest success, j4 runs, j5 is queued */
+    assert_int_equal(store_job_pin(st, j[1], 1, &row, &err), 0);
+    assert_true(json_is_true(json_object_get(row, "pinned")));
+    json_decref(row);
+    for (int i = 0; i < 3; i++)
+        age_job(dir, j[i], 3);
+    cfg.retain_days = 5;
+    assert_int_equal(store_retention_sweep(st, &cfg, &res, &err), 0);
+    assert_int_equal(res.expired, 0);
+    cfg.retain_days = 2;
+    assert_int_equal(store_retention_sweep(st, &cfg, &res, &err), 0);
+    assert_int_equal(res.expired, 2);
+    assert_true(res.freed > 0);
+    assert_int_equal(store_job_get(st, j[0], &row, &err), SLIM_ENOTFOUND);
+    assert_int_equal(store_job_get(st, j[2], &row, &err), SLIM_ENOTFOUND);
+    assert_false(blob_exists(st, art[0]) || blob_exists(st, art[2]));
+    json_decref(get_job(st, j[1]));   /* pinned */
+    json_decref(get_job(st, j[3]));   /* the model's newest success */
+    json_decref(get_job(st, j[4]));   /* running */
+    json_decref(get_job(st, j[5]));   /* queued */
+    assert_true(blob_exists(st, art[1]) && blob_exists(st, art[3]));
+    /* by size: nothing left that may go (j1 pinned, j3 newest) */
+    cfg.retain_days = 0;
+    cfg.max_bytes = 1;
+    assert_int_equal(store_retention_sweep(st, &cfg, &res, &err), 0);
+    assert_int_equal(res.evicted, 0);
+    assert_int_equal(res.over, 1);
+    assert_true(res.bytes_after > 0 && res.bytes_after == store_data_bytes(st));
+    assert_int_equal(store_job_pin(st, j[1], 0, &row, &err), 0);
+    json_decref(row);
+    assert_int_equal(store_retention_sweep(st, &cfg, &res, &err), 0);
+    assert_int_equal(res.evicted, 1);           /* j1, now unpinned */
+    assert_false(blob_exists(st, art[1]));
+    assert_true(blob_exists(st, art[3]));
+
+    /* delete: a queued job goes (never claimed), a finished one with its blob */
+    assert_int_equal(store_job_delete(st, j[5], &freed, &err), 0);
+    assert_int_equal(freed, 0);
+    assert_int_equal(store_job_claim(st, UINT64_MAX, &row, &err), SLIM_ENOTFOUND);
+    assert_int_equal(store_job_delete(st, j[3], &freed, &err), 0);
+    assert_true(freed > 0);
+    assert_false(blob_exists(st, art[3]));
+
+    /* Idempotency-Key: new, in progress, replayed, other request, released */
+    assert_int_equal(store_idem_claim(st, "POST /v1/jobs", NULL, "k1", SHA_ABC, &replay, &err), 0);
+    assert_int_equal(replay.status, 0);
+    assert_int_equal(store_idem_claim(st, "POST /v1/jobs", NULL, "k1", SHA_ABC, &replay, &err),
+                     SLIM_ECONFLICT);
+    row = json_pack("{s:s}", "id", "job_x");
+    assert_int_equal(store_idem_finish(st, "POST /v1/jobs", NULL, "k1", 202, "/v1/jobs/job_x",
+                                       row, &err), 0);
+    json_decref(row);
+    assert_int_equal(store_idem_claim(st, "POST /v1/jobs", NULL, "k1", SHA_ABC, &replay, &err), 0);
+    assert_int_equal(replay.status, 202);
+    assert_string_equal(replay.location, "/v1/jobs/job_x");
+    assert_string_equal(sfield(replay.response, "id"), "job_x");
+    json_decref(replay.response);
+    assert_int_equal(store_idem_claim(st, "POST /v1/jobs", NULL, "k1", SHA_EMPTY, &replay, &err),
+                     SLIM_EIDEMPOTENCY);
+    assert_int_equal(slim_http_status(SLIM_EIDEMPOTENCY), 422);
+    /* another token, another route: another key */
+    assert_int_equal(store_idem_claim(st, "POST /v1/jobs", "tok_1", "k1", SHA_EMPTY, &replay,
+                                      &err), 0);
+    assert_int_equal(store_idem_claim(st, "POST /v1/models", NULL, "k1", SHA_EMPTY, &replay,
+                                      &err), 0);
+    store_idem_release(st, "POST /v1/models", NULL, "k1");
+    assert_int_equal(store_idem_claim(st, "POST /v1/models", NULL, "k1", SHA_ABC, &replay, &err),
+                     0);
+    /* a claim left pending by a process that died is forgotten at open */
+    store_close(st);
+    st = open_store(dir);
+    assert_int_equal(store_idem_claim(st, "POST /v1/models", NULL, "k1", SHA_EMPTY, &replay,
+                                      &err), 0);
+    assert_int_equal(store_idem_claim(st, "POST /v1/jobs", NULL, "k1", SHA_ABC, &replay, &err), 0);
+    assert_int_equal(replay.status, 202);     /* a finished one is kept */
+    json_decref(replay.response);
+    store_close(st);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1878,6 +2024,7 @@ int main(void)
         cmocka_unit_test(test_sweep_orphans),
         cmocka_unit_test(test_alloc_failures),
         cmocka_unit_test(test_no_leaks_in_wrappers),
+        cmocka_unit_test(test_lifecycle),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
