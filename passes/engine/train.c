@@ -591,14 +591,10 @@ static int build(struct slim_trainer *t, struct slim_onnx *m, struct slim_error 
         }
         if (n->op == OP_CONSTANT) {
             t->v[n->out].producer = -1;
+            /* a value of another type (Dropout's training_mode) is TV_OTHER:
+             * an error only for a node that reads it */
             if ((rc = load_constant(t, m, n, &t->v[n->out], err)))
                 goto out;
-            if (t->v[n->out].kind == TV_OTHER) {
-                rc = slim_error_set(err, SLIM_EUNSUPPORTED, "operator 'Constant' (node "
-                                    "'%.60s') is not supported for training: not a float "
-                                    "or small integer value", pname(np));
-                goto out;
-            }
             continue;   /* made now, nothing to run */
         }
         /* inputs the op can read */
