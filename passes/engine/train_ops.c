@@ -26,6 +26,10 @@
 #include <string.h>
 #include "passes/engine/train_internal.h"
 
+/* -O2 on GCC 12 leaves the element-wise loops scalar; errno is never
+ * read, and with it sqrtf vectorises */
+#pragma GCC optimize("O3", "no-math-errno")
+
 static const char *const op_names[] = {
     [OP_GEMM] = "Gemm", [OP_MATMUL] = "MatMul", [OP_ADD] = "Add", [OP_RELU] = "Relu",
     [OP_LEAKY] = "LeakyRelu", [OP_SIGMOID] = "Sigmoid", [OP_TANH] = "Tanh",
