@@ -322,11 +322,11 @@ int tr_make_param(struct slim_trainer *t, int vi, int is_state, struct slim_erro
     v->buf = NULL;
     v->cap = 0;
     p->decay = v->ndim >= 2;
+    v->kind = is_state ? TV_STATE : TV_PARAM;
+    v->param = (int)t->np++;    /* p->w is the trainer's now, freed with it */
+    v->data = p->w;
     if (!is_state && !(p->g = slim_aligned_alloc((size_t)(p->n ? p->n : 1) * sizeof(float))))
         return slim_error_set(err, SLIM_ENOMEM, "out of memory");
-    v->kind = is_state ? TV_STATE : TV_PARAM;
-    v->param = (int)t->np++;
-    v->data = p->w;
     return 0;
 }
 

@@ -1098,9 +1098,9 @@ static void test_cancel(void **state)
  * slim_trainer_store. */
 static void test_store_matches_engine(void **state)
 {
-    const char *models[] = {"cnn.onnx", "mlp.onnx"};
+    const char *models[] = {"cnn.onnx", "mlp.onnx", "mlp_external.onnx"};
     (void)state;
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < 3; k++) {
         struct slim_onnx m;
         struct slim_train_opts o;
         struct slim_trainer *t;
@@ -1174,6 +1174,71 @@ static void test_unsupported_and_bad_input(void **state)
     arena_free();
 }
 
+/* Every allocation of slim_trainer_new failing in turn: SLIM_ENOMEM and
+ * nothing left allocated; then a fit under the same treatment. */
+static void test_alloc_failures(void **state)
+{
+    struct gb g;
+    struct slim_onnx m;
+    struct slim_train_opts o;
+    struct slim_trainer *t = NULL;
+    struct slim_error err;
+    int64_t in[3] = {1, 6, 6}, w[4] = {4, 1, 3, 3}, c[1] = {4}, k2[2] = {2, 2}, fw[2] = {3, 16};
+    float mean[4] = {0}, var[4] = {1, 1, 1, 1}, x[4 * 36];
+    int64_t lab[4] = {0, 1, 2, 1};
+    int rc, k;
+    (void)state;
+    gb_init(&g, 17, 3, in);
+    gb_param(&g, "W", 4, w);
+    gb_param(&g, "scale", 1, c);
+    gb_param(&g, "bias", 1, c);
+    gb_init_f(&g, "mean", 1, c, mean);
+    gb_init_f(&g, "var", 1, c, var);
+    gb_param(&g, "F", 2, fw);
+    gb_node(&g, "Conv", "conv", "x,W", "c", NULL);
+    gb_node(&g, "BatchNormalization", "bn", "c,scale,bias,mean,var", "b", NULL);
+    gb_node(&g, "Relu", "r", "b", "rr", NULL);
+    gb_node(&g, "MaxPool", "mp", "rr", "p", ATTRS(attr_ints("kernel_shape", 2, k2),
+                                                  attr_ints("strides", 2, k2)));
+    gb_node(&g, "Flatten", "f", "p", "q", NULL);
+    gb_node(&g, "Gemm", "fc", "q,F", "y", ATTRS(attr_i("transB", 1)));
+    slim_train_opts_init(&o);
+    o.batch_size = 2;
+    fill(x, 4 * 36);
+    assert_int_equal(slim_onnx_open(gb_write(&g, "a.onnx"), &m, &err), 0);
+    long live = slim_alloc_live();
+    for (k = 0; k < 10000; k++) {
+        slim_alloc_fail_after(k);
+        rc = slim_trainer_new(&m, &o, &t, &err);
+        slim_alloc_fail_after(-1);
+        if (!rc)
+            break;
+        if (rc != SLIM_ENOMEM)
+            fail_msg("allocation %d failing: %s", k, err.msg);
+        assert_null(t);
+        assert_int_equal(slim_alloc_live(), live);
+    }
+    assert_true(k > 5);
+    slim_trainer_free(t);
+    assert_int_equal(slim_alloc_live(), live);
+    struct slim_train_data d = {.x = x, .labels = lab, .n = 4};
+    for (k = 0; k < 10000; k++) {
+        assert_int_equal(slim_trainer_new(&m, &o, &t, &err), 0);
+        slim_alloc_fail_after(k);
+        rc = slim_trainer_fit(t, &d, NULL, NULL, &err);
+        slim_alloc_fail_after(-1);
+        slim_trainer_free(t);
+        assert_int_equal(slim_alloc_live(), live);
+        if (!rc)
+            break;
+        if (rc != SLIM_ENOMEM)
+            fail_msg("allocation %d failing in fit: %s", k, err.msg);
+    }
+    assert_true(k > 5);
+    slim_onnx_release(&m);
+    arena_free();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1194,6 +1259,7 @@ int main(void)
         cmocka_unit_test(test_cancel),
         cmocka_unit_test(test_store_matches_engine),
         cmocka_unit_test(test_unsupported_and_bad_input),
+        cmocka_unit_test(test_alloc_failures),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
