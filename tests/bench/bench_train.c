@@ -122,10 +122,10 @@ int main(int argc, char **argv)
             return 1;
         }
     }
-    printf("{\"samples\": %lld, \"batch\": %lld, \"epochs\": %d, \"threads\": %d, "
+    printf("{\"core\": \"%s\", \"samples\": %lld, \"batch\": %lld, \"epochs\": %d, \"threads\": %d, "
            "\"samples_per_s\": %.1f, \"seconds\": %.3f, \"loss\": %.5f, \"train_accuracy\": %.5f, "
            "\"test_loss\": %.5f, \"test_accuracy\": %.5f}\n",
-           (long long)dtr.n, (long long)o.batch_size, o.epochs, threads, p.samples_per_s,
+           openblas_get_corename(), (long long)dtr.n, (long long)o.batch_size, o.epochs, threads, p.samples_per_s,
            p.seconds, p.loss, p.accuracy, test_loss, test_acc);
     slim_trainer_free(t);
     slim_dataset_release(&dtr);

@@ -45,7 +45,7 @@ field() {   # field JSON KEY
     printf '%s' "$1" | "$python" -c 'import json,sys; print(json.load(sys.stdin).get(sys.argv[1], ""))' "$2"
 }
 
-printf 'training benchmark: Fashion-MNIST, batch 128, Adam 1e-3, %s threads each, %s\n' \
+printf 'training benchmark: Fashion-MNIST, batch 128, Adam 1e-3, %s threads each, %s, OpenBLAS core as slimd picks it for both\n' \
     "$threads" "$("$python" -c 'import torch; print("torch " + torch.__version__)')"
 printf '%-4s %8s %7s %14s %14s %7s %10s %10s\n' model samples epochs "slimd samp/s" \
     "torch samp/s" ratio "slimd acc" "torch acc"
@@ -53,7 +53,12 @@ for m in mlp cnn; do
     if [ $m = mlp ]; then n=60000; e=$epochs; else n=$cnn_samples; e=1; fi
     s=$(OPENBLAS_NUM_THREADS=$threads "$bench" "$dir/${m}_train.onnx" "$dir/fashion-train.safetensors" \
         "$dir/fashion-test.safetensors" --samples "$n" --epochs "$e" --threads "$threads" 2>/dev/null)
-    t=$("$python" "$srcdir/tests/bench/train_peer.py" run "$dir" $m --samples "$n" --epochs "$e" \
+    # torch's sgemm is the same Debian OpenBLAS, which on a CPU newer than
+    # it knows runs its generic Prescott kernels unless told the core:
+    # give torch the core slimd's trainer chose for itself (bench_train.c)
+    core=$(field "$s" core)
+    t=$(OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-$core} OPENBLAS_NUM_THREADS=$threads \
+        "$python" "$srcdir/tests/bench/train_peer.py" run "$dir" $m --samples "$n" --epochs "$e" \
         --threads "$threads")
     ss=$(field "$s" samples_per_s)
     ts=$(field "$t" samples_per_s)
