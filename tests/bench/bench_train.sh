@@ -45,7 +45,7 @@ field() {   # field JSON KEY
     printf '%s' "$1" | "$python" -c 'import json,sys; print(json.load(sys.stdin).get(sys.argv[1], ""))' "$2"
 }
 
-printf 'training benchmark: Fashion-MNIST, batch 128, Adam 1e-3, %s threads each, %s, OpenBLAS core as slimd picks it for both\n' \
+printf 'training benchmark: Fashion-MNIST, batch 128, Adam 1e-3, %s threads each, %s, OpenBLAS core as slimd picks it for both, torch with OMP_WAIT_POLICY=passive\n' \
     "$threads" "$("$python" -c 'import torch; print("torch " + torch.__version__)')"
 printf '%-4s %8s %7s %14s %14s %7s %10s %10s\n' model samples epochs "slimd samp/s" \
     "torch samp/s" ratio "slimd acc" "torch acc"
@@ -53,11 +53,13 @@ for m in mlp cnn; do
     if [ $m = mlp ]; then n=60000; e=$epochs; else n=$cnn_samples; e=1; fi
     s=$(OPENBLAS_NUM_THREADS=$threads "$bench" "$dir/${m}_train.onnx" "$dir/fashion-train.safetensors" \
         "$dir/fashion-test.safetensors" --samples "$n" --epochs "$e" --threads "$threads" 2>/dev/null)
-    # torch's sgemm is the same Debian OpenBLAS, which on a CPU newer than
-    # it knows runs its generic Prescott kernels unless told the core:
-    # give torch the core slimd's trainer chose for itself (bench_train.c)
+    # torch at its best here: its sgemm is the same Debian OpenBLAS, which
+    # on a CPU newer than it knows runs its generic Prescott kernels unless
+    # told the core (give it the one slimd's trainer chose, bench_train.c),
+    # and its OpenMP threads spinning against OpenBLAS's on 2 cores cost it
+    # 5-10x (OMP_WAIT_POLICY=passive: 1,440 -> 17,900 samples/s measured)
     core=$(field "$s" core)
-    t=$(OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-$core} OPENBLAS_NUM_THREADS=$threads \
+    t=$(OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-$core} OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive} \
         "$python" "$srcdir/tests/bench/train_peer.py" run "$dir" $m --samples "$n" --epochs "$e" \
         --threads "$threads")
     ss=$(field "$s" samples_per_s)
