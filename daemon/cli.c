@@ -104,6 +104,9 @@ void slimd_usage(FILE *f)
             "          read beside it and written into OUTDIR under the same names, with a\n"
             "          new index), or a tar of such a checkpoint (written as OUTDIR/NAME.slim.tar).\n"
             "  --threads N              threads for the kernels (default: every core)\n"
+            "          Exit status: 0 ok, 2 the command line, the spec or the model cannot be\n"
+            "          used, 3 compressing failed, 4 a quality gate was missed, 1 else.\n"
+            "submit    sends a job to a slimd server, waits, downloads; `slimd submit --help`.\n"
             "infer     runs an ONNX model with slimd's engine on the tensor 'input' of a\n"
             "          safetensors file (first dim = batch) and writes the model's first\n"
             "          output as the F32 tensor 'output' of OUTPUT.safetensors.\n"
@@ -608,6 +611,29 @@ static void artifact_name(const char *model, const char *outdir, char *buf, size
              kind == 2 ? "tar" : kind == 3 ? "onnx" : "safetensors");
 }
 
+/* The exit status for an error of the pipeline (enum slimd_exit): what
+ * was given to it (spec, model, dataset) is bad, a gate was missed, or
+ * the compression itself failed.  GATE_FAILED is found by its name, the
+ * same code the server reports in a job's error.code. */
+static int compress_exit(int code)
+{
+    if (!strcmp(slim_errcode(code), "GATE_FAILED"))
+        return SLIMD_EXIT_GATE_FAILED;
+    switch (code) {
+    case SLIM_EINVAL:
+    case SLIM_ESPEC:
+    case SLIM_EFORMAT:
+    case SLIM_EMEDIA:
+    case SLIM_ENOTFOUND:
+    case SLIM_EDATASET:
+    case SLIM_EUNSUPPORTED:
+    case SLIM_EBUDGET:
+        return SLIMD_EXIT_BAD_INPUT;
+    default:
+        return SLIMD_EXIT_JOB_FAILED;
+    }
+}
+
 int slimd_compress(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -649,13 +675,26 @@ int slimd_compress(int argc, char **argv)
     model = argv[optind];
     sj = json_load_file(spec_path, JSON_REJECT_DUPLICATES, &jerr);
     if (!sj) {
-        fprintf(stderr, "slimd compress: %s: %s (line %d)\n", spec_path, jerr.text, jerr.line);
-        return 1;
+        if (jerr.line < 0)
+            fprintf(stderr, "slimd compress: %s\n", jerr.text);
+        else
+            fprintf(stderr, "slimd compress: %s: %s (line %d)\n", spec_path, jerr.text, jerr.line);
+        return SLIMD_EXIT_BAD_INPUT;
     }
+    rc = SLIMD_EXIT_BAD_INPUT;
     if (slim_spec_parse(sj, (const char *const[]){"model", NULL}, &spec, &err)) {
         fprintf(stderr, "slimd compress: %s: %s\n", spec_path, err.msg);
         goto out;
     }
+    {
+        FILE *mf = fopen(model, "rb");
+        if (!mf) {
+            fprintf(stderr, "slimd compress: %s: %s\n", model, strerror(errno));
+            goto out;
+        }
+        fclose(mf);
+    }
+    rc = SLIMD_EXIT_FAILURE;
     if (mkdir(outdir, 0755) != 0 && errno != EEXIST) {
         fprintf(stderr, "slimd compress: cannot create %s: %s\n", outdir, strerror(errno));
         goto out;
@@ -667,8 +706,10 @@ int slimd_compress(int argc, char **argv)
     /* offline, "eval": {"dataset": ...} names the dataset file itself */
     ropts.eval_dataset = slim_spec_eval_dataset(spec);
     artifact_name(model, outdir, out, sizeof out);
-    if (slim_pipeline_run(spec, model, out, &ropts, &report, &err)) {
-        fprintf(stderr, "slimd compress: %s: %s\n", model, err.msg);
+    if ((c = slim_pipeline_run(spec, model, out, &ropts, &report, &err))) {
+        fprintf(stderr, "slimd compress: %s: %s%s%s\n", model, slim_errcode(c),
+                err.msg[0] ? ": " : "", err.msg);
+        rc = compress_exit(c);
         goto out;
     }
     snprintf(rpath, sizeof rpath, "%s/report.json", outdir);
