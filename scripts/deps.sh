@@ -6,7 +6,8 @@
 DEPS="build-essential autoconf automake libtool pkg-config ca-certificates curl
   libmicrohttpd-dev libjansson-dev libsqlite3-dev libopenblas-dev liblapacke-dev
   libuv1-dev libprotobuf-c-dev protobuf-c-compiler libonnx-dev libssl-dev libcmocka-dev zlib1g-dev
-  libcurl4-openssl-dev python3 python3-numpy openssl"
+  libcurl4-openssl-dev
+  python3 python3-numpy openssl"
 
 slimd_install_deps() {
     local missing=() p
