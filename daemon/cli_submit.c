@@ -487,8 +487,8 @@ static int report_failure(struct client *c, const char *what, const struct reply
 
 /* ---- inputs ---- */
 
-/* The spec: "-" is stdin, text starting with '{' is the JSON itself,
- * anything else a file.  Returns a new reference, or NULL after saying
+/* The spec: "-" is stdin, text starting with '{' (or '[', to be told it
+ * is no object) is the JSON itself, anything else a file.  Returns a new reference, or NULL after saying
  * why. */
 static json_t *load_spec(const char *arg)
 {
@@ -499,7 +499,7 @@ static json_t *load_spec(const char *arg)
         p++;
     if (!strcmp(arg, "-"))
         j = json_loadf(stdin, JSON_REJECT_DUPLICATES, &e);
-    else if (*p == '{')
+    else if (*p == '{' || *p == '[')
         j = json_loads(arg, JSON_REJECT_DUPLICATES, &e);
     else
         j = json_load_file(arg, JSON_REJECT_DUPLICATES, &e);
@@ -508,12 +508,12 @@ static json_t *load_spec(const char *arg)
             fprintf(stderr, "slimd submit: --spec %s: %s\n", arg, e.text);
         else
             fprintf(stderr, "slimd submit: --spec %s: not valid JSON: %s (line %d, column %d)\n",
-                    *p == '{' ? "(inline)" : arg, e.text, e.line, e.column);
+                    *p == '{' || *p == '[' ? "(inline)" : arg, e.text, e.line, e.column);
         return NULL;
     }
     if (!json_is_object(j)) {
         fprintf(stderr, "slimd submit: --spec %s: expected a JSON object {\"passes\": [...]}\n",
-                *p == '{' ? "(inline)" : arg);
+                *p == '{' || *p == '[' ? "(inline)" : arg);
         json_decref(j);
         return NULL;
     }
