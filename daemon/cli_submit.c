@@ -975,6 +975,7 @@ int slimd_submit(int argc, char **argv)
     double timeout = 0;
     int wait = 0, ch, ex = SLIMD_EXIT_BAD_INPUT;
     struct stat st;
+    uint64_t model_size = 0;
 
     optind = 1;
     labels = json_object();
@@ -1059,6 +1060,7 @@ int slimd_submit(int argc, char **argv)
             fprintf(stderr, "slimd submit: %s: %s\n", model, strerror(errno));
             goto out;
         }
+        model_size = (uint64_t)st.st_size;
         make_stem(model, stem, sizeof stem);
     } else if (model && !strncmp(model, "mdl_", 4) && !strchr(model, '/')) {
         snprintf(model_id, sizeof model_id, "%s", model);
@@ -1083,9 +1085,17 @@ int slimd_submit(int argc, char **argv)
         else
             json_object_set(spec, "labels", labels);
     }
-    /* where the downloads go, checked before any work is done */
+    /* where the downloads go, checked before any work is done; OUT
+     * ending in '/' is a directory, made when it is not there */
+    if (out && out[0] && out[strlen(out) - 1] == '/' && mkdir(out, 0755) && errno != EEXIST) {
+        fprintf(stderr, "slimd submit: -o %s: %s\n", out, strerror(errno));
+        ex = SLIMD_EXIT_FAILURE;
+        goto out;
+    }
     if (out && stat(out, &st) == 0 && S_ISDIR(st.st_mode)) {
         snprintf(dir, sizeof dir, "%s", out);
+        while (strlen(dir) > 1 && dir[strlen(dir) - 1] == '/')
+            dir[strlen(dir) - 1] = 0;
     } else if (out) {
         char copy[4096];
         snprintf(copy, sizeof copy, "%s", out);
@@ -1119,7 +1129,7 @@ int slimd_submit(int argc, char **argv)
         if (found)
             say(&c, "model %s has the same bytes as %s (sha256 %.12s): not uploaded again",
                 model_id, model, hex);
-        else if ((ex = upload_model(&c, model, mf, (uint64_t)st.st_size, model_id,
+        else if ((ex = upload_model(&c, model, mf, model_size, model_id,
                                     sizeof model_id)))
             goto out;
     }

@@ -163,14 +163,19 @@ def test_model_id_default_names_stdin_spec():
 
 @h.test
 def test_inline_spec_output_dir():
-    """inline JSON spec, -o an existing directory: the default name goes into it"""
-    outdir = h.make_tmpdir("slimd-submit-out-")
-    p = submit([MODEL, "--spec", '{"passes": [{"op": "quantize", "dtype": "fp16"}]}',
-                "-o", outdir])
-    assert p.returncode == 0, p.stderr
-    job_id = p.stdout.strip()
-    check_download(p, job_id, os.path.join(outdir, "enc.%s.safetensors" % job_id),
-                   os.path.join(outdir, "enc.%s.report.json" % job_id))
+    """inline JSON spec, -o DIR/ (made if missing) or an existing DIR: the default names go into it"""
+    fresh = os.path.join(WORK, "fresh.safetensors")
+    write_model(fresh, seed=11)
+    outdir = os.path.join(h.make_tmpdir("slimd-submit-out-"), "new")
+    for out, model in ((outdir + "/", fresh), (outdir, MODEL)):
+        p = submit([model, "--spec", '{"passes": [{"op": "quantize", "dtype": "fp16"}]}',
+                    "-o", out])
+        assert p.returncode == 0, p.stderr
+        job_id = p.stdout.strip()
+        stem = os.path.basename(model).split(".")[0]
+        check_download(p, job_id, os.path.join(outdir, "%s.%s.safetensors" % (stem, job_id)),
+                       os.path.join(outdir, "%s.%s.report.json" % (stem, job_id)))
+        assert "new//" not in p.stderr, p.stderr
 
 
 @h.test
