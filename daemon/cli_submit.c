@@ -451,8 +451,11 @@ static void call(struct client *c, const struct request *rq, struct reply *r)
         }
         if (wait > 60)
             wait = 60;
-        say(c, "%s %s: %s%s; again in %.1f s", rq->method, rq->path,
-            r->status ? "HTTP " : "", r->status ? r->code[0] ? r->code : "busy" : r->msg, wait);
+        if (r->status)
+            say(c, "%s %s: HTTP %ld%s%s: %s; again in %.1f s", rq->method, rq->path, r->status,
+                r->code[0] ? " " : "", r->code, r->msg, wait);
+        else
+            say(c, "%s %s: %s; again in %.1f s", rq->method, rq->path, r->msg, wait);
         nap(wait);
     }
 }

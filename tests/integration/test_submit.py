@@ -10,11 +10,15 @@ Cases that need a server feature of another branch (gates, job names)
 probe the daemon first and are skipped, with the reason, when it lacks
 them."""
 import hashlib
+import http.client
+import http.server
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -357,6 +361,109 @@ def test_token():
         assert p.returncode == 0 and "not uploaded again" in p.stderr, p.stderr
     finally:
         t.stop()
+
+
+# ---------------------------------------------------------------- a flaky network
+
+
+class FlakyProxy:
+    """A proxy in front of the test daemon that fails the way networks
+    and busy servers do, once each: the first POST /v1/jobs is answered
+    503 with Retry-After: 1 (not passed on), and the first artifact
+    download is cut after half its bytes.  It records every request."""
+
+    def __init__(self, upstream_port):
+        proxy = self
+        self.log = []
+        self.failed = set()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                self.forward()
+
+            def do_POST(self):
+                self.forward()
+
+            def forward(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else None
+                proxy.log.append((self.command, self.path, dict(self.headers)))
+                if (self.command == "POST" and self.path == "/v1/jobs" and
+                        "503" not in proxy.failed):
+                    proxy.failed.add("503")
+                    msg = b'{"error": {"code": "BUSY", "message": "try again"}}'
+                    self.send_response(503)
+                    self.send_header("Retry-After", "1")
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(msg)))
+                    self.end_headers()
+                    self.wfile.write(msg)
+                    return
+                conn = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=60)
+                hdrs = {k: v for k, v in self.headers.items()
+                        if k.lower() not in ("host", "connection", "expect")}
+                conn.request(self.command, self.path, body=body, headers=hdrs)
+                r = conn.getresponse()
+                data = r.read()
+                conn.close()
+                cut = (self.path.endswith("/artifact") and r.status == 200 and
+                       "cut" not in proxy.failed)
+                self.send_response(r.status)
+                for k, v in r.getheaders():
+                    if k.lower() not in ("connection", "transfer-encoding", "date", "server"):
+                        self.send_header(k, v)
+                self.end_headers()
+                if cut:
+                    proxy.failed.add("cut")
+                    self.wfile.write(data[:len(data) // 2])
+                    self.wfile.flush()
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    self.close_connection = True
+                    return
+                self.wfile.write(data)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def base(self):
+        return "http://127.0.0.1:%d" % self.server.server_address[1]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@h.test
+def test_retries_503_and_resumes_a_cut_download():
+    """a 503 on submit is retried after Retry-After with the same Idempotency-Key; a cut download resumes with Range"""
+    px = FlakyProxy(D.port)
+    try:
+        n = jobs_total()
+        out = os.path.join(WORK, "flaky.safetensors")
+        p = submit([MODEL, "--spec", spec_file({"passes": [INT8]}), "-o", out,
+                    "--server", px.base])
+        assert p.returncode == 0, p.stderr
+        assert jobs_total() == n + 1, "one job, whatever the retries"
+        posts = [hd for m, path, hd in px.log if m == "POST" and path == "/v1/jobs"]
+        assert len(posts) == 2, px.log
+        keys = [{k.lower(): v for k, v in hd.items()}.get("idempotency-key") for hd in posts]
+        assert keys[0] and keys[0] == keys[1], keys
+        arts = [{k.lower(): v for k, v in hd.items()} for m, path, hd in px.log
+                if path.endswith("/artifact")]
+        assert len(arts) == 2 and "range" not in arts[0], arts
+        assert re.fullmatch(r"bytes=[1-9][0-9]*-", arts[1].get("range", "")), arts
+        check_download(p, p.stdout.strip(), out, os.path.join(WORK, "flaky.report.json"))
+        assert "HTTP 503 BUSY: try again; again in 1.0 s" in p.stderr, p.stderr
+    finally:
+        px.close()
 
 
 # ---------------------------------------------------------------- README's CI script
