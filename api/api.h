@@ -94,6 +94,7 @@ struct api_ctx {
     int listen_any;                      /* 0.0.0.0 or :: */
     const char *const *allowed_hosts;    /* borrowed from the config */
     const char *const *cors_origins;
+    struct api_watch *watch;             /* job change notices (events.c); NULL: none */
 };
 
 /* ---- auth.c: the gate every request passes ---- */
@@ -246,6 +247,35 @@ int api_read_head(const char *path, unsigned char *buf, size_t len, size_t *got)
  * value replies 400 and returns 0; else returns 1. */
 int api_paging(struct MHD_Connection *conn, struct api_request *req, int *limit, int *offset,
                enum MHD_Result *ret);
+
+/* ---- events.c: ?wait, the event stream, notify.url ---- */
+
+struct api_watch;
+/* Listens to st's job changes; *out is new (api_watch_free). */
+int api_watch_new(struct store *st, struct api_watch **out, struct slim_error *err);
+/* Wakes every waiter and event stream for good: they answer at once
+ * (a wait with the job as it is, a stream by ending).  Any thread. */
+void api_watch_stop(struct api_watch *w);
+/* Stops listening and frees w; no waiter may be left (after the server
+ * stopped). */
+void api_watch_free(struct api_watch *w);
+/* GET /v1/jobs/{id}?wait=SECONDS: with a valid wait, blocks (this
+ * connection's thread) until *row's job has ended or the time passed,
+ * replacing *row (owned by the caller) with the job as it is then.
+ * Returns 1 to go on and reply *row; 0 when it queued a reply into
+ * *ret (a bad wait: 400 naming it; the job deleted meanwhile: 404). */
+int api_jobs_wait(struct api_ctx *ctx, struct MHD_Connection *conn, struct api_request *req,
+                  const char *id, json_t **row, enum MHD_Result *ret);
+/* GET /v1/jobs/{id}/events: text/event-stream until the job ends. */
+enum MHD_Result api_jobs_events(struct api_ctx *ctx, struct MHD_Connection *conn,
+                                struct api_request *req, const char *id);
+/* A spec's "notify": {"url"}: *url (borrowed from spec) is NULL without
+ * one; SLIM_ESPEC naming notify.url unless it is an http(s) URL. */
+int api_notify_url(json_t *spec, const char **url, struct slim_error *err);
+/* Queues resp (its reference is released) with status and the headers
+ * every response gets; for handlers that build their own response. */
+enum MHD_Result api_reply_response(struct MHD_Connection *conn, struct api_request *req,
+                                   int status, struct MHD_Response *resp);
 
 /* Request counters for /metrics. */
 void api_metrics_count(int status);

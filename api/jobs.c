@@ -23,7 +23,7 @@
 #include "api/api.h"
 #include "daemon/log.h"
 
-static const char *const spec_top_keys[] = {"model", NULL};
+static const char *const spec_top_keys[] = {"model", "notify", NULL};
 
 /* The memory a job reserves while it runs: its limits.memory_mb, or the
  * pipeline's estimate for its model.  A job whose estimate is over its
@@ -62,7 +62,7 @@ enum MHD_Result api_jobs_submit(struct api_ctx *ctx, struct MHD_Connection *conn
     struct slim_error err;
     json_error_t jerr;
     json_t *body, *model, *mrow, *drow, *row;
-    const char *dataset;
+    const char *dataset, *notify_url = NULL;
     uint64_t mem = 0;
     int rc = 0;
     size_t len;
@@ -90,7 +90,9 @@ enum MHD_Result api_jobs_submit(struct api_ctx *ctx, struct MHD_Connection *conn
         return api_reply_error(conn, req, SLIM_ESPEC,
                                "model: required, the id of an uploaded model (mdl_...)");
     }
-    if (slim_spec_parse(body, spec_top_keys, &spec, &err)) {
+    if (slim_spec_parse(body, spec_top_keys, &spec, &err) ||
+        api_notify_url(body, &notify_url, &err)) {
+        slim_spec_free(spec);
         json_decref(body);
         return api_reply_slim_error(conn, req, &err);
     }
@@ -128,6 +130,16 @@ enum MHD_Result api_jobs_submit(struct api_ctx *ctx, struct MHD_Connection *conn
                               dataset, body, mem, ctx->max_queued, &row, &err);
     if (rc == SLIM_ENOTFOUND && dataset && !strncmp(err.msg, "dataset ", 8))
         slim_error_prefix(&err, "eval.dataset");
+    /* the webhook is recorded before the runner hears of the job; if it
+     * cannot be, the job is withdrawn rather than run without it */
+    if (!rc && notify_url &&
+        (rc = store_webhook_add(ctx->st, json_string_value(json_object_get(row, "id")),
+                                notify_url, &err))) {
+        int was_running = 0;
+        store_job_cancel(ctx->st, json_string_value(json_object_get(row, "id")), &was_running,
+                         NULL);
+        json_decref(row);
+    }
     slim_spec_free(spec);   /* after the insert: dataset is borrowed from it */
     if (rc) {
         json_decref(body);
@@ -333,9 +345,16 @@ enum MHD_Result api_jobs_get(struct api_ctx *ctx, struct MHD_Connection *conn,
         json_decref(row);
         return api_reply_error(conn, req, SLIM_ENOTFOUND, "job %.64s does not exist", id);
     }
-    if (!sub)
+    if (!sub) {
+        if (!api_jobs_wait(ctx, conn, req, id, &row, &r)) {
+            json_decref(row);
+            return r;
+        }
         return api_reply_json(conn, req, 200, row, NULL);
-    if (strcmp(json_string_value(json_object_get(row, "state")), "succeeded"))
+    }
+    /* a job that failed a quality gate keeps its artifact and report */
+    if (strcmp(json_string_value(json_object_get(row, "state")), "succeeded") &&
+        !json_is_object(json_object_get(row, "artifact")))
         return not_ready(conn, req, row, strcmp(sub, "artifact") ? "report" : "artifact");
     if (!strcmp(sub, "artifact")) {
         art = json_object_get(row, "artifact");

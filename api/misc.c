@@ -94,7 +94,7 @@ static const char dashboard_script[] =
     "async function load(){\n"
     " const j=await (await get('/v1/jobs?limit=50')).json();const jt=$('jobs');\n"
     " while(jt.rows.length>1)jt.deleteRow(1);\n"
-    " for(const x of j.jobs){const r=jt.insertRow();cell(r,x.id);cell(r,x.model||'');cell(r,x.state+(x.error?': '+x.error:''));\n"
+    " for(const x of j.jobs){const r=jt.insertRow();cell(r,x.id);cell(r,x.model||'');cell(r,x.state+(x.error_message?': '+x.error_message:''));\n"
     "  cell(r,Math.round(x.progress*100)+'%');cell(r,x.created_at);const c=cell(r,'');\n"
     "  if(x.state==='succeeded'){const a=document.createElement('a');a.href='/v1/jobs/'+x.id+'/report.html';a.textContent='report';a.addEventListener('click',report);c.appendChild(a)}}\n"
     " const m=await (await get('/v1/models?limit=50')).json();const mt=$('models');\n"

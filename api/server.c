@@ -122,6 +122,7 @@ enum route_kind {
     R_DATASETS_LIST, R_DATASETS_UPLOAD, R_DATASET_GET, R_DATASET_DELETE, R_DATASET_FILE,
     R_JOBS_LIST, R_JOBS_SUBMIT, R_JOB_GET, R_JOB_CANCEL, R_JOB_REPORT, R_JOB_REPORT_HTML,
     R_JOB_ARTIFACT, R_METRICS, R_DASHBOARD, R_TOKENS_LIST, R_TOKENS_CREATE, R_TOKEN_REVOKE,
+    R_JOB_EVENTS,
 };
 
 static const char *const model_fields[] = {"file", NULL};
@@ -156,6 +157,7 @@ static const struct route routes[] = {
     {"GET", "/v1/jobs/{id}/report", BODY_NONE, R_JOB_REPORT, NULL, READ, 0},
     {"GET", "/v1/jobs/{id}/report.html", BODY_NONE, R_JOB_REPORT_HTML, NULL, READ, 0},
     {"GET", "/v1/jobs/{id}/artifact", BODY_NONE, R_JOB_ARTIFACT, NULL, READ, 0},
+    {"GET", "/v1/jobs/{id}/events", BODY_NONE, R_JOB_EVENTS, NULL, READ, 0},
     {"GET", "/v1/tokens", BODY_NONE, R_TOKENS_LIST, NULL, ADMIN, 0},
     {"POST", "/v1/tokens", BODY_JSON, R_TOKENS_CREATE, NULL, ADMIN, API_GATE_JSON},
     {"DELETE", "/v1/tokens/{id}", BODY_NONE, R_TOKEN_REVOKE, NULL, ADMIN, 0},
@@ -256,6 +258,12 @@ static enum MHD_Result queue(struct MHD_Connection *conn, struct api_request *re
     r = MHD_queue_response(conn, (unsigned)status, resp);
     MHD_destroy_response(resp);
     return r;
+}
+
+enum MHD_Result api_reply_response(struct MHD_Connection *conn, struct api_request *req,
+                                   int status, struct MHD_Response *resp)
+{
+    return queue(conn, req, status, resp);
 }
 
 enum MHD_Result api_reply_json(struct MHD_Connection *conn, struct api_request *req, int status,
@@ -682,6 +690,7 @@ static enum MHD_Result dispatch(struct api_ctx *ctx, struct MHD_Connection *conn
     case R_TOKENS_LIST: return api_tokens_list(ctx, conn, req);
     case R_TOKENS_CREATE: return api_tokens_create(ctx, conn, req);
     case R_TOKEN_REVOKE: return api_tokens_revoke(ctx, conn, req, id);
+    case R_JOB_EVENTS: return api_jobs_events(ctx, conn, req, id);
     }
     return api_reply_error(conn, req, SLIM_EINTERNAL, "no handler");
 }
@@ -917,6 +926,10 @@ int api_server_start(struct store *st, const struct api_config *cfg,
         flags |= MHD_USE_TLS;
     }
     srv->head_timeout = cfg->conn_timeout;
+    if (api_watch_new(st, &srv->ctx.watch, err)) {
+        slim_free(srv);
+        return err->code;
+    }
     pthread_mutex_init(&srv->lock, NULL);
     pthread_cond_init(&srv->wake, NULL);
     if (srv->head_timeout && pthread_create(&srv->reaper, NULL, reaper_main, srv) == 0)
@@ -937,6 +950,7 @@ int api_server_start(struct store *st, const struct api_config *cfg,
                                 MHD_OPTION_END);
     if (!srv->mhd) {
         stop_reaper(srv);
+        api_watch_free(srv->ctx.watch);
         slim_free(srv);
         if (flags & MHD_USE_TLS)
             return slim_error_set(err, SLIM_EIO, "cannot listen on %s:%u with TLS (address in "
@@ -964,7 +978,9 @@ void api_server_stop(struct api_server *srv)
     MHD_socket s = MHD_quiesce_daemon(srv->mhd);
     if (s != MHD_INVALID_SOCKET)
         close(s);
+    api_watch_stop(srv->ctx.watch);   /* waiters answer, event streams end */
     MHD_stop_daemon(srv->mhd);
     stop_reaper(srv);
+    api_watch_free(srv->ctx.watch);
     slim_free(srv);
 }

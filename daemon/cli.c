@@ -32,6 +32,7 @@
 #include "daemon/cli.h"
 #include "daemon/log.h"
 #include "daemon/runner.h"
+#include "daemon/webhook.h"
 
 void slimd_usage(FILE *f)
 {
@@ -92,6 +93,10 @@ void slimd_usage(FILE *f)
             "                           the API; repeatable (SLIMD_CORS_ORIGINS, comma-separated)\n"
             "  --tls-cert FILE          serve HTTPS with this PEM certificate (chain) and\n"
             "  --tls-key FILE           its PEM private key (SLIMD_TLS_CERT, SLIMD_TLS_KEY)\n"
+            "  --webhook-secret-file F  sign job webhooks (a spec's notify.url) with the secret\n"
+            "                           in F: X-Slimd-Signature: sha256=HMAC(secret,\n"
+            "                           \"<X-Slimd-Timestamp>.<body>\") (SLIMD_WEBHOOK_SECRET_FILE,\n"
+            "                           or the secret itself in SLIMD_WEBHOOK_SECRET)\n"
             "token     makes, lists and revokes bearer tokens in the data dir's database\n"
             "          (a running daemon sees the change at once).  create prints the\n"
             "          token on stdout, once: only its hash is stored.  Scopes: read (GET),\n"
@@ -272,6 +277,32 @@ static void list_release(struct str_list *l)
     l->n = 0;
 }
 
+/* --webhook-secret-file: the file's text without its trailing newline
+ * (new), at most 4 KiB and not empty; NULL after saying why. */
+static char *read_secret(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    char buf[4097];
+    size_t n;
+    if (!f) {
+        fprintf(stderr, "slimd serve: --webhook-secret-file %s: %s\n", path, strerror(errno));
+        return NULL;
+    }
+    n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+        n--;
+    buf[n] = 0;
+    if (!n || n >= sizeof buf - 1) {
+        fprintf(stderr, "slimd serve: --webhook-secret-file %s: expected a secret of 1 to 4095 "
+                "bytes\n", path);
+        return NULL;
+    }
+    char *s = slim_strdup(buf);
+    explicit_bzero(buf, sizeof buf);
+    return s;
+}
+
 /* A whole PEM file into memory (NUL-terminated, new): the key and
  * certificate go to libmicrohttpd as text.  At most 1 MiB. */
 static char *read_pem(const char *flag, const char *path)
@@ -318,6 +349,7 @@ int slimd_serve(int argc, char **argv)
         {"max-conns-per-ip", required_argument, NULL, 'I'},
         {"conn-timeout", required_argument, NULL, 'T'},
         {"db-reserve-bytes", required_argument, NULL, 'r'},
+        {"webhook-secret-file", required_argument, NULL, 'W'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -325,6 +357,9 @@ int slimd_serve(int argc, char **argv)
     const char *auth_s = env_or("SLIMD_AUTH", NULL);
     const char *tls_cert_path = env_or("SLIMD_TLS_CERT", NULL);
     const char *tls_key_path = env_or("SLIMD_TLS_KEY", NULL);
+    const char *webhook_secret_path = env_or("SLIMD_WEBHOOK_SECRET_FILE", NULL);
+    char *webhook_secret = NULL;
+    struct webhook *webhook = NULL;
     struct str_list hosts = {.n = 0}, origins = {.n = 0}, hosts_flag = {.n = 0},
                     origins_flag = {.n = 0};
     char *tls_cert = NULL, *tls_key = NULL;
@@ -368,6 +403,7 @@ int slimd_serve(int argc, char **argv)
         case 'q': max_queued_s = optarg; break;
         case 'f': min_free_s = optarg; break;
         case 'r': reserve_s = optarg; break;
+        case 'W': webhook_secret_path = optarg; break;
         case 'M': max_conns_s = optarg; break;
         case 'I': per_ip_s = optarg; break;
         case 'T': conn_timeout_s = optarg; break;
@@ -542,6 +578,15 @@ int slimd_serve(int argc, char **argv)
     if (acfg.auth == API_AUTH_TOKEN && !loopback && !tls_cert)
         log_warn("tokens will cross the network in clear text: use --tls-cert and --tls-key, "
                  "or a TLS proxy in front");
+    if (webhook_secret_path && !(webhook_secret = read_secret(webhook_secret_path)))
+        goto out;
+    if (!webhook_secret && env_or("SLIMD_WEBHOOK_SECRET", NULL) &&
+        !(webhook_secret = slim_strdup(env_or("SLIMD_WEBHOOK_SECRET", NULL))))
+        goto out;
+    if (webhook_start(st, webhook_secret, &webhook, &err)) {
+        log_error("%s", err.msg);
+        goto out;
+    }
     if (runner_new(s.loop, st, &rcfg, &s.runner, &err)) {
         log_error("cannot start the runner: %s", err.msg);
         goto out;
@@ -571,6 +616,10 @@ int slimd_serve(int argc, char **argv)
     log_info("stopped");
     rc = 0;
 out:
+    webhook_stop(webhook);   /* before the store it reads */
+    if (webhook_secret)
+        explicit_bzero(webhook_secret, strlen(webhook_secret));
+    slim_free(webhook_secret);
     store_close(st);
     list_release(&hosts);
     list_release(&hosts_flag);
@@ -651,7 +700,7 @@ int slimd_compress(int argc, char **argv)
     json_t *sj = NULL, *report = NULL, *totals;
     char out[4096], rpath[4096];
     uint64_t threads = 0;
-    int c, rc = 1;
+    int c, gate, rc = 1;
 
     optind = 1;
     while ((c = getopt_long(argc, argv, "s:o:t:h", opts, NULL)) != -1) {
@@ -712,9 +761,18 @@ int slimd_compress(int argc, char **argv)
         rc = compress_exit(c);
         goto out;
     }
+    /* the spec's gates, as the runner checks them: a miss keeps the
+     * artifact and the report (with its "gates" results) to look at */
+    gate = slim_spec_check_gates(spec, report, &err);
     snprintf(rpath, sizeof rpath, "%s/report.json", outdir);
     if (json_dump_file(report, rpath, JSON_INDENT(2) | JSON_REAL_PRECISION(9)) != 0) {
         fprintf(stderr, "slimd compress: cannot write %s\n", rpath);
+        goto out;
+    }
+    if (gate) {
+        fprintf(stderr, "slimd compress: %s: %s: %s (artifact %s and report %s kept)\n", model,
+                slim_errcode(gate), err.msg, out, rpath);
+        rc = compress_exit(gate);
         goto out;
     }
     totals = json_object_get(report, "totals");

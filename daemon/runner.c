@@ -67,7 +67,7 @@
 enum { STOP_NONE = 0, STOP_CANCEL = 1, STOP_SHUTDOWN = 2 };
 
 /* What after_work records for a job (struct slot.outcome). */
-enum outcome { OUT_SUCCEED, OUT_FAIL, OUT_RETRY, OUT_CANCELED, OUT_REQUEUE };
+enum outcome { OUT_SUCCEED, OUT_FAIL, OUT_RETRY, OUT_CANCELED, OUT_REQUEUE, OUT_GATE };
 
 #define BACKOFF_MIN_MS 250
 #define BACKOFF_MAX_MS 10000
@@ -89,6 +89,7 @@ struct slot {
     int recorded;                       /* the worker already recorded the cancel */
     int rc;
     struct slim_error err;
+    int gate_failed;        /* the artifact is kept, but a quality gate was missed (err) */
     json_t *report;
     char sha[65];
     uint64_t bytes;
@@ -207,6 +208,10 @@ static void work_cb(uv_work_t *w)
         hash = NULL;
         if (!s->rc)
             s->rc = store_blob_adopt_hashed(s->r->st, s->out_path, s->sha, &s->err);
+        /* a missed quality gate fails the job, its artifact and report
+         * kept for whoever looks into it (after_work records it) */
+        if (!s->rc && slim_spec_check_gates(s->spec, s->report, &s->err) == SLIM_EGATE)
+            s->gate_failed = 1;
     }
     store_hash_free(hash);
 }
@@ -277,6 +282,24 @@ static int record(struct runner *r, struct slot *s)
     int rc = 0, state = -1;
 
     switch (s->outcome) {
+    case OUT_GATE:
+        rc = store_job_fail_kept(r->st, s->id, s->sha, s->bytes, s->report, SLIM_EGATE,
+                                 s->err.msg, &err);
+        if (rc == SLIM_ECANCELED) {
+            s->outcome = OUT_CANCELED;
+            return record(r, s);
+        }
+        if (!rc) {
+            log_info("job %s failed a quality gate: %s", s->id, s->err.msg);
+            return 0;
+        }
+        if (settled(rc))
+            break;
+        log_error("job %s: cannot record its result: %s", s->id, err.msg);
+        s->err = err;
+        slim_error_prefix(&s->err, "cannot record the result");
+        s->outcome = rc == SLIM_ENOSPACE ? OUT_RETRY : OUT_FAIL;
+        return record(r, s);
     case OUT_SUCCEED:
         rc = store_job_succeed(r->st, s->id, s->sha, s->bytes, s->report, &err);
         if (rc == SLIM_ECANCELED) {
@@ -352,7 +375,7 @@ static void after_work(uv_work_t *w, int status)
         store_blob_drop_unused(r->st, s->sha);
         s->outcome = OUT_CANCELED;
     } else if (s->rc == 0)
-        s->outcome = OUT_SUCCEED;
+        s->outcome = s->gate_failed ? OUT_GATE : OUT_SUCCEED;
     else if (s->rc == SLIM_ECANCELED && atomic_load(&s->stop) == STOP_SHUTDOWN)
         s->outcome = OUT_REQUEUE;
     else if (s->rc == SLIM_ECANCELED)
@@ -458,7 +481,7 @@ static int start_job(struct runner *r, struct slot *s, json_t *row)
     json_decref(model);
     /* accepted at submission, so this fails only for a spec stored by an
      * older slimd that a newer parser refuses */
-    if (slim_spec_parse(json_object_get(row, "spec"), (const char *const[]){"model", NULL},
+    if (slim_spec_parse(json_object_get(row, "spec"), (const char *const[]){"model", "notify", NULL},
                         &s->spec, &err))
         return fail_start(r, s, err.code, err.msg);
     s->eval_path[0] = 0;
@@ -476,6 +499,7 @@ static int start_job(struct runner *r, struct slot *s, json_t *row)
     r->reserved += s->mem;
     s->report = NULL;
     s->rc = 0;
+    s->gate_failed = 0;
     atomic_store(&s->progress, 0.0);
     atomic_store(&s->stage, "load");
     s->persisted = 0;

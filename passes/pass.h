@@ -106,6 +106,14 @@ struct slim_work {
     void *progress_ud;
     double p_lo, p_hi;
     const char *stage;
+    /* for the report's warnings (the pipeline reads them after each
+     * tensor): the running pass's index; an N:M prune's pattern on this
+     * tensor (nm_m 0: none), the pass that made it and the last pass
+     * after it that touched the tensor (-1: none); how many groups of
+     * the artifact's values break the pattern (report.c counts them) */
+    int pass_index;
+    int nm_n, nm_m, nm_pass, nm_after;
+    int64_t nm_broken;
 };
 
 /* Reports fraction `frac` (0..1) of the current stage (a negative frac

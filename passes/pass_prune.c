@@ -245,6 +245,12 @@ static int prune_one(const void *cfgp, struct slim_work *w, size_t i, struct sli
         rc = slim_prune_rows(t->val, rows, cols, cfg->sparsity, w->threads, NULL, err);
     if (!rc)
         mark_pruned(w, t);
+    if (!rc && cfg->pattern == P_NM) {   /* the report checks it still holds at the end */
+        w->nm_n = cfg->n;
+        w->nm_m = cfg->m;
+        w->nm_pass = w->pass_index;
+        w->nm_after = -1;
+    }
     return rc;
 }
 

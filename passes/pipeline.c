@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -28,6 +29,7 @@
 #include "passes/formats/writer.h"
 #include "passes/formats/onnx.h"
 #include "passes/eval.h"
+#include "passes/gates.h"
 
 struct spec_pass {
     const struct slim_pass_ops *ops;
@@ -50,6 +52,7 @@ struct slim_spec {
     char *eval_dataset;      /* the id as given (the caller resolves it); NULL: none */
     int64_t eval_max_samples;/* 0: every sample */
     int64_t eval_batch;      /* samples per engine run */
+    struct slim_gates gates; /* "gates": checked by slim_spec_check_gates */
 };
 
 static void select_release(struct slim_select *sel)
@@ -86,6 +89,11 @@ void slim_spec_set_threads(struct slim_spec *spec, int threads)
 const char *slim_spec_eval_dataset(const struct slim_spec *spec)
 {
     return spec->eval_dataset;
+}
+
+int slim_spec_check_gates(const struct slim_spec *spec, json_t *report, struct slim_error *err)
+{
+    return slim_gates_check(&spec->gates, report, err);
 }
 
 /* "eval": {"dataset": "ds_...", "max_samples": n, "batch_size": n} */
@@ -223,7 +231,7 @@ int slim_spec_parse(json_t *json, const char *const *allow, struct slim_spec **o
         return slim_error_set(err, SLIM_ESPEC, "job spec: expected a JSON object");
     json_object_foreach(json, key, v) {
         int ok = !strcmp(key, "passes") || !strcmp(key, "output") || !strcmp(key, "limits") ||
-                 !strcmp(key, "eval");
+                 !strcmp(key, "eval") || !strcmp(key, "gates");
         for (int k = 0; !ok && allow && allow[k]; k++)
             ok = !strcmp(key, allow[k]);
         if (!ok)
@@ -296,6 +304,9 @@ int slim_spec_parse(json_t *json, const char *const *allow, struct slim_spec **o
     spec->eval_batch = 100;
     if ((v = json_object_get(json, "eval")) && (rc = parse_eval(v, spec, err)))
         goto fail;
+    if ((rc = slim_gates_parse(json_object_get(json, "gates"), spec->eval_dataset != NULL,
+                               &spec->gates, err)))
+        goto fail;
     /* binary weights have no code for 0: after a prune only the sparse
      * output, whose mask keeps the zeros, can store them faithfully */
     if (!spec->sparse) {
@@ -351,6 +362,9 @@ static int work_begin(struct slim_work *w, const struct slim_tensor *src, struct
     }
     t = &w->wts[0];
     w->n = 1;
+    w->nm_n = w->nm_m = 0;
+    w->nm_pass = w->nm_after = -1;
+    w->nm_broken = 0;
     t->name = slim_strdup(src->name);
     t->origin = slim_strdup(src->name);
     if (!t->name || !t->origin)
@@ -398,6 +412,9 @@ struct run {
     struct slim_work w;
     void **state;                /* per pass, or NULL */
     double *seconds;             /* per pass */
+    size_t *selected;            /* per pass: tensors it selected while streaming */
+    json_t *warnings;            /* the report's warnings[] */
+    size_t warnings_dropped;     /* past WARNINGS_MAX */
     unsigned char *touched;      /* per tensor (shard by shard): TOUCHED, COPIES_RAW */
     struct layout *plan;         /* per shard: planned (or, unplannable, recorded) layout */
     json_t **entries;            /* per shard: "slimd.tensors" */
@@ -625,6 +642,17 @@ static int run_passes(struct run *r, size_t upto, struct slim_error *err)
         double t0 = slim_now();
         r->w.stage = sp->ops->op;
         r->w.state = r->state[k];
+        r->w.pass_index = (int)k;
+        if (!r->w.planning && r->selected) {
+            size_t hits = 0;
+            for (size_t i = 0; i < r->w.n; i++)
+                hits += slim_select_match(&sp->sel, &r->w.wts[i]) &&
+                        !(sp->ops->originals_only &&
+                          strcmp(r->w.wts[i].name, r->w.wts[i].origin));
+            r->selected[k] += hits;
+            if (hits && r->w.nm_m && (int)k > r->w.nm_pass)
+                r->w.nm_after = (int)k;
+        }
         rc = slim_work_each(&r->w, &sp->sel, sp->ops->originals_only,
                             r->w.planning ? sp->ops->plan : sp->ops->tensor, sp->cfg, err);
         r->seconds[k] += slim_now() - t0;
@@ -1006,6 +1034,8 @@ static void run_release(struct run *r)
             slim_free(r->state[k]);
     slim_free(r->state);
     slim_free(r->seconds);
+    slim_free(r->selected);
+    json_decref(r->warnings);
     slim_free(r->touched);
     for (size_t s = 0; s < r->src.n; s++) {
         if (r->plan)
@@ -1041,6 +1071,10 @@ static int run_init(struct run *r, const struct slim_spec *spec, const char *in_
     }
     r->state = slim_calloc(spec->n_passes, sizeof *r->state);
     r->seconds = slim_calloc(spec->n_passes, sizeof *r->seconds);
+    r->selected = slim_calloc(spec->n_passes + 1, sizeof *r->selected);
+    r->warnings = json_array();
+    if (!r->selected || !r->warnings)
+        return slim_error_set(err, SLIM_ENOMEM, "out of memory");
     r->touched = slim_calloc(n_tensors + 1, 1);
     r->plan = slim_calloc(r->src.n, sizeof *r->plan);
     r->entries = slim_calloc(r->src.n, sizeof *r->entries);
@@ -1280,6 +1314,94 @@ static int evaluate(struct run *r, const char *out_path, const struct slim_run_o
  * front to back in one go; without one (output sizes that depend on the
  * values), each shard's data goes to a spill file and is copied behind
  * its header at the end. */
+/* ---- the report's warnings ----
+ *
+ * Things that "succeed" but are seldom what the user meant: a pass whose
+ * include/exclude selected no tensor, a tensor a pass looked at and left
+ * (its row says why), an N:M pattern that a later pass broke (checked on
+ * the values the artifact decodes to), a tensor the passes zeroed whole.
+ * Each is {code, pass, op, tensor, message} (pass, op, tensor null when
+ * they do not apply); at most WARNINGS_MAX, then one MORE_WARNINGS. */
+#define WARNINGS_MAX 1000
+
+static void warn(struct run *r, const char *code, int pass, const char *tensor,
+                 const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+static void warn(struct run *r, const char *code, int pass, const char *tensor,
+                 const char *fmt, ...)
+{
+    char msg[400];
+    va_list ap;
+    if (json_array_size(r->warnings) >= WARNINGS_MAX) {
+        r->warnings_dropped++;
+        return;
+    }
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    json_array_append_new(r->warnings, json_pack(
+        "{s:s, s:o, s:o, s:o, s:s}", "code", code, "pass",
+        pass >= 0 ? json_integer(pass) : json_null(), "op",
+        pass >= 0 ? json_string(r->spec->passes[pass].ops->op) : json_null(), "tensor",
+        tensor ? json_string(tensor) : json_null(), "message", msg));
+}
+
+/* The index of the first pass with this op, or -1. */
+static int pass_of_op(const struct run *r, const char *op)
+{
+    for (size_t k = 0; k < r->spec->n_passes; k++)
+        if (!strcmp(r->spec->passes[k].ops->op, op))
+            return (int)k;
+    return -1;
+}
+
+/* After one tensor's report row (borrowed) is made. */
+static void tensor_warnings(struct run *r, const struct slim_tensor *src, json_t *row)
+{
+    const char *name = json_string_value(json_object_get(row, "name")), *key;
+    json_t *v, *sp = json_object_get(row, "sparsity");
+    json_object_foreach(row, key, v) {
+        const char *text = json_string_value(v);
+        if (text && !strncmp(text, "skipped", 7))
+            warn(r, "TENSOR_SKIPPED", pass_of_op(r, key), name, "%s", text);
+    }
+    if (r->w.nm_broken > 0) {
+        int k = r->w.nm_after;
+        warn(r, "PATTERN_LOST", k >= 0 ? k : r->w.nm_pass, name,
+             "the %d:%d pattern of passes[%d] (prune) no longer holds in the artifact: %lld "
+             "group(s) of %d have more than %d non-zeros%s%s%s", r->w.nm_n, r->w.nm_m,
+             r->w.nm_pass, (long long)r->w.nm_broken, r->w.nm_m, r->w.nm_n,
+             k >= 0 ? " after passes[" : "", k >= 0 ? r->spec->passes[k].ops->op : "",
+             k >= 0 ? "]" : "");
+    }
+    if (json_is_number(sp) && json_number_value(sp) >= 1.0 && r->w.orig) {
+        size_t n = (size_t)slim_tensor_numel(src), i;
+        for (i = 0; i < n && r->w.orig[i] == 0.0f; i++)
+            ;
+        if (i < n)
+            warn(r, "TENSOR_ZEROED", -1, name, "every weight of this tensor is zero in the "
+                 "artifact (it had non-zeros before)");
+    }
+}
+
+/* After the stream: passes that selected nothing. */
+static void selection_warnings(struct run *r)
+{
+    for (size_t k = 0; k < r->spec->n_passes; k++) {
+        json_t *p = json_array_get(r->spec->json, k);
+        char *inc, *exc;
+        if (r->selected[k])
+            continue;
+        inc = json_dumps(json_object_get(p, "include"), JSON_COMPACT | JSON_ENCODE_ANY);
+        exc = json_dumps(json_object_get(p, "exclude"), JSON_COMPACT | JSON_ENCODE_ANY);
+        warn(r, "EMPTY_SELECTION", (int)k, NULL,
+             "passes[%zu] (%s) selected no tensor (include %.120s, exclude %.120s): it did "
+             "nothing", k, r->spec->passes[k].ops->op, inc ? inc : "default",
+             exc ? exc : "none");
+        free(inc);
+        free(exc);
+    }
+}
+
 static int stream(struct run *r, struct out *o, const char *out_path, int planned,
                   struct slim_report_totals *tot, json_t *rows, struct slim_error *err)
 {
@@ -1324,6 +1446,7 @@ static int stream(struct run *r, struct out *o, const char *out_path, int planne
             r->t_measure += slim_now() - t0;
             if (rc)
                 goto out;
+            tensor_warnings(r, src, json_array_get(rows, json_array_size(rows) - 1));
             if (planned)
                 rc = layout_check(&r->plan[s], &pos, &art, src->name, err);
             else if (!(rc = layout_add(&r->plan[s], &art, err)))
@@ -1428,6 +1551,12 @@ int slim_pipeline_run(const struct slim_spec *spec, const char *in_path, const c
                                         spec->passes[k].ops->op, "seconds", r.seconds[k]));
     if ((rc = slim_report_finish(&tot, rows, passes_rep, report, err)))
         goto out;
+    selection_warnings(&r);
+    if (r.warnings_dropped)
+        json_array_append_new(r.warnings, json_pack(
+            "{s:s, s:n, s:n, s:n, s:s}", "code", "MORE_WARNINGS", "pass", "op", "tensor",
+            "message", "more warnings were left out of the report"));
+    json_object_set(*report, "warnings", r.warnings);
     if (r.src.n > 1 || r.src.kind != SLIM_SRC_FILE)
         json_object_set_new(json_object_get(*report, "totals"), "shards",
                             json_integer((json_int_t)r.src.n));

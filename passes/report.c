@@ -122,6 +122,23 @@ static int64_t nonzero_raw(enum slim_dtype dt, const void *raw, size_t n)
     return nz;
 }
 
+/* Runs of m consecutive values in each row of x (rows, cols) holding
+ * more than n non-zeros (a last partial run of len < m: more than
+ * ceil(n * len / m)), as slim_prune_nm lays them out. */
+static int64_t nm_broken(const float *x, size_t rows, size_t cols, int n, int m)
+{
+    int64_t broken = 0;
+    for (size_t r = 0; r < rows; r++)
+        for (size_t c0 = 0; c0 < cols; c0 += (size_t)m) {
+            size_t len = cols - c0 < (size_t)m ? cols - c0 : (size_t)m;
+            size_t keep = ((size_t)n * len + (size_t)m - 1) / (size_t)m, nz = 0;
+            for (size_t c = 0; c < len; c++)
+                nz += x[r * cols + c0 + c] != 0.0f;
+            broken += nz > keep;
+        }
+    return broken;
+}
+
 int slim_report_tensor(struct slim_work *w, const struct slim_artifact *art,
                        struct slim_report_totals *tot, json_t *rows, struct slim_error *err)
 {
@@ -191,6 +208,14 @@ int slim_report_tensor(struct slim_work *w, const struct slim_artifact *art,
                                                                            : u->dense_dtype);
         extra = u->report_extra;
     }
+    w->nm_broken = 0;
+    if (hat && w->nm_m > 0)
+        w->nm_broken = nm_broken(hat, src->ndim ? (size_t)src->shape[0] : 1,
+                                 src->ndim && src->shape[0] ? n / (size_t)src->shape[0] : n,
+                                 w->nm_n, w->nm_m);
+    else if (self && self->measured && w->nm_m > 0 &&
+             (double)self->stats.nonzero > (double)n * w->nm_n / w->nm_m + (double)n / w->nm_m)
+        w->nm_broken = 1;   /* more non-zeros than the pattern allows: no values to look at */
     if (hat) {
         measure(w->orig, hat, n, w->threads, &rel, &snr, &nz_hat);
         tot->nonzero += nz_hat;

@@ -64,7 +64,8 @@
     X(EUNSUPPORTED, -18, "UNSUPPORTED_OPERATOR", 422, "unsupported operator") \
     X(EDATASET,   -19,  "INVALID_DATASET",   400, "malformed dataset") \
     X(EUNAUTH,    -20,  "UNAUTHORIZED",      401, "no valid bearer token") \
-    X(EFORBIDDEN, -21,  "FORBIDDEN",         403, "forbidden")
+    X(EFORBIDDEN, -21,  "FORBIDDEN",         403, "forbidden") \
+    X(EGATE,      -22,  "GATE_FAILED",       422, "quality gate failed")
 
 enum slim_errno {
 #define SLIM_X(name, val, code, status, msg) SLIM_##name = val,
@@ -245,6 +246,10 @@ struct slim_spec;  /* opaque: a validated job spec */
 int slim_spec_parse(json_t *json, const char *const *allow, struct slim_spec **out,
                     struct slim_error *err);
 void slim_spec_free(struct slim_spec *spec);
+/* Checks a finished job's report (a new "gates" array is added to it)
+ * against the spec's "gates": SLIM_EGATE naming the first gate missed,
+ * its measured value and its bound; 0 when all hold or there are none. */
+int slim_spec_check_gates(const struct slim_spec *spec, json_t *report, struct slim_error *err);
 /* The id in the spec's "eval": {"dataset": id}, borrowed; NULL when the
  * spec has no eval.  The caller resolves it to a file
  * (slim_run_opts.eval_dataset). */

@@ -89,7 +89,7 @@
 #define JOB_COLS                                                                   \
     "id, model_id, state, progress, stage, error, attempts, cancel_requested, "    \
     "created_at, started_at, finished_at, spec, artifact_sha, artifact_bytes, mem_bytes, "  \
-    "dataset_id, owner, error_code"
+    "dataset_id, owner, error_code, warning_count"
 /* A list row shows its spec's ops, not the spec: a page of 1,000 jobs
  * stays small whatever their specs hold (SQLite reads the ops out, so
  * the specs are never parsed into JSON objects here either). */
@@ -97,7 +97,7 @@
     "id, model_id, state, progress, stage, error, attempts, cancel_requested, "    \
     "created_at, started_at, finished_at, (SELECT json_group_array(json_extract(p.value, '$.op'))" \
     " FROM json_each(jobs.spec, '$.passes') AS p), artifact_sha, artifact_bytes, mem_bytes, "  \
-    "dataset_id, owner, error_code"
+    "dataset_id, owner, error_code, warning_count"
 #define TOKEN_COLS "id, name, scopes, created_at, last_used_at, revoked"
 /* ?N: an owner's token id, or NULL for every row */
 #define OWNED(n) " (?" #n " IS NULL OR owner = ?" #n ")"
@@ -171,6 +171,22 @@ static const char *const migrations[] = {
     "ALTER TABLE jobs ADD COLUMN owner TEXT REFERENCES tokens(id);",
     /* 5: a failed job's REST error code beside its message */
     "ALTER TABLE jobs ADD COLUMN error_code TEXT;",
+    /* 6: lifecycle's (empty on this branch; the lead fills it at merge) */
+    "",
+    /* 7: webhook deliveries (a finished job's notify.url: state 0 to
+     * send, 1 delivered, 2 given up; next_at in Unix seconds), so a
+     * restart resumes them; and a report's count of warnings */
+    "CREATE TABLE webhooks ("
+    "  job_id TEXT PRIMARY KEY REFERENCES jobs(id) ON DELETE CASCADE,"
+    "  url TEXT NOT NULL,"
+    "  state INTEGER NOT NULL DEFAULT 0,"
+    "  attempts INTEGER NOT NULL DEFAULT 0,"
+    "  next_at REAL NOT NULL DEFAULT 0,"
+    "  last_status INTEGER,"
+    "  last_error TEXT,"
+    "  delivered_at TEXT);"
+    "CREATE INDEX webhooks_due ON webhooks(state, next_at);"
+    "ALTER TABLE jobs ADD COLUMN warning_count INTEGER;",
 };
 
 enum q {
@@ -237,7 +253,8 @@ static const char *const sql[Q_COUNT] = {
     [Q_JOB_PROGRESS] = "UPDATE jobs SET progress = ?2, stage = coalesce(?3, stage)"
                        " WHERE id = ?1 AND state = 1",
     [Q_JOB_SUCCEED] = "UPDATE jobs SET state = 2, progress = 1, stage = NULL, finished_at = " NOW ","
-                      " artifact_sha = ?2, artifact_bytes = ?3, report = ?4"
+                      " artifact_sha = ?2, artifact_bytes = ?3, report = ?4,"
+                      " warning_count = json_array_length(?4, '$.warnings')"
                       " WHERE id = ?1 AND state = 1 AND cancel_requested = 0",
     /* a cancel answered 200 wins over a failure that came after it */
     [Q_JOB_FAIL] = "UPDATE jobs SET state = CASE WHEN cancel_requested THEN 4 ELSE 3 END,"
@@ -288,8 +305,12 @@ static const char *const sql[Q_COUNT] = {
                     " progress = 0, stage = NULL WHERE id = ?1 AND state = 1 RETURNING " JOB_COLS,
 };
 
+#define STORE_LISTENERS 4
+
 struct store {
     pthread_mutex_t lock;
+    /* store_job_listen's: called (under lock) when a jobs row changes */
+    struct { void (*fn)(void *ud); void *ud; } listen[STORE_LISTENERS];
     sqlite3 *db;
     sqlite3_stmt *q[Q_COUNT];
     char *dir;
@@ -469,18 +490,34 @@ static json_t *job_row(sqlite3_stmt *s)
     if (sqlite3_column_type(s, 12) != SQLITE_NULL)
         artifact = json_pack("{s:s?, s:I}", "sha256", col_text(s, 12), "bytes",
                              (json_int_t)sqlite3_column_int64(s, 13));
-    return json_pack("{s:s?, s:s?, s:s?, s:s, s:f, s:s?, s:s?, s:s?, s:I, s:b, s:s?, s:s?, s:s?,"
+    json_t *error = NULL, *row;
+    int state = sqlite3_column_int(s, 2);
+    /* "error": {code, message}, the envelope's shape; error_message and
+     * error_code keep the flat fields older clients read.  A canceled
+     * job stores neither: its code is CANCELED. */
+    if (col_text(s, 5))
+        error = json_pack("{s:s, s:s}", "code", col_text(s, 17) ? col_text(s, 17) : "INTERNAL",
+                          "message", col_text(s, 5));
+    else if (state == STORE_JOB_CANCELED)
+        error = json_pack("{s:s, s:s}", "code", slim_errcode(SLIM_ECANCELED), "message",
+                          "canceled by request");
+    row = json_pack("{s:s?, s:s?, s:s?, s:s, s:f, s:s?, s:o?, s:s?, s:s?, s:I, s:b, s:s?, s:s?, s:s?,"
                      " s:o?, s:o?, s:I, s:s?}",
                      "id", col_text(s, 0), "model", col_text(s, 1), "dataset", col_text(s, 15),
-                     "state", store_job_state_name(sqlite3_column_int(s, 2)),
+                     "state", store_job_state_name(state),
                      "progress", sqlite3_column_double(s, 3), "stage", col_text(s, 4),
-                     "error", col_text(s, 5), "error_code", col_text(s, 17),
+                     "error", error ? error : json_null(), "error_message", col_text(s, 5),
+                     "error_code", error ? json_string_value(json_object_get(error, "code")) : NULL,
                      "attempts", (json_int_t)sqlite3_column_int64(s, 6),
                      "cancel_requested", sqlite3_column_int(s, 7) != 0,
                      "created_at", col_text(s, 8), "started_at", col_text(s, 9),
                      "finished_at", col_text(s, 10), "spec", col_json(s, 11),
                      "artifact", artifact, "memory_bytes",
                      (json_int_t)sqlite3_column_int64(s, 14), "owner", col_text(s, 16));
+    /* the report's warnings, once it has one (0 is shown: none) */
+    if (row && sqlite3_column_type(s, 18) != SQLITE_NULL)
+        json_object_set_new(row, "warning_count", json_integer(sqlite3_column_int64(s, 18)));
+    return row;
 }
 
 /* A list row (JOB_LIST_COLS): the job with "passes", its spec's ops in
@@ -698,6 +735,23 @@ void store_open_sweep(const struct store *st, struct store_sweep *out)
     *out = st->sweep;
 }
 
+/* SQLite's update hook (the writer holds st->lock): a jobs row was
+ * inserted, updated or deleted; tells the listeners (store_job_listen).
+ * It fires before the commit: a listener that reads the row takes
+ * st->lock, so it sees the committed change. */
+static void on_row_change(void *ud, int op, const char *db, const char *table, sqlite3_int64 rowid)
+{
+    struct store *st = ud;
+    (void)op;
+    (void)db;
+    (void)rowid;
+    if (strcmp(table, "jobs"))
+        return;
+    for (int i = 0; i < STORE_LISTENERS; i++)
+        if (st->listen[i].fn)
+            st->listen[i].fn(st->listen[i].ud);
+}
+
 static int migrate(struct store *st, struct slim_error *err)
 {
     const int latest = (int)(sizeof migrations / sizeof migrations[0]);
@@ -777,6 +831,7 @@ static int open_db(struct store *st, struct slim_error *err)
     for (int i = 0; i < Q_COUNT; i++)
         if (sqlite3_prepare_v3(st->db, sql[i], -1, SQLITE_PREPARE_PERSISTENT, &st->q[i], NULL))
             return db_error(st, err, "cannot prepare statement %d", i);
+    sqlite3_update_hook(st->db, on_row_change, st);
     return 0;
 }
 
@@ -1363,7 +1418,9 @@ int store_job_report(struct store *st, const char *id, json_t **report, struct s
         goto out;
     rc = sqlite3_step(s);
     state = rc == SQLITE_ROW ? sqlite3_column_int(s, 0) : -1;
-    if (rc == SQLITE_ROW && state != STORE_JOB_SUCCEEDED)
+    /* a job failed by a quality gate keeps its report */
+    if (rc == SQLITE_ROW && state != STORE_JOB_SUCCEEDED &&
+        !(state == STORE_JOB_FAILED && sqlite3_column_type(s, 1) != SQLITE_NULL))
         rc = slim_error_set(err, SLIM_ECONFLICT,
                             "job %.64s is %s: its report exists once it has succeeded", id,
                             store_job_state_name(state));
@@ -1540,6 +1597,201 @@ int store_token_count_live(struct store *st, int64_t *n, struct slim_error *err)
         else
             rc = db_error(st, err, "cannot count tokens");
         done(s);
+    }
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+/* ---- job listeners, gate failures and webhook deliveries (ci) ----
+ *
+ * These statements are prepared when used (sqlite3_prepare_v2 under the
+ * lock), not kept in sql[]: each runs at most a few times a second. */
+
+int store_job_listen(struct store *st, void (*fn)(void *ud), void *ud, int on)
+{
+    int rc = SLIM_ENOMEM;
+    pthread_mutex_lock(&st->lock);
+    for (int i = 0; i < STORE_LISTENERS; i++) {
+        if (on && !st->listen[i].fn) {
+            st->listen[i].fn = fn;
+            st->listen[i].ud = ud;
+            rc = 0;
+            break;
+        }
+        if (!on && st->listen[i].fn == fn && st->listen[i].ud == ud) {
+            st->listen[i].fn = NULL;
+            st->listen[i].ud = NULL;
+            rc = 0;
+        }
+    }
+    pthread_mutex_unlock(&st->lock);
+    return on ? rc : 0;
+}
+
+/* Prepares sql and binds types as bindv does ('s', 'i', 'I', 'd'). */
+static int adhoc(struct store *st, const char *text, sqlite3_stmt **out, struct slim_error *err,
+                 const char *types, ...)
+{
+    sqlite3_stmt *s = NULL;
+    va_list ap;
+    int rc = SQLITE_OK;
+    const char *v;
+    if (sqlite3_prepare_v2(st->db, text, -1, &s, NULL) != SQLITE_OK)
+        return db_error(st, err, "cannot prepare a statement");
+    va_start(ap, types);
+    for (int k = 0; types[k] && rc == SQLITE_OK; k++) {
+        switch (types[k]) {
+        case 's':
+            v = va_arg(ap, const char *);
+            rc = v ? sqlite3_bind_text(s, k + 1, v, -1, SQLITE_TRANSIENT) : sqlite3_bind_null(s, k + 1);
+            break;
+        case 'i': rc = sqlite3_bind_int(s, k + 1, va_arg(ap, int)); break;
+        case 'I': rc = sqlite3_bind_int64(s, k + 1, va_arg(ap, int64_t)); break;
+        case 'd': rc = sqlite3_bind_double(s, k + 1, va_arg(ap, double)); break;
+        }
+    }
+    va_end(ap);
+    if (rc != SQLITE_OK) {
+        sqlite3_finalize(s);
+        return slim_error_set(err, SLIM_EIO, "cannot bind a value: %s", sqlite3_errstr(rc));
+    }
+    *out = s;
+    return 0;
+}
+
+int store_job_fail_kept(struct store *st, const char *id, const char *artifact_sha,
+                        uint64_t artifact_bytes, json_t *report, int code, const char *message,
+                        struct slim_error *err)
+{
+    char *text = json_dumps(report, JSON_COMPACT);
+    sqlite3_stmt *s = NULL;
+    int rc, n = 0;
+    if (!text)
+        return slim_error_set(err, SLIM_ENOMEM, "out of memory serializing the report");
+    pthread_mutex_lock(&st->lock);
+    rc = blob_present(st, artifact_sha, err);
+    if (!rc)
+        rc = adhoc(st, "UPDATE jobs SET state = 3, progress = 1, stage = NULL, finished_at = " NOW
+                   ", artifact_sha = ?2, artifact_bytes = ?3, report = ?4, error = ?5,"
+                   " error_code = ?6, warning_count = json_array_length(?4, '$.warnings')"
+                   " WHERE id = ?1 AND state = 1 AND cancel_requested = 0", &s, err, "ssIsss",
+                   id, artifact_sha, (int64_t)artifact_bytes, text, message, slim_errcode(code));
+    if (!rc) {
+        if (sqlite3_step(s) != SQLITE_DONE)
+            rc = db_error(st, err, "cannot update the database");
+        else
+            n = sqlite3_changes(st->db);
+        sqlite3_finalize(s);
+    }
+    if (!rc && !n) {
+        rc = job_not_in(st, id, "running", err);
+        if (rc == SLIM_ECONFLICT && strstr(err->msg, "is running"))
+            rc = slim_error_set(err, SLIM_ECANCELED, "job %.64s was canceled", id);
+    }
+    if (rc)
+        drop_blob_if_unused(st, artifact_sha);
+    pthread_mutex_unlock(&st->lock);
+    free(text);
+    return rc;
+}
+
+/* Runs a prepared ad-hoc statement that returns no rows. */
+static int adhoc_run(struct store *st, sqlite3_stmt *s, struct slim_error *err)
+{
+    int rc = 0;
+    if (sqlite3_step(s) != SQLITE_DONE)
+        rc = db_error(st, err, "cannot update the database");
+    sqlite3_finalize(s);
+    return rc;
+}
+
+int store_webhook_add(struct store *st, const char *job_id, const char *url,
+                      struct slim_error *err)
+{
+    sqlite3_stmt *s;
+    int rc;
+    pthread_mutex_lock(&st->lock);
+    if (!(rc = adhoc(st, "INSERT OR REPLACE INTO webhooks (job_id, url) VALUES (?1, ?2)", &s, err,
+                     "ss", job_id, url)))
+        rc = adhoc_run(st, s, err);
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+int store_webhook_due(struct store *st, double now, int limit, json_t **rows, double *next_at,
+                      struct slim_error *err)
+{
+    sqlite3_stmt *s;
+    int rc, step;
+    *rows = json_array();
+    *next_at = 0;
+    if (!*rows)
+        return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    pthread_mutex_lock(&st->lock);
+    rc = adhoc(st, "SELECT w.job_id, w.url, w.attempts, w.next_at FROM webhooks w"
+               " JOIN jobs j ON j.id = w.job_id WHERE w.state = 0 AND j.state IN (2, 3, 4)"
+               " ORDER BY w.next_at LIMIT ?1", &s, err, "i", limit);
+    while (!rc && (step = sqlite3_step(s)) == SQLITE_ROW) {
+        double at = sqlite3_column_double(s, 3);
+        if (at > now) {   /* the earliest one not yet due: when to look again */
+            *next_at = at;
+            break;
+        }
+        json_array_append_new(*rows, json_pack("{s:s, s:s, s:I}", "job_id", col_text(s, 0),
+                                               "url", col_text(s, 1), "attempts",
+                                               (json_int_t)sqlite3_column_int64(s, 2)));
+    }
+    if (!rc && step != SQLITE_ROW && step != SQLITE_DONE)
+        rc = db_error(st, err, "cannot read webhooks");
+    if (!rc)
+        sqlite3_finalize(s);
+    pthread_mutex_unlock(&st->lock);
+    if (rc) {
+        json_decref(*rows);
+        *rows = NULL;
+    }
+    return rc;
+}
+
+int store_webhook_result(struct store *st, const char *job_id, int state, double next_at,
+                         int http_status, const char *error, struct slim_error *err)
+{
+    sqlite3_stmt *s;
+    int rc;
+    pthread_mutex_lock(&st->lock);
+    if (!(rc = adhoc(st, "UPDATE webhooks SET state = ?2, attempts = attempts + 1, next_at = ?3,"
+                     " last_status = ?4, last_error = ?5, delivered_at = CASE WHEN ?2 = 1 THEN "
+                     NOW " END WHERE job_id = ?1", &s, err, "sidis", job_id, state, next_at,
+                     http_status, error)))
+        rc = adhoc_run(st, s, err);
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+int store_webhook_get(struct store *st, const char *job_id, json_t **row, struct slim_error *err)
+{
+    static const char *const names[] = {"pending", "delivered", "failed"};
+    sqlite3_stmt *s;
+    int rc, step;
+    *row = NULL;
+    pthread_mutex_lock(&st->lock);
+    if (!(rc = adhoc(st, "SELECT url, state, attempts, last_status, last_error, delivered_at"
+                     " FROM webhooks WHERE job_id = ?1", &s, err, "s", job_id))) {
+        step = sqlite3_step(s);
+        if (step == SQLITE_ROW) {
+            int state = sqlite3_column_int(s, 1);
+            *row = json_pack("{s:s?, s:s, s:I, s:o, s:s?, s:s?}", "url", col_text(s, 0),
+                             "state", names[state >= 0 && state < 3 ? state : 0], "attempts",
+                             (json_int_t)sqlite3_column_int64(s, 2), "last_status",
+                             sqlite3_column_type(s, 3) == SQLITE_NULL
+                                 ? json_null() : json_integer(sqlite3_column_int(s, 3)),
+                             "last_error", col_text(s, 4), "delivered_at", col_text(s, 5));
+        } else if (step == SQLITE_DONE) {
+            rc = SLIM_ENOTFOUND;
+        } else {
+            rc = db_error(st, err, "cannot read webhooks");
+        }
+        sqlite3_finalize(s);
     }
     pthread_mutex_unlock(&st->lock);
     return rc;

@@ -192,10 +192,13 @@ int store_dataset_delete(struct store *st, const char *id, struct slim_error *er
 int store_job_insert(struct store *st, const char *owner, const char *model_id,
                      const char *dataset_id, json_t *spec, uint64_t mem_bytes,
                      int64_t max_queued, json_t **row, struct slim_error *err);
-/* {id, model, dataset, state, progress, stage, error, error_code, attempts,
- *  created_at, started_at, finished_at, spec, artifact: {sha256, bytes} |
- *  null, memory_bytes, owner}.  error_code is the REST code of the error
- *  ("INSUFFICIENT_STORAGE"), set with error. */
+/* {id, model, dataset, state, progress, stage, error, error_message,
+ *  error_code, attempts, created_at, started_at, finished_at, spec,
+ *  artifact: {sha256, bytes} | null, memory_bytes, owner[, warning_count]}.
+ *  error is {code, message} (code: the REST code, "INSUFFICIENT_STORAGE";
+ *  CANCELED for a canceled job) or null; error_message and error_code
+ *  are the same two as flat strings (the older fields).  warning_count:
+ *  the report's warnings, once the job has a report. */
 int store_job_get(struct store *st, const char *id, json_t **row, struct slim_error *err);
 /* Newest first; state < 0 for all.  Rows are store_job_get's with
  * "passes" (the spec's ops, in order) in the place of "spec". */
@@ -249,6 +252,40 @@ int store_job_recover(struct store *st, int max_attempts, int *requeued, int *fa
 int store_job_report(struct store *st, const char *id, json_t **report, struct slim_error *err);
 /* Counts per state, for /metrics: counts[state]. */
 int store_job_counts(struct store *st, int64_t counts[5], struct slim_error *err);
+
+/* ---- change notices, gate failures, webhooks (ci) ---- */
+
+/* Adds (on = 1) or removes (on = 0) fn as a listener: fn(ud) is called
+ * whenever a jobs row is inserted, changed or deleted, by the thread
+ * making the change, with the store's lock held: it must only note the
+ * change (bump a counter, signal a condition), never call the store.
+ * At most 4 listeners (SLIM_ENOMEM past that). */
+int store_job_listen(struct store *st, void (*fn)(void *ud), void *ud, int on);
+/* running -> failed, keeping the artifact blob and the report (borrowed)
+ * as store_job_succeed would, with code (an enum slim_errno, e.g.
+ * SLIM_EGATE) and message: a job that missed a quality gate stays
+ * inspectable.  A cancel that came first wins (SLIM_ECANCELED), and the
+ * blob is removed when the row does not change, as there. */
+int store_job_fail_kept(struct store *st, const char *id, const char *artifact_sha,
+                        uint64_t artifact_bytes, json_t *report, int code, const char *message,
+                        struct slim_error *err);
+/* Records that job_id's final JSON is to be POSTed to url once it ends
+ * (the spec's notify.url, checked by the API). */
+int store_webhook_add(struct store *st, const char *job_id, const char *url,
+                      struct slim_error *err);
+/* Deliveries due at `now` (Unix seconds): jobs that ended, not yet
+ * delivered or given up, whose next try is due; at most limit, as
+ * [{job_id, url, attempts}] (new).  *next_at: when the earliest one not
+ * yet due is (0: none). */
+int store_webhook_due(struct store *st, double now, int limit, json_t **rows, double *next_at,
+                      struct slim_error *err);
+/* One attempt's outcome: state 0 (try again at next_at), 1 delivered,
+ * 2 given up; http_status 0 when no response came; error may be NULL. */
+int store_webhook_result(struct store *st, const char *job_id, int state, double next_at,
+                         int http_status, const char *error, struct slim_error *err);
+/* {url, state: pending|delivered|failed, attempts, last_status,
+ *  last_error, delivered_at} (new); SLIM_ENOTFOUND without a webhook. */
+int store_webhook_get(struct store *st, const char *job_id, json_t **row, struct slim_error *err);
 
 /* ---- bearer tokens (token.c hashes, store.c keeps) ----
  *

@@ -786,7 +786,8 @@ def test_job_failed():
     job = D.wait_job(r.json["id"])
     check_job_object(job, mid)
     assert job["state"] == "failed", "quantizing NaN weights should fail the job: %s" % job
-    assert isinstance(job["error"], str) and job["error"], job
+    assert isinstance(job["error"], dict) and job["error"]["code"] == "NUMERIC_ERROR", job
+    assert job["error"]["message"] and job["error_message"] == job["error"]["message"], job
     check_error(D.get("/v1/jobs/%s/report" % job["id"]), 409, "CONFLICT")
     check_error(D.get("/v1/jobs/%s/artifact" % job["id"]), 409, "CONFLICT")
     check_error(D.request("POST", "/v1/jobs/%s/cancel" % job["id"]), 409, "CONFLICT")

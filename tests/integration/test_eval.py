@@ -312,7 +312,7 @@ def test_engine_memory_budget():
     assert "engine's limit" in rep["drift"]["skipped"], rep["drift"]
     r = D.submit(dict(spec, eval={"dataset": DS, "max_samples": 10}))
     job = D.wait_job(r.json["id"], timeout=60)
-    assert job["state"] == "failed" and "engine's limit" in job["error"], job
+    assert job["state"] == "failed" and "engine's limit" in job["error"]["message"], job
     assert D.get("/v1/health").status == 200
 
 
@@ -329,7 +329,7 @@ def test_dataset_shape_mismatch():
                   "eval": {"dataset": r.json["id"]}})
     job = D.wait_job(r.json["id"], timeout=60)
     assert job["state"] == "failed", job
-    assert "30 values" in job["error"] and "784" in job["error"], job
+    assert "30 values" in job["error"]["message"] and "784" in job["error"]["message"], job
 
 
 def teardown():
