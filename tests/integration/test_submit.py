@@ -466,6 +466,45 @@ def test_retries_503_and_resumes_a_cut_download():
         px.close()
 
 
+# ---------------------------------------------------------------- slimd compress, offline
+
+
+@h.test
+def test_compress_exit_codes():
+    """slimd compress: 0 ok, 2 bad spec or model, 3 a failed compression, 4 a missed gate"""
+    nanmodel = os.path.join(WORK, "nan-offline.safetensors")
+    write_model(nanmodel, seed=5, nan=True)
+    junk = os.path.join(WORK, "junk-offline.safetensors")
+    with open(junk, "wb") as f:
+        f.write(b"\xff" * 64)
+    good = spec_file({"passes": [INT8]}, "offline.json")
+    cases = [(MODEL, good, 0, None),
+             (MODEL, spec_file({"passes": [{"op": "quantize", "dtype": "int3"}]}, "o2.json"), 2,
+              "passes[0].dtype"),
+             (MODEL, os.path.join(WORK, "no-such-spec.json"), 2, "no-such-spec.json"),
+             (os.path.join(WORK, "no-such-model.safetensors"), good, 2, "No such file"),
+             (junk, good, 2, "INVALID_MODEL"),
+             (nanmodel, good, 3, "NUMERIC_ERROR")]
+    if server_accepts("gates", {"min_ratio": 1.0}):
+        cases.append((MODEL, spec_file({"passes": [INT8], "gates": {"max_rel_error": 1e-6}},
+                                       "o3.json"), 4, "GATE_FAILED"))
+    else:
+        print("# no gates in this build: the exit 4 case is not run")
+    for model, spec, want, words in cases:
+        out = h.make_tmpdir("slimd-compress-")
+        p = subprocess.run([h.slimd_bin(), "compress", model, "--spec", spec, "-o", out],
+                           capture_output=True, text=True, timeout=120)
+        print("# slimd compress %s --spec %s -> %d: %s" % (os.path.basename(model),
+                                                           os.path.basename(spec), p.returncode,
+                                                           p.stderr.strip()[:200]))
+        assert p.returncode == want, (model, spec, p.returncode, p.stderr)
+        if words:
+            assert words in p.stderr, (words, p.stderr)
+        if want == 4:   # the artifact and report are kept to look at
+            assert os.path.exists(os.path.join(out, "report.json")), os.listdir(out)
+            assert os.path.exists(os.path.join(out, "enc.slim.safetensors")), os.listdir(out)
+
+
 # ---------------------------------------------------------------- README's CI script
 
 
