@@ -611,6 +611,23 @@ static void make_stem(const char *name, char *out, size_t len)
         snprintf(out, len, "model");
 }
 
+/* mkdir -p of path's directories: "a/b/c" makes a and a/b, "a/b/" also
+ * a/b.  Returns 0, or -1 with errno set. */
+static int mkdir_parents(const char *path)
+{
+    char p[4096];
+    snprintf(p, sizeof p, "%s", path);
+    for (char *q = p + 1; *q; q++) {
+        if (*q != '/')
+            continue;
+        *q = 0;
+        if (mkdir(p, 0755) && errno != EEXIST)
+            return -1;
+        *q = '/';
+    }
+    return 0;
+}
+
 /* ---- the model ---- */
 
 /* A model already on the server with these bytes: GET
@@ -917,9 +934,10 @@ static void usage(FILE *f)
             "  --server URL        http(s)://host:port (SLIMD_SERVER; default %s)\n"
             "  --wait              wait for the job to end, then download its artifact to OUT\n"
             "                      and its report; -o and --report imply it\n"
-            "  -o, --output OUT    the artifact's file, or a directory for the default name\n"
-            "                      MODEL.JOB_ID.EXT (MODEL: the file's stem or the model's\n"
-            "                      name; EXT: safetensors, onnx or tar, as the server sends)\n"
+            "  -o, --output OUT    the artifact's file, or a directory (existing, or ending\n"
+            "                      in /) for the default name MODEL.JOB_ID.EXT (MODEL: the\n"
+            "                      file's stem or the model's name; EXT: safetensors, onnx\n"
+            "                      or tar, as the server sends); missing directories are made\n"
             "  --report FILE       the report JSON (default: OUT without its extension,\n"
             "                      .report.json); a job that fails a gate still has one\n"
             "  --model-name NAME   the newest model of that name on the server\n"
@@ -1088,12 +1106,16 @@ int slimd_submit(int argc, char **argv)
         else
             json_object_set(spec, "labels", labels);
     }
-    /* where the downloads go, checked before any work is done; OUT
-     * ending in '/' is a directory, made when it is not there */
-    if (out && out[0] && out[strlen(out) - 1] == '/' && mkdir(out, 0755) && errno != EEXIST) {
-        fprintf(stderr, "slimd submit: -o %s: %s\n", out, strerror(errno));
-        ex = SLIMD_EXIT_FAILURE;
-        goto out;
+    /* where the downloads go, checked before any work is done: OUT's
+     * directories are made (OUT itself too when it ends in '/') */
+    for (int i = 0; i < 2; i++) {
+        const char *f = i ? report : out;
+        if (f && mkdir_parents(f)) {
+            fprintf(stderr, "slimd submit: cannot make the directories of %s: %s\n", f,
+                    strerror(errno));
+            ex = SLIMD_EXIT_FAILURE;
+            goto out;
+        }
     }
     if (out && stat(out, &st) == 0 && S_ISDIR(st.st_mode)) {
         snprintf(dir, sizeof dir, "%s", out);

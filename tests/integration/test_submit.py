@@ -127,13 +127,12 @@ def check_download(p, job_id, art, rep):
 @h.test
 def test_success_downloads_artifact_and_report():
     """a model file, --wait -o: exit 0, job id on stdout, artifact and report match the server"""
-    out = os.path.join(WORK, "dist", "enc.int8.safetensors")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
+    out = os.path.join(WORK, "dist", "v1", "enc.int8.safetensors")   # dist/v1/ is made
     p = submit([MODEL, "--spec", spec_file({"passes": [INT8]}), "--wait", "-o", out])
     assert p.returncode == 0, p.stderr
     job_id = p.stdout.strip()
     assert re.fullmatch(r"job_[0-9a-f]+", job_id), p.stdout
-    check_download(p, job_id, out, os.path.join(WORK, "dist", "enc.int8.report.json"))
+    check_download(p, job_id, out, os.path.join(WORK, "dist", "v1", "enc.int8.report.json"))
     art = h.SafetensorsFile(open(out, "rb").read())
     assert art["enc.fc.weight"].dtype == "I8"
     assert "succeeded" in p.stderr and "ratio" in p.stderr, p.stderr
