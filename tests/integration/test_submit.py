@@ -15,7 +15,9 @@ import http.server
 import json
 import os
 import re
+import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -358,6 +360,55 @@ def test_token():
         assert p.returncode == 0, p.stderr
         p = submit([MODEL, "--spec", spec, "--server", t.base], env={"SLIMD_TOKEN": tok})
         assert p.returncode == 0 and "not uploaded again" in p.stderr, p.stderr
+    finally:
+        t.stop()
+
+
+class TLSDaemon(h.Daemon):
+    """A daemon with --tls-cert, its health checked over HTTPS."""
+
+    def __init__(self, cafile, **kw):
+        super().__init__(**kw)
+        self.ctx = ssl.create_default_context(cafile=cafile)
+
+    @property
+    def base(self):
+        return "https://localhost:%d" % self.port
+
+    def request(self, method, path, body=None, headers=None, json_body=None, timeout=60,
+                chunked=False):
+        conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=timeout,
+                                           context=self.ctx)
+        try:
+            conn.request(method, path, body=body, headers=dict(headers or {}))
+            r = conn.getresponse()
+            return h.Response(r.status, r.reason, r.headers, r.read())
+        finally:
+            conn.close()
+
+
+@h.test
+def test_https():
+    """https with a self-signed certificate: --cacert works (exit 0); without it, exit 5 naming --cacert"""
+    if not shutil.which("openssl"):
+        h.skip("openssl is not installed (scripts/deps.sh installs it)")
+    d = h.make_tmpdir("slimd-submit-tls-")
+    key, cert = os.path.join(d, "server.key"), os.path.join(d, "server.crt")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=localhost", "-addext",
+                    "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", key, "-out", cert],
+                   capture_output=True, check=True)
+    t = TLSDaemon(cert, workers=1, name="tls", args=["--tls-cert", cert, "--tls-key", key])
+    t.start()
+    try:
+        spec = spec_file({"passes": [INT8]})
+        p = submit([MODEL, "--spec", spec, "--server", t.base])
+        assert p.returncode == 5 and "--cacert" in p.stderr, (p.returncode, p.stderr)
+        out = os.path.join(WORK, "tls", "enc.safetensors")
+        p = submit([MODEL, "--spec", spec, "--server", t.base, "--cacert", cert, "-o", out])
+        assert p.returncode == 0, p.stderr
+        job = t.get("/v1/jobs/" + p.stdout.strip()).json
+        assert sha256(out) == job["artifact"]["sha256"], job
     finally:
         t.stop()
 
