@@ -336,6 +336,56 @@ def test_gate_failed_exit_4():
     assert p.returncode == 0, (p.returncode, p.stderr)
 
 
+# ---------------------------------------------------------------- names, labels, ?wait
+
+
+@h.test
+def test_model_name_job_name_labels():
+    """--model-name NAME runs on the newest model of that name; --name and --label reach the job"""
+    r = D.post_json("/v1/jobs", {"model": {"name": "no-such-model-name"}, "passes": [INT8]})
+    if r.status == 400:
+        h.skip("this daemon takes no {\"name\": ...} model reference (%s): the lifecycle "
+               "branch adds them" % r.json["error"]["message"])
+    if not server_accepts("name", "x"):
+        h.skip("this daemon has no job names: the lifecycle branch adds them")
+    older = D.upload(open(MODEL, "rb").read(), name="byname").json["id"]
+    fresh = os.path.join(WORK, "byname.safetensors")
+    write_model(fresh, seed=21)
+    newer = D.upload(open(fresh, "rb").read(), name="byname").json["id"]
+    assert older != newer
+    p = submit(["--model-name", "byname", "--spec", spec_file({"passes": [INT8]}),
+                "--name", "nightly", "--label", "team=ml", "--label", "commit=abc", "--wait"])
+    assert p.returncode == 0, p.stderr
+    job = D.get("/v1/jobs/" + p.stdout.strip()).json
+    assert job["model"] == newer, (job["model"], newer, older)
+    assert job.get("name") == "nightly" and job.get("labels") == {"team": "ml", "commit": "abc"}, job
+    p = submit(["--model-name", "no-such-model-name", "--spec", spec_file({"passes": [INT8]})])
+    assert p.returncode == 2 and "no-such-model-name" in p.stderr, (p.returncode, p.stderr)
+
+
+@h.test
+def test_wait_is_used():
+    """on a daemon with ?wait: one blocking request per 30 s instead of polling"""
+    any_job = D.get("/v1/jobs?limit=1").json["jobs"][0]["id"]
+    if D.get("/v1/jobs/%s?wait=x" % any_job).status != 400:
+        h.skip("this daemon ignores ?wait (the ci-server branch adds it): the client polls")
+    slow = os.path.join(WORK, "slow.safetensors")
+    w = h.f32_bytes(h.gaussian(1536 * 1536, 31))
+    with open(slow, "wb") as f:
+        f.write(h.safetensors_bytes([h.Tensor("w%d" % i, "F32", [1536, 1536], w)
+                                     for i in range(2)]))
+    log0 = len(D.stderr_text())
+    p = submit([slow, "--spec", spec_file({"passes": [{"op": "lowrank", "rank": 128,
+                                                       "algorithm": "exact"}]}), "--wait"])
+    assert p.returncode == 0, p.stderr
+    job_id = p.stdout.strip()
+    gets = [l for l in D.stderr_text()[log0:].splitlines()
+            if re.search(r"GET /v1/jobs/%s \d" % job_id, l)]
+    job = D.get("/v1/jobs/" + job_id).json
+    print("# %d GET /v1/jobs/%s over %.1f s" % (len(gets), job_id, p.seconds))
+    assert 1 <= len(gets) <= 2 + int(p.seconds / 30), gets
+
+
 # ---------------------------------------------------------------- tokens
 
 
