@@ -912,6 +912,24 @@ static int wait_job(struct client *c, const char *id, double timeout, json_t **j
     }
 }
 
+/* The report's warnings[] (a pass that selected nothing, a skipped
+ * tensor...), the first few, so a CI log shows them. */
+static void print_warnings(struct client *c, const char *path)
+{
+    json_t *rep = json_load_file(path, 0, NULL), *w;
+    json_t *ws = json_object_get(rep, "warnings");
+    size_t i, n = json_array_size(ws);
+    json_array_foreach(ws, i, w) {
+        if (i == 5) {
+            say(c, "... %zu more warnings in %s", n - 5, path);
+            break;
+        }
+        say(c, "warning: %s: %s", json_string_value(json_object_get(w, "code")) ?: "?",
+            json_string_value(json_object_get(w, "message")) ?: "");
+    }
+    json_decref(rep);
+}
+
 static void usage(FILE *f)
 {
     fprintf(f,
@@ -1251,6 +1269,8 @@ int slimd_submit(int argc, char **argv)
         if (rex)
             rep_path[0] = 0;
     }
+    if (rep_path[0])
+        print_warnings(&c, rep_path);
     if (!strcmp(state, "succeeded")) {
         json_t *rep = json_load_file(rep_path, 0, NULL);
         totals = json_object_get(rep, "totals");

@@ -386,6 +386,20 @@ def test_wait_is_used():
     assert 1 <= len(gets) <= 2 + int(p.seconds / 30), gets
 
 
+@h.test
+def test_report_warnings_printed():
+    """the report's warnings (a pass that selected nothing) are printed in the CI log"""
+    spec = {"passes": [dict(INT8, include=["no.such.*"])]}
+    out = os.path.join(WORK, "warn", "enc.safetensors")
+    p = submit([MODEL, "--spec", spec_file(spec), "-o", out])
+    assert p.returncode == 0, p.stderr
+    rep = json.load(open(os.path.join(WORK, "warn", "enc.report.json")))
+    if "warnings" not in rep:
+        h.skip("this daemon's reports have no warnings[] (the ci-server branch adds them)")
+    assert rep["warnings"], rep["warnings"]
+    assert "warning: %s: " % rep["warnings"][0]["code"] in p.stderr, p.stderr
+
+
 # ---------------------------------------------------------------- tokens
 
 
