@@ -611,6 +611,19 @@ static void make_stem(const char *name, char *out, size_t len)
         snprintf(out, len, "model");
 }
 
+/* An id or extension that the server sent, safe in a file name and a
+ * URL path: letters, digits, '_' and '-' only. */
+static int plain_id(const char *s)
+{
+    if (!s || !*s)
+        return 0;
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+              *s == '_' || *s == '-'))
+            return 0;
+    return 1;
+}
+
 /* mkdir -p of path's directories: "a/b/c" makes a and a/b, "a/b/" also
  * a/b.  Returns 0, or -1 with errno set. */
 static int mkdir_parents(const char *path)
@@ -655,7 +668,7 @@ static int find_by_sha(struct client *c, const char *hex, char *id, size_t len, 
     json_array_foreach(json_object_get(r.json, "models"), i, m) {
         const char *s = json_string_value(json_object_get(m, "sha256"));
         const char *mid = json_string_value(json_object_get(m, "id"));
-        if (r.status == 200 && s && mid && !strcmp(s, hex)) {
+        if (r.status == 200 && s && plain_id(mid) && !strcmp(s, hex)) {
             snprintf(id, len, "%s", mid);
             found = 1;
             break;
@@ -690,7 +703,7 @@ static int upload_model(struct client *c, const char *path, FILE *f, uint64_t si
     clear_line(c);
     if (r.status == 200 || r.status == 201) {
         const char *mid = json_string_value(json_object_get(r.json, "id"));
-        if (mid) {
+        if (plain_id(mid)) {
             snprintf(id, len, "%s", mid);
             say(c, "model %s uploaded (%s)", id, hb);
         } else {
@@ -715,7 +728,7 @@ static int upload_model(struct client *c, const char *path, FILE *f, uint64_t si
  * written.  Returns an exit status; quiet_409 makes a 409 (nothing to
  * download yet) return -1 without a word. */
 static int download(struct client *c, const char *path, const char *what, const char *fixed,
-                    const char *dir, const char *stem, const char *suffix, const char *want_sha,
+                    const char *dir, const char *stem, const char *want_sha,
                     char *final, size_t flen, int quiet_409)
 {
     struct sink s = {0};
@@ -766,14 +779,11 @@ static int download(struct client *c, const char *path, const char *what, const 
     if (fixed) {
         snprintf(final, flen, "%s", fixed);
     } else {
-        const char *ext = suffix;
-        char extbuf[64];
-        if (!ext) {   /* "job_x.safetensors" -> ".safetensors" */
-            const char *dot = strrchr(r.filename, '.');
-            snprintf(extbuf, sizeof extbuf, "%s",
-                     dot && !strchr(dot, '/') ? dot : ".safetensors");
-            ext = extbuf;
-        }
+        /* the server's file name "job_x.tar" gives ".tar" (letters and
+         * digits only: a name from the network never makes a path) */
+        const char *ext = strrchr(r.filename, '.');
+        if (!ext || !ext[1] || strlen(ext) > 16 || !plain_id(ext + 1))
+            ext = ".safetensors";
         snprintf(final, flen, "%s%s%s%s", strcmp(dir, ".") ? dir : "", strcmp(dir, ".") ? "/" : "",
                  stem, ext);
     }
@@ -1195,7 +1205,7 @@ int slimd_submit(int argc, char **argv)
     }
     snprintf(job_id, sizeof job_id, "%s",
              json_string_value(json_object_get(r.json, "id")) ?: "");
-    if (!job_id[0]) {
+    if (!plain_id(job_id)) {
         say(&c, "submitting the job: the answer has no job id");
         ex = SLIMD_EXIT_FAILURE;
         goto out;
@@ -1208,7 +1218,7 @@ int slimd_submit(int argc, char **argv)
         struct reply mr = {0};
         char mpath[200];
         const char *mid = json_string_value(json_object_get(r.json, "model"));
-        if (mid) {
+        if (plain_id(mid)) {
             snprintf(mpath, sizeof mpath, "/v1/models/%s", mid);
             mq.path = mpath;
             call(&c, &mq, &mr);
@@ -1232,7 +1242,7 @@ int slimd_submit(int argc, char **argv)
         char apath[256];
         want = json_string_value(json_object_get(json_object_get(job, "artifact"), "sha256"));
         snprintf(apath, sizeof apath, "/v1/jobs/%s/artifact", job_id);
-        if ((ex = download(&c, apath, "the artifact", fixed_out, dir, fstem, NULL, want,
+        if ((ex = download(&c, apath, "the artifact", fixed_out, dir, fstem, want,
                            art_path, sizeof art_path, 0)))
             goto out;
     }
@@ -1260,7 +1270,7 @@ int slimd_submit(int argc, char **argv)
         snprintf(copy, sizeof copy, "%s", want_rep);
         snprintf(rdir, sizeof rdir, "%s", dirname(copy));
         snprintf(rpath, sizeof rpath, "/v1/jobs/%s/report", job_id);
-        rex = download(&c, rpath, "the report", want_rep, rdir, fstem, NULL, NULL, rep_path,
+        rex = download(&c, rpath, "the report", want_rep, rdir, fstem, NULL, rep_path,
                        sizeof rep_path, strcmp(state, "succeeded") != 0);
         if (rex > 0 && !strcmp(state, "succeeded")) {
             ex = rex;
