@@ -60,6 +60,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "daemon/cli.h"
+#include "passes/slim.h"
 
 #define DEFAULT_SERVER "http://127.0.0.1:8420"   /* slimd serve's default --listen */
 #define BODY_MAX (16u << 20)   /* a JSON answer held in memory (a page of models) */
@@ -242,7 +243,7 @@ static size_t on_body(char *p, size_t size, size_t n, void *ud)
     }
     if (x->len + len > BODY_MAX)
         return 0;
-    if (!(nb = realloc(x->body, x->len + len + 1)))
+    if (!(nb = slim_realloc(x->body, x->len + len + 1)))
         return 0;
     x->body = nb;
     memcpy(x->body + x->len, p, len);
@@ -398,7 +399,7 @@ static void attempt(struct client *c, const struct request *rq, struct reply *r)
                          " (a self-signed server certificate needs --cacert FILE)");
         }
     }
-    free(x.body);
+    slim_free(x.body);
 }
 
 /* Failures of the network (and of proxies in front of the server) that
@@ -1307,7 +1308,7 @@ out:
     json_decref(job);
     json_decref(spec);
     json_decref(labels);
-    free(body);
+    free(body);   /* json_dumps: jansson's default allocator */
     if (mf)
         fclose(mf);
     if (c.h)
