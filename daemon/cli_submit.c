@@ -852,7 +852,7 @@ static int cancel_job(struct client *c, const char *id)
  * canceled.  Returns 0 or an exit status. */
 static int wait_job(struct client *c, const char *id, double timeout, json_t **job)
 {
-    double start = now(), backoff = 0.25, last_line = 0;
+    double start = now(), backoff = 0.25, last_line = 0, seen_at = 0, seen_prog = 0;
     int use_wait = 1, canceled = 0, wait_s = c->tty ? WAIT_TTY : WAIT_LOG;
     char path[256], last[200] = "";
     struct request rq = {.method = "GET", .path = path};
@@ -905,8 +905,20 @@ static int wait_job(struct client *c, const char *id, double timeout, json_t **j
             int changed = strcmp(cur, last) != 0;
             int log = changed && (strncmp(cur, last, strlen(cur) - 4) ||
                                   now() - last_line >= 10);
-            progress(c, log, "job %s %s%s%s %3.0f%% (%.0f s)", id, state ? state : "?",
-                     stage && *stage ? ", " : "", stage ? stage : "", 100 * prog, now() - start);
+            /* the time left, from the progress seen made since it was
+             * first seen running (this clock only: the server's may
+             * differ) */
+            char eta[48] = "";
+            if (state && !strcmp(state, "running") && !seen_at) {
+                seen_at = now();
+                seen_prog = prog;
+            }
+            if (seen_at && prog - seen_prog >= 0.02 && prog < 1)
+                snprintf(eta, sizeof eta, ", about %.0f s left",
+                         (now() - seen_at) * (1 - prog) / (prog - seen_prog));
+            progress(c, log, "job %s %s%s%s %3.0f%% (%.0f s%s)", id, state ? state : "?",
+                     stage && *stage ? ", " : "", stage ? stage : "", 100 * prog, now() - start,
+                     eta);
             if (log)
                 last_line = now();
             /* the server ignored ?wait when it answered at once and
