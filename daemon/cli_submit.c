@@ -739,9 +739,12 @@ static int download(struct client *c, const char *path, const char *what, const 
     unsigned char md[32];
     unsigned mdlen = 0;
     int fd, ex = SLIMD_EXIT_FAILURE;
+    mode_t um;
 
     snprintf(tmp, sizeof tmp, "%s/.slimd-download-XXXXXX", dir);
-    if ((fd = mkstemp(tmp)) < 0 || !(s.f = fdopen(fd, "w+b"))) {
+    um = umask(0);   /* mkstemp makes 0600; the file gets what the umask allows */
+    umask(um);
+    if ((fd = mkstemp(tmp)) < 0 || fchmod(fd, 0666 & ~um) || !(s.f = fdopen(fd, "w+b"))) {
         say(c, "cannot create a file in %s: %s", dir, strerror(errno));
         if (fd >= 0) {
             close(fd);

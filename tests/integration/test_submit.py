@@ -137,6 +137,9 @@ def test_success_downloads_artifact_and_report():
     check_download(p, job_id, out, os.path.join(WORK, "dist", "v1", "enc.int8.report.json"))
     art = h.SafetensorsFile(open(out, "rb").read())
     assert art["enc.fc.weight"].dtype == "I8"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(out).st_mode & 0o777 == 0o666 & ~umask, oct(os.stat(out).st_mode)
     assert "succeeded" in p.stderr and "ratio" in p.stderr, p.stderr
 
 
