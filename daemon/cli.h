@@ -18,7 +18,9 @@ int slimd_infer(int argc, char **argv);
 int slimd_eval(int argc, char **argv);
 /* cli_token.c: bearer tokens in the data dir's database */
 int slimd_token(int argc, char **argv);
-/* cli_submit.c: the HTTP client for CI scripts and timers */
+/* cli_submit.c: the HTTP client for CI scripts and timers.  Runs once
+ * per process (it calls curl_global_init/cleanup); prints the job id on
+ * stdout, the rest on stderr; returns an enum slimd_exit. */
 int slimd_submit(int argc, char **argv);
 void slimd_usage(FILE *f);
 

@@ -15,7 +15,10 @@
  *      NAME} there and the server picks the newest model of that name.
  *   2. The job: POST /v1/jobs with the spec (a file, stdin or inline
  *      JSON) and --name, --label, under an Idempotency-Key of 128 random
- *      bits, so a POST retried after a lost answer is not a second job.
+ *      bits, so a POST retried after a lost answer is not a second job
+ *      (on a server that keeps the keys; one that ignores the header
+ *      may, rarely, get a second job: when the answer to a stored job
+ *      is lost).
  *      The job id is printed alone on stdout (JOB=$(slimd submit ...)).
  *   3. With --wait: GET /v1/jobs/{id}?wait=N until the job ends.  A
  *      server that ignores ?wait (it answers at once, with nothing
