@@ -254,8 +254,9 @@ struct api_watch;
 /* Listens to st's job changes; *out is new (api_watch_free). */
 int api_watch_new(struct store *st, struct api_watch **out, struct slim_error *err);
 /* Wakes every waiter and event stream for good: they answer at once
- * (a wait with the job as it is, a stream by ending).  Any thread. */
-void api_watch_stop(struct api_watch *w);
+ * (a wait with the job as it is, a stream by ending); waits up to 2 s
+ * for them to be done.  Returns how many there were.  Any thread. */
+int api_watch_stop(struct api_watch *w);
 /* Stops listening and frees w; no waiter may be left (after the server
  * stopped). */
 void api_watch_free(struct api_watch *w);

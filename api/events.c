@@ -54,8 +54,11 @@ struct api_watch {
     pthread_cond_t cond;       /* CLOCK_MONOTONIC */
     uint64_t gen;              /* bumped on every jobs row change */
     int stop;
+    int active;                /* waiters and event streams not yet done */
     struct store *st;
 };
+
+static double mono_now(void);
 
 static void on_jobs_changed(void *ud)
 {
@@ -86,12 +89,34 @@ int api_watch_new(struct store *st, struct api_watch **out, struct slim_error *e
     return 0;
 }
 
-void api_watch_stop(struct api_watch *w)
+int api_watch_stop(struct api_watch *w)
 {
+    struct timespec ts;
+    double until = mono_now() + 2.0;
+    int had;
     if (!w)
-        return;
+        return 0;
     pthread_mutex_lock(&w->lock);
     w->stop = 1;
+    had = w->active;
+    pthread_cond_broadcast(&w->cond);
+    /* their answers go out before libmicrohttpd closes the connections:
+     * a waiter gets the job as it is, a stream its last chunk */
+    while (w->active > 0 && mono_now() < until) {
+        double t = mono_now() + 0.05;
+        ts.tv_sec = (time_t)t;
+        ts.tv_nsec = (long)((t - (double)ts.tv_sec) * 1e9);
+        pthread_cond_timedwait(&w->cond, &w->lock, &ts);
+    }
+    pthread_mutex_unlock(&w->lock);
+    return had;
+}
+
+/* A waiter or stream begins (+1) or is done (-1). */
+static void active_add(struct api_watch *w, int d)
+{
+    pthread_mutex_lock(&w->lock);
+    w->active += d;
     pthread_cond_broadcast(&w->cond);
     pthread_mutex_unlock(&w->lock);
 }
@@ -217,6 +242,7 @@ int api_jobs_wait(struct api_ctx *ctx, struct MHD_Connection *conn, struct api_r
         return with_notify(ctx, id, *row);
     fd = conn_fd(conn);
     deadline = mono_now() + secs;
+    active_add(w, 1);
     /* the generation is read before the row: a change between the two
      * is then seen as a change, never lost */
     seen = watch_gen(w);
@@ -227,11 +253,14 @@ int api_jobs_wait(struct api_ctx *ctx, struct MHD_Connection *conn, struct api_r
         if (store_job_get(ctx->st, id, &fresh, &err)) {
             /* gone meanwhile (deleted): say so, as GET would now */
             *ret = api_reply_slim_error(conn, req, &err);
+            active_add(w, -1);
             return 0;
         }
         json_decref(*row);
         *row = fresh;
     }
+    /* counted until its answer is queued; the stop's grace covers the send */
+    active_add(w, -1);
     return with_notify(ctx, id, *row);
 }
 
@@ -256,6 +285,7 @@ struct sse {
 static void sse_free(void *cls)
 {
     struct sse *s = cls;
+    active_add(s->ctx->watch, -1);
     slim_free(s->buf);
     slim_free(s);
 }
@@ -437,6 +467,7 @@ enum MHD_Result api_jobs_events(struct api_ctx *ctx, struct MHD_Connection *conn
     s->fd = conn_fd(conn);
     s->next_id = last ? v + 1 : 1;
     s->keepalive_at = mono_now() + SSE_KEEPALIVE_SECONDS;
+    active_add(ctx->watch, 1);
     resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, sse_read, s, sse_free);
     if (!resp) {
         sse_free(s);

@@ -978,7 +978,10 @@ void api_server_stop(struct api_server *srv)
     MHD_socket s = MHD_quiesce_daemon(srv->mhd);
     if (s != MHD_INVALID_SOCKET)
         close(s);
-    api_watch_stop(srv->ctx.watch);   /* waiters answer, event streams end */
+    /* waiters answer, event streams end; then a moment for the last of
+     * those answers to be sent before the connections close */
+    if (api_watch_stop(srv->ctx.watch) > 0)
+        usleep(100 * 1000);
     MHD_stop_daemon(srv->mhd);
     stop_reaper(srv);
     api_watch_free(srv->ctx.watch);
