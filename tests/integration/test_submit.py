@@ -622,6 +622,51 @@ def test_compress_exit_codes():
             assert os.path.exists(os.path.join(out, "enc.slim.safetensors")), os.listdir(out)
 
 
+@h.test
+def test_daemon_restart_while_waiting():
+    """the daemon stops and comes back on its port while the client waits: it retries, the re-queued job ends, exit 0"""
+    t = h.Daemon(workers=1, name="restart").start()
+    try:
+        slow = os.path.join(WORK, "slow2.safetensors")
+        w = h.f32_bytes(h.gaussian(1536 * 1536, 41))
+        with open(slow, "wb") as f:
+            f.write(h.safetensors_bytes([h.Tensor("w%d" % i, "F32", [1536, 1536], w)
+                                         for i in range(2)]))
+        spec = spec_file({"passes": [{"op": "lowrank", "rank": 128, "algorithm": "exact"}]})
+        out = os.path.join(WORK, "restart", "slow2.safetensors")
+        argv = [h.slimd_bin(), "submit", slow, "--spec", spec, "--server", t.base, "-o", out]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 60
+        running = None
+        while time.time() < deadline and not running:
+            jobs = t.get("/v1/jobs").json["jobs"]
+            running = [j for j in jobs if j["state"] == "running"]
+            time.sleep(0.05)
+        assert running, "the job never ran"
+        port = t.port
+        t.stop()
+        time.sleep(1.5)
+        free_port = h.free_port
+        h.free_port = lambda: port   # back on the same port
+        try:
+            t.start()
+        finally:
+            h.free_port = free_port
+        try:
+            stdout, stderr = proc.communicate(timeout=180)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+        print("# " + stderr.replace("\n", "\n# "))
+        assert proc.returncode == 0, (proc.returncode, stderr)
+        assert "again in" in stderr, stderr
+        job = t.get("/v1/jobs/" + stdout.strip()).json
+        assert job["state"] == "succeeded" and job["attempts"] >= 1, job
+        assert sha256(out) == job["artifact"]["sha256"]
+    finally:
+        t.stop()
+
+
 # ---------------------------------------------------------------- README's CI script
 
 
