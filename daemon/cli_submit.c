@@ -963,9 +963,9 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: slimd submit [MODEL_FILE_OR_ID] --spec SPEC [--server URL] [--wait]\n"
-            "                    [-o OUT] [--report FILE] [--model-name NAME] [--name JOBNAME]\n"
-            "                    [--label KEY=VALUE]... [--token-file FILE] [--cacert FILE]\n"
-            "                    [--timeout S]\n"
+            "                    [-o OUT] [--report FILE] [--model-name NAME]\n"
+            "                    [--name JOBNAME] [--label KEY=VALUE]... [--token-file FILE]\n"
+            "                    [--cacert FILE] [--timeout S]\n"
             "\n"
             "Submits a compression job to a slimd server and, with --wait, waits for it,\n"
             "then downloads its artifact and report.  The job id is printed on stdout;\n"
