@@ -70,6 +70,7 @@
 #define RETRY_WINDOW 60.0      /* seconds a server that answered once may be away */
 #define WAIT_TTY 2             /* ?wait= on a terminal: the progress line moves */
 #define WAIT_LOG 30            /* ?wait= otherwise: a line at most every 30 s */
+#define CANCEL_GRACE 120       /* seconds a job canceled by --timeout has to end */
 
 struct client {
     CURL *h;
@@ -871,6 +872,11 @@ static int wait_job(struct client *c, const char *id, double timeout, json_t **j
         const char *state, *stage;
         double prog;
         char cur[200];
+        if (canceled && t0 - start > timeout + CANCEL_GRACE) {
+            say(c, "job %s was asked to cancel %.0f s ago and has not ended: giving up", id,
+                (double)CANCEL_GRACE);
+            return SLIMD_EXIT_FAILURE;
+        }
         if (timeout > 0 && left <= 0 && !canceled) {
             say(c, "job %s has not ended within --timeout %.0f s: canceling it", id, timeout);
             canceled = 1;
