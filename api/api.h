@@ -95,6 +95,7 @@ struct api_ctx {
     const char *const *allowed_hosts;    /* borrowed from the config */
     const char *const *cors_origins;
     struct api_watch *watch;             /* job change notices (events.c); NULL: none */
+    unsigned conn_timeout;               /* --conn-timeout: event streams speak more often */
 };
 
 /* ---- auth.c: the gate every request passes ---- */

@@ -28,8 +28,10 @@
  * The event stream is a response whose content reader (on the same
  * connection thread) blocks for the next change: an event per change of
  * state, stage or progress (progress at most every 250 ms), each with an
- * ETA from the progress rate since the job started, a comment every
- * 15 s to keep proxies from closing it, and the job's final JSON in an
+ * ETA from the progress rate since the job started, a comment after
+ * 15 s without an event (or half of --conn-timeout, when that is
+ * shorter: libmicrohttpd closes a connection silent for that long) to
+ * keep it and proxies from closing it, and the job's final JSON in an
  * `end` event, after which the stream ends.  Nothing of a job's history
  * is kept, so a reconnecting client (Last-Event-ID) gets the current
  * state first, with ids that continue from the one it gave.
@@ -279,6 +281,7 @@ struct sse {
     double progress;           /* last sent */
     double progress_at;        /* mono time of the last progress event */
     int progress_due;          /* a progress change waits for its 250 ms */
+    double keepalive;          /* seconds between keep-alive comments */
     double keepalive_at;
 };
 
@@ -415,7 +418,7 @@ static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max)
             s->off += n;
             if (s->off == s->len)
                 s->off = s->len = 0;
-            s->keepalive_at = mono_now() + SSE_KEEPALIVE_SECONDS;
+            s->keepalive_at = mono_now() + s->keepalive;
             return (ssize_t)n;
         }
         if (s->ended)
@@ -466,7 +469,10 @@ enum MHD_Result api_jobs_events(struct api_ctx *ctx, struct MHD_Connection *conn
     snprintf(s->id, sizeof s->id, "%s", id);
     s->fd = conn_fd(conn);
     s->next_id = last ? v + 1 : 1;
-    s->keepalive_at = mono_now() + SSE_KEEPALIVE_SECONDS;
+    s->keepalive = SSE_KEEPALIVE_SECONDS;
+    if (ctx->conn_timeout && ctx->conn_timeout / 2.0 < s->keepalive)
+        s->keepalive = ctx->conn_timeout / 2.0;
+    s->keepalive_at = mono_now() + s->keepalive;
     active_add(ctx->watch, 1);
     resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, sse_read, s, sse_free);
     if (!resp) {

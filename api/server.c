@@ -926,6 +926,7 @@ int api_server_start(struct store *st, const struct api_config *cfg,
         flags |= MHD_USE_TLS;
     }
     srv->head_timeout = cfg->conn_timeout;
+    srv->ctx.conn_timeout = cfg->conn_timeout;
     if (api_watch_new(st, &srv->ctx.watch, err)) {
         slim_free(srv);
         return err->code;

@@ -1721,8 +1721,8 @@ int store_webhook_add(struct store *st, const char *job_id, const char *url,
 int store_webhook_due(struct store *st, double now, int limit, json_t **rows, double *next_at,
                       struct slim_error *err)
 {
-    sqlite3_stmt *s;
-    int rc, step;
+    sqlite3_stmt *s = NULL;
+    int rc, step = SQLITE_DONE;
     *rows = json_array();
     *next_at = 0;
     if (!*rows)
@@ -1741,10 +1741,11 @@ int store_webhook_due(struct store *st, double now, int limit, json_t **rows, do
                                                "url", col_text(s, 1), "attempts",
                                                (json_int_t)sqlite3_column_int64(s, 2)));
     }
-    if (!rc && step != SQLITE_ROW && step != SQLITE_DONE)
-        rc = db_error(st, err, "cannot read webhooks");
-    if (!rc)
+    if (s) {
+        if (!rc && step != SQLITE_ROW && step != SQLITE_DONE)
+            rc = db_error(st, err, "cannot read webhooks");
         sqlite3_finalize(s);
+    }
     pthread_mutex_unlock(&st->lock);
     if (rc) {
         json_decref(*rows);
