@@ -48,6 +48,10 @@ void slimd_usage(FILE *f)
             "       slimd token revoke ID [--data-dir DIR]\n"
             "       slimd scheduled [--dir DIR] [--server URL]\n"
             "       slimd compress MODEL --spec SPEC.json -o OUTDIR [--threads N]\n"
+            "       slimd submit [MODEL_FILE_OR_ID] --spec SPEC [--server URL] [--wait] [-o OUT]\n"
+            "                    [--report FILE] [--model-name NAME] [--name JOBNAME]\n"
+            "                    [--label KEY=VALUE]... [--token-file FILE] [--cacert FILE]\n"
+            "                    [--timeout S]\n"
             "       slimd infer MODEL.onnx INPUT.safetensors OUTPUT.safetensors\n"
             "       slimd eval MODEL.onnx DATA.safetensors [--batch N] [--repeat R] [--threads N]\n"
             "       slimd decode ARTIFACT -o OUT\n"
@@ -120,6 +124,9 @@ void slimd_usage(FILE *f)
             "          read beside it and written into OUTDIR under the same names, with a\n"
             "          new index), or a tar of such a checkpoint (written as OUTDIR/NAME.slim.tar).\n"
             "  --threads N              threads for the kernels (default: every core)\n"
+            "          Exit status: 0 ok, 2 the command line, the spec or the model cannot be\n"
+            "          used, 3 compressing failed, 4 a quality gate was missed, 1 else.\n"
+            "submit    sends a job to a slimd server, waits, downloads; `slimd submit --help`.\n"
             "infer     runs an ONNX model with slimd's engine on the tensor 'input' of a\n"
             "          safetensors file (first dim = batch) and writes the model's first\n"
             "          output as the F32 tensor 'output' of OUTPUT.safetensors.\n"
@@ -697,6 +704,29 @@ static void artifact_name(const char *model, const char *outdir, char *buf, size
              kind == 2 ? "tar" : kind == 3 ? "onnx" : "safetensors");
 }
 
+/* The exit status for an error of the pipeline (enum slimd_exit): what
+ * was given to it (spec, model, dataset) is bad, a gate was missed, or
+ * the compression itself failed.  GATE_FAILED is found by its name, the
+ * same code the server reports in a job's error.code. */
+static int compress_exit(int code)
+{
+    if (!strcmp(slim_errcode(code), "GATE_FAILED"))
+        return SLIMD_EXIT_GATE_FAILED;
+    switch (code) {
+    case SLIM_EINVAL:
+    case SLIM_ESPEC:
+    case SLIM_EFORMAT:
+    case SLIM_EMEDIA:
+    case SLIM_ENOTFOUND:
+    case SLIM_EDATASET:
+    case SLIM_EUNSUPPORTED:
+    case SLIM_EBUDGET:
+        return SLIMD_EXIT_BAD_INPUT;
+    default:
+        return SLIMD_EXIT_JOB_FAILED;
+    }
+}
+
 int slimd_compress(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -714,7 +744,7 @@ int slimd_compress(int argc, char **argv)
     json_t *sj = NULL, *report = NULL, *totals;
     char out[4096], rpath[4096];
     uint64_t threads = 0;
-    int c, rc = 1;
+    int c, gate, rc = 1;
 
     optind = 1;
     while ((c = getopt_long(argc, argv, "s:o:t:h", opts, NULL)) != -1) {
@@ -738,13 +768,26 @@ int slimd_compress(int argc, char **argv)
     model = argv[optind];
     sj = json_load_file(spec_path, JSON_REJECT_DUPLICATES, &jerr);
     if (!sj) {
-        fprintf(stderr, "slimd compress: %s: %s (line %d)\n", spec_path, jerr.text, jerr.line);
-        return 1;
+        if (jerr.line < 0)
+            fprintf(stderr, "slimd compress: %s\n", jerr.text);
+        else
+            fprintf(stderr, "slimd compress: %s: %s (line %d)\n", spec_path, jerr.text, jerr.line);
+        return SLIMD_EXIT_BAD_INPUT;
     }
+    rc = SLIMD_EXIT_BAD_INPUT;
     if (slim_spec_parse(sj, (const char *const[]){"model", NULL}, &spec, &err)) {
         fprintf(stderr, "slimd compress: %s: %s\n", spec_path, err.msg);
         goto out;
     }
+    {
+        FILE *mf = fopen(model, "rb");
+        if (!mf) {
+            fprintf(stderr, "slimd compress: %s: %s\n", model, strerror(errno));
+            goto out;
+        }
+        fclose(mf);
+    }
+    rc = SLIMD_EXIT_FAILURE;
     if (mkdir(outdir, 0755) != 0 && errno != EEXIST) {
         fprintf(stderr, "slimd compress: cannot create %s: %s\n", outdir, strerror(errno));
         goto out;
@@ -762,13 +805,24 @@ int slimd_compress(int argc, char **argv)
         if (dot)
             snprintf(dot, sizeof out - (size_t)(dot - out), ".safetensors");
     }
-    if (slim_pipeline_run(spec, model, out, &ropts, &report, &err)) {
-        fprintf(stderr, "slimd compress: %s: %s\n", model, err.msg);
+    if ((c = slim_pipeline_run(spec, model, out, &ropts, &report, &err))) {
+        fprintf(stderr, "slimd compress: %s: %s%s%s\n", model, slim_errcode(c),
+                err.msg[0] ? ": " : "", err.msg);
+        rc = compress_exit(c);
         goto out;
     }
+    /* the spec's gates, as the runner checks them: a miss keeps the
+     * artifact and the report (with its "gates" results) to look at */
+    gate = slim_spec_check_gates(spec, report, &err);
     snprintf(rpath, sizeof rpath, "%s/report.json", outdir);
     if (json_dump_file(report, rpath, JSON_INDENT(2) | JSON_REAL_PRECISION(9)) != 0) {
         fprintf(stderr, "slimd compress: cannot write %s\n", rpath);
+        goto out;
+    }
+    if (gate) {
+        fprintf(stderr, "slimd compress: %s: %s: %s (artifact %s and report %s kept)\n", model,
+                slim_errcode(gate), err.msg, out, rpath);
+        rc = compress_exit(gate);
         goto out;
     }
     totals = json_object_get(report, "totals");

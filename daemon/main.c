@@ -70,6 +70,8 @@ int main(int argc, char **argv)
         return slimd_eval(argc - 1, argv + 1);
     if (!strcmp(argv[1], "decode"))
         return slimd_decode(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "submit"))
+        return slimd_submit(argc - 1, argv + 1);
     if (!strcmp(argv[1], "token"))
         return slimd_token(argc - 1, argv + 1);
     if (!strcmp(argv[1], "scheduled"))
