@@ -25,6 +25,50 @@
 
 static const char *const spec_top_keys[] = {"model", NULL};
 
+/* The training passes' references (slim_spec_ref): each dataset and
+ * student model must exist and be the caller's to use, a dataset must
+ * have labels when its pass trains on them, and a student must be an
+ * ONNX model.  Each failure is a 400 naming the field: the reference is
+ * a value of the spec, like an op's name. */
+static int check_refs(struct api_ctx *ctx, struct api_request *req,
+                      const struct slim_spec *spec, struct slim_error *err)
+{
+    size_t n = slim_spec_n_refs(spec);
+    for (size_t i = 0; i < n; i++) {
+        char field[64];
+        int kind, labels, rc;
+        const char *id = slim_spec_ref(spec, i, &kind, field, sizeof field, &labels);
+        json_t *row = NULL;
+        rc = kind == SLIM_REF_DATASET ? store_dataset_get(ctx->st, id, &row, err)
+                                      : store_model_get(ctx->st, id, &row, err);
+        if (rc == SLIM_ENOTFOUND || (!rc && !api_request_sees(req, row))) {
+            json_decref(row);
+            return slim_error_set(err, SLIM_ESPEC, "%s: %s %.64s does not exist", field,
+                                  kind == SLIM_REF_DATASET ? "dataset" : "model", id);
+        }
+        if (rc)
+            return rc;
+        if (kind == SLIM_REF_DATASET && labels &&
+            json_is_false(json_object_get(row, "labels"))) {
+            json_decref(row);
+            return slim_error_set(err, SLIM_ESPEC, "%s: dataset %.64s has no labels: finetune "
+                                  "trains on labels, and distill without them needs alpha 1",
+                                  field, id);
+        }
+        if (kind == SLIM_REF_MODEL) {
+            const char *fmt = json_string_value(json_object_get(row, "format"));
+            if (!fmt || strcmp(fmt, "onnx")) {
+                json_decref(row);
+                return slim_error_set(err, SLIM_ESPEC, "%s: model %.64s is %s; a student must "
+                                      "be an ONNX model (training needs its graph)", field, id,
+                                      fmt ? fmt : "of no known format");
+            }
+        }
+        json_decref(row);
+    }
+    return 0;
+}
+
 /* The memory a job reserves while it runs: its limits.memory_mb, or the
  * pipeline's estimate for its model.  A job whose estimate is over its
  * own limit, or whose reservation is over the daemon's whole budget
@@ -114,6 +158,8 @@ enum MHD_Result api_jobs_submit(struct api_ctx *ctx, struct MHD_Connection *conn
             rc = slim_error_set(&err, SLIM_ENOTFOUND, "dataset %.64s does not exist", dataset);
         json_decref(drow);
     }
+    if (!rc)
+        rc = check_refs(ctx, req, spec, &err);
     /* the artifact goes to the data dir too: refuse the job now if the
      * disk could not hold one the size of its model */
     if (!rc)

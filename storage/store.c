@@ -89,7 +89,7 @@
 #define JOB_COLS                                                                   \
     "id, model_id, state, progress, stage, error, attempts, cancel_requested, "    \
     "created_at, started_at, finished_at, spec, artifact_sha, artifact_bytes, mem_bytes, "  \
-    "dataset_id, owner, error_code"
+    "dataset_id, owner, error_code, training"
 /* A list row shows its spec's ops, not the spec: a page of 1,000 jobs
  * stays small whatever their specs hold (SQLite reads the ops out, so
  * the specs are never parsed into JSON objects here either). */
@@ -97,7 +97,7 @@
     "id, model_id, state, progress, stage, error, attempts, cancel_requested, "    \
     "created_at, started_at, finished_at, (SELECT json_group_array(json_extract(p.value, '$.op'))" \
     " FROM json_each(jobs.spec, '$.passes') AS p), artifact_sha, artifact_bytes, mem_bytes, "  \
-    "dataset_id, owner, error_code"
+    "dataset_id, owner, error_code, training"
 #define TOKEN_COLS "id, name, scopes, created_at, last_used_at, revoked"
 /* ?N: an owner's token id, or NULL for every row */
 #define OWNED(n) " (?" #n " IS NULL OR owner = ?" #n ")"
@@ -171,6 +171,13 @@ static const char *const migrations[] = {
     "ALTER TABLE jobs ADD COLUMN owner TEXT REFERENCES tokens(id);",
     /* 5: a failed job's REST error code beside its message */
     "ALTER TABLE jobs ADD COLUMN error_code TEXT;",
+    /* v6 and v7 are lifecycle's and ci's (contracts): the lead puts
+     * theirs here at the merge */
+    "SELECT 1;",
+    "SELECT 1;",
+    /* v8 (train-passes): a training pass's state while and after it
+     * runs, JSON (GET /v1/jobs/{id} "training") */
+    "ALTER TABLE jobs ADD COLUMN training TEXT;",
 };
 
 enum q {
@@ -179,7 +186,7 @@ enum q {
     Q_SHA_REFS,
     Q_DS_INSERT, Q_DS_GET, Q_DS_LIST, Q_DS_COUNT, Q_DS_USER, Q_DS_DELETE,
     Q_JOB_INSERT, Q_JOB_GET, Q_JOB_LIST, Q_JOB_LIST_STATE, Q_JOB_COUNT, Q_JOB_COUNT_STATE,
-    Q_JOB_CLAIM, Q_JOB_PROGRESS, Q_JOB_SUCCEED, Q_JOB_FAIL, Q_JOB_CANCEL_QUEUED,
+    Q_JOB_CLAIM, Q_JOB_PROGRESS, Q_JOB_TRAINING, Q_JOB_SUCCEED, Q_JOB_FAIL, Q_JOB_CANCEL_QUEUED,
     Q_JOB_CANCEL_RUNNING, Q_JOB_CANCELED, Q_JOB_REQUEUE, Q_JOB_REPORT, Q_JOB_COUNTS,
     Q_RECOVER_CANCELED, Q_RECOVER_FAIL, Q_RECOVER_REQUEUE, Q_JOB_RETRY,
     Q_TOKEN_INSERT, Q_TOKEN_LIST, Q_TOKEN_FIND, Q_TOKEN_TOUCH, Q_TOKEN_REVOKE, Q_TOKEN_GET,
@@ -236,6 +243,7 @@ static const char *const sql[Q_COUNT] = {
                     " AND mem_bytes <= ?1 RETURNING " JOB_COLS,
     [Q_JOB_PROGRESS] = "UPDATE jobs SET progress = ?2, stage = coalesce(?3, stage)"
                        " WHERE id = ?1 AND state = 1",
+    [Q_JOB_TRAINING] = "UPDATE jobs SET training = ?2 WHERE id = ?1 AND state = 1",
     [Q_JOB_SUCCEED] = "UPDATE jobs SET state = 2, progress = 1, stage = NULL, finished_at = " NOW ","
                       " artifact_sha = ?2, artifact_bytes = ?3, report = ?4"
                       " WHERE id = ?1 AND state = 1 AND cancel_requested = 0",
@@ -469,7 +477,7 @@ static json_t *job_row(sqlite3_stmt *s)
     if (sqlite3_column_type(s, 12) != SQLITE_NULL)
         artifact = json_pack("{s:s?, s:I}", "sha256", col_text(s, 12), "bytes",
                              (json_int_t)sqlite3_column_int64(s, 13));
-    return json_pack("{s:s?, s:s?, s:s?, s:s, s:f, s:s?, s:s?, s:s?, s:I, s:b, s:s?, s:s?, s:s?,"
+    json_t *row = json_pack("{s:s?, s:s?, s:s?, s:s, s:f, s:s?, s:s?, s:s?, s:I, s:b, s:s?, s:s?, s:s?,"
                      " s:o?, s:o?, s:I, s:s?}",
                      "id", col_text(s, 0), "model", col_text(s, 1), "dataset", col_text(s, 15),
                      "state", store_job_state_name(sqlite3_column_int(s, 2)),
@@ -481,6 +489,11 @@ static json_t *job_row(sqlite3_stmt *s)
                      "finished_at", col_text(s, 10), "spec", col_json(s, 11),
                      "artifact", artifact, "memory_bytes",
                      (json_int_t)sqlite3_column_int64(s, 14), "owner", col_text(s, 16));
+    /* a training pass's progress: {"epoch", "epochs", "loss", "val_accuracy",
+     * "history"} (absent for jobs without one) */
+    if (row && sqlite3_column_type(s, 18) != SQLITE_NULL)
+        json_object_set_new(row, "training", col_json(s, 18));
+    return row;
 }
 
 /* A list row (JOB_LIST_COLS): the job with "passes", its spec's ops in
@@ -1221,6 +1234,16 @@ int store_job_progress(struct store *st, const char *id, double progress, const 
         progress = 1;
     pthread_mutex_lock(&st->lock);
     rc = run(st, Q_JOB_PROGRESS, NULL, err, "sds", id, progress, stage);
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+int store_job_training(struct store *st, const char *id, const char *training,
+                       struct slim_error *err)
+{
+    int rc;
+    pthread_mutex_lock(&st->lock);
+    rc = run(st, Q_JOB_TRAINING, NULL, err, "ss", id, training);
     pthread_mutex_unlock(&st->lock);
     return rc;
 }
