@@ -58,10 +58,11 @@ static int check_refs(struct api_ctx *ctx, struct api_request *req,
         if (kind == SLIM_REF_MODEL) {
             const char *fmt = json_string_value(json_object_get(row, "format"));
             if (!fmt || strcmp(fmt, "onnx")) {
+                slim_error_set(err, SLIM_ESPEC, "%s: model %.64s is %s; a student must be an "
+                               "ONNX model (training needs its graph)", field, id,
+                               fmt ? fmt : "of no known format");
                 json_decref(row);
-                return slim_error_set(err, SLIM_ESPEC, "%s: model %.64s is %s; a student must "
-                                      "be an ONNX model (training needs its graph)", field, id,
-                                      fmt ? fmt : "of no known format");
+                return SLIM_ESPEC;
             }
         }
         json_decref(row);

@@ -196,6 +196,8 @@ static int finetune_parse(json_t *spec, const char *where, void *cfg, struct sli
 static void train_release(void *cfgp)
 {
     struct train_cfg *cfg = cfgp;
+    if (!cfg)   /* the spec failed before this pass's cfg was made */
+        return;
     slim_free(cfg->dataset);
     slim_free(cfg->student_model);
 }
