@@ -158,7 +158,7 @@ static void claim_expect(struct store *st, const char *id)
 }
 
 /* The schema version store.c migrates to. */
-#define LATEST 5
+#define LATEST 8   /* v6, v7: placeholders for lifecycle and ci; v8: jobs.training */
 
 /* The schema as earlier slimd versions left it, frozen here as they
  * shipped (store.c's migrations[0] and [1]), so a migration is tested
