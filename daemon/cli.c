@@ -610,9 +610,12 @@ static void artifact_name(const char *model, const char *outdir, char *buf, size
 static void cli_training(void *ud, json_t *st)
 {
     json_t *loss = json_object_get(st, "loss"), *acc = json_object_get(st, "val_accuracy");
-    (void)ud;
-    if (json_integer_value(json_object_get(st, "epoch")) == 0)
+    long long *last = ud, at = json_integer_value(json_object_get(st, "pass")) * 100000 +
+                                json_integer_value(json_object_get(st, "epoch"));
+    /* each epoch once: a pass also reports its last epoch when it ends */
+    if (json_integer_value(json_object_get(st, "epoch")) == 0 || at == *last)
         return;
+    *last = at;
     fprintf(stderr, "passes[%lld] %s: epoch %lld/%lld loss %.4f",
             (long long)json_integer_value(json_object_get(st, "pass")),
             json_string_value(json_object_get(st, "op")),
@@ -641,6 +644,7 @@ int slimd_compress(int argc, char **argv)
     json_t *sj = NULL, *report = NULL, *totals;
     const char **refs = NULL;
     size_t n_refs = 0;
+    long long last_epoch = -1;
     char out[4096], rpath[4096];
     uint64_t threads = 0;
     int c, rc = 1;
@@ -702,6 +706,7 @@ int slimd_compress(int argc, char **argv)
     }
     ropts.ref_paths = refs;
     ropts.training = cli_training;
+    ropts.training_ud = &last_epoch;
     artifact_name(model, outdir, out, sizeof out);
     if (slim_pipeline_run(spec, model, out, &ropts, &report, &err)) {
         fprintf(stderr, "slimd compress: %s: %s\n", model, err.msg);

@@ -206,7 +206,11 @@ static const char *const sql[Q_COUNT] = {
     [Q_MODEL_LIST] = "SELECT " MODEL_COLS " FROM models WHERE kind = 'model' AND" OWNED(3)
                      " ORDER BY rowid DESC LIMIT ?1 OFFSET ?2",
     [Q_MODEL_COUNT] = "SELECT count(*) FROM models WHERE kind = 'model' AND" OWNED(1),
-    [Q_MODEL_USER] = "SELECT id, state FROM jobs WHERE model_id = ?1 AND state IN (0, 1)"
+    /* a distill's student model and a training pass's dataset are in
+     * the spec (the job's row names only its model and eval dataset) */
+    [Q_MODEL_USER] = "SELECT id, state FROM jobs WHERE state IN (0, 1) AND (model_id = ?1 OR"
+                     " EXISTS (SELECT 1 FROM json_each(jobs.spec, '$.passes') AS p"
+                     " WHERE json_extract(p.value, '$.student') = ?1))"
                      " ORDER BY seq LIMIT 1",
     [Q_MODEL_DELETE] = "DELETE FROM models WHERE id = ?1",
     [Q_SHA_REFS] = "SELECT (SELECT count(*) FROM models WHERE sha256 = ?1)"
@@ -219,7 +223,9 @@ static const char *const sql[Q_COUNT] = {
     [Q_DS_LIST] = "SELECT " DATASET_COLS " FROM datasets WHERE" OWNED(3)
                   " ORDER BY rowid DESC LIMIT ?1 OFFSET ?2",
     [Q_DS_COUNT] = "SELECT count(*) FROM datasets WHERE" OWNED(1),
-    [Q_DS_USER] = "SELECT id, state FROM jobs WHERE dataset_id = ?1 AND state IN (0, 1)"
+    [Q_DS_USER] = "SELECT id, state FROM jobs WHERE state IN (0, 1) AND (dataset_id = ?1 OR"
+                  " EXISTS (SELECT 1 FROM json_each(jobs.spec, '$.passes') AS p"
+                  " WHERE json_extract(p.value, '$.dataset') = ?1))"
                   " ORDER BY seq LIMIT 1",
     [Q_DS_DELETE] = "DELETE FROM datasets WHERE id = ?1",
     /* selecting from models makes a missing (or non-'model') id insert

@@ -292,6 +292,44 @@ def test_finetune_after_quantize():
 
 
 @test
+def test_deep_compression_pipeline():
+    """prune 90 % -> finetune -> cluster 16 -> finetune: zeros kept, <= 16 values besides 0"""
+    need()
+    prune = {"op": "prune", "sparsity": 0.9, "scope": "global"}
+    ft = {"op": "finetune", "dataset": DS, "epochs": 1, "batch_size": 64, "lr": 0.0005}
+    out = {"dequantize": True}
+    _, _, art0 = run_job([prune], output=out)
+    _, rep, art = run_job([prune, ft, {"op": "cluster", "clusters": 16}, ft], output=out)
+    tr = rep["training"]
+    assert [t["index"] for t in tr] == [1, 3], tr
+    assert tr[0]["constraints"]["masked"] == 3 and tr[1]["constraints"]["shared"] == 3, tr
+    assert [p["op"] for p in rep["passes"]] == ["prune", "finetune", "cluster", "finetune"]
+    w0, w = weights(art0), weights(art)
+    for name in w:
+        assert np.array_equal(w[name] == 0, w0[name] == 0), name
+        assert len(np.unique(w[name][w[name] != 0])) <= 16, name
+    after = check_ort(rep, art)
+    h._diag("deep compression (1 + 1 epochs on 2,000 images): %.4f" % after)
+
+
+@test
+def test_distill_lowrank_student():
+    """distill into the teacher's low-rank factors: factor pairs in the graph, ORT agrees"""
+    need()
+    _, rep, art = run_job([{"op": "distill", "student": {"from": "lowrank", "rank_ratio": 0.25},
+                            "dataset": DS, "epochs": 1, "batch_size": 64, "lr": 0.0005,
+                            "temperature": 2, "alpha": 0.5}])
+    t = check_training(rep, 1, val=False)
+    assert t["student"]["kind"] == "lowrank", t
+    assert t["student"]["params"] < 266610 * 0.6, t["student"]
+    m = onnx.load(art)
+    n_mm = sum(n.op_type in ("Gemm", "MatMul") for n in m.graph.node)
+    assert n_mm >= 5, [n.op_type for n in m.graph.node]
+    after = check_ort(rep, art)
+    assert after > 0.6, after
+
+
+@test
 def test_progress_and_cancel():
     """a long distill shows its epochs in GET /v1/jobs/{id}; a cancel stops it within a batch"""
     need()
@@ -315,6 +353,8 @@ def test_progress_and_cancel():
     assert tr["loss"] > 0 and 0 <= tr["val_accuracy"] <= 1, tr
     assert len(tr["history"]) >= 2 and tr["history"][0]["epoch"] == 1, tr
     assert seen["stage"] == "distill" and 0 < seen["progress"] < 1, seen
+    # what the running job trains on cannot be deleted under it
+    check_error(D.request("DELETE", "/v1/datasets/" + DS), 409, "CONFLICT", jid)
     t0 = time.time()
     assert D.post_json("/v1/jobs/%s/cancel" % jid, {}).status == 200
     job = D.wait_job(jid, timeout=30, interval=0.02)
