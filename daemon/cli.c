@@ -49,6 +49,7 @@ void slimd_usage(FILE *f)
             "       slimd compress MODEL --spec SPEC.json -o OUTDIR [--threads N]\n"
             "       slimd infer MODEL.onnx INPUT.safetensors OUTPUT.safetensors\n"
             "       slimd eval MODEL.onnx DATA.safetensors [--batch N] [--repeat R] [--threads N]\n"
+            "       slimd decode ARTIFACT -o OUT\n"
             "       slimd --help | --version\n"
             "\n"
             "serve     runs the REST API and the job runner.\n"
@@ -110,7 +111,11 @@ void slimd_usage(FILE *f)
             "          seconds (the best whole-set time of R runs), samples_per_second, batch.\n"
             "  --batch N                samples per run (default 256)\n"
             "  --repeat R               whole-set runs; the best time is printed (default 1)\n"
-            "  --threads N              BLAS threads (default: every core)\n");
+            "  --threads N              BLAS threads (default: every core)\n"
+            "decode    turns any slimd artifact (safetensors, ONNX, the daemon's tar, the\n"
+            "          entropy-coded container) back into plain weights: a safetensors\n"
+            "          file of dense F32 tensors, or a plain .onnx with float initializers.\n"
+            "          Exit 2 for input that is not a slimd artifact or is malformed.\n");
 }
 
 static int parse_u64(const char *s, uint64_t lo, uint64_t hi, uint64_t *out)
@@ -708,6 +713,12 @@ int slimd_compress(int argc, char **argv)
     ropts.training = cli_training;
     ropts.training_ud = &last_epoch;
     artifact_name(model, outdir, out, sizeof out);
+    if (slim_spec_container(spec, model)) {
+        /* the entropy container of an ONNX model is one safetensors file */
+        char *dot = strrchr(out, '.');
+        if (dot)
+            snprintf(dot, sizeof out - (size_t)(dot - out), ".safetensors");
+    }
     if (slim_pipeline_run(spec, model, out, &ropts, &report, &err)) {
         fprintf(stderr, "slimd compress: %s: %s\n", model, err.msg);
         goto out;

@@ -17,6 +17,8 @@ int slimd_infer(int argc, char **argv);
 int slimd_eval(int argc, char **argv);
 /* cli_token.c: bearer tokens in the data dir's database */
 int slimd_token(int argc, char **argv);
+/* cli_decode.c: any artifact back to plain safetensors or ONNX */
+int slimd_decode(int argc, char **argv);
 void slimd_usage(FILE *f);
 
 #endif

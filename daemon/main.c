@@ -68,6 +68,8 @@ int main(int argc, char **argv)
         return slimd_infer(argc - 1, argv + 1);
     if (!strcmp(argv[1], "eval"))
         return slimd_eval(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "decode"))
+        return slimd_decode(argc - 1, argv + 1);
     if (!strcmp(argv[1], "token"))
         return slimd_token(argc - 1, argv + 1);
     fprintf(stderr, "slimd: unknown command '%s'\n\n", argv[1]);

@@ -34,6 +34,23 @@ static void *own(struct slim_artifact *a, size_t bytes)
     return p;
 }
 
+/* Makes a own p (slim_aligned_alloc'ed); frees p on failure. */
+static int adopt(struct slim_artifact *a, void *p)
+{
+    if (a->n_owned == a->cap_owned) {
+        size_t cap = a->cap_owned ? 2 * a->cap_owned : 16;
+        void **o = slim_realloc(a->owned, cap * sizeof *o);
+        if (!o) {
+            slim_aligned_free(p);
+            return -1;
+        }
+        a->owned = o;
+        a->cap_owned = cap;
+    }
+    a->owned[a->n_owned++] = p;
+    return 0;
+}
+
 void slim_artifact_release(struct slim_artifact *a)
 {
     for (size_t i = 0; i < a->n_owned; i++)
@@ -133,6 +150,83 @@ static int push_sparse(struct slim_artifact *a, const struct slim_wt *t, const c
     return 0;
 }
 
+/* Whether t is entropy-coded (output.entropy): its codes always, plain
+ * values only when they are stored sparse (the gaps are what shrinks). */
+static int entropy_applies(const struct slim_wt *t, int entropy, int is_sparse)
+{
+    if (!entropy || t->scheme == SLIM_SCHEME_COPY)
+        return 0;
+    if (t->code_bits >= 1 && t->code_bits <= 8 && t->n_outs)
+        return 1;
+    return is_sparse;
+}
+
+/* Writes t's entropy-coded main tensor `name`: one U8 stream
+ * (kernels/entropy.c) of its stored positions (all of them, or the
+ * non-zero ones when sparse) and their codes (bits 1..8: main holds the
+ * dense codes, rows padded to whole bytes) or raw values (bits 16, 32,
+ * 64: main holds the dense values). */
+static int push_entropy(struct slim_artifact *a, const struct slim_wt *t, const char *name,
+                        const unsigned char *main, int bits, int is_sparse,
+                        struct slim_error *err)
+{
+    size_t rows = (size_t)t->rows, cols = (size_t)t->cols, n = rows * cols, m = 0;
+    size_t rb = bits < 8 ? (cols * (size_t)bits + 7) / 8 : cols * (size_t)bits / 8;
+    size_t eb = bits >= 8 ? (size_t)bits / 8 : 0;
+    unsigned char *keep = NULL, *sel = NULL;
+    uint8_t *stream = NULL;
+    size_t len = 0;
+    int64_t shape[1];
+    int rc = 0;
+
+    if (is_sparse) {
+        if (!(keep = slim_calloc(n / 8 + 1, 1)))
+            goto oom;
+        for (size_t i = 0; i < n; i++)
+            if (t->val[i] != 0.0f)
+                keep[i / 8] |= (unsigned char)(1u << (i % 8));
+    }
+    if (!(sel = slim_malloc((bits > 8 ? n * eb : n) + 1)))
+        goto oom;
+    for (size_t r = 0; r < rows; r++)
+        for (size_t c = 0; c < cols; c++) {
+            size_t i = r * cols + c;
+            if (keep && !(keep[i / 8] >> (i % 8) & 1))
+                continue;
+            if (bits > 8) {
+                memcpy(sel + m * eb, main + r * rb + c * eb, eb);
+            } else if (bits == 8) {
+                sel[m] = main[r * rb + c];
+            } else {
+                size_t bit = c * (size_t)bits;
+                sel[m] = (unsigned char)((main[r * rb + bit / 8] >> (bit % 8)) &
+                                         ((1u << bits) - 1));
+            }
+            m++;
+        }
+    {
+        struct slim_entropy_in in = {(uint64_t)n, keep, bits <= 8 ? sel : NULL,
+                                     bits <= 8 ? bits : 0, bits > 8 ? sel : NULL,
+                                     bits > 8 ? (int)eb : 0};
+        rc = slim_entropy_encode(&in, &stream, &len, err);
+    }
+    slim_free(keep);
+    slim_free(sel);
+    keep = sel = NULL;
+    if (rc)
+        return rc;
+    if (adopt(a, stream))
+        goto oom;
+    shape[0] = (int64_t)len;
+    push(a, t->origin, name, SLIM_DT_U8, 1, shape, stream, len);
+    return 0;
+oom:
+    slim_free(keep);
+    slim_free(sel);
+    return slim_error_set(err, SLIM_ENOMEM, "tensor '%.100s': out of memory entropy-coding it",
+                          t->name);
+}
+
 static char *mask_name_of(struct slim_artifact *a, const char *name)
 {
     size_t len = strlen(name) + 6;
@@ -145,7 +239,9 @@ static char *mask_name_of(struct slim_artifact *a, const char *name)
 int slim_artifact_layout(struct slim_work *w, struct slim_artifact *a, struct slim_error *err)
 {
     int dequantize = w->dequantize_output, sparse = w->sparse_output;
+    int entropy = w->entropy_output && !dequantize && !w->planning;
     size_t cap = 0;
+    int rc;
     memset(a, 0, sizeof *a);
     for (size_t i = 0; i < w->n; i++)
         cap += (size_t)w->wts[i].n_outs + 2;
@@ -170,7 +266,10 @@ int slim_artifact_layout(struct slim_work *w, struct slim_artifact *a, struct sl
             size_t es = slim_dtype_size(dt);
             if (!b && !w->planning)
                 goto oom;
-            if (is_sparse && !w->planning) {
+            if (entropy_applies(t, entropy, is_sparse)) {
+                if ((rc = push_entropy(a, t, t->name, b, (int)(8 * es), is_sparse, err)))
+                    goto fail;
+            } else if (is_sparse && !w->planning) {
                 char *mn = mask_name_of(a, t->name);
                 if (!mn || push_sparse(a, t, t->name, b, (int)(8 * es), dt, mn))
                     goto oom;
@@ -181,6 +280,12 @@ int slim_artifact_layout(struct slim_work *w, struct slim_artifact *a, struct sl
         }
         for (int k = 0; k < t->n_outs; k++) {
             struct slim_out *o = &t->outs[k];
+            if (k == 0 && entropy_applies(t, entropy, is_sparse)) {
+                int bits = t->code_bits ? t->code_bits : 8 * (int)slim_dtype_size(o->dtype);
+                if ((rc = push_entropy(a, t, o->name, o->data, bits, is_sparse, err)))
+                    goto fail;
+                continue;
+            }
             if (k == 0 && is_sparse && !w->planning) {
                 char *mn = mask_name_of(a, t->name);
                 if (!mn || push_sparse(a, t, o->name, o->data, t->code_bits, o->dtype, mn))
@@ -194,10 +299,13 @@ int slim_artifact_layout(struct slim_work *w, struct slim_artifact *a, struct sl
 oom:
     slim_artifact_release(a);
     return slim_error_set(err, SLIM_ENOMEM, "out of memory laying out the artifact");
+fail:
+    slim_artifact_release(a);
+    return rc;
 }
 
 /* {scheme, shape, dtype, tensors, ...} for one working tensor. */
-static json_t *describe(const struct slim_wt *t, int sparse)
+static json_t *describe(const struct slim_wt *t, int sparse, int entropy)
 {
     json_t *e = json_pack("{s:s, s:[], s:s, s:[]}", "scheme", slim_scheme_name(t->scheme),
                           "shape", "dtype", slim_dtype_name(t->dtype), "tensors");
@@ -218,7 +326,12 @@ static json_t *describe(const struct slim_wt *t, int sparse)
         json_object_set_new(e, "bits", json_integer(t->code_bits));
     if (t->scheme_info)
         json_object_update(e, t->scheme_info);
-    if (sparse && t->pruned) {
+    if (entropy_applies(t, entropy, sparse && t->pruned)) {
+        /* one U8 stream: positions (gaps) and codes; no mask */
+        json_object_set_new(e, "entropy", json_true());
+        if (sparse && t->pruned)
+            json_object_set_new(e, "sparse", json_true());
+    } else if (sparse && t->pruned) {
         char mask[512];
         snprintf(mask, sizeof mask, "%s_mask", t->name);
         json_object_set_new(e, "sparse", json_true());
@@ -240,7 +353,7 @@ static json_t *describe_f32(const struct slim_wt *t)
 
 int slim_artifact_describe(struct slim_work *w, json_t *entries, struct slim_error *err)
 {
-    int sparse = w->sparse_output, deq = w->dequantize_output;
+    int sparse = w->sparse_output, entropy = w->entropy_output, deq = w->dequantize_output;
     for (size_t i = 0; i < w->n; i++) {
         struct slim_wt *t = &w->wts[i];
         json_t *e;
@@ -251,15 +364,16 @@ int slim_artifact_describe(struct slim_work *w, json_t *entries, struct slim_err
             continue;
         if (!strcmp(t->name, t->origin)) {
             if (t->scheme == SLIM_SCHEME_COPY ||
-                (t->scheme == SLIM_SCHEME_DENSE && !(sparse && t->pruned)))
+                (t->scheme == SLIM_SCHEME_DENSE && !(sparse && t->pruned) &&
+                 !entropy_applies(t, entropy, 0)))
                 continue;
-            e = describe(t, sparse);
+            e = describe(t, sparse, entropy);
         } else {
             /* a low-rank pair: W_u here, W_v next */
             const struct slim_tensor *src = t->src;
             struct slim_wt *v = i + 1 < w->n ? &w->wts[i + 1] : NULL;
-            json_t *fu = deq ? describe_f32(t) : describe(t, sparse);
-            json_t *fv = !v ? NULL : deq ? describe_f32(v) : describe(v, sparse), *names;
+            json_t *fu = deq ? describe_f32(t) : describe(t, sparse, entropy);
+            json_t *fv = !v ? NULL : deq ? describe_f32(v) : describe(v, sparse, entropy), *names;
             e = json_pack("{s:s, s:o, s:s, s:I, s:[], s:{s:o, s:o}}", "scheme", "lowrank",
                           "shape", slim_shape_json(src), "dtype", slim_dtype_name(src->dtype),
                           "rank", (json_int_t)t->cols, "tensors", "factors", t->name, fu,

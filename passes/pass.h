@@ -101,6 +101,7 @@ struct slim_work {
     int threads;
     int dequantize_output;           /* output.dequantize: every touched tensor written as F32 */
     int sparse_output;               /* output.sparse: pruned tensors as mask + non-zero codes */
+    int entropy_output;              /* output.entropy: codes and gaps Huffman-coded */
     /* progress: the pipeline maps a pass's own 0..1 into [p_lo, p_hi) */
     slim_progress_fn progress;
     void *progress_ud;

@@ -29,6 +29,7 @@
 #include "passes/formats/onnx.h"
 #include "passes/eval.h"
 #include "passes/engine/engine.h"
+#include "passes/decode.h"
 
 struct spec_pass {
     const struct slim_pass_ops *ops;
@@ -45,6 +46,7 @@ struct slim_spec {
     int onnx_opset;          /* output.opset: upgrade an ONNX model to it; 0: keep */
     int float16_graph;       /* output.float16_graph: the whole ONNX graph in fp16 */
     int want_onnx;           /* output.format: 1 onnx, 0 safetensors, -1 unsaid */
+    int entropy;             /* output.entropy: gaps and codes Huffman-coded */
     int threads;
     uint64_t memory_limit;   /* limits.memory_mb in bytes; 0: none */
     json_t *json;     /* the passes as given, for the artifact's metadata */
@@ -258,6 +260,37 @@ static int parse_pass(json_t *p, size_t idx, struct spec_pass *sp, struct slim_e
     return sp->ops->parse(p, where, sp->cfg, err);
 }
 
+/* output.entropy codes what a pass stores as codes (quantize to int8,
+ * int4, ternary, binary; cluster) and the positions of pruned tensors
+ * stored sparse.  A spec with neither, or with an output option that
+ * needs the artifact to be plain ONNX or plain floats, is refused. */
+static int entropy_check(const struct slim_spec *spec, json_t *passes, struct slim_error *err)
+{
+    int codes = 0, pruned = 0;
+    size_t i;
+    json_t *v;
+    if (spec->dequantize)
+        return slim_error_set(err, SLIM_ESPEC, "output.entropy and output.dequantize "
+                              "contradict each other (dequantize stores plain fp32): choose one");
+    if (spec->float16_graph || spec->onnx_opset || spec->want_onnx == 1)
+        return slim_error_set(err, SLIM_ESPEC, "output.entropy: the artifact is slimd's "
+                              "container, not ONNX, so output.%s does not apply (`slimd decode` "
+                              "gives plain ONNX)", spec->float16_graph ? "float16_graph"
+                              : spec->onnx_opset ? "opset" : "format 'onnx'");
+    json_array_foreach(passes, i, v) {
+        const char *op = json_string_value(json_object_get(v, "op"));
+        const char *dt = json_string_value(json_object_get(v, "dtype"));
+        pruned |= !strcmp(op, "prune");
+        codes |= !strcmp(op, "cluster") ||
+                 (!strcmp(op, "quantize") && dt && strcmp(dt, "fp16") && strcmp(dt, "bf16"));
+    }
+    if (!codes && !(pruned && spec->sparse))
+        return slim_error_set(err, SLIM_ESPEC, "output.entropy: nothing to code%s (it codes "
+                              "quantize int8/int4/ternary/binary or cluster codes, and pruned "
+                              "positions with output.sparse)", pruned ? ": add output.sparse" : "");
+    return 0;
+}
+
 int slim_spec_parse(json_t *json, const char *const *allow, struct slim_spec **out,
                     struct slim_error *err)
 {
@@ -324,14 +357,15 @@ int slim_spec_parse(json_t *json, const char *const *allow, struct slim_spec **o
         }
         json_object_foreach(output, key, v) {
             if (strcmp(key, "dequantize") && strcmp(key, "format") && strcmp(key, "sparse") &&
-                strcmp(key, "opset") && strcmp(key, "float16_graph")) {
+                strcmp(key, "opset") && strcmp(key, "float16_graph") && strcmp(key, "entropy")) {
                 rc = slim_error_set(err, SLIM_ESPEC, "output: unknown key '%.40s'", key);
                 goto fail;
             }
         }
         if ((rc = slim_spec_bool(output, "output", "dequantize", &spec->dequantize, err)) ||
             (rc = slim_spec_bool(output, "output", "sparse", &spec->sparse, err)) ||
-            (rc = slim_spec_bool(output, "output", "float16_graph", &spec->float16_graph, err)))
+            (rc = slim_spec_bool(output, "output", "float16_graph", &spec->float16_graph, err)) ||
+            (rc = slim_spec_bool(output, "output", "entropy", &spec->entropy, err)))
             goto fail;
         {
             long opset = 0;
@@ -369,6 +403,8 @@ int slim_spec_parse(json_t *json, const char *const *allow, struct slim_spec **o
             }
         }
     }
+    if (spec->entropy && (rc = entropy_check(spec, passes, err)))
+        goto fail;
     spec->json = json_deep_copy(passes);
     *out = spec;
     return 0;
@@ -1169,6 +1205,7 @@ static int run_init(struct run *r, const struct slim_spec *spec, const char *in_
         r->w.threads = ncpu > 0 ? (int)ncpu : 1;
     r->w.dequantize_output = spec->dequantize;
     r->w.sparse_output = spec->sparse;
+    r->w.entropy_output = spec->entropy;
     r->w.progress = opts ? opts->progress : NULL;
     r->w.progress_ud = opts ? opts->progress_ud : NULL;
     r->w.stage = "load";
@@ -1210,6 +1247,12 @@ int slim_pipeline_estimate(const struct slim_spec *spec, const char *in_path, ui
 void slim_pipeline_settle(void)
 {
     slim_kernel_settle();
+}
+
+int slim_spec_container(const struct slim_spec *spec, const char *in_path)
+{
+    int kind = slim_source_kind(in_path);
+    return spec->entropy && (kind == SLIM_SRC_ONNX || kind == SLIM_SRC_ONNX_TAR);
 }
 
 int slim_pipeline_output_kind(const char *in_path)
@@ -1313,7 +1356,8 @@ static int onnx_plan_check(const struct run *r, struct slim_error *err)
             return slim_error_set(err, SLIM_ESPEC, "output.float16_graph: tensor '%.100s' is "
                                   "stored %s, which decodes to fp32; a float16 graph takes "
                                   "pruned, low-rank or fp16 weights", name, scheme);
-        if (json_is_true(json_object_get(e, "sparse")) && scheme && strcmp(scheme, "dense"))
+        if (json_is_true(json_object_get(e, "sparse")) && scheme && strcmp(scheme, "dense") &&
+            !r->spec->entropy)
             return slim_error_set(err, SLIM_ESPEC, "output.sparse: tensor '%.100s' would be "
                                   "stored %s and sparse, which ONNX cannot hold "
                                   "(sparse_initializer takes plain values): drop "
@@ -1370,6 +1414,8 @@ static int evaluate(struct run *r, struct slim_onnx *before, const char *out_pat
                     const struct slim_run_opts *opts, json_t **ev, struct slim_error *err)
 {
     struct slim_eval_opts eo;
+    char plain[PATH_MAX];
+    const char *eval_path = out_path;
     int rc;
     memset(&eo, 0, sizeof eo);
     eo.dataset = opts ? opts->eval_dataset : NULL;
@@ -1392,7 +1438,17 @@ static int evaluate(struct run *r, struct slim_onnx *before, const char *out_pat
     r->w.stage = "evaluate";
     r->w.p_lo = 0.98;
     r->w.p_hi = 0.995;
-    rc = slim_eval_run(before, out_path, &eo, ev, err);
+    if (r->spec->entropy) {
+        /* the container is not ONNX: evaluate what `slimd decode` gives */
+        int kind;
+        snprintf(plain, sizeof plain, "%s.plain-onnx", out_path);
+        if ((rc = slim_artifact_decode(out_path, plain, &kind, err)))
+            return rc;
+        eval_path = plain;
+    }
+    rc = slim_eval_run(before, eval_path, &eo, ev, err);
+    if (r->spec->entropy)
+        unlink(plain);
     /* without "eval" the drift is a bonus: the engine failing on the
      * graph (an op it lacks, a tensor over the budget) never fails a
      * weight-only job */
@@ -1401,6 +1457,45 @@ static int evaluate(struct run *r, struct slim_onnx *before, const char *out_pat
         rc = *ev ? 0 : slim_error_set(err, SLIM_ENOMEM, "out of memory");
     }
     return rc;
+}
+
+/* slimd's entropy container of an ONNX model: one safetensors file
+ * whose last tensor, SLIM_CONTAINER_GRAPH, is the ModelProto with its
+ * stored initializers reduced to stubs (formats/onnx_plain.c), and whose
+ * metadata says "slimd.container": "onnx".  ONNX Runtime cannot load
+ * coded weights, so `slimd decode` (and the evaluation here) turn it
+ * back into a plain .onnx.  *graph is new. */
+static int container_begin(struct run *r, struct out *o, uint8_t **graph, size_t *glen,
+                           struct slim_error *err)
+{
+    struct slim_shard *sh = &r->src.shards[0];
+    struct layout *l = &r->plan[0];
+    struct slim_artifact one;
+    struct slim_tensor t;
+    int rc;
+    for (size_t i = 0; i < l->n; i++)
+        if (!strcmp(l->t[i].name, SLIM_CONTAINER_GRAPH))
+            return slim_error_set(err, SLIM_ESPEC, "output.entropy: the model has an "
+                                  "initializer named '%s', the name the container gives its "
+                                  "graph", SLIM_CONTAINER_GRAPH);
+    if ((rc = slim_onnx_graph_stub(r->src.onnx, &sh->model, graph, glen, err)))
+        return rc;
+    memset(&t, 0, sizeof t);
+    t.name = SLIM_CONTAINER_GRAPH;
+    t.dtype = SLIM_DT_U8;
+    t.ndim = 1;
+    t.shape[0] = (int64_t)*glen;
+    t.nbytes = *glen;
+    memset(&one, 0, sizeof one);
+    one.tensors = &t;
+    one.n = 1;
+    if ((rc = layout_add(l, &one, err)))
+        return rc;
+    json_object_set_new(sh->model.metadata, "slimd.container", json_string("onnx"));
+    json_object_set_new(sh->model.metadata, "slimd.onnx_name",
+                        json_string(r->src.onnx->name ? r->src.onnx->name : "model.onnx"));
+    o->kind = SLIM_SRC_FILE;
+    return 0;
 }
 
 /* Streams every tensor through the passes into the artifact.  With a
@@ -1414,7 +1509,8 @@ static int stream(struct run *r, struct out *o, const char *out_path, int planne
     struct slim_artifact art;
     struct slim_writer *spill = NULL;
     char sp[PATH_MAX];
-    size_t pos = 0;
+    size_t pos = 0, glen = 0;
+    uint8_t *graph = NULL;
     double t0;
     int rc = 0;
 
@@ -1478,17 +1574,26 @@ static int stream(struct run *r, struct out *o, const char *out_path, int planne
     r->w.p_lo = r->w.p_hi = 0.98;
     if ((rc = slim_work_check(&r->w, 0.0, err)))
         goto out;
-    if (r->src.onnx) {
+    if (r->src.onnx && !r->spec->entropy) {
         rc = out_onnx(r, o, out_path, err);
         goto out;
     }
     if (!planned) {
+        if (r->src.onnx && (rc = container_begin(r, o, &graph, &glen, err)))
+            goto out;
         if ((rc = out_begin(o, err)) || (rc = out_index(o, r, err)))
             goto out;
         for (size_t s = 0; s < r->src.n && !rc; s++) {
             spill_path(out_path, s, sp, sizeof sp);
-            if (!(rc = out_shard_begin(o, r, s, err)) && !(rc = copy_spill(r, sp, o->wr, err)))
-                rc = out_file_end(o, err);
+            if (!(rc = out_shard_begin(o, r, s, err)) && !(rc = copy_spill(r, sp, o->wr, err))) {
+                if (graph) {
+                    struct slim_piece piece = {graph, glen};
+                    rc = slim_writer_submit(o->wr, &piece, 1, (void *[]){graph}, 1, err);
+                    graph = NULL;
+                }
+                if (!rc)
+                    rc = out_file_end(o, err);
+            }
             unlink(sp);
         }
         if (rc)
@@ -1496,6 +1601,7 @@ static int stream(struct run *r, struct out *o, const char *out_path, int planne
     }
     rc = out_end(o, err);
 out:
+    slim_aligned_free(graph);
     slim_artifact_release(&art);
     slim_writer_abort(spill);
     for (size_t s = 0; !planned && s < r->src.n; s++) {
@@ -1543,7 +1649,7 @@ static int run_segment(const struct slim_spec *spec, const char *in_path, const 
         (rc = eval_check(&r, err)))
         goto out;
     /* ONNX: the graph is built around the stored tensors at the end */
-    planned = !r.w.unplannable && !r.src.onnx;
+    planned = !r.w.unplannable && !r.src.onnx && !spec->entropy;
     t_plan = slim_now() - t_start;
     if (spec->memory_limit && r.peak > spec->memory_limit) {
         rc = budget_error(&r, spec->memory_limit, err);
@@ -1720,6 +1826,7 @@ static int part_spec(const struct slim_spec *spec, size_t lo, size_t hi, int int
     }
     out->n_passes = n;
     if (intermediate) {
+        out->entropy = 0;
         out->dequantize = 1;
         out->sparse = 0;
         out->want_onnx = 1;
@@ -1773,6 +1880,7 @@ static int lowrank_student(void *ud, const char *in, const char *out, double rat
     sub.passes = &sp;
     sub.n_passes = 1;
     sub.dequantize = 1;
+    sub.entropy = 0;
     sub.sparse = 0;
     sub.want_onnx = 1;
     sub.onnx_opset = 0;

@@ -319,6 +319,11 @@ void slim_pipeline_settle(void);
  * one).  An ONNX model in a tar gives a tar (2). */
 int slim_pipeline_output_kind(const char *in_path);
 
+/* 1 when spec's artifact for the model at in_path is slimd's entropy
+ * container of an ONNX model (one safetensors file, whatever
+ * slim_pipeline_output_kind says of the model), else 0. */
+int slim_spec_container(const struct slim_spec *spec, const char *in_path);
+
 /* Estimates the memory the job needs at its peak: the largest working
  * set of one tensor (its bytes as read, as fp32, the values being
  * changed, each pass's scratch, and the outputs still queued for the
@@ -327,6 +332,18 @@ int slim_pipeline_output_kind(const char *in_path);
  * that needs it.  Returns 0 or an error opening the model. */
 int slim_pipeline_estimate(const struct slim_spec *spec, const char *in_path, uint64_t *bytes,
                            struct slim_error *err);
+
+/* Decodes any slimd artifact at in_path (a safetensors artifact, the
+ * entropy container of an ONNX model, an ONNX artifact as a .onnx or
+ * the daemon's tar) into plain weights at out_path, atomically: dense
+ * float32 for every compressed tensor, every other tensor as stored.
+ * *kind is 0 when out_path got a safetensors file, 1 for an ONNX model
+ * (a plain graph whose initializers hold the decoded weights).  Returns
+ * SLIM_EFORMAT naming the problem for input that is not a slimd
+ * artifact or is malformed (truncated, corrupted), SLIM_EIO,
+ * SLIM_ENOMEM. */
+int slim_artifact_decode(const char *in_path, const char *out_path, int *kind,
+                         struct slim_error *err);
 
 /* Describes a model file for GET /v1/models: format, tensors, params.
  * New reference in *info. */

@@ -163,4 +163,24 @@ int slim_onnx_write(struct slim_onnx *m, const struct slim_tensor *st, size_t n_
                     json_t *entries, json_t *metadata, struct slim_onnx_out *o,
                     struct slim_error *err);
 
+/* slimd's entropy container of an ONNX model (onnx_plain.c): m's
+ * ModelProto with each initializer that the model `kept` holds (the
+ * tensors slimd stores itself) reduced to a stub (name, dims, type, no
+ * data), and initializers in external data moved inline.  *out is new
+ * (slim_aligned_free), *len its bytes. */
+int slim_onnx_graph_stub(struct slim_onnx *m, const struct slim_model *kept, uint8_t **out,
+                         size_t *len, struct slim_error *err);
+/* Writes a plain .onnx at path (atomically) from a container's graph
+ * (graph[0..glen)): every stub initializer gets the bytes of the tensor
+ * of t[0..n) of its name, whose dtype and element count must match
+ * (SLIM_EFORMAT otherwise, or when a stub finds no tensor). */
+int slim_onnx_plain_write(const void *graph, size_t glen, const struct slim_tensor *t,
+                          size_t n, const char *path, struct slim_error *err);
+/* Writes the plain .onnx of an ONNX artifact (a .onnx with its external
+ * data, or the daemon's tar of them) at path: the decode nodes slimd
+ * added are gone, each compressed weight is a float initializer of its
+ * decoded values.  SLIM_EFORMAT for anything malformed. */
+int slim_onnx_plain_from_artifact(const char *in_path, const char *path,
+                                  struct slim_error *err);
+
 #endif

@@ -308,4 +308,50 @@ int slim_kernel_threads(int threads, size_t work);
  * Defined in prune.c. */
 void *slim_kernel_alloc(size_t n);
 
+/* ---- entropy coding (entropy.c) ------------------------------------------ */
+
+/* The stream's first byte; docs/artifact-format.md has the layout. */
+#define SLIM_ENTROPY_VERSION 1
+
+/* What slim_entropy_encode codes: n positions, of which those whose bit
+ * is set in keep (n bits, least significant first; NULL: all) are
+ * stored; for each stored element, in order, a symbol codes[k] of
+ * code_bits (1, 2, 4 or 8), or, with code_bits 0, value_bytes raw bytes
+ * at values + k * value_bytes. */
+struct slim_entropy_in {
+    uint64_t n;
+    const uint8_t *keep;
+    const uint8_t *codes;
+    int code_bits;
+    const void *values;
+    int value_bytes;
+};
+
+/* Encodes in as one stream: gaps and codes Huffman-coded (Han et al.
+ * 2016).  *out is new (slim_aligned_free), *out_len its bytes.  0,
+ * SLIM_EINVAL or SLIM_ENOMEM. */
+int slim_entropy_encode(const struct slim_entropy_in *in, uint8_t **out, size_t *out_len,
+                        struct slim_error *err);
+
+/* A stream's header, checked against its length. */
+struct slim_entropy_info {
+    int code_bits, gap_bits, value_bytes;
+    uint64_t n, m;               /* positions; stored elements (m <= n) */
+    size_t table_at, stream_at;  /* offsets of the code tables and the bit stream */
+    uint64_t stream_bytes;
+    size_t values_at;            /* raw values (code_bits 0): m * value_bytes bytes */
+};
+
+/* Reads and checks the header of buf[0..len): SLIM_EFORMAT naming the
+ * problem for anything malformed or truncated.  The caller checks n
+ * against the tensor it expects before sizing anything by m. */
+int slim_entropy_header(const uint8_t *buf, size_t len, struct slim_entropy_info *info,
+                        struct slim_error *err);
+/* Decodes the stream whose header info describes: pos[0..m) the stored
+ * positions (increasing, < n) and, with code_bits, codes[0..m) their
+ * symbols (either may be NULL).  Bounds-checked throughout; SLIM_EFORMAT
+ * on any inconsistency. */
+int slim_entropy_decode(const uint8_t *buf, size_t len, const struct slim_entropy_info *info,
+                        uint64_t *pos, uint8_t *codes, struct slim_error *err);
+
 #endif
