@@ -692,7 +692,6 @@ static int run_train(const void *cfgp, struct slim_train_run *tr, struct slim_er
                 json_array_append_new(h, json_integer(cfg->hidden[i]));
             json_object_set_new(st, "hidden", h);
         }
-        json_object_set_new(st, "params", json_integer(0));
         {
             int64_t params = 0, dd[SLIM_MAX_DIMS];
             const char *nm;
