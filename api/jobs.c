@@ -31,9 +31,10 @@ static const char *const spec_top_keys[] = {"model", NULL};
  * ONNX model.  Each failure is a 400 naming the field: the reference is
  * a value of the spec, like an op's name. */
 static int check_refs(struct api_ctx *ctx, struct api_request *req,
-                      const struct slim_spec *spec, struct slim_error *err)
+                      const struct slim_spec *spec, uint64_t *data_bytes, struct slim_error *err)
 {
     size_t n = slim_spec_n_refs(spec);
+    *data_bytes = 0;
     for (size_t i = 0; i < n; i++) {
         char field[64];
         int kind, labels, rc;
@@ -54,6 +55,12 @@ static int check_refs(struct api_ctx *ctx, struct api_request *req,
             return slim_error_set(err, SLIM_ESPEC, "%s: dataset %.64s has no labels: finetune "
                                   "trains on labels, and distill without them needs alpha 1",
                                   field, id);
+        }
+        /* a training pass holds its dataset in memory, and once more split
+         * into training and held-out parts */
+        if (kind == SLIM_REF_DATASET) {
+            uint64_t b = 2 * (uint64_t)json_integer_value(json_object_get(row, "bytes"));
+            *data_bytes = b > *data_bytes ? b : *data_bytes;
         }
         if (kind == SLIM_REF_MODEL) {
             const char *fmt = json_string_value(json_object_get(row, "format"));
@@ -76,7 +83,7 @@ static int check_refs(struct api_ctx *ctx, struct api_request *req,
  * (--job-memory-mb), could never run: it is refused now, with the tensor
  * that needs the memory named. */
 static int reserve_memory(struct api_ctx *ctx, const struct slim_spec *spec, const char *sha,
-                          uint64_t *mem, struct slim_error *err)
+                          uint64_t data_bytes, uint64_t *mem, struct slim_error *err)
 {
     uint64_t need = 0, limit = slim_spec_memory_limit(spec);
     char path[4096], detail[160];
@@ -84,6 +91,7 @@ static int reserve_memory(struct api_ctx *ctx, const struct slim_spec *spec, con
     store_blob_path(ctx->st, sha, path, sizeof path);
     if ((rc = slim_pipeline_estimate(spec, path, &need, err)))
         return rc;
+    need += data_bytes;   /* the training passes' data (check_refs) */
     snprintf(detail, sizeof detail, "%s", err->msg);
     if (limit && need > limit)
         return slim_error_set(err, SLIM_EBUDGET, "%s, over the job's limits.memory_mb of %llu",
@@ -108,7 +116,7 @@ enum MHD_Result api_jobs_submit(struct api_ctx *ctx, struct MHD_Connection *conn
     json_error_t jerr;
     json_t *body, *model, *mrow, *drow, *row;
     const char *dataset;
-    uint64_t mem = 0;
+    uint64_t mem = 0, data_bytes = 0;
     int rc = 0;
     size_t len;
     const char *text = api_request_body(req, &len);
@@ -160,7 +168,7 @@ enum MHD_Result api_jobs_submit(struct api_ctx *ctx, struct MHD_Connection *conn
         json_decref(drow);
     }
     if (!rc)
-        rc = check_refs(ctx, req, spec, &err);
+        rc = check_refs(ctx, req, spec, &data_bytes, &err);
     /* the artifact goes to the data dir too: refuse the job now if the
      * disk could not hold one the size of its model */
     if (!rc)
@@ -168,7 +176,7 @@ enum MHD_Result api_jobs_submit(struct api_ctx *ctx, struct MHD_Connection *conn
                                                            json_object_get(mrow, "bytes")), &err);
     if (!rc)
         rc = reserve_memory(ctx, spec, json_string_value(json_object_get(mrow, "sha256")),
-                            &mem, &err);
+                            data_bytes, &mem, &err);
     json_decref(mrow);
     if (!rc)
         rc = store_job_insert(ctx->st, api_request_creator(req), json_string_value(model),
