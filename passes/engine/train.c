@@ -22,7 +22,14 @@
  */
 #include <math.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 #include "passes/engine/train_internal.h"
+
+/* -O2 on GCC 12 leaves the element-wise loops scalar; errno is never
+ * read, and with it sqrtf vectorises */
+#pragma GCC optimize("O3", "no-math-errno")
 
 /* ---- PRNG: xoshiro256** (Blackman & Vigna 2018), seeded by splitmix64 ---- */
 
@@ -315,11 +322,11 @@ int tr_make_param(struct slim_trainer *t, int vi, int is_state, struct slim_erro
     v->buf = NULL;
     v->cap = 0;
     p->decay = v->ndim >= 2;
+    v->kind = is_state ? TV_STATE : TV_PARAM;
+    v->param = (int)t->np++;    /* p->w is the trainer's now, freed with it */
+    v->data = p->w;
     if (!is_state && !(p->g = slim_aligned_alloc((size_t)(p->n ? p->n : 1) * sizeof(float))))
         return slim_error_set(err, SLIM_ENOMEM, "out of memory");
-    v->kind = is_state ? TV_STATE : TV_PARAM;
-    v->param = (int)t->np++;
-    v->data = p->w;
     return 0;
 }
 
@@ -591,14 +598,10 @@ static int build(struct slim_trainer *t, struct slim_onnx *m, struct slim_error 
         }
         if (n->op == OP_CONSTANT) {
             t->v[n->out].producer = -1;
+            /* a value of another type (Dropout's training_mode) is TV_OTHER:
+             * an error only for a node that reads it */
             if ((rc = load_constant(t, m, n, &t->v[n->out], err)))
                 goto out;
-            if (t->v[n->out].kind == TV_OTHER) {
-                rc = slim_error_set(err, SLIM_EUNSUPPORTED, "operator 'Constant' (node "
-                                    "'%.60s') is not supported for training: not a float "
-                                    "or small integer value", pname(np));
-                goto out;
-            }
             continue;   /* made now, nothing to run */
         }
         /* inputs the op can read */
@@ -918,13 +921,34 @@ static void update(const struct slim_train_opts *o, float *w, float *g, float *s
     } else {
         float b1 = o->beta1, b2 = o->beta2, eps = o->eps, step = lr / bc1,
               sbc2 = sqrtf(bc2), dec = 1.0f - lr * wd;
-        for (int64_t i = 0; i < n; i++) {
+        int64_t i = 0;
+#ifdef __SSE2__
+        /* four at a time: sqrtf keeps errno semantics, which GCC will not
+         * vectorise (and the optimize pragma cannot turn off) */
+        __m128 vb1 = _mm_set1_ps(b1), vb2 = _mm_set1_ps(b2), vc1 = _mm_set1_ps(1.0f - b1),
+               vc2 = _mm_set1_ps(1.0f - b2), veps = _mm_set1_ps(eps),
+               vstep = _mm_set1_ps(step), vs2 = _mm_set1_ps(1.0f / sbc2),
+               vdec = _mm_set1_ps(dec);
+        for (; i + 4 <= n; i += 4) {
+            __m128 gi = _mm_loadu_ps(g + i);
+            __m128 m = _mm_add_ps(_mm_mul_ps(vb1, _mm_loadu_ps(s1 + i)), _mm_mul_ps(vc1, gi));
+            __m128 v = _mm_add_ps(_mm_mul_ps(vb2, _mm_loadu_ps(s2 + i)),
+                                  _mm_mul_ps(_mm_mul_ps(vc2, gi), gi));
+            __m128 den = _mm_add_ps(_mm_mul_ps(_mm_sqrt_ps(v), vs2), veps);
+            __m128 wi = _mm_sub_ps(_mm_mul_ps(_mm_loadu_ps(w + i), vdec),
+                                   _mm_div_ps(_mm_mul_ps(vstep, m), den));
+            _mm_storeu_ps(s1 + i, m);
+            _mm_storeu_ps(s2 + i, v);
+            _mm_storeu_ps(w + i, wi);
+        }
+#endif
+        for (; i < n; i++) {
             float gi = g[i];
             float m = b1 * s1[i] + (1.0f - b1) * gi;
             float v = b2 * s2[i] + (1.0f - b2) * gi * gi;
             s1[i] = m;
             s2[i] = v;
-            w[i] = w[i] * dec - step * m / (sqrtf(v) / sbc2 + eps);
+            w[i] = w[i] * dec - step * m / (sqrtf(v) * (1.0f / sbc2) + eps);
         }
     }
     if (keep)

@@ -11,9 +11,15 @@
  * Identity, Conv, MaxPool, AveragePool, GlobalAveragePool,
  * BatchNormalization, Dropout, and a Softmax or LogSoftmax at the graph's
  * end (taken into the loss: the trainer works on the logits before it).
- * Any other op, or a trainable op with attributes the backward pass does
- * not have (Conv with group > 1 when not depthwise, ceil_mode pools...),
- * is SLIM_EUNSUPPORTED naming the op and the node.
+ * The integer shape arithmetic exporters write for x.view(x.size(0), -1)
+ * (Shape, Gather, Unsqueeze, Squeeze, Concat, Cast, Constant) is
+ * evaluated on every batch.  Conv and the pools are 1-D or 2-D (any
+ * strides, pads, auto_pad, dilations, groups; ceil_mode; both
+ * count_include_pad); MatMul takes a 2-D right operand or equal batch
+ * dims.  Any other op, or one of these with inputs it cannot take (a
+ * Reshape whose shape is not a small integer tensor, MaxPool's Indices
+ * output, a Softmax that does not end the graph), is SLIM_EUNSUPPORTED
+ * naming the op and the node.
  *
  * Parameters are the float initializers that trainable ops consume as
  * weights: Gemm's B and C, MatMul's constant operand, Conv's W and B,
@@ -41,9 +47,11 @@
  *               copy, the gradient updates the master copy unchanged.
  *
  * Reproducibility: the shuffle and Dropout draw from the trainer's own
- * PRNG (xoshiro256** seeded through splitmix64 from opts.seed), never
- * rand(); with the same seed, data, options and BLAS thread count, two
- * runs on one machine give the same weights bit for bit.  Matrix work is
+ * PRNG (xoshiro256** seeded through splitmix64 from opts.seed when the
+ * trainer is made, and again when slim_trainer_set_opts changes the
+ * seed; consecutive fits continue its sequence), never rand(); with the
+ * same seed, data, options and BLAS thread count, two runs on one
+ * machine give the same weights bit for bit.  Matrix work is
  * OpenBLAS sgemm (Gemm, MatMul, Conv through im2col, forward and both
  * backward products); buffers are sized on the first batch and reused.
  *

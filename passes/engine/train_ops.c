@@ -26,6 +26,10 @@
 #include <string.h>
 #include "passes/engine/train_internal.h"
 
+/* -O2 on GCC 12 leaves the element-wise loops scalar; errno is never
+ * read, and with it sqrtf vectorises */
+#pragma GCC optimize("O3", "no-math-errno")
+
 static const char *const op_names[] = {
     [OP_GEMM] = "Gemm", [OP_MATMUL] = "MatMul", [OP_ADD] = "Add", [OP_RELU] = "Relu",
     [OP_LEAKY] = "LeakyRelu", [OP_SIGMOID] = "Sigmoid", [OP_TANH] = "Tanh",
@@ -737,28 +741,32 @@ static int bwd_unary(struct slim_trainer *t, struct tnode *n, struct slim_error 
         return err->code;
     const float *X = x->data, *Y = y->data, *dy = y->grad;
     int64_t len = x->numel;
-    float al = n->alpha, a = acc ? 1.0f : 0.0f;
-    /* a * dx: 0 * dx would turn a NaN left in a fresh buffer into NaN */
-    if (!acc)
-        memset(dx, 0, (size_t)len * sizeof(float));
+    float al = n->alpha;
+    /* the first writer sets, a later one adds: one pass either way */
+#define UNARY_BWD(EXPR)                                   \
+    do {                                                  \
+        if (acc)                                          \
+            for (int64_t i = 0; i < len; i++)             \
+                dx[i] += (EXPR);                          \
+        else                                              \
+            for (int64_t i = 0; i < len; i++)             \
+                dx[i] = (EXPR);                           \
+    } while (0)
     switch (n->op) {
     case OP_RELU:
-        for (int64_t i = 0; i < len; i++)
-            dx[i] = a * dx[i] + (Y[i] > 0.0f ? dy[i] : 0.0f);
+        UNARY_BWD(Y[i] > 0.0f ? dy[i] : 0.0f);
         break;
     case OP_LEAKY:
-        for (int64_t i = 0; i < len; i++)
-            dx[i] = a * dx[i] + (X[i] >= 0.0f ? dy[i] : al * dy[i]);
+        UNARY_BWD(X[i] >= 0.0f ? dy[i] : al * dy[i]);
         break;
     case OP_SIGMOID:
-        for (int64_t i = 0; i < len; i++)
-            dx[i] = a * dx[i] + dy[i] * Y[i] * (1.0f - Y[i]);
+        UNARY_BWD(dy[i] * Y[i] * (1.0f - Y[i]));
         break;
     case OP_TANH:
-        for (int64_t i = 0; i < len; i++)
-            dx[i] = a * dx[i] + dy[i] * (1.0f - Y[i] * Y[i]);
+        UNARY_BWD(dy[i] * (1.0f - Y[i] * Y[i]));
         break;
     }
+#undef UNARY_BWD
     return 0;
 }
 
@@ -1194,7 +1202,31 @@ static int fwd_maxpool(struct slim_trainer *t, struct tnode *n, struct slim_erro
     if (!(arg = tr_scratch(&n->save, &n->save_cap, (size_t)y->numel * sizeof(int32_t))))
         return slim_error_set(err, SLIM_ENOMEM, "out of memory");
     int64_t planes = x->shape[0] * x->shape[1], hw = g.h * g.w, ohw = g.oh * g.ow;
-    for (int64_t pl = 0; pl < planes; pl++) {
+    /* every window inside the plane (no pads, dilation 1, no ceil
+     * overhang): no bounds to test */
+    int inside = !g.pt && !g.pl && g.dh == 1 && g.dw == 1 &&
+                 (g.oh - 1) * g.sh + g.kh <= g.h && (g.ow - 1) * g.sw + g.kw <= g.w;
+    for (int64_t pl = 0; pl < planes && inside; pl++) {
+        const float *xp = x->data + pl * hw;
+        float *yp = y->data + pl * ohw;
+        int32_t *ap = arg + pl * ohw;
+        for (int64_t oh = 0; oh < g.oh; oh++)
+            for (int64_t ow = 0; ow < g.ow; ow++) {
+                int32_t base = (int32_t)(oh * g.sh * g.w + ow * g.sw), am = base;
+                float best = xp[base];
+                for (int64_t i = 0; i < g.kh; i++)
+                    for (int64_t j = 0; j < g.kw; j++) {
+                        int32_t k = base + (int32_t)(i * g.w + j);
+                        if (xp[k] > best) {
+                            best = xp[k];
+                            am = k;
+                        }
+                    }
+                ap[oh * g.ow + ow] = am;
+                yp[oh * g.ow + ow] = best;
+            }
+    }
+    for (int64_t pl = 0; pl < planes && !inside; pl++) {
         const float *xp = x->data + pl * hw;
         float *yp = y->data + pl * ohw;
         int32_t *ap = arg + pl * ohw;
