@@ -87,6 +87,15 @@ static int code_bits_of(const char *scheme, json_t *e)
     return 0;
 }
 
+/* Element i of a float32 array at p, which may be unaligned (a stored
+ * tensor follows an entropy stream of any length). */
+static float ld_f32(const void *p, uint64_t i)
+{
+    float f;
+    memcpy(&f, (const unsigned char *)p + i * sizeof f, sizeof f);
+    return f;
+}
+
 /* Float of element k of a raw little-endian array of dtype dt. */
 static float raw_value(enum slim_dtype dt, const unsigned char *p)
 {
@@ -236,29 +245,26 @@ static int decode_leaf(const struct slim_stored *st, json_t *e, const char *name
         if (!bits) {
             v = raw_value(vdt, vals + k * eb);
         } else if (!strcmp(scheme, "int8")) {
-            const float *s = sc->data;
             uint64_t ri = slim_tensor_numel(sc) == 1 ? 0 : r;
             float z = zp ? (float)((const int8_t *)zp->data)[ri] : 0.0f;
-            v = ((float)(int8_t)codes[k] - z) * s[ri];
+            v = ((float)(int8_t)codes[k] - z) * ld_f32(sc->data, ri);
         } else if (!strcmp(scheme, "int4")) {
             uint64_t g = r * ((cols + (uint64_t)group - 1) / (uint64_t)group) + c / (uint64_t)group;
-            v = ((float)codes[k] - (float)((const uint8_t *)zp->data)[g]) *
-                ((const float *)sc->data)[g];
+            v = ((float)codes[k] - (float)((const uint8_t *)zp->data)[g]) * ld_f32(sc->data, g);
         } else if (!strcmp(scheme, "ternary")) {
             if (codes[k] > 2) {
                 rc = bad(err, name, "a ternary code of 3");
                 goto out;
             }
-            v = (codes[k] == 0 ? 0.0f : codes[k] == 1 ? 1.0f : -1.0f) *
-                ((const float *)sc->data)[r];
+            v = (codes[k] == 0 ? 0.0f : codes[k] == 1 ? 1.0f : -1.0f) * ld_f32(sc->data, r);
         } else if (!strcmp(scheme, "binary")) {
-            v = (codes[k] ? 1.0f : -1.0f) * ((const float *)sc->data)[r];
+            v = (codes[k] ? 1.0f : -1.0f) * ld_f32(sc->data, r);
         } else {
             if ((int64_t)codes[k] >= slim_tensor_numel(cb)) {
                 rc = bad(err, name, "a cluster index past its codebook");
                 goto out;
             }
-            v = ((const float *)cb->data)[codes[k]];
+            v = ld_f32(cb->data, codes[k]);
         }
         out[i] = v;
     }
@@ -312,7 +318,8 @@ int slim_decode_entry(const struct slim_stored *st, json_t *e, const char *name,
                 goto lr_out;
             }
         }
-        if (fr[0] != rows || fc[1] != cols || fc[0] != fr[1]) {
+        if (fr[0] != rows || fc[1] != cols || fc[0] != fr[1] || rows > INT32_MAX ||
+            cols > INT32_MAX || fc[0] > INT32_MAX) {
             rc = bad(err, name, "low-rank factors whose shapes do not multiply to it");
             goto lr_out;
         }
@@ -353,7 +360,7 @@ static int decode_model(struct slim_model *m, int keep_dtype, const char *skip,
                         struct slim_tensor **out, size_t *n_out, struct slim_error *err)
 {
     const char *text = json_string_value(json_object_get(m->metadata, "slimd.tensors"));
-    json_t *entries = NULL, *members = json_object(), *e;
+    json_t *entries = NULL, *members = json_object(), *seen = json_object(), *e;
     struct slim_stored st = {model_find, m};
     struct slim_tensor *o = slim_calloc(m->n_tensors + 1, sizeof *o);
     json_error_t jerr;
@@ -363,7 +370,7 @@ static int decode_model(struct slim_model *m, int keep_dtype, const char *skip,
 
     *out = NULL;
     *n_out = 0;
-    if (!o || !members) {
+    if (!o || !members || !seen) {
         rc = slim_error_set(err, SLIM_ENOMEM, "out of memory");
         goto out;
     }
@@ -457,6 +464,16 @@ static int decode_model(struct slim_model *m, int keep_dtype, const char *skip,
                 d->name = NULL;
             }
         }
+        if (d->name && json_object_get(seen, d->name)) {
+            rc = slim_error_set(err, SLIM_EFORMAT, "tensor '%.100s' is both stored and an "
+                                "entry of slimd.tensors", d->name);
+            slim_free(d->name);
+            slim_aligned_free(d->own);
+            memset(d, 0, sizeof *d);
+            goto out;
+        }
+        if (d->name)
+            json_object_set_new(seen, d->name, json_true());
         if (!d->name || !d->own) {
             slim_free(d->name);
             slim_aligned_free(d->own);
@@ -476,6 +493,7 @@ out:
     *n_out = n;
     json_decref(entries);
     json_decref(members);
+    json_decref(seen);
     return rc;
 }
 
@@ -537,10 +555,10 @@ int slim_artifact_decode(const char *in_path, const char *out_path, int *out_kin
             goto out;
         rc = slim_onnx_plain_write(g->data, g->nbytes, d, n, out_path, err);
     } else {
-        json_t *md = json_object();
+        json_t *md;
         if ((rc = decode_model(&m, 0, NULL, &d, &n, err)))
             goto out;
-        if (md)
+        if ((md = json_object()))
             json_object_set_new(md, "slimd.decoded_from", json_string(SLIMD_VERSION));
         rc = md ? slim_st_write(out_path, d, n, md, err)
                 : slim_error_set(err, SLIM_ENOMEM, "out of memory");

@@ -221,7 +221,7 @@ int slim_report_tensor(struct slim_work *w, const struct slim_artifact *art,
 int slim_report_finish(const struct slim_report_totals *tot, json_t *rows, json_t *passes_rep,
                        json_t **report, struct slim_error *err)
 {
-    *report = json_pack("{s:O, s:{s:I, s:I, s:f, s:I, s:I, s:I, s:I}, s:O, s:s}", "tensors",
+    *report = json_pack("{s:O, s:{s:I, s:I, s:f, s:I, s:I, s:I, s:I, s:f}, s:O, s:s}", "tensors",
                         rows, "totals", "bytes_before", (json_int_t)tot->bytes_before,
                         "bytes_after", (json_int_t)tot->bytes_after, "ratio",
                         tot->bytes_after ? (double)tot->bytes_before / (double)tot->bytes_after
@@ -229,7 +229,11 @@ int slim_report_finish(const struct slim_report_totals *tot, json_t *rows, json_
                         "params", (json_int_t)tot->params, "nonzero_params",
                         (json_int_t)tot->nonzero, "file_bytes_before",
                         (json_int_t)tot->file_bytes_before, "file_bytes_after",
-                        (json_int_t)tot->file_bytes_after, "passes", passes_rep, "slimd_version",
+                        (json_int_t)tot->file_bytes_after, "file_ratio",
+                        tot->file_bytes_after ? (double)tot->file_bytes_before /
+                                                    (double)tot->file_bytes_after
+                                              : 0.0,
+                        "passes", passes_rep, "slimd_version",
                         SLIMD_VERSION);
     if (!*report)
         return slim_error_set(err, SLIM_ENOMEM, "out of memory");

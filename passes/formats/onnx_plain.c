@@ -168,10 +168,10 @@ int slim_onnx_plain_write(const void *graph, size_t glen, const struct slim_tens
     }
     for (size_t i = 0; i < g->n_initializer; i++) {
         const Onnx__TensorProto *tp = g->initializer[i];
-        int64_t numel = 1;
+        int nonempty = 1;
         for (size_t k = 0; k < tp->n_dims; k++)
-            numel *= tp->dims[k] > 0 ? tp->dims[k] : 0;
-        if (!tp->has_raw_data && numel > 0 && !tp->n_float_data && !tp->n_int32_data &&
+            nonempty &= tp->dims[k] > 0;
+        if (!tp->has_raw_data && nonempty && !tp->n_float_data && !tp->n_int32_data &&
             !tp->n_int64_data && !tp->n_double_data && !tp->n_uint64_data &&
             !tp->n_string_data) {
             rc = slim_error_set(err, SLIM_EFORMAT, "initializer '%.100s' has no data in the "
@@ -349,6 +349,8 @@ static int table_entry(struct slim_onnx *m, struct table *tb, json_t *e, const c
                 return slim_error_set(err, SLIM_EFORMAT, "tensor '%.100s': bad shape", out);
             if (i == 0)
                 rows = v;
+            else if (v && cols > ((int64_t)1 << 34) / v)
+                return slim_error_set(err, SLIM_EFORMAT, "tensor '%.100s': bad shape", out);
             else
                 cols *= v;
         }
@@ -436,6 +438,8 @@ static int table_entry(struct slim_onnx *m, struct table *tb, json_t *e, const c
 struct dec {
     char name[256];
     float *val;
+    int type;                       /* the ONNX type the graph reads it as */
+    uint16_t *half;                 /* its FLOAT16/BFLOAT16 form, when that */
     int64_t dims[SLIM_MAX_DIMS];
     int ndim;
     size_t n;
@@ -582,11 +586,19 @@ int slim_onnx_plain_from_artifact(const char *in_path, const char *path,
         rc = slim_error_set(err, SLIM_ENOMEM, "out of memory");
         goto out;
     }
+    for (size_t j = 0; j < n_dec; j++)
+        dec[j].type = SLIM_ONNX_FLOAT;
     for (size_t i = 0; i < g->n_node; i++)
         for (size_t k = 0; k < g->node[i]->n_output; k++)
             for (size_t j = 0; j < n_dec; j++)
-                if (g->node[i]->output[k] && !strcmp(g->node[i]->output[k], dec[j].name))
+                if (g->node[i]->output[k] && !strcmp(g->node[i]->output[k], dec[j].name)) {
+                    /* a float16 graph's weight comes out of a Cast to FLOAT16 */
+                    const Onnx__AttributeProto *to = slim_onnx_attr(g->node[i], "to");
                     gone[i] = 1;
+                    if (g->node[i]->op_type && !strcmp(g->node[i]->op_type, "Cast") && to &&
+                        (to->i == SLIM_ONNX_FLOAT16 || to->i == SLIM_ONNX_BFLOAT16))
+                        dec[j].type = (int)to->i;
+                }
     for (int changed = 1; changed;) {
         changed = 0;
         count_uses(g, gone, uses);
@@ -659,10 +671,21 @@ int slim_onnx_plain_from_artifact(const char *in_path, const char *path,
         c->n_dims = (size_t)dec[j].ndim;
         c->dims = dec[j].dims;
         c->has_data_type = 1;
-        c->data_type = SLIM_ONNX_FLOAT;
+        c->data_type = dec[j].type;
         c->has_raw_data = 1;
         c->raw_data.len = dec[j].n * sizeof(float);
         c->raw_data.data = (uint8_t *)dec[j].val;
+        if (dec[j].type != SLIM_ONNX_FLOAT) {
+            if (!(dec[j].half = slim_malloc(dec[j].n * sizeof *dec[j].half + 1))) {
+                rc = slim_error_set(err, SLIM_ENOMEM, "out of memory");
+                goto out;
+            }
+            for (size_t k = 0; k < dec[j].n; k++)
+                dec[j].half[k] = dec[j].type == SLIM_ONNX_FLOAT16 ? slim_f32_to_f16(dec[j].val[k])
+                                                                 : slim_f32_to_bf16(dec[j].val[k]);
+            c->raw_data.len = dec[j].n * sizeof *dec[j].half;
+            c->raw_data.data = (uint8_t *)dec[j].half;
+        }
         inits[n_inits++] = c;
     }
     for (size_t i = 0; i < g->n_sparse_initializer; i++) {
@@ -697,8 +720,10 @@ int slim_onnx_plain_from_artifact(const char *in_path, const char *path,
 out:
     slim_onnx_release(&m);
 out_nom:
-    for (size_t j = 0; j < n_dec; j++)
+    for (size_t j = 0; j < n_dec; j++) {
         slim_aligned_free(dec[j].val);
+        slim_free(dec[j].half);
+    }
     slim_free(dec);
     for (size_t i = 0; i < tb.n_bufs; i++)
         slim_aligned_free(tb.bufs[i]);

@@ -103,6 +103,9 @@ def seeds_spec():
         "prune-global-sparse-binary": {"model": "mdl_1", "passes": [
             {"op": "prune", "sparsity": 0.5, "scope": "global", "include": ["*.weight"]},
             {"op": "quantize", "dtype": "binary"}], "output": {"sparse": True}},
+        "prune-cluster-sparse-entropy": {"model": "mdl_1", "passes": [
+            {"op": "prune", "sparsity": 0.9, "scope": "global"},
+            {"op": "cluster", "clusters": 16}], "output": {"sparse": True, "entropy": True}},
         "prune-rows-ternary": {"model": "mdl_1", "passes": [
             {"op": "prune", "sparsity": 0.3, "pattern": "rows", "exclude": ["conv.*"]},
             {"op": "quantize", "dtype": "ternary"}]},

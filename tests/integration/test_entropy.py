@@ -330,6 +330,8 @@ def assert_plain_onnx(path):
     assert not any(n.startswith("slimd_code_table") or n.endswith(("_quantized", "_packed",
                                                                    "_indices", "_fp16", "_bf16"))
                    for n in names), names
+    assert "Gather" not in {n.op_type for n in m.graph.node if n.input and
+                            n.input[0].endswith("_codebook")}
     assert all(t.data_type != onnx.TensorProto.UINT8 for t in m.graph.initializer), names
     return m
 
@@ -389,6 +391,16 @@ def test_decode_every_onnx_artifact():
             lowrank = any(p["op"] == "lowrank" for p in passes)
             ok, err = close(ort_run(dec, x), ort_run(art, x), 1e-4 if lowrank else 1e-5)
             assert ok, (model, label, err)
+    # a float16 graph: the decoded weights are FLOAT16 initializers, as the graph reads them
+    art, _ = compress(FIXTURE, {"passes": [{"op": "prune", "sparsity": 0.5},
+                                           {"op": "quantize", "dtype": "fp16"}],
+                                "output": {"float16_graph": True}})
+    dec, _ = decode_cli(art, ".onnx")
+    m = assert_plain_onnx(dec)
+    assert {t.data_type for t in m.graph.initializer if t.name.endswith("weight")} == \
+        {onnx.TensorProto.FLOAT16}
+    ok, err = close(ort_run(dec, x), ort_run(art, x), 1e-3)
+    assert ok, ("float16_graph", err)
 
 
 @test
