@@ -155,6 +155,9 @@ def main():
     ap.add_argument("--cache", default=None)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--teacher-epochs", type=int, default=4)
+    ap.add_argument("--long-epochs", type=int, default=30, help="stretch: the longer schedule")
+    ap.add_argument("--lowrank-epochs", type=int, default=3, help="stretch: the low-rank student")
+    ap.add_argument("--no-variants", action="store_true", help="stretch: skip other T and alpha")
     ap.add_argument("--parts", default="distill,stretch,deep",
                     help="which of distill, stretch, deep to run (comma-separated)")
     a = ap.parse_args()
@@ -201,8 +204,10 @@ def distill(a, d, cache, seeds, epochs, xtr, ytr, xte, yte, ds_train, ds_test, p
           (100 * tacc))
     tid = d.upload(open(tpath, "rb").read(), name="teacher-cnn").json["id"]
     teacher.eval()
-    with torch.no_grad():
-        tlogits = torch.cat([teacher(xtr[i:i + 1000]) for i in range(0, len(xtr), 1000)])
+    tlogits = None
+    if "distill" in parts:
+        with torch.no_grad():
+            tlogits = torch.cat([teacher(xtr[i:i + 1000]) for i in range(0, len(xtr), 1000)])
     res = {}
     for alpha in ((0.5, 0.0) if "distill" in parts else ()):
         s_acc, t_acc, s_rate, t_rate = [], [], [], []
@@ -231,14 +236,14 @@ def distill(a, d, cache, seeds, epochs, xtr, ytr, xte, yte, ds_train, ds_test, p
     if "stretch" not in parts:
         return
     print("\n-- stretch: what else was tried (seed 0, slimd) --")
-    long_ep = 4 if a.quick else 30
+    long_ep = 4 if a.quick else a.long_epochs
     for alpha in (0.5, 0.0):
         _, rep = run_job(d, {"model": tid, "passes": [{
             "op": "distill", "student": {"hidden": [100]}, "dataset": ds_train,
             "temperature": 2, "alpha": alpha, "epochs": long_ep, "batch_size": 128,
             "lr": 0.001, "optimizer": "adam", "seed": 0}], "eval": {"dataset": ds_test}})
         print("%d epochs, alpha %.1f: %.2f %%" % (long_ep, alpha, 100 * rep["accuracy"]["after"]))
-    for T, alpha in ((4, 0.9), (1, 0.5)):
+    for T, alpha in (() if a.no_variants else ((4, 0.9), (1, 0.5))):
         _, rep = run_job(d, {"model": tid, "passes": [{
             "op": "distill", "student": {"hidden": [100]}, "dataset": ds_train,
             "temperature": T, "alpha": alpha, "epochs": epochs, "batch_size": 128,
@@ -247,7 +252,8 @@ def distill(a, d, cache, seeds, epochs, xtr, ytr, xte, yte, ds_train, ds_test, p
                                                        100 * rep["accuracy"]["after"]))
     _, rep = run_job(d, {"model": tid, "passes": [{
         "op": "distill", "student": {"from": "lowrank", "rank_ratio": 0.25},
-        "dataset": ds_train, "temperature": 2, "alpha": 0.5, "epochs": 2 if a.quick else 3,
+        "dataset": ds_train, "temperature": 2, "alpha": 0.5,
+        "epochs": 1 if a.quick else a.lowrank_epochs,
         "batch_size": 128, "lr": 0.0005, "optimizer": "adam", "seed": 0}],
         "eval": {"dataset": ds_test}})
     st = rep["training"][0]["student"]
