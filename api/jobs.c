@@ -33,13 +33,65 @@
  * is events.c's */
 const char *const api_spec_top_keys[] = {"model", "name", "labels", "notify", NULL};
 
+/* The training passes' references (slim_spec_ref): each dataset and
+ * student model must exist and be the caller's to use, a dataset must
+ * have labels when its pass trains on them, and a student must be an
+ * ONNX model.  Each failure is a 400 naming the field: the reference is
+ * a value of the spec, like an op's name. */
+static int check_refs(struct api_ctx *ctx, struct api_request *req,
+                      const struct slim_spec *spec, uint64_t *data_bytes, struct slim_error *err)
+{
+    size_t n = slim_spec_n_refs(spec);
+    *data_bytes = 0;
+    for (size_t i = 0; i < n; i++) {
+        char field[64];
+        int kind, labels, rc;
+        const char *id = slim_spec_ref(spec, i, &kind, field, sizeof field, &labels);
+        json_t *row = NULL;
+        rc = kind == SLIM_REF_DATASET ? store_dataset_get(ctx->st, id, &row, err)
+                                      : store_model_get(ctx->st, id, &row, err);
+        if (rc == SLIM_ENOTFOUND || (!rc && !api_request_sees(req, row))) {
+            json_decref(row);
+            return slim_error_set(err, SLIM_ESPEC, "%s: %s %.64s does not exist", field,
+                                  kind == SLIM_REF_DATASET ? "dataset" : "model", id);
+        }
+        if (rc)
+            return rc;
+        if (kind == SLIM_REF_DATASET && labels &&
+            json_is_false(json_object_get(row, "labels"))) {
+            json_decref(row);
+            return slim_error_set(err, SLIM_ESPEC, "%s: dataset %.64s has no labels: finetune "
+                                  "trains on labels, and distill without them needs alpha 1",
+                                  field, id);
+        }
+        /* a training pass holds its dataset in memory, and once more split
+         * into training and held-out parts */
+        if (kind == SLIM_REF_DATASET) {
+            uint64_t b = 2 * (uint64_t)json_integer_value(json_object_get(row, "bytes"));
+            *data_bytes = b > *data_bytes ? b : *data_bytes;
+        }
+        if (kind == SLIM_REF_MODEL) {
+            const char *fmt = json_string_value(json_object_get(row, "format"));
+            if (!fmt || strcmp(fmt, "onnx")) {
+                slim_error_set(err, SLIM_ESPEC, "%s: model %.64s is %s; a student must be an "
+                               "ONNX model (training needs its graph)", field, id,
+                               fmt ? fmt : "of no known format");
+                json_decref(row);
+                return SLIM_ESPEC;
+            }
+        }
+        json_decref(row);
+    }
+    return 0;
+}
+
 /* The memory a job reserves while it runs: its limits.memory_mb, or the
  * pipeline's estimate for its model.  A job whose estimate is over its
  * own limit, or whose reservation is over the daemon's whole budget
  * (--job-memory-mb), could never run: it is refused now, with the tensor
  * that needs the memory named. */
 static int reserve_memory(struct api_ctx *ctx, const struct slim_spec *spec, const char *sha,
-                          uint64_t *mem, struct slim_error *err)
+                          uint64_t data_bytes, uint64_t *mem, struct slim_error *err)
 {
     uint64_t need = 0, limit = slim_spec_memory_limit(spec);
     char path[4096], detail[160];
@@ -47,6 +99,7 @@ static int reserve_memory(struct api_ctx *ctx, const struct slim_spec *spec, con
     store_blob_path(ctx->st, sha, path, sizeof path);
     if ((rc = slim_pipeline_estimate(spec, path, &need, err)))
         return rc;
+    need += data_bytes;   /* the training passes' data (check_refs) */
     snprintf(detail, sizeof detail, "%s", err->msg);
     if (limit && need > limit)
         return slim_error_set(err, SLIM_EBUDGET, "%s, over the job's limits.memory_mb of %llu",
@@ -173,7 +226,7 @@ static int submit(struct api_ctx *ctx, struct api_request *req, json_t *body, js
     struct slim_spec *spec = NULL;
     json_t *mrow = NULL, *drow;
     const char *dataset, *notify_url = NULL;
-    uint64_t mem = 0;
+    uint64_t mem = 0, data_bytes = 0;
     int rc;
 
     *row = NULL;
@@ -189,6 +242,8 @@ static int submit(struct api_ctx *ctx, struct api_request *req, json_t *body, js
             rc = slim_error_set(err, SLIM_ENOTFOUND, "dataset %.64s does not exist", dataset);
         json_decref(drow);
     }
+    if (!rc)
+        rc = check_refs(ctx, req, spec, &data_bytes, err);
     /* the artifact goes to the data dir too: refuse the job now if the
      * disk could not hold one the size of its model */
     if (!rc)
@@ -196,7 +251,7 @@ static int submit(struct api_ctx *ctx, struct api_request *req, json_t *body, js
                                                            json_object_get(mrow, "bytes")), err);
     if (!rc)
         rc = reserve_memory(ctx, spec, json_string_value(json_object_get(mrow, "sha256")),
-                            &mem, err);
+                            data_bytes, &mem, err);
     if (!rc)
         rc = store_job_insert(ctx->st, api_request_creator(req),
                               json_string_value(json_object_get(mrow, "id")), dataset, body, mem,

@@ -20,6 +20,7 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <libgen.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -727,6 +728,27 @@ static int compress_exit(int code)
     }
 }
 
+/* A training pass's epoch, on stderr: offline there is no job to poll. */
+static void cli_training(void *ud, json_t *st)
+{
+    json_t *loss = json_object_get(st, "loss"), *acc = json_object_get(st, "val_accuracy");
+    long long *last = ud, at = json_integer_value(json_object_get(st, "pass")) * 100000 +
+                                json_integer_value(json_object_get(st, "epoch"));
+    /* each epoch once: a pass also reports its last epoch when it ends */
+    if (json_integer_value(json_object_get(st, "epoch")) == 0 || at == *last)
+        return;
+    *last = at;
+    fprintf(stderr, "passes[%lld] %s: epoch %lld/%lld loss %.4f",
+            (long long)json_integer_value(json_object_get(st, "pass")),
+            json_string_value(json_object_get(st, "op")),
+            (long long)json_integer_value(json_object_get(st, "epoch")),
+            (long long)json_integer_value(json_object_get(st, "epochs")),
+            json_is_number(loss) ? json_number_value(loss) : NAN);
+    if (json_is_number(acc))
+        fprintf(stderr, " held-out accuracy %.4f", json_number_value(acc));
+    fputc('\n', stderr);
+}
+
 int slimd_compress(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -742,6 +764,9 @@ int slimd_compress(int argc, char **argv)
     struct slim_run_opts ropts = {.threads = 0};
     json_error_t jerr;
     json_t *sj = NULL, *report = NULL, *totals;
+    const char **refs = NULL;
+    size_t n_refs = 0;
+    long long last_epoch = -1;
     char out[4096], rpath[4096];
     uint64_t threads = 0;
     int c, gate, rc = 1;
@@ -796,8 +821,27 @@ int slimd_compress(int argc, char **argv)
         ropts.threads = (int)threads;
         openblas_set_num_threads((int)threads);
     }
-    /* offline, "eval": {"dataset": ...} names the dataset file itself */
+    /* offline, "eval": {"dataset": ...} names the dataset file itself,
+     * and so do the training passes' "dataset" and "student" */
     ropts.eval_dataset = slim_spec_eval_dataset(spec);
+    n_refs = slim_spec_n_refs(spec);
+    if (n_refs && !(refs = slim_calloc(n_refs, sizeof *refs))) {
+        fprintf(stderr, "slimd compress: out of memory\n");
+        goto out;
+    }
+    for (size_t i = 0; i < n_refs; i++) {
+        int kind, labels;
+        char field[64];
+        refs[i] = slim_spec_ref(spec, i, &kind, field, sizeof field, &labels);
+        if (access(refs[i], R_OK) != 0) {
+            fprintf(stderr, "slimd compress: %s: %s '%s': %s\n", spec_path, field, refs[i],
+                    strerror(errno));
+            goto out;
+        }
+    }
+    ropts.ref_paths = refs;
+    ropts.training = cli_training;
+    ropts.training_ud = &last_epoch;
     artifact_name(model, outdir, out, sizeof out);
     if (slim_spec_container(spec, model)) {
         /* the entropy container of an ONNX model is one safetensors file */
@@ -834,6 +878,7 @@ int slimd_compress(int argc, char **argv)
 out:
     json_decref(report);
     json_decref(sj);
+    slim_free(refs);
     slim_spec_free(spec);
     return rc;
 }

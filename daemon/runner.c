@@ -85,6 +85,11 @@ struct slot {
     char in_path[4096];
     char out_path[4096];
     char eval_path[4096];               /* the eval dataset's blob, "" without one */
+    char **ref_paths;                   /* the training passes' datasets and students */
+    size_t n_refs;
+    pthread_mutex_t tlock;              /* guards training (worker writes, tick reads) */
+    char *training;                     /* the latest training state, JSON text, or NULL */
+    int training_dirty;                 /* not yet written to the row */
     struct slim_spec *spec;             /* parsed at the claim */
     atomic_int stop;
     _Atomic double progress;            /* written by the worker, read by the tick */
@@ -202,6 +207,36 @@ static int on_progress(void *ud, double progress, const char *stage)
     return 1;
 }
 
+/* Worker thread: a training pass finished an epoch.  Kept as text in the
+ * slot; the tick writes it to the row (the pipeline never waits for the
+ * database). */
+static void on_training(void *ud, json_t *state)
+{
+    struct slot *s = ud;
+    char *text = json_dumps(state, JSON_COMPACT);
+    if (!text)
+        return;
+    pthread_mutex_lock(&s->tlock);
+    free(s->training);
+    s->training = text;
+    s->training_dirty = 1;
+    pthread_mutex_unlock(&s->tlock);
+}
+
+/* Writes the slot's training state if it changed; any thread. */
+static void flush_training(struct runner *r, struct slot *s)
+{
+    char *text = NULL;
+    pthread_mutex_lock(&s->tlock);
+    if (s->training_dirty && s->training)
+        text = strdup(s->training);
+    s->training_dirty = 0;
+    pthread_mutex_unlock(&s->tlock);
+    if (text)
+        store_job_training(r->st, s->id, text, NULL);
+    free(text);
+}
+
 /* Loop thread: writes the progress or stage that moved since the last
  * tick. */
 static void on_tick(uv_timer_t *t)
@@ -213,6 +248,7 @@ static void on_tick(uv_timer_t *t)
         const char *stage;
         if (!s->used || s->pending)
             continue;
+        flush_training(r, s);
         p = atomic_load(&s->progress);
         stage = atomic_load(&s->stage);
         if (p == s->persisted && stage == s->persisted_stage)
@@ -230,11 +266,15 @@ static void work_cb(uv_work_t *w)
     struct slim_run_opts opts = {.progress = on_progress, .progress_ud = s,
                                  .threads = s->r->cfg.threads_per_job,
                                  .sink = store_hash_update,
-                                 .eval_dataset = s->eval_path[0] ? s->eval_path : NULL};
+                                 .eval_dataset = s->eval_path[0] ? s->eval_path : NULL,
+                                 .ref_paths = (const char *const *)s->ref_paths,
+                                 .training = on_training, .training_ud = s};
     s->rc = store_hash_new(&hash, &s->err);
     opts.sink_ud = hash;
     if (!s->rc)
         s->rc = slim_pipeline_run(s->spec, s->in_path, s->out_path, &opts, &s->report, &s->err);
+    /* the last epochs' state reaches the row before the outcome does */
+    flush_training(s->r, s);
     /* a cancel that came after the pipeline's last look: the artifact is
      * not adopted (after_work removes it) */
     if (s->rc == 0 && atomic_load(&s->stop) == STOP_CANCEL)
@@ -262,6 +302,20 @@ static void work_cb(uv_work_t *w)
     store_hash_free(hash);
 }
 
+static void free_refs(struct slot *s)
+{
+    for (size_t i = 0; i < s->n_refs; i++)
+        slim_free(s->ref_paths[i]);
+    slim_free(s->ref_paths);
+    s->ref_paths = NULL;
+    s->n_refs = 0;
+    pthread_mutex_lock(&s->tlock);
+    free(s->training);
+    s->training = NULL;
+    s->training_dirty = 0;
+    pthread_mutex_unlock(&s->tlock);
+}
+
 static void release_slot(struct runner *r, struct slot *s)
 {
     pthread_mutex_lock(&r->lock);
@@ -272,6 +326,7 @@ static void release_slot(struct runner *r, struct slot *s)
     s->report = NULL;
     slim_spec_free(s->spec);
     s->spec = NULL;
+    free_refs(s);
     r->running--;
     r->reserved -= s->mem;
     s->mem = 0;
@@ -286,6 +341,8 @@ static void on_closed(uv_handle_t *h)
     void (*done)(void *) = r->done;
     void *ud = r->done_ud;
     pthread_mutex_destroy(&r->lock);
+    for (int i = 0; i < r->cfg.workers; i++)
+        pthread_mutex_destroy(&r->slots[i].tlock);
     slim_free(r->slots);
     slim_free(r);
     if (done)
@@ -579,6 +636,30 @@ static int start_job(struct runner *r, struct slot *s, json_t *row)
                         s->eval_path, sizeof s->eval_path);
         json_decref(dataset);
     }
+    /* the training passes' datasets and student models, like the eval
+     * dataset: resolved here, checked again (they may have been deleted
+     * since the submission) */
+    s->n_refs = slim_spec_n_refs(s->spec);
+    if (s->n_refs && !(s->ref_paths = slim_calloc(s->n_refs, sizeof *s->ref_paths)))
+        return fail_start(r, s, SLIM_ENOMEM, "out of memory");
+    for (size_t i = 0; i < s->n_refs; i++) {
+        int kind, labels;
+        char field[64];
+        const char *ref = slim_spec_ref(s->spec, i, &kind, field, sizeof field, &labels);
+        json_t *ref_row = NULL;
+        int rc = kind == SLIM_REF_DATASET ? store_dataset_get(r->st, ref, &ref_row, &err)
+                                          : store_model_get(r->st, ref, &ref_row, &err);
+        if (rc || !(s->ref_paths[i] = slim_malloc(4096))) {
+            json_decref(ref_row);
+            snprintf(why, sizeof why, "%s: %s %.64s was deleted", field,
+                     kind == SLIM_REF_DATASET ? "dataset" : "model", ref);
+            free_refs(s);
+            return fail_start(r, s, SLIM_ENOTFOUND, why);
+        }
+        store_blob_path(r->st, json_string_value(json_object_get(ref_row, "sha256")),
+                        s->ref_paths[i], 4096);
+        json_decref(ref_row);
+    }
     store_tmp_path(r->st, ".safetensors", s->out_path, sizeof s->out_path);
     {   /* room under --max-data-bytes for an artifact the model's size,
          * and what the database grows by while the job runs (its report,
@@ -674,9 +755,13 @@ int runner_new(uv_loop_t *loop, struct store *st, const struct runner_config *cf
     r->st = st;
     r->cfg = *cfg;
     pthread_mutex_init(&r->lock, NULL);
+    for (int i = 0; i < cfg->workers; i++)
+        pthread_mutex_init(&r->slots[i].tlock, NULL);
     rc = store_job_recover(st, cfg->max_attempts, &requeued, &failed, err);
     if (rc && rc != SLIM_ENOSPACE) {
         pthread_mutex_destroy(&r->lock);
+        for (int i = 0; i < cfg->workers; i++)
+            pthread_mutex_destroy(&r->slots[i].tlock);
         slim_free(r->slots);
         slim_free(r);
         return rc;

@@ -341,14 +341,27 @@ static json_t *describe(const struct slim_wt *t, int sparse, int entropy)
     return e;
 }
 
+/* A low-rank factor as output.dequantize writes it: plain F32. */
+static json_t *describe_f32(const struct slim_wt *t)
+{
+    json_t *e = json_pack("{s:s, s:[], s:s, s:[s], s:s}", "scheme", "dense", "shape", "dtype",
+                          "F32", "tensors", t->name, "stored_dtype", "F32");
+    for (int d = 0; e && d < t->ndim; d++)
+        json_array_append_new(json_object_get(e, "shape"), json_integer(t->shape[d]));
+    return e;
+}
+
 int slim_artifact_describe(struct slim_work *w, json_t *entries, struct slim_error *err)
 {
-    int sparse = w->sparse_output, entropy = w->entropy_output;
-    if (w->dequantize_output)
-        return 0;
+    int sparse = w->sparse_output, entropy = w->entropy_output, deq = w->dequantize_output;
     for (size_t i = 0; i < w->n; i++) {
         struct slim_wt *t = &w->wts[i];
         json_t *e;
+        /* dequantized, every tensor is plain F32 under its own name: only
+         * a low-rank pair still needs saying (two tensors stand for W; an
+         * ONNX graph multiplies through both) */
+        if (deq && !strcmp(t->name, t->origin))
+            continue;
         if (!strcmp(t->name, t->origin)) {
             if (t->scheme == SLIM_SCHEME_COPY ||
                 (t->scheme == SLIM_SCHEME_DENSE && !(sparse && t->pruned) &&
@@ -359,8 +372,8 @@ int slim_artifact_describe(struct slim_work *w, json_t *entries, struct slim_err
             /* a low-rank pair: W_u here, W_v next */
             const struct slim_tensor *src = t->src;
             struct slim_wt *v = i + 1 < w->n ? &w->wts[i + 1] : NULL;
-            json_t *fu = describe(t, sparse, entropy), *fv = v ? describe(v, sparse, entropy) : NULL,
-                   *names;
+            json_t *fu = deq ? describe_f32(t) : describe(t, sparse, entropy);
+            json_t *fv = !v ? NULL : deq ? describe_f32(v) : describe(v, sparse, entropy), *names;
             e = json_pack("{s:s, s:o, s:s, s:I, s:[], s:{s:o, s:o}}", "scheme", "lowrank",
                           "shape", slim_shape_json(src), "dtype", slim_dtype_name(src->dtype),
                           "rank", (json_int_t)t->cols, "tensors", "factors", t->name, fu,

@@ -19,6 +19,7 @@
 
 static const struct slim_pass_ops *const registry[] = {
     &slim_pass_prune, &slim_pass_lowrank, &slim_pass_cluster, &slim_pass_quantize,
+    &slim_pass_distill, &slim_pass_finetune,
 };
 
 const struct slim_pass_ops *slim_pass_find(const char *op)
@@ -58,6 +59,8 @@ int slim_select_match(const struct slim_select *sel, const struct slim_wt *t)
 {
     if (!slim_dtype_is_float(t->dtype) || t->ndim < 2)
         return 0;
+    if (sel->only)
+        return json_object_get(sel->only, t->name) != NULL;
     if (sel->include) {
         int hit = 0;
         for (size_t i = 0; i < sel->n_include && !hit; i++)

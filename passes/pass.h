@@ -151,6 +151,7 @@ int slim_has_nonfinite(const float *v, size_t n);
 typedef int (*slim_wt_fn)(const void *cfg, struct slim_work *w, size_t i,
                           struct slim_error *err);
 struct slim_select;
+struct slim_train_run;
 /* Runs fn over every tensor sel selects, in order (originals_only: not
  * over tensors a previous pass derived, such as low-rank factors), each
  * after a cancellation check.  fn loads the values it changes
@@ -161,6 +162,8 @@ int slim_work_each(struct slim_work *w, const struct slim_select *sel, int origi
 
 /* Tensor selection shared by every pass. */
 struct slim_select {
+    json_t *only;     /* when set, only tensors named in this object (borrowed): the
+                       * pipeline re-applying an encoding after training */
     char **include;   /* NULL: the default selection */
     size_t n_include;
     char **exclude;
@@ -170,6 +173,44 @@ struct slim_select {
  * tensor's own name or its origin's, so "*.weight" still selects the
  * low-rank factors of a weight. */
 int slim_select_match(const struct slim_select *sel, const struct slim_wt *t);
+
+/* What the pipeline gives a whole-model pass (pipeline.c cuts the job
+ * there: the passes before it stream into in_path, and the passes after
+ * it stream from out_path). */
+struct slim_train_run {
+    size_t index;                /* the pass's index in the spec */
+    const char *in_path;         /* the model as it stands: ONNX, every weight fp32 */
+    const char *out_path;        /* where the trained model goes (ONNX) */
+    const char *dataset;         /* the dataset's file (formats/dataset.h) */
+    const char *student;         /* distill with a model id: that model's file */
+    /* what the passes before did, per tensor name: {"pruned": bool,
+     * "encoded": bool} (borrowed; NULL: nothing) and the encoding pass
+     * (cluster or quantize) that "encoded" refers to, with its cfg */
+    json_t *carry;
+    const struct slim_pass_ops *encoding;
+    const void *encoding_cfg;
+    /* distill {"from": "lowrank"}: writes the model at in factorised by
+     * the lowrank pass with this rank_ratio to out (ONNX) */
+    int (*lowrank)(void *ud, const char *in, const char *out, double rank_ratio,
+                   struct slim_error *err);
+    void *lowrank_ud;
+    slim_progress_fn progress;   /* may be NULL */
+    void *progress_ud;
+    double p_lo, p_hi;
+    const char *stage;
+    /* the training state after every epoch (borrowed for the call) */
+    void (*training)(void *ud, json_t *state);
+    void *training_ud;
+    json_t *report;              /* an object the pass fills (epochs, loss, history...) */
+};
+/* Reports fraction frac of the training pass (negative: only polls) and
+ * returns non-zero when the caller asked to stop. */
+int slim_train_check(struct slim_train_run *tr, double frac);
+/* What a whole-model pass's cfg names: its dataset id, distill's student
+ * model id (NULL for a shape), whether it needs labels, and the
+ * rank_ratio of a lowrank student (0: none). */
+void slim_train_cfg_refs(const void *cfg, const char **dataset, const char **student,
+                         int *needs_labels, double *rank_ratio);
 
 /* The interface every pass implements. */
 struct slim_pass_ops {
@@ -201,12 +242,18 @@ struct slim_pass_ops {
      * need for a rows x cols tensor, for the job's memory budget (NULL:
      * none worth counting). */
     size_t (*scratch_bytes)(const void *cfg, int64_t rows, int64_t cols);
+    /* Whole-model passes (distill, finetune: pass_train.c) have no plan
+     * or tensor function but this: they read the model as it stands
+     * (an ONNX file the pipeline wrote) and write the trained one. */
+    int (*model)(const void *cfg, struct slim_train_run *tr, struct slim_error *err);
 };
 
 extern const struct slim_pass_ops slim_pass_quantize;
 extern const struct slim_pass_ops slim_pass_prune;
 extern const struct slim_pass_ops slim_pass_lowrank;
 extern const struct slim_pass_ops slim_pass_cluster;
+extern const struct slim_pass_ops slim_pass_distill;
+extern const struct slim_pass_ops slim_pass_finetune;
 
 /* Finds the ops of a pass by name; NULL if unknown. */
 const struct slim_pass_ops *slim_pass_find(const char *op);

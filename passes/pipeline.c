@@ -30,12 +30,14 @@
 #include "passes/formats/onnx.h"
 #include "passes/eval.h"
 #include "passes/gates.h"
+#include "passes/engine/engine.h"
 #include "passes/decode.h"
 
 struct spec_pass {
     const struct slim_pass_ops *ops;
     void *cfg;
     struct slim_select sel;
+    size_t index;            /* in the spec's "passes" */
 };
 
 struct slim_spec {
@@ -126,6 +128,53 @@ static int parse_eval(json_t *ev, struct slim_spec *spec, struct slim_error *err
         return SLIM_ESPEC;
     spec->eval_batch = n;
     return 0;
+}
+
+/* The ids the training passes name, in pass order: each one's dataset,
+ * then distill's student model when it is an id. */
+static const char *spec_ref(const struct slim_spec *spec, size_t want, int *kind,
+                            size_t *pass, int *needs_labels)
+{
+    size_t at = 0;
+    for (size_t k = 0; k < spec->n_passes; k++) {
+        const char *ds, *student;
+        double ratio;
+        int labels;
+        if (!spec->passes[k].ops->model)
+            continue;
+        slim_train_cfg_refs(spec->passes[k].cfg, &ds, &student, &labels, &ratio);
+        *pass = k;
+        *needs_labels = labels;
+        if (at++ == want) {
+            *kind = SLIM_REF_DATASET;
+            return ds;
+        }
+        if (student && at++ == want) {
+            *kind = SLIM_REF_MODEL;
+            return student;
+        }
+    }
+    return NULL;
+}
+
+size_t slim_spec_n_refs(const struct slim_spec *spec)
+{
+    size_t n = 0, pass;
+    int kind, labels;
+    while (spec_ref(spec, n, &kind, &pass, &labels))
+        n++;
+    return n;
+}
+
+const char *slim_spec_ref(const struct slim_spec *spec, size_t i, int *kind, char *field,
+                          size_t field_len, int *needs_labels)
+{
+    size_t pass = 0;
+    const char *id = spec_ref(spec, i, kind, &pass, needs_labels);
+    if (id && field)
+        snprintf(field, field_len, "passes[%zu].%s", pass,
+                 *kind == SLIM_REF_DATASET ? "dataset" : "student");
+    return id;
 }
 
 uint64_t slim_spec_memory_limit(const struct slim_spec *spec)
@@ -258,6 +307,7 @@ int slim_spec_parse(json_t *json, const char *const *allow, struct slim_spec **o
     const char *key;
     size_t i;
     int rc = 0, last_stage = 0, encodings = 0;
+    size_t last_k = 0;
 
     *out = NULL;
     if (!json_is_object(json))
@@ -282,14 +332,20 @@ int slim_spec_parse(json_t *json, const char *const *allow, struct slim_spec **o
     spec->want_onnx = -1;
     json_array_foreach(passes, i, v) {
         spec->n_passes = i + 1;
+        spec->passes[i].index = i;
         if ((rc = parse_pass(v, i, &spec->passes[i], err)))
             goto fail;
+        /* training passes (stage 0) may come anywhere: they keep what
+         * the passes before imposed */
         int stage = spec->passes[i].ops->stage;
+        if (stage == 0)
+            continue;
         if (stage < last_stage) {
             rc = slim_error_set(err, SLIM_ESPEC,
                                 "passes[%zu]: op '%s' cannot follow op '%s' (order: prune, "
-                                "lowrank, then one of cluster or quantize)", i,
-                                spec->passes[i].ops->op, spec->passes[i - 1].ops->op);
+                                "lowrank, then one of cluster or quantize; distill and "
+                                "finetune anywhere)", i, spec->passes[i].ops->op,
+                                spec->passes[last_k].ops->op);
             goto fail;
         }
         if (stage == 3 && ++encodings > 1) {
@@ -299,6 +355,7 @@ int slim_spec_parse(json_t *json, const char *const *allow, struct slim_spec **o
             goto fail;
         }
         last_stage = stage;
+        last_k = i;
     }
     output = json_object_get(json, "output");
     if (output) {
@@ -463,7 +520,55 @@ struct run {
     int units;                   /* sweeps + 1: how often the model is read */
     int unit;
     double t_read, t_measure;
+    struct seg *seg;             /* the part of a job with training passes; NULL: all of it */
 };
+
+/* One streamed part of a job that training passes cut (slim_pipeline_run
+ * below): what it inherits and what it leaves. */
+struct seg {
+    int intermediate;            /* writes the next training pass's input: dense fp32 ONNX,
+                                  * no evaluation */
+    json_t *carry_in;            /* name -> {"pruned", "encoded"} from the parts before */
+    json_t *carry_out;           /* the same after this part (new entries added) */
+    double *seconds;             /* per pass of the whole spec */
+    struct slim_onnx *before;    /* the job's original model, for the evaluation */
+    uint64_t bytes_before;       /* its file's bytes (0: this part's input) */
+};
+
+/* Makes w hold src alone, untouched but for what training left: a
+ * tensor pruned before a training pass stays pruned after it. */
+static int begin_tensor(struct run *r, const struct slim_tensor *src, struct slim_error *err)
+{
+    int rc = work_begin(&r->w, src, err);
+    json_t *c = r->seg && r->seg->carry_in ? json_object_get(r->seg->carry_in, src->name) : NULL;
+    if (!rc && c)
+        r->w.wts[0].pruned = json_is_true(json_object_get(c, "pruned"));
+    return rc;
+}
+
+/* Notes what the passes did to each tensor, for the training pass after
+ * this part: pruned (its zeros are structural) and encoded (stored by
+ * cluster or quantize, which the pipeline applies again after
+ * training). */
+static int carry_record(struct run *r, struct slim_error *err)
+{
+    if (!r->seg || !r->seg->carry_out)
+        return 0;
+    for (size_t i = 0; i < r->w.n; i++) {
+        const struct slim_wt *t = &r->w.wts[i];
+        json_t *prev = r->seg->carry_in ? json_object_get(r->seg->carry_in, t->name) : NULL;
+        int encoded = t->scheme >= SLIM_SCHEME_F16 ||
+                      (prev && json_is_true(json_object_get(prev, "encoded")));
+        if (!t->pruned && !encoded)
+            continue;
+        if (json_object_set_new(r->seg->carry_out, t->name,
+                                json_pack("{s:b, s:b}", "pruned", t->pruned, "encoded",
+                                          encoded)))
+            return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    }
+    return 0;
+}
+
 
 static int onnx_plan_check(const struct run *r, struct slim_error *err);
 static int eval_check(struct run *r, struct slim_error *err);
@@ -676,6 +781,8 @@ static int run_passes(struct run *r, size_t upto, struct slim_error *err)
     for (size_t k = 0; k < upto; k++) {
         const struct spec_pass *sp = &r->spec->passes[k];
         double t0 = slim_now();
+        if (sp->ops->model)   /* training: not a streaming pass (see pipeline_run) */
+            continue;
         r->w.stage = sp->ops->op;
         r->w.state = r->state[k];
         r->w.pass_index = (int)k;
@@ -751,10 +858,11 @@ static int plan_model(struct run *r, struct slim_error *err)
     int rc = 0;
     r->w.planning = 1;
     FOR_EACH_TENSOR(r, sh, src, i) {
-        if ((rc = work_begin(&r->w, src, err)))
+        if ((rc = begin_tensor(r, src, err)))
             goto out;
         for (size_t k = 0; k < r->spec->n_passes; k++)
-            if (slim_select_match(&r->spec->passes[k].sel, &r->w.wts[0]))
+            if (!r->spec->passes[k].ops->model &&
+                slim_select_match(&r->spec->passes[k].sel, &r->w.wts[0]))
                 r->touched[i] |= TOUCHED;
         if ((rc = run_passes(r, r->spec->n_passes, err)) ||
             (rc = slim_artifact_layout(&r->w, &art, err)))
@@ -791,7 +899,7 @@ static int run_sweeps(struct run *r, struct slim_error *err)
                 if (r->touched[i] & TOUCHED) {
                     double t0;
                     if ((rc = tensor_progress(r, src, err)) ||
-                        (rc = work_begin(&r->w, src, err)) ||
+                        (rc = begin_tensor(r, src, err)) ||
                         (rc = read_tensor(r, sh, src, 1, 0, err)) ||
                         (rc = run_passes(r, k, err)))
                         return rc;
@@ -1298,6 +1406,26 @@ static int onnx_plan_check(const struct run *r, struct slim_error *err)
  * checked: weight-only jobs never depend on the engine. */
 static int eval_check(struct run *r, struct slim_error *err)
 {
+    for (size_t k = 0; k < r->spec->n_passes; k++) {
+        const struct spec_pass *sp = &r->spec->passes[k];
+        int rc;
+        if (!sp->ops->model)
+            continue;
+        if (!r->src.onnx)
+            return slim_error_set(err, SLIM_ESPEC, "passes[%zu] (%s): training needs an ONNX "
+                                  "model (a safetensors file holds weights, not the graph "
+                                  "that trains them)", sp->index, sp->ops->op);
+        /* the teacher runs in the engine; the trainer checks its own ops
+         * when it starts */
+        if ((rc = slim_engine_check(r->src.onnx, err))) {
+            slim_error_prefix(err, "passes[%zu] (%s)", sp->index, sp->ops->op);
+            return rc;
+        }
+        /* the trainer holds the whole model: weights, gradients and two
+         * Adam moments, and the copy being written */
+        if (5 * r->bytes_total > r->peak)
+            r->peak = 5 * r->bytes_total;
+    }
     if (!r->spec->eval_dataset)
         return 0;
     if (!r->src.onnx)
@@ -1316,8 +1444,8 @@ static int eval_poll(void *ud, double frac)
  * the eval dataset, or the output drift on a random batch without one
  * (then an engine that cannot run the graph only notes why there is no
  * figure). */
-static int evaluate(struct run *r, const char *out_path, const struct slim_run_opts *opts,
-                    json_t **ev, struct slim_error *err)
+static int evaluate(struct run *r, struct slim_onnx *before, const char *out_path,
+                    const struct slim_run_opts *opts, json_t **ev, struct slim_error *err)
 {
     struct slim_eval_opts eo;
     char plain[PATH_MAX];
@@ -1352,7 +1480,7 @@ static int evaluate(struct run *r, const char *out_path, const struct slim_run_o
             return rc;
         eval_path = plain;
     }
-    rc = slim_eval_run(r->src.onnx, eval_path, &eo, ev, err);
+    rc = slim_eval_run(before, eval_path, &eo, ev, err);
     if (r->spec->entropy)
         unlink(plain);
     /* without "eval" the drift is a bonus: the engine failing on the
@@ -1530,11 +1658,12 @@ static int stream(struct run *r, struct out *o, const char *out_path, int planne
         pos = 0;
         for (size_t j = 0; j < sh->model.n_tensors; j++, i++) {
             const struct slim_tensor *src = &sh->model.tensors[j];
-            if ((rc = tensor_progress(r, src, err)) || (rc = work_begin(&r->w, src, err)) ||
+            if ((rc = tensor_progress(r, src, err)) || (rc = begin_tensor(r, src, err)) ||
                 (rc = read_tensor(r, sh, src, r->touched[i] & TOUCHED,
                                   r->touched[i] & COPIES_RAW, err)) ||
                 (rc = run_passes(r, r->spec->n_passes, err)) ||
                 (rc = slim_work_check(&r->w, -1.0, err)) ||
+                (rc = carry_record(r, err)) ||
                 (rc = slim_artifact_layout(&r->w, &art, err)))
                 goto out;
             t0 = slim_now();
@@ -1605,8 +1734,12 @@ out:
     return rc;
 }
 
-int slim_pipeline_run(const struct slim_spec *spec, const char *in_path, const char *out_path,
-                      const struct slim_run_opts *opts, json_t **report, struct slim_error *err)
+/* Runs the streaming passes of spec over the model at in_path into
+ * out_path: the whole job, or one part of a job that training passes cut
+ * (sg not NULL; see slim_pipeline_run). */
+static int run_segment(const struct slim_spec *spec, const char *in_path, const char *out_path,
+                       const struct slim_run_opts *opts, struct seg *sg, json_t **report,
+                       struct slim_error *err)
 {
     struct run r;
     struct out o;
@@ -1623,7 +1756,9 @@ int slim_pipeline_run(const struct slim_spec *spec, const char *in_path, const c
         json_decref(passes_rep);
         return slim_error_set(err, SLIM_ECANCELED, "canceled");
     }
-    if ((rc = run_init(&r, spec, in_path, opts, err)))
+    rc = run_init(&r, spec, in_path, opts, err);
+    r.seg = sg;
+    if (rc)
         goto out;
     if (!rows || !passes_rep) {
         rc = slim_error_set(err, SLIM_ENOMEM, "out of memory");
@@ -1649,9 +1784,17 @@ int slim_pipeline_run(const struct slim_spec *spec, const char *in_path, const c
     if ((rc = stream(&r, &o, out_path, planned, &tot, rows, err)))
         goto out;
     t_stream = slim_now() - t_stream;
-    tot.file_bytes_before = (int64_t)r.src.bytes;
+    tot.file_bytes_before = (int64_t)(sg && sg->bytes_before ? sg->bytes_before : r.src.bytes);
     tot.file_bytes_after = (int64_t)o.total;
-    for (size_t k = 0; k < spec->n_passes; k++)
+    if (sg) {
+        for (size_t k = 0; k < spec->n_passes; k++)
+            sg->seconds[spec->passes[k].index] += r.seconds[k];
+        if (sg->intermediate) {
+            rc = 0;
+            goto out;
+        }
+    }
+    for (size_t k = 0; !sg && k < spec->n_passes; k++)
         json_array_append_new(passes_rep,
                               json_pack("{s:I, s:s, s:f}", "index", (json_int_t)k, "op",
                                         spec->passes[k].ops->op, "seconds", r.seconds[k]));
@@ -1674,7 +1817,8 @@ int slim_pipeline_run(const struct slim_spec *spec, const char *in_path, const c
     if (r.src.onnx) {
         double t_eval = slim_now();
         json_t *ev = NULL;
-        if ((rc = evaluate(&r, out_path, opts, &ev, err)))
+        if ((rc = evaluate(&r, sg && sg->before ? sg->before : r.src.onnx, out_path, opts, &ev,
+                           err)))
             goto out;
         json_object_set_new(*report, spec->eval_dataset ? "accuracy" : "drift", ev);
         json_object_set_new(json_object_get(*report, "timings"), "eval_seconds",
@@ -1707,4 +1851,415 @@ out:
     run_release(&r);
     slim_alloc_trim();
     return rc;
+}
+
+/* ---- jobs with training passes ------------------------------------------- */
+
+/* Training passes (distill, finetune) need the whole model and many
+ * passes over the data, so a job with them is cut into parts: the
+ * streaming passes between two training passes run as one part of the
+ * streaming pipeline above, each training pass is one whole-model stage
+ * between parts, and files carry the model from one to the next:
+ *
+ *   model -> [prune] -> seg0.onnx -> finetune -> train0.onnx -> [cluster]
+ *         -> seg1.onnx -> finetune -> train1.onnx -> [(cluster again)] -> artifact
+ *
+ * A part before a training pass writes ONNX with every weight decoded to
+ * fp32 (output.dequantize), which is what the trainer reads; the last
+ * part writes the artifact as the spec says, and its report and
+ * evaluation compare the artifact with the job's original model.  What
+ * the streamed passes did crosses each training stage as the "carry"
+ * (name -> {"pruned", "encoded"}): the training pass turns it into
+ * constraints (pass_train.c), the next part marks pruned tensors pruned
+ * again (their zeros stay structural, for the sparse output and later
+ * passes), and the encoding pass (cluster or quantize) that ran before a
+ * training pass is applied again, to the tensors it encoded, in every
+ * part after: quantized weights were trained as float master copies
+ * with fake quantization and are re-quantized there; clustered ones kept
+ * at most k distinct values, which k-means gives back exactly.  A
+ * distill resets the carry: the student's weights owe nothing to the
+ * passes before.
+ *
+ * Rejected: holding the model in memory across the job (the streaming
+ * passes are written against one tensor at a time, and a second
+ * in-memory path for each would have been a second implementation of
+ * every pass).  The files cost one write and read of the model per
+ * training pass, which is nothing beside the training itself.
+ */
+
+struct prog {
+    slim_progress_fn fn;
+    void *ud;
+    double lo, hi;
+};
+
+static int prog_map(void *ud, double p, const char *stage)
+{
+    struct prog *g = ud;
+    if (!g->fn)
+        return 0;
+    return g->fn(g->ud, p < 0 ? -1.0 : g->lo + (g->hi - g->lo) * p, stage);
+}
+
+struct job {
+    const struct slim_spec *spec;
+    const struct slim_run_opts *opts;
+    struct prog prog;
+    double *seconds;
+    const char *out_path;
+    int n_tmp;
+    char tmp[64][PATH_MAX];
+};
+
+/* A temp file beside the artifact, removed when the job ends. */
+static const char *job_tmp(struct job *j, const char *what)
+{
+    if (j->n_tmp == (int)(sizeof j->tmp / sizeof j->tmp[0]))
+        return NULL;
+    snprintf(j->tmp[j->n_tmp], PATH_MAX, "%s.%s%d.onnx", j->out_path, what, j->n_tmp);
+    return j->tmp[j->n_tmp++];
+}
+
+static void job_cleanup(struct job *j)
+{
+    char data[PATH_MAX + 8];
+    for (int i = 0; i < j->n_tmp; i++) {
+        unlink(j->tmp[i]);
+        snprintf(data, sizeof data, "%s.data", j->tmp[i]);
+        unlink(data);
+    }
+}
+
+/* The spec's passes [lo, hi), plus the encoding pass again when one ran
+ * before lo (applied only to what it encoded: carry's "encoded"), as a
+ * spec of their own; intermediate parts write dense fp32 ONNX.  The
+ * passes are borrowed from spec (shallow copies). */
+static int part_spec(const struct slim_spec *spec, size_t lo, size_t hi, int intermediate,
+                     json_t *encoded, struct slim_spec *out, struct slim_error *err)
+{
+    const struct spec_pass *enc = NULL;
+    size_t n = 0;
+    *out = *spec;
+    for (size_t k = 0; k < lo; k++)
+        if (spec->passes[k].ops->stage == 3)
+            enc = &spec->passes[k];
+    out->passes = slim_calloc(hi - lo + 2, sizeof *out->passes);
+    if (!out->passes)
+        return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    for (size_t k = lo; k < hi; k++)
+        out->passes[n++] = spec->passes[k];
+    if (enc && encoded && json_object_size(encoded)) {
+        out->passes[n] = *enc;
+        out->passes[n].sel.only = encoded;
+        n++;
+    }
+    out->n_passes = n;
+    if (intermediate) {
+        out->entropy = 0;
+        out->dequantize = 1;
+        out->sparse = 0;
+        out->want_onnx = 1;
+        out->onnx_opset = 0;
+        out->float16_graph = 0;
+        out->eval_dataset = NULL;
+    }
+    return 0;
+}
+
+/* The carry's encoded tensors (a new object of their names). */
+static json_t *encoded_of(json_t *carry)
+{
+    json_t *o = json_object(), *v;
+    const char *name;
+    json_object_foreach(carry, name, v) {
+        if (json_is_true(json_object_get(v, "encoded")))
+            json_object_set_new(o, name, json_true());
+    }
+    return o;
+}
+
+struct lowrank_ud {
+    struct job *j;
+    double lo, hi;
+};
+
+/* distill {"from": "lowrank"}: the teacher through the lowrank pass. */
+static int lowrank_student(void *ud, const char *in, const char *out, double ratio,
+                           struct slim_error *err)
+{
+    struct lowrank_ud *lu = ud;
+    struct slim_spec sub;
+    struct spec_pass sp;
+    struct seg sg;
+    struct slim_run_opts o = *lu->j->opts;
+    struct prog g = {lu->j->opts->progress, lu->j->opts->progress_ud, lu->lo, lu->hi};
+    json_t *pj = json_pack("{s:s, s:f}", "op", "lowrank", "rank_ratio", ratio), *rep = NULL;
+    double secs[1] = {0};
+    int rc;
+
+    memset(&sp, 0, sizeof sp);
+    memset(&sg, 0, sizeof sg);
+    sub = *lu->j->spec;
+    if (!pj)
+        return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    rc = parse_pass(pj, 0, &sp, err);
+    json_decref(pj);
+    if (rc)
+        goto out;
+    sub.passes = &sp;
+    sub.n_passes = 1;
+    sub.dequantize = 1;
+    sub.entropy = 0;
+    sub.sparse = 0;
+    sub.want_onnx = 1;
+    sub.onnx_opset = 0;
+    sub.float16_graph = 0;
+    sub.eval_dataset = NULL;
+    sg.intermediate = 1;
+    sg.seconds = secs;
+    o.progress = prog_map;
+    o.progress_ud = &g;
+    o.sink = NULL;
+    rc = run_segment(&sub, in, out, &o, &sg, &rep, err);
+    json_decref(rep);
+    if (rc && rc != SLIM_ECANCELED)
+        slim_error_prefix(err, "the lowrank student");
+out:
+    if (sp.ops && sp.ops->release)
+        sp.ops->release(sp.cfg);
+    slim_free(sp.cfg);
+    select_release(&sp.sel);
+    return rc;
+}
+
+/* Pipeline progress of a job with training: each streamed part weighs
+ * 1, each training pass 6. */
+static void span(const struct slim_spec *spec, size_t upto_part, int training, double *lo,
+                 double *hi)
+{
+    double total = 1, at = 0;
+    for (size_t k = 0; k < spec->n_passes; k++)
+        total += spec->passes[k].ops->model ? 7 : 0;
+    for (size_t k = 0, part = 0; k < spec->n_passes && part < upto_part; k++)
+        if (spec->passes[k].ops->model) {
+            at += 7;
+            part++;
+        }
+    if (training) {
+        *lo = (at + 1) / total;
+        *hi = (at + 7) / total;
+    } else {
+        *lo = at / total;
+        *hi = (at + 1) / total;
+    }
+}
+
+static int run_training_job(const struct slim_spec *spec, const char *in_path,
+                            const char *out_path, const struct slim_run_opts *opts,
+                            json_t **report, struct slim_error *err)
+{
+    struct job *j = slim_calloc(1, sizeof *j);
+    struct slim_run_opts po, dflt;
+    struct slim_onnx orig;
+    struct slim_spec part;
+    json_t *carry = json_object(), *training = json_array(), *encoded = NULL;
+    const char *cur = in_path;
+    size_t lo = 0, part_no = 0, ref = 0;
+    int rc = 0, have_orig = 0;
+    double t_train = 0, t_start = slim_now();
+
+    memset(&part, 0, sizeof part);
+    memset(&dflt, 0, sizeof dflt);
+    if (!opts)
+        opts = &dflt;
+    if (!j || !carry || !training) {
+        rc = slim_error_set(err, SLIM_ENOMEM, "out of memory");
+        goto out;
+    }
+    j->spec = spec;
+    j->opts = opts;
+    j->out_path = out_path;
+    j->seconds = slim_calloc(spec->n_passes + 1, sizeof *j->seconds);
+    if (!j->seconds) {
+        rc = slim_error_set(err, SLIM_ENOMEM, "out of memory");
+        goto out;
+    }
+    if ((rc = slim_onnx_open(in_path, &orig, err)))
+        goto out;
+    have_orig = 1;
+    po = *opts;
+    po.progress = prog_map;
+    po.progress_ud = &j->prog;
+    j->prog.fn = opts->progress;
+    j->prog.ud = opts->progress_ud;
+    for (size_t k = 0; k <= spec->n_passes; k++) {
+        struct seg sg;
+        struct slim_train_run tr;
+        const struct spec_pass *sp = k < spec->n_passes ? &spec->passes[k] : NULL;
+        const char *seg_out, *train_out;
+        json_t *rep = NULL, *entry;
+        double t0;
+        if (sp && !sp->ops->model)
+            continue;
+        memset(&sg, 0, sizeof sg);
+        sg.intermediate = sp != NULL;
+        sg.carry_in = carry;
+        sg.carry_out = json_deep_copy(carry);
+        sg.seconds = j->seconds;
+        sg.before = &orig;
+        sg.bytes_before = orig.bytes;
+        json_decref(encoded);
+        encoded = encoded_of(carry);
+        if (!sg.carry_out || !encoded ||
+            (rc = part_spec(spec, lo, sp ? k : spec->n_passes, sp != NULL, encoded, &part, err))) {
+            json_decref(sg.carry_out);
+            if (!rc)
+                rc = slim_error_set(err, SLIM_ENOMEM, "out of memory");
+            goto out;
+        }
+        span(spec, part_no, 0, &j->prog.lo, &j->prog.hi);
+        po.sink = sp ? NULL : opts->sink;
+        seg_out = sp ? job_tmp(j, "part") : out_path;
+        if (!seg_out) {
+            json_decref(sg.carry_out);
+            rc = slim_error_set(err, SLIM_EINVAL, "too many training passes");
+            goto out;
+        }
+        rc = run_segment(&part, cur, seg_out, &po, &sg, sp ? &rep : report, err);
+        slim_free(part.passes);
+        part.passes = NULL;
+        json_decref(rep);
+        json_decref(carry);
+        carry = sg.carry_out;
+        if (rc || !sp)
+            break;
+        /* the training pass over what the part wrote */
+        cur = seg_out;
+        train_out = job_tmp(j, "trained");
+        entry = json_pack("{s:I}", "index", (json_int_t)k);
+        memset(&tr, 0, sizeof tr);
+        tr.index = k;
+        tr.in_path = cur;
+        tr.out_path = train_out;
+        {
+            int kind, labels;
+            const char *id = slim_spec_ref(spec, ref, &kind, NULL, 0, &labels);
+            const char *ds, *student;
+            double ratio;
+            slim_train_cfg_refs(sp->cfg, &ds, &student, &labels, &ratio);
+            (void)id;
+            tr.dataset = opts->ref_paths ? opts->ref_paths[ref] : NULL;
+            ref++;
+            if (student) {
+                tr.student = opts->ref_paths ? opts->ref_paths[ref] : NULL;
+                ref++;
+            }
+            if (!tr.dataset) {
+                json_decref(entry);
+                rc = slim_error_set(err, SLIM_EINVAL, "passes[%zu].dataset '%.64s': no file "
+                                    "given for it", k, ds);
+                goto out;
+            }
+        }
+        tr.carry = carry;
+        for (size_t e = 0; e < k; e++)
+            if (spec->passes[e].ops->stage == 3) {
+                tr.encoding = spec->passes[e].ops;
+                tr.encoding_cfg = spec->passes[e].cfg;
+            }
+        struct lowrank_ud lu = {j, 0, 0};
+        span(spec, part_no, 1, &tr.p_lo, &tr.p_hi);
+        lu.lo = tr.p_lo;
+        lu.hi = tr.p_lo;
+        tr.lowrank = lowrank_student;
+        tr.lowrank_ud = &lu;
+        tr.progress = opts->progress;
+        tr.progress_ud = opts->progress_ud;
+        tr.stage = sp->ops->op;
+        tr.training = opts->training;
+        tr.training_ud = opts->training_ud;
+        tr.report = entry;
+        if (!train_out || !entry) {
+            json_decref(entry);
+            rc = slim_error_set(err, SLIM_ENOMEM, "out of memory");
+            goto out;
+        }
+        t0 = slim_now();
+        rc = sp->ops->model(sp->cfg, &tr, err);
+        j->seconds[k] += slim_now() - t0;
+        t_train += slim_now() - t0;
+        if (rc) {
+            json_decref(entry);
+            if (rc != SLIM_ECANCELED)
+                slim_error_prefix(err, "passes[%zu] (%s)", k, sp->ops->op);
+            goto out;
+        }
+        json_array_append_new(training, entry);
+        if (sp->ops == &slim_pass_distill) {
+            /* the student starts afresh: nothing before constrains it */
+            json_decref(carry);
+            carry = json_object();
+        }
+        cur = train_out;
+        lo = k + 1;
+        part_no++;
+    }
+    if (rc)
+        goto out;
+    /* the report of the last part, told about the whole job */
+    {
+        json_t *passes_rep = json_array();
+        for (size_t k = 0; k < spec->n_passes; k++)
+            json_array_append_new(passes_rep,
+                                  json_pack("{s:I, s:s, s:f}", "index", (json_int_t)k, "op",
+                                            spec->passes[k].ops->op, "seconds", j->seconds[k]));
+        json_object_set_new(*report, "passes", passes_rep);
+        json_object_set_new(*report, "training", training);
+        training = NULL;
+        json_object_set_new(json_object_get(*report, "timings"), "train_seconds",
+                            json_real(t_train));
+        /* the whole job, every part and training pass (the last part's
+         * own stream and plan times stay as they are) */
+        json_object_set_new(json_object_get(*report, "timings"), "total_seconds",
+                            json_real(slim_now() - t_start));
+    }
+out:
+    if (rc && *report) {
+        json_decref(*report);
+        *report = NULL;
+    }
+    if (rc)
+        unlink(out_path);
+    if (j) {
+        job_cleanup(j);
+        slim_free(j->seconds);
+    }
+    if (have_orig)
+        slim_onnx_release(&orig);
+    slim_free(part.passes);
+    slim_free(j);
+    json_decref(carry);
+    json_decref(encoded);
+    json_decref(training);
+    return rc;
+}
+
+int slim_pipeline_run(const struct slim_spec *spec, const char *in_path, const char *out_path,
+                      const struct slim_run_opts *opts, json_t **report, struct slim_error *err)
+{
+    for (size_t k = 0; k < spec->n_passes; k++)
+        if (spec->passes[k].ops->model) {
+            /* the checks a plain run makes up front (an ONNX model; the
+             * teacher's ops), before any part runs */
+            uint64_t bytes;
+            struct slim_error e2;
+            int rc = slim_pipeline_estimate(spec, in_path, &bytes, &e2);
+            if (rc) {
+                *report = NULL;
+                *err = e2;
+                return rc;
+            }
+            return run_training_job(spec, in_path, out_path, opts, report, err);
+        }
+    return run_segment(spec, in_path, out_path, opts, NULL, report, err);
 }

@@ -255,6 +255,17 @@ int slim_spec_check_gates(const struct slim_spec *spec, json_t *report, struct s
  * spec has no eval.  The caller resolves it to a file
  * (slim_run_opts.eval_dataset). */
 const char *slim_spec_eval_dataset(const struct slim_spec *spec);
+/* The ids the training passes (distill, finetune) name, for the caller
+ * to check and resolve to files (slim_run_opts.ref_paths): their
+ * datasets (SLIM_REF_DATASET) and distill's student when it is an
+ * uploaded model (SLIM_REF_MODEL), in pass order.  slim_spec_ref returns
+ * ref i's id (borrowed; NULL past the end), its kind, the field that
+ * names it ("passes[2].dataset") into field, and whether the pass trains
+ * on labels (a dataset without them cannot serve it). */
+enum { SLIM_REF_DATASET = 0, SLIM_REF_MODEL = 1 };
+size_t slim_spec_n_refs(const struct slim_spec *spec);
+const char *slim_spec_ref(const struct slim_spec *spec, size_t i, int *kind, char *field,
+                          size_t field_len, int *needs_labels);
 /* The job's "limits": {"memory_mb": N} in bytes, 0 when it has none. */
 uint64_t slim_spec_memory_limit(const struct slim_spec *spec);
 /* Threads a job may use for BLAS and element-wise kernels (default 0:
@@ -274,6 +285,17 @@ struct slim_run_opts {
      * safetensors), resolved by the caller from the spec's id; NULL when
      * the spec has none. */
     const char *eval_dataset;
+    /* The files of the training passes' references, slim_spec_n_refs of
+     * them in slim_spec_ref's order (datasets in the canonical form,
+     * models as uploaded); NULL when the spec has none. */
+    const char *const *ref_paths;
+    /* Called on the pipeline's thread after every epoch of a training
+     * pass with the job's training state (borrowed for the call):
+     * {"pass", "op", "epoch", "epochs", "loss", "val_accuracy",
+     * "history": [{"epoch", "loss", "accuracy", "val_loss",
+     * "val_accuracy", "seconds", "samples_per_s"}]}.  May be NULL. */
+    void (*training)(void *ud, json_t *state);
+    void *training_ud;
 };
 
 /* Runs the spec over the model at in_path and writes the artifact to

@@ -97,7 +97,7 @@
 #define JOB_COLS                                                                   \
     "id, model_id, state, progress, stage, error, attempts, cancel_requested, "    \
     "created_at, started_at, finished_at, spec, artifact_sha, artifact_bytes, mem_bytes, "  \
-    "dataset_id, owner, error_code, " JOB_V6_COLS ", warning_count"
+    "dataset_id, owner, error_code, " JOB_V6_COLS ", warning_count, training"
 /* Schema 6: the job's name, labels (a JSON object), pin, and the sha256
  * of its model as it was at submission (kept when the model goes). */
 #define JOB_V6_COLS "name, labels, pinned, model_sha256"
@@ -108,7 +108,7 @@
     "id, model_id, state, progress, stage, error, attempts, cancel_requested, "    \
     "created_at, started_at, finished_at, (SELECT json_group_array(json_extract(p.value, '$.op'))" \
     " FROM json_each(jobs.spec, '$.passes') AS p), artifact_sha, artifact_bytes, mem_bytes, "  \
-    "dataset_id, owner, error_code, " JOB_V6_COLS ", warning_count"
+    "dataset_id, owner, error_code, " JOB_V6_COLS ", warning_count, training"
 #define TOKEN_COLS "id, name, scopes, created_at, last_used_at, revoked"
 /* ?N: an owner's token id, or NULL for every row */
 #define OWNED(n) " (?" #n " IS NULL OR owner = ?" #n ")"
@@ -237,6 +237,9 @@ static const char *const migrations[] = {
     "  delivered_at TEXT);"
     "CREATE INDEX webhooks_due ON webhooks(state, next_at);"
     "ALTER TABLE jobs ADD COLUMN warning_count INTEGER;",
+    /* 8 (train-passes): a training pass's state while and after it
+     * runs, JSON (GET /v1/jobs/{id} "training") */
+    "ALTER TABLE jobs ADD COLUMN training TEXT;",
 };
 
 enum q {
@@ -245,7 +248,7 @@ enum q {
     Q_SHA_REFS,
     Q_DS_INSERT, Q_DS_GET, Q_DS_LIST, Q_DS_COUNT, Q_DS_USER, Q_DS_DELETE,
     Q_JOB_INSERT, Q_JOB_GET, Q_JOB_LIST, Q_JOB_COUNT,
-    Q_JOB_CLAIM, Q_JOB_PROGRESS, Q_JOB_SUCCEED, Q_JOB_FAIL, Q_JOB_CANCEL_QUEUED,
+    Q_JOB_CLAIM, Q_JOB_PROGRESS, Q_JOB_TRAINING, Q_JOB_SUCCEED, Q_JOB_FAIL, Q_JOB_CANCEL_QUEUED,
     Q_JOB_CANCEL_RUNNING, Q_JOB_CANCELED, Q_JOB_REQUEUE, Q_JOB_REPORT, Q_JOB_COUNTS,
     Q_RECOVER_CANCELED, Q_RECOVER_FAIL, Q_RECOVER_REQUEUE, Q_JOB_RETRY,
     Q_TOKEN_INSERT, Q_TOKEN_LIST, Q_TOKEN_FIND, Q_TOKEN_TOUCH, Q_TOKEN_REVOKE, Q_TOKEN_GET,
@@ -304,6 +307,7 @@ static const char *const sql[Q_COUNT] = {
                     " AND mem_bytes <= ?1 RETURNING " JOB_COLS,
     [Q_JOB_PROGRESS] = "UPDATE jobs SET progress = ?2, stage = coalesce(?3, stage)"
                        " WHERE id = ?1 AND state = 1",
+    [Q_JOB_TRAINING] = "UPDATE jobs SET training = ?2 WHERE id = ?1 AND state = 1",
     [Q_JOB_SUCCEED] = "UPDATE jobs SET state = 2, progress = 1, stage = NULL, finished_at = " NOW ","
                       " artifact_sha = ?2, artifact_bytes = ?3, report = ?4,"
                       " warning_count = json_array_length(?4, '$.warnings')"
@@ -610,6 +614,10 @@ static json_t *job_row(sqlite3_stmt *s)
     /* the report's warnings, once it has one (0 is shown: none) */
     if (row && sqlite3_column_type(s, 22) != SQLITE_NULL)
         json_object_set_new(row, "warning_count", json_integer(sqlite3_column_int64(s, 22)));
+    /* a training pass's progress: {"epoch", "epochs", "loss", "val_accuracy",
+     * "history"} (absent for jobs without one) */
+    if (row && sqlite3_column_type(s, 23) != SQLITE_NULL)
+        json_object_set_new(row, "training", col_json(s, 23));
     return row;
 }
 
@@ -1430,6 +1438,16 @@ int store_job_progress(struct store *st, const char *id, double progress, const 
         progress = 1;
     pthread_mutex_lock(&st->lock);
     rc = run(st, Q_JOB_PROGRESS, NULL, err, "sds", id, progress, stage);
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+int store_job_training(struct store *st, const char *id, const char *training,
+                       struct slim_error *err)
+{
+    int rc;
+    pthread_mutex_lock(&st->lock);
+    rc = run(st, Q_JOB_TRAINING, NULL, err, "ss", id, training);
     pthread_mutex_unlock(&st->lock);
     return rc;
 }

@@ -244,6 +244,11 @@ int store_job_claim(struct store *st, uint64_t mem_left, json_t **row, struct sl
 /* Records progress and stage of a running job (no-op if not running). */
 int store_job_progress(struct store *st, const char *id, double progress, const char *stage,
                        struct slim_error *err);
+/* Records a running job's training state (JSON text, see slim_run_opts
+ * .training; no-op if the job is not running).  It stays with the job
+ * after it ends. */
+int store_job_training(struct store *st, const char *id, const char *training,
+                       struct slim_error *err);
 /* running -> succeeded, with the artifact blob and the report (borrowed).
  * When the row does not change (a write that fails, a disk that is
  * full, a cancel that came first: SLIM_ECANCELED) the artifact blob is

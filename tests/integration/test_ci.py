@@ -281,8 +281,9 @@ def test_events_and_wait_need_the_job_scope():
         check_error(d.get("/v1/jobs/%s?wait=1" % jid), 401, "UNAUTHORIZED")
         check_error(d.get("/v1/jobs/%s/events" % jid, headers=bob), 404, "NOT_FOUND")
         check_error(d.get("/v1/jobs/%s?wait=1" % jid, headers=bob), 404, "NOT_FOUND")
+        t0 = time.monotonic()
         j = d.get("/v1/jobs/%s?wait=60" % jid, headers=alice).json
-        assert j["state"] == "succeeded", j
+        assert j["state"] == "succeeded", (time.monotonic() - t0, j, d.stderr_tail())
         for who in (alice, admin):
             r = d.get("/v1/jobs/%s/events" % jid, headers=who)
             assert r.status == 200 and b"event: end" in r.body, r
