@@ -19,7 +19,6 @@ Needs python3-onnx, numpy and onnxruntime-node (tests/ort/node_modules);
 skipped with a reason when one is missing.
 """
 
-import gzip
 import json
 import os
 import subprocess
@@ -32,6 +31,7 @@ from slimd_harness import check_error, test  # noqa: E402
 
 try:
     import numpy as np
+    import fashion_ort
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 except ImportError as e:        # pragma: no cover
@@ -51,61 +51,20 @@ X = None           # images as float32 [n, 1, 28, 28], / 255
 Y = None           # labels
 MODEL_IDS = {}
 
-# Runs a model over a float32 file of images in batches of 500; prints the
-# top-1 predictions as JSON.
-RUN_JS = r"""
-const ort = require('onnxruntime-node');
-const fs = require('fs');
-(async () => {
-  const [model, inp, n] = [process.argv[2], process.argv[3], +process.argv[4]];
-  const s = await ort.InferenceSession.create(model);
-  const buf = fs.readFileSync(inp);
-  const x = new Float32Array(buf.buffer, buf.byteOffset, buf.length / 4);
-  const per = x.length / n, preds = [];
-  for (let i = 0; i < n; i += 500) {
-    const b = Math.min(500, n - i);
-    const feeds = {};
-    feeds[s.inputNames[0]] = new ort.Tensor('float32', x.subarray(i * per, (i + b) * per),
-                                            [b, 1, 28, 28]);
-    const y = (await s.run(feeds))[s.outputNames[0]];
-    const k = y.dims[1];
-    for (let j = 0; j < b; j++) {
-      let best = 0;
-      for (let c = 1; c < k; c++) if (y.data[j * k + c] > y.data[j * k + best]) best = c;
-      preds.push(best);
-    }
-  }
-  console.log(JSON.stringify(preds));
-})().catch(e => { console.error(e.message); process.exit(1); });
-"""
-
-
-def read_idx(path):
-    raw = gzip.open(path).read()
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(raw[4 + 4 * ndim:], np.uint8).reshape(dims)
+ORT = None         # fashion_ort.Runner: the images, labels and onnxruntime
 
 
 def ort_accuracy(model_path):
-    env = dict(os.environ, NODE_PATH=ORT_MODULES)
-    p = subprocess.run(["node", os.path.join(WORK, "run.js"), model_path,
-                        os.path.join(WORK, "x.bin"), str(len(Y))], capture_output=True,
-                       text=True, env=env, timeout=300)
-    assert p.returncode == 0, "onnxruntime failed on %s: %s" % (model_path, p.stderr)
-    return float((np.array(json.loads(p.stdout)) == Y).mean())
+    return ORT.accuracy(model_path)
 
 
 def setup():
-    global D, WORK, DS, X, Y
+    global D, WORK, DS, X, Y, ORT
     if not os.path.isdir(ORT_MODULES) or not os.path.exists(IMAGES):
         return
     WORK = h.make_tmpdir("slimd-eval-")
-    with open(os.path.join(WORK, "run.js"), "w") as f:
-        f.write(RUN_JS)
-    X = (read_idx(IMAGES).astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
-    Y = read_idx(LABELS).astype(np.int64)
-    X.tofile(os.path.join(WORK, "x.bin"))
+    ORT = fashion_ort.Runner(WORK, IMAGES, LABELS, ORT_MODULES)
+    X, Y = ORT.X, ORT.Y
     D = h.Daemon()
     D.start()
     body, ctype = h.multipart([("images", "images.gz", open(IMAGES, "rb").read()),

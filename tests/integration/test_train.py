@@ -20,7 +20,6 @@ Needs python3-onnx, numpy and onnxruntime-node (tests/ort/node_modules);
 skipped with a reason when one is missing.
 """
 
-import gzip
 import json
 import os
 import subprocess
@@ -34,6 +33,7 @@ from slimd_harness import check_error, test  # noqa: E402
 
 try:
     import numpy as np
+    import fashion_ort
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 except ImportError as e:        # pragma: no cover
@@ -54,47 +54,11 @@ X = None
 Y = None
 MLP = None         # the fixture MLP's model id
 
-RUN_JS = r"""
-const ort = require('onnxruntime-node');
-const fs = require('fs');
-(async () => {
-  const [model, inp, n] = [process.argv[2], process.argv[3], +process.argv[4]];
-  const s = await ort.InferenceSession.create(model);
-  const buf = fs.readFileSync(inp);
-  const x = new Float32Array(buf.buffer, buf.byteOffset, buf.length / 4);
-  const per = x.length / n, preds = [];
-  for (let i = 0; i < n; i += 500) {
-    const b = Math.min(500, n - i);
-    const feeds = {};
-    feeds[s.inputNames[0]] = new ort.Tensor('float32', x.subarray(i * per, (i + b) * per),
-                                            [b, 1, 28, 28]);
-    const y = (await s.run(feeds))[s.outputNames[0]];
-    const k = y.dims[1];
-    for (let j = 0; j < b; j++) {
-      let best = 0;
-      for (let c = 1; c < k; c++) if (y.data[j * k + c] > y.data[j * k + best]) best = c;
-      preds.push(best);
-    }
-  }
-  console.log(JSON.stringify(preds));
-})().catch(e => { console.error(e.message); process.exit(1); });
-"""
-
-
-def read_idx(path):
-    raw = gzip.open(path).read()
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(raw[4 + 4 * ndim:], np.uint8).reshape(dims)
+ORT = None         # fashion_ort.Runner: the images, labels and onnxruntime
 
 
 def ort_accuracy(model_path):
-    env = dict(os.environ, NODE_PATH=ORT_MODULES)
-    p = subprocess.run(["node", os.path.join(WORK, "run.js"), model_path,
-                        os.path.join(WORK, "x.bin"), str(len(Y))], capture_output=True,
-                       text=True, env=env, timeout=300)
-    assert p.returncode == 0, "onnxruntime failed on %s: %s" % (model_path, p.stderr)
-    return float((np.array(json.loads(p.stdout)) == Y).mean())
+    return ORT.accuracy(model_path)
 
 
 def student_model(hidden, seed):
@@ -118,15 +82,12 @@ def student_model(hidden, seed):
 
 
 def setup():
-    global D, WORK, DS, DS_NOLAB, X, Y, MLP
+    global D, WORK, DS, DS_NOLAB, X, Y, MLP, ORT
     if not os.path.isdir(ORT_MODULES) or not os.path.exists(IMAGES):
         return
     WORK = h.make_tmpdir("slimd-train-")
-    with open(os.path.join(WORK, "run.js"), "w") as f:
-        f.write(RUN_JS)
-    X = (read_idx(IMAGES).astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
-    Y = read_idx(LABELS).astype(np.int64)
-    X.tofile(os.path.join(WORK, "x.bin"))
+    ORT = fashion_ort.Runner(WORK, IMAGES, LABELS, ORT_MODULES)
+    X, Y = ORT.X, ORT.Y
     D = h.Daemon()
     D.start()
     body, ctype = h.multipart([("images", "images.gz", open(IMAGES, "rb").read()),
