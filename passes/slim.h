@@ -112,6 +112,15 @@ long slim_alloc_live(void);            /* allocations not yet freed */
  * thread, any time; the pipeline calls it when a job ends. */
 void slim_alloc_trim(void);
 
+/* ---- BLAS ---------------------------------------------------------- */
+
+/* When the installed OpenBLAS fell back to its generic Prescott kernels
+ * on a CPU that has AVX-512 (or AVX2 and FMA), sets OPENBLAS_CORETYPE
+ * and runs the program again (argv); returns when it did not (the core
+ * is right, the user chose one, or the exec failed).  First thing in
+ * main (passes/blas.c). */
+void slim_blas_pick_kernels(char **argv);
+
 /* ---- dtypes ---------------------------------------------------------- */
 
 /* Persisted (reports, metadata): explicit values, grow only at the end. */

@@ -23,31 +23,6 @@
 #include "passes/engine/train.h"
 #include "passes/formats/dataset.h"
 
-char *openblas_get_corename(void);
-
-/* As daemon/main.c: an OpenBLAS that does not know this CPU runs its
- * generic kernels; choose the right ones from the CPU's flags and run
- * again, so the figures are the daemon's. */
-static void openblas_kernels(char **argv)
-{
-    const char *core, *want = NULL;
-    if (getenv("OPENBLAS_CORETYPE"))
-        return;
-    core = openblas_get_corename();
-    if (!core || strcasecmp(core, "Prescott"))
-        return;
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
-        __builtin_cpu_supports("avx512cd"))
-        want = "SkylakeX";
-    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        want = "Haswell";
-    if (!want || setenv("OPENBLAS_CORETYPE", want, 1))
-        return;
-    execv("/proc/self/exe", argv);
-    unsetenv("OPENBLAS_CORETYPE");
-}
 
 static int epoch_cb(void *ud, const struct slim_train_progress *p)
 {
@@ -70,7 +45,7 @@ int main(int argc, char **argv)
     int threads = 2, pos = 0;
     double test_loss = -1, test_acc = -1;
 
-    openblas_kernels(argv);
+    slim_blas_pick_kernels(argv);   /* the daemon's kernels (passes/blas.c) */
     slim_train_opts_init(&o);
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--batch") && i + 1 < argc)
