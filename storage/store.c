@@ -1452,6 +1452,25 @@ int store_job_training(struct store *st, const char *id, const char *training,
     return rc;
 }
 
+/* The end of an update that recorded a job's artifact (rc its result, n
+ * the rows it changed), lock held.  A cancel that was acknowledged while
+ * the job ran wins, even over a job that finished meanwhile: the caller
+ * ends it canceled (SLIM_ECANCELED), and the artifact it made is
+ * dropped.  When no row names the artifact (the update failed or changed
+ * nothing) it goes now rather than stay an orphan until the next start. */
+static int ended_with_artifact(struct store *st, const char *id, const char *artifact_sha, int rc,
+                               int n, struct slim_error *err)
+{
+    if (!rc && !n) {
+        rc = job_not_in(st, id, "running", err);
+        if (rc == SLIM_ECONFLICT && strstr(err->msg, "is running"))
+            rc = slim_error_set(err, SLIM_ECANCELED, "job %.64s was canceled", id);
+    }
+    if (rc)
+        drop_blob_if_unused(st, artifact_sha);
+    return rc;
+}
+
 /* The artifact blob must already be committed (store_blob_adopt). */
 int store_job_succeed(struct store *st, const char *id, const char *artifact_sha,
                       uint64_t artifact_bytes, json_t *report, struct slim_error *err)
@@ -1465,18 +1484,7 @@ int store_job_succeed(struct store *st, const char *id, const char *artifact_sha
     if (!rc)
         rc = run(st, Q_JOB_SUCCEED, &n, err, "ssIs", id, artifact_sha, (int64_t)artifact_bytes,
                  text);
-    if (!rc && !n) {
-        /* a cancel that was acknowledged while the job ran wins, even
-         * over a job that finished meanwhile: the caller ends it
-         * canceled, and the artifact it made is dropped */
-        rc = job_not_in(st, id, "running", err);
-        if (rc == SLIM_ECONFLICT && strstr(err->msg, "is running"))
-            rc = slim_error_set(err, SLIM_ECANCELED, "job %.64s was canceled", id);
-    }
-    /* no row names the artifact (the update failed or changed nothing):
-     * it goes now rather than stay an orphan until the next start */
-    if (rc)
-        drop_blob_if_unused(st, artifact_sha);
+    rc = ended_with_artifact(st, id, artifact_sha, rc, n, err);
     pthread_mutex_unlock(&st->lock);
     free(text);
     return rc;
@@ -2103,13 +2111,7 @@ int store_job_fail_kept(struct store *st, const char *id, const char *artifact_s
             n = sqlite3_changes(st->db);
         sqlite3_finalize(s);
     }
-    if (!rc && !n) {
-        rc = job_not_in(st, id, "running", err);
-        if (rc == SLIM_ECONFLICT && strstr(err->msg, "is running"))
-            rc = slim_error_set(err, SLIM_ECANCELED, "job %.64s was canceled", id);
-    }
-    if (rc)
-        drop_blob_if_unused(st, artifact_sha);
+    rc = ended_with_artifact(st, id, artifact_sha, rc, n, err);
     pthread_mutex_unlock(&st->lock);
     free(text);
     return rc;
