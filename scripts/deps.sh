@@ -32,8 +32,10 @@ slimd_install_deps() {
 
 # What the test suite adds (scripts/slimd-test installs them): chromium
 # runs the dashboard and report pages headless in
-# tests/integration/test_dashboard.py.
-TEST_DEPS="chromium"
+# tests/integration/test_dashboard.py; man-db's `man` is what
+# `systemd-analyze verify` checks the units' Documentation=man:slimd(8)
+# with (tests/integration/test_systemd.py).
+TEST_DEPS="chromium man-db"
 
 # What the sanitizer stages of scripts/slimd-test add: clang and its
 # runtimes for the libFuzzer targets (tests/fuzz/build.sh); gcc's own

@@ -76,7 +76,12 @@ def test_verify():
         h.skip("systemd-analyze not installed (package systemd)")
     units = gen_units(os.path.dirname(os.path.abspath(h.slimd_bin())), "/etc")
     env = dict(os.environ, MANPATH=man_dir(), SYSTEMD_LOG_LEVEL="notice")
-    p = subprocess.run([sa, "verify"] + [os.path.join(units, u) for u in UNITS_IN],
+    # verify checks Documentation=man:... by running man; without man-db
+    # (scripts/slimd-test installs it) everything else is still checked
+    man = ["--man=no"] if not shutil.which("man") else []
+    if man:
+        h._diag("man (man-db) not installed: Documentation= not checked")
+    p = subprocess.run([sa, "verify"] + man + [os.path.join(units, u) for u in UNITS_IN],
                        capture_output=True, env=env, timeout=120, cwd=units)
     out = (p.stdout + p.stderr).decode()
     # what it says of other units on this machine (their dependencies) is not ours
@@ -89,6 +94,8 @@ def test_verify():
     for u in UNITS_IN:
         with open(os.path.join(units, u)) as f:
             assert "Documentation=man:slimd(8)" in f.read(), u
+    if man:
+        return
     # the check can fail: a unit naming a man page that does not exist is reported
     bad = os.path.join(units, "bad.service")
     with open(os.path.join(units, "slimd.service")) as f:
