@@ -1096,6 +1096,7 @@ int api_server_start(struct store *st, const struct api_config *cfg,
         srv->reaper_started = 1;
     if ((listen_fd = listen_socket(sa, cfg->host, cfg->port, err)) < 0) {
         stop_reaper(srv);
+        api_watch_free(srv->ctx.watch);
         slim_free(srv);
         return err->code;
     }

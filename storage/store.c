@@ -1879,7 +1879,7 @@ static int select_ids(struct store *st, enum q i, const char *arg, char ids[][32
                       struct slim_error *err)
 {
     sqlite3_stmt *s;
-    int rc, step;
+    int rc, step = SQLITE_DONE;
     *n = 0;
     if ((rc = arg ? prep(st, i, &s, err, "s", arg) : prep(st, i, &s, err, "")))
         return rc;
