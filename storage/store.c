@@ -462,23 +462,33 @@ static void done(sqlite3_stmt *s)
 /* Binds one value per character of types to statement i: 's' string
  * (NULL binds NULL), 'i' int, 'I' int64_t, 'd' double; *out is then
  * ready to step. */
-static int bindv(struct store *st, enum q i, sqlite3_stmt **out, struct slim_error *err,
-                 const char *types, va_list ap)
+/* Binds the values of ap to s's parameters 1.. by types: 's' text (NULL
+ * binds NULL; how: SQLITE_STATIC or SQLITE_TRANSIENT), 'i' int, 'I'
+ * int64, 'd' double.  Returns SQLite's code. */
+static int bind_values(sqlite3_stmt *s, const char *types, va_list ap,
+                       sqlite3_destructor_type how)
 {
-    sqlite3_stmt *s = st->q[i];
     int rc = SQLITE_OK;
     const char *v;
     for (int k = 0; types[k] && rc == SQLITE_OK; k++) {
         switch (types[k]) {
         case 's':
             v = va_arg(ap, const char *);
-            rc = v ? sqlite3_bind_text(s, k + 1, v, -1, SQLITE_STATIC) : sqlite3_bind_null(s, k + 1);
+            rc = v ? sqlite3_bind_text(s, k + 1, v, -1, how) : sqlite3_bind_null(s, k + 1);
             break;
         case 'i': rc = sqlite3_bind_int(s, k + 1, va_arg(ap, int)); break;
         case 'I': rc = sqlite3_bind_int64(s, k + 1, va_arg(ap, int64_t)); break;
         case 'd': rc = sqlite3_bind_double(s, k + 1, va_arg(ap, double)); break;
         }
     }
+    return rc;
+}
+
+static int bindv(struct store *st, enum q i, sqlite3_stmt **out, struct slim_error *err,
+                 const char *types, va_list ap)
+{
+    sqlite3_stmt *s = st->q[i];
+    int rc = bind_values(s, types, ap, SQLITE_STATIC);
     if (rc != SQLITE_OK) {
         done(s);
         return slim_error_set(err, rc == SQLITE_NOMEM ? SLIM_ENOMEM : SLIM_EIO,
@@ -504,7 +514,7 @@ static int prep(struct store *st, enum q i, sqlite3_stmt **out, struct slim_erro
 static int run(struct store *st, enum q i, int *changes, struct slim_error *err,
                const char *types, ...)
 {
-    sqlite3_stmt *s;
+    sqlite3_stmt *s = NULL;
     va_list ap;
     int rc;
     va_start(ap, types);
@@ -2062,22 +2072,11 @@ static int adhoc(struct store *st, const char *text, sqlite3_stmt **out, struct 
 {
     sqlite3_stmt *s = NULL;
     va_list ap;
-    int rc = SQLITE_OK;
-    const char *v;
+    int rc;
     if (sqlite3_prepare_v2(st->db, text, -1, &s, NULL) != SQLITE_OK)
         return db_error(st, err, "cannot prepare a statement");
     va_start(ap, types);
-    for (int k = 0; types[k] && rc == SQLITE_OK; k++) {
-        switch (types[k]) {
-        case 's':
-            v = va_arg(ap, const char *);
-            rc = v ? sqlite3_bind_text(s, k + 1, v, -1, SQLITE_TRANSIENT) : sqlite3_bind_null(s, k + 1);
-            break;
-        case 'i': rc = sqlite3_bind_int(s, k + 1, va_arg(ap, int)); break;
-        case 'I': rc = sqlite3_bind_int64(s, k + 1, va_arg(ap, int64_t)); break;
-        case 'd': rc = sqlite3_bind_double(s, k + 1, va_arg(ap, double)); break;
-        }
-    }
+    rc = bind_values(s, types, ap, SQLITE_TRANSIENT);
     va_end(ap);
     if (rc != SQLITE_OK) {
         sqlite3_finalize(s);
