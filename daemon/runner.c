@@ -207,20 +207,26 @@ static int on_progress(void *ud, double progress, const char *stage)
     return 1;
 }
 
+/* Replaces the slot's training state with text (taken; NULL clears it),
+ * to be written to the row at the next tick when there is one; any
+ * thread. */
+static void set_training(struct slot *s, char *text)
+{
+    pthread_mutex_lock(&s->tlock);
+    free(s->training);
+    s->training = text;
+    s->training_dirty = text != NULL;
+    pthread_mutex_unlock(&s->tlock);
+}
+
 /* Worker thread: a training pass finished an epoch.  Kept as text in the
  * slot; the tick writes it to the row (the pipeline never waits for the
  * database). */
 static void on_training(void *ud, json_t *state)
 {
-    struct slot *s = ud;
     char *text = json_dumps(state, JSON_COMPACT);
-    if (!text)
-        return;
-    pthread_mutex_lock(&s->tlock);
-    free(s->training);
-    s->training = text;
-    s->training_dirty = 1;
-    pthread_mutex_unlock(&s->tlock);
+    if (text)
+        set_training(ud, text);
 }
 
 /* Writes the slot's training state if it changed; any thread. */
@@ -309,11 +315,7 @@ static void free_refs(struct slot *s)
     slim_free(s->ref_paths);
     s->ref_paths = NULL;
     s->n_refs = 0;
-    pthread_mutex_lock(&s->tlock);
-    free(s->training);
-    s->training = NULL;
-    s->training_dirty = 0;
-    pthread_mutex_unlock(&s->tlock);
+    set_training(s, NULL);
 }
 
 static void release_slot(struct runner *r, struct slot *s)
