@@ -301,8 +301,11 @@ def test_events_keepalive_and_long_wait_past_conn_timeout():
             h.Tensor("l%d.weight" % i, "F32", [768, 768], random_f32(768 * 768))
             for i in range(30)])).json["id"]
         small = d.upload(h.safetensors_bytes([h.t_f32("w", [8, 8], 1)])).json["id"]
-        a = d.post_json("/v1/jobs", {"model": slow, "passes": [
+        # three blockers ahead of b (about 4 s each on an idle machine, so
+        # b's stream outlasts --conn-timeout whatever the machine's speed)
+        a = [d.post_json("/v1/jobs", {"model": slow, "passes": [
             {"op": "lowrank", "rank": 64, "algorithm": "exact"}]}).json["id"]
+            for _ in range(3)]
         b = d.post_json("/v1/jobs", {"model": small, "passes": [
             {"op": "quantize", "dtype": "int8"}]}).json["id"]
         t0 = time.monotonic()
@@ -326,7 +329,8 @@ def test_events_keepalive_and_long_wait_past_conn_timeout():
         assert took > 2.5 and ": keep-alive" in text, (took, text[:300])
         h._diag("stream of a queued job under --conn-timeout 2: %.1f s, %d keep-alive(s)" % (
             took, text.count(": keep-alive")))
-        assert d.get("/v1/jobs/%s?wait=60" % a, timeout=90).json["state"] == "succeeded"
+        for jid in a:
+            assert d.get("/v1/jobs/%s?wait=60" % jid, timeout=90).json["state"] == "succeeded"
     finally:
         d.stop()
 
