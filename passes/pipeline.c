@@ -1359,9 +1359,11 @@ out:
     return rc;
 }
 
-/* ONNX artifacts hold sparse tensors as sparse_initializer, plain values
- * only: a spec that would store quantized or clustered weights sparse
- * has no ONNX form, and is refused before anything runs. */
+/* ONNX artifacts hold sparse tensors as sparse_initializer (plain
+ * values) or, clustered, as a bit mask and codes that the graph expands
+ * with CumSum (opset 11): a spec that would store quantized weights
+ * sparse, or clustered ones sparse below opset 11, has no ONNX form and
+ * is refused before anything runs. */
 static int onnx_plan_check(const struct run *r, struct slim_error *err)
 {
     const char *name;
@@ -1391,11 +1393,17 @@ static int onnx_plan_check(const struct run *r, struct slim_error *err)
                                   "stored %s, which decodes to fp32; a float16 graph takes "
                                   "pruned, low-rank or fp16 weights", name, scheme);
         if (json_is_true(json_object_get(e, "sparse")) && scheme && strcmp(scheme, "dense") &&
-            !r->spec->entropy)
-            return slim_error_set(err, SLIM_ESPEC, "output.sparse: tensor '%.100s' would be "
-                                  "stored %s and sparse, which ONNX cannot hold "
-                                  "(sparse_initializer takes plain values): drop "
-                                  "output.sparse or the %s pass", name, scheme, scheme);
+            strcmp(scheme, "cluster") && !r->spec->entropy)
+            return slim_error_set(err, SLIM_ESPEC, "output.sparse: '%.40s' would be %s codes "
+                                  "stored sparse, which ONNX cannot hold: drop output.sparse "
+                                  "or the %s pass", name, scheme, scheme);
+        if (json_is_true(json_object_get(e, "sparse")) && scheme && !strcmp(scheme, "cluster") &&
+            !r->spec->entropy && (r->spec->onnx_opset ? r->spec->onnx_opset
+                                                      : r->src.onnx->opset) < 11)
+            return slim_error_set(err, SLIM_ESPEC, "output.sparse: clustered '%.40s' stored "
+                                  "sparse needs opset 11 (CumSum; the model has %lld): set "
+                                  "output.opset or drop output.sparse", name,
+                                  (long long)r->src.onnx->opset);
     }
     return 0;
 }

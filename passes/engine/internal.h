@@ -88,6 +88,7 @@ struct eng_attrs {
     int64_t ints[ENG_MAX_INTS], ints2[ENG_MAX_INTS], ints3[ENG_MAX_INTS];
     int64_t num_outputs;        /* Split, opset 18 */
     int fuse_relu;              /* Conv/Gemm: the Relu that only it feeds, fused in */
+    int exclusive, reverse;     /* CumSum */
 };
 
 struct eng_node {

@@ -2,7 +2,9 @@
  * ops_shape.c - operators that move elements without arithmetic:
  * Flatten, Reshape, Squeeze, Unsqueeze, Identity and Dropout (views of
  * their input: the output shares the input's buffer, eng_out_view), and
- * Transpose, Concat, Split, Slice, Gather, Shape, Constant (copies).
+ * Transpose, Concat, Split, Slice, Gather, Shape, Constant (copies);
+ * and CumSum, ConstantOfShape and ScatterElements, which expand a sparse
+ * artifact's bit mask or gaps into positions and values (onnx_write.c).
  * They work on any held type, by element size, which is what the int64
  * chains of exported models need (Shape -> Gather -> Unsqueeze -> Concat
  * -> Reshape computes a Reshape's target from the batch size at run
@@ -548,6 +550,199 @@ static int gather_run(struct slim_engine *e, struct eng_node *n, struct slim_err
     return 0;
 }
 
+static int cumsum_compile(struct slim_engine *e, struct eng_node *n, struct slim_error *err)
+{
+    int64_t ex, rev;
+    int rc;
+    (void)e;
+    if ((rc = eng_attr_int(n, "exclusive", 0, &ex, err)) ||
+        (rc = eng_attr_int(n, "reverse", 0, &rev, err)))
+        return rc;
+    n->a.exclusive = ex != 0;
+    n->a.reverse = rev != 0;
+    return 0;
+}
+
+/* One running sum along the axis, per (outer, inner) line; T is the
+ * held element type, the sum kept in A (int64 for the integers, double
+ * for float: a long float sum would drift from ONNX Runtime's). */
+#define CUMSUM_LINES(T, A)                                                                 \
+    do {                                                                                   \
+        const T *xs = x->data;                                                             \
+        T *ys = y->data;                                                                   \
+        for (int64_t o = 0; o < outer; o++)                                                \
+            for (int64_t i = 0; i < inner; i++) {                                          \
+                A acc = 0;                                                                 \
+                for (int64_t s = 0; s < dim; s++) {                                        \
+                    int64_t k = n->a.reverse ? dim - 1 - s : s;                            \
+                    size_t at = (size_t)((o * dim + k) * inner + i);                       \
+                    A v = (A)xs[at];                                                       \
+                    if (!n->a.exclusive)                                                   \
+                        acc += v;                                                          \
+                    ys[at] = (T)acc;                                                       \
+                    if (n->a.exclusive)                                                    \
+                        acc += v;                                                          \
+                }                                                                          \
+            }                                                                              \
+    } while (0)
+
+/* CumSum (opset 11, 14): the running sum along the axis given as a
+ * scalar input; exclusive leaves the element itself out, reverse runs
+ * from the end.  Float, int32 and int64. */
+static int cumsum_run(struct slim_engine *e, struct eng_node *n, struct slim_error *err)
+{
+    const struct eng_value *x = eng_in(e, n, 0), *ax = eng_in(e, n, 1);
+    int64_t a[1], axis, outer, inner, dim;
+    struct eng_value *y;
+    int count, rc;
+
+    if ((rc = eng_read_ints(ax, a, 1, &count, err)))
+        return rc;
+    if (count != 1 || ax->ndim > 1)
+        return slim_error_set(err, SLIM_EINVAL, "axis must be one integer");
+    if ((axis = eng_axis(a[0], x->ndim)) < 0)
+        return slim_error_set(err, SLIM_EINVAL, "axis %lld for %d dims", (long long)a[0],
+                              x->ndim);
+    if (!eng_is_float(x->type) && x->type != SLIM_ONNX_INT32 && x->type != SLIM_ONNX_INT64)
+        return slim_error_set(err, SLIM_EUNSUPPORTED, "%s inputs are not supported",
+                              slim_onnx_type_name(x->type));
+    if ((rc = eng_out(e, n, 0, x->type, x->ndim, x->shape, err)))
+        return rc;
+    y = eng_outv(e, n, 0);
+    outer = eng_numel((int)axis, x->shape);
+    dim = x->shape[axis];
+    inner = eng_numel(x->ndim - (int)axis - 1, x->shape + axis + 1);
+    if (eng_is_float(x->type))
+        CUMSUM_LINES(float, double);
+    else if (x->type == SLIM_ONNX_INT64)
+        CUMSUM_LINES(int64_t, int64_t);
+    else
+        CUMSUM_LINES(int32_t, int64_t);
+    if (x->type == SLIM_ONNX_FLOAT16)
+        eng_round_f16(y->data, y->numel);
+    return 0;
+}
+#undef CUMSUM_LINES
+
+/* ConstantOfShape (opset 9): a tensor of the shape its input holds, every
+ * element the one value of attribute `value` (float 0 without it). */
+static int cos_compile(struct slim_engine *e, struct eng_node *n, struct slim_error *err)
+{
+    const Onnx__AttributeProto *a = slim_onnx_attr(n->proto, "value");
+    const void *data;
+    size_t nbytes;
+    int fb, rc, type;
+    n->a.to = SLIM_ONNX_FLOAT;
+    n->a.alpha = 0.0f;
+    n->a.start = 0;
+    if (!a)
+        return 0;
+    if (!a->t)
+        return slim_error_set(err, SLIM_EFORMAT, "value must be a tensor");
+    if ((rc = slim_onnx_tensor_data(e->m, a->t, &data, &nbytes, &fb, err)))
+        return rc;
+    type = a->t->data_type;
+    if (nbytes != slim_onnx_type_bytes(type, 1) || !eng_held_size(type))
+        return slim_error_set(err, SLIM_EUNSUPPORTED, "value must be one %s element the "
+                              "engine holds", slim_onnx_type_name(type));
+    n->a.to = type;
+    switch (type) {
+    case SLIM_ONNX_FLOAT: n->a.alpha = *(const float *)data; break;
+    case SLIM_ONNX_DOUBLE: n->a.alpha = (float)*(const double *)data; break;
+    case SLIM_ONNX_FLOAT16: n->a.alpha = slim_f16_to_f32(*(const uint16_t *)data); break;
+    case SLIM_ONNX_INT64: n->a.start = *(const int64_t *)data; break;
+    case SLIM_ONNX_INT32: n->a.start = *(const int32_t *)data; break;
+    case SLIM_ONNX_INT8: n->a.start = *(const int8_t *)data; break;
+    default: n->a.start = *(const uint8_t *)data; break;
+    }
+    return 0;
+}
+
+static int cos_run(struct slim_engine *e, struct eng_node *n, struct slim_error *err)
+{
+    int64_t shape[SLIM_MAX_DIMS];
+    struct eng_value *y;
+    int nd, rc;
+    if ((rc = eng_read_ints(eng_in(e, n, 0), shape, SLIM_MAX_DIMS, &nd, err)))
+        return rc;
+    if (eng_numel_checked(nd, shape) < 0)
+        return slim_error_set(err, SLIM_EINVAL, "bad shape");
+    if ((rc = eng_out(e, n, 0, n->a.to, nd, shape, err)))
+        return rc;
+    y = eng_outv(e, n, 0);
+    for (int64_t i = 0; i < y->numel; i++)
+        switch (eng_held_size(n->a.to)) {
+        case 8: ((int64_t *)y->data)[i] = n->a.start; break;
+        case 4:
+            if (eng_is_float(n->a.to))
+                ((float *)y->data)[i] = n->a.alpha;
+            else
+                ((int32_t *)y->data)[i] = (int32_t)n->a.start;
+            break;
+        default: ((uint8_t *)y->data)[i] = (uint8_t)n->a.start; break;
+        }
+    return 0;
+}
+
+static int scatter_compile(struct slim_engine *e, struct eng_node *n, struct slim_error *err)
+{
+    char red[16];
+    const char *r = eng_attr_string(n, "reduction", red, sizeof red);
+    (void)e;
+    if (r && strcmp(r, "none"))
+        return slim_error_set(err, SLIM_EUNSUPPORTED, "reduction '%s' (only none)", r);
+    return eng_attr_int(n, "axis", 0, &n->a.axis, err);
+}
+
+/* ScatterElements (opset 11; 16's reduction "none" only): a copy of data
+ * with updates[i...] written at the position whose axis coordinate is
+ * indices[i...] and whose other coordinates are i's. */
+static int scatter_run(struct slim_engine *e, struct eng_node *n, struct slim_error *err)
+{
+    const struct eng_value *x = eng_in(e, n, 0), *ix = eng_in(e, n, 1), *u = eng_in(e, n, 2);
+    int64_t axis = eng_axis(n->a.axis, x->ndim), at[SLIM_MAX_DIMS] = {0}, stride[SLIM_MAX_DIMS];
+    size_t es = eng_held_size(x->type);
+    struct eng_value *y;
+    int rc;
+    if (axis < 0)
+        return slim_error_set(err, SLIM_EINVAL, "axis %lld for %d dims", (long long)n->a.axis,
+                              x->ndim);
+    if (ix->type != SLIM_ONNX_INT64 && ix->type != SLIM_ONNX_INT32)
+        return slim_error_set(err, SLIM_EINVAL, "indices are %s", slim_onnx_type_name(ix->type));
+    if (u->type != x->type || ix->ndim != x->ndim || u->ndim != x->ndim)
+        return slim_error_set(err, SLIM_EINVAL, "data, indices and updates must have one rank "
+                              "(and data and updates one type)");
+    for (int d = 0; d < x->ndim; d++)
+        if (ix->shape[d] != u->shape[d] || (d != axis && ix->shape[d] > x->shape[d]))
+            return slim_error_set(err, SLIM_EINVAL, "indices and updates do not fit data");
+    if ((rc = eng_out(e, n, 0, x->type, x->ndim, x->shape, err)))
+        return rc;
+    y = eng_outv(e, n, 0);
+    memcpy(y->data, x->data, (size_t)x->numel * es);
+    for (int64_t d = x->ndim - 1, s = 1; d >= 0; d--) {
+        stride[d] = s;
+        s *= x->shape[d];
+    }
+    for (int64_t i = 0; i < ix->numel; i++) {
+        int64_t k = ix->type == SLIM_ONNX_INT64 ? ((const int64_t *)ix->data)[i]
+                                                : ((const int32_t *)ix->data)[i], off = 0;
+        if (k < 0)
+            k += x->shape[axis];
+        if (k < 0 || k >= x->shape[axis])
+            return slim_error_set(err, SLIM_EINVAL, "index %lld out of [0, %lld)",
+                                  (long long)k, (long long)x->shape[axis]);
+        for (int d = 0; d < x->ndim; d++)
+            off += (d == axis ? k : at[d]) * stride[d];
+        memcpy((char *)y->data + (size_t)off * es, (const char *)u->data + (size_t)i * es, es);
+        for (int d = x->ndim - 1; d >= 0; d--) {      /* odometer over indices' shape */
+            if (++at[d] < ix->shape[d])
+                break;
+            at[d] = 0;
+        }
+    }
+    return 0;
+}
+
 static int shape_compile(struct slim_engine *e, struct eng_node *n, struct slim_error *err)
 {
     int rc;
@@ -610,6 +805,9 @@ const struct eng_op eng_ops_shape[] = {
     {"Split", 1, 2, 1, ENG_MAX_INTS, split_compile, split_run},
     {"Slice", 1, 5, 1, 1, slice_compile, slice_run},
     {"Gather", 2, 2, 1, 1, axis_compile, gather_run},
+    {"CumSum", 2, 2, 1, 1, cumsum_compile, cumsum_run},
+    {"ConstantOfShape", 1, 1, 1, 1, cos_compile, cos_run},
+    {"ScatterElements", 3, 3, 1, 1, scatter_compile, scatter_run},
     {"Shape", 1, 1, 1, 1, shape_compile, shape_run},
     {"Constant", 0, 0, 1, 1, constant_compile, NULL},
     {NULL, 0, 0, 0, 0, NULL, NULL},

@@ -284,6 +284,47 @@ static int init_bytes(struct slim_onnx *m, const char *base, const char *suffix,
     return slim_onnx_tensor_data(m, *tp, data, nbytes, &fb, err);
 }
 
+/* The bit mask of a sparse clustered weight written with gap symbols
+ * (W_gaps, onnx_write.c's gap_symbols: 4 bits each, 0..14 = that many
+ * zeros then a weight, 15 = fifteen zeros), rebuilt for the safetensors
+ * decoder under the entry's mask name. */
+static int mask_from_gaps(struct slim_onnx *m, struct table *tb, json_t *e, const char *out,
+                          const char *mask, struct slim_error *err)
+{
+    const Onnx__TensorProto *tp;
+    const uint8_t *g;
+    const void *d;
+    size_t nb, n = 1;
+    json_t *sh = json_object_get(e, "shape");
+    uint8_t *bits;
+    int64_t pos = -1;
+    int rc;
+    if ((rc = init_bytes(m, out, "_gaps", 0, &tp, &d, &nb, err)))
+        return rc;
+    for (size_t i = 0; i < json_array_size(sh); i++) {
+        json_int_t v = json_integer_value(json_array_get(sh, i));
+        if (v < 0 || (v && n > ((size_t)1 << 40) / (size_t)v))
+            return slim_error_set(err, SLIM_EFORMAT, "tensor '%.100s': bad shape", out);
+        n *= (size_t)v;
+    }
+    if (!(bits = table_buf(tb, (n + 7) / 8 + 1)))
+        return SLIM_ENOMEM;
+    g = d;
+    for (size_t k = 0; k < 2 * nb; k++) {
+        int sym = (g[k / 2] >> ((k & 1) * 4)) & 15;
+        if (sym == 15) {
+            pos += 15;
+            continue;
+        }
+        pos += sym + 1;
+        if (pos >= (int64_t)n)
+            return slim_error_set(err, SLIM_EFORMAT, "tensor '%.100s': its gaps run past its "
+                                  "%zu weights", out, n);
+        bits[pos >> 3] |= (uint8_t)(1u << (pos & 7));
+    }
+    return table_add(tb, mask, SLIM_DT_U8, bits, (n + 7) / 8);
+}
+
 /* Registers what entry e of the value `out` stores, under its
  * safetensors names; *e2 may become a changed copy of e (a sparse
  * initializer is read dense). */
@@ -304,6 +345,24 @@ static int table_entry(struct slim_onnx *m, struct table *tb, json_t *e, const c
     if (!scheme || !main)
         return slim_error_set(err, SLIM_EFORMAT, "tensor '%.100s': malformed slimd.tensors "
                               "entry", out);
+    if (json_is_true(json_object_get(e, "sparse")) && !strcmp(scheme, "cluster")) {
+        /* the bit mask and the stored weights' codes, as in safetensors */
+        const char *mask = json_string_value(json_object_get(e, "mask"));
+        const char *cb = json_string_value(json_object_get(e, "codebook"));
+        if (!mask || !cb)
+            return slim_error_set(err, SLIM_EFORMAT, "tensor '%.100s': malformed sparse "
+                                  "cluster entry", out);
+        if ((rc = init_bytes(m, out, "_mask", 1, &tp, &d, &nb, err)))
+            return rc;
+        if (!d && (rc = mask_from_gaps(m, tb, e, out, mask, err)))
+            return rc;
+        if ((d && (rc = table_add(tb, mask, SLIM_DT_U8, d, nb))) ||
+            (rc = init_bytes(m, out, "_indices", 0, &tp, &d, &nb, err)) ||
+            (rc = table_add(tb, main, SLIM_DT_U8, d, nb)) ||
+            (rc = init_bytes(m, out, "_codebook", 0, &tp, &d, &nb, err)))
+            return rc;
+        return table_add(tb, cb, SLIM_DT_F32, d, nb);
+    }
     if (json_is_true(json_object_get(e, "sparse"))) {
         const Onnx__GraphProto *g = m->graph;
         const Onnx__TensorProto *dense = NULL;

@@ -145,6 +145,13 @@ struct wctx {
     json_t *entries;
     int64_t opset;
     int seq;
+    struct {                 /* code tables and shared constants made so far */
+        int bits, ttype;
+        const void *values;
+        const char *name;
+    } tables[16];
+    int n_tables;
+    const char *bit16;       /* the 16x4 table of bits (mask_bits) */
 };
 
 /* A value name not used in the graph yet, based on base; arena-owned. */
@@ -256,14 +263,20 @@ static const char *node_add(struct wctx *c, const char *op, const char *base,
             return NULL;
     n->n_input = (size_t)n_in;
     n->input = in;
-    o[0] = outname ? astr(&c->a, outname) : fresh(c, base);
+    /* a decode node's value is read once, by the next decode node: a
+     * short name ("d_17") and no node name keep the graph's bytes small
+     * next to a sparse artifact's (62 nodes of a 3-layer MLP were 5 KB
+     * with names) */
+    o[0] = outname ? astr(&c->a, outname) : fresh(c, c->cur == &c->pre ? "d" : base);
     if (!o[0])
         return NULL;
     n->n_output = 1;
     n->output = o;
     n->op_type = astr(&c->a, op);
-    snprintf(nm, sizeof nm, "slimd/%.400s/%s%d", base, op, c->seq++);
-    n->name = astr(&c->a, nm);
+    if (c->cur != &c->pre) {
+        snprintf(nm, sizeof nm, "slimd/%.400s/%s%d", base, op, c->seq++);
+        n->name = astr(&c->a, nm);
+    }
     if (plist_push(c->cur, n)) {
         c->a.oom = 1;
         return NULL;
@@ -323,31 +336,24 @@ static const struct slim_tensor *entry_tensor(struct wctx *c, json_t *e, const c
     return name ? stored(c, name) : NULL;
 }
 
-/* Codes of `bits` bits packed in P [rows, rb] (row by row, least
- * significant first), expanded through table T [256, 8 / bits] of ONNX
- * type ttype into [rows, cols] (cols <= rb * 8 / bits). */
-static const char *expand_codes(struct wctx *c, const char *base, const char *packed,
-                                int64_t rows, int64_t rb, int64_t cols, int bits,
-                                const void *table, int ttype)
+/* The initializer of a 256-row table of the codes of `bits` bits in
+ * each byte value (least significant first), of ONNX type ttype: the
+ * codes themselves, or values[code] when values is given.  One table per
+ * (bits, type, values) in the whole graph: every tensor that expands
+ * codes of that kind shares it.  Returns its name, or NULL (no memory). */
+static const char *code_table(struct wctx *c, int bits, int ttype, const float *values)
 {
     int per = 8 / bits;
-    int64_t tdims[2] = {256, per}, shape[2] = {rows, rb * per};
-    size_t tbytes = 256 * (size_t)per * (ttype == SLIM_ONNX_FLOAT ? 4 : 1);
-    const char *t = init_add(c, "slimd_code_table", ttype, 2, tdims, table, tbytes);
-    const char *idx = t ? cast(c, base, NULL, packed, SLIM_ONNX_INT32) : NULL;
-    const char *g = idx ? node2(c, "Gather", base, NULL, t, idx) : NULL;
-    const char *r = g ? reshape(c, base, NULL, g, shape, 2) : NULL;
-    if (r && rb * per != cols)
-        r = slice_cols(c, base, r, cols);
-    return r;
-}
-
-/* A 256-row table of the codes in each byte value. */
-static void *code_table(struct wctx *c, int bits, int ttype, const float *values)
-{
-    int per = 8 / bits;
-    void *tab = arena_alloc(&c->a, 256 * (size_t)per * 4);
-    if (!tab)
+    int64_t tdims[2] = {256, per};
+    size_t es = ttype == SLIM_ONNX_FLOAT ? 4 : 1;
+    void *tab;
+    const char *name;
+    for (int k = 0; k < c->n_tables; k++)
+        if (c->tables[k].bits == bits && c->tables[k].ttype == ttype &&
+            c->tables[k].values == values)
+            return c->tables[k].name;
+    if (c->n_tables == (int)(sizeof c->tables / sizeof c->tables[0]) ||
+        !(tab = arena_alloc(&c->a, 256 * (size_t)per * es)))
         return NULL;
     for (int b = 0; b < 256; b++)
         for (int j = 0; j < per; j++) {
@@ -357,7 +363,29 @@ static void *code_table(struct wctx *c, int bits, int ttype, const float *values
             else
                 ((uint8_t *)tab)[b * per + j] = (uint8_t)code;
         }
-    return tab;
+    if (!(name = init_add(c, "slimd_code_table", ttype, 2, tdims, tab, 256 * (size_t)per * es)))
+        return NULL;
+    c->tables[c->n_tables].bits = bits;
+    c->tables[c->n_tables].ttype = ttype;
+    c->tables[c->n_tables].values = values;
+    c->tables[c->n_tables++].name = name;
+    return name;
+}
+
+/* Codes of `bits` bits packed in P [rows, rb] (row by row, least
+ * significant first), expanded through table t (code_table: [256, 8 /
+ * bits]) into [rows, cols] (cols <= rb * 8 / bits). */
+static const char *expand_codes(struct wctx *c, const char *base, const char *packed,
+                                int64_t rows, int64_t rb, int64_t cols, int bits, const char *t)
+{
+    int per = 8 / bits;
+    int64_t shape[2] = {rows, rb * per};
+    const char *idx = t ? cast(c, base, NULL, packed, SLIM_ONNX_INT32) : NULL;
+    const char *g = idx ? node2(c, "Gather", base, NULL, t, idx) : NULL;
+    const char *r = g ? reshape(c, base, NULL, g, shape, 2) : NULL;
+    if (r && rb * per != cols)
+        r = slice_cols(c, base, r, cols);
+    return r;
 }
 
 static int64_t e_int(json_t *e, const char *key, int64_t dflt)
@@ -505,7 +533,7 @@ static int decode_int4(struct wctx *c, json_t *e, const char *out, const int64_t
     {
         int64_t pdims[2], v3[3] = {rows, ng, 1}, shape3[3] = {rows, ng, g};
         int64_t flat[2] = {rows, 0};
-        const void *tab = code_table(c, 4, SLIM_ONNX_FLOAT, NULL);
+        const char *tab = code_table(c, 4, SLIM_ONNX_FLOAT, NULL);
         const char *pn, *x, *sn, *zn;
         width = ng * g;
         if (width == rb * 2) {
@@ -518,7 +546,7 @@ static int decode_int4(struct wctx *c, json_t *e, const char *out, const int64_t
         pdims[1] = (width + 1) / 2;
         if (!tab || !(pn = init_add(c, base, SLIM_ONNX_UINT8, 2, pdims, codes, nb)))
             return SLIM_ENOMEM;
-        x = expand_codes(c, out, pn, rows, pdims[1], width, 4, tab, SLIM_ONNX_FLOAT);
+        x = expand_codes(c, out, pn, rows, pdims[1], width, 4, tab);
         x = x ? reshape(c, out, NULL, x, shape3, 3) : NULL;
         snprintf(base, sizeof base, "%s_scale", out);
         sn = init_add(c, base, SLIM_ONNX_FLOAT, 3, v3, sc->data, sc->nbytes);
@@ -548,7 +576,7 @@ static int decode_sign(struct wctx *c, json_t *e, const char *out, const int64_t
     const struct slim_tensor *q = entry_tensor(c, e, NULL, 0);
     const struct slim_tensor *sc = entry_tensor(c, e, "scale", -1);
     int64_t rb = (cols * bits + 7) / 8, pdims[2] = {rows, rb}, sdims[2] = {rows, 1};
-    const void *tab = code_table(c, bits, SLIM_ONNX_FLOAT, bits == 1 ? binary : ternary);
+    const char *tab = code_table(c, bits, SLIM_ONNX_FLOAT, bits == 1 ? binary : ternary);
     char base[600];
     const char *pn, *sn, *x;
     if (!q || !sc)
@@ -558,7 +586,7 @@ static int decode_sign(struct wctx *c, json_t *e, const char *out, const int64_t
         return SLIM_ENOMEM;
     snprintf(base, sizeof base, "%s_scale", out);
     sn = init_add(c, base, SLIM_ONNX_FLOAT, 2, sdims, sc->data, sc->nbytes);
-    x = sn ? expand_codes(c, out, pn, rows, rb, cols, bits, tab, SLIM_ONNX_FLOAT) : NULL;
+    x = sn ? expand_codes(c, out, pn, rows, rb, cols, bits, tab) : NULL;
     x = x ? node2(c, "Mul", out, NULL, x, sn) : NULL;
     return x && reshape(c, out, out, x, dims, ndim) ? 0 : SLIM_ENOMEM;
 }
@@ -587,13 +615,230 @@ static int decode_cluster(struct wctx *c, json_t *e, const char *out, const int6
     }
     {
         int64_t rb = (cols * bits + 7) / 8, pdims[2] = {rows, rb};
-        const void *tab = code_table(c, bits, SLIM_ONNX_UINT8, NULL);
+        const char *tab = code_table(c, bits, SLIM_ONNX_UINT8, NULL);
         qn = tab ? init_add(c, base, SLIM_ONNX_UINT8, 2, pdims, q->data, q->nbytes) : NULL;
-        idx = qn ? expand_codes(c, out, qn, rows, rb, cols, bits, tab, SLIM_ONNX_UINT8) : NULL;
+        idx = qn ? expand_codes(c, out, qn, rows, rb, cols, bits, tab) : NULL;
         idx = idx ? cast(c, out, NULL, idx, SLIM_ONNX_INT32) : NULL;
         idx = idx ? node2(c, "Gather", out, NULL, cn, idx) : NULL;
         return idx && reshape(c, out, out, idx, dims, ndim) ? 0 : SLIM_ENOMEM;
     }
+}
+
+/* The n bits of mask M (UINT8 [nb]) as INT32 [1, n] of 0/1: bytes to
+ * nibbles through the 256x2 nibble table that 4-bit codes use, nibbles
+ * to bits through a 16x4 one (64 bytes, where one 256x8 table would be
+ * 2 KB, as much as the stored weights of a small layer). */
+static const char *mask_bits(struct wctx *c, const char *base, const char *mn, int64_t nb,
+                             int64_t n)
+{
+    const char *t16 = c->bit16, *x;
+    int64_t shape[2] = {1, nb * 8};
+    if (!t16) {
+        uint8_t *tab = arena_alloc(&c->a, 64);
+        int64_t tdims[2] = {16, 4};
+        if (!tab)
+            return NULL;
+        for (int v = 0; v < 16; v++)
+            for (int k = 0; k < 4; k++)
+                tab[v * 4 + k] = (uint8_t)((v >> k) & 1);
+        if (!(t16 = c->bit16 = init_add(c, "slimd_bit_table", SLIM_ONNX_UINT8, 2, tdims, tab,
+                                        64)))
+            return NULL;
+    }
+    x = expand_codes(c, base, mn, 1, nb, nb * 2, 4, code_table(c, 4, SLIM_ONNX_UINT8, NULL));
+    x = x ? cast(c, base, NULL, x, SLIM_ONNX_INT32) : NULL;
+    x = x ? node2(c, "Gather", base, NULL, t16, x) : NULL;   /* [1, 2 nb, 4] */
+    x = x ? reshape(c, base, NULL, x, shape, 2) : NULL;
+    if (x && nb * 8 != n)
+        x = slice_cols(c, base, x, n);
+    return x ? cast(c, base, NULL, x, SLIM_ONNX_INT32) : NULL;
+}
+
+/* Gap symbols of mask M (n bits, nnz set): for each set bit, the count
+ * of clear bits since the previous set one (or the start), d, written as
+ * floor(d / 15) symbols 15 ("15 more zeros, no weight") and one symbol
+ * d mod 15 ("this many zeros, then a weight"); 4 bits a symbol, two a
+ * byte, low nibble first, an odd count padded with a 15 (which adds no
+ * weight, so a reader needs no count).  Returns the packed symbols (arena) and their
+ * count, or, with out NULL, only counts them. */
+static int64_t gap_symbols(struct wctx *c, const uint8_t *mask, int64_t n, uint8_t **out)
+{
+    int64_t syms = 0, d = 0;
+    uint8_t *p = NULL;
+    for (int pass = out ? 0 : 1; pass < 2; pass++) {
+        syms = d = 0;
+        for (int64_t i = 0; i < n; i++) {
+            if (!((mask[i >> 3] >> (i & 7)) & 1)) {
+                d++;
+                continue;
+            }
+            for (; d >= 15; d -= 15, syms++)
+                if (p)
+                    p[syms >> 1] |= (uint8_t)(15 << ((syms & 1) * 4));
+            if (p)
+                p[syms >> 1] |= (uint8_t)(d << ((syms & 1) * 4));
+            syms++;
+            d = 0;
+        }
+        if (pass == 0 && !(p = arena_alloc(&c->a, (size_t)(syms + 1) / 2 + 1)))
+            return -1;
+    }
+    if (p && (syms & 1))
+        p[syms >> 1] |= 15 << 4;    /* the pad nibble: "15 zeros", no weight */
+    if (out)
+        *out = p;
+    return syms;
+}
+
+/* A constant initializer of static data (type, ndim 0 or 1 with k
+ * elements), made once per graph and shared by every tensor that needs
+ * it, like code_table's tables; one static object per constant, since
+ * the object's address is the key. */
+static const char *shared_const(struct wctx *c, const char *base, int type, int ndim,
+                                const void *data, int64_t k, size_t nbytes)
+{
+    const char *name;
+    for (int i = 0; i < c->n_tables; i++)
+        if (c->tables[i].values == data && c->tables[i].bits == -ndim - 1)
+            return c->tables[i].name;
+    if (c->n_tables == (int)(sizeof c->tables / sizeof c->tables[0]) ||
+        !(name = init_add(c, base, type, ndim, &k, data, nbytes)))
+        return NULL;
+    c->tables[c->n_tables].bits = -ndim - 1;   /* no code table has bits < 0 */
+    c->tables[c->n_tables].ttype = type;
+    c->tables[c->n_tables].values = data;
+    c->tables[c->n_tables++].name = name;
+    return name;
+}
+
+/* A pruned and clustered tensor stored sparse.  No ONNX type holds codes
+ * at positions, so the graph places them itself, from whichever of two
+ * position forms is smaller for this tensor:
+ *
+ *   mask  W_mask UINT8 [n/8], the safetensors bit mask (n/8 bytes).
+ *         Bits through the nibble and bit tables (mask_bits); CumSum
+ *         over them numbers the stored weights 1..nnz, times the bit it
+ *         is 0 where nothing is stored: a Gather of [0, values] by those
+ *         numbers is W.
+ *   gaps  W_gaps UINT8, 4-bit gap symbols (gap_symbols; about nnz / 2
+ *         bytes at 10 % density, where the mask is n / 8).  Tables give
+ *         each symbol its advance (d + 1, or 15) and whether it carries
+ *         a weight; CumSum of the advances minus 1 is each symbol's
+ *         position (a "15" lands on a zero), CumSum of the weight flags
+ *         times the flag its value's number; ScatterElements puts
+ *         [0, values][number] at the positions into ConstantOfShape
+ *         zeros.
+ *
+ * The values are the codes of the stored weights (W_indices, packed as
+ * in safetensors) through the codebook, behind one 0. */
+static int decode_sparse_cluster(struct wctx *c, json_t *e, const char *out,
+                                 const int64_t *dims, int ndim, struct slim_error *err)
+{
+    static const int32_t advance[16] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 15};
+    static const int32_t carries[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0};
+    static const int64_t axis1 = 1;
+    static const int32_t one1 = 1;
+    static const float zero1 = 0.0f;
+    const struct slim_tensor *q = entry_tensor(c, e, NULL, 0);
+    const struct slim_tensor *cb = entry_tensor(c, e, "codebook", -1);
+    const struct slim_tensor *mk = entry_tensor(c, e, "mask", -1);
+    int bits = (int)e_int(e, "index_bits", e_int(e, "bits", 8));
+    int64_t n = 1, nnz = 0, nb, syms, qdims[1], cdims[1];
+    const char *qn, *cn, *v, *zero, *axis_n;
+    char base[600];
+
+    if (!q || !cb || !mk || (bits != 8 && bits != 4 && bits != 2 && bits != 1))
+        return slim_error_set(err, SLIM_EINTERNAL, "'%s': sparse cluster entry without its "
+                              "tensors", out);
+    if (c->opset < 11)
+        return slim_error_set(err, SLIM_ESPEC, "'%.40s': clustered weights stored sparse need "
+                              "CumSum, opset 11 (the model has %lld): set output.opset, or "
+                              "drop output.sparse", out, (long long)c->opset);
+    for (int i = 0; i < ndim; i++)
+        n *= dims[i];
+    nb = (n + 7) / 8;
+    for (int64_t i = 0; i < (int64_t)mk->nbytes; i++)
+        nnz += __builtin_popcount(((const uint8_t *)mk->data)[i]);
+    if ((int64_t)mk->nbytes != nb || (int64_t)q->nbytes != (nnz * bits + 7) / 8)
+        return slim_error_set(err, SLIM_EINTERNAL, "'%s': mask and codes disagree", out);
+    axis_n = shared_const(c, "slimd_cumsum_axis", SLIM_ONNX_INT64, 0, &axis1, 1, 8);
+
+    /* values: 0, then codebook[code] of each stored weight */
+    snprintf(base, sizeof base, "%s_codebook", out);
+    cdims[0] = slim_tensor_numel(cb);
+    cn = init_add(c, base, SLIM_ONNX_FLOAT, 1, cdims, cb->data, cb->nbytes);
+    zero = shared_const(c, "slimd_zero_value", SLIM_ONNX_FLOAT, 1, &zero1, 1, 4);
+    v = zero;
+    if (nnz) {
+        int64_t flat[1] = {nnz};
+        snprintf(base, sizeof base, "%s_indices", out);
+        qdims[0] = (int64_t)q->nbytes;
+        qn = init_add(c, base, SLIM_ONNX_UINT8, 1, qdims, q->data, q->nbytes);
+        v = !qn ? NULL : bits == 8 ? qn
+            : expand_codes(c, out, qn, 1, qdims[0], nnz, bits,
+                           code_table(c, bits, SLIM_ONNX_UINT8, NULL));
+        v = v ? cast(c, out, NULL, v, SLIM_ONNX_INT32) : NULL;
+        v = v && cn ? node2(c, "Gather", out, NULL, cn, v) : NULL;
+        v = v && bits != 8 ? reshape(c, out, NULL, v, flat, 1) : v;
+        if (v && zero) {
+            Onnx__NodeProto *cat;
+            v = node_add(c, "Concat", out, NULL, 2, (const char *const[]){zero, v}, &cat);
+            if (v)
+                attr_int(c, cat, "axis", 0);
+        }
+    }
+    if (!v || !axis_n)
+        return SLIM_ENOMEM;
+
+    if ((syms = gap_symbols(c, mk->data, n, NULL)) < 0)
+        return SLIM_ENOMEM;
+    if ((syms + 1) / 2 + 64 >= nb) {
+        /* the bit mask: numbers 1..nnz where a weight is, else 0 */
+        const char *m, *pos;
+        snprintf(base, sizeof base, "%s_mask", out);
+        qdims[0] = nb;
+        m = init_add(c, base, SLIM_ONNX_UINT8, 1, qdims, mk->data, mk->nbytes);
+        m = m ? mask_bits(c, out, m, nb, n) : NULL;
+        pos = m ? node2(c, "CumSum", out, NULL, m, axis_n) : NULL;
+        pos = pos ? node2(c, "Mul", out, NULL, pos, m) : NULL;
+        v = pos ? node2(c, "Gather", out, NULL, v, pos) : NULL;
+    } else {
+        /* the gaps: each symbol's position and value number, scattered */
+        uint8_t *packed;
+        int64_t sdims[1] = {syms}, len[1] = {n};
+        const char *g, *adv, *car, *pos, *num, *zeros, *lenn, *onen;
+        Onnx__NodeProto *sc;
+        if (gap_symbols(c, mk->data, n, &packed) != syms)
+            return SLIM_ENOMEM;
+        snprintf(base, sizeof base, "%s_gaps", out);
+        qdims[0] = (syms + 1) / 2;
+        g = init_add(c, base, SLIM_ONNX_UINT8, 1, qdims, packed, (size_t)qdims[0]);
+        g = g ? expand_codes(c, out, g, 1, qdims[0], syms, 4,
+                             code_table(c, 4, SLIM_ONNX_UINT8, NULL)) : NULL;
+        g = g ? cast(c, out, NULL, g, SLIM_ONNX_INT32) : NULL;        /* [1, syms] */
+        adv = shared_const(c, "slimd_gap_advance", SLIM_ONNX_INT32, 1, advance, 16, 64);
+        car = shared_const(c, "slimd_gap_carries", SLIM_ONNX_INT32, 1, carries, 16, 64);
+        onen = shared_const(c, "slimd_one", SLIM_ONNX_INT32, 1, &one1, 1, 4);
+        pos = g && adv ? node2(c, "Gather", out, NULL, adv, g) : NULL;
+        pos = pos ? node2(c, "CumSum", out, NULL, pos, axis_n) : NULL;
+        pos = pos && onen ? node2(c, "Sub", out, NULL, pos, onen) : NULL;
+        pos = pos ? reshape(c, out, NULL, pos, sdims, 1) : NULL;
+        num = g && car ? node2(c, "Gather", out, NULL, car, g) : NULL;
+        {
+            const char *k = num ? node2(c, "CumSum", out, NULL, num, axis_n) : NULL;
+            num = k ? node2(c, "Mul", out, NULL, k, num) : NULL;
+        }
+        num = num ? reshape(c, out, NULL, num, sdims, 1) : NULL;
+        v = num ? node2(c, "Gather", out, NULL, v, num) : NULL;
+        lenn = const_i64(c, "slimd_shape", len, 1);
+        zeros = lenn ? node_add(c, "ConstantOfShape", out, NULL, 1,
+                                (const char *const[]){lenn}, NULL) : NULL;
+        v = v && pos && zeros ? node_add(c, "ScatterElements", out, NULL, 3,
+                                         (const char *const[]){zeros, pos, v}, &sc) : NULL;
+        if (v)
+            attr_int(c, sc, "axis", 0);
+    }
+    return v && reshape(c, out, out, v, dims, ndim) ? 0 : SLIM_ENOMEM;
 }
 
 /* A plain initializer named out holding stored tensor s (its values as
@@ -658,10 +903,17 @@ static int decode(struct wctx *c, json_t *e, const char *out, struct slim_error 
     if (!scheme || entry_shape(e, dims, &ndim, &rows, &cols))
         return slim_error_set(err, SLIM_EINTERNAL, "'%s': malformed slimd.tensors entry", out);
     if (json_is_true(json_object_get(e, "sparse"))) {
+        if (!strcmp(scheme, "cluster")) {
+            json_object_set_new(c->names, out, json_true());
+            rc = decode_sparse_cluster(c, e, out, dims, ndim, err);
+            if (rc == SLIM_ENOMEM)
+                slim_error_set(err, SLIM_ENOMEM, "out of memory writing the ONNX graph");
+            return rc;
+        }
         if (strcmp(scheme, "dense") && strcmp(scheme, "copy"))
-            return slim_error_set(err, SLIM_ESPEC, "'%s': ONNX artifacts store sparse tensors "
-                                  "as sparse_initializer, which holds plain values: drop "
-                                  "output.sparse, or the %s pass", out, scheme);
+            return slim_error_set(err, SLIM_ESPEC, "'%.40s': %s codes stored sparse have no "
+                                  "ONNX form: drop output.sparse, or the %s pass", out, scheme,
+                                  scheme);
         return sparse_init(c, e, out, dims, ndim, err);
     }
     json_object_set_new(c->names, out, json_true());

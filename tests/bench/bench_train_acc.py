@@ -154,6 +154,7 @@ def main():
     ap.add_argument("--data", default=DATA)
     ap.add_argument("--cache", default=None)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--save", default=None, help="deep: keep each artifact in this folder")
     ap.add_argument("--teacher-epochs", type=int, default=4)
     ap.add_argument("--long-epochs", type=int, default=30, help="stretch: the longer schedule")
     ap.add_argument("--lowrank-epochs", type=int, default=3, help="stretch: the low-rank student")
@@ -285,10 +286,9 @@ def deep(a, d, cache, xtr, ytr, xte, yte, ds_train, ds_test):
               {"op": "cluster", "clusters": 16}, dict(ft, epochs=1, lr=0.0005)]
     _, rep = run_job(d, {"model": mid, "passes": [passes[0]], "eval": {"dataset": ds_test}})
     print("prune 90 %% global alone: %.2f %%" % (100 * rep["accuracy"]["after"]))
-    # ONNX holds sparse tensors as plain values only (sparse_initializer):
-    # without the entropy container, sparse clustered weights have no ONNX
-    # form and the job is refused; the dense clustered artifact is shown
-    # for comparison
+    # sparse clustered weights in ONNX: codes plus gap symbols or a bit
+    # mask, expanded by the graph (docs/artifact-format.md); with entropy,
+    # slimd's container
     for out in ({}, {"sparse": True}, {"sparse": True, "entropy": True}):
         r = d.request("POST", "/v1/jobs", json_body={"model": mid, "passes": passes,
                                                       "output": out,
@@ -304,6 +304,10 @@ def deep(a, d, cache, xtr, ytr, xte, yte, ds_train, ds_test):
         rep = d.get("/v1/jobs/%s/report" % job["id"]).json
         acc = rep["accuracy"]
         size = job["artifact"]["bytes"]
+        if a.save:
+            name = "deep%s.bin" % "".join("_" + k for k in sorted(out))
+            with open(os.path.join(a.save, name), "wb") as f:
+                f.write(d.get("/v1/jobs/%s/artifact" % job["id"]).body)
         print("prune 90 %% -> finetune 3 -> cluster 16 -> finetune 1, output %s: %.2f %% "
               "(dense %.2f %% in slimd's engine; %+.2f points), %d bytes, %.1fx smaller than "
               "fp32; %.0f s" % (json.dumps(out), 100 * acc["after"], 100 * acc["before"],

@@ -241,6 +241,23 @@ def onnx_models():
     sp = helper.make_sparse_tensor(vals, idxs, [4, 3])
     out["sparse-initializer"] = model([helper.make_node("MatMul", ["x", "w"], ["y"])], [], [x], [y],
                                       sparse=[sp])
+    # a sparse clustered weight as slimd's ONNX artifacts write it: gap
+    # symbols -> CumSum positions, ScatterElements into ConstantOfShape
+    # zeros (onnx_write.c)
+    i32 = lambda name, v: numpy_helper.from_array(np.array(v, dtype=np.int32), name)
+    out["sparse-gaps-scatter"] = model(
+        [helper.make_node("Gather", ["adv", "g"], ["a"]),
+         helper.make_node("CumSum", ["a", "ax0"], ["p1"]),
+         helper.make_node("Sub", ["p1", "one"], ["pos"]),
+         helper.make_node("ConstantOfShape", ["n12"], ["z"]),
+         helper.make_node("ScatterElements", ["z", "pos", "v"], ["flat"], axis=0),
+         helper.make_node("Reshape", ["flat", "shp"], ["w"]),
+         helper.make_node("MatMul", ["x", "w"], ["y"])],
+        [i32("adv", [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 15]), i32("g", [1, 0, 6]),
+         numpy_helper.from_array(np.array(0, dtype=np.int64), "ax0"), i32("one", [1]),
+         numpy_helper.from_array(np.array([12], dtype=np.int64), "n12"),
+         numpy_helper.from_array(np.array([0.5, -1.0, 2.0], dtype=np.float32), "v"),
+         numpy_helper.from_array(np.array([4, 3], dtype=np.int64), "shp")], [x], [y])
     # external data: refused by the reader when it comes as bytes alone
     we = numpy_helper.from_array(np.ones((4, 3), dtype=np.float32), "w")
     we.data_location = TensorProto.EXTERNAL

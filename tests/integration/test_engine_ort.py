@@ -408,6 +408,57 @@ def test_gather():
 
 
 @case
+def test_cumsum():
+    """CumSum: float on each axis, exclusive, reverse, both, negative axis; int32 and int64
+    (through Cast) at run time"""
+    x = randn(3, 5, 4)
+    for axis in (0, 1, 2, -1):
+        for ex, rev in ((0, 0), (1, 0), (0, 1), (1, 1)):
+            one("CumSum", x.shape, ["a"], [init("a", np.array(axis, np.int64))], x=x,
+                exclusive=ex, reverse=rev, what="axis %d exclusive %d reverse %d" % (
+                    axis, ex, rev))
+    one("CumSum", x.shape, ["a"], [init("a", np.array([1], np.int32))], x=x,
+        what="axis as a 1-element int32 tensor")
+    for to in (TensorProto.INT32, TensorProto.INT64):
+        m = model([node("Cast", ["input"], ["xi"], to=to),
+                   node("CumSum", ["xi", "a"], ["ci"], reverse=1),
+                   node("Cast", ["ci"], ["output"], to=TensorProto.FLOAT)], (2, 7),
+                  [init("a", np.array(1, np.int64))])
+        check(m, np.array([[1, -2, 3, 4, 0, 9, 100], [5, 5, 5, -7, 1, 1, 2]], np.float32),
+              "int%d" % (32 if to == TensorProto.INT32 else 64))
+
+
+@case
+def test_constant_of_shape_scatter_elements():
+    """ConstantOfShape (default 0, float and int64 values), ScatterElements (axis 0 and 1,
+    negative indices, int32 and int64 indices): what a sparse artifact's graph uses"""
+    m = model([node("Shape", ["input"], ["s"]),
+               node("ConstantOfShape", ["s"], ["z"]),
+               node("Add", ["z", "input"], ["output"])], (2, 3))
+    check(m, randn(2, 3), "ConstantOfShape default 0")
+    m = model([node("Shape", ["input"], ["s"]),
+               node("ConstantOfShape", ["s"], ["z"],
+                    value=helper.make_tensor("v", TensorProto.FLOAT, [1], [2.5])),
+               node("Mul", ["z", "input"], ["output"])], (2, 3))
+    check(m, randn(2, 3), "ConstantOfShape 2.5")
+    m = model([node("Shape", ["input"], ["s"]),
+               node("ConstantOfShape", ["s"], ["z"],
+                    value=helper.make_tensor("v", TensorProto.INT64, [1], [7])),
+               node("Cast", ["z"], ["output"], to=TensorProto.FLOAT)], (4,))
+    check(m, randn(4), "ConstantOfShape int64 7")
+    x = randn(4, 5)
+    one("ScatterElements", x.shape, ["i", "u"],
+        [init("i", np.array([[1, 0, 3, -1, 2]], np.int64)), init("u", randn(1, 5))], x=x,
+        axis=0, what="axis 0, int64, one row of updates")
+    one("ScatterElements", x.shape, ["i", "u"],
+        [init("i", np.array([[4, 0], [1, 3], [2, 2], [0, 1]], np.int32)), init("u", randn(4, 2))],
+        x=x, axis=1, what="axis 1, int32")
+    one("ScatterElements", (10,), ["i", "u"],
+        [init("i", np.array([9, 0, 4], np.int32)), init("u", randn(3))], x=randn(10),
+        what="1-D, the sparse artifact's form")
+
+
+@case
 def test_slice_opsets():
     """Slice: attributes before opset 10; inputs with axes and steps (negative too) from 10"""
     x = randn(4, 6, 5)

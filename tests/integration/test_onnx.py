@@ -320,6 +320,12 @@ SPECS = [
                                         {"op": "quantize", "dtype": "int8"}]}),
     ("prune 80% sparse", {"passes": [{"op": "prune", "sparsity": 0.8}],
                           "output": {"sparse": True}}),
+    ("prune 90% global, cluster 16, sparse (gap symbols)",
+     {"passes": [{"op": "prune", "sparsity": 0.9, "scope": "global"},
+                 {"op": "cluster", "clusters": 16}], "output": {"sparse": True}}),
+    ("prune 30%, cluster 64, sparse (bit mask, 8-bit codes)",
+     {"passes": [{"op": "prune", "sparsity": 0.3}, {"op": "cluster", "clusters": 64}],
+      "output": {"sparse": True}}),
 ]
 
 
@@ -478,6 +484,100 @@ def test_float16_graph():
         "model": mid, "passes": [{"op": "quantize", "dtype": "int8"}],
         "output": {"float16_graph": True}})
     check_error(r, 400, "INVALID_SPEC", "float16_graph")
+
+
+@test
+def test_sparse_cluster_forms_and_decode():
+    """sparse clustered weights: gap symbols where they are smaller than the bit mask
+    (10 % density), the bit mask where not (70 %); the file is what the form's bytes say;
+    `slimd decode` gives back exactly the decoded safetensors weights"""
+    need_ort()
+    forms = set()
+    for sparsity in (0.9, 0.3):
+        spec = {"passes": [{"op": "prune", "sparsity": sparsity},
+                           {"op": "cluster", "clusters": 16}], "output": {"sparse": True}}
+        mid = upload_file(MODELS["mlp"][0]).json["id"]
+        job_id, _ = run_job(mid, spec)
+        art, _ = fetch_artifact(job_id)
+        m = onnx.load(art)
+        inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+        entries = json.loads({p.key: p.value for p in m.metadata_props}["slimd.tensors"])
+        for name, e in entries.items():
+            if not e.get("sparse"):
+                continue
+            # the documented symbols, from the mask the decoder sees
+            bits = np.unpackbits(inits[name + "_mask"] if name + "_mask" in inits else
+                                 sym_mask(inits[name + "_gaps"], int(np.prod(e["shape"]))),
+                                 bitorder="little")
+            n = int(np.prod(e["shape"]))
+            syms = gap_symbols(bits[:n])
+            form = "_gaps" if (len(syms) + 1) // 2 + 64 < (n + 7) // 8 else "_mask"
+            forms.add(form)
+            assert name + form in inits, (sparsity, name, form, sorted(inits))
+            if form == "_gaps":
+                packed = np.array(syms + [15] * (len(syms) & 1), np.uint8)
+                assert np.array_equal(inits[name + form], packed[0::2] | (packed[1::2] << 4))
+            else:
+                assert inits[name + form].size == (n + 7) // 8
+            assert name not in inits and name + "_quantized" not in inits
+        plain = art + ".plain.onnx"
+        p = subprocess.run([h.slimd_bin(), "decode", art, "-o", plain], capture_output=True,
+                           text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        out = tempfile.mkdtemp(dir=WORK)
+        sp = os.path.join(out, "spec.json")
+        json.dump(spec, open(sp, "w"))
+        p = subprocess.run([h.slimd_bin(), "compress", MODELS["mlp"][2], "--spec", sp, "-o", out],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        dec = DOC["decode"](os.path.join(out, "mlp.slim.safetensors"))
+        got = {t.name: numpy_helper.to_array(t) for t in onnx.load(plain).graph.initializer}
+        for name in entries:
+            assert np.array_equal(got[name], dec[name].astype(np.float32)), name
+        x = batch()
+        assert np.allclose(ort_run(plain, x), ort_run(art, x), rtol=1e-5, atol=1e-6)
+    assert forms == {"_gaps", "_mask"}, forms
+
+
+def gap_symbols(bits):
+    """docs/artifact-format.md's gap symbols of a 0/1 mask: per stored weight, d zeros
+    before it as d // 15 symbols 15 and one symbol d % 15."""
+    out, d = [], 0
+    for b in bits:
+        if not b:
+            d += 1
+            continue
+        out += [15] * (d // 15) + [d % 15]
+        d = 0
+    return out
+
+
+def sym_mask(packed, n):
+    """The mask bytes back from packed gap symbols (15: fifteen zeros, no weight)."""
+    bits, pos = np.zeros(n + 16, np.uint8), -1
+    for k in range(2 * packed.size):
+        s = (int(packed[k // 2]) >> (4 * (k & 1))) & 15
+        pos += 15 if s == 15 else s + 1
+        if s != 15:
+            bits[pos] = 1
+    return np.packbits(bits[:n], bitorder="little")
+
+
+@test
+def test_sparse_cluster_needs_opset_11():
+    """sparse clustered weights need CumSum (opset 11): an opset-10 model gets a 400 naming
+    the opset and the way out"""
+    need_ort()
+    m = onnx.load(MODELS["mlp"][0])
+    m.opset_import[0].version = 10
+    path = os.path.join(WORK, "mlp10.onnx")
+    onnx.save(m, path)
+    mid = upload_file(path).json["id"]
+    r = D.request("POST", "/v1/jobs", json_body={
+        "model": mid, "passes": [{"op": "prune", "sparsity": 0.9},
+                                 {"op": "cluster", "clusters": 16}],
+        "output": {"sparse": True}})
+    check_error(r, 400, "INVALID_SPEC", "opset 11")
 
 
 @test
