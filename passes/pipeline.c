@@ -1768,6 +1768,19 @@ static int run_segment(const struct slim_spec *spec, const char *in_path, const 
     r.seg = sg;
     if (rc)
         goto out;
+    /* a part after a training pass reads the trainer's temp file: the
+     * artifact (the container's slimd.onnx_name, an external-data tar's
+     * member names) keeps the job's model's name */
+    if (sg && sg->before && sg->before->name && r.src.onnx && r.src.onnx->name &&
+        strcmp(sg->before->name, r.src.onnx->name)) {
+        char *name = slim_strdup(sg->before->name);
+        if (!name) {
+            rc = slim_error_set(err, SLIM_ENOMEM, "out of memory");
+            goto out;
+        }
+        slim_free(r.src.onnx->name);
+        r.src.onnx->name = name;
+    }
     if (!rows || !passes_rep) {
         rc = slim_error_set(err, SLIM_ENOMEM, "out of memory");
         goto out;
