@@ -182,6 +182,50 @@ static int compile_window(struct tnode *n, int64_t kh, int64_t kw, int nsp,
                                   node_name(n));
     return 0;
 }
+/* Reshape of a parameter by a shape known at compile time (the
+ * attribute, or an integer initializer or Constant): the output's shape,
+ * with ONNX's 0 (copy the dim, unless allowzero) and -1 (the rest).
+ * Left unknown (ndim 0) when either is only known per batch. */
+static void reshape_static(struct slim_trainer *t, struct tnode *n)
+{
+    const struct tv *x = &t->v[n->in[0]], *s = n->n_in > 1 && n->in[1] >= 0
+                                                  ? &t->v[n->in[1]] : NULL;
+    struct tv *y = &t->v[n->out];
+    int64_t shape[SLIM_MAX_DIMS], known = 1;
+    int c = s ? (int)s->numel : n->n_ints, infer = -1;
+    if (x->kind != TV_PARAM || (s && (s->producer >= 0 || s->ndim != 1)) || c < 1 ||
+        c > SLIM_MAX_DIMS)
+        return;
+    for (int d = 0; d < c; d++) {
+        shape[d] = s ? s->ints[d] : n->ints[d];
+        if (shape[d] == 0 && !n->allowzero) {
+            if (d >= x->ndim)
+                return;
+            shape[d] = x->shape[d];
+        }
+        if (shape[d] == -1) {
+            if (infer >= 0)
+                return;
+            infer = d;
+        } else if (shape[d] < 0) {
+            return;
+        } else {
+            known *= shape[d];
+        }
+    }
+    if (infer >= 0) {
+        if (!known || x->numel % known)
+            return;
+        shape[infer] = x->numel / known;
+        known = x->numel;
+    }
+    if (known != x->numel)
+        return;
+    y->ndim = c;
+    memcpy(y->shape, shape, (size_t)c * sizeof *shape);
+    y->numel = known;
+}
+
 
 int tr_compile(struct slim_trainer *t, struct tnode *n, struct slim_error *err)
 {
@@ -231,6 +275,13 @@ int tr_compile(struct slim_trainer *t, struct tnode *n, struct slim_error *err)
         } else if (t->v[n->in[1]].kind != TV_INT) {
             return unsupported(n, "the shape must be a small integer tensor", err);
         }
+        /* a reshaped initializer is a weight like any other (a low-rank
+         * Conv's factors are 2-D initializers reshaped to kernels), and
+         * with a shape known now its output's shape is known now too, so
+         * the Conv after it can check its kernel */
+        if ((rc = tr_make_param(t, n->in[0], 0, err)))
+            return rc;
+        reshape_static(t, n);
         break;
     case OP_CONV: {
         struct tv *w = IN(t, n, 1);

@@ -291,6 +291,28 @@ def test_distill_lowrank_student():
 
 
 @test
+def test_distill_lowrank_cnn_student():
+    """distill a CNN into its low-rank factors: each Conv becomes a Conv on V's kernels and
+    a 1x1 Conv on U's (2-D factors reshaped in the graph), trained; ORT agrees"""
+    need()
+    cnn = D.upload(open(os.path.join(FIX, "cnn.onnx"), "rb").read(), name="cnn").json["id"]
+    _, rep, art = run_job([{"op": "distill", "student": {"from": "lowrank", "rank_ratio": 0.5},
+                            "dataset": DS, "epochs": 1, "batch_size": 64, "lr": 0.0005,
+                            "temperature": 2, "alpha": 0.5, "seed": 3}], model=cnn)
+    t = check_training(rep, 1, val=False)
+    assert t["student"]["kind"] == "lowrank", t
+    m = onnx.load(art)
+    convs = [n for n in m.graph.node if n.op_type == "Conv"]
+    n_conv = sum(1 for n in onnx.load(os.path.join(FIX, "cnn.onnx")).graph.node
+                 if n.op_type == "Conv")
+    assert len(convs) > n_conv, [n.op_type for n in m.graph.node]
+    factors = [t.name for t in m.graph.initializer if t.name.endswith(("_u", "_v"))]
+    assert len(factors) >= 2 * n_conv, sorted(t.name for t in m.graph.initializer)
+    after = check_ort(rep, art)
+    assert after > 0.5, after
+
+
+@test
 def test_progress_and_cancel():
     """a long distill shows its epochs in GET /v1/jobs/{id}; a cancel stops it within a batch"""
     need()

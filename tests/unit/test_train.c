@@ -351,6 +351,22 @@ static void test_grad_conv(void **state)
             ATTRS(attr_ints("pads", 2, p3), attr_ints("strides", 1, s3)));
     assert_int_equal(grad_check(&g, 3), 3);
     arena_free();
+    /* a low-rank Conv as slimd writes it: 2-D factors reshaped to kernels,
+     * V [r, in*kh*kw] -> [r, in, kh, kw], then U [out, r] -> [out, r, 1, 1] */
+    int64_t in4[3] = {2, 4, 4}, v4[2] = {3, 2 * 3 * 3}, u4[2] = {4, 3}, b4[1] = {4};
+    int64_t vs[1] = {4}, vsv[4] = {3, 2, 3, 3}, us[1] = {4}, usv[4] = {0, -1, 1, 1};
+    gb_init(&g, 17, 3, in4);
+    gb_param(&g, "V", 2, v4);
+    gb_param(&g, "U", 2, u4);
+    gb_param(&g, "B", 1, b4);
+    gb_init_i64(&g, "vshape", 1, vs, vsv);
+    gb_init_i64(&g, "ushape", 1, us, usv);
+    gb_node(&g, "Reshape", "vk", "V,vshape", "Vk", NULL);
+    gb_node(&g, "Reshape", "uk", "U,ushape", "Uk", NULL);
+    gb_node(&g, "Conv", "conv_v", "x,Vk", "h", ATTRS(attr_ints("pads", 4, (int64_t[]){1, 1, 1, 1})));
+    gb_node(&g, "Conv", "conv_u", "h,Uk,B", "y", NULL);
+    assert_int_equal(grad_check(&g, 3), 4);
+    arena_free();
 }
 
 static void test_grad_pools(void **state)
