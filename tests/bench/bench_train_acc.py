@@ -156,7 +156,8 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--save", default=None, help="deep: keep each artifact in this folder")
     ap.add_argument("--teacher-epochs", type=int, default=4)
-    ap.add_argument("--long-epochs", type=int, default=30, help="stretch: the longer schedule")
+    ap.add_argument("--long-epochs", type=int, default=30,
+                    help="stretch: the longer schedule (0: skip it)")
     ap.add_argument("--lowrank-epochs", type=int, default=3, help="stretch: the low-rank student")
     ap.add_argument("--no-variants", action="store_true", help="stretch: skip other T and alpha")
     ap.add_argument("--parts", default="distill,stretch,deep",
@@ -238,7 +239,7 @@ def distill(a, d, cache, seeds, epochs, xtr, ytr, xte, yte, ds_train, ds_test, p
         return
     print("\n-- stretch: what else was tried (seed 0, slimd) --")
     long_ep = 4 if a.quick else a.long_epochs
-    for alpha in (0.5, 0.0):
+    for alpha in ((0.5, 0.0) if long_ep > 0 else ()):
         _, rep = run_job(d, {"model": tid, "passes": [{
             "op": "distill", "student": {"hidden": [100]}, "dataset": ds_train,
             "temperature": 2, "alpha": alpha, "epochs": long_ep, "batch_size": 128,
