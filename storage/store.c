@@ -76,8 +76,9 @@
 #include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
-#include <sqlite3.h>
+#include "storage/db.h"
 #include "storage/store.h"
 
 #define NOW "strftime('%Y-%m-%dT%H:%M:%SZ', 'now')"
@@ -389,15 +390,256 @@ static const char *const sql[Q_COUNT] = {
                        " AND status = 0",
 };
 
+/* ---- PostgreSQL (--store postgresql://...) ----
+ *
+ * The same schema, version for version (db.h says how to add a step):
+ * SQLite's INTEGER is BIGINT here and REAL is DOUBLE PRECISION (SQLite's
+ * are 64-bit: next_at holds Unix seconds), TEXT and JSON-as-TEXT stay,
+ * so rows read back the same; the tables listed in insertion order
+ * (models, datasets, tokens) get a rowid BIGSERIAL column, so
+ * "ORDER BY rowid" reads as in SQLite; jobs.seq is a BIGSERIAL, where
+ * SQLite's insert computes max(seq) + 1 (two daemons inserting at once
+ * would compute the same). */
+static const char *const migrations_pg[] = {
+    "CREATE TABLE models ("
+    "  rowid BIGSERIAL,"
+    "  id TEXT PRIMARY KEY,"
+    "  kind TEXT NOT NULL CHECK (kind IN ('model', 'dataset')),"
+    "  name TEXT NOT NULL,"
+    "  format TEXT NOT NULL,"
+    "  bytes BIGINT NOT NULL,"
+    "  sha256 TEXT NOT NULL,"
+    "  info TEXT NOT NULL,"
+    "  created_at TEXT NOT NULL);"
+    "CREATE INDEX models_sha256 ON models(sha256);"
+    "CREATE TABLE jobs ("
+    "  id TEXT PRIMARY KEY,"
+    "  seq BIGSERIAL UNIQUE,"
+    "  model_id TEXT REFERENCES models(id) ON DELETE SET NULL,"
+    "  state BIGINT NOT NULL DEFAULT 0,"
+    "  progress DOUBLE PRECISION NOT NULL DEFAULT 0,"
+    "  stage TEXT,"
+    "  error TEXT,"
+    "  attempts BIGINT NOT NULL DEFAULT 0,"
+    "  cancel_requested BIGINT NOT NULL DEFAULT 0,"
+    "  spec TEXT NOT NULL,"
+    "  report TEXT,"
+    "  artifact_sha TEXT,"
+    "  artifact_bytes BIGINT,"
+    "  created_at TEXT NOT NULL,"
+    "  started_at TEXT,"
+    "  finished_at TEXT);"
+    "CREATE INDEX jobs_state ON jobs(state, seq);"
+    "CREATE INDEX jobs_model ON jobs(model_id);"
+    "CREATE INDEX jobs_artifact ON jobs(artifact_sha);",
+    "ALTER TABLE jobs ADD COLUMN mem_bytes BIGINT NOT NULL DEFAULT 0;",
+    "CREATE TABLE datasets ("
+    "  rowid BIGSERIAL,"
+    "  id TEXT PRIMARY KEY,"
+    "  name TEXT NOT NULL,"
+    "  format TEXT NOT NULL,"
+    "  bytes BIGINT NOT NULL,"
+    "  sha256 TEXT NOT NULL,"
+    "  info TEXT NOT NULL,"
+    "  created_at TEXT NOT NULL);"
+    "CREATE INDEX datasets_sha256 ON datasets(sha256);"
+    "INSERT INTO datasets (id, name, format, bytes, sha256, info, created_at)"
+    "  SELECT id, name, format, bytes, sha256, info, created_at FROM models"
+    "  WHERE kind = 'dataset' ORDER BY rowid;"
+    "DELETE FROM models WHERE kind = 'dataset';"
+    "ALTER TABLE jobs ADD COLUMN dataset_id TEXT REFERENCES datasets(id) ON DELETE SET NULL;"
+    "CREATE INDEX jobs_dataset ON jobs(dataset_id);",
+    "CREATE TABLE tokens ("
+    "  rowid BIGSERIAL,"
+    "  id TEXT PRIMARY KEY,"
+    "  name TEXT NOT NULL,"
+    "  scopes BIGINT NOT NULL CHECK (scopes > 0),"
+    "  hash TEXT NOT NULL UNIQUE,"
+    "  created_at TEXT NOT NULL,"
+    "  last_used_at TEXT,"
+    "  revoked BIGINT NOT NULL DEFAULT 0);"
+    "ALTER TABLE models ADD COLUMN owner TEXT REFERENCES tokens(id);"
+    "ALTER TABLE datasets ADD COLUMN owner TEXT REFERENCES tokens(id);"
+    "ALTER TABLE jobs ADD COLUMN owner TEXT REFERENCES tokens(id);",
+    "ALTER TABLE jobs ADD COLUMN error_code TEXT;",
+    "ALTER TABLE jobs ADD COLUMN name TEXT;"
+    "ALTER TABLE jobs ADD COLUMN labels TEXT;"
+    "ALTER TABLE jobs ADD COLUMN pinned BIGINT NOT NULL DEFAULT 0;"
+    "ALTER TABLE jobs ADD COLUMN model_sha256 TEXT;"
+    "UPDATE jobs SET model_sha256 = (SELECT sha256 FROM models WHERE id = jobs.model_id);"
+    "CREATE INDEX jobs_name ON jobs(name);"
+    "CREATE INDEX jobs_finished ON jobs(state, finished_at);"
+    "CREATE INDEX models_name ON models(name);"
+    "CREATE TABLE idempotency ("
+    "  route TEXT NOT NULL,"
+    "  owner TEXT NOT NULL,"
+    "  key TEXT NOT NULL,"
+    "  request_sha256 TEXT NOT NULL,"
+    "  status BIGINT NOT NULL DEFAULT 0,"
+    "  location TEXT,"
+    "  response TEXT,"
+    "  created_at TEXT NOT NULL,"
+    "  PRIMARY KEY (route, owner, key));",
+    "CREATE TABLE webhooks ("
+    "  job_id TEXT PRIMARY KEY REFERENCES jobs(id) ON DELETE CASCADE,"
+    "  url TEXT NOT NULL,"
+    "  state BIGINT NOT NULL DEFAULT 0,"
+    "  attempts BIGINT NOT NULL DEFAULT 0,"
+    "  next_at DOUBLE PRECISION NOT NULL DEFAULT 0,"
+    "  last_status BIGINT,"
+    "  last_error TEXT,"
+    "  delivered_at TEXT);"
+    "CREATE INDEX webhooks_due ON webhooks(state, next_at);"
+    "ALTER TABLE jobs ADD COLUMN warning_count BIGINT;",
+    "ALTER TABLE jobs ADD COLUMN training TEXT;",
+};
+_Static_assert(sizeof migrations_pg / sizeof migrations_pg[0] ==
+               sizeof migrations / sizeof migrations[0],
+               "every migration has its PostgreSQL form (storage/db.h)");
+
+/* pg_advisory_xact_lock keys: the schema migration, and the write
+ * transactions (Q_BEGIN_IMMEDIATE: BEGIN IMMEDIATE's one writer at a
+ * time, across every daemon on the database) */
+#define STORE_PG_MIGRATE_LOCK "7305849271800001"
+#define STORE_PG_WRITE_LOCK "7305849271800002"
+/* store_open's orphan sweep, on PostgreSQL, leaves blobs younger than
+ * this (seconds): see sweep_blobs */
+#define PG_ORPHAN_AGE 3600
+
+/* strftime('%Y-%m-%dT%H:%M:%SZ', 'now', ...) */
+#define PG_TIME(t) "to_char((" t ") AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+#define PG_NOW PG_TIME("statement_timestamp()")
+#define PG_DUPLICATES(t) "(SELECT count(*) FROM " t " d WHERE d.sha256 = " t ".sha256" \
+    " AND d.id != " t ".id AND d.owner IS NOT DISTINCT FROM " t ".owner)"
+/* info whole: model_row picks its keys and leaves the metadata */
+#define PG_MODEL_COLS "id, kind, name, format, bytes, sha256, info, created_at, owner, " \
+    PG_DUPLICATES("models")
+#define PG_DATASET_COLS "id, name, format, bytes, sha256, info, created_at, owner, " \
+    PG_DUPLICATES("datasets")
+#define PG_JOB_LIST_COLS                                                              \
+    "id, model_id, state, progress, stage, error, attempts, cancel_requested, "    \
+    "created_at, started_at, finished_at, (SELECT coalesce(json_agg(p.value -> 'op'"  \
+    " ORDER BY p.ord), '[]') FROM json_array_elements(CASE WHEN json_typeof(jobs.spec::json"  \
+    " -> 'passes') = 'array' THEN jobs.spec::json -> 'passes' END) WITH ORDINALITY AS"    \
+    " p(value, ord)), artifact_sha, artifact_bytes, mem_bytes, "  \
+    "dataset_id, owner, error_code, " JOB_V6_COLS ", warning_count, training"
+#define PG_JOB_FILTER OWNED(3) " AND (?4 < 0 OR state = ?4) AND (?5 IS NULL OR name = ?5)" \
+    " AND (?6 IS NULL OR model_id = ?6) AND (?7 IS NULL OR NOT EXISTS (SELECT 1 FROM" \
+    " json_each_text(?7::json) f WHERE labels IS NULL OR NOT EXISTS (SELECT 1 FROM" \
+    " json_each_text(jobs.labels::json) l WHERE l.key = f.key AND l.value = f.value)))"
+#define PG_SPEC_NAMES(n) "strpos(spec, '\"' || ?" #n "::text || '\"') > 0"
+/* json_array_length(?N, '$.warnings'): NULL without the key, 0 when it
+ * is not an array */
+#define PG_WARNINGS(n) "(SELECT CASE WHEN w IS NULL THEN NULL WHEN json_typeof(w) = 'array'" \
+    " THEN json_array_length(w) ELSE 0 END FROM (SELECT ?" #n "::json -> 'warnings' AS w) x)"
+
+/* The statements whose SQL differs on PostgreSQL (NULL: sql[]'s). */
+static const char *const sql_pg[Q_COUNT] = {
+    /* the list and its count read one snapshot */
+    [Q_BEGIN] = "BEGIN ISOLATION LEVEL REPEATABLE READ",
+    /* one writing transaction at a time, as SQLite's BEGIN IMMEDIATE */
+    [Q_BEGIN_IMMEDIATE] = "BEGIN; SELECT pg_advisory_xact_lock(" STORE_PG_WRITE_LOCK ")",
+    [Q_MODEL_INSERT] = "INSERT INTO models (id, kind, name, format, bytes, sha256, info, owner,"
+                       " created_at) VALUES (?1, 'model', ?2, ?3, ?4, ?5, ?6, ?7, " PG_NOW ")"
+                       " RETURNING " PG_MODEL_COLS,
+    [Q_MODEL_GET] = "SELECT " PG_MODEL_COLS " FROM models WHERE id = ?1",
+    [Q_MODEL_LIST] = "SELECT " PG_MODEL_COLS " FROM models WHERE kind = 'model' AND" OWNED(3)
+                     " AND" NAMED ORDER_PAGE,
+    [Q_MODEL_USER] = "SELECT id, state FROM jobs WHERE state IN (0, 1) AND (model_id = ?1"
+                     " OR " PG_SPEC_NAMES(1) ") ORDER BY seq LIMIT 1",
+    [Q_DS_INSERT] = "INSERT INTO datasets (id, name, format, bytes, sha256, info, owner,"
+                    " created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, " PG_NOW ")"
+                    " RETURNING " PG_DATASET_COLS,
+    [Q_DS_GET] = "SELECT " PG_DATASET_COLS " FROM datasets WHERE id = ?1",
+    [Q_DS_LIST] = "SELECT " PG_DATASET_COLS " FROM datasets WHERE" OWNED(3) " AND" NAMED
+                  ORDER_PAGE,
+    [Q_DS_USER] = "SELECT id, state FROM jobs WHERE state IN (0, 1) AND (dataset_id = ?1"
+                  " OR " PG_SPEC_NAMES(1) ") ORDER BY seq LIMIT 1",
+    [Q_JOB_INSERT] = "INSERT INTO jobs (id, model_id, dataset_id, spec, mem_bytes, owner,"
+                     " created_at, name, labels, model_sha256) SELECT ?1::text, id, ?6::text,"
+                     " ?3::text, ?4::bigint, ?7::text, " PG_NOW ", ?3::json ->> 'name',"
+                     " CASE WHEN json_typeof(?3::json -> 'labels') = 'object'"
+                     " THEN (?3::json -> 'labels')::text END, sha256 FROM models"
+                     " WHERE id = ?2 AND kind = 'model'"
+                     " AND (?6 IS NULL OR EXISTS (SELECT 1 FROM datasets WHERE id = ?6))"
+                     " AND (SELECT count(*) FROM jobs WHERE state = 0) < ?5::bigint"
+                     " RETURNING " JOB_COLS,
+    [Q_JOB_LIST] = "SELECT " PG_JOB_LIST_COLS " FROM jobs WHERE" PG_JOB_FILTER
+                   " ORDER BY seq DESC LIMIT ?1 OFFSET ?2",
+    [Q_JOB_COUNT] = "SELECT count(*) FROM jobs WHERE" PG_JOB_FILTER,
+    /* state = 0 again outside the subquery: another daemon's claim of
+     * the same row, committed while this one waited for its lock, makes
+     * this one change nothing (PostgreSQL re-checks only the outer WHERE) */
+    [Q_JOB_CLAIM] = "UPDATE jobs SET state = 1, attempts = attempts + 1, started_at = " PG_NOW ","
+                    " finished_at = NULL, progress = 0, stage = 'load', error = NULL,"
+                    " error_code = NULL"
+                    " WHERE id = (SELECT id FROM jobs WHERE state = 0 ORDER BY seq LIMIT 1)"
+                    " AND state = 0 AND mem_bytes <= ?1 RETURNING " JOB_COLS,
+    [Q_JOB_SUCCEED] = "UPDATE jobs SET state = 2, progress = 1, stage = NULL, finished_at = "
+                      PG_NOW ", artifact_sha = ?2, artifact_bytes = ?3, report = ?4,"
+                      " warning_count = " PG_WARNINGS(4)
+                      " WHERE id = ?1 AND state = 1 AND cancel_requested = 0",
+    [Q_JOB_FAIL] = "UPDATE jobs SET state = CASE WHEN cancel_requested <> 0 THEN 4 ELSE 3 END,"
+                   " stage = CASE WHEN cancel_requested <> 0 THEN NULL ELSE stage END,"
+                   " finished_at = " PG_NOW ","
+                   " error = CASE WHEN cancel_requested <> 0 THEN NULL ELSE ?2 END,"
+                   " error_code = CASE WHEN cancel_requested <> 0 THEN NULL ELSE ?3 END"
+                   " WHERE id = ?1 AND state = 1",
+    [Q_JOB_CANCEL_QUEUED] = "UPDATE jobs SET state = 4, cancel_requested = 1, finished_at = "
+                            PG_NOW " WHERE id = ?1 AND state = 0",
+    [Q_JOB_CANCELED] = "UPDATE jobs SET state = 4, stage = NULL, finished_at = " PG_NOW
+                       " WHERE id = ?1 AND state = 1",
+    [Q_JOB_REQUEUE] = "UPDATE jobs SET state = CASE WHEN cancel_requested <> 0 THEN 4 ELSE 0 END,"
+                      " finished_at = CASE WHEN cancel_requested <> 0 THEN " PG_NOW " END,"
+                      " attempts = greatest(attempts - 1, 0), started_at = NULL, progress = 0,"
+                      " stage = NULL WHERE id = ?1 AND state = 1",
+    [Q_RECOVER_CANCELED] = "UPDATE jobs SET state = 4, stage = NULL, finished_at = " PG_NOW
+                           " WHERE state = 1 AND cancel_requested <> 0",
+    [Q_RECOVER_FAIL] = "UPDATE jobs SET state = 3, stage = NULL, finished_at = " PG_NOW ","
+                       " error = 'interrupted ' || CASE attempts WHEN 1 THEN 'once'"
+                       " ELSE attempts || ' times' END || ' (daemon restarts); giving up',"
+                       " error_code = 'INTERNAL' WHERE state = 1 AND attempts >= ?1",
+    [Q_TOKEN_INSERT] = "INSERT INTO tokens (id, name, scopes, hash, created_at)"
+                       " VALUES (?1, ?2, ?3, ?4, " PG_NOW ") RETURNING " TOKEN_COLS,
+    [Q_TOKEN_FIND] = "SELECT id, scopes, revoked, last_used_at IS NULL OR last_used_at <"
+                     " " PG_TIME("statement_timestamp() - interval '60 seconds'") " FROM tokens"
+                     " WHERE hash = ?1",
+    [Q_TOKEN_TOUCH] = "UPDATE tokens SET last_used_at = " PG_NOW " WHERE id = ?1",
+    [Q_JOB_RETRY] = "UPDATE jobs SET state = CASE WHEN cancel_requested <> 0 THEN 4"
+                    " WHEN attempts >= ?2 THEN 3 ELSE 0 END,"
+                    " finished_at = CASE WHEN cancel_requested <> 0 OR attempts >= ?2 THEN "
+                    PG_NOW " END,"
+                    " started_at = CASE WHEN cancel_requested <> 0 OR attempts >= ?2"
+                    " THEN started_at END,"
+                    " error = CASE WHEN cancel_requested <> 0 THEN NULL ELSE ?3 END,"
+                    " error_code = CASE WHEN cancel_requested <> 0 THEN NULL ELSE ?4 END,"
+                    " progress = 0, stage = NULL WHERE id = ?1 AND state = 1 RETURNING " JOB_COLS,
+    [Q_RET_EXPIRED] = "SELECT id FROM jobs j WHERE state IN (2, 3, 4) AND pinned = 0 AND"
+                      " finished_at < " PG_TIME("statement_timestamp() + ?1::interval")
+                      " AND NOT" LAST_OF_MODEL " ORDER BY seq LIMIT 100",
+    [Q_IDEM_EXPIRE] = "DELETE FROM idempotency WHERE created_at < "
+                      PG_TIME("statement_timestamp() - interval '1 day'"),
+    [Q_IDEM_INSERT] = "INSERT INTO idempotency (route, owner, key, request_sha256, created_at)"
+                      " VALUES (?1, ?2, ?3, ?4, " PG_NOW ")",
+    /* at open: only claims an hour old, as other daemons on the database
+     * may be processing theirs now; one of a daemon that died answers
+     * 409 "still being processed" until then */
+    [Q_IDEM_PENDING] = "DELETE FROM idempotency WHERE status = 0 AND created_at < "
+                       PG_TIME("statement_timestamp() - interval '1 hour'"),
+};
+
 #define STORE_LISTENERS 4
 
 struct store {
     pthread_mutex_t lock;
     /* store_job_listen's: called (under lock) when a jobs row changes */
     struct { void (*fn)(void *ud); void *ud; } listen[STORE_LISTENERS];
-    sqlite3 *db;
-    sqlite3_stmt *q[Q_COUNT];
+    struct db *db;
+    int pg;                         /* db_dialect(db) == DB_POSTGRESQL */
+    struct db_stmt *q[Q_COUNT];
     char *dir;
+    char *db_spec;                  /* --store; NULL: sqlite in dir */
+    char *db_path;                  /* SQLite's database file; NULL on PostgreSQL */
     struct store_sweep sweep;       /* what store_open cleaned */
 };
 
@@ -426,79 +668,59 @@ const char *store_data_dir(const struct store *st)
 /* Sets err from the connection's last error, prefixed with what failed. */
 static int db_error(struct store *st, struct slim_error *err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-/* SQLite's last error as ours: a full disk is SLIM_ENOSPACE whether SQLite
- * says SQLITE_FULL (a write) or an I/O error whose errno is ENOSPC (the
- * -shm file, an fsync). */
-static int db_code(struct store *st)
-{
-    int c = sqlite3_errcode(st->db) & 0xff, e = sqlite3_system_errno(st->db);
-    if (c == SQLITE_NOMEM)
-        return SLIM_ENOMEM;
-    if (c == SQLITE_FULL ||
-        ((c == SQLITE_IOERR || c == SQLITE_CANTOPEN) && (e == ENOSPC || e == EDQUOT)))
-        return SLIM_ENOSPACE;
-    return SLIM_EIO;
-}
 
 static int db_error(struct store *st, struct slim_error *err, const char *fmt, ...)
 {
     char what[96];
-    int code = db_code(st);
+    int code = db_errcode(st->db);   /* a full disk is SLIM_ENOSPACE (db.h) */
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(what, sizeof what, fmt, ap);
     va_end(ap);
-    return slim_error_set(err, code, "%s: %s", what, sqlite3_errmsg(st->db));
+    return slim_error_set(err, code, "%s: %s", what, db_errmsg(st->db));
 }
 
 /* Ends a statement's use: resets it (releasing its read snapshot) and
  * drops the bindings, which point at the caller's strings. */
-static void done(sqlite3_stmt *s)
+static void done(struct db_stmt *s)
 {
-    sqlite3_reset(s);
-    sqlite3_clear_bindings(s);
+    db_reset(s);
+    db_clear_bindings(s);
 }
 
-/* Binds one value per character of types to statement i: 's' string
- * (NULL binds NULL), 'i' int, 'I' int64_t, 'd' double; *out is then
- * ready to step. */
 /* Binds the values of ap to s's parameters 1.. by types: 's' text (NULL
- * binds NULL; how: SQLITE_STATIC or SQLITE_TRANSIENT), 'i' int, 'I'
- * int64, 'd' double.  Returns SQLite's code. */
-static int bind_values(sqlite3_stmt *s, const char *types, va_list ap,
-                       sqlite3_destructor_type how)
+ * binds NULL; borrowed until s is reset or finalized), 'i' int, 'I'
+ * int64, 'd' double.  DB_OK or DB_ERROR. */
+static int bind_values(struct db_stmt *s, const char *types, va_list ap)
 {
-    int rc = SQLITE_OK;
-    const char *v;
-    for (int k = 0; types[k] && rc == SQLITE_OK; k++) {
+    int rc = DB_OK;
+    for (int k = 0; types[k] && rc == DB_OK; k++) {
         switch (types[k]) {
-        case 's':
-            v = va_arg(ap, const char *);
-            rc = v ? sqlite3_bind_text(s, k + 1, v, -1, how) : sqlite3_bind_null(s, k + 1);
-            break;
-        case 'i': rc = sqlite3_bind_int(s, k + 1, va_arg(ap, int)); break;
-        case 'I': rc = sqlite3_bind_int64(s, k + 1, va_arg(ap, int64_t)); break;
-        case 'd': rc = sqlite3_bind_double(s, k + 1, va_arg(ap, double)); break;
+        case 's': rc = db_bind_text(s, k + 1, va_arg(ap, const char *)); break;
+        case 'i': rc = db_bind_int(s, k + 1, va_arg(ap, int)); break;
+        case 'I': rc = db_bind_int64(s, k + 1, va_arg(ap, int64_t)); break;
+        case 'd': rc = db_bind_double(s, k + 1, va_arg(ap, double)); break;
         }
     }
     return rc;
 }
 
-static int bindv(struct store *st, enum q i, sqlite3_stmt **out, struct slim_error *err,
+static int bindv(struct store *st, enum q i, struct db_stmt **out, struct slim_error *err,
                  const char *types, va_list ap)
 {
-    sqlite3_stmt *s = st->q[i];
-    int rc = bind_values(s, types, ap, SQLITE_STATIC);
-    if (rc != SQLITE_OK) {
+    struct db_stmt *s = st->q[i];
+    int rc = bind_values(s, types, ap);
+    if (rc != DB_OK) {
+        rc = slim_error_set(err, db_errcode(st->db) == SLIM_ENOMEM ? SLIM_ENOMEM : SLIM_EIO,
+                            "cannot bind a value: %s", db_errmsg(st->db));
         done(s);
-        return slim_error_set(err, rc == SQLITE_NOMEM ? SLIM_ENOMEM : SLIM_EIO,
-                              "cannot bind a value: %s", sqlite3_errstr(rc));
+        return rc;
     }
     *out = s;
     return 0;
 }
 
-static int prep(struct store *st, enum q i, sqlite3_stmt **out, struct slim_error *err,
+static int prep(struct store *st, enum q i, struct db_stmt **out, struct slim_error *err,
                 const char *types, ...)
 {
     va_list ap;
@@ -514,7 +736,7 @@ static int prep(struct store *st, enum q i, sqlite3_stmt **out, struct slim_erro
 static int run(struct store *st, enum q i, int *changes, struct slim_error *err,
                const char *types, ...)
 {
-    sqlite3_stmt *s = NULL;
+    struct db_stmt *s = NULL;
     va_list ap;
     int rc;
     va_start(ap, types);
@@ -523,11 +745,11 @@ static int run(struct store *st, enum q i, int *changes, struct slim_error *err,
     if (rc)
         return rc;
     /* the message names no SQL: it reaches users (a job's error, a 500) */
-    if (sqlite3_step(s) != SQLITE_DONE)
+    if (db_step(s) != DB_DONE)
         rc = db_error(st, err, "%s", i == Q_BEGIN ? "cannot read the database"
                                                   : "cannot update the database");
     else if (changes)
-        *changes = sqlite3_changes(st->db);
+        *changes = db_changes(st->db);
     done(s);
     return rc;
 }
@@ -543,13 +765,13 @@ static int finish(struct store *st, int rc, struct slim_error *err)
     return rc;
 }
 
-static const char *col_text(sqlite3_stmt *s, int col)
+static const char *col_text(struct db_stmt *s, int col)
 {
-    return (const char *)sqlite3_column_text(s, col);
+    return db_column_text(s, col);
 }
 
 /* A JSON text column as a value (new reference), or NULL. */
-static json_t *col_json(sqlite3_stmt *s, int col)
+static json_t *col_json(struct db_stmt *s, int col)
 {
     const char *t = col_text(s, col);
     return t ? json_loads(t, JSON_DECODE_ANY, NULL) : NULL;
@@ -559,18 +781,18 @@ static const char *const onnx_keys[] = {"opset", "ir_version", "producer", "inpu
                                         "op_types", "nodes", "external_data", "external_files",
                                         "onnx_file", NULL};
 
-static json_t *model_row(sqlite3_stmt *s)
+static json_t *model_row(struct db_stmt *s)
 {
     json_t *info = col_json(s, 6), *row;
     row = json_pack("{s:s?, s:s?, s:s?, s:s?, s:I, s:s?, s:O?, s:O?, s:s?, s:s?}",
                     "id", col_text(s, 0), "kind", col_text(s, 1), "name", col_text(s, 2),
-                    "format", col_text(s, 3), "bytes", (json_int_t)sqlite3_column_int64(s, 4),
+                    "format", col_text(s, 3), "bytes", (json_int_t)db_column_int64(s, 4),
                     "sha256", col_text(s, 5), "tensors", json_object_get(info, "tensors"),
                     "params", json_object_get(info, "params"), "created_at", col_text(s, 7),
                     "owner", col_text(s, 8));
     if (row) {   /* schema 6: same bytes, one blob */
-        json_object_set_new(row, "duplicates", json_integer(sqlite3_column_int64(s, 9)));
-        json_object_set_new(row, "shared_blob", json_boolean(sqlite3_column_int64(s, 9) > 0));
+        json_object_set_new(row, "duplicates", json_integer(db_column_int64(s, 9)));
+        json_object_set_new(row, "shared_blob", json_boolean(db_column_int64(s, 9) > 0));
     }
     if (row && json_object_get(info, "shards"))   /* a sharded checkpoint: its shard files */
         json_object_set(row, "shards", json_object_get(info, "shards"));
@@ -582,14 +804,14 @@ static json_t *model_row(sqlite3_stmt *s)
     return row;
 }
 
-static json_t *job_row(sqlite3_stmt *s)
+static json_t *job_row(struct db_stmt *s)
 {
     json_t *artifact = NULL, *row, *labels = col_json(s, 19);
-    if (sqlite3_column_type(s, 12) != SQLITE_NULL)
+    if (!db_column_is_null(s, 12))
         artifact = json_pack("{s:s?, s:I}", "sha256", col_text(s, 12), "bytes",
-                             (json_int_t)sqlite3_column_int64(s, 13));
+                             (json_int_t)db_column_int64(s, 13));
     json_t *error = NULL;
-    int state = sqlite3_column_int(s, 2);
+    int state = db_column_int(s, 2);
     /* "error": {code, message}, the envelope's shape; error_message and
      * error_code keep the flat fields older clients read.  A canceled
      * job stores neither: its code is CANCELED. */
@@ -603,37 +825,37 @@ static json_t *job_row(sqlite3_stmt *s)
                      " s:o?, s:o?, s:I, s:s?}",
                      "id", col_text(s, 0), "model", col_text(s, 1), "dataset", col_text(s, 15),
                      "state", store_job_state_name(state),
-                     "progress", sqlite3_column_double(s, 3), "stage", col_text(s, 4),
+                     "progress", db_column_double(s, 3), "stage", col_text(s, 4),
                      "error", error ? error : json_null(), "error_message", col_text(s, 5),
                      "error_code", error ? json_string_value(json_object_get(error, "code")) : NULL,
-                     "attempts", (json_int_t)sqlite3_column_int64(s, 6),
-                     "cancel_requested", sqlite3_column_int(s, 7) != 0,
+                     "attempts", (json_int_t)db_column_int64(s, 6),
+                     "cancel_requested", db_column_int(s, 7) != 0,
                      "created_at", col_text(s, 8), "started_at", col_text(s, 9),
                      "finished_at", col_text(s, 10), "spec", col_json(s, 11),
                      "artifact", artifact, "memory_bytes",
-                     (json_int_t)sqlite3_column_int64(s, 14), "owner", col_text(s, 16));
+                     (json_int_t)db_column_int64(s, 14), "owner", col_text(s, 16));
     /* schema 6 (JOB_V6_COLS) */
     if (row && json_object_set_new(row, "name", col_text(s, 18) ? json_string(col_text(s, 18))
                                                                 : json_null()) == 0 &&
         json_object_set_new(row, "labels", json_is_object(labels) ? json_incref(labels)
                                                                    : json_object()) == 0 &&
-        json_object_set_new(row, "pinned", json_boolean(sqlite3_column_int(s, 20))) == 0)
+        json_object_set_new(row, "pinned", json_boolean(db_column_int(s, 20))) == 0)
         json_object_set_new(row, "model_sha256", col_text(s, 21) ? json_string(col_text(s, 21))
                                                                  : json_null());
     json_decref(labels);
     /* the report's warnings, once it has one (0 is shown: none) */
-    if (row && sqlite3_column_type(s, 22) != SQLITE_NULL)
-        json_object_set_new(row, "warning_count", json_integer(sqlite3_column_int64(s, 22)));
+    if (row && !db_column_is_null(s, 22))
+        json_object_set_new(row, "warning_count", json_integer(db_column_int64(s, 22)));
     /* a training pass's progress: {"epoch", "epochs", "loss", "val_accuracy",
      * "history"} (absent for jobs without one) */
-    if (row && sqlite3_column_type(s, 23) != SQLITE_NULL)
+    if (row && !db_column_is_null(s, 23))
         json_object_set_new(row, "training", col_json(s, 23));
     return row;
 }
 
 /* A list row (JOB_LIST_COLS): the job with "passes", its spec's ops in
  * order, in the place of "spec". */
-static json_t *job_summary_row(sqlite3_stmt *s)
+static json_t *job_summary_row(struct db_stmt *s)
 {
     json_t *row = job_row(s), *ops;
     if (!row)
@@ -651,22 +873,22 @@ static json_t *job_summary_row(sqlite3_stmt *s)
  * disk is full, only comes with the next step: s is stepped to its end
  * and a failure there drops the row and is returned, so no caller ever
  * acknowledges a write that did not commit. */
-static int one_row(struct store *st, sqlite3_stmt *s, json_t *(*to_json)(sqlite3_stmt *),
+static int one_row(struct store *st, struct db_stmt *s, json_t *(*to_json)(struct db_stmt *),
                    json_t **row, const char *what, const char *id, struct slim_error *err)
 {
-    int rc = sqlite3_step(s);
+    int rc = db_step(s);
     *row = NULL;
-    if (rc == SQLITE_ROW)
+    if (rc == DB_ROW)
         rc = (*row = to_json(s)) ? 0 : slim_error_set(err, SLIM_ENOMEM, "out of memory");
-    else if (rc == SQLITE_DONE)
+    else if (rc == DB_DONE)
         rc = slim_error_set(err, SLIM_ENOTFOUND, "%s %.64s does not exist", what, id);
     else
         rc = db_error(st, err, "cannot read %s %.64s", what, id);
-    if (*row && !sqlite3_stmt_readonly(s)) {
+    if (*row && !db_stmt_readonly(s)) {
         int end;
-        while ((end = sqlite3_step(s)) == SQLITE_ROW)
+        while ((end = db_step(s)) == DB_ROW)
             ;
-        if (end != SQLITE_DONE || sqlite3_reset(s) != SQLITE_OK) {
+        if (end != DB_DONE || db_reset(s) != DB_OK) {
             json_decref(*row);
             *row = NULL;
             rc = db_error(st, err, "cannot write %s %.64s", what, id);
@@ -677,23 +899,23 @@ static int one_row(struct store *st, sqlite3_stmt *s, json_t *(*to_json)(sqlite3
 }
 
 /* Fills rows from a list statement and total from a count statement. */
-static int list_rows(struct store *st, sqlite3_stmt *list, sqlite3_stmt *count,
-                     json_t *(*to_json)(sqlite3_stmt *), json_t **rows, int *total,
+static int list_rows(struct store *st, struct db_stmt *list, struct db_stmt *count,
+                     json_t *(*to_json)(struct db_stmt *), json_t **rows, int *total,
                      struct slim_error *err)
 {
     json_t *arr = json_array();
     int rc = 0, step;
     if (!arr)
         rc = slim_error_set(err, SLIM_ENOMEM, "out of memory");
-    while (!rc && (step = sqlite3_step(list)) == SQLITE_ROW)
+    while (!rc && (step = db_step(list)) == DB_ROW)
         if (json_array_append_new(arr, to_json(list)))
             rc = slim_error_set(err, SLIM_ENOMEM, "out of memory");
-    if (!rc && step != SQLITE_DONE)
+    if (!rc && step != DB_DONE)
         rc = db_error(st, err, "cannot list rows");
-    if (!rc && sqlite3_step(count) != SQLITE_ROW)
+    if (!rc && db_step(count) != DB_ROW)
         rc = db_error(st, err, "cannot count rows");
     if (!rc)
-        *total = sqlite3_column_int(count, 0);
+        *total = db_column_int(count, 0);
     done(list);
     done(count);
     if (rc)
@@ -782,7 +1004,7 @@ static void sweep_blobs(struct store *st)
     char path[4096];
     DIR *top, *sub;
     struct dirent *e, *f;
-    sqlite3_stmt *s;
+    struct db_stmt *s;
     struct stat sb;
 
     snprintf(path, sizeof path, "%s/blobs", st->dir);
@@ -796,9 +1018,19 @@ static void sweep_blobs(struct store *st)
             continue;
         while ((f = readdir(sub))) {
             int unused;
-            if (!blob_name(e->d_name, f->d_name) || prep(st, Q_SHA_REFS, &s, NULL, "s", f->d_name))
+            if (!blob_name(e->d_name, f->d_name))
                 continue;
-            unused = sqlite3_step(s) == SQLITE_ROW && sqlite3_column_int(s, 0) == 0;
+            /* PostgreSQL: other daemons share the database and may be
+             * between a blob's commit and its row's insert right now; a
+             * blob younger than an hour is theirs to finish (an upload
+             * or a job's artifact takes seconds from commit to row), an
+             * older one without a row is an orphan (see PG_ORPHAN_AGE) */
+            if (st->pg && (fstatat(dirfd(sub), f->d_name, &sb, 0) ||
+                           sb.st_mtime > time(NULL) - PG_ORPHAN_AGE))
+                continue;
+            if (prep(st, Q_SHA_REFS, &s, NULL, "s", f->d_name))
+                continue;
+            unused = db_step(s) == DB_ROW && db_column_int(s, 0) == 0;
             done(s);
             if (unused && fstatat(dirfd(sub), f->d_name, &sb, 0) == 0 &&
                 unlinkat(dirfd(sub), f->d_name, 0) == 0) {
@@ -820,7 +1052,10 @@ int store_wal_reserve(struct store *st, uint64_t bytes, struct slim_error *err)
     int fd, rc = 0;
     if (!bytes)
         return 0;
-    snprintf(path, sizeof path, "%s/slimd.db-wal", st->dir);
+    /* PostgreSQL keeps its own files, on its own disk */
+    if (!bytes || !st->db_path)
+        return 0;
+    snprintf(path, sizeof path, "%s-wal", st->db_path);
     pthread_mutex_lock(&st->lock);
     /* SQLite made the file when it first read in WAL mode (open_db);
      * without it there is nothing to grow */
@@ -846,16 +1081,15 @@ void store_open_sweep(const struct store *st, struct store_sweep *out)
     *out = st->sweep;
 }
 
-/* SQLite's update hook (the writer holds st->lock): a jobs row was
+/* The driver's update hook (the writer holds st->lock): a jobs row was
  * inserted, updated or deleted; tells the listeners (store_job_listen).
  * It fires before the commit: a listener that reads the row takes
- * st->lock, so it sees the committed change. */
-static void on_row_change(void *ud, int op, const char *db, const char *table, sqlite3_int64 rowid)
+ * st->lock, so it sees the committed change.  On PostgreSQL it fires
+ * per statement of this process (db.h); changes that other daemons
+ * sharing the database make are not seen here. */
+static void on_row_change(void *ud, const char *table)
 {
     struct store *st = ud;
-    (void)op;
-    (void)db;
-    (void)rowid;
     if (strcmp(table, "jobs"))
         return;
     for (int i = 0; i < STORE_LISTENERS; i++)
@@ -863,19 +1097,18 @@ static void on_row_change(void *ud, int op, const char *db, const char *table, s
             st->listen[i].fn(st->listen[i].ud);
 }
 
-static int migrate(struct store *st, struct slim_error *err)
+static int migrate_sqlite(struct store *st, struct slim_error *err)
 {
     const int latest = (int)(sizeof migrations / sizeof migrations[0]);
-    sqlite3_stmt *s = NULL;
+    struct db_stmt *s = NULL;
     char bump[48];
     for (;;) {
         int version = -1;
-        if (sqlite3_exec(st->db, "BEGIN IMMEDIATE", NULL, NULL, NULL))
+        if (db_exec(st->db, "BEGIN IMMEDIATE"))
             return db_error(st, err, "cannot start the schema migration");
-        if (sqlite3_prepare_v2(st->db, "PRAGMA user_version", -1, &s, NULL) == SQLITE_OK &&
-            sqlite3_step(s) == SQLITE_ROW)
-            version = sqlite3_column_int(s, 0);
-        sqlite3_finalize(s);
+        if (db_prepare(st->db, "PRAGMA user_version", 0, &s) == DB_OK && db_step(s) == DB_ROW)
+            version = db_column_int(s, 0);
+        db_finalize(s);
         if (version < 0 || version >= latest) {
             int rc = 0;
             if (version < 0)
@@ -883,80 +1116,127 @@ static int migrate(struct store *st, struct slim_error *err)
             else if (version > latest)
                 rc = slim_error_set(err, SLIM_EIO, "database schema version %d is newer than "
                                     "this slimd knows (%d): upgrade slimd", version, latest);
-            sqlite3_exec(st->db, rc ? "ROLLBACK" : "COMMIT", NULL, NULL, NULL);
+            db_exec(st->db, rc ? "ROLLBACK" : "COMMIT");
             return rc;
         }
         /* PRAGMA takes no bound parameters; the number is ours, not input */
         snprintf(bump, sizeof bump, "PRAGMA user_version = %d", version + 1);
-        if (sqlite3_exec(st->db, migrations[version], NULL, NULL, NULL) ||
-            sqlite3_exec(st->db, bump, NULL, NULL, NULL) ||
-            sqlite3_exec(st->db, "COMMIT", NULL, NULL, NULL)) {
+        if (db_exec(st->db, migrations[version]) || db_exec(st->db, bump) ||
+            db_exec(st->db, "COMMIT")) {
             int rc = db_error(st, err, "schema migration to version %d failed", version + 1);
-            sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+            db_exec(st->db, "ROLLBACK");
             return rc;
         }
     }
 }
 
+/* PostgreSQL: every pending step and the version bump in one
+ * transaction, under an advisory lock that a second daemon starting at
+ * the same time waits for (it then finds the schema current).  The
+ * version is the one row of schema_version (db.h). */
+static int migrate_pg(struct store *st, struct slim_error *err)
+{
+    const int latest = (int)(sizeof migrations_pg / sizeof migrations_pg[0]);
+    struct db_stmt *s = NULL;
+    char bump[64];
+    int version = -1, rc = 0;
+
+    if (db_exec(st->db, "BEGIN; SELECT pg_advisory_xact_lock(" STORE_PG_MIGRATE_LOCK ");"
+                " CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")) {
+        rc = db_error(st, err, "cannot start the schema migration");
+        goto out;
+    }
+    if (db_prepare(st->db, "SELECT version FROM schema_version", 0, &s) == DB_OK) {
+        int step = db_step(s);
+        version = step == DB_ROW ? db_column_int(s, 0) : step == DB_DONE ? 0 : -1;
+    }
+    db_finalize(s);
+    if (version < 0) {
+        rc = db_error(st, err, "cannot read the schema version");
+        goto out;
+    }
+    if (version > latest) {
+        rc = slim_error_set(err, SLIM_EIO, "database schema version %d is newer than this slimd "
+                            "knows (%d): upgrade slimd", version, latest);
+        goto out;
+    }
+    for (int v = version; v < latest; v++)
+        if (db_exec(st->db, migrations_pg[v])) {
+            rc = db_error(st, err, "schema migration to version %d failed", v + 1);
+            goto out;
+        }
+    /* the number is ours, not input */
+    snprintf(bump, sizeof bump, version ? "UPDATE schema_version SET version = %d"
+                                        : "INSERT INTO schema_version VALUES (%d)", latest);
+    if (version < latest && db_exec(st->db, bump))
+        rc = db_error(st, err, "schema migration to version %d failed", latest);
+out:
+    if (!rc && db_exec(st->db, "COMMIT"))
+        rc = db_error(st, err, "schema migration to version %d failed", latest);
+    if (rc)
+        db_exec(st->db, "ROLLBACK");
+    return rc;
+}
+
+/* Opens the database st->db_spec names (NULL: sqlite in the data dir),
+ * migrates it and prepares every statement of sql[] (or its PostgreSQL
+ * form, sql_pg[], where the dialects differ). */
 static int open_db(struct store *st, struct slim_error *err)
 {
-    char path[4096];
-    sqlite3_stmt *s = NULL;
-    const char *mode = NULL;
+    char spec[4200];
     int rc;
 
-    snprintf(path, sizeof path, "%s/slimd.db", st->dir);
-    if (sqlite3_open_v2(path, &st->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
-                        SQLITE_OPEN_FULLMUTEX, NULL) != SQLITE_OK)
-        return st->db ? db_error(st, err, "cannot open %s", path)
-                      : slim_error_set(err, SLIM_ENOMEM, "out of memory opening %s", path);
-    sqlite3_extended_result_codes(st->db, 1);
-    /* only matters when another process (a second slimd, the sqlite3
-     * shell) holds the database: our own threads queue on st->lock */
-    sqlite3_busy_timeout(st->db, 5000);
-    /* Persistent WAL: the -wal and -shm files stay (allocated) when the
-     * last connection closes, instead of being deleted and created again
-     * at the next open, which on a full disk fails ("disk I/O error":
-     * slimd could not start).  The WAL keeps the size it grew to (no
-     * journal_size_limit: that would truncate it to 0 at close), a few
-     * MiB with the default checkpoints, and is reused from its start
-     * after each checkpoint, so writes need no new space either. */
-    int persist = 1;
-    sqlite3_file_control(st->db, "main", SQLITE_FCNTL_PERSIST_WAL, &persist);
-    if (sqlite3_exec(st->db, "PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL", NULL, NULL,
-                     NULL))
-        return db_error(st, err, "cannot configure %s", path);
-    if (sqlite3_prepare_v2(st->db, "PRAGMA journal_mode = WAL", -1, &s, NULL) == SQLITE_OK &&
-        sqlite3_step(s) == SQLITE_ROW)
-        mode = (const char *)sqlite3_column_text(s, 0);
-    rc = mode && !strcmp(mode, "wal") ? 0 : db_error(st, err, "cannot switch %s to WAL", path);
-    sqlite3_finalize(s);
-    if (rc || (rc = migrate(st, err)))
+    if (st->db_spec && *st->db_spec)
+        snprintf(spec, sizeof spec, "%s", st->db_spec);
+    else
+        snprintf(spec, sizeof spec, "sqlite:%s/slimd.db", st->dir);
+    if (!db_spec_is_pg(spec) && strncmp(spec, "sqlite:", 7))
+        return slim_error_set(err, SLIM_EINVAL, "--store: expected sqlite:PATH or "
+                              "postgresql://..., not '%.64s'", spec);
+    if (!db_spec_is_pg(spec) && !(st->db_path = slim_strdup(spec + 7)))
+        return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    if ((rc = db_open(spec, &st->db, err)))
         return rc;
-    /* The persisted WAL still holds the frames of the last run (all in
-     * the database file after the checkpoint at close, but recovery does
-     * not know it): a checkpoint now lets the first write start the WAL
-     * over in the space it has, instead of appending, which a full disk
-     * refuses.  Its failure is harmless: writes then append as usual. */
-    sqlite3_wal_checkpoint_v2(st->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+    st->pg = db_dialect(st->db) == DB_POSTGRESQL;
+    if ((rc = st->pg ? migrate_pg(st, err) : migrate_sqlite(st, err)))
+        return rc;
+    /* Its failure is harmless: writes then append to the WAL as usual. */
+    db_checkpoint(st->db);
     for (int i = 0; i < Q_COUNT; i++)
-        if (sqlite3_prepare_v3(st->db, sql[i], -1, SQLITE_PREPARE_PERSISTENT, &st->q[i], NULL))
+        if (db_prepare(st->db, st->pg && sql_pg[i] ? sql_pg[i] : sql[i], 1, &st->q[i]))
             return db_error(st, err, "cannot prepare statement %d", i);
-    sqlite3_update_hook(st->db, on_row_change, st);
+    db_update_hook(st->db, on_row_change, st);
     return 0;
+}
+
+static struct store *store_new(const char *data_dir, const char *db_spec)
+{
+    struct store *st = slim_calloc(1, sizeof *st);
+    if (!st)
+        return NULL;
+    pthread_mutex_init(&st->lock, NULL);
+    if (!(st->dir = slim_strdup(data_dir)) ||
+        (db_spec && *db_spec && !(st->db_spec = slim_strdup(db_spec)))) {
+        store_close(st);
+        return NULL;
+    }
+    return st;
 }
 
 int store_open(const char *data_dir, struct store **out, struct slim_error *err)
 {
-    struct store *st = slim_calloc(1, sizeof *st);
+    return store_open_db(data_dir, NULL, out, err);
+}
+
+int store_open_db(const char *data_dir, const char *db_spec, struct store **out,
+                  struct slim_error *err)
+{
+    struct store *st = store_new(data_dir, db_spec);
     char sub[4096];
     int rc;
 
-    if (!st || !(st->dir = slim_strdup(data_dir))) {
-        slim_free(st);
+    if (!st)
         return slim_error_set(err, SLIM_ENOMEM, "out of memory");
-    }
-    pthread_mutex_init(&st->lock, NULL);
     rc = mkdir_p(data_dir, err);
     snprintf(sub, sizeof sub, "%s/blobs", data_dir);
     if (!rc)
@@ -989,14 +1269,17 @@ int store_open(const char *data_dir, struct store **out, struct slim_error *err)
 
 int store_open_meta(const char *data_dir, struct store **out, struct slim_error *err)
 {
-    struct store *st = slim_calloc(1, sizeof *st);
+    return store_open_meta_db(data_dir, NULL, out, err);
+}
+
+int store_open_meta_db(const char *data_dir, const char *db_spec, struct store **out,
+                       struct slim_error *err)
+{
+    struct store *st = store_new(data_dir, db_spec);
     int rc;
 
-    if (!st || !(st->dir = slim_strdup(data_dir))) {
-        slim_free(st);
+    if (!st)
         return slim_error_set(err, SLIM_ENOMEM, "out of memory");
-    }
-    pthread_mutex_init(&st->lock, NULL);
     rc = mkdir_p(data_dir, err);
     if (!rc)
         rc = open_db(st, err);
@@ -1046,10 +1329,12 @@ void store_close(struct store *st)
     if (!st)
         return;
     for (int i = 0; i < Q_COUNT; i++)
-        sqlite3_finalize(st->q[i]);
-    sqlite3_close(st->db);
+        db_finalize(st->q[i]);
+    db_close(st->db);
     pthread_mutex_destroy(&st->lock);
     slim_free(st->dir);
+    slim_free(st->db_spec);
+    slim_free(st->db_path);
     slim_free(st);
 }
 
@@ -1073,11 +1358,11 @@ struct upload_kind {
     const char *what;        /* "model": in messages */
     const char *prefix;      /* of new ids */
     enum q insert, get, list, count, user, del;
-    json_t *(*to_json)(sqlite3_stmt *);
+    json_t *(*to_json)(struct db_stmt *);
     int sha_col;             /* column of sha256 in get's row */
 };
 
-static json_t *dataset_row(sqlite3_stmt *s);
+static json_t *dataset_row(struct db_stmt *s);
 
 static const struct upload_kind model_kind = {
     "model", "mdl_", Q_MODEL_INSERT, Q_MODEL_GET, Q_MODEL_LIST, Q_MODEL_COUNT, Q_MODEL_USER,
@@ -1090,17 +1375,17 @@ static const struct upload_kind dataset_kind = {
 
 /* Columns first, then what the describe object adds (a key of info never
  * hides a column). */
-static json_t *dataset_row(sqlite3_stmt *s)
+static json_t *dataset_row(struct db_stmt *s)
 {
     json_t *info = col_json(s, 5);
     json_t *row = json_pack("{s:s?, s:s?, s:s?, s:I, s:s?, s:s?, s:s?}", "id", col_text(s, 0),
                             "name", col_text(s, 1), "format", col_text(s, 2),
-                            "bytes", (json_int_t)sqlite3_column_int64(s, 3),
+                            "bytes", (json_int_t)db_column_int64(s, 3),
                             "sha256", col_text(s, 4), "created_at", col_text(s, 6),
                             "owner", col_text(s, 7));
     if (row) {
-        json_object_set_new(row, "duplicates", json_integer(sqlite3_column_int64(s, 8)));
-        json_object_set_new(row, "shared_blob", json_boolean(sqlite3_column_int64(s, 8) > 0));
+        json_object_set_new(row, "duplicates", json_integer(db_column_int64(s, 8)));
+        json_object_set_new(row, "shared_blob", json_boolean(db_column_int64(s, 8) > 0));
     }
     if (row && json_is_object(info) && json_object_update_missing(row, info)) {
         json_decref(row);
@@ -1116,7 +1401,7 @@ static int upload_insert(struct store *st, const struct upload_kind *k, const ch
 {
     const char *format = json_string_value(json_object_get(info, "format"));
     json_t *utf8 = name ? json_string(name) : NULL;   /* NULL unless valid UTF-8 */
-    sqlite3_stmt *s;
+    struct db_stmt *s;
     char id[32], *text;
     int rc;
 
@@ -1145,7 +1430,7 @@ static int upload_insert(struct store *st, const struct upload_kind *k, const ch
 static int upload_get(struct store *st, const struct upload_kind *k, const char *id,
                       json_t **row, struct slim_error *err)
 {
-    sqlite3_stmt *s;
+    struct db_stmt *s;
     int rc;
     pthread_mutex_lock(&st->lock);
     rc = prep(st, k->get, &s, err, "s", id);
@@ -1159,7 +1444,7 @@ static int upload_list(struct store *st, const struct upload_kind *k, const char
                        const char *name, const char *sha, int limit, int offset, json_t **rows,
                        int *total, struct slim_error *err)
 {
-    sqlite3_stmt *list, *count;
+    struct db_stmt *list, *count;
     int rc;
     pthread_mutex_lock(&st->lock);
     /* one read transaction, so total and rows come from one snapshot */
@@ -1181,12 +1466,12 @@ static int upload_list(struct store *st, const struct upload_kind *k, const char
 static uint64_t drop_blob_if_unused(struct store *st, const char *sha)
 {
     char path[4096];
-    sqlite3_stmt *s;
+    struct db_stmt *s;
     struct stat sb;
     int unused = 0;
     if (!sha || prep(st, Q_SHA_REFS, &s, NULL, "s", sha))
         return 0;
-    unused = sqlite3_step(s) == SQLITE_ROW && sqlite3_column_int(s, 0) == 0;
+    unused = db_step(s) == DB_ROW && db_column_int(s, 0) == 0;
     done(s);
     store_blob_path(st, sha, path, sizeof path);
     /* what it freed, in allocated blocks (what du counts) */
@@ -1207,7 +1492,7 @@ void store_blob_drop_unused(struct store *st, const char *sha)
 static int upload_delete(struct store *st, const struct upload_kind *k, const char *id,
                          struct slim_error *err)
 {
-    sqlite3_stmt *s;
+    struct db_stmt *s;
     char sha[65] = "";
     int rc;
 
@@ -1216,24 +1501,24 @@ static int upload_delete(struct store *st, const struct upload_kind *k, const ch
         goto out;
     if ((rc = prep(st, k->get, &s, err, "s", id)))
         goto end;
-    rc = sqlite3_step(s);
-    if (rc == SQLITE_ROW) {
+    rc = db_step(s);
+    if (rc == DB_ROW) {
         snprintf(sha, sizeof sha, "%s", col_text(s, k->sha_col) ? col_text(s, k->sha_col) : "");
         rc = 0;
-    } else if (rc == SQLITE_DONE)
+    } else if (rc == DB_DONE)
         rc = slim_error_set(err, SLIM_ENOTFOUND, "%s %.64s does not exist", k->what, id);
     else
         rc = db_error(st, err, "cannot read %s %.64s", k->what, id);
     done(s);
     if (rc || (rc = prep(st, k->user, &s, err, "s", id)))
         goto end;
-    rc = sqlite3_step(s);
-    if (rc == SQLITE_ROW)
+    rc = db_step(s);
+    if (rc == DB_ROW)
         rc = slim_error_set(err, SLIM_ECONFLICT, "%s %.64s is used by job %s (%s); "
                             "cancel it or wait", k->what, id, col_text(s, 0),
-                            store_job_state_name(sqlite3_column_int(s, 1)));
+                            store_job_state_name(db_column_int(s, 1)));
     else
-        rc = rc == SQLITE_DONE ? 0 : db_error(st, err, "cannot read jobs");
+        rc = rc == DB_DONE ? 0 : db_error(st, err, "cannot read jobs");
     done(s);
     if (!rc)
         rc = run(st, k->del, NULL, err, "s", id);
@@ -1308,11 +1593,11 @@ int store_dataset_delete(struct store *st, const char *id, struct slim_error *er
 /* 1 when statement i (a get by id) finds a row for id.  Lock held. */
 static int row_exists(struct store *st, enum q i, const char *id)
 {
-    sqlite3_stmt *s;
+    struct db_stmt *s;
     int found;
     if (prep(st, i, &s, NULL, "s", id))
         return 0;
-    found = sqlite3_step(s) == SQLITE_ROW;
+    found = db_step(s) == DB_ROW;
     done(s);
     return found;
 }
@@ -1321,7 +1606,7 @@ int store_job_insert(struct store *st, const char *owner, const char *model_id,
                      const char *dataset_id, json_t *spec, uint64_t mem_bytes,
                      int64_t max_queued, json_t **row, struct slim_error *err)
 {
-    sqlite3_stmt *s;
+    struct db_stmt *s;
     char id[32], *text;
     int rc;
 
@@ -1351,7 +1636,7 @@ int store_job_insert(struct store *st, const char *owner, const char *model_id,
 
 int store_job_get(struct store *st, const char *id, json_t **row, struct slim_error *err)
 {
-    sqlite3_stmt *s;
+    struct db_stmt *s;
     int rc;
     pthread_mutex_lock(&st->lock);
     rc = prep(st, Q_JOB_GET, &s, err, "s", id);
@@ -1371,7 +1656,7 @@ int store_job_list(struct store *st, const char *owner, int state, int limit, in
 int store_job_find(struct store *st, const struct store_job_filter *f, int limit, int offset,
                    json_t **rows, int *total, struct slim_error *err)
 {
-    sqlite3_stmt *list, *count;
+    struct db_stmt *list, *count;
     int rc;
     pthread_mutex_lock(&st->lock);
     rc = run(st, Q_BEGIN, NULL, err, "");
@@ -1393,7 +1678,7 @@ int store_job_find(struct store *st, const struct store_job_filter *f, int limit
  * process on the same database, not only against our threads. */
 int store_job_claim(struct store *st, uint64_t mem_left, json_t **row, struct slim_error *err)
 {
-    sqlite3_stmt *s;
+    struct db_stmt *s;
     int rc;
     pthread_mutex_lock(&st->lock);
     rc = prep(st, Q_JOB_CLAIM, &s, err, "I",
@@ -1412,15 +1697,15 @@ int store_job_claim(struct store *st, uint64_t mem_left, json_t **row, struct sl
 /* The job's state in *state; SLIM_ENOTFOUND when there is no such job. */
 static int job_state(struct store *st, const char *id, int *state, struct slim_error *err)
 {
-    sqlite3_stmt *s;
+    struct db_stmt *s;
     int rc = prep(st, Q_JOB_REPORT, &s, err, "s", id);
     if (rc)
         return rc;
-    rc = sqlite3_step(s);
-    if (rc == SQLITE_ROW) {
-        *state = sqlite3_column_int(s, 0);
+    rc = db_step(s);
+    if (rc == DB_ROW) {
+        *state = db_column_int(s, 0);
         rc = 0;
-    } else if (rc == SQLITE_DONE) {
+    } else if (rc == DB_DONE) {
         rc = slim_error_set(err, SLIM_ENOTFOUND, "job %.64s does not exist", id);
     } else {
         rc = db_error(st, err, "cannot read job %.64s", id);
@@ -1530,7 +1815,7 @@ int store_job_fail(struct store *st, const char *id, int code, const char *messa
 int store_job_retry(struct store *st, const char *id, int max_attempts, int code,
                     const char *message, int *state, struct slim_error *err)
 {
-    sqlite3_stmt *s;
+    struct db_stmt *s;
     json_t *row = NULL;
     int rc;
     *state = -1;
@@ -1601,23 +1886,23 @@ int store_job_recover(struct store *st, int max_attempts, int *requeued, int *fa
 
 int store_job_report(struct store *st, const char *id, json_t **report, struct slim_error *err)
 {
-    sqlite3_stmt *s;
+    struct db_stmt *s;
     int rc, state;
     pthread_mutex_lock(&st->lock);
     if ((rc = prep(st, Q_JOB_REPORT, &s, err, "s", id)))
         goto out;
-    rc = sqlite3_step(s);
-    state = rc == SQLITE_ROW ? sqlite3_column_int(s, 0) : -1;
+    rc = db_step(s);
+    state = rc == DB_ROW ? db_column_int(s, 0) : -1;
     /* a job failed by a quality gate keeps its report */
-    if (rc == SQLITE_ROW && state != STORE_JOB_SUCCEEDED &&
-        !(state == STORE_JOB_FAILED && sqlite3_column_type(s, 1) != SQLITE_NULL))
+    if (rc == DB_ROW && state != STORE_JOB_SUCCEEDED &&
+        !(state == STORE_JOB_FAILED && !db_column_is_null(s, 1)))
         rc = slim_error_set(err, SLIM_ECONFLICT,
                             "job %.64s is %s: its report exists once it has succeeded", id,
                             store_job_state_name(state));
-    else if (rc == SQLITE_ROW)
+    else if (rc == DB_ROW)
         rc = (*report = col_json(s, 1)) ? 0
              : slim_error_set(err, SLIM_EIO, "job %.64s: its stored report is unreadable", id);
-    else if (rc == SQLITE_DONE)
+    else if (rc == DB_DONE)
         rc = slim_error_set(err, SLIM_ENOTFOUND, "job %.64s does not exist", id);
     else
         rc = db_error(st, err, "cannot read job %.64s", id);
@@ -1629,17 +1914,17 @@ out:
 
 int store_job_counts(struct store *st, int64_t counts[5], struct slim_error *err)
 {
-    sqlite3_stmt *s;
+    struct db_stmt *s;
     int rc;
     memset(counts, 0, 5 * sizeof counts[0]);
     pthread_mutex_lock(&st->lock);
     if (!(rc = prep(st, Q_JOB_COUNTS, &s, err, ""))) {
-        while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-            int state = sqlite3_column_int(s, 0);
+        while ((rc = db_step(s)) == DB_ROW) {
+            int state = db_column_int(s, 0);
             if (state >= 0 && state < 5)
-                counts[state] = sqlite3_column_int64(s, 1);
+                counts[state] = db_column_int64(s, 1);
         }
-        rc = rc == SQLITE_DONE ? 0 : db_error(st, err, "cannot count jobs");
+        rc = rc == DB_DONE ? 0 : db_error(st, err, "cannot count jobs");
         done(s);
     }
     pthread_mutex_unlock(&st->lock);
@@ -1648,9 +1933,9 @@ int store_job_counts(struct store *st, int64_t counts[5], struct slim_error *err
 
 /* ---- tokens ---- */
 
-static json_t *token_row(sqlite3_stmt *s)
+static json_t *token_row(struct db_stmt *s)
 {
-    unsigned bits = (unsigned)sqlite3_column_int(s, 2);
+    unsigned bits = (unsigned)db_column_int(s, 2);
     json_t *scopes = json_array();
     char name[24];
     for (unsigned bit = 1; scopes && bit <= STORE_SCOPES_ALL; bit <<= 1) {
@@ -1660,7 +1945,7 @@ static json_t *token_row(sqlite3_stmt *s)
     }
     return json_pack("{s:s?, s:s?, s:o?, s:s?, s:s?, s:b}", "id", col_text(s, 0),
                      "name", col_text(s, 1), "scopes", scopes, "created_at", col_text(s, 3),
-                     "last_used_at", col_text(s, 4), "revoked", sqlite3_column_int(s, 5) != 0);
+                     "last_used_at", col_text(s, 4), "revoked", db_column_int(s, 5) != 0);
 }
 
 int store_token_create(struct store *st, const char *name, unsigned scopes,
@@ -1669,7 +1954,7 @@ int store_token_create(struct store *st, const char *name, unsigned scopes,
 {
     json_t *utf8 = name ? json_string(name) : NULL;   /* NULL unless valid UTF-8 */
     char id[32], hash[65];
-    sqlite3_stmt *s;
+    struct db_stmt *s;
     int rc;
 
     json_decref(utf8);
@@ -1697,16 +1982,16 @@ out:
 int store_token_list(struct store *st, json_t **rows, struct slim_error *err)
 {
     json_t *arr = json_array();
-    sqlite3_stmt *s;
-    int rc, step = SQLITE_DONE;
+    struct db_stmt *s;
+    int rc, step = DB_DONE;
     if (!arr)
         return slim_error_set(err, SLIM_ENOMEM, "out of memory");
     pthread_mutex_lock(&st->lock);
     if (!(rc = prep(st, Q_TOKEN_LIST, &s, err, ""))) {
-        while (!rc && (step = sqlite3_step(s)) == SQLITE_ROW)
+        while (!rc && (step = db_step(s)) == DB_ROW)
             if (json_array_append_new(arr, token_row(s)))
                 rc = slim_error_set(err, SLIM_ENOMEM, "out of memory");
-        if (!rc && step != SQLITE_DONE)
+        if (!rc && step != DB_DONE)
             rc = db_error(st, err, "cannot list tokens");
         done(s);
     }
@@ -1741,7 +2026,7 @@ int store_token_verify(struct store *st, const char *secret, struct store_token 
 {
     size_t pre = strlen(STORE_TOKEN_PREFIX);
     char hash[65];
-    sqlite3_stmt *s;
+    struct db_stmt *s;
     int rc, step, touch = 0;
 
     memset(out, 0, sizeof *out);
@@ -1755,14 +2040,14 @@ int store_token_verify(struct store *st, const char *secret, struct store_token 
     pthread_mutex_lock(&st->lock);
     if ((rc = prep(st, Q_TOKEN_FIND, &s, err, "s", hash)))
         goto out;
-    step = sqlite3_step(s);
-    if (step == SQLITE_ROW && sqlite3_column_int(s, 2)) {
+    step = db_step(s);
+    if (step == DB_ROW && db_column_int(s, 2)) {
         rc = slim_error_set(err, SLIM_EUNAUTH, "the bearer token %s was revoked", col_text(s, 0));
-    } else if (step == SQLITE_ROW) {
+    } else if (step == DB_ROW) {
         snprintf(out->id, sizeof out->id, "%s", col_text(s, 0) ? col_text(s, 0) : "");
-        out->scopes = (unsigned)sqlite3_column_int(s, 1) & STORE_SCOPES_ALL;
-        touch = sqlite3_column_int(s, 3);
-    } else if (step == SQLITE_DONE) {
+        out->scopes = (unsigned)db_column_int(s, 1) & STORE_SCOPES_ALL;
+        touch = db_column_int(s, 3);
+    } else if (step == DB_DONE) {
         rc = slim_error_set(err, SLIM_EUNAUTH, "the bearer token is not one of this daemon's");
     } else {
         rc = db_error(st, err, "cannot read tokens");
@@ -1777,13 +2062,13 @@ out:
 
 int store_token_count_live(struct store *st, int64_t *n, struct slim_error *err)
 {
-    sqlite3_stmt *s;
+    struct db_stmt *s;
     int rc;
     *n = 0;
     pthread_mutex_lock(&st->lock);
     if (!(rc = prep(st, Q_TOKEN_COUNT_LIVE, &s, err, ""))) {
-        if (sqlite3_step(s) == SQLITE_ROW)
-            *n = sqlite3_column_int64(s, 0);
+        if (db_step(s) == DB_ROW)
+            *n = db_column_int64(s, 0);
         else
             rc = db_error(st, err, "cannot count tokens");
         done(s);
@@ -1809,19 +2094,19 @@ int store_token_count_live(struct store *st, int64_t *n, struct slim_error *err)
  * ("" without one).  Lock held. */
 static int delete_job(struct store *st, const char *id, char sha[65], struct slim_error *err)
 {
-    sqlite3_stmt *s;
+    struct db_stmt *s;
     int rc, step, state, none = 0;
     sha[0] = 0;
     if ((rc = prep(st, Q_JOB_DELETE, &s, err, "s", id)))
         return rc;
-    step = sqlite3_step(s);
-    if (step == SQLITE_ROW) {
+    step = db_step(s);
+    if (step == DB_ROW) {
         snprintf(sha, 65, "%s", col_text(s, 0) ? col_text(s, 0) : "");
-        while ((step = sqlite3_step(s)) == SQLITE_ROW)
+        while ((step = db_step(s)) == DB_ROW)
             ;
-        if (step != SQLITE_DONE || sqlite3_reset(s) != SQLITE_OK)
+        if (step != DB_DONE || db_reset(s) != DB_OK)
             rc = db_error(st, err, "cannot delete job %.64s", id);
-    } else if (step == SQLITE_DONE) {
+    } else if (step == DB_DONE) {
         none = 1;   /* nothing deleted: running, or no such job */
     } else {
         rc = db_error(st, err, "cannot delete job %.64s", id);
@@ -1851,7 +2136,7 @@ int store_job_delete(struct store *st, const char *id, uint64_t *freed, struct s
 int store_job_pin(struct store *st, const char *id, int pinned, json_t **row,
                   struct slim_error *err)
 {
-    sqlite3_stmt *s;
+    struct db_stmt *s;
     int rc;
     pthread_mutex_lock(&st->lock);
     rc = prep(st, Q_JOB_PIN, &s, err, "si", id, pinned ? 1 : 0);
@@ -1888,14 +2173,14 @@ uint64_t store_data_bytes(struct store *st)
 static int select_ids(struct store *st, enum q i, const char *arg, char ids[][32], int *n,
                       struct slim_error *err)
 {
-    sqlite3_stmt *s;
-    int rc, step = SQLITE_DONE;
+    struct db_stmt *s;
+    int rc, step = DB_DONE;
     *n = 0;
     if ((rc = arg ? prep(st, i, &s, err, "s", arg) : prep(st, i, &s, err, "")))
         return rc;
-    while (*n < 100 && (step = sqlite3_step(s)) == SQLITE_ROW)
+    while (*n < 100 && (step = db_step(s)) == DB_ROW)
         snprintf(ids[(*n)++], 32, "%s", col_text(s, 0) ? col_text(s, 0) : "");
-    if (*n < 100 && step != SQLITE_DONE)
+    if (*n < 100 && step != DB_DONE)
         rc = db_error(st, err, "cannot read jobs");
     done(s);
     return rc;
@@ -1973,7 +2258,7 @@ int store_retention_sweep(struct store *st, const struct store_retention *cfg,
 int store_idem_claim(struct store *st, const char *route, const char *owner, const char *key,
                      const char *request_sha, struct store_idem *replay, struct slim_error *err)
 {
-    sqlite3_stmt *s;
+    struct db_stmt *s;
     int rc, step;
     memset(replay, 0, sizeof *replay);
     owner = owner ? owner : "";
@@ -1984,28 +2269,28 @@ int store_idem_claim(struct store *st, const char *route, const char *owner, con
     if ((rc = run(st, Q_IDEM_EXPIRE, NULL, err, "")) ||
         (rc = prep(st, Q_IDEM_GET, &s, err, "sss", route, owner, key)))
         goto end;
-    step = sqlite3_step(s);
-    if (step == SQLITE_ROW) {
+    step = db_step(s);
+    if (step == DB_ROW) {
         if (strcmp(col_text(s, 0) ? col_text(s, 0) : "", request_sha))
             rc = slim_error_set(err, SLIM_EIDEMPOTENCY, "Idempotency-Key '%.64s' was used in "
                                 "the last 24 h for a different request: use a new key for "
                                 "a new request", key);
-        else if (sqlite3_column_int(s, 1) == 0)
+        else if (db_column_int(s, 1) == 0)
             rc = slim_error_set(err, SLIM_ECONFLICT, "a request with Idempotency-Key '%.64s' "
                                 "is still being processed: retry once it has finished", key);
         else {
-            replay->status = sqlite3_column_int(s, 1);
+            replay->status = db_column_int(s, 1);
             snprintf(replay->location, sizeof replay->location, "%s",
                      col_text(s, 2) ? col_text(s, 2) : "");
             if (!(replay->response = col_json(s, 3)))
                 rc = slim_error_set(err, SLIM_EIO, "the stored response of Idempotency-Key "
                                     "'%.64s' is unreadable", key);
         }
-    } else if (step != SQLITE_DONE) {
+    } else if (step != DB_DONE) {
         rc = db_error(st, err, "cannot read idempotency keys");
     }
     done(s);
-    if (!rc && step == SQLITE_DONE)
+    if (!rc && step == DB_DONE)
         rc = run(st, Q_IDEM_INSERT, NULL, err, "ssss", route, owner, key, request_sha);
 end:
     rc = finish(st, rc, err);
@@ -2042,7 +2327,7 @@ void store_idem_release(struct store *st, const char *route, const char *owner, 
 
 /* ---- job listeners, gate failures and webhook deliveries (ci) ----
  *
- * These statements are prepared when used (sqlite3_prepare_v2 under the
+ * These statements are prepared when used (db_prepare under the
  * lock), not kept in sql[]: each runs at most a few times a second. */
 
 int store_job_listen(struct store *st, void (*fn)(void *ud), void *ud, int on)
@@ -2067,20 +2352,21 @@ int store_job_listen(struct store *st, void (*fn)(void *ud), void *ud, int on)
 }
 
 /* Prepares sql and binds types as bindv does ('s', 'i', 'I', 'd'). */
-static int adhoc(struct store *st, const char *text, sqlite3_stmt **out, struct slim_error *err,
+static int adhoc(struct store *st, const char *text, struct db_stmt **out, struct slim_error *err,
                  const char *types, ...)
 {
-    sqlite3_stmt *s = NULL;
+    struct db_stmt *s = NULL;
     va_list ap;
     int rc;
-    if (sqlite3_prepare_v2(st->db, text, -1, &s, NULL) != SQLITE_OK)
+    if (db_prepare(st->db, text, 0, &s) != DB_OK)
         return db_error(st, err, "cannot prepare a statement");
     va_start(ap, types);
-    rc = bind_values(s, types, ap, SQLITE_TRANSIENT);
+    rc = bind_values(s, types, ap);
     va_end(ap);
-    if (rc != SQLITE_OK) {
-        sqlite3_finalize(s);
-        return slim_error_set(err, SLIM_EIO, "cannot bind a value: %s", sqlite3_errstr(rc));
+    if (rc != DB_OK) {
+        rc = slim_error_set(err, SLIM_EIO, "cannot bind a value: %s", db_errmsg(st->db));
+        db_finalize(s);
+        return rc;
     }
     *out = s;
     return 0;
@@ -2091,24 +2377,29 @@ int store_job_fail_kept(struct store *st, const char *id, const char *artifact_s
                         struct slim_error *err)
 {
     char *text = json_dumps(report, JSON_COMPACT);
-    sqlite3_stmt *s = NULL;
+    struct db_stmt *s = NULL;
     int rc, n = 0;
     if (!text)
         return slim_error_set(err, SLIM_ENOMEM, "out of memory serializing the report");
     pthread_mutex_lock(&st->lock);
     rc = blob_present(st, artifact_sha, err);
     if (!rc)
-        rc = adhoc(st, "UPDATE jobs SET state = 3, progress = 1, stage = NULL, finished_at = " NOW
+        rc = adhoc(st, st->pg ?
+                   "UPDATE jobs SET state = 3, progress = 1, stage = NULL, finished_at = " PG_NOW
+                   ", artifact_sha = ?2, artifact_bytes = ?3, report = ?4, error = ?5,"
+                   " error_code = ?6, warning_count = " PG_WARNINGS(4)
+                   " WHERE id = ?1 AND state = 1 AND cancel_requested = 0" :
+                   "UPDATE jobs SET state = 3, progress = 1, stage = NULL, finished_at = " NOW
                    ", artifact_sha = ?2, artifact_bytes = ?3, report = ?4, error = ?5,"
                    " error_code = ?6, warning_count = json_array_length(?4, '$.warnings')"
                    " WHERE id = ?1 AND state = 1 AND cancel_requested = 0", &s, err, "ssIsss",
                    id, artifact_sha, (int64_t)artifact_bytes, text, message, slim_errcode(code));
     if (!rc) {
-        if (sqlite3_step(s) != SQLITE_DONE)
+        if (db_step(s) != DB_DONE)
             rc = db_error(st, err, "cannot update the database");
         else
-            n = sqlite3_changes(st->db);
-        sqlite3_finalize(s);
+            n = db_changes(st->db);
+        db_finalize(s);
     }
     rc = ended_with_artifact(st, id, artifact_sha, rc, n, err);
     pthread_mutex_unlock(&st->lock);
@@ -2117,22 +2408,27 @@ int store_job_fail_kept(struct store *st, const char *id, const char *artifact_s
 }
 
 /* Runs a prepared ad-hoc statement that returns no rows. */
-static int adhoc_run(struct store *st, sqlite3_stmt *s, struct slim_error *err)
+static int adhoc_run(struct store *st, struct db_stmt *s, struct slim_error *err)
 {
     int rc = 0;
-    if (sqlite3_step(s) != SQLITE_DONE)
+    if (db_step(s) != DB_DONE)
         rc = db_error(st, err, "cannot update the database");
-    sqlite3_finalize(s);
+    db_finalize(s);
     return rc;
 }
 
 int store_webhook_add(struct store *st, const char *job_id, const char *url,
                       struct slim_error *err)
 {
-    sqlite3_stmt *s;
+    struct db_stmt *s;
     int rc;
     pthread_mutex_lock(&st->lock);
-    if (!(rc = adhoc(st, "INSERT OR REPLACE INTO webhooks (job_id, url) VALUES (?1, ?2)", &s, err,
+    /* OR REPLACE: a new row, its defaults and all */
+    if (!(rc = adhoc(st, st->pg ? "INSERT INTO webhooks (job_id, url) VALUES (?1, ?2)"
+                     " ON CONFLICT (job_id) DO UPDATE SET url = excluded.url, state = 0,"
+                     " attempts = 0, next_at = 0, last_status = NULL, last_error = NULL,"
+                     " delivered_at = NULL"
+                     : "INSERT OR REPLACE INTO webhooks (job_id, url) VALUES (?1, ?2)", &s, err,
                      "ss", job_id, url)))
         rc = adhoc_run(st, s, err);
     pthread_mutex_unlock(&st->lock);
@@ -2142,8 +2438,8 @@ int store_webhook_add(struct store *st, const char *job_id, const char *url,
 int store_webhook_due(struct store *st, double now, int limit, json_t **rows, double *next_at,
                       struct slim_error *err)
 {
-    sqlite3_stmt *s = NULL;
-    int rc, step = SQLITE_DONE;
+    struct db_stmt *s = NULL;
+    int rc, step = DB_DONE;
     *rows = json_array();
     *next_at = 0;
     if (!*rows)
@@ -2152,20 +2448,20 @@ int store_webhook_due(struct store *st, double now, int limit, json_t **rows, do
     rc = adhoc(st, "SELECT w.job_id, w.url, w.attempts, w.next_at FROM webhooks w"
                " JOIN jobs j ON j.id = w.job_id WHERE w.state = 0 AND j.state IN (2, 3, 4)"
                " ORDER BY w.next_at LIMIT ?1", &s, err, "i", limit);
-    while (!rc && (step = sqlite3_step(s)) == SQLITE_ROW) {
-        double at = sqlite3_column_double(s, 3);
+    while (!rc && (step = db_step(s)) == DB_ROW) {
+        double at = db_column_double(s, 3);
         if (at > now) {   /* the earliest one not yet due: when to look again */
             *next_at = at;
             break;
         }
         json_array_append_new(*rows, json_pack("{s:s, s:s, s:I}", "job_id", col_text(s, 0),
                                                "url", col_text(s, 1), "attempts",
-                                               (json_int_t)sqlite3_column_int64(s, 2)));
+                                               (json_int_t)db_column_int64(s, 2)));
     }
     if (s) {
-        if (!rc && step != SQLITE_ROW && step != SQLITE_DONE)
+        if (!rc && step != DB_ROW && step != DB_DONE)
             rc = db_error(st, err, "cannot read webhooks");
-        sqlite3_finalize(s);
+        db_finalize(s);
     }
     pthread_mutex_unlock(&st->lock);
     if (rc) {
@@ -2178,10 +2474,14 @@ int store_webhook_due(struct store *st, double now, int limit, json_t **rows, do
 int store_webhook_result(struct store *st, const char *job_id, int state, double next_at,
                          int http_status, const char *error, struct slim_error *err)
 {
-    sqlite3_stmt *s;
+    struct db_stmt *s;
     int rc;
     pthread_mutex_lock(&st->lock);
-    if (!(rc = adhoc(st, "UPDATE webhooks SET state = ?2, attempts = attempts + 1, next_at = ?3,"
+    if (!(rc = adhoc(st, st->pg ?
+                     "UPDATE webhooks SET state = ?2, attempts = attempts + 1, next_at = ?3,"
+                     " last_status = ?4, last_error = ?5, delivered_at = CASE WHEN ?2 = 1 THEN "
+                     PG_NOW " END WHERE job_id = ?1" :
+                     "UPDATE webhooks SET state = ?2, attempts = attempts + 1, next_at = ?3,"
                      " last_status = ?4, last_error = ?5, delivered_at = CASE WHEN ?2 = 1 THEN "
                      NOW " END WHERE job_id = ?1", &s, err, "sidis", job_id, state, next_at,
                      http_status, error)))
@@ -2193,27 +2493,27 @@ int store_webhook_result(struct store *st, const char *job_id, int state, double
 int store_webhook_get(struct store *st, const char *job_id, json_t **row, struct slim_error *err)
 {
     static const char *const names[] = {"pending", "delivered", "failed"};
-    sqlite3_stmt *s;
+    struct db_stmt *s;
     int rc, step;
     *row = NULL;
     pthread_mutex_lock(&st->lock);
     if (!(rc = adhoc(st, "SELECT url, state, attempts, last_status, last_error, delivered_at"
                      " FROM webhooks WHERE job_id = ?1", &s, err, "s", job_id))) {
-        step = sqlite3_step(s);
-        if (step == SQLITE_ROW) {
-            int state = sqlite3_column_int(s, 1);
+        step = db_step(s);
+        if (step == DB_ROW) {
+            int state = db_column_int(s, 1);
             *row = json_pack("{s:s?, s:s, s:I, s:o, s:s?, s:s?}", "url", col_text(s, 0),
                              "state", names[state >= 0 && state < 3 ? state : 0], "attempts",
-                             (json_int_t)sqlite3_column_int64(s, 2), "last_status",
-                             sqlite3_column_type(s, 3) == SQLITE_NULL
-                                 ? json_null() : json_integer(sqlite3_column_int(s, 3)),
+                             (json_int_t)db_column_int64(s, 2), "last_status",
+                             db_column_is_null(s, 3)
+                                 ? json_null() : json_integer(db_column_int(s, 3)),
                              "last_error", col_text(s, 4), "delivered_at", col_text(s, 5));
-        } else if (step == SQLITE_DONE) {
+        } else if (step == DB_DONE) {
             rc = SLIM_ENOTFOUND;
         } else {
             rc = db_error(st, err, "cannot read webhooks");
         }
-        sqlite3_finalize(s);
+        db_finalize(s);
     }
     pthread_mutex_unlock(&st->lock);
     return rc;

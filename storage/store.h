@@ -1,8 +1,10 @@
 /*
- * store.h - slimd's persistent state: SQLite metadata and the blob store.
+ * store.h - slimd's persistent state: SQLite (or PostgreSQL) metadata and
+ * the blob store.
  *
- * One struct store per data dir.  It owns one SQLite connection (WAL
- * mode, foreign keys on, busy timeout) guarded by a mutex, so every
+ * One struct store per data dir.  It owns one database connection
+ * (storage/db.h: SQLite in WAL mode, foreign keys on, busy timeout; or
+ * PostgreSQL with --store postgresql://...) guarded by a mutex, so every
  * function here may be called from any thread: the HTTP threads and the
  * runner share it.  A single connection behind a mutex was chosen over a
  * connection per thread because every statement here is short (the heavy
@@ -68,6 +70,21 @@ int store_open(const char *data_dir, struct store **out, struct slim_error *err)
  * which would destroy a running daemon's uploads).  Only the token
  * functions may be used on it. */
 int store_open_meta(const char *data_dir, struct store **out, struct slim_error *err);
+/* The same two with the database named by db_spec (`slimd serve
+ * --store`): NULL or "" for SQLite in data_dir/slimd.db (store_open's),
+ * "sqlite:PATH" for SQLite in the file PATH, "postgresql://..." (or
+ * "postgres://...") for a PostgreSQL database that several daemons may
+ * share (storage/db.h).  The data dir keeps tmp/, the lock and blobs/
+ * either way.  On PostgreSQL, store_open_db's orphan sweep leaves blobs
+ * younger than an hour (another daemon may be between a blob's commit
+ * and its row), and so does its clearing of unfinished Idempotency-Key
+ * claims.  SLIM_EINVAL for a spec of another scheme, SLIM_EIO
+ * ("postgresql: cannot connect to ...") when the server cannot be
+ * reached. */
+int store_open_db(const char *data_dir, const char *db_spec, struct store **out,
+                  struct slim_error *err);
+int store_open_meta_db(const char *data_dir, const char *db_spec, struct store **out,
+                       struct slim_error *err);
 void store_close(struct store *st);
 const char *store_data_dir(const struct store *st);
 

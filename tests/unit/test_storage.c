@@ -1819,7 +1819,9 @@ static void test_alloc_failures(void **state)
     int rc = -1;
     (void)state;
 
-    for (long n = 0; rc && n < 10; n++) {
+    /* every allocation of the open fails in turn (one per statement:
+     * storage/db_sqlite.c wraps each) */
+    for (long n = 0; rc && n < 200; n++) {
         slim_alloc_fail_after(n);
         rc = store_open(dir, &st, &err);
         slim_alloc_fail_after(-1);
