@@ -216,6 +216,10 @@ enum MHD_Result api_datasets_get(struct api_ctx *ctx, struct MHD_Connection *con
      * may be an IDX file's */
     sha = json_string_value(json_object_get(row, "sha256"));
     store_blob_path(ctx->st, sha, path, sizeof path);
+    if (store_blob_fetch(ctx->st, path, &err)) {   /* --blobs s3: a local copy first */
+        json_decref(row);
+        return api_reply_slim_error(conn, req, &err);
+    }
     snprintf(fname, sizeof fname, "%s.safetensors", id);
     r = api_reply_file(conn, req, path, sha, "application/octet-stream", fname);
     json_decref(row);

@@ -44,6 +44,7 @@ void slimd_usage(FILE *f)
             "                   [--conn-timeout S] [--db-reserve-bytes N] [--auth token|none]\n"
             "                   [--allowed-host NAME] [--retain-days N] [--max-data-bytes N]\n"
             "                   [--cors-origin ORIGIN] [--tls-cert FILE --tls-key FILE]\n"
+            "                   [--blobs dir:PATH|s3://BUCKET/PREFIX]\n"
             "       slimd token create --scope read,submit,admin --name NAME [--data-dir DIR]\n"
             "       slimd token list [--json] [--data-dir DIR]\n"
             "       slimd token revoke ID [--data-dir DIR]\n"
@@ -62,6 +63,15 @@ void slimd_usage(FILE *f)
             "  --listen ADDR:PORT       where to listen (SLIMD_LISTEN; default 127.0.0.1:8420;\n"
             "                           IPv6 as [::1]:8420)\n"
             "  --data-dir DIR           models, jobs and artifacts (SLIMD_DATA_DIR; default ./data)\n"
+            "  --blobs dir:PATH         where model, dataset and artifact files go (SLIMD_BLOBS;\n"
+            "  --blobs s3://BUCKET/PFX  default dir:DATA_DIR/blobs).  dir:PATH may be shared by\n"
+            "                           daemons on several machines (NFS, CephFS); s3 reads\n"
+            "                           SLIMD_S3_ENDPOINT (http(s)://HOST:PORT, path-style),\n"
+            "                           AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION\n"
+            "                           (default us-east-1) and keeps local copies in\n"
+            "                           DATA_DIR/cache.  slimd never removes a blob at a\n"
+            "                           location other daemons may use: deleted models, jobs\n"
+            "                           and retention free no space there (README)\n"
             "  --workers N              jobs run at once (SLIMD_WORKERS; default 1)\n"
             "  --max-upload-bytes N     largest upload accepted (SLIMD_MAX_UPLOAD_BYTES;\n"
             "                           default 17179869184, 16 GiB)\n"
@@ -372,6 +382,7 @@ int slimd_serve(int argc, char **argv)
         {"retain-days", required_argument, NULL, 'R'},
         {"max-data-bytes", required_argument, NULL, 'B'},
         {"webhook-secret-file", required_argument, NULL, 'W'},
+        {"blobs", required_argument, NULL, 'b'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -388,6 +399,7 @@ int slimd_serve(int argc, char **argv)
     int64_t live_tokens = 0;
     int rc = 2, loopback, lock_fd = -1;
     const char *data_dir = env_or("SLIMD_DATA_DIR", "data");
+    const char *blobs = env_or("SLIMD_BLOBS", NULL);
     const char *workers_s = env_or("SLIMD_WORKERS", "1");
     const char *max_up_s = env_or("SLIMD_MAX_UPLOAD_BYTES", "17179869184");
     const char *job_mem_s = env_or("SLIMD_JOB_MEMORY_MB", NULL);
@@ -422,6 +434,7 @@ int slimd_serve(int argc, char **argv)
         switch (c) {
         case 'l': listen = optarg; break;
         case 'd': data_dir = optarg; break;
+        case 'b': blobs = optarg; break;
         case 'w': workers_s = optarg; break;
         case 'm': max_up_s = optarg; break;
         case 'j': job_mem_s = optarg; break;
@@ -593,11 +606,13 @@ int slimd_serve(int argc, char **argv)
         log_error("%s", err.msg);
         goto out;
     }
-    if (store_open(data_dir, &st, &err)) {
+    if (store_open_blobs(data_dir, blobs, &st, &err)) {
         log_error("cannot open data dir %s: %s%s", data_dir, err.msg,
                   err.code == SLIM_ENOSPACE ? " (its disk is full: free some space)" : "");
         goto out;
     }
+    if (blobs && *blobs)
+        log_info("blobs: %s", blobs);
     store_open_sweep(st, &sweep);
     if (sweep.tmp_removed || sweep.orphans_removed)
         log_info("cleaned up after an unclean stop: %d temp file(s), %d unreferenced blob(s) "

@@ -276,6 +276,13 @@ static void work_cb(uv_work_t *w)
                                  .ref_paths = (const char *const *)s->ref_paths,
                                  .training = on_training, .training_ud = s};
     s->rc = store_hash_new(&hash, &s->err);
+    /* --blobs s3: the inputs' local copies, downloaded here, off the loop */
+    if (!s->rc)
+        s->rc = store_blob_fetch(s->r->st, s->in_path, &s->err);
+    if (!s->rc && s->eval_path[0])
+        s->rc = store_blob_fetch(s->r->st, s->eval_path, &s->err);
+    for (size_t i = 0; !s->rc && i < s->n_refs; i++)
+        s->rc = store_blob_fetch(s->r->st, s->ref_paths[i], &s->err);
     opts.sink_ud = hash;
     if (!s->rc)
         s->rc = slim_pipeline_run(s->spec, s->in_path, s->out_path, &opts, &s->report, &s->err);

@@ -78,6 +78,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include "storage/blob.h"
 #include "storage/db.h"
 #include "storage/store.h"
 
@@ -640,6 +641,7 @@ struct store {
     char *dir;
     char *db_spec;                  /* --store; NULL: sqlite in dir */
     char *db_path;                  /* SQLite's database file; NULL on PostgreSQL */
+    struct blob_backend *blobs;     /* where blob files live (blob.h) */
     struct store_sweep sweep;       /* what store_open cleaned */
 };
 
@@ -661,6 +663,11 @@ int store_job_state_parse(const char *name)
 const char *store_data_dir(const struct store *st)
 {
     return st->dir;
+}
+
+struct blob_backend *store_blobs(const struct store *st)
+{
+    return st->blobs;
 }
 
 /* ---- statement helpers (caller holds st->lock) ---- */
@@ -1001,19 +1008,24 @@ static int blob_name(const char *dir, const char *name)
  * to remove.  A blob whose reference count cannot be read is kept. */
 static void sweep_blobs(struct store *st)
 {
+    const char *root = blob_backend_root(st->blobs);
     char path[4096];
     DIR *top, *sub;
     struct dirent *e, *f;
     struct db_stmt *s;
     struct stat sb;
 
-    snprintf(path, sizeof path, "%s/blobs", st->dir);
+    /* a shared dir's blobs may be another daemon's, between its commit
+     * and its insert (s3's are local copies, this daemon's alone) */
+    if (blob_backend_kind(st->blobs) == BLOB_DIR)
+        return;
+    snprintf(path, sizeof path, "%s", root);
     if (!(top = opendir(path)))
         return;
     while ((e = readdir(top))) {
         if (strlen(e->d_name) != 2 || strspn(e->d_name, "0123456789abcdef") != 2)
             continue;
-        snprintf(path, sizeof path, "%s/blobs/%s", st->dir, e->d_name);
+        snprintf(path, sizeof path, "%s/%s", root, e->d_name);
         if (!(sub = opendir(path)))
             continue;
         while ((f = readdir(sub))) {
@@ -1225,11 +1237,23 @@ static struct store *store_new(const char *data_dir, const char *db_spec)
 
 int store_open(const char *data_dir, struct store **out, struct slim_error *err)
 {
-    return store_open_db(data_dir, NULL, out, err);
+    return store_open_full(data_dir, NULL, NULL, out, err);
 }
 
 int store_open_db(const char *data_dir, const char *db_spec, struct store **out,
                   struct slim_error *err)
+{
+    return store_open_full(data_dir, db_spec, NULL, out, err);
+}
+
+int store_open_blobs(const char *data_dir, const char *blobs, struct store **out,
+                     struct slim_error *err)
+{
+    return store_open_full(data_dir, NULL, blobs, out, err);
+}
+
+int store_open_full(const char *data_dir, const char *db_spec, const char *blobs,
+                    struct store **out, struct slim_error *err)
 {
     struct store *st = store_new(data_dir, db_spec);
     char sub[4096];
@@ -1238,6 +1262,8 @@ int store_open_db(const char *data_dir, const char *db_spec, struct store **out,
     if (!st)
         return slim_error_set(err, SLIM_ENOMEM, "out of memory");
     rc = mkdir_p(data_dir, err);
+    if (!rc)
+        rc = blob_backend_new(blobs, data_dir, &st->blobs, err);
     snprintf(sub, sizeof sub, "%s/blobs", data_dir);
     if (!rc)
         rc = mkdir_p(sub, err);
@@ -1281,6 +1307,8 @@ int store_open_meta_db(const char *data_dir, const char *db_spec, struct store *
     if (!st)
         return slim_error_set(err, SLIM_ENOMEM, "out of memory");
     rc = mkdir_p(data_dir, err);
+    if (!rc)
+        rc = blob_backend_new(NULL, data_dir, &st->blobs, err);
     if (!rc)
         rc = open_db(st, err);
     if (rc) {
@@ -1332,6 +1360,7 @@ void store_close(struct store *st)
         db_finalize(st->q[i]);
     db_close(st->db);
     pthread_mutex_destroy(&st->lock);
+    blob_backend_free(st->blobs);
     slim_free(st->dir);
     slim_free(st->db_spec);
     slim_free(st->db_path);
@@ -1344,11 +1373,10 @@ void store_close(struct store *st)
  * either sees our row or has already removed the file we then miss. */
 static int blob_present(struct store *st, const char *sha, struct slim_error *err)
 {
-    char path[4096];
-    store_blob_path(st, sha, path, sizeof path);
-    if (!path[0] || access(path, F_OK))
-        return slim_error_set(err, SLIM_EIO, "blob %.64s is not in the blob store",
-                              sha ? sha : "(null)");
+    struct slim_error why = {0};
+    if (!sha || !blob_exists(st, sha, &why))
+        return slim_error_set(err, SLIM_EIO, "blob %.64s is not in the blob store%s%s",
+                              sha ? sha : "(null)", why.msg[0] ? ": " : "", why.msg);
     return 0;
 }
 
@@ -1465,19 +1493,15 @@ static int upload_list(struct store *st, const struct upload_kind *k, const char
  * Called with the lock held, after the row is gone. */
 static uint64_t drop_blob_if_unused(struct store *st, const char *sha)
 {
-    char path[4096];
     struct db_stmt *s;
-    struct stat sb;
     int unused = 0;
     if (!sha || prep(st, Q_SHA_REFS, &s, NULL, "s", sha))
         return 0;
     unused = db_step(s) == DB_ROW && db_column_int(s, 0) == 0;
     done(s);
-    store_blob_path(st, sha, path, sizeof path);
-    /* what it freed, in allocated blocks (what du counts) */
-    if (unused && path[0] && stat(path, &sb) == 0 && unlink(path) == 0)
-        return (uint64_t)sb.st_blocks * 512;
-    return 0;
+    /* what it freed, in allocated blocks (what du counts); at a shared
+     * location nothing (blob.c's opening comment says why) */
+    return unused ? blob_remove(st, sha) : 0;
 }
 
 void store_blob_drop_unused(struct store *st, const char *sha)

@@ -15,6 +15,8 @@
  *   slimd.db            SQLite database (schema versioned by user_version),
  *                       bearer tokens included (their sha256, never the secret)
  *   blobs/ab/abcdef...  content-addressed files, named by their sha256
+ *                       (elsewhere with --blobs: store_open_blobs)
+ *   cache/ab/abcdef...  with --blobs s3://..., local copies of blobs
  *   tmp/                uploads and artifacts being written
  *   slimd.lock          flock()ed by the daemon that serves the dir
  *   slimd.db-wal, -shm  SQLite's, kept between runs (store.c says why)
@@ -64,6 +66,16 @@ int store_job_state_parse(const char *name);        /* state, or -1 */
  * names (a blob committed just before a crash, whose row never came).
  * store_open_sweep says what was cleaned. */
 int store_open(const char *data_dir, struct store **out, struct slim_error *err);
+/* store_open with the blobs somewhere else (--blobs): NULL or "" for the
+ * default (DATA_DIR/blobs), "dir:PATH" (a folder other daemons may share)
+ * or "s3://bucket[/prefix]" (SLIMD_S3_ENDPOINT, AWS_ACCESS_KEY_ID,
+ * AWS_SECRET_ACCESS_KEY, AWS_REGION from the environment; local copies
+ * in DATA_DIR/cache).  At a shared location the open does not sweep
+ * unreferenced blobs, and no blob is ever removed there (blob.c says
+ * why): deleting rows frees only the s3 backend's local copies.
+ * SLIM_EINVAL naming a malformed spec or a missing setting. */
+int store_open_blobs(const char *data_dir, const char *blobs, struct store **out,
+                     struct slim_error *err);
 /* Opens the database only, for `slimd token`, which may run beside a
  * daemon on the same data dir: creates the data dir and migrates like
  * store_open, but leaves blobs/ and tmp/ alone (store_open empties tmp/,
@@ -85,6 +97,10 @@ int store_open_db(const char *data_dir, const char *db_spec, struct store **out,
                   struct slim_error *err);
 int store_open_meta_db(const char *data_dir, const char *db_spec, struct store **out,
                        struct slim_error *err);
+/* store_open with both: the database at db_spec (store_open_db's) and
+ * the blobs at blobs (store_open_blobs'); NULL or "" for either default. */
+int store_open_full(const char *data_dir, const char *db_spec, const char *blobs,
+                    struct store **out, struct slim_error *err);
 void store_close(struct store *st);
 const char *store_data_dir(const struct store *st);
 
@@ -165,8 +181,19 @@ void store_hash_free(struct store_hash *h);
 int store_check_free(struct store *st, uint64_t need, struct slim_error *err);
 /* Path of a temp file name under tmp/ that nothing else uses (buf >= 4096). */
 int store_tmp_path(struct store *st, const char *suffix, char *buf, size_t len);
-/* Path of the blob with this sha256 into buf (>= 4096 bytes). */
+/* Path of the blob with this sha256 into buf (>= 4096 bytes): its file
+ * (DATA_DIR/blobs/ab/<sha>, or PATH/ab/<sha> with --blobs dir:PATH), or
+ * with s3 its local copy, DATA_DIR/cache/ab/<sha>, which may not be
+ * there yet: store_blob_fetch makes it. */
 void store_blob_path(const struct store *st, const char *sha, char *buf, size_t len);
+/* Makes path (store_blob_path's) a local file: with s3, when there is no
+ * local copy, downloads the object, checks its sha256 against its name
+ * and renames it into place; 0 at once otherwise (a missing file is then
+ * the caller's to report).  Any thread, no lock held: a download takes
+ * as long as the blob is large.  SLIM_EIO "s3: GET http://ENDPOINT/...:
+ * ..." when the server cannot be reached or refuses, SLIM_ENOTFOUND when
+ * the bucket has no such object, SLIM_ENOSPACE when the disk is full. */
+int store_blob_fetch(struct store *st, const char *path, struct slim_error *err);
 
 /* Removes the blob with this sha256 unless a model, a dataset or a job's
  * artifact names it: for an upload whose row could not be inserted after
