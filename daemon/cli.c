@@ -39,14 +39,16 @@ void slimd_usage(FILE *f)
 {
     fprintf(f,
             "usage: slimd serve [--listen ADDR:PORT] [--data-dir DIR] [--workers N]\n"
+            "                   [--store sqlite:PATH|postgresql://...]\n"
             "                   [--max-upload-bytes N] [--job-memory-mb N] [--max-queued N]\n"
             "                   [--min-free-bytes N] [--max-conns N] [--max-conns-per-ip N]\n"
             "                   [--conn-timeout S] [--db-reserve-bytes N] [--auth token|none]\n"
             "                   [--allowed-host NAME] [--retain-days N] [--max-data-bytes N]\n"
             "                   [--cors-origin ORIGIN] [--tls-cert FILE --tls-key FILE]\n"
             "       slimd token create --scope read,submit,admin --name NAME [--data-dir DIR]\n"
-            "       slimd token list [--json] [--data-dir DIR]\n"
-            "       slimd token revoke ID [--data-dir DIR]\n"
+            "                          [--store SPEC]\n"
+            "       slimd token list [--json] [--data-dir DIR] [--store SPEC]\n"
+            "       slimd token revoke ID [--data-dir DIR] [--store SPEC]\n"
             "       slimd scheduled [--dir DIR] [--server URL]\n"
             "       slimd compress MODEL --spec SPEC.json -o OUTDIR [--threads N]\n"
             "       slimd submit [MODEL_FILE_OR_ID] --spec SPEC [--server URL] [--wait] [-o OUT]\n"
@@ -62,6 +64,10 @@ void slimd_usage(FILE *f)
             "  --listen ADDR:PORT       where to listen (SLIMD_LISTEN; default 127.0.0.1:8420;\n"
             "                           IPv6 as [::1]:8420)\n"
             "  --data-dir DIR           models, jobs and artifacts (SLIMD_DATA_DIR; default ./data)\n"
+            "  --store SPEC             the database: sqlite:PATH (a file), or postgresql://USER@\n"
+            "                           HOST:PORT/DB, which several daemons may share, each with\n"
+            "                           its own data dir (SLIMD_STORE; default sqlite in the data\n"
+            "                           dir, DIR/slimd.db)\n"
             "  --workers N              jobs run at once (SLIMD_WORKERS; default 1)\n"
             "  --max-upload-bytes N     largest upload accepted (SLIMD_MAX_UPLOAD_BYTES;\n"
             "                           default 17179869184, 16 GiB)\n"
@@ -115,6 +121,7 @@ void slimd_usage(FILE *f)
             "          submit (uploads, jobs, cancel and delete its own), admin (everything,\n"
             "          everyone's, tokens).\n"
             "  --data-dir DIR           (SLIMD_DATA_DIR; default ./data)\n"
+            "  --store SPEC             the daemon's database, as for serve (SLIMD_STORE)\n"
             "scheduled runs every DIR/*.json (default /etc/slimd/scheduled.d): a model name,\n"
             "          a job spec and an output path, each through slimd submit --wait;\n"
             "          exits with the worst exit status (slimd-scheduled.timer runs it;\n"
@@ -372,6 +379,7 @@ int slimd_serve(int argc, char **argv)
         {"retain-days", required_argument, NULL, 'R'},
         {"max-data-bytes", required_argument, NULL, 'B'},
         {"webhook-secret-file", required_argument, NULL, 'W'},
+        {"store", required_argument, NULL, 'S'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -388,6 +396,7 @@ int slimd_serve(int argc, char **argv)
     int64_t live_tokens = 0;
     int rc = 2, loopback, lock_fd = -1;
     const char *data_dir = env_or("SLIMD_DATA_DIR", "data");
+    const char *store_spec = env_or("SLIMD_STORE", NULL);
     const char *workers_s = env_or("SLIMD_WORKERS", "1");
     const char *max_up_s = env_or("SLIMD_MAX_UPLOAD_BYTES", "17179869184");
     const char *job_mem_s = env_or("SLIMD_JOB_MEMORY_MB", NULL);
@@ -422,6 +431,7 @@ int slimd_serve(int argc, char **argv)
         switch (c) {
         case 'l': listen = optarg; break;
         case 'd': data_dir = optarg; break;
+        case 'S': store_spec = optarg; break;
         case 'w': workers_s = optarg; break;
         case 'm': max_up_s = optarg; break;
         case 'j': job_mem_s = optarg; break;
@@ -455,6 +465,16 @@ int slimd_serve(int argc, char **argv)
         goto out;
     if (optind < argc) {
         fprintf(stderr, "slimd serve: unexpected argument '%s'\n", argv[optind]);
+        goto out;
+    }
+    if (store_spec && strncmp(store_spec, "sqlite:", 7) && strncmp(store_spec, "postgresql://", 13) &&
+        strncmp(store_spec, "postgres://", 11)) {
+        fprintf(stderr, "slimd serve: --store '%.64s': expected sqlite:PATH or "
+                "postgresql://USER@HOST:PORT/DB\n", store_spec);
+        goto out;
+    }
+    if (store_spec && !strcmp(store_spec, "sqlite:")) {
+        fprintf(stderr, "slimd serve: --store sqlite: needs a PATH (sqlite:/var/lib/slimd/slimd.db)\n");
         goto out;
     }
     if (parse_listen(listen, host, sizeof host, &acfg.port)) {
@@ -593,7 +613,7 @@ int slimd_serve(int argc, char **argv)
         log_error("%s", err.msg);
         goto out;
     }
-    if (store_open(data_dir, &st, &err)) {
+    if (store_open_db(data_dir, store_spec, &st, &err)) {
         log_error("cannot open data dir %s: %s%s", data_dir, err.msg,
                   err.code == SLIM_ENOSPACE ? " (its disk is full: free some space)" : "");
         goto out;
