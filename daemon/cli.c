@@ -39,6 +39,7 @@ void slimd_usage(FILE *f)
 {
     fprintf(f,
             "usage: slimd serve [--listen ADDR:PORT] [--data-dir DIR] [--workers N]\n"
+            "                   [--store sqlite:PATH|postgresql://...]\n"
             "                   [--max-upload-bytes N] [--job-memory-mb N] [--max-queued N]\n"
             "                   [--min-free-bytes N] [--max-conns N] [--max-conns-per-ip N]\n"
             "                   [--conn-timeout S] [--db-reserve-bytes N] [--auth token|none]\n"
@@ -46,8 +47,9 @@ void slimd_usage(FILE *f)
             "                   [--cors-origin ORIGIN] [--tls-cert FILE --tls-key FILE]\n"
             "                   [--blobs dir:PATH|s3://BUCKET/PREFIX]\n"
             "       slimd token create --scope read,submit,admin --name NAME [--data-dir DIR]\n"
-            "       slimd token list [--json] [--data-dir DIR]\n"
-            "       slimd token revoke ID [--data-dir DIR]\n"
+            "                          [--store SPEC]\n"
+            "       slimd token list [--json] [--data-dir DIR] [--store SPEC]\n"
+            "       slimd token revoke ID [--data-dir DIR] [--store SPEC]\n"
             "       slimd scheduled [--dir DIR] [--server URL]\n"
             "       slimd compress MODEL --spec SPEC.json -o OUTDIR [--threads N]\n"
             "       slimd submit [MODEL_FILE_OR_ID] --spec SPEC [--server URL] [--wait] [-o OUT]\n"
@@ -72,6 +74,10 @@ void slimd_usage(FILE *f)
             "                           DATA_DIR/cache.  slimd never removes a blob at a\n"
             "                           location other daemons may use: deleted models, jobs\n"
             "                           and retention free no space there (README)\n"
+            "  --store SPEC             the database: sqlite:PATH (a file), or postgresql://USER@\n"
+            "                           HOST:PORT/DB, which several daemons may share, each with\n"
+            "                           its own data dir (SLIMD_STORE; default sqlite in the data\n"
+            "                           dir, DIR/slimd.db)\n"
             "  --workers N              jobs run at once (SLIMD_WORKERS; default 1)\n"
             "  --max-upload-bytes N     largest upload accepted (SLIMD_MAX_UPLOAD_BYTES;\n"
             "                           default 17179869184, 16 GiB)\n"
@@ -125,6 +131,7 @@ void slimd_usage(FILE *f)
             "          submit (uploads, jobs, cancel and delete its own), admin (everything,\n"
             "          everyone's, tokens).\n"
             "  --data-dir DIR           (SLIMD_DATA_DIR; default ./data)\n"
+            "  --store SPEC             the daemon's database, as for serve (SLIMD_STORE)\n"
             "scheduled runs every DIR/*.json (default /etc/slimd/scheduled.d): a model name,\n"
             "          a job spec and an output path, each through slimd submit --wait;\n"
             "          exits with the worst exit status (slimd-scheduled.timer runs it;\n"
@@ -383,6 +390,7 @@ int slimd_serve(int argc, char **argv)
         {"max-data-bytes", required_argument, NULL, 'B'},
         {"webhook-secret-file", required_argument, NULL, 'W'},
         {"blobs", required_argument, NULL, 'b'},
+        {"store", required_argument, NULL, 'S'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -400,6 +408,7 @@ int slimd_serve(int argc, char **argv)
     int rc = 2, loopback, lock_fd = -1;
     const char *data_dir = env_or("SLIMD_DATA_DIR", "data");
     const char *blobs = env_or("SLIMD_BLOBS", NULL);
+    const char *store_spec = env_or("SLIMD_STORE", NULL);
     const char *workers_s = env_or("SLIMD_WORKERS", "1");
     const char *max_up_s = env_or("SLIMD_MAX_UPLOAD_BYTES", "17179869184");
     const char *job_mem_s = env_or("SLIMD_JOB_MEMORY_MB", NULL);
@@ -435,6 +444,7 @@ int slimd_serve(int argc, char **argv)
         case 'l': listen = optarg; break;
         case 'd': data_dir = optarg; break;
         case 'b': blobs = optarg; break;
+        case 'S': store_spec = optarg; break;
         case 'w': workers_s = optarg; break;
         case 'm': max_up_s = optarg; break;
         case 'j': job_mem_s = optarg; break;
@@ -468,6 +478,16 @@ int slimd_serve(int argc, char **argv)
         goto out;
     if (optind < argc) {
         fprintf(stderr, "slimd serve: unexpected argument '%s'\n", argv[optind]);
+        goto out;
+    }
+    if (store_spec && strncmp(store_spec, "sqlite:", 7) && strncmp(store_spec, "postgresql://", 13) &&
+        strncmp(store_spec, "postgres://", 11)) {
+        fprintf(stderr, "slimd serve: --store '%.64s': expected sqlite:PATH or "
+                "postgresql://USER@HOST:PORT/DB\n", store_spec);
+        goto out;
+    }
+    if (store_spec && !strcmp(store_spec, "sqlite:")) {
+        fprintf(stderr, "slimd serve: --store sqlite: needs a PATH (sqlite:/var/lib/slimd/slimd.db)\n");
         goto out;
     }
     if (parse_listen(listen, host, sizeof host, &acfg.port)) {
@@ -606,7 +626,7 @@ int slimd_serve(int argc, char **argv)
         log_error("%s", err.msg);
         goto out;
     }
-    if (store_open_blobs(data_dir, blobs, &st, &err)) {
+    if (store_open_full(data_dir, store_spec, blobs, &st, &err)) {
         log_error("cannot open data dir %s: %s%s", data_dir, err.msg,
                   err.code == SLIM_ENOSPACE ? " (its disk is full: free some space)" : "");
         goto out;

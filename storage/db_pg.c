@@ -434,7 +434,8 @@ static int pg_step(struct db_stmt *sh)
             db->hook(db->hook_ud, s->table);
     }
     s->res = r;
-    s->nrows = status == PGRES_TUPLES_OK ? PQntuples(r) : 0;
+    /* several commands: their rows are dropped, as db_exec's */
+    s->nrows = status == PGRES_TUPLES_OK && !s->multi ? PQntuples(r) : 0;
     s->row = 0;
     return s->nrows > 0 ? DB_ROW : DB_DONE;
 }

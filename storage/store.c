@@ -507,6 +507,10 @@ _Static_assert(sizeof migrations_pg / sizeof migrations_pg[0] ==
  * this (seconds): see sweep_blobs */
 #define PG_ORPHAN_AGE 3600
 
+/* OWNED and NAMED: a parameter's first use gives its type (a bare
+ * "$3 IS NULL" has none) */
+#define PG_OWNED(n) " (?" #n "::text IS NULL OR owner = ?" #n ")"
+#define PG_NAMED " (?4::text IS NULL OR name = ?4) AND (?5::text IS NULL OR sha256 = ?5)"
 /* strftime('%Y-%m-%dT%H:%M:%SZ', 'now', ...) */
 #define PG_TIME(t) "to_char((" t ") AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
 #define PG_NOW PG_TIME("statement_timestamp()")
@@ -524,15 +528,15 @@ _Static_assert(sizeof migrations_pg / sizeof migrations_pg[0] ==
     " -> 'passes') = 'array' THEN jobs.spec::json -> 'passes' END) WITH ORDINALITY AS"    \
     " p(value, ord)), artifact_sha, artifact_bytes, mem_bytes, "  \
     "dataset_id, owner, error_code, " JOB_V6_COLS ", warning_count, training"
-#define PG_JOB_FILTER OWNED(3) " AND (?4 < 0 OR state = ?4) AND (?5 IS NULL OR name = ?5)" \
-    " AND (?6 IS NULL OR model_id = ?6) AND (?7 IS NULL OR NOT EXISTS (SELECT 1 FROM" \
-    " json_each_text(?7::json) f WHERE labels IS NULL OR NOT EXISTS (SELECT 1 FROM" \
+#define PG_JOB_FILTER PG_OWNED(3) " AND (?4 < 0 OR state = ?4) AND (?5::text IS NULL OR" \
+    " name = ?5) AND (?6::text IS NULL OR model_id = ?6) AND (?7::text IS NULL OR NOT EXISTS (SELECT 1 FROM" \
+    " json_each_text(?7::text::json) f WHERE labels IS NULL OR NOT EXISTS (SELECT 1 FROM" \
     " json_each_text(jobs.labels::json) l WHERE l.key = f.key AND l.value = f.value)))"
 #define PG_SPEC_NAMES(n) "strpos(spec, '\"' || ?" #n "::text || '\"') > 0"
 /* json_array_length(?N, '$.warnings'): NULL without the key, 0 when it
  * is not an array */
 #define PG_WARNINGS(n) "(SELECT CASE WHEN w IS NULL THEN NULL WHEN json_typeof(w) = 'array'" \
-    " THEN json_array_length(w) ELSE 0 END FROM (SELECT ?" #n "::json -> 'warnings' AS w) x)"
+    " THEN json_array_length(w) ELSE 0 END FROM (SELECT ?" #n "::text::json -> 'warnings' AS w) x)"
 
 /* The statements whose SQL differs on PostgreSQL (NULL: sql[]'s). */
 static const char *const sql_pg[Q_COUNT] = {
@@ -544,23 +548,26 @@ static const char *const sql_pg[Q_COUNT] = {
                        " created_at) VALUES (?1, 'model', ?2, ?3, ?4, ?5, ?6, ?7, " PG_NOW ")"
                        " RETURNING " PG_MODEL_COLS,
     [Q_MODEL_GET] = "SELECT " PG_MODEL_COLS " FROM models WHERE id = ?1",
-    [Q_MODEL_LIST] = "SELECT " PG_MODEL_COLS " FROM models WHERE kind = 'model' AND" OWNED(3)
-                     " AND" NAMED ORDER_PAGE,
+    [Q_MODEL_LIST] = "SELECT " PG_MODEL_COLS " FROM models WHERE kind = 'model' AND" PG_OWNED(3)
+                     " AND" PG_NAMED ORDER_PAGE,
+    [Q_MODEL_COUNT] = "SELECT count(*) FROM models WHERE kind = 'model' AND" PG_OWNED(3)
+                      " AND" PG_NAMED,
     [Q_MODEL_USER] = "SELECT id, state FROM jobs WHERE state IN (0, 1) AND (model_id = ?1"
                      " OR " PG_SPEC_NAMES(1) ") ORDER BY seq LIMIT 1",
     [Q_DS_INSERT] = "INSERT INTO datasets (id, name, format, bytes, sha256, info, owner,"
                     " created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, " PG_NOW ")"
                     " RETURNING " PG_DATASET_COLS,
     [Q_DS_GET] = "SELECT " PG_DATASET_COLS " FROM datasets WHERE id = ?1",
-    [Q_DS_LIST] = "SELECT " PG_DATASET_COLS " FROM datasets WHERE" OWNED(3) " AND" NAMED
+    [Q_DS_LIST] = "SELECT " PG_DATASET_COLS " FROM datasets WHERE" PG_OWNED(3) " AND" PG_NAMED
                   ORDER_PAGE,
+    [Q_DS_COUNT] = "SELECT count(*) FROM datasets WHERE" PG_OWNED(3) " AND" PG_NAMED,
     [Q_DS_USER] = "SELECT id, state FROM jobs WHERE state IN (0, 1) AND (dataset_id = ?1"
                   " OR " PG_SPEC_NAMES(1) ") ORDER BY seq LIMIT 1",
     [Q_JOB_INSERT] = "INSERT INTO jobs (id, model_id, dataset_id, spec, mem_bytes, owner,"
                      " created_at, name, labels, model_sha256) SELECT ?1::text, id, ?6::text,"
-                     " ?3::text, ?4::bigint, ?7::text, " PG_NOW ", ?3::json ->> 'name',"
-                     " CASE WHEN json_typeof(?3::json -> 'labels') = 'object'"
-                     " THEN (?3::json -> 'labels')::text END, sha256 FROM models"
+                     " ?3::text, ?4::bigint, ?7::text, " PG_NOW ", ?3::text::json ->> 'name',"
+                     " CASE WHEN json_typeof(?3::text::json -> 'labels') = 'object'"
+                     " THEN (?3::text::json -> 'labels')::text END, sha256 FROM models"
                      " WHERE id = ?2 AND kind = 'model'"
                      " AND (?6 IS NULL OR EXISTS (SELECT 1 FROM datasets WHERE id = ?6))"
                      " AND (SELECT count(*) FROM jobs WHERE state = 0) < ?5::bigint"
@@ -577,7 +584,7 @@ static const char *const sql_pg[Q_COUNT] = {
                     " WHERE id = (SELECT id FROM jobs WHERE state = 0 ORDER BY seq LIMIT 1)"
                     " AND state = 0 AND mem_bytes <= ?1 RETURNING " JOB_COLS,
     [Q_JOB_SUCCEED] = "UPDATE jobs SET state = 2, progress = 1, stage = NULL, finished_at = "
-                      PG_NOW ", artifact_sha = ?2, artifact_bytes = ?3, report = ?4,"
+                      PG_NOW ", artifact_sha = ?2, artifact_bytes = ?3, report = ?4::text,"
                       " warning_count = " PG_WARNINGS(4)
                       " WHERE id = ?1 AND state = 1 AND cancel_requested = 0",
     [Q_JOB_FAIL] = "UPDATE jobs SET state = CASE WHEN cancel_requested <> 0 THEN 4 ELSE 3 END,"
@@ -2410,7 +2417,7 @@ int store_job_fail_kept(struct store *st, const char *id, const char *artifact_s
     if (!rc)
         rc = adhoc(st, st->pg ?
                    "UPDATE jobs SET state = 3, progress = 1, stage = NULL, finished_at = " PG_NOW
-                   ", artifact_sha = ?2, artifact_bytes = ?3, report = ?4, error = ?5,"
+                   ", artifact_sha = ?2, artifact_bytes = ?3, report = ?4::text, error = ?5,"
                    " error_code = ?6, warning_count = " PG_WARNINGS(4)
                    " WHERE id = ?1 AND state = 1 AND cancel_requested = 0" :
                    "UPDATE jobs SET state = 3, progress = 1, stage = NULL, finished_at = " NOW
