@@ -57,6 +57,8 @@ struct api_config {
     unsigned max_conns_per_ip; /* connections at once from one address; 0: no limit */
     unsigned conn_timeout;   /* seconds a connection may stay silent, and may take to send
                               * a whole request head; 0: no limit */
+    const char *node;        /* --node-id (borrowed), for /v1/health and /metrics */
+    const char *role;        /* --role: "api", "worker" or "all"; NULL: all */
 };
 
 struct api_server;
@@ -96,6 +98,9 @@ struct api_ctx {
     const char *const *cors_origins;
     struct api_watch *watch;             /* job change notices (events.c); NULL: none */
     unsigned conn_timeout;               /* --conn-timeout: event streams speak more often */
+    const char *node;                    /* --node-id; NULL outside a daemon */
+    const char *role;                    /* --role */
+    int worker_only;                     /* --role worker: no uploads, no submissions */
 };
 
 /* ---- auth.c: the gate every request passes ---- */

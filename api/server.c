@@ -847,6 +847,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         }
         if (!api_gate(ctx, conn, req, method, r->scope, gate, &gated))
             return gated;
+        /* --role worker: what creates things goes to an api node (the
+         * body is not read) */
+        if (ctx->worker_only && (r->kind == R_MODELS_UPLOAD || r->kind == R_DATASETS_UPLOAD ||
+                                 r->kind == R_JOBS_SUBMIT))
+            return api_reply_error(conn, req, SLIM_EFORBIDDEN, "this node is a worker (--role "
+                                   "worker, node %s): uploads and job submissions go to a node "
+                                   "of role api or all", ctx->node ? ctx->node : "?");
         req->mode = mode;
         if (mode == BODY_JSON) {
             const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
@@ -1086,6 +1093,9 @@ int api_server_start(struct store *st, const struct api_config *cfg,
     }
     srv->head_timeout = cfg->conn_timeout;
     srv->ctx.conn_timeout = cfg->conn_timeout;
+    srv->ctx.node = cfg->node;
+    srv->ctx.role = cfg->role ? cfg->role : "all";
+    srv->ctx.worker_only = cfg->role && !strcmp(cfg->role, "worker");
     if (api_watch_new(st, &srv->ctx.watch, err)) {
         slim_free(srv);
         return err->code;

@@ -83,6 +83,16 @@
 #include "storage/store.h"
 
 #define NOW "strftime('%Y-%m-%dT%H:%M:%SZ', 'now')"
+/* Unix seconds with a fraction, by the database's clock (every node
+ * reads the same clock for leases): schema 9's lease_until and
+ * heartbeat_at */
+#define EPOCH "((julianday('now') - 2440587.5) * 86400.0)"
+/* A running job recovery may take (bound as ?2 all, ?3 this node): all
+ * of them (SQLite at start: one daemon per database), this node's (at
+ * its start nothing it held still runs), or any whose lease ran out
+ * (its node stopped renewing: it died or lost the database) */
+#define RECOVERABLE " state = 1 AND (?2 <> 0 OR node = ?3 OR lease_until IS NULL" \
+    " OR lease_until < " EPOCH ")"
 /* A model's info keeps its safetensors __metadata__ (up to 1 MiB) for
  * whoever needs it, but no reply shows it: SQLite drops it before the
  * row is parsed, so a list of such models costs what a list of small
@@ -99,7 +109,7 @@
 #define JOB_COLS                                                                   \
     "id, model_id, state, progress, stage, error, attempts, cancel_requested, "    \
     "created_at, started_at, finished_at, spec, artifact_sha, artifact_bytes, mem_bytes, "  \
-    "dataset_id, owner, error_code, " JOB_V6_COLS ", warning_count, training"
+    "dataset_id, owner, error_code, " JOB_V6_COLS ", warning_count, training, node"
 /* Schema 6: the job's name, labels (a JSON object), pin, and the sha256
  * of its model as it was at submission (kept when the model goes). */
 #define JOB_V6_COLS "name, labels, pinned, model_sha256"
@@ -110,7 +120,7 @@
     "id, model_id, state, progress, stage, error, attempts, cancel_requested, "    \
     "created_at, started_at, finished_at, (SELECT json_group_array(json_extract(p.value, '$.op'))" \
     " FROM json_each(jobs.spec, '$.passes') AS p), artifact_sha, artifact_bytes, mem_bytes, "  \
-    "dataset_id, owner, error_code, " JOB_V6_COLS ", warning_count, training"
+    "dataset_id, owner, error_code, " JOB_V6_COLS ", warning_count, training, node"
 #define TOKEN_COLS "id, name, scopes, created_at, last_used_at, revoked"
 /* ?N: an owner's token id, or NULL for every row */
 #define OWNED(n) " (?" #n " IS NULL OR owner = ?" #n ")"
@@ -242,6 +252,13 @@ static const char *const migrations[] = {
     /* 8 (train-passes): a training pass's state while and after it
      * runs, JSON (GET /v1/jobs/{id} "training") */
     "ALTER TABLE jobs ADD COLUMN training TEXT;",
+    /* 9 (queue): the node that holds a running job, its lease (Unix
+     * seconds; renewed by the node's heartbeat, recovery takes a job
+     * whose lease ran out) and when the node last renewed it */
+    "ALTER TABLE jobs ADD COLUMN node TEXT;"
+    "ALTER TABLE jobs ADD COLUMN lease_until REAL;"
+    "ALTER TABLE jobs ADD COLUMN heartbeat_at REAL;"
+    "CREATE INDEX jobs_node ON jobs(node) WHERE state = 1;",
 };
 
 enum q {
@@ -257,6 +274,7 @@ enum q {
     Q_TOKEN_COUNT_LIVE,
     Q_JOB_DELETE, Q_JOB_PIN, Q_RET_EXPIRED, Q_RET_OLDEST, Q_IDEM_EXPIRE, Q_IDEM_GET,
     Q_IDEM_INSERT, Q_IDEM_FINISH, Q_IDEM_RELEASE, Q_IDEM_PENDING,
+    Q_JOB_HEARTBEAT, Q_JOB_HOLDER, Q_NOTIFY, Q_NODE_JOBS,
     Q_COUNT
 };
 
@@ -304,16 +322,20 @@ static const char *const sql[Q_COUNT] = {
     [Q_JOB_COUNT] = "SELECT count(*) FROM jobs WHERE" JOB_FILTER,
     [Q_JOB_CLAIM] = "UPDATE jobs SET state = 1, attempts = attempts + 1, started_at = " NOW ","
                     " finished_at = NULL, progress = 0, stage = 'load', error = NULL,"
-                    " error_code = NULL"
+                    " error_code = NULL, node = ?2, lease_until = " EPOCH " + ?3,"
+                    " heartbeat_at = " EPOCH
                     " WHERE id = (SELECT id FROM jobs WHERE state = 0 ORDER BY seq LIMIT 1)"
                     " AND mem_bytes <= ?1 RETURNING " JOB_COLS,
+    /* progress, training and every way out of running name the node
+     * (the last ?N): a node whose lease ran out, and whose job another
+     * node has claimed since, changes nothing */
     [Q_JOB_PROGRESS] = "UPDATE jobs SET progress = ?2, stage = coalesce(?3, stage)"
-                       " WHERE id = ?1 AND state = 1",
-    [Q_JOB_TRAINING] = "UPDATE jobs SET training = ?2 WHERE id = ?1 AND state = 1",
+                       " WHERE id = ?1 AND state = 1 AND node IS ?4",
+    [Q_JOB_TRAINING] = "UPDATE jobs SET training = ?2 WHERE id = ?1 AND state = 1 AND node IS ?3",
     [Q_JOB_SUCCEED] = "UPDATE jobs SET state = 2, progress = 1, stage = NULL, finished_at = " NOW ","
                       " artifact_sha = ?2, artifact_bytes = ?3, report = ?4,"
                       " warning_count = json_array_length(?4, '$.warnings')"
-                      " WHERE id = ?1 AND state = 1 AND cancel_requested = 0",
+                      " WHERE id = ?1 AND state = 1 AND cancel_requested = 0 AND node IS ?5",
     /* a cancel answered 200 wins over a failure that came after it; a
      * failed job keeps the stage it failed in (its page says where) */
     [Q_JOB_FAIL] = "UPDATE jobs SET state = CASE WHEN cancel_requested THEN 4 ELSE 3 END,"
@@ -321,27 +343,29 @@ static const char *const sql[Q_COUNT] = {
                    " finished_at = " NOW ","
                    " error = CASE WHEN cancel_requested THEN NULL ELSE ?2 END,"
                    " error_code = CASE WHEN cancel_requested THEN NULL ELSE ?3 END"
-                   " WHERE id = ?1 AND state = 1",
+                   " WHERE id = ?1 AND state = 1 AND node IS ?4",
     [Q_JOB_CANCEL_QUEUED] = "UPDATE jobs SET state = 4, cancel_requested = 1, finished_at = " NOW
                             " WHERE id = ?1 AND state = 0",
     [Q_JOB_CANCEL_RUNNING] = "UPDATE jobs SET cancel_requested = 1 WHERE id = ?1 AND state = 1",
     [Q_JOB_CANCELED] = "UPDATE jobs SET state = 4, stage = NULL, finished_at = " NOW
-                       " WHERE id = ?1 AND state = 1",
+                       " WHERE id = ?1 AND state = 1 AND node IS ?2",
     /* a cancel asked for while running still wins over the re-queue */
     [Q_JOB_REQUEUE] = "UPDATE jobs SET state = CASE WHEN cancel_requested THEN 4 ELSE 0 END,"
                       " finished_at = CASE WHEN cancel_requested THEN " NOW " END,"
                       " attempts = max(attempts - 1, 0), started_at = NULL, progress = 0,"
-                      " stage = NULL WHERE id = ?1 AND state = 1",
+                      " stage = NULL, node = CASE WHEN cancel_requested THEN node END,"
+                      " lease_until = NULL WHERE id = ?1 AND state = 1 AND node IS ?2",
     [Q_JOB_REPORT] = "SELECT state, report FROM jobs WHERE id = ?1",
     [Q_JOB_COUNTS] = "SELECT state, count(*) FROM jobs GROUP BY state",
-    [Q_RECOVER_CANCELED] = "UPDATE jobs SET state = 4, stage = NULL, finished_at = " NOW
-                           " WHERE state = 1 AND cancel_requested",
-    [Q_RECOVER_FAIL] = "UPDATE jobs SET state = 3, stage = NULL, finished_at = " NOW ","
+    [Q_RECOVER_CANCELED] = "UPDATE jobs SET state = 4, stage = NULL, lease_until = NULL,"
+                           " finished_at = " NOW " WHERE" RECOVERABLE " AND cancel_requested",
+    [Q_RECOVER_FAIL] = "UPDATE jobs SET state = 3, stage = NULL, lease_until = NULL,"
+                       " finished_at = " NOW ","
                        " error = 'interrupted ' || CASE attempts WHEN 1 THEN 'once'"
                        " ELSE attempts || ' times' END || ' (daemon restarts); giving up',"
-                       " error_code = 'INTERNAL' WHERE state = 1 AND attempts >= ?1",
-    [Q_RECOVER_REQUEUE] = "UPDATE jobs SET state = 0, started_at = NULL, progress = 0, stage = NULL"
-                          " WHERE state = 1",
+                       " error_code = 'INTERNAL' WHERE" RECOVERABLE " AND attempts >= ?1",
+    [Q_RECOVER_REQUEUE] = "UPDATE jobs SET state = 0, started_at = NULL, progress = 0, stage = NULL,"
+                          " node = NULL, lease_until = NULL WHERE" RECOVERABLE,
     [Q_TOKEN_INSERT] = "INSERT INTO tokens (id, name, scopes, hash, created_at)"
                        " VALUES (?1, ?2, ?3, ?4, " NOW ") RETURNING " TOKEN_COLS,
     [Q_TOKEN_LIST] = "SELECT " TOKEN_COLS " FROM tokens ORDER BY rowid",
@@ -362,7 +386,10 @@ static const char *const sql[Q_COUNT] = {
                     " started_at = CASE WHEN cancel_requested OR attempts >= ?2 THEN started_at END,"
                     " error = CASE WHEN cancel_requested THEN NULL ELSE ?3 END,"
                     " error_code = CASE WHEN cancel_requested THEN NULL ELSE ?4 END,"
-                    " progress = 0, stage = NULL WHERE id = ?1 AND state = 1 RETURNING " JOB_COLS,
+                    " progress = 0, stage = NULL,"
+                    " node = CASE WHEN cancel_requested OR attempts >= ?2 THEN node END,"
+                    " lease_until = NULL WHERE id = ?1 AND state = 1 AND node IS ?5"
+                    " RETURNING " JOB_COLS,
     /* ---- schema 6: lifecycle ---- */
     /* a running job is not deleted (cancel it first); a queued one may
      * be: the claim and this are single statements, one of them wins */
@@ -389,6 +416,14 @@ static const char *const sql[Q_COUNT] = {
     [Q_IDEM_PENDING] = "DELETE FROM idempotency WHERE status = 0",
     [Q_IDEM_RELEASE] = "DELETE FROM idempotency WHERE route = ?1 AND owner = ?2 AND key = ?3"
                        " AND status = 0",
+    /* ---- schema 9: leases ---- */
+    /* one statement renews every job the node (?1) holds for ?2 s */
+    [Q_JOB_HEARTBEAT] = "UPDATE jobs SET lease_until = " EPOCH " + ?2, heartbeat_at = " EPOCH
+                        " WHERE state = 1 AND node IS ?1 RETURNING id, cancel_requested",
+    [Q_JOB_HOLDER] = "SELECT state, node FROM jobs WHERE id = ?1",
+    /* PostgreSQL's pg_notify (sql_pg); SQLite wakes in process */
+    [Q_NOTIFY] = "SELECT ?1, ?2",
+    [Q_NODE_JOBS] = "SELECT coalesce(node, ''), id FROM jobs WHERE state = 1 ORDER BY node, seq",
 };
 
 /* ---- PostgreSQL (--store postgresql://...) ----
@@ -493,6 +528,10 @@ static const char *const migrations_pg[] = {
     "CREATE INDEX webhooks_due ON webhooks(state, next_at);"
     "ALTER TABLE jobs ADD COLUMN warning_count BIGINT;",
     "ALTER TABLE jobs ADD COLUMN training TEXT;",
+    "ALTER TABLE jobs ADD COLUMN node TEXT;"
+    "ALTER TABLE jobs ADD COLUMN lease_until DOUBLE PRECISION;"
+    "ALTER TABLE jobs ADD COLUMN heartbeat_at DOUBLE PRECISION;"
+    "CREATE INDEX jobs_node ON jobs(node) WHERE state = 1;",
 };
 _Static_assert(sizeof migrations_pg / sizeof migrations_pg[0] ==
                sizeof migrations / sizeof migrations[0],
@@ -514,6 +553,9 @@ _Static_assert(sizeof migrations_pg / sizeof migrations_pg[0] ==
 /* strftime('%Y-%m-%dT%H:%M:%SZ', 'now', ...) */
 #define PG_TIME(t) "to_char((" t ") AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
 #define PG_NOW PG_TIME("statement_timestamp()")
+#define PG_EPOCH "extract(epoch FROM clock_timestamp())::double precision"
+#define PG_RECOVERABLE " state = 1 AND (?2::bigint <> 0 OR node = ?3::text" \
+    " OR lease_until IS NULL OR lease_until < " PG_EPOCH ")"
 #define PG_DUPLICATES(t) "(SELECT count(*) FROM " t " d WHERE d.sha256 = " t ".sha256" \
     " AND d.id != " t ".id AND d.owner IS NOT DISTINCT FROM " t ".owner)"
 /* info whole: model_row picks its keys and leaves the metadata */
@@ -527,7 +569,7 @@ _Static_assert(sizeof migrations_pg / sizeof migrations_pg[0] ==
     " ORDER BY p.ord), '[]') FROM json_array_elements(CASE WHEN json_typeof(jobs.spec::json"  \
     " -> 'passes') = 'array' THEN jobs.spec::json -> 'passes' END) WITH ORDINALITY AS"    \
     " p(value, ord)), artifact_sha, artifact_bytes, mem_bytes, "  \
-    "dataset_id, owner, error_code, " JOB_V6_COLS ", warning_count, training"
+    "dataset_id, owner, error_code, " JOB_V6_COLS ", warning_count, training, node"
 #define PG_JOB_FILTER PG_OWNED(3) " AND (?4 < 0 OR state = ?4) AND (?5::text IS NULL OR" \
     " name = ?5) AND (?6::text IS NULL OR model_id = ?6) AND (?7::text IS NULL OR NOT EXISTS (SELECT 1 FROM" \
     " json_each_text(?7::text::json) f WHERE labels IS NULL OR NOT EXISTS (SELECT 1 FROM" \
@@ -580,33 +622,47 @@ static const char *const sql_pg[Q_COUNT] = {
      * this one change nothing (PostgreSQL re-checks only the outer WHERE) */
     [Q_JOB_CLAIM] = "UPDATE jobs SET state = 1, attempts = attempts + 1, started_at = " PG_NOW ","
                     " finished_at = NULL, progress = 0, stage = 'load', error = NULL,"
-                    " error_code = NULL"
-                    " WHERE id = (SELECT id FROM jobs WHERE state = 0 ORDER BY seq LIMIT 1)"
+                    " error_code = NULL, node = ?2::text,"
+                    " lease_until = " PG_EPOCH " + ?3::double precision,"
+                    " heartbeat_at = " PG_EPOCH
+                    " WHERE id = (SELECT id FROM jobs WHERE state = 0 ORDER BY seq LIMIT 1"
+                    " FOR UPDATE SKIP LOCKED)"
                     " AND state = 0 AND mem_bytes <= ?1 RETURNING " JOB_COLS,
+    [Q_JOB_PROGRESS] = "UPDATE jobs SET progress = ?2, stage = coalesce(?3, stage)"
+                       " WHERE id = ?1 AND state = 1 AND node IS NOT DISTINCT FROM ?4::text",
+    [Q_JOB_TRAINING] = "UPDATE jobs SET training = ?2 WHERE id = ?1 AND state = 1"
+                       " AND node IS NOT DISTINCT FROM ?3::text",
     [Q_JOB_SUCCEED] = "UPDATE jobs SET state = 2, progress = 1, stage = NULL, finished_at = "
                       PG_NOW ", artifact_sha = ?2, artifact_bytes = ?3, report = ?4::text,"
                       " warning_count = " PG_WARNINGS(4)
-                      " WHERE id = ?1 AND state = 1 AND cancel_requested = 0",
+                      " WHERE id = ?1 AND state = 1 AND cancel_requested = 0"
+                      " AND node IS NOT DISTINCT FROM ?5::text",
     [Q_JOB_FAIL] = "UPDATE jobs SET state = CASE WHEN cancel_requested <> 0 THEN 4 ELSE 3 END,"
                    " stage = CASE WHEN cancel_requested <> 0 THEN NULL ELSE stage END,"
                    " finished_at = " PG_NOW ","
                    " error = CASE WHEN cancel_requested <> 0 THEN NULL ELSE ?2 END,"
                    " error_code = CASE WHEN cancel_requested <> 0 THEN NULL ELSE ?3 END"
-                   " WHERE id = ?1 AND state = 1",
+                   " WHERE id = ?1 AND state = 1 AND node IS NOT DISTINCT FROM ?4::text",
     [Q_JOB_CANCEL_QUEUED] = "UPDATE jobs SET state = 4, cancel_requested = 1, finished_at = "
                             PG_NOW " WHERE id = ?1 AND state = 0",
     [Q_JOB_CANCELED] = "UPDATE jobs SET state = 4, stage = NULL, finished_at = " PG_NOW
-                       " WHERE id = ?1 AND state = 1",
+                       " WHERE id = ?1 AND state = 1 AND node IS NOT DISTINCT FROM ?2::text",
     [Q_JOB_REQUEUE] = "UPDATE jobs SET state = CASE WHEN cancel_requested <> 0 THEN 4 ELSE 0 END,"
                       " finished_at = CASE WHEN cancel_requested <> 0 THEN " PG_NOW " END,"
                       " attempts = greatest(attempts - 1, 0), started_at = NULL, progress = 0,"
-                      " stage = NULL WHERE id = ?1 AND state = 1",
-    [Q_RECOVER_CANCELED] = "UPDATE jobs SET state = 4, stage = NULL, finished_at = " PG_NOW
-                           " WHERE state = 1 AND cancel_requested <> 0",
-    [Q_RECOVER_FAIL] = "UPDATE jobs SET state = 3, stage = NULL, finished_at = " PG_NOW ","
+                      " stage = NULL, node = CASE WHEN cancel_requested <> 0 THEN node END,"
+                      " lease_until = NULL WHERE id = ?1 AND state = 1"
+                      " AND node IS NOT DISTINCT FROM ?2::text",
+    [Q_RECOVER_CANCELED] = "UPDATE jobs SET state = 4, stage = NULL, lease_until = NULL,"
+                           " finished_at = " PG_NOW " WHERE" PG_RECOVERABLE
+                           " AND cancel_requested <> 0",
+    [Q_RECOVER_FAIL] = "UPDATE jobs SET state = 3, stage = NULL, lease_until = NULL,"
+                       " finished_at = " PG_NOW ","
                        " error = 'interrupted ' || CASE attempts WHEN 1 THEN 'once'"
                        " ELSE attempts || ' times' END || ' (daemon restarts); giving up',"
-                       " error_code = 'INTERNAL' WHERE state = 1 AND attempts >= ?1",
+                       " error_code = 'INTERNAL' WHERE" PG_RECOVERABLE " AND attempts >= ?1",
+    [Q_RECOVER_REQUEUE] = "UPDATE jobs SET state = 0, started_at = NULL, progress = 0, stage = NULL,"
+                          " node = NULL, lease_until = NULL WHERE" PG_RECOVERABLE,
     [Q_TOKEN_INSERT] = "INSERT INTO tokens (id, name, scopes, hash, created_at)"
                        " VALUES (?1, ?2, ?3, ?4, " PG_NOW ") RETURNING " TOKEN_COLS,
     [Q_TOKEN_FIND] = "SELECT id, scopes, revoked, last_used_at IS NULL OR last_used_at <"
@@ -621,7 +677,10 @@ static const char *const sql_pg[Q_COUNT] = {
                     " THEN started_at END,"
                     " error = CASE WHEN cancel_requested <> 0 THEN NULL ELSE ?3 END,"
                     " error_code = CASE WHEN cancel_requested <> 0 THEN NULL ELSE ?4 END,"
-                    " progress = 0, stage = NULL WHERE id = ?1 AND state = 1 RETURNING " JOB_COLS,
+                    " progress = 0, stage = NULL,"
+                    " node = CASE WHEN cancel_requested <> 0 OR attempts >= ?2 THEN node END,"
+                    " lease_until = NULL WHERE id = ?1 AND state = 1"
+                    " AND node IS NOT DISTINCT FROM ?5::text RETURNING " JOB_COLS,
     [Q_RET_EXPIRED] = "SELECT id FROM jobs j WHERE state IN (2, 3, 4) AND pinned = 0 AND"
                       " finished_at < " PG_TIME("statement_timestamp() + ?1::interval")
                       " AND NOT" LAST_OF_MODEL " ORDER BY seq LIMIT 100",
@@ -634,6 +693,10 @@ static const char *const sql_pg[Q_COUNT] = {
      * 409 "still being processed" until then */
     [Q_IDEM_PENDING] = "DELETE FROM idempotency WHERE status = 0 AND created_at < "
                        PG_TIME("statement_timestamp() - interval '1 hour'"),
+    [Q_JOB_HEARTBEAT] = "UPDATE jobs SET lease_until = " PG_EPOCH " + ?2::double precision,"
+                        " heartbeat_at = " PG_EPOCH " WHERE state = 1"
+                        " AND node IS NOT DISTINCT FROM ?1::text RETURNING id, cancel_requested",
+    [Q_NOTIFY] = "SELECT pg_notify(?1::text, ?2::text)",
 };
 
 #define STORE_LISTENERS 4
@@ -649,6 +712,8 @@ struct store {
     char *db_spec;                  /* --store; NULL: sqlite in dir */
     char *db_path;                  /* SQLite's database file; NULL on PostgreSQL */
     struct blob_backend *blobs;     /* where blob files live (blob.h) */
+    char *node;                     /* store_set_node: the node id jobs are claimed for */
+    double lease;                   /* and the seconds of a lease */
     struct store_sweep sweep;       /* what store_open cleaned */
 };
 
@@ -678,6 +743,20 @@ struct blob_backend *store_blobs(const struct store *st)
 }
 
 /* ---- statement helpers (caller holds st->lock) ---- */
+
+static int run(struct store *st, enum q i, int *changes, struct slim_error *err,
+               const char *types, ...);
+
+/* PostgreSQL: NOTIFY channel (store_listen's; "slimd_jobs": a job was
+ * queued, "slimd_cancel": payload's cancel was asked for), so idle nodes
+ * wake without polling.  Best effort: the nodes' slow poll and heartbeat
+ * catch what a lost notification misses.  SQLite: nothing (its one
+ * daemon wakes in process). */
+static void notify(struct store *st, const char *channel, const char *payload)
+{
+    if (st->pg)
+        run(st, Q_NOTIFY, NULL, NULL, "ss", channel, payload);
+}
 
 /* Sets err from the connection's last error, prefixed with what failed. */
 static int db_error(struct store *st, struct slim_error *err, const char *fmt, ...)
@@ -864,6 +943,10 @@ static json_t *job_row(struct db_stmt *s)
      * "history"} (absent for jobs without one) */
     if (row && !db_column_is_null(s, 23))
         json_object_set_new(row, "training", col_json(s, 23));
+    /* schema 9: the node that holds it (running) or last ran it */
+    if (row)
+        json_object_set_new(row, "node", col_text(s, 24) ? json_string(col_text(s, 24))
+                                                         : json_null());
     return row;
 }
 
@@ -1371,6 +1454,7 @@ void store_close(struct store *st)
     slim_free(st->dir);
     slim_free(st->db_spec);
     slim_free(st->db_path);
+    slim_free(st->node);
     slim_free(st);
 }
 
@@ -1660,6 +1744,8 @@ int store_job_insert(struct store *st, const char *owner, const char *model_id,
                                 "daemon's --max-queued): try again later",
                                 (long long)max_queued);
     }
+    if (!rc)
+        notify(st, "slimd_jobs", "");
     pthread_mutex_unlock(&st->lock);
     free(text);
     return rc;
@@ -1706,14 +1792,19 @@ int store_job_find(struct store *st, const struct store_job_filter *f, int limit
 }
 
 /* The claim is one UPDATE ... RETURNING: atomic even against another
- * process on the same database, not only against our threads. */
+ * process on the same database, not only against our threads.  On
+ * PostgreSQL its subquery takes the oldest queued row FOR UPDATE SKIP
+ * LOCKED, so nodes claiming at once take different rows instead of
+ * queueing behind one lock (graphile-worker's, river's pattern); on
+ * SQLite the database has one writer at a time anyway. */
 int store_job_claim(struct store *st, uint64_t mem_left, json_t **row, struct slim_error *err)
 {
     struct db_stmt *s;
     int rc;
     pthread_mutex_lock(&st->lock);
-    rc = prep(st, Q_JOB_CLAIM, &s, err, "I",
-              (int64_t)(mem_left > (uint64_t)INT64_MAX ? (uint64_t)INT64_MAX : mem_left));
+    rc = prep(st, Q_JOB_CLAIM, &s, err, "Isd",
+              (int64_t)(mem_left > (uint64_t)INT64_MAX ? (uint64_t)INT64_MAX : mem_left),
+              st->node, st->lease);
     if (!rc) {
         rc = one_row(st, s, job_row, row, "job", "claim", err);
         if (rc == SLIM_ENOTFOUND)
@@ -1747,7 +1838,23 @@ static int job_state(struct store *st, const char *id, int *state, struct slim_e
 
 static int job_not_in(struct store *st, const char *id, const char *want, struct slim_error *err)
 {
+    struct db_stmt *s;
+    const char *holder;
     int state, rc = job_state(st, id, &state, err);
+    /* running, but held by another node: this node's lease ran out and
+     * the job was claimed again (the other node's outcome counts) */
+    if (!rc && state == STORE_JOB_RUNNING && !prep(st, Q_JOB_HOLDER, &s, NULL, "s", id)) {
+        if (db_step(s) == DB_ROW) {
+            holder = col_text(s, 1);
+            if ((holder || st->node) && (!holder || !st->node || strcmp(holder, st->node)))
+                rc = slim_error_set(err, SLIM_ECONFLICT, "job %.64s is held by node %s now "
+                                    "(this node's lease on it ran out)", id,
+                                    holder ? holder : "(none)");
+        }
+        done(s);
+        if (rc)
+            return rc;
+    }
     if (!rc)
         rc = slim_error_set(err, SLIM_ECONFLICT, "job %.64s is %s, not %s", id,
                             store_job_state_name(state), want);
@@ -1763,7 +1870,7 @@ int store_job_progress(struct store *st, const char *id, double progress, const 
     if (progress > 1)
         progress = 1;
     pthread_mutex_lock(&st->lock);
-    rc = run(st, Q_JOB_PROGRESS, NULL, err, "sds", id, progress, stage);
+    rc = run(st, Q_JOB_PROGRESS, NULL, err, "sdss", id, progress, stage, st->node);
     pthread_mutex_unlock(&st->lock);
     return rc;
 }
@@ -1773,7 +1880,7 @@ int store_job_training(struct store *st, const char *id, const char *training,
 {
     int rc;
     pthread_mutex_lock(&st->lock);
-    rc = run(st, Q_JOB_TRAINING, NULL, err, "ss", id, training);
+    rc = run(st, Q_JOB_TRAINING, NULL, err, "sss", id, training, st->node);
     pthread_mutex_unlock(&st->lock);
     return rc;
 }
@@ -1808,8 +1915,8 @@ int store_job_succeed(struct store *st, const char *id, const char *artifact_sha
     pthread_mutex_lock(&st->lock);
     rc = blob_present(st, artifact_sha, err);
     if (!rc)
-        rc = run(st, Q_JOB_SUCCEED, &n, err, "ssIs", id, artifact_sha, (int64_t)artifact_bytes,
-                 text);
+        rc = run(st, Q_JOB_SUCCEED, &n, err, "ssIss", id, artifact_sha, (int64_t)artifact_bytes,
+                 text, st->node);
     rc = ended_with_artifact(st, id, artifact_sha, rc, n, err);
     pthread_mutex_unlock(&st->lock);
     free(text);
@@ -1823,9 +1930,12 @@ static int job_change(struct store *st, enum q i, const char *id, const char *te
 {
     int rc, n = 0;
     pthread_mutex_lock(&st->lock);
-    rc = text ? run(st, i, &n, err, "ss", id, text) : run(st, i, &n, err, "s", id);
+    rc = text ? run(st, i, &n, err, "sss", id, text, st->node)
+              : run(st, i, &n, err, "ss", id, st->node);
     if (!rc && !n)
         rc = job_not_in(st, id, want, err);
+    if (!rc && i == Q_JOB_REQUEUE)
+        notify(st, "slimd_jobs", "");
     pthread_mutex_unlock(&st->lock);
     return rc;
 }
@@ -1835,8 +1945,8 @@ int store_job_fail(struct store *st, const char *id, int code, const char *messa
 {
     int rc, n = 0;
     pthread_mutex_lock(&st->lock);
-    rc = run(st, Q_JOB_FAIL, &n, err, "sss", id, message ? message : "failed",
-             slim_errcode(code ? code : SLIM_EINTERNAL));
+    rc = run(st, Q_JOB_FAIL, &n, err, "ssss", id, message ? message : "failed",
+             slim_errcode(code ? code : SLIM_EINTERNAL), st->node);
     if (!rc && !n)
         rc = job_not_in(st, id, "running", err);
     pthread_mutex_unlock(&st->lock);
@@ -1851,14 +1961,17 @@ int store_job_retry(struct store *st, const char *id, int max_attempts, int code
     int rc;
     *state = -1;
     pthread_mutex_lock(&st->lock);
-    rc = prep(st, Q_JOB_RETRY, &s, err, "siss", id, max_attempts < 1 ? 1 : max_attempts,
-              message ? message : "no space left", slim_errcode(code ? code : SLIM_ENOSPACE));
+    rc = prep(st, Q_JOB_RETRY, &s, err, "sisss", id, max_attempts < 1 ? 1 : max_attempts,
+              message ? message : "no space left", slim_errcode(code ? code : SLIM_ENOSPACE),
+              st->node);
     if (!rc)
         rc = one_row(st, s, job_row, &row, "job", id, err);
     if (rc == SLIM_ENOTFOUND)   /* no row changed: not running, or gone */
         rc = job_not_in(st, id, "running", err);
     if (!rc)
         *state = store_job_state_parse(json_string_value(json_object_get(row, "state")));
+    if (!rc && *state == STORE_JOB_QUEUED)
+        notify(st, "slimd_jobs", "");
     pthread_mutex_unlock(&st->lock);
     json_decref(row);
     return rc;
@@ -1883,6 +1996,10 @@ int store_job_cancel(struct store *st, const char *id, int *was_running, struct 
     rc = run(st, Q_JOB_CANCEL_QUEUED, &n, err, "s", id);
     if (!rc && !n && !(rc = run(st, Q_JOB_CANCEL_RUNNING, &n, err, "s", id)))
         *was_running = n > 0;
+    /* the node running it may be another: it hears at once (its
+     * heartbeat reads the flag too, within a fraction of a second) */
+    if (!rc && *was_running)
+        notify(st, "slimd_cancel", id);
     if (!rc && !n && !(rc = job_state(st, id, &state, err)))
         /* it finished first: the cancel comes too late, and says so */
         rc = state == STORE_JOB_CANCELED
@@ -1896,22 +2013,125 @@ int store_job_cancel(struct store *st, const char *id, int *was_running, struct 
 /* A running job whose cancel was requested before the stop ends
  * canceled (counted in neither *requeued nor *failed); max_attempts < 1
  * counts as 1. */
-int store_job_recover(struct store *st, int max_attempts, int *requeued, int *failed,
-                      struct slim_error *err)
+static int recover(struct store *st, int all, const char *node, int max_attempts,
+                   int *requeued, int *failed, struct slim_error *err)
 {
     int rc;
     *requeued = *failed = 0;
+    if (max_attempts < 1)
+        max_attempts = 1;
     pthread_mutex_lock(&st->lock);
     if (!(rc = run(st, Q_BEGIN_IMMEDIATE, NULL, err, ""))) {
-        rc = run(st, Q_RECOVER_CANCELED, NULL, err, "");
+        rc = run(st, Q_RECOVER_CANCELED, NULL, err, "iis", max_attempts, all, node);
         if (!rc)
-            rc = run(st, Q_RECOVER_FAIL, failed, err, "i", max_attempts < 1 ? 1 : max_attempts);
+            rc = run(st, Q_RECOVER_FAIL, failed, err, "iis", max_attempts, all, node);
         if (!rc)
-            rc = run(st, Q_RECOVER_REQUEUE, requeued, err, "");
+            rc = run(st, Q_RECOVER_REQUEUE, requeued, err, "iis", max_attempts, all, node);
         if ((rc = finish(st, rc, err)))
             *requeued = *failed = 0;
     }
+    if (!rc && *requeued)
+        notify(st, "slimd_jobs", "");
     pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+/* At start: on SQLite every running job (one daemon per database: the
+ * data dir's lock); on PostgreSQL this node's and those whose lease ran
+ * out, never another live node's. */
+int store_job_recover(struct store *st, int max_attempts, int *requeued, int *failed,
+                      struct slim_error *err)
+{
+    return recover(st, !st->pg, st->node, max_attempts, requeued, failed, err);
+}
+
+int store_job_recover_expired(struct store *st, int max_attempts, int *requeued, int *failed,
+                              struct slim_error *err)
+{
+    return recover(st, 0, NULL, max_attempts, requeued, failed, err);
+}
+
+int store_set_node(struct store *st, const char *node, double lease_seconds,
+                   struct slim_error *err)
+{
+    char *copy = node ? slim_strdup(node) : NULL;
+    if (node && !copy)
+        return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    pthread_mutex_lock(&st->lock);
+    slim_free(st->node);
+    st->node = copy;
+    st->lease = lease_seconds > 0 ? lease_seconds : 30;
+    pthread_mutex_unlock(&st->lock);
+    return 0;
+}
+
+const char *store_node(const struct store *st)
+{
+    return st->node;
+}
+
+int store_is_shared(const struct store *st)
+{
+    return st->pg;
+}
+
+const char *store_db_spec(const struct store *st)
+{
+    return st->db_spec;
+}
+
+int store_job_heartbeat(struct store *st, json_t **held, struct slim_error *err)
+{
+    struct db_stmt *s;
+    json_t *out = json_object();
+    int rc;
+    *held = NULL;
+    if (!out)
+        return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    pthread_mutex_lock(&st->lock);
+    rc = prep(st, Q_JOB_HEARTBEAT, &s, err, "sd", st->node, st->lease);
+    if (!rc) {
+        while ((rc = db_step(s)) == DB_ROW)
+            json_object_set_new(out, col_text(s, 0) ? col_text(s, 0) : "",
+                                json_boolean(db_column_int(s, 1) != 0));
+        /* the statement's commit comes with its last step (see one_row) */
+        rc = rc == DB_DONE ? 0 : db_error(st, err, "cannot renew the leases");
+        done(s);
+    }
+    pthread_mutex_unlock(&st->lock);
+    if (rc)
+        json_decref(out);
+    else
+        *held = out;
+    return rc;
+}
+
+int store_node_jobs(struct store *st, json_t **by_node, struct slim_error *err)
+{
+    struct db_stmt *s;
+    json_t *out = json_object();
+    int rc;
+    *by_node = NULL;
+    if (!out)
+        return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    pthread_mutex_lock(&st->lock);
+    rc = prep(st, Q_NODE_JOBS, &s, err, "");
+    if (!rc) {
+        while ((rc = db_step(s)) == DB_ROW) {
+            const char *node = col_text(s, 0) ? col_text(s, 0) : "";
+            json_t *ids = json_object_get(out, node);
+            if (!ids)
+                json_object_set_new(out, node, ids = json_array());
+            json_array_append_new(ids, json_string(col_text(s, 1) ? col_text(s, 1) : ""));
+        }
+        rc = rc == DB_DONE ? 0 : db_error(st, err, "cannot list the running jobs");
+        done(s);
+    }
+    pthread_mutex_unlock(&st->lock);
+    if (rc)
+        json_decref(out);
+    else
+        *by_node = out;
     return rc;
 }
 
@@ -2419,12 +2639,14 @@ int store_job_fail_kept(struct store *st, const char *id, const char *artifact_s
                    "UPDATE jobs SET state = 3, progress = 1, stage = NULL, finished_at = " PG_NOW
                    ", artifact_sha = ?2, artifact_bytes = ?3, report = ?4::text, error = ?5,"
                    " error_code = ?6, warning_count = " PG_WARNINGS(4)
-                   " WHERE id = ?1 AND state = 1 AND cancel_requested = 0" :
+                   " WHERE id = ?1 AND state = 1 AND cancel_requested = 0"
+                   " AND node IS NOT DISTINCT FROM ?7::text" :
                    "UPDATE jobs SET state = 3, progress = 1, stage = NULL, finished_at = " NOW
                    ", artifact_sha = ?2, artifact_bytes = ?3, report = ?4, error = ?5,"
                    " error_code = ?6, warning_count = json_array_length(?4, '$.warnings')"
-                   " WHERE id = ?1 AND state = 1 AND cancel_requested = 0", &s, err, "ssIsss",
-                   id, artifact_sha, (int64_t)artifact_bytes, text, message, slim_errcode(code));
+                   " WHERE id = ?1 AND state = 1 AND cancel_requested = 0 AND node IS ?7", &s,
+                   err, "ssIssss", id, artifact_sha, (int64_t)artifact_bytes, text, message,
+                   slim_errcode(code), st->node);
     if (!rc) {
         if (db_step(s) != DB_DONE)
             rc = db_error(st, err, "cannot update the database");

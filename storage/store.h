@@ -328,6 +328,43 @@ int store_job_requeue(struct store *st, const char *id, struct slim_error *err);
  * them. */
 int store_job_recover(struct store *st, int max_attempts, int *requeued, int *failed,
                       struct slim_error *err);
+/* ---- schema 9: nodes and leases (several daemons on one database) ----
+ *
+ * A running job is held by a node (the daemon's --node-id) under a
+ * lease (lease_until, by the database's clock).  The node renews the
+ * leases of all its jobs in one statement (store_job_heartbeat) a few
+ * times a second; a node that dies stops renewing, and once its leases
+ * have run out any node's store_job_recover_expired re-queues its jobs
+ * (attempts counted, failed after max_attempts, canceled when a cancel
+ * was asked for).  Progress, training state and every way out of
+ * running (succeed, fail, fail_kept, retry, canceled, requeue) change
+ * the row only while this store's node holds it: a node that lost its
+ * lease gets SLIM_ECONFLICT ("held by node ... now") and changes nothing.
+ * store_job_recover (at start) takes, on PostgreSQL, this node's jobs
+ * and the expired ones, never another live node's; on SQLite every
+ * running job (one daemon per SQLite database). */
+/* Sets the node id that claims and leases name (NULL: none; rows then
+ * hold NULL) and the lease in seconds (<= 0: 30).  Call before the
+ * runner starts. */
+int store_set_node(struct store *st, const char *node, double lease_seconds,
+                   struct slim_error *err);
+const char *store_node(const struct store *st);
+/* Renews the lease of every job this node holds; *held: an object
+ * {job id: cancel_requested} of those jobs (new reference), so the
+ * runner stops the ones canceled through another node and learns of
+ * any it no longer holds. */
+int store_job_heartbeat(struct store *st, json_t **held, struct slim_error *err);
+/* Re-queues (or fails, or cancels) running jobs whose lease ran out,
+ * whatever node held them. */
+int store_job_recover_expired(struct store *st, int max_attempts, int *requeued, int *failed,
+                              struct slim_error *err);
+/* Every running job by node: {node: [job ids, oldest first]} (new
+ * reference; "" for rows without one). */
+int store_node_jobs(struct store *st, json_t **by_node, struct slim_error *err);
+/* 1 on PostgreSQL (other daemons may share the database): store_db_spec
+ * is its connection URI, for store_listen. */
+int store_is_shared(const struct store *st);
+const char *store_db_spec(const struct store *st);
 /* The report of a succeeded job; new reference.  SLIM_ECONFLICT while
  * the job has not succeeded. */
 int store_job_report(struct store *st, const char *id, json_t **report, struct slim_error *err);

@@ -158,7 +158,7 @@ static void claim_expect(struct store *st, const char *id)
 }
 
 /* The schema version store.c migrates to. */
-#define LATEST 8   /* schema version after every migration */
+#define LATEST 9   /* schema version after every migration */
 
 /* The schema as earlier slimd versions left it, frozen here as they
  * shipped (store.c's migrations[0] and [1]), so a migration is tested
