@@ -847,13 +847,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         }
         if (!api_gate(ctx, conn, req, method, r->scope, gate, &gated))
             return gated;
-        /* --role worker: what creates things goes to an api node (the
-         * body is not read) */
-        if (ctx->worker_only && (r->kind == R_MODELS_UPLOAD || r->kind == R_DATASETS_UPLOAD ||
-                                 r->kind == R_JOBS_SUBMIT))
+        /* --role worker: uploads (the heavy requests) go to an api node;
+         * the body is not read */
+        if (ctx->worker_only && mode == BODY_UPLOAD)
             return api_reply_error(conn, req, SLIM_EFORBIDDEN, "this node is a worker (--role "
-                                   "worker, node %s): uploads and job submissions go to a node "
-                                   "of role api or all", ctx->node ? ctx->node : "?");
+                                   "worker, node %s): uploads go to a node of role api or all",
+                                   ctx->node ? ctx->node : "?");
         req->mode = mode;
         if (mode == BODY_JSON) {
             const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
