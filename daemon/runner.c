@@ -840,7 +840,7 @@ static int start_job(struct runner *r, struct slot *s, json_t *row)
     r->running++;
     if (!uv_is_active((uv_handle_t *)&r->tick))
         uv_timer_start(&r->tick, on_tick, 250, 250);
-    if (!uv_is_active((uv_handle_t *)&r->heartbeat))
+    if (store_is_shared(r->st) && !uv_is_active((uv_handle_t *)&r->heartbeat))
         uv_timer_start(&r->heartbeat, on_heartbeat, HEARTBEAT_MS, HEARTBEAT_MS);
     if (s->eval_path[0])
         log_info("job %s running (eval dataset %s)", id, slim_spec_eval_dataset(s->spec));
@@ -936,12 +936,14 @@ int runner_new(uv_loop_t *loop, struct store *st, const struct runner_config *cf
     r->expire.data = r;
     uv_timer_init(loop, &r->poll);
     r->poll.data = r;
-    {   /* every half lease, at least every 5 s and at most 4 times a second */
+    /* SQLite has one daemon (the data dir's lock): its start recovers
+     * every running job, and a cancel reaches the runner in process, so
+     * neither the heartbeat nor the expiry sweep runs there */
+    if (store_is_shared(st)) {
+        /* every half lease, at least every 5 s and at most 4 times a second */
         double half = (cfg->lease_seconds > 0 ? cfg->lease_seconds : 30) * 500;
         uint64_t ms = half < 250 ? 250 : half > 5000 ? 5000 : (uint64_t)half;
         uv_timer_start(&r->expire, on_expire, ms, ms);
-    }
-    if (store_is_shared(st)) {
         listen_start(r);
         if (!r->listener)
             log_warn("cannot LISTEN on the database: polling for jobs every %d s",

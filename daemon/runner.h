@@ -15,6 +15,9 @@
  * another node or whose lease it lost, re-queues other nodes' expired
  * jobs every half lease (store_job_recover_expired), and wakes on the
  * database's NOTIFY (storage/listen.h) with a slow poll behind it.
+ * On SQLite (one daemon per database) none of that runs: the claim
+ * still records the node and a lease, and the start's recovery takes
+ * every running job, as before leases.
  */
 #ifndef SLIM_RUNNER_H
 #define SLIM_RUNNER_H
