@@ -695,6 +695,9 @@ int slimd_serve(int argc, char **argv)
         log_error("%s", err.msg);
         goto out;
     }
+    if (rcfg.no_claim && !store_is_shared(st))
+        log_warn("--role api on a SQLite database, which no other daemon shares: jobs queued "
+                 "here will not run (use --store postgresql://... and start workers)");
     if (store_wal_reserve(st, reserve, &err))
         log_warn("%s; job outcomes may not be recorded while the disk is full", err.msg);
     if (acfg.auth == API_AUTH_TOKEN && store_token_count_live(st, &live_tokens, &err)) {

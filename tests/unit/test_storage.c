@@ -12,6 +12,7 @@
 #include <dirent.h>
 #include <pthread.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <sqlite3.h>
 #include "tests/unit/util.h"
 #include "tests/unit/full_vfs.h"
@@ -897,6 +898,88 @@ static void test_blob_ring(void **state)
     free(chunk);
     store_close(st);
     assert_int_equal(slim_alloc_live(), before);
+}
+
+/* Schema 9: a claim names the node and its lease; the heartbeat renews
+ * this node's leases and reports cancels; only the holder ends a job;
+ * recovery of expired leases leaves live ones alone. */
+static void test_leases(void **state)
+{
+    (void)state;
+    struct store *st = open_store(data_dir("leases"));
+    struct slim_error err;
+    const char *m = put_model(st, "m", "model bytes");
+    const char *j1 = put_job(st, m);
+    json_t *row, *held;
+    int was_running, requeued = -1, failed = -1, state_after;
+
+    assert_int_equal(store_set_node(st, "node-a", 1, &err), 0);
+    assert_string_equal(store_node(st), "node-a");
+    assert_int_equal(store_job_claim(st, UINT64_MAX, &row, &err), 0);
+    assert_string_equal(sfield(row, "id"), j1);
+    assert_string_equal(sfield(row, "node"), "node-a");
+    json_decref(row);
+    /* the heartbeat names it, not canceled; then canceled */
+    assert_int_equal(store_job_heartbeat(st, &held, &err), 0);
+    assert_int_equal(json_object_size(held), 1);
+    assert_true(json_is_false(json_object_get(held, j1)));
+    json_decref(held);
+    assert_int_equal(store_job_cancel(st, j1, &was_running, &err), 0);
+    assert_int_equal(was_running, 1);
+    assert_int_equal(store_job_heartbeat(st, &held, &err), 0);
+    assert_true(json_is_true(json_object_get(held, j1)));
+    json_decref(held);
+    /* another node: its heartbeat holds nothing, and it cannot end the job */
+    assert_int_equal(store_set_node(st, "node-b", 1, &err), 0);
+    assert_int_equal(store_job_heartbeat(st, &held, &err), 0);
+    assert_int_equal(json_object_size(held), 0);
+    json_decref(held);
+    assert_int_equal(store_job_canceled(st, j1, &err), SLIM_ECONFLICT);
+    assert_non_null(strstr(err.msg, "held by node node-a"));
+    assert_int_equal(store_job_fail(st, j1, SLIM_EIO, "x", &err), SLIM_ECONFLICT);
+    assert_int_equal(store_job_retry(st, j1, 3, SLIM_ENOSPACE, "x", &state_after, &err),
+                     SLIM_ECONFLICT);
+    row = get_job(st, j1);
+    assert_string_equal(sfield(row, "state"), "running");
+    json_decref(row);
+    /* its lease is live: recovery leaves it; once it ran out, it goes
+     * (canceled, since a cancel was asked for) */
+    assert_int_equal(store_job_recover_expired(st, 3, &requeued, &failed, &err), 0);
+    assert_int_equal(requeued + failed, 0);
+    row = get_job(st, j1);
+    assert_string_equal(sfield(row, "state"), "running");
+    json_decref(row);
+    usleep(1100 * 1000);
+    assert_int_equal(store_job_recover_expired(st, 3, &requeued, &failed, &err), 0);
+    row = get_job(st, j1);
+    assert_string_equal(sfield(row, "state"), "canceled");
+    json_decref(row);
+
+    /* an expired job without a cancel is re-queued, its attempt counted,
+     * and the next claim (another node's) makes it attempt 2 */
+    const char *j2 = put_job(st, m);
+    assert_int_equal(store_set_node(st, "node-a", 1, &err), 0);
+    assert_int_equal(store_job_claim(st, UINT64_MAX, &row, &err), 0);
+    assert_string_equal(sfield(row, "id"), j2);
+    json_decref(row);
+    usleep(1100 * 1000);
+    assert_int_equal(store_set_node(st, "node-b", 1, &err), 0);
+    assert_int_equal(store_job_recover_expired(st, 3, &requeued, &failed, &err), 0);
+    assert_int_equal(requeued, 1);
+    row = get_job(st, j2);
+    assert_string_equal(sfield(row, "state"), "queued");
+    assert_true(json_is_null(json_object_get(row, "node")));
+    json_decref(row);
+    assert_int_equal(store_job_claim(st, UINT64_MAX, &row, &err), 0);
+    assert_string_equal(sfield(row, "node"), "node-b");
+    assert_int_equal(json_integer_value(json_object_get(row, "attempts")), 2);
+    json_decref(row);
+    /* node-a, back, may not record over node-b's claim */
+    assert_int_equal(store_set_node(st, "node-a", 1, &err), 0);
+    assert_int_equal(store_job_requeue(st, j2, &err), SLIM_ECONFLICT);
+    assert_int_equal(store_set_node(st, "node-b", 1, &err), 0);
+    assert_int_equal(store_job_fail(st, j2, SLIM_EIO, "disk", &err), 0);
+    store_close(st);
 }
 
 static void test_job_lifecycle(void **state)
@@ -2021,6 +2104,7 @@ int main(void)
         cmocka_unit_test(test_blob_sha_and_dedup),
         cmocka_unit_test(test_blob_ring),
         cmocka_unit_test(test_job_lifecycle),
+        cmocka_unit_test(test_leases),
         cmocka_unit_test(test_recover),
         cmocka_unit_test(test_model_delete_and_jobs),
         cmocka_unit_test(test_concurrent_claim),
