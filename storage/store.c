@@ -2485,9 +2485,9 @@ int store_webhook_result(struct store *st, const char *job_id, int state, double
     int rc;
     pthread_mutex_lock(&st->lock);
     if (!(rc = adhoc(st, st->pg ?
-                     "UPDATE webhooks SET state = ?2, attempts = attempts + 1, next_at = ?3,"
-                     " last_status = ?4, last_error = ?5, delivered_at = CASE WHEN ?2 = 1 THEN "
-                     PG_NOW " END WHERE job_id = ?1" :
+                     "UPDATE webhooks SET state = ?2::bigint, attempts = attempts + 1,"
+                     " next_at = ?3, last_status = ?4, last_error = ?5, delivered_at ="
+                     " CASE WHEN ?2::bigint = 1 THEN " PG_NOW " END WHERE job_id = ?1" :
                      "UPDATE webhooks SET state = ?2, attempts = attempts + 1, next_at = ?3,"
                      " last_status = ?4, last_error = ?5, delivered_at = CASE WHEN ?2 = 1 THEN "
                      NOW " END WHERE job_id = ?1", &s, err, "sidis", job_id, state, next_at,

@@ -40,7 +40,7 @@ def slimd(*args, data_dir=None, timeout=30):
     """Runs the slimd binary; returns (exit status, stdout, stderr)."""
     argv = [h.slimd_bin()] + list(args)
     if data_dir:
-        argv += ["--data-dir", data_dir]
+        argv += ["--data-dir", data_dir] + h.store_flags(data_dir)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLIMD_")}
     p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout,
                        env=env)
