@@ -130,11 +130,14 @@ def test_cli_token_create_list_revoke():
     assert rc == 0 and tid in table and "read,submit" in table, table
     assert tok not in table and tok[6:] not in out and tok[6:] not in table, "a secret was listed"
     # the database keeps the hash only
-    with open(os.path.join(d, "slimd.db"), "rb") as f:
-        db = f.read()
-    if os.path.exists(os.path.join(d, "slimd.db-wal")):
-        with open(os.path.join(d, "slimd.db-wal"), "rb") as f:
-            db += f.read()
+    if h.PG:   # every column of the row, as PostgreSQL gives it
+        db = "\n".join("|".join(r) for r in h.store_query(d, "SELECT * FROM tokens")).encode()
+    else:
+        with open(os.path.join(d, "slimd.db"), "rb") as f:
+            db = f.read()
+        if os.path.exists(os.path.join(d, "slimd.db-wal")):
+            with open(os.path.join(d, "slimd.db-wal"), "rb") as f:
+                db += f.read()
     assert tok[6:].encode() not in db, "the secret is in slimd.db"
     assert hashlib.sha256(tok.encode()).hexdigest().encode() in db, "the hash is not in slimd.db"
 
