@@ -558,7 +558,7 @@ _Static_assert(sizeof migrations_pg / sizeof migrations_pg[0] ==
     " OR lease_until IS NULL OR lease_until < " PG_EPOCH ")"
 #define PG_DUPLICATES(t) "(SELECT count(*) FROM " t " d WHERE d.sha256 = " t ".sha256" \
     " AND d.id != " t ".id AND d.owner IS NOT DISTINCT FROM " t ".owner)"
-/* info whole: model_row picks its keys and leaves the metadata */
+/* info whole: model_row drops its metadata (drop_metadata says why) */
 #define PG_MODEL_COLS "id, kind, name, format, bytes, sha256, info, created_at, owner, " \
     PG_DUPLICATES("models")
 #define PG_DATASET_COLS "id, name, format, bytes, sha256, info, created_at, owner, " \
@@ -874,9 +874,88 @@ static const char *const onnx_keys[] = {"opset", "ir_version", "producer", "inpu
                                         "op_types", "nodes", "external_data", "external_files",
                                         "onnx_file", NULL};
 
+static const char *blanks(const char *p)
+{
+    while (*p == ' ' || *p == '\n' || *p == '\t' || *p == '\r')
+        p++;
+    return p;
+}
+
+/* Just past the JSON value (string, number, literal, object or array)
+ * that starts at p (after blanks), or NULL when the text ends first. */
+static const char *json_value_end(const char *p)
+{
+    int depth = 0;
+    p = blanks(p);
+    if (*p != '"' && *p != '{' && *p != '[') {   /* a number or a literal */
+        while (*p && *p != ',' && *p != '}' && *p != ']' && *p != ':' && *blanks(p) == *p)
+            p++;
+        return *p ? p : NULL;
+    }
+    for (;; p++) {
+        switch (*p) {
+        case 0:
+            return NULL;
+        case '"':
+            for (p++; *p != '"'; p++)
+                if (!*p || (*p == '\\' && !*++p))
+                    return NULL;
+            break;
+        case '{': case '[': depth++; break;
+        case '}': case ']': depth--; break;
+        }
+        if (depth == 0)
+            return p + 1;
+    }
+}
+
+/* info's JSON text without its top-level "metadata" member: a new
+ * string (slim_free), or NULL when it has none (or is not an object).
+ * PostgreSQL's rows carry a model's info whole (its JSON functions take
+ * ~30 ms to parse a MiB of metadata, where SQLite's json_remove drops it
+ * in the query), and a list must not parse what it does not show: this
+ * finds the member with a scan of the bytes, no parse. */
+static char *drop_metadata(const char *t)
+{
+    const char *p, *member, *key, *end;
+    char *out;
+    if (!t || !strstr(t, "\"metadata\""))
+        return NULL;
+    if (*(p = blanks(t)) != '{')
+        return NULL;
+    for (p++;;) {
+        member = p;   /* just past '{' or ',' */
+        key = blanks(p);
+        if (*key != '"' || !(end = json_value_end(key)))
+            return NULL;
+        int is_meta = end - key == 10 && !strncmp(key, "\"metadata\"", 10);
+        if (*(end = blanks(end)) != ':' || !(end = json_value_end(end + 1)))
+            return NULL;
+        end = blanks(end);
+        if (is_meta) {   /* drop the member and one comma beside it */
+            const char *cut = member, *resume = end;
+            if (*end == ',')
+                resume = end + 1;
+            else if (cut[-1] == ',')
+                cut--;
+            size_t head = (size_t)(cut - t), tail = strlen(resume);
+            if (!(out = slim_malloc(head + tail + 1)))
+                return NULL;
+            memcpy(out, t, head);
+            memcpy(out + head, resume, tail + 1);
+            return out;
+        }
+        if (*end != ',')
+            return NULL;
+        p = end + 1;
+    }
+}
+
 static json_t *model_row(struct db_stmt *s)
 {
-    json_t *info = col_json(s, 6), *row;
+    char *slim = drop_metadata(col_text(s, 6));
+    json_t *info = slim ? json_loads(slim, JSON_DECODE_ANY, NULL) : col_json(s, 6), *row;
+    slim_free(slim);
     row = json_pack("{s:s?, s:s?, s:s?, s:s?, s:I, s:s?, s:O?, s:O?, s:s?, s:s?}",
                     "id", col_text(s, 0), "kind", col_text(s, 1), "name", col_text(s, 2),
                     "format", col_text(s, 3), "bytes", (json_int_t)db_column_int64(s, 4),
@@ -2731,9 +2810,9 @@ int store_webhook_result(struct store *st, const char *job_id, int state, double
     int rc;
     pthread_mutex_lock(&st->lock);
     if (!(rc = adhoc(st, st->pg ?
-                     "UPDATE webhooks SET state = ?2, attempts = attempts + 1, next_at = ?3,"
-                     " last_status = ?4, last_error = ?5, delivered_at = CASE WHEN ?2 = 1 THEN "
-                     PG_NOW " END WHERE job_id = ?1" :
+                     "UPDATE webhooks SET state = ?2::bigint, attempts = attempts + 1,"
+                     " next_at = ?3, last_status = ?4, last_error = ?5, delivered_at ="
+                     " CASE WHEN ?2::bigint = 1 THEN " PG_NOW " END WHERE job_id = ?1" :
                      "UPDATE webhooks SET state = ?2, attempts = attempts + 1, next_at = ?3,"
                      " last_status = ?4, last_error = ?5, delivered_at = CASE WHEN ?2 = 1 THEN "
                      NOW " END WHERE job_id = ?1", &s, err, "sidis", job_id, state, next_at,

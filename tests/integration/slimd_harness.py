@@ -128,6 +128,17 @@ def store_flags(data_dir):
     return ["--store", uri] if uri else []
 
 
+def store_query(data_dir, sql):
+    """Under SLIMD_TEST_STORE=postgresql: runs sql (psql, as the server's
+    superuser) on data_dir's database and returns its rows, each a list
+    of column texts (a test that reads or ages rows behind the daemon's
+    back, as others do with the sqlite3 module)."""
+    import pg_harness
+    uri = store_uri(data_dir)
+    out = pg_harness.server(stop_at_exit=False).psql(sql, db=uri.rsplit("/", 1)[1])
+    return [line.split("|") for line in out.splitlines() if line]
+
+
 def make_tmpdir(prefix="slimd-test-"):
     d = tempfile.mkdtemp(prefix=prefix)
     _TMPDIRS.append(d)

@@ -203,7 +203,7 @@ def test_dockerfile():
     assert any(str(p).endswith(":" + port) for p in svc["ports"]), svc["ports"]
     # the runtime libraries are those the binary links (Debian package names)
     runtime = " ".join(a for i, a in st[1] if i == "RUN")
-    for lib in ("libmicrohttpd12", "libjansson4", "libsqlite3-0", "liblapacke", "libuv1",
+    for lib in ("libmicrohttpd12", "libjansson4", "libsqlite3-0", "libpq5", "liblapacke", "libuv1",
                 "libprotobuf-c1", "libssl3", "zlib1g", "curl"):
         assert lib in runtime, "runtime stage lacks " + lib
 
