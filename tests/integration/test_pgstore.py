@@ -115,8 +115,9 @@ def test_two_daemons_one_database():
         t.join()
     try:
         assert not errors, errors
+        # the latest schema: 9 (the queue's leases)
         assert PG.psql("SELECT version FROM schema_version", db=uri.rsplit("/", 1)[1]).strip() \
-            == "8"
+            == "9"
         a, b = ds
         r = a.request("POST", "/v1/models?name=shared", body=model(),
                       headers=dict(auth, **{"Content-Type": "application/octet-stream"}))
