@@ -87,11 +87,14 @@
  * reads the same clock for leases): schema 9's lease_until and
  * heartbeat_at */
 #define EPOCH "((julianday('now') - 2440587.5) * 86400.0)"
-/* A running job recovery may take (bound as ?2 all, ?3 this node): all
- * of them (SQLite at start: one daemon per database), this node's (at
- * its start nothing it held still runs), or any whose lease ran out
- * (its node stopped renewing: it died or lost the database) */
-#define RECOVERABLE " state = 1 AND (?2 <> 0 OR node = ?3 OR lease_until IS NULL" \
+/* A running job recovery may take (bound as ?2 all, ?3 this node, ?4
+ * the node id the data dir's last daemon had): all of them (SQLite at
+ * start: one daemon per database), this node's (at its start nothing it
+ * held still runs; nor anything its data dir's previous daemon held,
+ * under another id, as on another port: the data dir's lock says that
+ * one is gone), or any whose lease ran out (its node stopped renewing:
+ * it died or lost the database) */
+#define RECOVERABLE " state = 1 AND (?2 <> 0 OR node = ?3 OR node = ?4 OR lease_until IS NULL" \
     " OR lease_until < " EPOCH ")"
 /* A model's info keeps its safetensors __metadata__ (up to 1 MiB) for
  * whoever needs it, but no reply shows it: SQLite drops it before the
@@ -555,7 +558,7 @@ _Static_assert(sizeof migrations_pg / sizeof migrations_pg[0] ==
 #define PG_NOW PG_TIME("statement_timestamp()")
 #define PG_EPOCH "extract(epoch FROM clock_timestamp())::double precision"
 #define PG_RECOVERABLE " state = 1 AND (?2::bigint <> 0 OR node = ?3::text" \
-    " OR lease_until IS NULL OR lease_until < " PG_EPOCH ")"
+    " OR node = ?4::text OR lease_until IS NULL OR lease_until < " PG_EPOCH ")"
 #define PG_DUPLICATES(t) "(SELECT count(*) FROM " t " d WHERE d.sha256 = " t ".sha256" \
     " AND d.id != " t ".id AND d.owner IS NOT DISTINCT FROM " t ".owner)"
 /* info whole: model_row drops its metadata (drop_metadata says why) */
@@ -713,6 +716,7 @@ struct store {
     char *db_path;                  /* SQLite's database file; NULL on PostgreSQL */
     struct blob_backend *blobs;     /* where blob files live (blob.h) */
     char *node;                     /* store_set_node: the node id jobs are claimed for */
+    char *prev_node;                /* the id of the data dir's previous daemon, if other */
     double lease;                   /* and the seconds of a lease */
     struct store_sweep sweep;       /* what store_open cleaned */
 };
@@ -1534,6 +1538,7 @@ void store_close(struct store *st)
     slim_free(st->db_spec);
     slim_free(st->db_path);
     slim_free(st->node);
+    slim_free(st->prev_node);
     slim_free(st);
 }
 
@@ -2092,8 +2097,8 @@ int store_job_cancel(struct store *st, const char *id, int *was_running, struct 
 /* A running job whose cancel was requested before the stop ends
  * canceled (counted in neither *requeued nor *failed); max_attempts < 1
  * counts as 1. */
-static int recover(struct store *st, int all, const char *node, int max_attempts,
-                   int *requeued, int *failed, struct slim_error *err)
+static int recover(struct store *st, int all, const char *node, const char *prev,
+                   int max_attempts, int *requeued, int *failed, struct slim_error *err)
 {
     int rc;
     *requeued = *failed = 0;
@@ -2101,11 +2106,11 @@ static int recover(struct store *st, int all, const char *node, int max_attempts
         max_attempts = 1;
     pthread_mutex_lock(&st->lock);
     if (!(rc = run(st, Q_BEGIN_IMMEDIATE, NULL, err, ""))) {
-        rc = run(st, Q_RECOVER_CANCELED, NULL, err, "iis", max_attempts, all, node);
+        rc = run(st, Q_RECOVER_CANCELED, NULL, err, "iiss", max_attempts, all, node, prev);
         if (!rc)
-            rc = run(st, Q_RECOVER_FAIL, failed, err, "iis", max_attempts, all, node);
+            rc = run(st, Q_RECOVER_FAIL, failed, err, "iiss", max_attempts, all, node, prev);
         if (!rc)
-            rc = run(st, Q_RECOVER_REQUEUE, requeued, err, "iis", max_attempts, all, node);
+            rc = run(st, Q_RECOVER_REQUEUE, requeued, err, "iiss", max_attempts, all, node, prev);
         if ((rc = finish(st, rc, err)))
             *requeued = *failed = 0;
     }
@@ -2121,24 +2126,62 @@ static int recover(struct store *st, int all, const char *node, int max_attempts
 int store_job_recover(struct store *st, int max_attempts, int *requeued, int *failed,
                       struct slim_error *err)
 {
-    return recover(st, !st->pg, st->node, max_attempts, requeued, failed, err);
+    return recover(st, !st->pg, st->node, st->prev_node, max_attempts, requeued, failed, err);
 }
 
 int store_job_recover_expired(struct store *st, int max_attempts, int *requeued, int *failed,
                               struct slim_error *err)
 {
-    return recover(st, 0, NULL, max_attempts, requeued, failed, err);
+    return recover(st, 0, NULL, NULL, max_attempts, requeued, failed, err);
+}
+
+/* DATA_DIR/node-id: the node id of the last daemon on this data dir
+ * (one line), so that one restarted under another id (the default
+ * HOSTNAME:PORT, on another port) still recovers its predecessor's jobs
+ * at once.  Read into *prev (NULL when missing or the same as node),
+ * then replaced by node (temp file and rename).  Only SLIM_ENOMEM. */
+static int node_file(struct store *st, const char *node, char **prev, struct slim_error *err)
+{
+    char path[4096], tmp[4200], buf[256] = "";
+    FILE *f;
+    *prev = NULL;
+    snprintf(path, sizeof path, "%s/node-id", st->dir);
+    if ((f = fopen(path, "re"))) {
+        if (fgets(buf, sizeof buf, f))
+            buf[strcspn(buf, "\n")] = 0;
+        fclose(f);
+    }
+    if (buf[0] && (!node || strcmp(buf, node)) && !(*prev = slim_strdup(buf)))
+        return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    if (!node || (buf[0] && !strcmp(buf, node)))
+        return 0;
+    /* best effort: a full disk must not stop the start (it costs only
+     * the quick recovery of the next start under another id) */
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    if ((f = fopen(tmp, "we"))) {
+        int bad = fprintf(f, "%s\n", node) < 0 || fflush(f) || fsync(fileno(f));
+        if (fclose(f) || bad || rename(tmp, path))
+            unlink(tmp);
+    }
+    return 0;
 }
 
 int store_set_node(struct store *st, const char *node, double lease_seconds,
                    struct slim_error *err)
 {
-    char *copy = node ? slim_strdup(node) : NULL;
+    char *copy = node ? slim_strdup(node) : NULL, *prev = NULL;
+    int rc;
     if (node && !copy)
         return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    if ((rc = node_file(st, node, &prev, err))) {
+        slim_free(copy);
+        return rc;
+    }
     pthread_mutex_lock(&st->lock);
     slim_free(st->node);
+    slim_free(st->prev_node);
     st->node = copy;
+    st->prev_node = prev;
     st->lease = lease_seconds > 0 ? lease_seconds : 30;
     pthread_mutex_unlock(&st->lock);
     return 0;

@@ -340,11 +340,14 @@ int store_job_recover(struct store *st, int max_attempts, int *requeued, int *fa
  * running (succeed, fail, fail_kept, retry, canceled, requeue) change
  * the row only while this store's node holds it: a node that lost its
  * lease gets SLIM_ECONFLICT ("held by node ... now") and changes nothing.
- * store_job_recover (at start) takes, on PostgreSQL, this node's jobs
- * and the expired ones, never another live node's; on SQLite every
- * running job (one daemon per SQLite database). */
+ * store_job_recover (at start) takes, on PostgreSQL, this node's jobs,
+ * those of the id the data dir's previous daemon had (DATA_DIR/node-id:
+ * the data dir's lock says that daemon is gone) and the expired ones,
+ * never another live node's; on SQLite every running job (one daemon
+ * per SQLite database). */
 /* Sets the node id that claims and leases name (NULL: none; rows then
- * hold NULL) and the lease in seconds (<= 0: 30).  Call before the
+ * hold NULL) and the lease in seconds (<= 0: 30); records node in
+ * DATA_DIR/node-id (best effort).  Call with the data dir locked, before the
  * runner starts. */
 int store_set_node(struct store *st, const char *node, double lease_seconds,
                    struct slim_error *err);
