@@ -311,8 +311,9 @@ def test_cancel_through_another_node():
 
 @test
 def test_metrics_per_node():
-    """/metrics on every node: slimd_node_info and slimd_node_jobs_running per node"""
+    """/metrics on every node: slimd_node_info, slimd_node_jobs_running per node; one lease expired"""
     need_pg()
+    expired = 0
     for name, d in NODES.items():
         r = d.get("/metrics")
         assert r.status == 200, r
@@ -320,6 +321,11 @@ def test_metrics_per_node():
         assert 'slimd_node_info{node="%s",role="%s"} 1' % (
             name, "api" if name == "api" else "worker") in text, text[:500]
         assert 'slimd_node_jobs_running{node="%s"} 0' % name in text, text[:2000]
+        m = re.search(r'^slimd_jobs_requeued_total\{reason="lease_expired"\} (\d+)', text, re.M)
+        assert m, "no lease_expired counter on %s" % name
+        expired += int(m.group(1))
+    # the dead worker's job: re-queued once, by one node's sweep
+    assert expired == 1, expired
 
 
 if __name__ == "__main__":
