@@ -712,10 +712,11 @@ static void on_listen(uv_poll_t *p, int status, int events)
     struct runner *r = p->data;
     (void)events;
     if (status < 0 || listen_drain(r->listener, on_notify, r)) {
+        struct store_listen *l = r->listener;
         log_warn("lost the database's notifications; polling every %d s until they are back",
                  POLL_MS / 1000);
-        listen_close(r->listener);
-        listen_stop(r);
+        listen_stop(r);     /* out of the loop's poll set before its socket closes */
+        listen_close(l);
     }
 }
 

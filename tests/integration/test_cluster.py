@@ -310,6 +310,26 @@ def test_cancel_through_another_node():
 
 
 @test
+def test_listener_reconnects():
+    """the server drops the nodes' LISTEN connections: they come back within seconds, and jobs still run meanwhile"""
+    need_pg()
+    listeners = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'slimd-listen'"
+    assert sql(listeners) == [["3"]], sql(listeners)
+    sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE application_name = 'slimd-listen'")
+    # a job submitted while no node listens runs anyway (the slow poll)
+    jid = NODES["api"].submit({"model": SMALL,
+                               "passes": [{"op": "quantize", "dtype": "int8"}]}).json["id"]
+    assert NODES["api"].wait_job(jid, timeout=60)["state"] == "succeeded"
+    deadline = time.time() + 15
+    while time.time() < deadline and sql(listeners) != [["3"]]:
+        time.sleep(0.2)
+    assert sql(listeners) == [["3"]], sql(listeners)
+    for d in NODES.values():
+        assert "lost the database's notifications" in d.all_stderr_text(), d.name
+
+
+@test
 def test_metrics_per_node():
     """/metrics on every node: slimd_node_info, slimd_node_jobs_running per node; one lease expired"""
     need_pg()
