@@ -35,7 +35,10 @@ slimd_install_deps() {
 # tests/integration/test_dashboard.py; man-db's `man` is what
 # `systemd-analyze verify` checks the units' Documentation=man:slimd(8)
 # with (tests/integration/test_systemd.py).
-TEST_DEPS="chromium man-db"
+# swift-proxy, -account, -container and -object are the S3-compatible
+# server (Swift's s3api middleware) that tests/integration/s3_harness.py
+# starts on loopback for test_blobs.py (no Swift service is used).
+TEST_DEPS="chromium man-db swift-proxy swift-account swift-container swift-object"
 
 # What the sanitizer stages of scripts/slimd-test add: clang and its
 # runtimes for the libFuzzer targets (tests/fuzz/build.sh); gcc's own

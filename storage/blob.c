@@ -770,8 +770,8 @@ static int fetch(struct store *st, const char *sha, const char *path, struct sli
     if (!rc)
         rc = s3_get(b->s3, sha, 0, 0, fd, sha_sink, md, err);
     if (!rc && !(rc = digest_final(md, got, err)) && strcmp(got, sha))
-        rc = slim_error_set(err, SLIM_EIO, "s3: the object of blob %.64s in %s has sha256 %s: "
-                            "it is not that blob", sha, b->spec, got);
+        rc = slim_error_set(err, SLIM_EIO, "s3: the object of blob %.16s has sha256 %.16s: "
+                            "it is not that blob (%s)", sha, got, b->spec);
     if (!rc && fsync(fd))
         rc = io_error(st, err, "fsync", tmp);
     if (fd >= 0 && close(fd) && !rc)
