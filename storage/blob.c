@@ -794,9 +794,75 @@ int store_blob_fetch(struct store *st, const char *path, struct slim_error *err)
 {
     struct blob_backend *b = store_blobs(st);
     const char *sha = path_sha(path);
-    if (b->kind != BLOB_S3 || !sha || access(path, F_OK) == 0)
+    if (b->kind != BLOB_S3 || !sha)
+        return 0;
+    /* a copy's mtime is when it was last used: blob_cache_trim's order */
+    if (utimensat(AT_FDCWD, path, NULL, 0) == 0 || errno != ENOENT)
         return 0;
     return fetch(st, sha, path, err);
+}
+
+struct cached {
+    struct timespec used;
+    uint64_t blocks;
+    char name[68];      /* "ab/<sha>" */
+};
+
+static int by_use(const void *x, const void *y)
+{
+    const struct cached *a = x, *b = y;
+    if (a->used.tv_sec != b->used.tv_sec)
+        return a->used.tv_sec < b->used.tv_sec ? -1 : 1;
+    return a->used.tv_nsec < b->used.tv_nsec ? -1 : a->used.tv_nsec > b->used.tv_nsec;
+}
+
+uint64_t blob_cache_trim(struct store *st, uint64_t want)
+{
+    struct blob_backend *b = store_blobs(st);
+    struct cached *all = NULL, *grown;
+    size_t n = 0, cap = 0;
+    uint64_t freed = 0;
+    char path[4096];
+    DIR *top, *sub;
+    struct dirent *e, *f;
+    struct stat sb;
+
+    if (b->kind != BLOB_S3 || !want || !(top = opendir(b->root)))
+        return 0;
+    while ((e = readdir(top))) {
+        if (strlen(e->d_name) != 2 || strspn(e->d_name, "0123456789abcdef") != 2)
+            continue;
+        snprintf(path, sizeof path, "%s/%s", b->root, e->d_name);
+        if (!(sub = opendir(path)))
+            continue;
+        while ((f = readdir(sub))) {
+            if (strlen(f->d_name) != 64 || fstatat(dirfd(sub), f->d_name, &sb, 0))
+                continue;
+            if (n == cap) {
+                cap = cap ? 2 * cap : 256;
+                if (!(grown = slim_realloc(all, cap * sizeof *all)))
+                    break;
+                all = grown;
+            }
+            all[n].used = sb.st_mtim;
+            all[n].blocks = (uint64_t)sb.st_blocks * 512;
+            snprintf(all[n].name, sizeof all[n].name, "%s/%s", e->d_name, f->d_name);
+            n++;
+        }
+        closedir(sub);
+    }
+    closedir(top);
+    if (n)
+        qsort(all, n, sizeof *all, by_use);
+    /* a copy that a job has mapped or a download is sending stays
+     * readable through its open file: unlink frees it when they end */
+    for (size_t i = 0; i < n && freed < want; i++) {
+        snprintf(path, sizeof path, "%s/%s", b->root, all[i].name);
+        if (unlink(path) == 0)
+            freed += all[i].blocks;
+    }
+    slim_free(all);
+    return freed;
 }
 
 int blob_exists(struct store *st, const char *sha, struct slim_error *err)

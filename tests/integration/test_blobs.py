@@ -15,6 +15,7 @@ Run by hand:  SLIMD_BIN=./slimd /usr/bin/python3 tests/integration/test_blobs.py
 import hashlib
 import os
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -314,6 +315,42 @@ def test_s3_unreachable():
         assert r.status == 200 and sha(r.body) == job["artifact"]["sha256"], r
     finally:
         e.stop()
+
+
+@test
+def test_s3_cache_bounded_by_retention():
+    """s3: --max-data-bytes removes local copies (least recently used first) before any job; each is fetched again when needed"""
+    a = s3_daemon("cache", name="s3R", env={}).start()
+    a.args += ["--db-reserve-bytes", "0"]
+    models = [model_bytes(40 + i, rows=512, cols=1024) for i in range(4)]   # 2 MiB each
+    try:
+        ids = [a.upload(m).json["id"] for m in models]
+        # the first one used last: it is the one copy that should stay
+        assert a.get("/v1/models/%s/file" % ids[0]).status == 200
+    finally:
+        a.stop()
+    cache = os.path.join(a.data_dir, "cache")
+
+    def copies():
+        return sorted(f for _, _, fs in os.walk(cache) for f in fs)
+    assert copies() == sorted(sha(m) for m in models), copies()
+    # the data dir without the copies, plus room for about one
+    du = [int(subprocess.run(["du", "-sB1", p], capture_output=True, text=True,
+                             check=True).stdout.split()[0]) for p in (a.data_dir, cache)]
+    rest = du[0] - du[1]
+    a.args += ["--max-data-bytes", str(rest + (3 << 20))]
+    a.start()
+    try:
+        deadline = time.time() + 10
+        while len(copies()) > 1 and time.time() < deadline:
+            time.sleep(0.1)
+        assert copies() == [sha(models[0])], (copies(), [sha(m) for m in models])
+        for i, m in zip(ids, models):
+            r = a.get("/v1/models/%s/file" % i)
+            assert r.status == 200 and r.body == m, r
+        assert a.get("/v1/models").json["total"] == 4
+    finally:
+        a.stop()
 
 
 def teardown():
