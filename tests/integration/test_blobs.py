@@ -232,10 +232,14 @@ def test_s3_two_nodes():
     b = s3_daemon("two-nodes", data_dir=bdir, name="s3B").start()
     try:
         assert not os.path.exists(os.path.join(bdir, "cache", sha(big)[:2], sha(big)))
+        # If-None-Match is answered from the sha256 alone: nothing fetched
+        s = job["artifact"]["sha256"]
+        r = b.get("/v1/jobs/%s/artifact" % job["id"], headers={"If-None-Match": '"%s"' % s})
+        assert r.status == 304 and r.header("ETag") == '"%s"' % s, r
+        assert not os.path.exists(os.path.join(bdir, "cache", s[:2], s))
         check_download(b, "/v1/jobs/%s/artifact" % job["id"], art.body)
         check_download(b, "/v1/models/%s/file" % ra["id"], big)
         # the local copy B fetched is the blob (checked against its name)
-        s = job["artifact"]["sha256"]
         with open(os.path.join(bdir, "cache", s[:2], s), "rb") as f:
             assert sha(f.read()) == s
         # a job on B over a model B has no copy of: fetched by the worker
