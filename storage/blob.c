@@ -1,5 +1,6 @@
 /*
- * blob.c - the content-addressed blob store: data_dir/blobs/ab/<sha256>.
+ * blob.c - the content-addressed blob store: data_dir/blobs/ab/<sha256>,
+ * or a shared dir or an S3 bucket (--blobs; below).
  *
  * Uploads stream into a mkstemp() file under tmp/ and are hashed on the
  * way (OpenSSL's EVP SHA-256, with the CPU's SHA instructions), so a file
@@ -56,6 +57,17 @@
  * for the same reason.  (4) The folder is fsynced after, so a row is
  * durable only after the name it points to.  tests/integration/
  * test_blobs.py runs two daemons uploading the same bytes at once.
+ *
+ * s3: a blob is committed as on one node (into DATA_DIR/cache, the same
+ * file system as tmp/), then sent unless a HEAD finds it; the commit
+ * fails (and the upload is refused) when the bucket does not take it.
+ * Two nodes sending the same blob at once PUT the same bytes under the
+ * same key: S3 keeps one whole object either way (a PUT is atomic, and
+ * a multipart upload appears only when completed).  A local copy is
+ * fetched into tmp/, checked against its name's sha256, then renamed
+ * into cache/: a copy is whole and right, or absent.  A copy may go at
+ * any time (blob_cache_trim): a job that mapped it or a download that
+ * sends it keeps its open file.
  *
  * Removing blobs is store.c's job, under the store's lock: only the
  * database knows whether a blob is still used.  At a shared location
