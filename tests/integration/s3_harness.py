@@ -139,15 +139,15 @@ class SwiftS3:
         common = ("[DEFAULT]\nbind_ip = 127.0.0.1\nbind_port = %d\nworkers = 0\n"
                   "user = %s\nswift_dir = %s\ndevices = %s\nmount_check = false\n"
                   "log_name = %s\nlog_facility = LOG_LOCAL0\nlog_level = INFO\n"
-                  "log_address = /nonexistent\n")
+                  "log_address = /nonexistent\nrecon_cache_path = %s\n")
         for s in ("account", "container", "object"):
             self._write("%s-server.conf" % s,
-                        common % (self.ports[s], user, self.dir, devices, s)
+                        common % (self.ports[s], user, self.dir, devices, s, self.dir)
                         + "\n[pipeline:main]\npipeline = %s-server\n\n"
                           "[app:%s-server]\nuse = egg:swift#%s\n" % (s, s, s)
                         + ("\n[%s-replicator]\n\n[%s-updater]\n\n[%s-auditor]\n" % (s, s, s)))
         self._write("proxy-server.conf",
-                    common % (self.ports["proxy"], user, self.dir, devices, "proxy")
+                    common % (self.ports["proxy"], user, self.dir, devices, "proxy", self.dir)
                     + "\n[pipeline:main]\n"
                       "pipeline = catch_errors gatekeeper proxy-logging cache listing_formats "
                       "s3api tempauth copy slo dlo proxy-logging proxy-server\n\n"
