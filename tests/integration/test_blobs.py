@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -88,14 +89,20 @@ def check_download(d, path, body):
 
 
 def shared_dir():
-    # /dev/shm when it is another file system than the data dirs' (/tmp):
-    # then an artifact, written in the data dir, is copied across, and
-    # the uploads stream straight into PATH/.incoming
-    base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-    d = h.make_tmpdir("slimd-shared-blobs-") if base is None else \
-        __import__("tempfile").mkdtemp(prefix="slimd-shared-blobs-", dir=base)
-    if base:
-        h._TMPDIRS.append(d)
+    """/dev/shm when it is another file system than the data dirs' (/tmp)
+    with room for the test's 80 MiB: then an artifact, written in the
+    data dir, is copied across, and the uploads stream straight into
+    PATH/.incoming.  Else a folder beside the data dirs."""
+    try:
+        v = os.statvfs("/dev/shm")
+        roomy = v.f_bavail * v.f_frsize > (512 << 20) and os.access("/dev/shm", os.W_OK)
+        other = os.stat("/dev/shm").st_dev != os.stat(tempfile.gettempdir()).st_dev
+    except OSError:
+        roomy = other = False
+    if not (roomy and other):
+        return h.make_tmpdir("slimd-shared-blobs-")
+    d = tempfile.mkdtemp(prefix="slimd-shared-blobs-", dir="/dev/shm")
+    h._TMPDIRS.append(d)
     return d
 
 
