@@ -215,8 +215,7 @@ enum MHD_Result api_datasets_get(struct api_ctx *ctx, struct MHD_Connection *con
     /* the stored (canonical) file, named after the id: the upload's name
      * may be an IDX file's */
     sha = json_string_value(json_object_get(row, "sha256"));
-    store_blob_path(ctx->st, sha, path, sizeof path);
-    if (store_blob_fetch(ctx->st, path, &err)) {   /* --blobs s3: a local copy first */
+    if (api_blob_local(ctx, conn, sha, path, sizeof path, &err)) {
         json_decref(row);
         return api_reply_slim_error(conn, req, &err);
     }

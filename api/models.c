@@ -202,8 +202,7 @@ enum MHD_Result api_models_get(struct api_ctx *ctx, struct MHD_Connection *conn,
         return api_reply_json(conn, req, 200, row, NULL);
     sha = json_string_value(json_object_get(row, "sha256"));
     name = json_string_value(json_object_get(row, "name"));
-    store_blob_path(ctx->st, sha, path, sizeof path);
-    if (store_blob_fetch(ctx->st, path, &err)) {   /* --blobs s3: a local copy first */
+    if (api_blob_local(ctx, conn, sha, path, sizeof path, &err)) {
         json_decref(row);
         return api_reply_slim_error(conn, req, &err);
     }

@@ -39,7 +39,10 @@ slimd_install_deps() {
 # that tests/integration/pg_harness.py starts privately (initdb, pg_ctl on
 # a loopback port) for test_pgstore.py and `make check-pg`: only its
 # binaries are used, never the system service the package sets up.
-TEST_DEPS="chromium man-db postgresql-15"
+# swift-proxy, -account, -container and -object are the S3-compatible
+# server (Swift's s3api middleware) that tests/integration/s3_harness.py
+# starts on loopback for test_blobs.py (no Swift service is used).
+TEST_DEPS="chromium man-db postgresql-15 swift-proxy swift-account swift-container swift-object"
 
 # What the sanitizer stages of scripts/slimd-test add: clang and its
 # runtimes for the libFuzzer targets (tests/fuzz/build.sh); gcc's own

@@ -1,5 +1,6 @@
 /*
- * blob.c - the content-addressed blob store: data_dir/blobs/ab/<sha256>.
+ * blob.c - the content-addressed blob store: data_dir/blobs/ab/<sha256>,
+ * or a shared dir or an S3 bucket (--blobs; below).
  *
  * Uploads stream into a mkstemp() file under tmp/ and are hashed on the
  * way (OpenSSL's EVP SHA-256, with the CPU's SHA instructions), so a file
@@ -56,6 +57,17 @@
  * for the same reason.  (4) The folder is fsynced after, so a row is
  * durable only after the name it points to.  tests/integration/
  * test_blobs.py runs two daemons uploading the same bytes at once.
+ *
+ * s3: a blob is committed as on one node (into DATA_DIR/cache, the same
+ * file system as tmp/), then sent unless a HEAD finds it; the commit
+ * fails (and the upload is refused) when the bucket does not take it.
+ * Two nodes sending the same blob at once PUT the same bytes under the
+ * same key: S3 keeps one whole object either way (a PUT is atomic, and
+ * a multipart upload appears only when completed).  A local copy is
+ * fetched into tmp/, checked against its name's sha256, then renamed
+ * into cache/: a copy is whole and right, or absent.  A copy may go at
+ * any time (blob_cache_trim): a job that mapped it or a download that
+ * sends it keeps its open file.
  *
  * Removing blobs is store.c's job, under the store's lock: only the
  * database knows whether a blob is still used.  At a shared location
@@ -770,8 +782,8 @@ static int fetch(struct store *st, const char *sha, const char *path, struct sli
     if (!rc)
         rc = s3_get(b->s3, sha, 0, 0, fd, sha_sink, md, err);
     if (!rc && !(rc = digest_final(md, got, err)) && strcmp(got, sha))
-        rc = slim_error_set(err, SLIM_EIO, "s3: the object of blob %.64s in %s has sha256 %s: "
-                            "it is not that blob", sha, b->spec, got);
+        rc = slim_error_set(err, SLIM_EIO, "s3: the object of blob %.16s has sha256 %.16s: "
+                            "it is not that blob (%s)", sha, got, b->spec);
     if (!rc && fsync(fd))
         rc = io_error(st, err, "fsync", tmp);
     if (fd >= 0 && close(fd) && !rc)
@@ -794,9 +806,75 @@ int store_blob_fetch(struct store *st, const char *path, struct slim_error *err)
 {
     struct blob_backend *b = store_blobs(st);
     const char *sha = path_sha(path);
-    if (b->kind != BLOB_S3 || !sha || access(path, F_OK) == 0)
+    if (b->kind != BLOB_S3 || !sha)
+        return 0;
+    /* a copy's mtime is when it was last used: blob_cache_trim's order */
+    if (utimensat(AT_FDCWD, path, NULL, 0) == 0 || errno != ENOENT)
         return 0;
     return fetch(st, sha, path, err);
+}
+
+struct cached {
+    struct timespec used;
+    uint64_t blocks;
+    char name[68];      /* "ab/<sha>" */
+};
+
+static int by_use(const void *x, const void *y)
+{
+    const struct cached *a = x, *b = y;
+    if (a->used.tv_sec != b->used.tv_sec)
+        return a->used.tv_sec < b->used.tv_sec ? -1 : 1;
+    return a->used.tv_nsec < b->used.tv_nsec ? -1 : a->used.tv_nsec > b->used.tv_nsec;
+}
+
+uint64_t blob_cache_trim(struct store *st, uint64_t want)
+{
+    struct blob_backend *b = store_blobs(st);
+    struct cached *all = NULL, *grown;
+    size_t n = 0, cap = 0;
+    uint64_t freed = 0;
+    char path[4096];
+    DIR *top, *sub;
+    struct dirent *e, *f;
+    struct stat sb;
+
+    if (b->kind != BLOB_S3 || !want || !(top = opendir(b->root)))
+        return 0;
+    while ((e = readdir(top))) {
+        if (strlen(e->d_name) != 2 || strspn(e->d_name, "0123456789abcdef") != 2)
+            continue;
+        snprintf(path, sizeof path, "%s/%s", b->root, e->d_name);
+        if (!(sub = opendir(path)))
+            continue;
+        while ((f = readdir(sub))) {
+            if (strlen(f->d_name) != 64 || fstatat(dirfd(sub), f->d_name, &sb, 0))
+                continue;
+            if (n == cap) {
+                cap = cap ? 2 * cap : 256;
+                if (!(grown = slim_realloc(all, cap * sizeof *all)))
+                    break;
+                all = grown;
+            }
+            all[n].used = sb.st_mtim;
+            all[n].blocks = (uint64_t)sb.st_blocks * 512;
+            snprintf(all[n].name, sizeof all[n].name, "%s/%s", e->d_name, f->d_name);
+            n++;
+        }
+        closedir(sub);
+    }
+    closedir(top);
+    if (n)
+        qsort(all, n, sizeof *all, by_use);
+    /* a copy that a job has mapped or a download is sending stays
+     * readable through its open file: unlink frees it when they end */
+    for (size_t i = 0; i < n && freed < want; i++) {
+        snprintf(path, sizeof path, "%s/%s", b->root, all[i].name);
+        if (unlink(path) == 0)
+            freed += all[i].blocks;
+    }
+    slim_free(all);
+    return freed;
 }
 
 int blob_exists(struct store *st, const char *sha, struct slim_error *err)

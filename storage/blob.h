@@ -41,5 +41,11 @@ int blob_exists(struct store *st, const char *sha, struct slim_error *err);
  * file (default), nothing (a shared dir), the local copy (s3).  Returns
  * the bytes that freed in the data dir, in allocated blocks. */
 uint64_t blob_remove(struct store *st, const char *sha);
+/* s3 only (0 otherwise): removes local copies, least recently used
+ * first (store_blob_fetch marks a use), until want bytes are freed or
+ * none is left; returns the bytes freed.  The bucket keeps the blobs, so
+ * a copy removed is fetched again when next needed.  For retention
+ * (--max-data-bytes), which removes these before any job. */
+uint64_t blob_cache_trim(struct store *st, uint64_t want);
 
 #endif

@@ -2603,6 +2603,11 @@ int store_retention_sweep(struct store *st, const struct store_retention *cfg,
      * less the headroom the caller keeps for an artifact on its way */
     target = cfg->max_bytes > cfg->headroom ? cfg->max_bytes - cfg->headroom : 0;
     out->bytes_before = bytes = store_data_bytes(st);
+    if (bytes > target) {   /* --blobs s3: local copies go before any job */
+        uint64_t freed = blob_cache_trim(st, bytes - target);
+        out->freed += freed;
+        bytes = bytes > freed ? bytes - freed : 0;
+    }
     while (bytes > target) {
         pthread_mutex_lock(&st->lock);
         rc = select_ids(st, Q_RET_OLDEST, NULL, ids, &n, err);

@@ -1616,6 +1616,101 @@ static void test_sweep_orphans(void **state)
     store_close(st);
 }
 
+static void test_shared_blob_dir(void **state)
+{
+    /* --blobs dir:PATH for two stores (two daemons): the same bytes from
+     * both make one blob at PATH, nothing in their data dirs; a store
+     * without rows naming it does not remove it, nor does a reopen's
+     * sweep (it may be another daemon's, between commit and insert); an
+     * artifact adopted from the data dir's tmp/ lands at PATH; nothing
+     * is left in PATH/.incoming */
+    (void)state;
+    const char *a_dir = data_dir("shared-a");
+    char b_dir[1024], shared[1024], spec[1100], path[4096], sha[65], sha2[65], tmp[4096];
+    struct store *a, *b;
+    struct store_sweep sweep;
+    struct slim_error err;
+    const char *m;
+    uint64_t bytes = 0;
+    FILE *f;
+
+    snprintf(b_dir, sizeof b_dir, "%s", data_dir("shared-b"));
+    snprintf(shared, sizeof shared, "%s", data_dir("shared-blobs"));
+    snprintf(spec, sizeof spec, "dir:%s", shared);
+    assert_int_equal(store_open_blobs(a_dir, spec, &a, &err), 0);
+    assert_int_equal(store_open_blobs(b_dir, spec, &b, &err), 0);
+    m = put_model(a, "m", "shared bytes");
+    snprintf(sha, sizeof sha, "%s", put_blob(b, "shared bytes"));
+    snprintf(path, sizeof path, "%s/%.2s/%s", shared, sha, sha);
+    assert_int_equal(access(path, F_OK), 0);
+    assert_true(blob_exists(a, sha) && blob_exists(b, sha));
+    snprintf(path, sizeof path, "%s/blobs", a_dir);
+    assert_int_equal(count_files(path), 0);
+    store_blob_drop_unused(b, sha);       /* b has no row: it is a's */
+    assert_true(blob_exists(a, sha));
+    snprintf(sha2, sizeof sha2, "%s", put_blob(b, "committed, no row yet"));
+    store_close(b);
+    assert_int_equal(store_open_blobs(b_dir, spec, &b, &err), 0);
+    store_open_sweep(b, &sweep);
+    assert_int_equal(sweep.orphans_removed, 0);
+    assert_true(blob_exists(b, sha2));
+    /* an artifact written in a's tmp/ */
+    assert_int_equal(store_tmp_path(a, ".safetensors", tmp, sizeof tmp), 0);
+    assert_non_null(f = fopen(tmp, "w"));
+    fputs("artifact bytes", f);
+    fclose(f);
+    assert_int_equal(store_blob_adopt(a, tmp, sha2, &bytes, &err), 0);
+    assert_int_equal(bytes, strlen("artifact bytes"));
+    assert_int_equal(access(tmp, F_OK), -1);
+    snprintf(path, sizeof path, "%s/%.2s/%s", shared, sha2, sha2);
+    assert_int_equal(access(path, F_OK), 0);
+    snprintf(path, sizeof path, "%s/.incoming", shared);
+    assert_int_equal(count_files(path), 0);
+    /* deleting a's model frees nothing at the shared location */
+    assert_int_equal(store_model_delete(a, m, &err), 0);
+    assert_true(blob_exists(b, sha));
+    store_close(a);
+    store_close(b);
+}
+
+static void test_blob_specs(void **state)
+{
+    /* malformed --blobs and missing S3 settings are SLIM_EINVAL naming
+     * them; an unreachable S3 endpoint opens (nothing is asked of it)
+     * and a commit then fails SLIM_EIO naming s3 and the endpoint, with
+     * no temp file left */
+    (void)state;
+    const char *dir = data_dir("specs");
+    struct store *st = NULL;
+    struct blob_writer *bw;
+    struct slim_error err;
+    char sha[65];
+
+    assert_int_equal(store_open_blobs(dir, "nfs:/x", &st, &err), SLIM_EINVAL);
+    assert_non_null(strstr(err.msg, "dir:PATH or s3://"));
+    unsetenv("SLIMD_S3_ENDPOINT");
+    assert_int_equal(store_open_blobs(dir, "s3://bucket/p", &st, &err), SLIM_EINVAL);
+    assert_non_null(strstr(err.msg, "SLIMD_S3_ENDPOINT"));
+    setenv("SLIMD_S3_ENDPOINT", "http://127.0.0.1:1", 1);
+    unsetenv("AWS_ACCESS_KEY_ID");
+    assert_int_equal(store_open_blobs(dir, "s3://bucket/p", &st, &err), SLIM_EINVAL);
+    assert_non_null(strstr(err.msg, "AWS_ACCESS_KEY_ID"));
+    setenv("AWS_ACCESS_KEY_ID", "id", 1);
+    setenv("AWS_SECRET_ACCESS_KEY", "secret", 1);
+    assert_int_equal(store_open_blobs(dir, "s3://Bad_Bucket", &st, &err), SLIM_EINVAL);
+    assert_int_equal(store_open_blobs(dir, "s3://bucket/p", &st, &err), 0);
+    assert_int_equal(store_blob_begin(st, &bw, &err), 0);
+    assert_int_equal(store_blob_write(bw, "abc", 3, &err), 0);
+    assert_int_equal(store_blob_commit(bw, sha, &err), SLIM_EIO);
+    assert_non_null(strstr(err.msg, "s3: "));
+    assert_non_null(strstr(err.msg, "127.0.0.1:1"));
+    assert_int_equal(tmp_files(st), 0);
+    store_close(st);
+    unsetenv("SLIMD_S3_ENDPOINT");
+    unsetenv("AWS_ACCESS_KEY_ID");
+    unsetenv("AWS_SECRET_ACCESS_KEY");
+}
+
 static void test_token_hash_and_scopes(void **state)
 {
     /* the hash is SHA-256 of the secret's bytes (FIPS 180-2's "abc"
@@ -2114,6 +2209,8 @@ int main(void)
         cmocka_unit_test(test_retry_counts_attempts),
         cmocka_unit_test(test_wal_kept_and_reserved),
         cmocka_unit_test(test_sweep_orphans),
+        cmocka_unit_test(test_shared_blob_dir),
+        cmocka_unit_test(test_blob_specs),
         cmocka_unit_test(test_alloc_failures),
         cmocka_unit_test(test_no_leaks_in_wrappers),
         cmocka_unit_test(test_lifecycle),
