@@ -100,7 +100,11 @@ def test_two_daemons_one_database():
                          timeout=60)
     assert tok.returncode == 0, tok.stderr
     auth = {"Authorization": "Bearer " + tok.stdout.strip()}
-    ds = [serve(dirs[i], uri, ["--auth", "token"], name="shared%d" % i) for i in range(2)]
+    # either daemon may claim the job (the queue wakes both): they share
+    # the blobs too, as daemons sharing a database must (README)
+    blobs = h.make_tmpdir("slimd-blobs-")
+    ds = [serve(dirs[i], uri, ["--auth", "token", "--blobs", "dir:" + blobs], name="shared%d" % i)
+          for i in range(2)]
     errors = []
 
     def start(d):
