@@ -14,9 +14,9 @@
 #include "api/api.h"
 #include "api/metrics.h"
 
-/* With --node-id: "node" {id, role, jobs: the ids of the running jobs
- * it holds}.  When the database cannot be read the health is still
- * answered (a liveness probe), with the node's jobs left out. */
+/* In a daemon: "node" {id, role, jobs: the ids of the running jobs it
+ * holds}.  When the database cannot be read the health is still
+ * answered (a liveness probe), its jobs then shown as []. */
 enum MHD_Result api_health(struct api_ctx *ctx, struct MHD_Connection *conn,
                            struct api_request *req)
 {
