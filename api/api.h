@@ -57,6 +57,8 @@ struct api_config {
     unsigned max_conns_per_ip; /* connections at once from one address; 0: no limit */
     unsigned conn_timeout;   /* seconds a connection may stay silent, and may take to send
                               * a whole request head; 0: no limit */
+    const char *node;        /* --node-id (borrowed), for /v1/health and /metrics */
+    const char *role;        /* --role: "api", "worker" or "all"; NULL: all */
 };
 
 struct api_server;
@@ -96,6 +98,9 @@ struct api_ctx {
     const char *const *cors_origins;
     struct api_watch *watch;             /* job change notices (events.c); NULL: none */
     unsigned conn_timeout;               /* --conn-timeout: event streams speak more often */
+    const char *node;                    /* --node-id; NULL outside a daemon */
+    const char *role;                    /* --role */
+    int worker_only;                     /* --role worker: no uploads, no submissions */
 };
 
 /* ---- auth.c: the gate every request passes ---- */
@@ -169,6 +174,13 @@ enum MHD_Result api_reply_error_header(struct MHD_Connection *conn, struct api_r
 enum MHD_Result api_reply_file(struct MHD_Connection *conn, struct api_request *req,
                                const char *path, const char *sha, const char *content_type,
                                const char *filename);
+/* The local file of blob sha into path (>= 4096 bytes), for
+ * api_reply_file: with --blobs s3 it is fetched first, unless the
+ * request's If-None-Match already names it (api_reply_file then answers
+ * 304 without the file).  0, or an error in err (SLIM_EIO naming s3 and
+ * the endpoint). */
+int api_blob_local(struct api_ctx *ctx, struct MHD_Connection *conn, const char *sha,
+                   char *path, size_t len, struct slim_error *err);
 void api_request_set_status(struct api_request *req, int status);
 
 /* The request body, when the route buffers it (JSON bodies, <= 1 MiB). */

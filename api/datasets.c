@@ -215,7 +215,10 @@ enum MHD_Result api_datasets_get(struct api_ctx *ctx, struct MHD_Connection *con
     /* the stored (canonical) file, named after the id: the upload's name
      * may be an IDX file's */
     sha = json_string_value(json_object_get(row, "sha256"));
-    store_blob_path(ctx->st, sha, path, sizeof path);
+    if (api_blob_local(ctx, conn, sha, path, sizeof path, &err)) {
+        json_decref(row);
+        return api_reply_slim_error(conn, req, &err);
+    }
     snprintf(fname, sizeof fname, "%s.safetensors", id);
     r = api_reply_file(conn, req, path, sha, "application/octet-stream", fname);
     json_decref(row);

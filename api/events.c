@@ -4,7 +4,9 @@
  * of a spec's notify.url (the webhook itself is daemon/webhook.c's).
  *
  * Change notices: the store calls api_watch's listener whenever a jobs
- * row changes (SQLite's update hook, storage/store.c); the listener
+ * row changes (SQLite's update hook, storage/store.c; on a PostgreSQL
+ * database other daemons share, a poll every SHARED_POLL_SECONDS as
+ * well, since their writes call no hook here); the listener
  * bumps a generation counter and broadcasts a condition variable.  A
  * waiter remembers the generation it saw, re-reads its job, and sleeps
  * until the generation moves, its time is up, or the server stops.  One
@@ -57,8 +59,15 @@ struct api_watch {
     uint64_t gen;              /* bumped on every jobs row change */
     int stop;
     int active;                /* waiters and event streams not yet done */
+    int shared;                /* PostgreSQL: other daemons change rows too */
     struct store *st;
 };
+
+/* On a database other daemons share (store_is_shared), the update hook
+ * sees only this daemon's writes: a job another node runs changes
+ * unseen, so waiters re-read their row this often instead (one indexed
+ * SELECT per waiter and period). */
+#define SHARED_POLL_SECONDS 0.25
 
 static double mono_now(void);
 
@@ -83,6 +92,7 @@ int api_watch_new(struct store *st, struct api_watch **out, struct slim_error *e
     pthread_cond_init(&w->cond, &ca);
     pthread_condattr_destroy(&ca);
     w->st = st;
+    w->shared = store_is_shared(st);
     if (store_job_listen(st, on_jobs_changed, w, 1)) {
         api_watch_free(w);
         return slim_error_set(err, SLIM_ENOMEM, "too many job listeners");
@@ -186,12 +196,17 @@ static int wait_change(struct api_watch *w, uint64_t *seen, double deadline, int
             return r;
         }
         until = deadline < now + 1.0 ? deadline : now + 1.0;
+        if (w->shared && until > now + SHARED_POLL_SECONDS)
+            until = now + SHARED_POLL_SECONDS;
         ts.tv_sec = (time_t)until;
         ts.tv_nsec = (long)((until - (double)ts.tv_sec) * 1e9);
         pthread_cond_timedwait(&w->cond, &w->lock, &ts);
         pthread_mutex_unlock(&w->lock);
         if (client_gone(fd))
             return WAIT_GONE;
+        /* shared: another node may have changed the row (re-read it) */
+        if (w->shared && mono_now() < deadline)
+            return WAIT_CHANGED;
     }
 }
 

@@ -97,7 +97,8 @@ static int reserve_memory(struct api_ctx *ctx, const struct slim_spec *spec, con
     char path[4096], detail[160];
     int rc;
     store_blob_path(ctx->st, sha, path, sizeof path);
-    if ((rc = slim_pipeline_estimate(spec, path, &need, err)))
+    if ((rc = store_blob_fetch(ctx->st, path, err)) ||
+        (rc = slim_pipeline_estimate(spec, path, &need, err)))
         return rc;
     need += data_bytes;   /* the training passes' data (check_refs) */
     snprintf(detail, sizeof detail, "%s", err->msg);
@@ -579,7 +580,10 @@ enum MHD_Result api_jobs_get(struct api_ctx *ctx, struct MHD_Connection *conn,
     if (!strcmp(sub, "artifact")) {
         art = json_object_get(row, "artifact");
         const char *sha = json_string_value(json_object_get(art, "sha256"));
-        store_blob_path(ctx->st, sha, path, sizeof path);
+        if (api_blob_local(ctx, conn, sha, path, sizeof path, &err)) {
+            json_decref(row);
+            return api_reply_slim_error(conn, req, &err);
+        }
         /* a sharded model's artifact is a tar of its shards and index;
          * so is an ONNX model with external data (the .onnx and its data) */
         int kind = slim_pipeline_output_kind(path), tar = kind == 2;

@@ -97,7 +97,7 @@ static struct family failed = {
 static struct family requeued = {
     "slimd_jobs_requeued_total",
     "Jobs put back in the queue, by reason (shutdown, disk_full, recovery after an unclean "
-    "stop).",
+    "stop, lease_expired: another node's lease ran out).",
     FAM_COUNTER, 1, {"reason"}, 0, {0}, NULL, NULL};
 
 static struct family *const families[] = {
@@ -147,7 +147,7 @@ static void seed(void)
 #undef SLIM_X
     };
     static const char *const outcomes[] = {"succeeded", "failed", "canceled", "requeued"};
-    static const char *const reasons[] = {"shutdown", "disk_full", "recovery"};
+    static const char *const reasons[] = {"shutdown", "disk_full", "recovery", "lease_expired"};
     static const char *const kinds[] = {"model", "dataset", "artifact"};
     if (seeded)
         return;

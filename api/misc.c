@@ -14,12 +14,46 @@
 #include "api/api.h"
 #include "api/metrics.h"
 
+/* In a daemon: "node" {id, role, jobs: the ids of the running jobs it
+ * holds}.  When the database cannot be read the health is still
+ * answered (a liveness probe), its jobs then shown as []. */
 enum MHD_Result api_health(struct api_ctx *ctx, struct MHD_Connection *conn,
                            struct api_request *req)
 {
-    (void)ctx;
-    return api_reply_json(conn, req, 200,
-                          json_pack("{s:s, s:s}", "status", "ok", "version", SLIMD_VERSION), NULL);
+    json_t *body = json_pack("{s:s, s:s}", "status", "ok", "version", SLIMD_VERSION);
+    json_t *by_node = NULL, *jobs;
+    struct slim_error err;
+    if (body && ctx->node) {
+        if (store_node_jobs(ctx->st, &by_node, &err) == 0)
+            jobs = json_incref(json_object_get(by_node, ctx->node));
+        else
+            jobs = NULL;
+        json_object_set_new(body, "node",
+                            json_pack("{s:s, s:s, s:o}", "id", ctx->node, "role", ctx->role,
+                                      "jobs", jobs ? jobs : json_array()));
+        json_decref(by_node);
+    }
+    return api_reply_json(conn, req, 200, body, NULL);
+}
+
+/* Which node holds which running job (schema 9), from the shared
+ * database: every node's scrape shows the whole cluster's. */
+static void write_nodes(struct api_ctx *ctx, FILE *f)
+{
+    json_t *by_node = NULL, *ids;
+    const char *node;
+    struct slim_error err;
+    if (!ctx->node || store_node_jobs(ctx->st, &by_node, &err))
+        return;
+    fprintf(f, "# HELP slimd_node_info This node's id and role.\n# TYPE slimd_node_info gauge\n"
+               "slimd_node_info{node=\"%s\",role=\"%s\"} 1\n", ctx->node, ctx->role);
+    fputs("# HELP slimd_node_jobs_running Running jobs by the node that holds them.\n"
+          "# TYPE slimd_node_jobs_running gauge\n", f);
+    if (!json_object_get(by_node, ctx->node))
+        fprintf(f, "slimd_node_jobs_running{node=\"%s\"} 0\n", ctx->node);
+    json_object_foreach(by_node, node, ids)
+        fprintf(f, "slimd_node_jobs_running{node=\"%s\"} %zu\n", node, json_array_size(ids));
+    json_decref(by_node);
 }
 
 enum MHD_Result api_metrics(struct api_ctx *ctx, struct MHD_Connection *conn,
@@ -41,6 +75,7 @@ enum MHD_Result api_metrics(struct api_ctx *ctx, struct MHD_Connection *conn,
                 (long long)counts[s]);
     fprintf(f, "# HELP slimd_build_info Version.\n# TYPE slimd_build_info gauge\n"
                "slimd_build_info{version=\"%s\"} 1\n", SLIMD_VERSION);
+    write_nodes(ctx, f);
     api_metrics_write(f);
     api_metrics_write_data_dir(f, store_data_dir(ctx->st));
     api_metrics_write_process(f);

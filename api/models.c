@@ -202,7 +202,10 @@ enum MHD_Result api_models_get(struct api_ctx *ctx, struct MHD_Connection *conn,
         return api_reply_json(conn, req, 200, row, NULL);
     sha = json_string_value(json_object_get(row, "sha256"));
     name = json_string_value(json_object_get(row, "name"));
-    store_blob_path(ctx->st, sha, path, sizeof path);
+    if (api_blob_local(ctx, conn, sha, path, sizeof path, &err)) {
+        json_decref(row);
+        return api_reply_slim_error(conn, req, &err);
+    }
     snprintf(fname, sizeof fname, "%s", name && !strpbrk(name, "\"\\/\r\n") ? name : id);
     r = api_reply_file(conn, req, path, sha, "application/octet-stream", fname);
     json_decref(row);

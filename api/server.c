@@ -395,6 +395,18 @@ enum MHD_Result api_reply_empty(struct MHD_Connection *conn, struct api_request 
                  MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT));
 }
 
+int api_blob_local(struct api_ctx *ctx, struct MHD_Connection *conn, const char *sha,
+                   char *path, size_t len, struct slim_error *err)
+{
+    const char *inm = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "If-None-Match");
+    char etag[80];
+    store_blob_path(ctx->st, sha, path, len);
+    snprintf(etag, sizeof etag, "\"%s\"", sha ? sha : "");
+    if (inm && (strstr(inm, etag) || !strcmp(inm, "*")))
+        return 0;
+    return store_blob_fetch(ctx->st, path, err);
+}
+
 enum MHD_Result api_reply_file(struct MHD_Connection *conn, struct api_request *req,
                                const char *path, const char *sha, const char *content_type,
                                const char *filename)
@@ -408,6 +420,14 @@ enum MHD_Result api_reply_file(struct MHD_Connection *conn, struct api_request *
     int status = 200, fd, r;
 
     snprintf(etag, sizeof etag, "\"%s\"", sha);
+    /* before the file: the ETag is the sha256, and with --blobs s3 there
+     * may be no local copy (api_blob_local fetched none for this) */
+    if (inm && (strstr(inm, etag) || !strcmp(inm, "*"))) {
+        resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+        if (resp)
+            MHD_add_response_header(resp, "ETag", etag);
+        return queue(conn, req, 304, resp);
+    }
     fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0 || fstat(fd, &st) != 0) {
         if (fd >= 0)
@@ -416,13 +436,6 @@ enum MHD_Result api_reply_file(struct MHD_Connection *conn, struct api_request *
                                strerror(errno));
     }
     len = (uint64_t)st.st_size;
-    if (inm && (strstr(inm, etag) || !strcmp(inm, "*"))) {
-        close(fd);
-        resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
-        if (resp)
-            MHD_add_response_header(resp, "ETag", etag);
-        return queue(conn, req, 304, resp);
-    }
     r = api_parse_range(range, (uint64_t)st.st_size, &start, &len);
     if (r < 0) {
         close(fd);
@@ -847,6 +860,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         }
         if (!api_gate(ctx, conn, req, method, r->scope, gate, &gated))
             return gated;
+        /* --role worker: uploads (the heavy requests) go to an api node;
+         * the body is not read */
+        if (ctx->worker_only && mode == BODY_UPLOAD)
+            return api_reply_error(conn, req, SLIM_EFORBIDDEN, "this node is a worker (--role "
+                                   "worker, node %s): uploads go to a node of role api or all",
+                                   ctx->node ? ctx->node : "?");
         req->mode = mode;
         if (mode == BODY_JSON) {
             const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
@@ -1086,6 +1105,9 @@ int api_server_start(struct store *st, const struct api_config *cfg,
     }
     srv->head_timeout = cfg->conn_timeout;
     srv->ctx.conn_timeout = cfg->conn_timeout;
+    srv->ctx.node = cfg->node;
+    srv->ctx.role = cfg->role ? cfg->role : "all";
+    srv->ctx.worker_only = cfg->role && !strcmp(cfg->role, "worker");
     if (api_watch_new(st, &srv->ctx.watch, err)) {
         slim_free(srv);
         return err->code;

@@ -39,14 +39,18 @@ void slimd_usage(FILE *f)
 {
     fprintf(f,
             "usage: slimd serve [--listen ADDR:PORT] [--data-dir DIR] [--workers N]\n"
+            "                   [--store sqlite:PATH|postgresql://...]\n"
             "                   [--max-upload-bytes N] [--job-memory-mb N] [--max-queued N]\n"
             "                   [--min-free-bytes N] [--max-conns N] [--max-conns-per-ip N]\n"
             "                   [--conn-timeout S] [--db-reserve-bytes N] [--auth token|none]\n"
             "                   [--allowed-host NAME] [--retain-days N] [--max-data-bytes N]\n"
             "                   [--cors-origin ORIGIN] [--tls-cert FILE --tls-key FILE]\n"
+            "                   [--blobs dir:PATH|s3://BUCKET/PREFIX] [--store SPEC]\n"
+            "                   [--role api|worker|all] [--node-id NAME] [--lease-seconds N]\n"
             "       slimd token create --scope read,submit,admin --name NAME [--data-dir DIR]\n"
-            "       slimd token list [--json] [--data-dir DIR]\n"
-            "       slimd token revoke ID [--data-dir DIR]\n"
+            "                          [--store SPEC]\n"
+            "       slimd token list [--json] [--data-dir DIR] [--store SPEC]\n"
+            "       slimd token revoke ID [--data-dir DIR] [--store SPEC]\n"
             "       slimd scheduled [--dir DIR] [--server URL]\n"
             "       slimd compress MODEL --spec SPEC.json -o OUTDIR [--threads N]\n"
             "       slimd submit [MODEL_FILE_OR_ID] --spec SPEC [--server URL] [--wait] [-o OUT]\n"
@@ -62,6 +66,28 @@ void slimd_usage(FILE *f)
             "  --listen ADDR:PORT       where to listen (SLIMD_LISTEN; default 127.0.0.1:8420;\n"
             "                           IPv6 as [::1]:8420)\n"
             "  --data-dir DIR           models, jobs and artifacts (SLIMD_DATA_DIR; default ./data)\n"
+            "  --blobs dir:PATH         where model, dataset and artifact files go (SLIMD_BLOBS;\n"
+            "  --blobs s3://BUCKET/PFX  default dir:DATA_DIR/blobs).  dir:PATH may be shared by\n"
+            "                           daemons on several machines (NFS, CephFS); s3 reads\n"
+            "                           SLIMD_S3_ENDPOINT (http(s)://HOST:PORT, path-style),\n"
+            "                           AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION\n"
+            "                           (default us-east-1) and keeps local copies in\n"
+            "                           DATA_DIR/cache.  slimd never removes a blob at a\n"
+            "                           location other daemons may use: deleted models, jobs\n"
+            "                           and retention free no space there (README)\n"
+            "  --store SPEC             the database: sqlite:PATH (a file), or postgresql://USER@\n"
+            "                           HOST:PORT/DB, which several daemons may share, each with\n"
+            "                           its own data dir (SLIMD_STORE; default sqlite in the data\n"
+            "                           dir, DIR/slimd.db)\n"
+            "  --role api|worker|all    what this node does (SLIMD_ROLE; default all): api takes\n"
+            "                           requests and never claims jobs; worker claims and runs\n"
+            "                           jobs and answers every request but uploads (403);\n"
+            "                           all does both\n"
+            "  --node-id NAME           this node's name in running jobs' \"node\" (SLIMD_NODE_ID;\n"
+            "                           default HOSTNAME:PORT); unique among the nodes\n"
+            "  --lease-seconds N        a running job's lease, renewed 3 times a second; a job\n"
+            "                           whose node stops renewing is re-queued by another once it\n"
+            "                           runs out (SLIMD_LEASE_SECONDS; default 30)\n"
             "  --workers N              jobs run at once (SLIMD_WORKERS; default 1)\n"
             "  --max-upload-bytes N     largest upload accepted (SLIMD_MAX_UPLOAD_BYTES;\n"
             "                           default 17179869184, 16 GiB)\n"
@@ -115,6 +141,7 @@ void slimd_usage(FILE *f)
             "          submit (uploads, jobs, cancel and delete its own), admin (everything,\n"
             "          everyone's, tokens).\n"
             "  --data-dir DIR           (SLIMD_DATA_DIR; default ./data)\n"
+            "  --store SPEC             the daemon's database, as for serve (SLIMD_STORE)\n"
             "scheduled runs every DIR/*.json (default /etc/slimd/scheduled.d): a model name,\n"
             "          a job spec and an output path, each through slimd submit --wait;\n"
             "          exits with the worst exit status (slimd-scheduled.timer runs it;\n"
@@ -372,6 +399,11 @@ int slimd_serve(int argc, char **argv)
         {"retain-days", required_argument, NULL, 'R'},
         {"max-data-bytes", required_argument, NULL, 'B'},
         {"webhook-secret-file", required_argument, NULL, 'W'},
+        {"blobs", required_argument, NULL, 'b'},
+        {"store", required_argument, NULL, 'S'},
+        {"role", required_argument, NULL, 'O'},
+        {"node-id", required_argument, NULL, 'N'},
+        {"lease-seconds", required_argument, NULL, 'L'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -388,6 +420,13 @@ int slimd_serve(int argc, char **argv)
     int64_t live_tokens = 0;
     int rc = 2, loopback, lock_fd = -1;
     const char *data_dir = env_or("SLIMD_DATA_DIR", "data");
+    const char *blobs = env_or("SLIMD_BLOBS", NULL);
+    const char *store_spec = env_or("SLIMD_STORE", NULL);
+    const char *role = env_or("SLIMD_ROLE", "all");
+    const char *node_id = env_or("SLIMD_NODE_ID", NULL);
+    const char *lease_s = env_or("SLIMD_LEASE_SECONDS", "30");
+    uint64_t lease;
+    char node_buf[320];
     const char *workers_s = env_or("SLIMD_WORKERS", "1");
     const char *max_up_s = env_or("SLIMD_MAX_UPLOAD_BYTES", "17179869184");
     const char *job_mem_s = env_or("SLIMD_JOB_MEMORY_MB", NULL);
@@ -422,6 +461,11 @@ int slimd_serve(int argc, char **argv)
         switch (c) {
         case 'l': listen = optarg; break;
         case 'd': data_dir = optarg; break;
+        case 'b': blobs = optarg; break;
+        case 'S': store_spec = optarg; break;
+        case 'O': role = optarg; break;
+        case 'N': node_id = optarg; break;
+        case 'L': lease_s = optarg; break;
         case 'w': workers_s = optarg; break;
         case 'm': max_up_s = optarg; break;
         case 'j': job_mem_s = optarg; break;
@@ -455,6 +499,16 @@ int slimd_serve(int argc, char **argv)
         goto out;
     if (optind < argc) {
         fprintf(stderr, "slimd serve: unexpected argument '%s'\n", argv[optind]);
+        goto out;
+    }
+    if (store_spec && strncmp(store_spec, "sqlite:", 7) && strncmp(store_spec, "postgresql://", 13) &&
+        strncmp(store_spec, "postgres://", 11)) {
+        fprintf(stderr, "slimd serve: --store '%.64s': expected sqlite:PATH or "
+                "postgresql://USER@HOST:PORT/DB\n", store_spec);
+        goto out;
+    }
+    if (store_spec && !strcmp(store_spec, "sqlite:")) {
+        fprintf(stderr, "slimd serve: --store sqlite: needs a PATH (sqlite:/var/lib/slimd/slimd.db)\n");
         goto out;
     }
     if (parse_listen(listen, host, sizeof host, &acfg.port)) {
@@ -579,6 +633,38 @@ int slimd_serve(int argc, char **argv)
                 "limit)\n", max_data_s);
         goto out;
     }
+    if (strcmp(role, "api") && strcmp(role, "worker") && strcmp(role, "all")) {
+        fprintf(stderr, "slimd serve: --role '%s': expected api, worker or all\n", role);
+        goto out;
+    }
+    if (parse_u64(lease_s, 1, 86400, &lease)) {
+        fprintf(stderr, "slimd serve: --lease-seconds '%s': expected seconds from 1 to "
+                "86400\n", lease_s);
+        goto out;
+    }
+    /* it goes into /metrics' labels and logs as it is */
+    if (node_id && (!*node_id || strlen(node_id) > 200 ||
+                    strspn(node_id, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                           "0123456789._:@-") != strlen(node_id))) {
+        fprintf(stderr, "slimd serve: --node-id '%s': expected 1 to 200 letters, digits or "
+                "._:@-\n", node_id);
+        goto out;
+    }
+    if (!node_id) {   /* hostname:port: two daemons cannot listen on one port of a host */
+        char hn[256];
+        if (gethostname(hn, sizeof hn))
+            snprintf(hn, sizeof hn, "localhost");
+        hn[sizeof hn - 1] = 0;
+        if (acfg.port)
+            snprintf(node_buf, sizeof node_buf, "%s:%u", hn, (unsigned)acfg.port);
+        else
+            snprintf(node_buf, sizeof node_buf, "%s:pid%ld", hn, (long)getpid());
+        node_id = node_buf;
+    }
+    rcfg.no_claim = !strcmp(role, "api");
+    rcfg.lease_seconds = (double)lease;
+    acfg.node = node_id;
+    acfg.role = role;
     rcfg.retain_days = (int)retain_days;
     rcfg.max_data_bytes = max_data;
     /* BLAS threads are process-wide in OpenBLAS: cap them so that
@@ -593,16 +679,25 @@ int slimd_serve(int argc, char **argv)
         log_error("%s", err.msg);
         goto out;
     }
-    if (store_open(data_dir, &st, &err)) {
+    if (store_open_full(data_dir, store_spec, blobs, &st, &err)) {
         log_error("cannot open data dir %s: %s%s", data_dir, err.msg,
                   err.code == SLIM_ENOSPACE ? " (its disk is full: free some space)" : "");
         goto out;
     }
+    if (blobs && *blobs)
+        log_info("blobs: %s", blobs);
     store_open_sweep(st, &sweep);
     if (sweep.tmp_removed || sweep.orphans_removed)
         log_info("cleaned up after an unclean stop: %d temp file(s), %d unreferenced blob(s) "
                  "(%llu bytes)", sweep.tmp_removed, sweep.orphans_removed,
                  (unsigned long long)sweep.orphan_bytes);
+    if (store_set_node(st, node_id, (double)lease, &err)) {
+        log_error("%s", err.msg);
+        goto out;
+    }
+    if (rcfg.no_claim && !store_is_shared(st))
+        log_warn("--role api on a SQLite database, which no other daemon shares: jobs queued "
+                 "here will not run (use --store postgresql://... and start workers)");
     if (store_wal_reserve(st, reserve, &err))
         log_warn("%s; job outcomes may not be recorded while the disk is full", err.msg);
     if (acfg.auth == API_AUTH_TOKEN && store_token_count_live(st, &live_tokens, &err)) {
@@ -649,11 +744,12 @@ int slimd_serve(int argc, char **argv)
     uv_signal_start(&s.sigint, on_signal, SIGINT);
     uv_signal_start(&s.sigterm, on_signal, SIGTERM);
     log_info("slimd %s listening on %s://%s%s%s:%u (data dir %s, %d worker(s), %d thread(s) "
-             "per job, %llu MiB for jobs, auth %s)", SLIMD_VERSION, tls_cert ? "https" : "http",
+             "per job, %llu MiB for jobs, auth %s; node %s, role %s, lease %llu s)", SLIMD_VERSION, tls_cert ? "https" : "http",
              strchr(host, ':') ? "[" : "", host, strchr(host, ':') ? "]" : "",
              api_server_port(s.api), data_dir, rcfg.workers, rcfg.threads_per_job,
              (unsigned long long)(rcfg.job_memory >> 20),
-             acfg.auth == API_AUTH_TOKEN ? "token" : "none (loopback)");
+             acfg.auth == API_AUTH_TOKEN ? "token" : "none (loopback)", node_id, role,
+             (unsigned long long)lease);
     uv_run(s.loop, UV_RUN_DEFAULT);
     uv_loop_close(s.loop);
     log_info("stopped");

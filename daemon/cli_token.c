@@ -26,14 +26,20 @@
 static void token_usage(FILE *f)
 {
     fprintf(f, "usage: slimd token create --scope read,submit,admin --name NAME [--data-dir DIR]\n"
-               "       slimd token list [--json] [--data-dir DIR]\n"
-               "       slimd token revoke ID [--data-dir DIR]\n");
+               "                          [--store SPEC]\n"
+               "       slimd token list [--json] [--data-dir DIR] [--store SPEC]\n"
+               "       slimd token revoke ID [--data-dir DIR] [--store SPEC]\n"
+               "--store: the daemon's database, sqlite:PATH or postgresql://... (SLIMD_STORE;\n"
+               "default DIR/slimd.db)\n");
 }
+
+/* --store (SLIMD_STORE): NULL for the data dir's SQLite database */
+static const char *store_spec;
 
 static int open_meta(const char *dir, struct store **st)
 {
     struct slim_error err;
-    if (store_open_meta(dir, st, &err)) {
+    if (store_open_meta_db(dir, store_spec, st, &err)) {
         fprintf(stderr, "slimd token: data dir %s: %s\n", dir, err.msg);
         return -1;
     }
@@ -158,6 +164,7 @@ int slimd_token(int argc, char **argv)
         {"name", required_argument, NULL, 'n'},
         {"data-dir", required_argument, NULL, 'd'},
         {"json", no_argument, NULL, 'j'},
+        {"store", required_argument, NULL, 'S'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -165,6 +172,8 @@ int slimd_token(int argc, char **argv)
                           ? getenv("SLIMD_DATA_DIR") : "data";
     const char *scope = NULL, *name = NULL, *cmd;
     int c, as_json = 0;
+
+    store_spec = getenv("SLIMD_STORE") && *getenv("SLIMD_STORE") ? getenv("SLIMD_STORE") : NULL;
 
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         token_usage(argc < 2 ? stderr : stdout);
@@ -177,6 +186,7 @@ int slimd_token(int argc, char **argv)
         case 's': scope = optarg; break;
         case 'n': name = optarg; break;
         case 'd': dir = optarg; break;
+        case 'S': store_spec = optarg; break;
         case 'j': as_json = 1; break;
         case 'h': token_usage(stdout); return 0;
         default: token_usage(stderr); return 2;

@@ -66,11 +66,21 @@
 #include "api/metrics.h"
 #include "daemon/log.h"
 #include "daemon/runner.h"
+#include "storage/listen.h"
 
-enum { STOP_NONE = 0, STOP_CANCEL = 1, STOP_SHUTDOWN = 2 };
+/* STOP_LOST: the heartbeat found the job no longer this node's (its
+ * lease ran out and recovery gave it away): stop, record nothing */
+enum { STOP_NONE = 0, STOP_CANCEL = 1, STOP_SHUTDOWN = 2, STOP_LOST = 3 };
 
 /* What after_work records for a job (struct slot.outcome). */
-enum outcome { OUT_SUCCEED, OUT_FAIL, OUT_RETRY, OUT_CANCELED, OUT_REQUEUE, OUT_GATE };
+enum outcome { OUT_SUCCEED, OUT_FAIL, OUT_RETRY, OUT_CANCELED, OUT_REQUEUE, OUT_GATE, OUT_LOST };
+
+/* Leases (several daemons on one database): the heartbeat renews them
+ * and reads cancels (so one sent to another node lands within a
+ * second even without NOTIFY); recovery of expired leases runs every
+ * half lease; a node that missed a NOTIFY claims on the slow poll. */
+#define HEARTBEAT_MS 300
+#define POLL_MS 2000
 
 #define BACKOFF_MIN_MS 250
 #define RETENTION_EVERY_MS (60 * 1000)
@@ -117,6 +127,13 @@ struct runner {
     uv_timer_t tick;        /* persists running jobs' progress */
     uv_timer_t retry;       /* ends a backoff: records pending outcomes, claims */
     uv_timer_t sweep;       /* retention, every RETENTION_EVERY_MS */
+    uv_timer_t heartbeat;   /* renews leases, reads cancels, while jobs run */
+    uv_timer_t expire;      /* re-queues expired leases, every half lease */
+    uv_timer_t poll;        /* PostgreSQL: the slow claim poll; reopens the listener */
+    uv_poll_t listen_poll;  /* PostgreSQL: the listener's socket */
+    struct store_listen *listener;
+    int closing;            /* handles still closing at shutdown */
+    int listen_closing;     /* listen_poll is closing (the listener's connection was lost) */
     uint64_t backoff_ms;    /* current delay; 0 while storage is fine */
     int recovered;          /* store_job_recover has run (a full disk can delay it) */
     struct slot *slots;
@@ -276,6 +293,13 @@ static void work_cb(uv_work_t *w)
                                  .ref_paths = (const char *const *)s->ref_paths,
                                  .training = on_training, .training_ud = s};
     s->rc = store_hash_new(&hash, &s->err);
+    /* --blobs s3: the inputs' local copies, downloaded here, off the loop */
+    if (!s->rc)
+        s->rc = store_blob_fetch(s->r->st, s->in_path, &s->err);
+    if (!s->rc && s->eval_path[0])
+        s->rc = store_blob_fetch(s->r->st, s->eval_path, &s->err);
+    for (size_t i = 0; !s->rc && i < s->n_refs; i++)
+        s->rc = store_blob_fetch(s->r->st, s->ref_paths[i], &s->err);
     opts.sink_ud = hash;
     if (!s->rc)
         s->rc = slim_pipeline_run(s->spec, s->in_path, s->out_path, &opts, &s->report, &s->err);
@@ -333,8 +357,10 @@ static void release_slot(struct runner *r, struct slot *s)
     r->reserved -= s->mem;
     s->mem = 0;
     s->pending = 0;
-    if (r->running == 0)
+    if (r->running == 0) {
         uv_timer_stop(&r->tick);
+        uv_timer_stop(&r->heartbeat);
+    }
 }
 
 static void on_closed(uv_handle_t *h)
@@ -342,6 +368,9 @@ static void on_closed(uv_handle_t *h)
     struct runner *r = h->data;
     void (*done)(void *) = r->done;
     void *ud = r->done_ud;
+    if (--r->closing > 0)
+        return;
+    listen_close(r->listener);
     pthread_mutex_destroy(&r->lock);
     for (int i = 0; i < r->cfg.workers; i++)
         pthread_mutex_destroy(&r->slots[i].tlock);
@@ -351,28 +380,24 @@ static void on_closed(uv_handle_t *h)
         done(ud);
 }
 
-static void on_sweep_closed(uv_handle_t *h)
-{
-    struct runner *r = h->data;
-    uv_close((uv_handle_t *)&r->wake, on_closed);
-}
-
-static void on_retry_closed(uv_handle_t *h)
-{
-    struct runner *r = h->data;
-    uv_close((uv_handle_t *)&r->sweep, on_sweep_closed);
-}
-
-static void on_tick_closed(uv_handle_t *h)
-{
-    struct runner *r = h->data;
-    uv_close((uv_handle_t *)&r->retry, on_retry_closed);
-}
-
 static void maybe_finish(struct runner *r)
 {
-    if (r->shutting_down && r->running == 0 && !uv_is_closing((uv_handle_t *)&r->tick))
-        uv_close((uv_handle_t *)&r->tick, on_tick_closed);
+    uv_handle_t *handles[] = {
+        (uv_handle_t *)&r->tick, (uv_handle_t *)&r->retry, (uv_handle_t *)&r->sweep,
+        (uv_handle_t *)&r->heartbeat, (uv_handle_t *)&r->expire, (uv_handle_t *)&r->poll,
+        (uv_handle_t *)&r->wake,
+        r->listener ? (uv_handle_t *)&r->listen_poll : NULL,
+    };
+    if (!r->shutting_down || r->running != 0 || r->listen_closing ||
+        uv_is_closing((uv_handle_t *)&r->tick))
+        return;
+    r->closing = 0;
+    for (size_t i = 0; i < sizeof handles / sizeof handles[0]; i++)
+        if (handles[i])
+            r->closing++;
+    for (size_t i = 0; i < sizeof handles / sizeof handles[0]; i++)
+        if (handles[i])
+            uv_close(handles[i], on_closed);
 }
 
 /* The write found the row no longer running (another process changed
@@ -460,6 +485,11 @@ static int record(struct runner *r, struct slot *s)
             api_metrics_job_ended("canceled", slim_now() - s->started, 0, NULL, 0);
         }
         break;
+    case OUT_LOST:
+        log_warn("job %s stopped: this node's lease on it ran out and another node holds it "
+                 "(or recovery re-queued it)", s->id);
+        api_metrics_job_ended("requeued", slim_now() - s->started, 0, NULL, 0);
+        return 0;
     case OUT_REQUEUE:
         if (!(rc = store_job_requeue(r->st, s->id, &err))) {
             log_info("job %s re-queued (shutdown)", s->id);
@@ -507,6 +537,8 @@ static void after_work(uv_work_t *w, int status)
         s->outcome = s->gate_failed ? OUT_GATE : OUT_SUCCEED;
     else if (s->rc == SLIM_ECANCELED && atomic_load(&s->stop) == STOP_SHUTDOWN)
         s->outcome = OUT_REQUEUE;
+    else if (s->rc == SLIM_ECANCELED && atomic_load(&s->stop) == STOP_LOST)
+        s->outcome = OUT_LOST;
     else if (s->rc == SLIM_ECANCELED)
         s->outcome = OUT_CANCELED;
     else if (s->rc == SLIM_ENOSPACE)
@@ -600,6 +632,119 @@ static double queue_seconds(json_t *row)
     if (!at || !strptime(at, "%Y-%m-%dT%H:%M:%SZ", &tm) || clock_gettime(CLOCK_REALTIME, &now))
         return 0;
     return (double)now.tv_sec + now.tv_nsec / 1e9 - (double)timegm(&tm);
+}
+
+/* Loop thread: renews this node's leases; stops the jobs canceled
+ * through another node, and those this node no longer holds. */
+static void on_heartbeat(uv_timer_t *t)
+{
+    struct runner *r = t->data;
+    struct slim_error err;
+    json_t *held;
+    if (store_job_heartbeat(r->st, &held, &err)) {
+        log_warn("cannot renew the job leases: %s", err.msg);
+        return;
+    }
+    pthread_mutex_lock(&r->lock);
+    for (int i = 0; i < r->cfg.workers; i++) {
+        struct slot *s = &r->slots[i];
+        json_t *cancel;
+        int none = STOP_NONE;
+        if (!s->used || s->pending || s->recorded)
+            continue;
+        cancel = json_object_get(held, s->id);
+        if (!cancel)
+            atomic_compare_exchange_strong(&s->stop, &none, STOP_LOST);
+        else if (json_is_true(cancel))
+            atomic_compare_exchange_strong(&s->stop, &none, STOP_CANCEL);
+    }
+    pthread_mutex_unlock(&r->lock);
+    json_decref(held);
+}
+
+/* Loop thread: other nodes' jobs whose lease ran out go back to the
+ * queue (or fail, attempts used up), and this node may claim them. */
+static void on_expire(uv_timer_t *t)
+{
+    struct runner *r = t->data;
+    struct slim_error err;
+    int requeued = 0, failed = 0;
+    if (!r->recovered)
+        return;
+    if (store_job_recover_expired(r->st, r->cfg.max_attempts, &requeued, &failed, &err)) {
+        log_warn("cannot re-queue jobs whose lease ran out: %s", err.msg);
+        return;
+    }
+    if (requeued || failed) {
+        log_info("leases ran out: %d job(s) re-queued, %d failed (attempts used up)", requeued,
+                 failed);
+        api_metrics_job_requeued("lease_expired", requeued);
+    }
+    claim_more(r);
+}
+
+static void on_notify(void *ud, const char *channel, const char *payload)
+{
+    struct runner *r = ud;
+    if (!strcmp(channel, "slimd_cancel"))
+        runner_cancel(r, payload);
+    else
+        claim_more(r);
+}
+
+static void on_listen_closed(uv_handle_t *h)
+{
+    struct runner *r = h->data;
+    r->listen_closing = 0;
+    maybe_finish(r);
+}
+
+static void listen_stop(struct runner *r)
+{
+    uv_poll_stop(&r->listen_poll);
+    r->listen_closing = 1;
+    uv_close((uv_handle_t *)&r->listen_poll, on_listen_closed);
+    r->listener = NULL;
+}
+
+static void on_listen(uv_poll_t *p, int status, int events)
+{
+    struct runner *r = p->data;
+    (void)events;
+    if (status < 0 || listen_drain(r->listener, on_notify, r)) {
+        struct store_listen *l = r->listener;
+        log_warn("lost the database's notifications; polling every %d s until they are back",
+                 POLL_MS / 1000);
+        listen_stop(r);     /* out of the loop's poll set before its socket closes */
+        listen_close(l);
+    }
+}
+
+/* PostgreSQL: LISTEN on a connection of its own (listen.h). */
+static void listen_start(struct runner *r)
+{
+    struct slim_error err;
+    struct store_listen *l;
+    if (r->listener || r->shutting_down || r->listen_closing)
+        return;
+    if (listen_open(store_db_spec(r->st), &l, &err))
+        return;
+    if (uv_poll_init(r->loop, &r->listen_poll, listen_fd(l))) {
+        listen_close(l);
+        return;
+    }
+    r->listen_poll.data = r;
+    r->listener = l;
+    uv_poll_start(&r->listen_poll, UV_READABLE, on_listen);
+}
+
+/* PostgreSQL: the slow poll behind NOTIFY (a notification lost with a
+ * connection), and the listener's reconnection. */
+static void on_poll(uv_timer_t *t)
+{
+    struct runner *r = t->data;
+    listen_start(r);
+    claim_more(r);
 }
 
 /* Prepares a claimed job's slot; on error fails the job. */
@@ -696,6 +841,8 @@ static int start_job(struct runner *r, struct slot *s, json_t *row)
     r->running++;
     if (!uv_is_active((uv_handle_t *)&r->tick))
         uv_timer_start(&r->tick, on_tick, 250, 250);
+    if (store_is_shared(r->st) && !uv_is_active((uv_handle_t *)&r->heartbeat))
+        uv_timer_start(&r->heartbeat, on_heartbeat, HEARTBEAT_MS, HEARTBEAT_MS);
     if (s->eval_path[0])
         log_info("job %s running (eval dataset %s)", id, slim_spec_eval_dataset(s->spec));
     else
@@ -709,7 +856,7 @@ static void claim_more(struct runner *r)
     struct slim_error err;
     json_t *row;
     /* during a backoff only its timer claims (on_retry) */
-    while (!r->shutting_down && r->recovered && r->running < r->cfg.workers &&
+    while (!r->cfg.no_claim && !r->shutting_down && r->recovered && r->running < r->cfg.workers &&
            !uv_is_active((uv_handle_t *)&r->retry)) {
         struct slot *s = NULL;
         for (int i = 0; i < r->cfg.workers && !s; i++)
@@ -784,6 +931,26 @@ int runner_new(uv_loop_t *loop, struct store *st, const struct runner_config *cf
     r->retry.data = r;
     uv_timer_init(loop, &r->sweep);
     r->sweep.data = r;
+    uv_timer_init(loop, &r->heartbeat);
+    r->heartbeat.data = r;
+    uv_timer_init(loop, &r->expire);
+    r->expire.data = r;
+    uv_timer_init(loop, &r->poll);
+    r->poll.data = r;
+    /* SQLite has one daemon (the data dir's lock): its start recovers
+     * every running job, and a cancel reaches the runner in process, so
+     * neither the heartbeat nor the expiry sweep runs there */
+    if (store_is_shared(st)) {
+        /* every half lease, at least every 5 s and at most 4 times a second */
+        double half = (cfg->lease_seconds > 0 ? cfg->lease_seconds : 30) * 500;
+        uint64_t ms = half < 250 ? 250 : half > 5000 ? 5000 : (uint64_t)half;
+        uv_timer_start(&r->expire, on_expire, ms, ms);
+        listen_start(r);
+        if (!r->listener)
+            log_warn("cannot LISTEN on the database: polling for jobs every %d s",
+                     POLL_MS / 1000);
+        uv_timer_start(&r->poll, on_poll, POLL_MS, POLL_MS);
+    }
     if (cfg->retain_days || cfg->max_data_bytes) {
         retention(r, 0);
         uv_timer_start(&r->sweep, on_sweep, RETENTION_EVERY_MS, RETENTION_EVERY_MS);
@@ -825,6 +992,10 @@ void runner_shutdown(struct runner *r, void (*done)(void *ud), void *ud)
      * fail stay running, and the next start's recovery re-queues them */
     uv_timer_stop(&r->retry);
     uv_timer_stop(&r->sweep);
+    uv_timer_stop(&r->expire);
+    uv_timer_stop(&r->poll);
+    if (r->listener)
+        uv_poll_stop(&r->listen_poll);
     for (int i = 0; i < r->cfg.workers; i++) {
         struct slot *s = &r->slots[i];
         if (!s->used || !s->pending)

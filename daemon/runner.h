@@ -8,6 +8,16 @@
  * minutes can never starve another libuv user, and the pool size is the
  * concurrency cap.  After a pipeline ends, its result is recorded on the
  * loop thread and the next job is claimed.
+ *
+ * Several daemons may share one PostgreSQL database (--store): the
+ * runner then renews its jobs' leases (store_job_heartbeat) every
+ * HEARTBEAT_MS while it runs any, stops a job whose cancel came through
+ * another node or whose lease it lost, re-queues other nodes' expired
+ * jobs every half lease (store_job_recover_expired), and wakes on the
+ * database's NOTIFY (storage/listen.h) with a slow poll behind it.
+ * On SQLite (one daemon per database) none of that runs: the claim
+ * still records the node and a lease, and the start's recovery takes
+ * every running job, as before leases.
  */
 #ifndef SLIM_RUNNER_H
 #define SLIM_RUNNER_H
@@ -22,6 +32,8 @@ struct runner_config {
     uint64_t job_memory;  /* bytes the running jobs may reserve together; 0: no limit */
     int retain_days;      /* --retain-days: finished jobs older go; 0: kept */
     uint64_t max_data_bytes;  /* --max-data-bytes: oldest finished jobs go above it; 0: none */
+    int no_claim;         /* --role api: never claims (still recovers expired leases) */
+    double lease_seconds; /* --lease-seconds: the store's lease (store_set_node) */
 };
 
 struct runner;

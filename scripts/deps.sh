@@ -5,9 +5,10 @@
 # the self-signed certificate of tests/integration/test_security.py;
 # python3-yaml reads the served OpenAPI document (test_openapi.py) and
 # the compose file (test_docker.py); strace lists the system calls
-# test_systemd.py checks against the unit's SystemCallFilter.
+# test_systemd.py checks against the unit's SystemCallFilter; libpq-dev
+# is PostgreSQL's client library (serve --store postgresql://...).
 DEPS="build-essential autoconf automake libtool pkg-config ca-certificates curl
-  libmicrohttpd-dev libjansson-dev libsqlite3-dev libopenblas-dev liblapacke-dev
+  libmicrohttpd-dev libjansson-dev libsqlite3-dev libpq-dev libopenblas-dev liblapacke-dev
   libuv1-dev libprotobuf-c-dev protobuf-c-compiler libonnx-dev libssl-dev libcmocka-dev zlib1g-dev
   libcurl4-openssl-dev
   python3 python3-numpy python3-yaml openssl strace"
@@ -34,8 +35,14 @@ slimd_install_deps() {
 # runs the dashboard and report pages headless in
 # tests/integration/test_dashboard.py; man-db's `man` is what
 # `systemd-analyze verify` checks the units' Documentation=man:slimd(8)
-# with (tests/integration/test_systemd.py).
-TEST_DEPS="chromium man-db"
+# with (tests/integration/test_systemd.py); postgresql-15 is the server
+# that tests/integration/pg_harness.py starts privately (initdb, pg_ctl on
+# a loopback port) for test_pgstore.py and `make check-pg`: only its
+# binaries are used, never the system service the package sets up.
+# swift-proxy, -account, -container and -object are the S3-compatible
+# server (Swift's s3api middleware) that tests/integration/s3_harness.py
+# starts on loopback for test_blobs.py (no Swift service is used).
+TEST_DEPS="chromium man-db postgresql-15 swift-proxy swift-account swift-container swift-object"
 
 # What the sanitizer stages of scripts/slimd-test add: clang and its
 # runtimes for the libFuzzer targets (tests/fuzz/build.sh); gcc's own

@@ -1,5 +1,6 @@
 /*
- * blob.c - the content-addressed blob store: data_dir/blobs/ab/<sha256>.
+ * blob.c - the content-addressed blob store: data_dir/blobs/ab/<sha256>,
+ * or a shared dir or an S3 bucket (--blobs; below).
  *
  * Uploads stream into a mkstemp() file under tmp/ and are hashed on the
  * way (OpenSSL's EVP SHA-256, with the CPU's SHA instructions), so a file
@@ -28,28 +29,212 @@
  * for the last few MiB, not the whole file (0.57 s -> 0.01 s for 1 GiB
  * here).  It is a hint: its errors are left to that fsync.
  *
- * tmp/ is in the data dir, so rename() never crosses a file system.
- * Rejected: link()+unlink() instead of rename() (no gain).  Removing
- * blobs is store.c's job (store_model_delete), under the store's lock:
- * only the database knows whether a blob is still used.
+ * Where blobs live (--blobs, struct blob_backend below):
+ *   dir:DATA_DIR/blobs (the default)   blobs/ab/<sha>, temp files in tmp/;
+ *   dir:PATH    PATH/ab/<sha>, a folder several daemons may share (NFS,
+ *               CephFS), uploads streamed into PATH/.incoming;
+ *   s3://bucket/prefix   objects PREFIX<sha> (s3.c), and a local copy in
+ *               DATA_DIR/cache/ab/<sha> for the passes to mmap and the API
+ *               to sendfile.
+ * The temp file is always on the file system of the blob's final name,
+ * so the last step is one atomic name operation.  The default keeps
+ * rename() (rejected there: link()+unlink(), no gain).
+ *
+ * A shared dir: why concurrent writers, on one host or several, are
+ * safe.  (1) Every writer has its own temp file (mkostemp: O_EXCL, which
+ * NFSv3+ and CephFS honour across clients).  (2) A blob's name appears
+ * only by link(temp, name) of a whole, fsynced file, and link() is atomic
+ * on POSIX file systems, NFS and CephFS included (the server makes it):
+ * a reader finds no name or the whole file, never a torn one.  (3) link()
+ * never replaces: when two writers of the same bytes race, one link
+ * makes the name and the other gets EEXIST and drops its temp file; the
+ * name is the content's sha256, so what is there is what it wrote.
+ * rename() would replace the first file with the second, and a daemon on
+ * another NFS client that has the first open (a job mmapping it, an
+ * artifact being served) would get ESTALE; with link() the inode it
+ * holds stays the blob.  An NFS link() whose reply was lost is retried
+ * by the client and answered EEXIST: the same case as a race, and right
+ * for the same reason.  (4) The folder is fsynced after, so a row is
+ * durable only after the name it points to.  tests/integration/
+ * test_blobs.py runs two daemons uploading the same bytes at once.
+ *
+ * s3: a blob is committed as on one node (into DATA_DIR/cache, the same
+ * file system as tmp/), then sent unless a HEAD finds it; the commit
+ * fails (and the upload is refused) when the bucket does not take it.
+ * Two nodes sending the same blob at once PUT the same bytes under the
+ * same key: S3 keeps one whole object either way (a PUT is atomic, and
+ * a multipart upload appears only when completed).  A local copy is
+ * fetched into tmp/, checked against its name's sha256, then renamed
+ * into cache/: a copy is whole and right, or absent.  A copy may go at
+ * any time (blob_cache_trim): a job that mapped it or a download that
+ * sends it keeps its open file.
+ *
+ * Removing blobs is store.c's job, under the store's lock: only the
+ * database knows whether a blob is still used.  At a shared location
+ * (dir:PATH other than the default, s3) it does not: each daemon's rows
+ * are in its own store, so slimd never removes a blob there (deleting
+ * the rows frees nothing at the shared location; the s3 backend's local
+ * copy does go).  README "Blobs on shared storage" says so.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <dirent.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 #include <openssl/evp.h>
+#include "storage/blob.h"
+#include "storage/s3.h"
 #include "storage/store.h"
 
 #define CHUNK (1u << 20)
 #define SLOT_SIZE (1u << 20)
 #define SLOTS 4
 #define WRITEBACK_STEP (16u << 20)
+
+struct blob_backend {
+    enum blob_kind kind;
+    char root[3200];        /* ROOT/ab/<sha>: DATA_DIR/blobs, PATH, DATA_DIR/cache */
+    char incoming[3300];    /* temp files: DATA_DIR/tmp or PATH/.incoming */
+    char spec[4200];        /* what --blobs said, for messages */
+    struct s3 *s3;
+};
+
+/* Removes files in dir older than a day: temp files of a daemon that died
+ * mid-upload.  A shared .incoming may hold another daemon's upload in
+ * progress, so only what is old goes (an upload writes at least every
+ * --conn-timeout seconds, and each write moves the file's mtime). */
+static void purge_stale(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    struct stat sb;
+    time_t now = time(NULL);
+    if (!d)
+        return;
+    while ((e = readdir(d)))
+        if (e->d_name[0] != '.' && fstatat(dirfd(d), e->d_name, &sb, AT_SYMLINK_NOFOLLOW) == 0 &&
+            S_ISREG(sb.st_mode) && now - sb.st_mtime > 86400)
+            unlinkat(dirfd(d), e->d_name, 0);
+    closedir(d);
+}
+
+static int make_dir(const char *path, struct slim_error *err)
+{
+    char buf[4096];
+    size_t n = strlen(path);
+    if (n >= sizeof buf)
+        return slim_error_set(err, SLIM_EINVAL, "--blobs: path too long");
+    memcpy(buf, path, n + 1);
+    for (char *p = buf + 1; *p; p++)
+        if (*p == '/') {
+            *p = 0;
+            if (mkdir(buf, 0750) && errno != EEXIST)
+                return slim_error_set(err, SLIM_EIO, "--blobs: cannot create %s: %s", buf,
+                                      strerror(errno));
+            *p = '/';
+        }
+    if (mkdir(buf, 0750) && errno != EEXIST)
+        return slim_error_set(err, SLIM_EIO, "--blobs: cannot create %s: %s", buf,
+                              strerror(errno));
+    return 0;
+}
+
+int blob_backend_new(const char *spec, const char *data_dir, struct blob_backend **out,
+                     struct slim_error *err)
+{
+    struct blob_backend *b = slim_calloc(1, sizeof *b);
+    char def[3100], a[4096], c[4096];
+    int rc = 0;
+
+    *out = NULL;
+    if (strlen(data_dir) > 3000)
+        return slim_error_set(err, SLIM_EINVAL, "data dir path too long");
+    if (!b)
+        return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    snprintf(def, sizeof def, "%s/blobs", data_dir);
+    snprintf(b->spec, sizeof b->spec, "%s", spec && *spec ? spec : "dir:DATA_DIR/blobs");
+    if (!spec || !*spec) {
+        b->kind = BLOB_LOCAL;
+    } else if (!strncmp(spec, "dir:", 4)) {
+        const char *path = spec + 4;
+        if (!*path || strlen(path) > 3000) {
+            slim_free(b);
+            return slim_error_set(err, SLIM_EINVAL, "--blobs %s: expected dir:PATH", spec);
+        }
+        if ((rc = make_dir(path, err))) {
+            slim_free(b);
+            return rc;
+        }
+        /* the default folder named by its path is the default */
+        b->kind = realpath(path, a) && realpath(def, c) && !strcmp(a, c) ? BLOB_LOCAL
+                                                                            : BLOB_DIR;
+        if (b->kind == BLOB_DIR) {
+            snprintf(b->root, sizeof b->root, "%s", path);
+            snprintf(b->incoming, sizeof b->incoming, "%s/.incoming", path);
+        }
+    } else if (!strncmp(spec, "s3:", 3)) {
+        b->kind = BLOB_S3;
+        if ((rc = s3_new(spec, &b->s3, err))) {
+            slim_free(b);
+            return rc;
+        }
+        snprintf(b->root, sizeof b->root, "%s/cache", data_dir);
+        snprintf(b->incoming, sizeof b->incoming, "%s/tmp", data_dir);
+        snprintf(b->spec, sizeof b->spec, "%s", s3_describe(b->s3));
+    } else {
+        slim_free(b);
+        return slim_error_set(err, SLIM_EINVAL, "--blobs %s: expected dir:PATH or "
+                              "s3://BUCKET[/PREFIX]", spec);
+    }
+    if (b->kind == BLOB_LOCAL) {
+        snprintf(b->root, sizeof b->root, "%s", def);
+        snprintf(b->incoming, sizeof b->incoming, "%s/tmp", data_dir);
+    }
+    if (b->kind != BLOB_LOCAL && !(rc = make_dir(b->root, err)) && b->kind == BLOB_DIR &&
+        !(rc = make_dir(b->incoming, err))) {
+        purge_stale(b->incoming);
+        if (access(b->incoming, W_OK))
+            rc = slim_error_set(err, SLIM_EIO, "--blobs %s: cannot write into %s: %s", spec,
+                                b->incoming, strerror(errno));
+    }
+    if (rc) {
+        blob_backend_free(b);
+        return rc;
+    }
+    *out = b;
+    return 0;
+}
+
+void blob_backend_free(struct blob_backend *b)
+{
+    if (!b)
+        return;
+    s3_free(b->s3);
+    slim_free(b);
+}
+
+enum blob_kind blob_backend_kind(const struct blob_backend *b)
+{
+    return b->kind;
+}
+
+const char *blob_backend_root(const struct blob_backend *b)
+{
+    return b->root;
+}
+
+const char *blob_backend_describe(const struct blob_backend *b)
+{
+    return b->spec;
+}
 
 /* The ring: slot k (counting from 0 over the whole upload) lives in
  * slot[k % SLOTS].  The writer fills slot number `filled`, the thread
@@ -141,32 +326,125 @@ static int digest_final(EVP_MD_CTX *md, char sha_out[65], struct slim_error *err
     return 0;
 }
 
-/* Moves the fsynced, closed file tmp to blobs/xx/<sha> and makes the
- * rename durable, or drops tmp when that blob already exists.  On error
- * the caller removes tmp. */
+/* Copies the closed file src into a new temp file of dir (the blob
+ * location's file system), fsynced; its path into out.  For an artifact
+ * written in the data dir's tmp/ going to a shared dir elsewhere. */
+static int copy_into(struct store *st, const char *src, const char *dir, char *out, size_t cap,
+                     struct slim_error *err)
+{
+    unsigned char *buf = slim_malloc(CHUNK);
+    int in = -1, fd = -1, rc = 0;
+    ssize_t n;
+    snprintf(out, cap, "%s/adopt-XXXXXX", dir);
+    if (!buf) {
+        out[0] = 0;
+        return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    }
+    if ((in = open(src, O_RDONLY | O_CLOEXEC)) < 0) {
+        out[0] = 0;
+        rc = io_error(st, err, "open", src);
+        goto out;
+    }
+    if ((fd = mkostemp(out, O_CLOEXEC)) < 0) {
+        rc = io_error(st, err, "create a temp file in", dir);
+        out[0] = 0;
+        goto out;
+    }
+    while ((n = read(in, buf, CHUNK)) != 0) {
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            rc = io_error(st, err, "read", src);
+            goto out;
+        }
+        for (ssize_t off = 0, w; off < n; off += w)
+            if ((w = write(fd, buf + off, (size_t)(n - off))) < 0) {
+                if (errno == EINTR) {
+                    w = 0;
+                    continue;
+                }
+                rc = io_error(st, err, "write", out);
+                goto out;
+            }
+    }
+    if (fsync(fd))
+        rc = io_error(st, err, "fsync", out);
+out:
+    if (fd >= 0 && close(fd) && !rc)
+        rc = io_error(st, err, "close", out);
+    if (in >= 0)
+        close(in);
+    if (rc && out[0])
+        unlink(out);
+    slim_free(buf);
+    return rc;
+}
+
+/* Gives the closed, fsynced file tmp the name dst, which it never
+ * replaces (blob.c's opening comment, point 3), and removes tmp.  A tmp
+ * on another file system is first copied next to dst. */
+static int link_blob(struct store *st, const char *tmp, const char *dst, struct slim_error *err)
+{
+    struct blob_backend *b = store_blobs(st);
+    char copy[4096];
+    int rc;
+    if (link(tmp, dst) == 0 || errno == EEXIST) {
+        unlink(tmp);
+        return 0;
+    }
+    if (errno != EXDEV)
+        return io_error(st, err, "link into", dst);
+    if ((rc = copy_into(st, tmp, b->incoming, copy, sizeof copy, err)))
+        return rc;
+    if (link(copy, dst) && errno != EEXIST)
+        rc = io_error(st, err, "link into", dst);
+    unlink(copy);
+    if (!rc)
+        unlink(tmp);
+    return rc;
+}
+
+/* Moves the fsynced, closed file tmp to ROOT/xx/<sha> and makes the
+ * name durable, or drops tmp when that blob already exists; for s3 it
+ * then sends the blob unless the bucket has it.  On error the caller
+ * removes tmp (still there, or already gone). */
 static int install(struct store *st, const char *tmp, const char *sha, struct slim_error *err)
 {
+    struct blob_backend *b = store_blobs(st);
     char dir[4096], dst[4096];
-    snprintf(dir, sizeof dir, "%s/blobs/%.2s", store_data_dir(st), sha);
+    int exists = 0, rc = 0;
+    struct stat sb;
+    snprintf(dir, sizeof dir, "%s/%.2s", b->root, sha);
     store_blob_path(st, sha, dst, sizeof dst);
     if (mkdir(dir, 0750) && errno != EEXIST)
         return io_error(st, err, "create", dir);
     /* The folders are fsynced whether this call made the blob or found
      * it: a blob found may be one another upload renamed a moment ago and
      * has not yet fsynced its folder, and our row must not become durable
-     * before the name it points to.  blobs/ too, for a fan-out folder
+     * before the name it points to.  The root too, for a fan-out folder
      * another thread has just made.  Two directory fsyncs are cheap next
      * to the file's. */
-    if (access(dst, F_OK) == 0)
+    if (b->kind == BLOB_DIR) {
+        if ((rc = link_blob(st, tmp, dst, err)))
+            return rc;
+    } else if (access(dst, F_OK) == 0) {
         unlink(tmp);
-    else if (rename(tmp, dst))
+    } else if (rename(tmp, dst)) {
         return io_error(st, err, "rename into", dst);
+    }
     if (fsync_dir(dir))
         return io_error(st, err, "fsync", dir);
-    snprintf(dir, sizeof dir, "%s/blobs", store_data_dir(st));
-    if (fsync_dir(dir))
-        return io_error(st, err, "fsync", dir);
-    return 0;
+    if (fsync_dir(b->root))
+        return io_error(st, err, "fsync", b->root);
+    if (b->kind != BLOB_S3)
+        return 0;
+    /* the local copy is in place; the blob counts as stored once the
+     * bucket has it */
+    if (stat(dst, &sb))
+        return io_error(st, err, "stat", dst);
+    if ((rc = s3_head(b->s3, sha, &exists, NULL, err)) || exists)
+        return rc;
+    return s3_put_file(b->s3, sha, dst, (uint64_t)sb.st_size, err);
 }
 
 /* The hashing thread: hashes slots in order until stopped, or until
@@ -285,7 +563,7 @@ int store_blob_begin(struct store *st, struct blob_writer **out, struct slim_err
     pthread_mutex_init(&bw->lock, NULL);
     pthread_cond_init(&bw->work, NULL);
     pthread_cond_init(&bw->space, NULL);
-    if (snprintf(bw->path, sizeof bw->path, "%s/tmp/upload-XXXXXX", store_data_dir(st)) >=
+    if (snprintf(bw->path, sizeof bw->path, "%s/upload-XXXXXX", store_blobs(st)->incoming) >=
         (int)sizeof bw->path) {
         writer_free(bw);
         return slim_error_set(err, SLIM_EINVAL, "data dir path too long");
@@ -295,7 +573,7 @@ int store_blob_begin(struct store *st, struct blob_writer **out, struct slim_err
         return slim_error_set(err, SLIM_ENOMEM, "sha256: cannot start a digest");
     }
     if ((bw->fd = mkostemp(bw->path, O_CLOEXEC)) < 0) {
-        int rc = io_error(st, err, "create a temp file in", "tmp/");
+        int rc = io_error(st, err, "create a temp file in", store_blobs(st)->incoming);
         writer_free(bw);
         return rc;
     }
@@ -468,8 +746,162 @@ void store_blob_path(const struct store *st, const char *sha, char *buf, size_t 
     while (sha && i < 64 && ((sha[i] >= '0' && sha[i] <= '9') || (sha[i] >= 'a' && sha[i] <= 'f')))
         i++;
     if (i != 64 || sha[64] ||
-        snprintf(buf, len, "%s/blobs/%.2s/%s", store_data_dir(st), sha, sha) >= (int)len)
+        snprintf(buf, len, "%s/%.2s/%s", store_blobs(st)->root, sha, sha) >= (int)len)
         buf[0] = 0;
+}
+
+/* The sha a blob path ends with, or NULL. */
+static const char *path_sha(const char *path)
+{
+    const char *slash = strrchr(path, '/'), *name = slash ? slash + 1 : path;
+    return strlen(name) == 64 && strspn(name, "0123456789abcdef") == 64 ? name : NULL;
+}
+
+static void sha_sink(void *ud, const void *buf, size_t len)
+{
+    (void)EVP_DigestUpdate(ud, buf, len);
+}
+
+/* Downloads the object into a temp file of the data dir, checks its
+ * sha256 against its name, and renames it to path. */
+static int fetch(struct store *st, const char *sha, const char *path, struct slim_error *err)
+{
+    struct blob_backend *b = store_blobs(st);
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    char tmp[4096], got[65], dir[4096];
+    int fd = -1, rc;
+
+    if (!md || !EVP_DigestInit_ex(md, EVP_sha256(), NULL)) {
+        EVP_MD_CTX_free(md);
+        return slim_error_set(err, SLIM_ENOMEM, "sha256: cannot start a digest");
+    }
+    if ((rc = store_tmp_path(st, ".fetch", tmp, sizeof tmp)))
+        rc = slim_error_set(err, SLIM_EINVAL, "data dir path too long");
+    else if ((fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640)) < 0)
+        rc = io_error(st, err, "create", tmp);
+    if (!rc)
+        rc = s3_get(b->s3, sha, 0, 0, fd, sha_sink, md, err);
+    if (!rc && !(rc = digest_final(md, got, err)) && strcmp(got, sha))
+        rc = slim_error_set(err, SLIM_EIO, "s3: the object of blob %.16s has sha256 %.16s: "
+                            "it is not that blob (%s)", sha, got, b->spec);
+    if (!rc && fsync(fd))
+        rc = io_error(st, err, "fsync", tmp);
+    if (fd >= 0 && close(fd) && !rc)
+        rc = io_error(st, err, "close", tmp);
+    snprintf(dir, sizeof dir, "%s/%.2s", b->root, sha);
+    if (!rc && mkdir(dir, 0750) && errno != EEXIST)
+        rc = io_error(st, err, "create", dir);
+    /* two fetches of one blob: both whole and verified, either name wins */
+    if (!rc && rename(tmp, path))
+        rc = io_error(st, err, "rename into", path);
+    if (!rc && fsync_dir(dir))
+        rc = io_error(st, err, "fsync", dir);
+    if (rc && fd >= 0)
+        unlink(tmp);
+    EVP_MD_CTX_free(md);
+    return rc;
+}
+
+int store_blob_fetch(struct store *st, const char *path, struct slim_error *err)
+{
+    struct blob_backend *b = store_blobs(st);
+    const char *sha = path_sha(path);
+    if (b->kind != BLOB_S3 || !sha)
+        return 0;
+    /* a copy's mtime is when it was last used: blob_cache_trim's order */
+    if (utimensat(AT_FDCWD, path, NULL, 0) == 0 || errno != ENOENT)
+        return 0;
+    return fetch(st, sha, path, err);
+}
+
+struct cached {
+    struct timespec used;
+    uint64_t blocks;
+    char name[68];      /* "ab/<sha>" */
+};
+
+static int by_use(const void *x, const void *y)
+{
+    const struct cached *a = x, *b = y;
+    if (a->used.tv_sec != b->used.tv_sec)
+        return a->used.tv_sec < b->used.tv_sec ? -1 : 1;
+    return a->used.tv_nsec < b->used.tv_nsec ? -1 : a->used.tv_nsec > b->used.tv_nsec;
+}
+
+uint64_t blob_cache_trim(struct store *st, uint64_t want)
+{
+    struct blob_backend *b = store_blobs(st);
+    struct cached *all = NULL, *grown;
+    size_t n = 0, cap = 0;
+    uint64_t freed = 0;
+    char path[4096];
+    DIR *top, *sub;
+    struct dirent *e, *f;
+    struct stat sb;
+
+    if (b->kind != BLOB_S3 || !want || !(top = opendir(b->root)))
+        return 0;
+    while ((e = readdir(top))) {
+        if (strlen(e->d_name) != 2 || strspn(e->d_name, "0123456789abcdef") != 2)
+            continue;
+        snprintf(path, sizeof path, "%s/%s", b->root, e->d_name);
+        if (!(sub = opendir(path)))
+            continue;
+        while ((f = readdir(sub))) {
+            if (strlen(f->d_name) != 64 || fstatat(dirfd(sub), f->d_name, &sb, 0))
+                continue;
+            if (n == cap) {
+                cap = cap ? 2 * cap : 256;
+                if (!(grown = slim_realloc(all, cap * sizeof *all)))
+                    break;
+                all = grown;
+            }
+            all[n].used = sb.st_mtim;
+            all[n].blocks = (uint64_t)sb.st_blocks * 512;
+            snprintf(all[n].name, sizeof all[n].name, "%s/%s", e->d_name, f->d_name);
+            n++;
+        }
+        closedir(sub);
+    }
+    closedir(top);
+    if (n)
+        qsort(all, n, sizeof *all, by_use);
+    /* a copy that a job has mapped or a download is sending stays
+     * readable through its open file: unlink frees it when they end */
+    for (size_t i = 0; i < n && freed < want; i++) {
+        snprintf(path, sizeof path, "%s/%s", b->root, all[i].name);
+        if (unlink(path) == 0)
+            freed += all[i].blocks;
+    }
+    slim_free(all);
+    return freed;
+}
+
+int blob_exists(struct store *st, const char *sha, struct slim_error *err)
+{
+    struct blob_backend *b = store_blobs(st);
+    char path[4096];
+    int exists = 0;
+    store_blob_path(st, sha, path, sizeof path);
+    if (!path[0])
+        return 0;
+    if (access(path, F_OK) == 0)
+        return 1;
+    if (b->kind != BLOB_S3 || s3_head(b->s3, sha, &exists, NULL, err))
+        return 0;
+    return exists;
+}
+
+uint64_t blob_remove(struct store *st, const char *sha)
+{
+    char path[4096];
+    struct stat sb;
+    if (store_blobs(st)->kind == BLOB_DIR)
+        return 0;
+    store_blob_path(st, sha, path, sizeof path);
+    if (path[0] && stat(path, &sb) == 0 && unlink(path) == 0)
+        return (uint64_t)sb.st_blocks * 512;
+    return 0;
 }
 
 int store_blob_adopt_hashed(struct store *st, const char *tmp_path, const char sha[65],

@@ -76,11 +76,26 @@
 #include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
-#include <sqlite3.h>
+#include "storage/blob.h"
+#include "storage/db.h"
 #include "storage/store.h"
 
 #define NOW "strftime('%Y-%m-%dT%H:%M:%SZ', 'now')"
+/* Unix seconds with a fraction, by the database's clock (every node
+ * reads the same clock for leases): schema 9's lease_until and
+ * heartbeat_at */
+#define EPOCH "((julianday('now') - 2440587.5) * 86400.0)"
+/* A running job recovery may take (bound as ?2 all, ?3 this node, ?4
+ * the node id the data dir's last daemon had): all of them (SQLite at
+ * start: one daemon per database), this node's (at its start nothing it
+ * held still runs; nor anything its data dir's previous daemon held,
+ * under another id, as on another port: the data dir's lock says that
+ * one is gone), or any whose lease ran out (its node stopped renewing:
+ * it died or lost the database) */
+#define RECOVERABLE " state = 1 AND (?2 <> 0 OR node = ?3 OR node = ?4 OR lease_until IS NULL" \
+    " OR lease_until < " EPOCH ")"
 /* A model's info keeps its safetensors __metadata__ (up to 1 MiB) for
  * whoever needs it, but no reply shows it: SQLite drops it before the
  * row is parsed, so a list of such models costs what a list of small
@@ -97,7 +112,7 @@
 #define JOB_COLS                                                                   \
     "id, model_id, state, progress, stage, error, attempts, cancel_requested, "    \
     "created_at, started_at, finished_at, spec, artifact_sha, artifact_bytes, mem_bytes, "  \
-    "dataset_id, owner, error_code, " JOB_V6_COLS ", warning_count, training"
+    "dataset_id, owner, error_code, " JOB_V6_COLS ", warning_count, training, node"
 /* Schema 6: the job's name, labels (a JSON object), pin, and the sha256
  * of its model as it was at submission (kept when the model goes). */
 #define JOB_V6_COLS "name, labels, pinned, model_sha256"
@@ -108,7 +123,7 @@
     "id, model_id, state, progress, stage, error, attempts, cancel_requested, "    \
     "created_at, started_at, finished_at, (SELECT json_group_array(json_extract(p.value, '$.op'))" \
     " FROM json_each(jobs.spec, '$.passes') AS p), artifact_sha, artifact_bytes, mem_bytes, "  \
-    "dataset_id, owner, error_code, " JOB_V6_COLS ", warning_count, training"
+    "dataset_id, owner, error_code, " JOB_V6_COLS ", warning_count, training, node"
 #define TOKEN_COLS "id, name, scopes, created_at, last_used_at, revoked"
 /* ?N: an owner's token id, or NULL for every row */
 #define OWNED(n) " (?" #n " IS NULL OR owner = ?" #n ")"
@@ -240,6 +255,13 @@ static const char *const migrations[] = {
     /* 8 (train-passes): a training pass's state while and after it
      * runs, JSON (GET /v1/jobs/{id} "training") */
     "ALTER TABLE jobs ADD COLUMN training TEXT;",
+    /* 9 (queue): the node that holds a running job, its lease (Unix
+     * seconds; renewed by the node's heartbeat, recovery takes a job
+     * whose lease ran out) and when the node last renewed it */
+    "ALTER TABLE jobs ADD COLUMN node TEXT;"
+    "ALTER TABLE jobs ADD COLUMN lease_until REAL;"
+    "ALTER TABLE jobs ADD COLUMN heartbeat_at REAL;"
+    "CREATE INDEX jobs_node ON jobs(node) WHERE state = 1;",
 };
 
 enum q {
@@ -255,6 +277,7 @@ enum q {
     Q_TOKEN_COUNT_LIVE,
     Q_JOB_DELETE, Q_JOB_PIN, Q_RET_EXPIRED, Q_RET_OLDEST, Q_IDEM_EXPIRE, Q_IDEM_GET,
     Q_IDEM_INSERT, Q_IDEM_FINISH, Q_IDEM_RELEASE, Q_IDEM_PENDING,
+    Q_JOB_HEARTBEAT, Q_JOB_HOLDER, Q_NOTIFY, Q_NODE_JOBS,
     Q_COUNT
 };
 
@@ -302,16 +325,20 @@ static const char *const sql[Q_COUNT] = {
     [Q_JOB_COUNT] = "SELECT count(*) FROM jobs WHERE" JOB_FILTER,
     [Q_JOB_CLAIM] = "UPDATE jobs SET state = 1, attempts = attempts + 1, started_at = " NOW ","
                     " finished_at = NULL, progress = 0, stage = 'load', error = NULL,"
-                    " error_code = NULL"
+                    " error_code = NULL, node = ?2, lease_until = " EPOCH " + ?3,"
+                    " heartbeat_at = " EPOCH
                     " WHERE id = (SELECT id FROM jobs WHERE state = 0 ORDER BY seq LIMIT 1)"
                     " AND mem_bytes <= ?1 RETURNING " JOB_COLS,
+    /* progress, training and every way out of running name the node
+     * (the last ?N): a node whose lease ran out, and whose job another
+     * node has claimed since, changes nothing */
     [Q_JOB_PROGRESS] = "UPDATE jobs SET progress = ?2, stage = coalesce(?3, stage)"
-                       " WHERE id = ?1 AND state = 1",
-    [Q_JOB_TRAINING] = "UPDATE jobs SET training = ?2 WHERE id = ?1 AND state = 1",
+                       " WHERE id = ?1 AND state = 1 AND node IS ?4",
+    [Q_JOB_TRAINING] = "UPDATE jobs SET training = ?2 WHERE id = ?1 AND state = 1 AND node IS ?3",
     [Q_JOB_SUCCEED] = "UPDATE jobs SET state = 2, progress = 1, stage = NULL, finished_at = " NOW ","
                       " artifact_sha = ?2, artifact_bytes = ?3, report = ?4,"
                       " warning_count = json_array_length(?4, '$.warnings')"
-                      " WHERE id = ?1 AND state = 1 AND cancel_requested = 0",
+                      " WHERE id = ?1 AND state = 1 AND cancel_requested = 0 AND node IS ?5",
     /* a cancel answered 200 wins over a failure that came after it; a
      * failed job keeps the stage it failed in (its page says where) */
     [Q_JOB_FAIL] = "UPDATE jobs SET state = CASE WHEN cancel_requested THEN 4 ELSE 3 END,"
@@ -319,27 +346,29 @@ static const char *const sql[Q_COUNT] = {
                    " finished_at = " NOW ","
                    " error = CASE WHEN cancel_requested THEN NULL ELSE ?2 END,"
                    " error_code = CASE WHEN cancel_requested THEN NULL ELSE ?3 END"
-                   " WHERE id = ?1 AND state = 1",
+                   " WHERE id = ?1 AND state = 1 AND node IS ?4",
     [Q_JOB_CANCEL_QUEUED] = "UPDATE jobs SET state = 4, cancel_requested = 1, finished_at = " NOW
                             " WHERE id = ?1 AND state = 0",
     [Q_JOB_CANCEL_RUNNING] = "UPDATE jobs SET cancel_requested = 1 WHERE id = ?1 AND state = 1",
     [Q_JOB_CANCELED] = "UPDATE jobs SET state = 4, stage = NULL, finished_at = " NOW
-                       " WHERE id = ?1 AND state = 1",
+                       " WHERE id = ?1 AND state = 1 AND node IS ?2",
     /* a cancel asked for while running still wins over the re-queue */
     [Q_JOB_REQUEUE] = "UPDATE jobs SET state = CASE WHEN cancel_requested THEN 4 ELSE 0 END,"
                       " finished_at = CASE WHEN cancel_requested THEN " NOW " END,"
                       " attempts = max(attempts - 1, 0), started_at = NULL, progress = 0,"
-                      " stage = NULL WHERE id = ?1 AND state = 1",
+                      " stage = NULL, node = CASE WHEN cancel_requested THEN node END,"
+                      " lease_until = NULL WHERE id = ?1 AND state = 1 AND node IS ?2",
     [Q_JOB_REPORT] = "SELECT state, report FROM jobs WHERE id = ?1",
     [Q_JOB_COUNTS] = "SELECT state, count(*) FROM jobs GROUP BY state",
-    [Q_RECOVER_CANCELED] = "UPDATE jobs SET state = 4, stage = NULL, finished_at = " NOW
-                           " WHERE state = 1 AND cancel_requested",
-    [Q_RECOVER_FAIL] = "UPDATE jobs SET state = 3, stage = NULL, finished_at = " NOW ","
+    [Q_RECOVER_CANCELED] = "UPDATE jobs SET state = 4, stage = NULL, lease_until = NULL,"
+                           " finished_at = " NOW " WHERE" RECOVERABLE " AND cancel_requested",
+    [Q_RECOVER_FAIL] = "UPDATE jobs SET state = 3, stage = NULL, lease_until = NULL,"
+                       " finished_at = " NOW ","
                        " error = 'interrupted ' || CASE attempts WHEN 1 THEN 'once'"
                        " ELSE attempts || ' times' END || ' (daemon restarts); giving up',"
-                       " error_code = 'INTERNAL' WHERE state = 1 AND attempts >= ?1",
-    [Q_RECOVER_REQUEUE] = "UPDATE jobs SET state = 0, started_at = NULL, progress = 0, stage = NULL"
-                          " WHERE state = 1",
+                       " error_code = 'INTERNAL' WHERE" RECOVERABLE " AND attempts >= ?1",
+    [Q_RECOVER_REQUEUE] = "UPDATE jobs SET state = 0, started_at = NULL, progress = 0, stage = NULL,"
+                          " node = NULL, lease_until = NULL WHERE" RECOVERABLE,
     [Q_TOKEN_INSERT] = "INSERT INTO tokens (id, name, scopes, hash, created_at)"
                        " VALUES (?1, ?2, ?3, ?4, " NOW ") RETURNING " TOKEN_COLS,
     [Q_TOKEN_LIST] = "SELECT " TOKEN_COLS " FROM tokens ORDER BY rowid",
@@ -360,7 +389,10 @@ static const char *const sql[Q_COUNT] = {
                     " started_at = CASE WHEN cancel_requested OR attempts >= ?2 THEN started_at END,"
                     " error = CASE WHEN cancel_requested THEN NULL ELSE ?3 END,"
                     " error_code = CASE WHEN cancel_requested THEN NULL ELSE ?4 END,"
-                    " progress = 0, stage = NULL WHERE id = ?1 AND state = 1 RETURNING " JOB_COLS,
+                    " progress = 0, stage = NULL,"
+                    " node = CASE WHEN cancel_requested OR attempts >= ?2 THEN node END,"
+                    " lease_until = NULL WHERE id = ?1 AND state = 1 AND node IS ?5"
+                    " RETURNING " JOB_COLS,
     /* ---- schema 6: lifecycle ---- */
     /* a running job is not deleted (cancel it first); a queued one may
      * be: the claim and this are single statements, one of them wins */
@@ -387,6 +419,287 @@ static const char *const sql[Q_COUNT] = {
     [Q_IDEM_PENDING] = "DELETE FROM idempotency WHERE status = 0",
     [Q_IDEM_RELEASE] = "DELETE FROM idempotency WHERE route = ?1 AND owner = ?2 AND key = ?3"
                        " AND status = 0",
+    /* ---- schema 9: leases ---- */
+    /* one statement renews every job the node (?1) holds for ?2 s */
+    [Q_JOB_HEARTBEAT] = "UPDATE jobs SET lease_until = " EPOCH " + ?2, heartbeat_at = " EPOCH
+                        " WHERE state = 1 AND node IS ?1 RETURNING id, cancel_requested",
+    [Q_JOB_HOLDER] = "SELECT state, node FROM jobs WHERE id = ?1",
+    /* PostgreSQL's pg_notify (sql_pg); SQLite wakes in process */
+    [Q_NOTIFY] = "SELECT ?1, ?2",
+    [Q_NODE_JOBS] = "SELECT coalesce(node, ''), id FROM jobs WHERE state = 1 ORDER BY node, seq",
+};
+
+/* ---- PostgreSQL (--store postgresql://...) ----
+ *
+ * The same schema, version for version (db.h says how to add a step):
+ * SQLite's INTEGER is BIGINT here and REAL is DOUBLE PRECISION (SQLite's
+ * are 64-bit: next_at holds Unix seconds), TEXT and JSON-as-TEXT stay,
+ * so rows read back the same; the tables listed in insertion order
+ * (models, datasets, tokens) get a rowid BIGSERIAL column, so
+ * "ORDER BY rowid" reads as in SQLite; jobs.seq is a BIGSERIAL, where
+ * SQLite's insert computes max(seq) + 1 (two daemons inserting at once
+ * would compute the same). */
+static const char *const migrations_pg[] = {
+    "CREATE TABLE models ("
+    "  rowid BIGSERIAL,"
+    "  id TEXT PRIMARY KEY,"
+    "  kind TEXT NOT NULL CHECK (kind IN ('model', 'dataset')),"
+    "  name TEXT NOT NULL,"
+    "  format TEXT NOT NULL,"
+    "  bytes BIGINT NOT NULL,"
+    "  sha256 TEXT NOT NULL,"
+    "  info TEXT NOT NULL,"
+    "  created_at TEXT NOT NULL);"
+    "CREATE INDEX models_sha256 ON models(sha256);"
+    "CREATE TABLE jobs ("
+    "  id TEXT PRIMARY KEY,"
+    "  seq BIGSERIAL UNIQUE,"
+    "  model_id TEXT REFERENCES models(id) ON DELETE SET NULL,"
+    "  state BIGINT NOT NULL DEFAULT 0,"
+    "  progress DOUBLE PRECISION NOT NULL DEFAULT 0,"
+    "  stage TEXT,"
+    "  error TEXT,"
+    "  attempts BIGINT NOT NULL DEFAULT 0,"
+    "  cancel_requested BIGINT NOT NULL DEFAULT 0,"
+    "  spec TEXT NOT NULL,"
+    "  report TEXT,"
+    "  artifact_sha TEXT,"
+    "  artifact_bytes BIGINT,"
+    "  created_at TEXT NOT NULL,"
+    "  started_at TEXT,"
+    "  finished_at TEXT);"
+    "CREATE INDEX jobs_state ON jobs(state, seq);"
+    "CREATE INDEX jobs_model ON jobs(model_id);"
+    "CREATE INDEX jobs_artifact ON jobs(artifact_sha);",
+    "ALTER TABLE jobs ADD COLUMN mem_bytes BIGINT NOT NULL DEFAULT 0;",
+    "CREATE TABLE datasets ("
+    "  rowid BIGSERIAL,"
+    "  id TEXT PRIMARY KEY,"
+    "  name TEXT NOT NULL,"
+    "  format TEXT NOT NULL,"
+    "  bytes BIGINT NOT NULL,"
+    "  sha256 TEXT NOT NULL,"
+    "  info TEXT NOT NULL,"
+    "  created_at TEXT NOT NULL);"
+    "CREATE INDEX datasets_sha256 ON datasets(sha256);"
+    "INSERT INTO datasets (id, name, format, bytes, sha256, info, created_at)"
+    "  SELECT id, name, format, bytes, sha256, info, created_at FROM models"
+    "  WHERE kind = 'dataset' ORDER BY rowid;"
+    "DELETE FROM models WHERE kind = 'dataset';"
+    "ALTER TABLE jobs ADD COLUMN dataset_id TEXT REFERENCES datasets(id) ON DELETE SET NULL;"
+    "CREATE INDEX jobs_dataset ON jobs(dataset_id);",
+    "CREATE TABLE tokens ("
+    "  rowid BIGSERIAL,"
+    "  id TEXT PRIMARY KEY,"
+    "  name TEXT NOT NULL,"
+    "  scopes BIGINT NOT NULL CHECK (scopes > 0),"
+    "  hash TEXT NOT NULL UNIQUE,"
+    "  created_at TEXT NOT NULL,"
+    "  last_used_at TEXT,"
+    "  revoked BIGINT NOT NULL DEFAULT 0);"
+    "ALTER TABLE models ADD COLUMN owner TEXT REFERENCES tokens(id);"
+    "ALTER TABLE datasets ADD COLUMN owner TEXT REFERENCES tokens(id);"
+    "ALTER TABLE jobs ADD COLUMN owner TEXT REFERENCES tokens(id);",
+    "ALTER TABLE jobs ADD COLUMN error_code TEXT;",
+    "ALTER TABLE jobs ADD COLUMN name TEXT;"
+    "ALTER TABLE jobs ADD COLUMN labels TEXT;"
+    "ALTER TABLE jobs ADD COLUMN pinned BIGINT NOT NULL DEFAULT 0;"
+    "ALTER TABLE jobs ADD COLUMN model_sha256 TEXT;"
+    "UPDATE jobs SET model_sha256 = (SELECT sha256 FROM models WHERE id = jobs.model_id);"
+    "CREATE INDEX jobs_name ON jobs(name);"
+    "CREATE INDEX jobs_finished ON jobs(state, finished_at);"
+    "CREATE INDEX models_name ON models(name);"
+    "CREATE TABLE idempotency ("
+    "  route TEXT NOT NULL,"
+    "  owner TEXT NOT NULL,"
+    "  key TEXT NOT NULL,"
+    "  request_sha256 TEXT NOT NULL,"
+    "  status BIGINT NOT NULL DEFAULT 0,"
+    "  location TEXT,"
+    "  response TEXT,"
+    "  created_at TEXT NOT NULL,"
+    "  PRIMARY KEY (route, owner, key));",
+    "CREATE TABLE webhooks ("
+    "  job_id TEXT PRIMARY KEY REFERENCES jobs(id) ON DELETE CASCADE,"
+    "  url TEXT NOT NULL,"
+    "  state BIGINT NOT NULL DEFAULT 0,"
+    "  attempts BIGINT NOT NULL DEFAULT 0,"
+    "  next_at DOUBLE PRECISION NOT NULL DEFAULT 0,"
+    "  last_status BIGINT,"
+    "  last_error TEXT,"
+    "  delivered_at TEXT);"
+    "CREATE INDEX webhooks_due ON webhooks(state, next_at);"
+    "ALTER TABLE jobs ADD COLUMN warning_count BIGINT;",
+    "ALTER TABLE jobs ADD COLUMN training TEXT;",
+    "ALTER TABLE jobs ADD COLUMN node TEXT;"
+    "ALTER TABLE jobs ADD COLUMN lease_until DOUBLE PRECISION;"
+    "ALTER TABLE jobs ADD COLUMN heartbeat_at DOUBLE PRECISION;"
+    "CREATE INDEX jobs_node ON jobs(node) WHERE state = 1;",
+};
+_Static_assert(sizeof migrations_pg / sizeof migrations_pg[0] ==
+               sizeof migrations / sizeof migrations[0],
+               "every migration has its PostgreSQL form (storage/db.h)");
+
+/* pg_advisory_xact_lock keys: the schema migration, and the write
+ * transactions (Q_BEGIN_IMMEDIATE: BEGIN IMMEDIATE's one writer at a
+ * time, across every daemon on the database) */
+#define STORE_PG_MIGRATE_LOCK "7305849271800001"
+#define STORE_PG_WRITE_LOCK "7305849271800002"
+/* store_open's orphan sweep, on PostgreSQL, leaves blobs younger than
+ * this (seconds): see sweep_blobs */
+#define PG_ORPHAN_AGE 3600
+
+/* OWNED and NAMED: a parameter's first use gives its type (a bare
+ * "$3 IS NULL" has none) */
+#define PG_OWNED(n) " (?" #n "::text IS NULL OR owner = ?" #n ")"
+#define PG_NAMED " (?4::text IS NULL OR name = ?4) AND (?5::text IS NULL OR sha256 = ?5)"
+/* strftime('%Y-%m-%dT%H:%M:%SZ', 'now', ...) */
+#define PG_TIME(t) "to_char((" t ") AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+#define PG_NOW PG_TIME("statement_timestamp()")
+#define PG_EPOCH "extract(epoch FROM clock_timestamp())::double precision"
+#define PG_RECOVERABLE " state = 1 AND (?2::bigint <> 0 OR node = ?3::text" \
+    " OR node = ?4::text OR lease_until IS NULL OR lease_until < " PG_EPOCH ")"
+#define PG_DUPLICATES(t) "(SELECT count(*) FROM " t " d WHERE d.sha256 = " t ".sha256" \
+    " AND d.id != " t ".id AND d.owner IS NOT DISTINCT FROM " t ".owner)"
+/* info whole: model_row drops its metadata (drop_metadata says why) */
+#define PG_MODEL_COLS "id, kind, name, format, bytes, sha256, info, created_at, owner, " \
+    PG_DUPLICATES("models")
+#define PG_DATASET_COLS "id, name, format, bytes, sha256, info, created_at, owner, " \
+    PG_DUPLICATES("datasets")
+#define PG_JOB_LIST_COLS                                                              \
+    "id, model_id, state, progress, stage, error, attempts, cancel_requested, "    \
+    "created_at, started_at, finished_at, (SELECT coalesce(json_agg(p.value -> 'op'"  \
+    " ORDER BY p.ord), '[]') FROM json_array_elements(CASE WHEN json_typeof(jobs.spec::json"  \
+    " -> 'passes') = 'array' THEN jobs.spec::json -> 'passes' END) WITH ORDINALITY AS"    \
+    " p(value, ord)), artifact_sha, artifact_bytes, mem_bytes, "  \
+    "dataset_id, owner, error_code, " JOB_V6_COLS ", warning_count, training, node"
+#define PG_JOB_FILTER PG_OWNED(3) " AND (?4 < 0 OR state = ?4) AND (?5::text IS NULL OR" \
+    " name = ?5) AND (?6::text IS NULL OR model_id = ?6) AND (?7::text IS NULL OR NOT EXISTS (SELECT 1 FROM" \
+    " json_each_text(?7::text::json) f WHERE labels IS NULL OR NOT EXISTS (SELECT 1 FROM" \
+    " json_each_text(jobs.labels::json) l WHERE l.key = f.key AND l.value = f.value)))"
+#define PG_SPEC_NAMES(n) "strpos(spec, '\"' || ?" #n "::text || '\"') > 0"
+/* json_array_length(?N, '$.warnings'): NULL without the key, 0 when it
+ * is not an array */
+#define PG_WARNINGS(n) "(SELECT CASE WHEN w IS NULL THEN NULL WHEN json_typeof(w) = 'array'" \
+    " THEN json_array_length(w) ELSE 0 END FROM (SELECT ?" #n "::text::json -> 'warnings' AS w) x)"
+
+/* The statements whose SQL differs on PostgreSQL (NULL: sql[]'s). */
+static const char *const sql_pg[Q_COUNT] = {
+    /* the list and its count read one snapshot */
+    [Q_BEGIN] = "BEGIN ISOLATION LEVEL REPEATABLE READ",
+    /* one writing transaction at a time, as SQLite's BEGIN IMMEDIATE */
+    [Q_BEGIN_IMMEDIATE] = "BEGIN; SELECT pg_advisory_xact_lock(" STORE_PG_WRITE_LOCK ")",
+    [Q_MODEL_INSERT] = "INSERT INTO models (id, kind, name, format, bytes, sha256, info, owner,"
+                       " created_at) VALUES (?1, 'model', ?2, ?3, ?4, ?5, ?6, ?7, " PG_NOW ")"
+                       " RETURNING " PG_MODEL_COLS,
+    [Q_MODEL_GET] = "SELECT " PG_MODEL_COLS " FROM models WHERE id = ?1",
+    [Q_MODEL_LIST] = "SELECT " PG_MODEL_COLS " FROM models WHERE kind = 'model' AND" PG_OWNED(3)
+                     " AND" PG_NAMED ORDER_PAGE,
+    [Q_MODEL_COUNT] = "SELECT count(*) FROM models WHERE kind = 'model' AND" PG_OWNED(3)
+                      " AND" PG_NAMED,
+    [Q_MODEL_USER] = "SELECT id, state FROM jobs WHERE state IN (0, 1) AND (model_id = ?1"
+                     " OR " PG_SPEC_NAMES(1) ") ORDER BY seq LIMIT 1",
+    [Q_DS_INSERT] = "INSERT INTO datasets (id, name, format, bytes, sha256, info, owner,"
+                    " created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, " PG_NOW ")"
+                    " RETURNING " PG_DATASET_COLS,
+    [Q_DS_GET] = "SELECT " PG_DATASET_COLS " FROM datasets WHERE id = ?1",
+    [Q_DS_LIST] = "SELECT " PG_DATASET_COLS " FROM datasets WHERE" PG_OWNED(3) " AND" PG_NAMED
+                  ORDER_PAGE,
+    [Q_DS_COUNT] = "SELECT count(*) FROM datasets WHERE" PG_OWNED(3) " AND" PG_NAMED,
+    [Q_DS_USER] = "SELECT id, state FROM jobs WHERE state IN (0, 1) AND (dataset_id = ?1"
+                  " OR " PG_SPEC_NAMES(1) ") ORDER BY seq LIMIT 1",
+    [Q_JOB_INSERT] = "INSERT INTO jobs (id, model_id, dataset_id, spec, mem_bytes, owner,"
+                     " created_at, name, labels, model_sha256) SELECT ?1::text, id, ?6::text,"
+                     " ?3::text, ?4::bigint, ?7::text, " PG_NOW ", ?3::text::json ->> 'name',"
+                     " CASE WHEN json_typeof(?3::text::json -> 'labels') = 'object'"
+                     " THEN (?3::text::json -> 'labels')::text END, sha256 FROM models"
+                     " WHERE id = ?2 AND kind = 'model'"
+                     " AND (?6 IS NULL OR EXISTS (SELECT 1 FROM datasets WHERE id = ?6))"
+                     " AND (SELECT count(*) FROM jobs WHERE state = 0) < ?5::bigint"
+                     " RETURNING " JOB_COLS,
+    [Q_JOB_LIST] = "SELECT " PG_JOB_LIST_COLS " FROM jobs WHERE" PG_JOB_FILTER
+                   " ORDER BY seq DESC LIMIT ?1 OFFSET ?2",
+    [Q_JOB_COUNT] = "SELECT count(*) FROM jobs WHERE" PG_JOB_FILTER,
+    /* state = 0 again outside the subquery: another daemon's claim of
+     * the same row, committed while this one waited for its lock, makes
+     * this one change nothing (PostgreSQL re-checks only the outer WHERE) */
+    [Q_JOB_CLAIM] = "UPDATE jobs SET state = 1, attempts = attempts + 1, started_at = " PG_NOW ","
+                    " finished_at = NULL, progress = 0, stage = 'load', error = NULL,"
+                    " error_code = NULL, node = ?2::text,"
+                    " lease_until = " PG_EPOCH " + ?3::double precision,"
+                    " heartbeat_at = " PG_EPOCH
+                    " WHERE id = (SELECT id FROM jobs WHERE state = 0 ORDER BY seq LIMIT 1"
+                    " FOR UPDATE SKIP LOCKED)"
+                    " AND state = 0 AND mem_bytes <= ?1 RETURNING " JOB_COLS,
+    [Q_JOB_PROGRESS] = "UPDATE jobs SET progress = ?2, stage = coalesce(?3, stage)"
+                       " WHERE id = ?1 AND state = 1 AND node IS NOT DISTINCT FROM ?4::text",
+    [Q_JOB_TRAINING] = "UPDATE jobs SET training = ?2 WHERE id = ?1 AND state = 1"
+                       " AND node IS NOT DISTINCT FROM ?3::text",
+    [Q_JOB_SUCCEED] = "UPDATE jobs SET state = 2, progress = 1, stage = NULL, finished_at = "
+                      PG_NOW ", artifact_sha = ?2, artifact_bytes = ?3, report = ?4::text,"
+                      " warning_count = " PG_WARNINGS(4)
+                      " WHERE id = ?1 AND state = 1 AND cancel_requested = 0"
+                      " AND node IS NOT DISTINCT FROM ?5::text",
+    [Q_JOB_FAIL] = "UPDATE jobs SET state = CASE WHEN cancel_requested <> 0 THEN 4 ELSE 3 END,"
+                   " stage = CASE WHEN cancel_requested <> 0 THEN NULL ELSE stage END,"
+                   " finished_at = " PG_NOW ","
+                   " error = CASE WHEN cancel_requested <> 0 THEN NULL ELSE ?2 END,"
+                   " error_code = CASE WHEN cancel_requested <> 0 THEN NULL ELSE ?3 END"
+                   " WHERE id = ?1 AND state = 1 AND node IS NOT DISTINCT FROM ?4::text",
+    [Q_JOB_CANCEL_QUEUED] = "UPDATE jobs SET state = 4, cancel_requested = 1, finished_at = "
+                            PG_NOW " WHERE id = ?1 AND state = 0",
+    [Q_JOB_CANCELED] = "UPDATE jobs SET state = 4, stage = NULL, finished_at = " PG_NOW
+                       " WHERE id = ?1 AND state = 1 AND node IS NOT DISTINCT FROM ?2::text",
+    [Q_JOB_REQUEUE] = "UPDATE jobs SET state = CASE WHEN cancel_requested <> 0 THEN 4 ELSE 0 END,"
+                      " finished_at = CASE WHEN cancel_requested <> 0 THEN " PG_NOW " END,"
+                      " attempts = greatest(attempts - 1, 0), started_at = NULL, progress = 0,"
+                      " stage = NULL, node = CASE WHEN cancel_requested <> 0 THEN node END,"
+                      " lease_until = NULL WHERE id = ?1 AND state = 1"
+                      " AND node IS NOT DISTINCT FROM ?2::text",
+    [Q_RECOVER_CANCELED] = "UPDATE jobs SET state = 4, stage = NULL, lease_until = NULL,"
+                           " finished_at = " PG_NOW " WHERE" PG_RECOVERABLE
+                           " AND cancel_requested <> 0",
+    [Q_RECOVER_FAIL] = "UPDATE jobs SET state = 3, stage = NULL, lease_until = NULL,"
+                       " finished_at = " PG_NOW ","
+                       " error = 'interrupted ' || CASE attempts WHEN 1 THEN 'once'"
+                       " ELSE attempts || ' times' END || ' (daemon restarts); giving up',"
+                       " error_code = 'INTERNAL' WHERE" PG_RECOVERABLE " AND attempts >= ?1",
+    [Q_RECOVER_REQUEUE] = "UPDATE jobs SET state = 0, started_at = NULL, progress = 0, stage = NULL,"
+                          " node = NULL, lease_until = NULL WHERE" PG_RECOVERABLE,
+    [Q_TOKEN_INSERT] = "INSERT INTO tokens (id, name, scopes, hash, created_at)"
+                       " VALUES (?1, ?2, ?3, ?4, " PG_NOW ") RETURNING " TOKEN_COLS,
+    [Q_TOKEN_FIND] = "SELECT id, scopes, revoked, last_used_at IS NULL OR last_used_at <"
+                     " " PG_TIME("statement_timestamp() - interval '60 seconds'") " FROM tokens"
+                     " WHERE hash = ?1",
+    [Q_TOKEN_TOUCH] = "UPDATE tokens SET last_used_at = " PG_NOW " WHERE id = ?1",
+    [Q_JOB_RETRY] = "UPDATE jobs SET state = CASE WHEN cancel_requested <> 0 THEN 4"
+                    " WHEN attempts >= ?2 THEN 3 ELSE 0 END,"
+                    " finished_at = CASE WHEN cancel_requested <> 0 OR attempts >= ?2 THEN "
+                    PG_NOW " END,"
+                    " started_at = CASE WHEN cancel_requested <> 0 OR attempts >= ?2"
+                    " THEN started_at END,"
+                    " error = CASE WHEN cancel_requested <> 0 THEN NULL ELSE ?3 END,"
+                    " error_code = CASE WHEN cancel_requested <> 0 THEN NULL ELSE ?4 END,"
+                    " progress = 0, stage = NULL,"
+                    " node = CASE WHEN cancel_requested <> 0 OR attempts >= ?2 THEN node END,"
+                    " lease_until = NULL WHERE id = ?1 AND state = 1"
+                    " AND node IS NOT DISTINCT FROM ?5::text RETURNING " JOB_COLS,
+    [Q_RET_EXPIRED] = "SELECT id FROM jobs j WHERE state IN (2, 3, 4) AND pinned = 0 AND"
+                      " finished_at < " PG_TIME("statement_timestamp() + ?1::interval")
+                      " AND NOT" LAST_OF_MODEL " ORDER BY seq LIMIT 100",
+    [Q_IDEM_EXPIRE] = "DELETE FROM idempotency WHERE created_at < "
+                      PG_TIME("statement_timestamp() - interval '1 day'"),
+    [Q_IDEM_INSERT] = "INSERT INTO idempotency (route, owner, key, request_sha256, created_at)"
+                      " VALUES (?1, ?2, ?3, ?4, " PG_NOW ")",
+    /* at open: only claims an hour old, as other daemons on the database
+     * may be processing theirs now; one of a daemon that died answers
+     * 409 "still being processed" until then */
+    [Q_IDEM_PENDING] = "DELETE FROM idempotency WHERE status = 0 AND created_at < "
+                       PG_TIME("statement_timestamp() - interval '1 hour'"),
+    [Q_JOB_HEARTBEAT] = "UPDATE jobs SET lease_until = " PG_EPOCH " + ?2::double precision,"
+                        " heartbeat_at = " PG_EPOCH " WHERE state = 1"
+                        " AND node IS NOT DISTINCT FROM ?1::text RETURNING id, cancel_requested",
+    [Q_NOTIFY] = "SELECT pg_notify(?1::text, ?2::text)",
 };
 
 #define STORE_LISTENERS 4
@@ -395,9 +708,16 @@ struct store {
     pthread_mutex_t lock;
     /* store_job_listen's: called (under lock) when a jobs row changes */
     struct { void (*fn)(void *ud); void *ud; } listen[STORE_LISTENERS];
-    sqlite3 *db;
-    sqlite3_stmt *q[Q_COUNT];
+    struct db *db;
+    int pg;                         /* db_dialect(db) == DB_POSTGRESQL */
+    struct db_stmt *q[Q_COUNT];
     char *dir;
+    char *db_spec;                  /* --store; NULL: sqlite in dir */
+    char *db_path;                  /* SQLite's database file; NULL on PostgreSQL */
+    struct blob_backend *blobs;     /* where blob files live (blob.h) */
+    char *node;                     /* store_set_node: the node id jobs are claimed for */
+    char *prev_node;                /* the id of the data dir's previous daemon, if other */
+    double lease;                   /* and the seconds of a lease */
     struct store_sweep sweep;       /* what store_open cleaned */
 };
 
@@ -421,84 +741,83 @@ const char *store_data_dir(const struct store *st)
     return st->dir;
 }
 
+struct blob_backend *store_blobs(const struct store *st)
+{
+    return st->blobs;
+}
+
 /* ---- statement helpers (caller holds st->lock) ---- */
+
+static int run(struct store *st, enum q i, int *changes, struct slim_error *err,
+               const char *types, ...);
+
+/* PostgreSQL: NOTIFY channel (store_listen's; "slimd_jobs": a job was
+ * queued, "slimd_cancel": payload's cancel was asked for), so idle nodes
+ * wake without polling.  Best effort: the nodes' slow poll and heartbeat
+ * catch what a lost notification misses.  SQLite: nothing (its one
+ * daemon wakes in process). */
+static void notify(struct store *st, const char *channel, const char *payload)
+{
+    if (st->pg)
+        run(st, Q_NOTIFY, NULL, NULL, "ss", channel, payload);
+}
 
 /* Sets err from the connection's last error, prefixed with what failed. */
 static int db_error(struct store *st, struct slim_error *err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-/* SQLite's last error as ours: a full disk is SLIM_ENOSPACE whether SQLite
- * says SQLITE_FULL (a write) or an I/O error whose errno is ENOSPC (the
- * -shm file, an fsync). */
-static int db_code(struct store *st)
-{
-    int c = sqlite3_errcode(st->db) & 0xff, e = sqlite3_system_errno(st->db);
-    if (c == SQLITE_NOMEM)
-        return SLIM_ENOMEM;
-    if (c == SQLITE_FULL ||
-        ((c == SQLITE_IOERR || c == SQLITE_CANTOPEN) && (e == ENOSPC || e == EDQUOT)))
-        return SLIM_ENOSPACE;
-    return SLIM_EIO;
-}
 
 static int db_error(struct store *st, struct slim_error *err, const char *fmt, ...)
 {
     char what[96];
-    int code = db_code(st);
+    int code = db_errcode(st->db);   /* a full disk is SLIM_ENOSPACE (db.h) */
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(what, sizeof what, fmt, ap);
     va_end(ap);
-    return slim_error_set(err, code, "%s: %s", what, sqlite3_errmsg(st->db));
+    return slim_error_set(err, code, "%s: %s", what, db_errmsg(st->db));
 }
 
 /* Ends a statement's use: resets it (releasing its read snapshot) and
  * drops the bindings, which point at the caller's strings. */
-static void done(sqlite3_stmt *s)
+static void done(struct db_stmt *s)
 {
-    sqlite3_reset(s);
-    sqlite3_clear_bindings(s);
+    db_reset(s);
+    db_clear_bindings(s);
 }
 
-/* Binds one value per character of types to statement i: 's' string
- * (NULL binds NULL), 'i' int, 'I' int64_t, 'd' double; *out is then
- * ready to step. */
 /* Binds the values of ap to s's parameters 1.. by types: 's' text (NULL
- * binds NULL; how: SQLITE_STATIC or SQLITE_TRANSIENT), 'i' int, 'I'
- * int64, 'd' double.  Returns SQLite's code. */
-static int bind_values(sqlite3_stmt *s, const char *types, va_list ap,
-                       sqlite3_destructor_type how)
+ * binds NULL; borrowed until s is reset or finalized), 'i' int, 'I'
+ * int64, 'd' double.  DB_OK or DB_ERROR. */
+static int bind_values(struct db_stmt *s, const char *types, va_list ap)
 {
-    int rc = SQLITE_OK;
-    const char *v;
-    for (int k = 0; types[k] && rc == SQLITE_OK; k++) {
+    int rc = DB_OK;
+    for (int k = 0; types[k] && rc == DB_OK; k++) {
         switch (types[k]) {
-        case 's':
-            v = va_arg(ap, const char *);
-            rc = v ? sqlite3_bind_text(s, k + 1, v, -1, how) : sqlite3_bind_null(s, k + 1);
-            break;
-        case 'i': rc = sqlite3_bind_int(s, k + 1, va_arg(ap, int)); break;
-        case 'I': rc = sqlite3_bind_int64(s, k + 1, va_arg(ap, int64_t)); break;
-        case 'd': rc = sqlite3_bind_double(s, k + 1, va_arg(ap, double)); break;
+        case 's': rc = db_bind_text(s, k + 1, va_arg(ap, const char *)); break;
+        case 'i': rc = db_bind_int(s, k + 1, va_arg(ap, int)); break;
+        case 'I': rc = db_bind_int64(s, k + 1, va_arg(ap, int64_t)); break;
+        case 'd': rc = db_bind_double(s, k + 1, va_arg(ap, double)); break;
         }
     }
     return rc;
 }
 
-static int bindv(struct store *st, enum q i, sqlite3_stmt **out, struct slim_error *err,
+static int bindv(struct store *st, enum q i, struct db_stmt **out, struct slim_error *err,
                  const char *types, va_list ap)
 {
-    sqlite3_stmt *s = st->q[i];
-    int rc = bind_values(s, types, ap, SQLITE_STATIC);
-    if (rc != SQLITE_OK) {
+    struct db_stmt *s = st->q[i];
+    int rc = bind_values(s, types, ap);
+    if (rc != DB_OK) {
+        rc = slim_error_set(err, db_errcode(st->db) == SLIM_ENOMEM ? SLIM_ENOMEM : SLIM_EIO,
+                            "cannot bind a value: %s", db_errmsg(st->db));
         done(s);
-        return slim_error_set(err, rc == SQLITE_NOMEM ? SLIM_ENOMEM : SLIM_EIO,
-                              "cannot bind a value: %s", sqlite3_errstr(rc));
+        return rc;
     }
     *out = s;
     return 0;
 }
 
-static int prep(struct store *st, enum q i, sqlite3_stmt **out, struct slim_error *err,
+static int prep(struct store *st, enum q i, struct db_stmt **out, struct slim_error *err,
                 const char *types, ...)
 {
     va_list ap;
@@ -514,7 +833,7 @@ static int prep(struct store *st, enum q i, sqlite3_stmt **out, struct slim_erro
 static int run(struct store *st, enum q i, int *changes, struct slim_error *err,
                const char *types, ...)
 {
-    sqlite3_stmt *s = NULL;
+    struct db_stmt *s = NULL;
     va_list ap;
     int rc;
     va_start(ap, types);
@@ -523,11 +842,11 @@ static int run(struct store *st, enum q i, int *changes, struct slim_error *err,
     if (rc)
         return rc;
     /* the message names no SQL: it reaches users (a job's error, a 500) */
-    if (sqlite3_step(s) != SQLITE_DONE)
+    if (db_step(s) != DB_DONE)
         rc = db_error(st, err, "%s", i == Q_BEGIN ? "cannot read the database"
                                                   : "cannot update the database");
     else if (changes)
-        *changes = sqlite3_changes(st->db);
+        *changes = db_changes(st->db);
     done(s);
     return rc;
 }
@@ -543,13 +862,13 @@ static int finish(struct store *st, int rc, struct slim_error *err)
     return rc;
 }
 
-static const char *col_text(sqlite3_stmt *s, int col)
+static const char *col_text(struct db_stmt *s, int col)
 {
-    return (const char *)sqlite3_column_text(s, col);
+    return db_column_text(s, col);
 }
 
 /* A JSON text column as a value (new reference), or NULL. */
-static json_t *col_json(sqlite3_stmt *s, int col)
+static json_t *col_json(struct db_stmt *s, int col)
 {
     const char *t = col_text(s, col);
     return t ? json_loads(t, JSON_DECODE_ANY, NULL) : NULL;
@@ -559,18 +878,97 @@ static const char *const onnx_keys[] = {"opset", "ir_version", "producer", "inpu
                                         "op_types", "nodes", "external_data", "external_files",
                                         "onnx_file", NULL};
 
-static json_t *model_row(sqlite3_stmt *s)
+static const char *blanks(const char *p)
 {
-    json_t *info = col_json(s, 6), *row;
+    while (*p == ' ' || *p == '\n' || *p == '\t' || *p == '\r')
+        p++;
+    return p;
+}
+
+/* Just past the JSON value (string, number, literal, object or array)
+ * that starts at p (after blanks), or NULL when the text ends first. */
+static const char *json_value_end(const char *p)
+{
+    int depth = 0;
+    p = blanks(p);
+    if (*p != '"' && *p != '{' && *p != '[') {   /* a number or a literal */
+        while (*p && *p != ',' && *p != '}' && *p != ']' && *p != ':' && *blanks(p) == *p)
+            p++;
+        return *p ? p : NULL;
+    }
+    for (;; p++) {
+        switch (*p) {
+        case 0:
+            return NULL;
+        case '"':
+            for (p++; *p != '"'; p++)
+                if (!*p || (*p == '\\' && !*++p))
+                    return NULL;
+            break;
+        case '{': case '[': depth++; break;
+        case '}': case ']': depth--; break;
+        }
+        if (depth == 0)
+            return p + 1;
+    }
+}
+
+/* info's JSON text without its top-level "metadata" member: a new
+ * string (slim_free), or NULL when it has none (or is not an object).
+ * PostgreSQL's rows carry a model's info whole (its JSON functions take
+ * ~30 ms to parse a MiB of metadata, where SQLite's json_remove drops it
+ * in the query), and a list must not parse what it does not show: this
+ * finds the member with a scan of the bytes, no parse. */
+static char *drop_metadata(const char *t)
+{
+    const char *p, *member, *key, *end;
+    char *out;
+    if (!t || !strstr(t, "\"metadata\""))
+        return NULL;
+    if (*(p = blanks(t)) != '{')
+        return NULL;
+    for (p++;;) {
+        member = p;   /* just past '{' or ',' */
+        key = blanks(p);
+        if (*key != '"' || !(end = json_value_end(key)))
+            return NULL;
+        int is_meta = end - key == 10 && !strncmp(key, "\"metadata\"", 10);
+        if (*(end = blanks(end)) != ':' || !(end = json_value_end(end + 1)))
+            return NULL;
+        end = blanks(end);
+        if (is_meta) {   /* drop the member and one comma beside it */
+            const char *cut = member, *resume = end;
+            if (*end == ',')
+                resume = end + 1;
+            else if (cut[-1] == ',')
+                cut--;
+            size_t head = (size_t)(cut - t), tail = strlen(resume);
+            if (!(out = slim_malloc(head + tail + 1)))
+                return NULL;
+            memcpy(out, t, head);
+            memcpy(out + head, resume, tail + 1);
+            return out;
+        }
+        if (*end != ',')
+            return NULL;
+        p = end + 1;
+    }
+}
+
+static json_t *model_row(struct db_stmt *s)
+{
+    char *slim = drop_metadata(col_text(s, 6));
+    json_t *info = slim ? json_loads(slim, JSON_DECODE_ANY, NULL) : col_json(s, 6), *row;
+    slim_free(slim);
     row = json_pack("{s:s?, s:s?, s:s?, s:s?, s:I, s:s?, s:O?, s:O?, s:s?, s:s?}",
                     "id", col_text(s, 0), "kind", col_text(s, 1), "name", col_text(s, 2),
-                    "format", col_text(s, 3), "bytes", (json_int_t)sqlite3_column_int64(s, 4),
+                    "format", col_text(s, 3), "bytes", (json_int_t)db_column_int64(s, 4),
                     "sha256", col_text(s, 5), "tensors", json_object_get(info, "tensors"),
                     "params", json_object_get(info, "params"), "created_at", col_text(s, 7),
                     "owner", col_text(s, 8));
     if (row) {   /* schema 6: same bytes, one blob */
-        json_object_set_new(row, "duplicates", json_integer(sqlite3_column_int64(s, 9)));
-        json_object_set_new(row, "shared_blob", json_boolean(sqlite3_column_int64(s, 9) > 0));
+        json_object_set_new(row, "duplicates", json_integer(db_column_int64(s, 9)));
+        json_object_set_new(row, "shared_blob", json_boolean(db_column_int64(s, 9) > 0));
     }
     if (row && json_object_get(info, "shards"))   /* a sharded checkpoint: its shard files */
         json_object_set(row, "shards", json_object_get(info, "shards"));
@@ -582,14 +980,14 @@ static json_t *model_row(sqlite3_stmt *s)
     return row;
 }
 
-static json_t *job_row(sqlite3_stmt *s)
+static json_t *job_row(struct db_stmt *s)
 {
     json_t *artifact = NULL, *row, *labels = col_json(s, 19);
-    if (sqlite3_column_type(s, 12) != SQLITE_NULL)
+    if (!db_column_is_null(s, 12))
         artifact = json_pack("{s:s?, s:I}", "sha256", col_text(s, 12), "bytes",
-                             (json_int_t)sqlite3_column_int64(s, 13));
+                             (json_int_t)db_column_int64(s, 13));
     json_t *error = NULL;
-    int state = sqlite3_column_int(s, 2);
+    int state = db_column_int(s, 2);
     /* "error": {code, message}, the envelope's shape; error_message and
      * error_code keep the flat fields older clients read.  A canceled
      * job stores neither: its code is CANCELED. */
@@ -603,37 +1001,41 @@ static json_t *job_row(sqlite3_stmt *s)
                      " s:o?, s:o?, s:I, s:s?}",
                      "id", col_text(s, 0), "model", col_text(s, 1), "dataset", col_text(s, 15),
                      "state", store_job_state_name(state),
-                     "progress", sqlite3_column_double(s, 3), "stage", col_text(s, 4),
+                     "progress", db_column_double(s, 3), "stage", col_text(s, 4),
                      "error", error ? error : json_null(), "error_message", col_text(s, 5),
                      "error_code", error ? json_string_value(json_object_get(error, "code")) : NULL,
-                     "attempts", (json_int_t)sqlite3_column_int64(s, 6),
-                     "cancel_requested", sqlite3_column_int(s, 7) != 0,
+                     "attempts", (json_int_t)db_column_int64(s, 6),
+                     "cancel_requested", db_column_int(s, 7) != 0,
                      "created_at", col_text(s, 8), "started_at", col_text(s, 9),
                      "finished_at", col_text(s, 10), "spec", col_json(s, 11),
                      "artifact", artifact, "memory_bytes",
-                     (json_int_t)sqlite3_column_int64(s, 14), "owner", col_text(s, 16));
+                     (json_int_t)db_column_int64(s, 14), "owner", col_text(s, 16));
     /* schema 6 (JOB_V6_COLS) */
     if (row && json_object_set_new(row, "name", col_text(s, 18) ? json_string(col_text(s, 18))
                                                                 : json_null()) == 0 &&
         json_object_set_new(row, "labels", json_is_object(labels) ? json_incref(labels)
                                                                    : json_object()) == 0 &&
-        json_object_set_new(row, "pinned", json_boolean(sqlite3_column_int(s, 20))) == 0)
+        json_object_set_new(row, "pinned", json_boolean(db_column_int(s, 20))) == 0)
         json_object_set_new(row, "model_sha256", col_text(s, 21) ? json_string(col_text(s, 21))
                                                                  : json_null());
     json_decref(labels);
     /* the report's warnings, once it has one (0 is shown: none) */
-    if (row && sqlite3_column_type(s, 22) != SQLITE_NULL)
-        json_object_set_new(row, "warning_count", json_integer(sqlite3_column_int64(s, 22)));
+    if (row && !db_column_is_null(s, 22))
+        json_object_set_new(row, "warning_count", json_integer(db_column_int64(s, 22)));
     /* a training pass's progress: {"epoch", "epochs", "loss", "val_accuracy",
      * "history"} (absent for jobs without one) */
-    if (row && sqlite3_column_type(s, 23) != SQLITE_NULL)
+    if (row && !db_column_is_null(s, 23))
         json_object_set_new(row, "training", col_json(s, 23));
+    /* schema 9: the node that holds it (running) or last ran it */
+    if (row)
+        json_object_set_new(row, "node", col_text(s, 24) ? json_string(col_text(s, 24))
+                                                         : json_null());
     return row;
 }
 
 /* A list row (JOB_LIST_COLS): the job with "passes", its spec's ops in
  * order, in the place of "spec". */
-static json_t *job_summary_row(sqlite3_stmt *s)
+static json_t *job_summary_row(struct db_stmt *s)
 {
     json_t *row = job_row(s), *ops;
     if (!row)
@@ -651,22 +1053,22 @@ static json_t *job_summary_row(sqlite3_stmt *s)
  * disk is full, only comes with the next step: s is stepped to its end
  * and a failure there drops the row and is returned, so no caller ever
  * acknowledges a write that did not commit. */
-static int one_row(struct store *st, sqlite3_stmt *s, json_t *(*to_json)(sqlite3_stmt *),
+static int one_row(struct store *st, struct db_stmt *s, json_t *(*to_json)(struct db_stmt *),
                    json_t **row, const char *what, const char *id, struct slim_error *err)
 {
-    int rc = sqlite3_step(s);
+    int rc = db_step(s);
     *row = NULL;
-    if (rc == SQLITE_ROW)
+    if (rc == DB_ROW)
         rc = (*row = to_json(s)) ? 0 : slim_error_set(err, SLIM_ENOMEM, "out of memory");
-    else if (rc == SQLITE_DONE)
+    else if (rc == DB_DONE)
         rc = slim_error_set(err, SLIM_ENOTFOUND, "%s %.64s does not exist", what, id);
     else
         rc = db_error(st, err, "cannot read %s %.64s", what, id);
-    if (*row && !sqlite3_stmt_readonly(s)) {
+    if (*row && !db_stmt_readonly(s)) {
         int end;
-        while ((end = sqlite3_step(s)) == SQLITE_ROW)
+        while ((end = db_step(s)) == DB_ROW)
             ;
-        if (end != SQLITE_DONE || sqlite3_reset(s) != SQLITE_OK) {
+        if (end != DB_DONE || db_reset(s) != DB_OK) {
             json_decref(*row);
             *row = NULL;
             rc = db_error(st, err, "cannot write %s %.64s", what, id);
@@ -677,23 +1079,23 @@ static int one_row(struct store *st, sqlite3_stmt *s, json_t *(*to_json)(sqlite3
 }
 
 /* Fills rows from a list statement and total from a count statement. */
-static int list_rows(struct store *st, sqlite3_stmt *list, sqlite3_stmt *count,
-                     json_t *(*to_json)(sqlite3_stmt *), json_t **rows, int *total,
+static int list_rows(struct store *st, struct db_stmt *list, struct db_stmt *count,
+                     json_t *(*to_json)(struct db_stmt *), json_t **rows, int *total,
                      struct slim_error *err)
 {
     json_t *arr = json_array();
     int rc = 0, step;
     if (!arr)
         rc = slim_error_set(err, SLIM_ENOMEM, "out of memory");
-    while (!rc && (step = sqlite3_step(list)) == SQLITE_ROW)
+    while (!rc && (step = db_step(list)) == DB_ROW)
         if (json_array_append_new(arr, to_json(list)))
             rc = slim_error_set(err, SLIM_ENOMEM, "out of memory");
-    if (!rc && step != SQLITE_DONE)
+    if (!rc && step != DB_DONE)
         rc = db_error(st, err, "cannot list rows");
-    if (!rc && sqlite3_step(count) != SQLITE_ROW)
+    if (!rc && db_step(count) != DB_ROW)
         rc = db_error(st, err, "cannot count rows");
     if (!rc)
-        *total = sqlite3_column_int(count, 0);
+        *total = db_column_int(count, 0);
     done(list);
     done(count);
     if (rc)
@@ -779,26 +1181,41 @@ static int blob_name(const char *dir, const char *name)
  * to remove.  A blob whose reference count cannot be read is kept. */
 static void sweep_blobs(struct store *st)
 {
+    const char *root = blob_backend_root(st->blobs);
     char path[4096];
     DIR *top, *sub;
     struct dirent *e, *f;
-    sqlite3_stmt *s;
+    struct db_stmt *s;
     struct stat sb;
 
-    snprintf(path, sizeof path, "%s/blobs", st->dir);
+    /* a shared dir's blobs may be another daemon's, between its commit
+     * and its insert (s3's are local copies, this daemon's alone) */
+    if (blob_backend_kind(st->blobs) == BLOB_DIR)
+        return;
+    snprintf(path, sizeof path, "%s", root);
     if (!(top = opendir(path)))
         return;
     while ((e = readdir(top))) {
         if (strlen(e->d_name) != 2 || strspn(e->d_name, "0123456789abcdef") != 2)
             continue;
-        snprintf(path, sizeof path, "%s/blobs/%s", st->dir, e->d_name);
+        snprintf(path, sizeof path, "%s/%s", root, e->d_name);
         if (!(sub = opendir(path)))
             continue;
         while ((f = readdir(sub))) {
             int unused;
-            if (!blob_name(e->d_name, f->d_name) || prep(st, Q_SHA_REFS, &s, NULL, "s", f->d_name))
+            if (!blob_name(e->d_name, f->d_name))
                 continue;
-            unused = sqlite3_step(s) == SQLITE_ROW && sqlite3_column_int(s, 0) == 0;
+            /* PostgreSQL: other daemons share the database and may be
+             * between a blob's commit and its row's insert right now; a
+             * blob younger than an hour is theirs to finish (an upload
+             * or a job's artifact takes seconds from commit to row), an
+             * older one without a row is an orphan (see PG_ORPHAN_AGE) */
+            if (st->pg && (fstatat(dirfd(sub), f->d_name, &sb, 0) ||
+                           sb.st_mtime > time(NULL) - PG_ORPHAN_AGE))
+                continue;
+            if (prep(st, Q_SHA_REFS, &s, NULL, "s", f->d_name))
+                continue;
+            unused = db_step(s) == DB_ROW && db_column_int(s, 0) == 0;
             done(s);
             if (unused && fstatat(dirfd(sub), f->d_name, &sb, 0) == 0 &&
                 unlinkat(dirfd(sub), f->d_name, 0) == 0) {
@@ -820,7 +1237,10 @@ int store_wal_reserve(struct store *st, uint64_t bytes, struct slim_error *err)
     int fd, rc = 0;
     if (!bytes)
         return 0;
-    snprintf(path, sizeof path, "%s/slimd.db-wal", st->dir);
+    /* PostgreSQL keeps its own files, on its own disk */
+    if (!bytes || !st->db_path)
+        return 0;
+    snprintf(path, sizeof path, "%s-wal", st->db_path);
     pthread_mutex_lock(&st->lock);
     /* SQLite made the file when it first read in WAL mode (open_db);
      * without it there is nothing to grow */
@@ -846,16 +1266,15 @@ void store_open_sweep(const struct store *st, struct store_sweep *out)
     *out = st->sweep;
 }
 
-/* SQLite's update hook (the writer holds st->lock): a jobs row was
+/* The driver's update hook (the writer holds st->lock): a jobs row was
  * inserted, updated or deleted; tells the listeners (store_job_listen).
  * It fires before the commit: a listener that reads the row takes
- * st->lock, so it sees the committed change. */
-static void on_row_change(void *ud, int op, const char *db, const char *table, sqlite3_int64 rowid)
+ * st->lock, so it sees the committed change.  On PostgreSQL it fires
+ * per statement of this process (db.h); changes that other daemons
+ * sharing the database make are not seen here. */
+static void on_row_change(void *ud, const char *table)
 {
     struct store *st = ud;
-    (void)op;
-    (void)db;
-    (void)rowid;
     if (strcmp(table, "jobs"))
         return;
     for (int i = 0; i < STORE_LISTENERS; i++)
@@ -863,19 +1282,18 @@ static void on_row_change(void *ud, int op, const char *db, const char *table, s
             st->listen[i].fn(st->listen[i].ud);
 }
 
-static int migrate(struct store *st, struct slim_error *err)
+static int migrate_sqlite(struct store *st, struct slim_error *err)
 {
     const int latest = (int)(sizeof migrations / sizeof migrations[0]);
-    sqlite3_stmt *s = NULL;
+    struct db_stmt *s = NULL;
     char bump[48];
     for (;;) {
         int version = -1;
-        if (sqlite3_exec(st->db, "BEGIN IMMEDIATE", NULL, NULL, NULL))
+        if (db_exec(st->db, "BEGIN IMMEDIATE"))
             return db_error(st, err, "cannot start the schema migration");
-        if (sqlite3_prepare_v2(st->db, "PRAGMA user_version", -1, &s, NULL) == SQLITE_OK &&
-            sqlite3_step(s) == SQLITE_ROW)
-            version = sqlite3_column_int(s, 0);
-        sqlite3_finalize(s);
+        if (db_prepare(st->db, "PRAGMA user_version", 0, &s) == DB_OK && db_step(s) == DB_ROW)
+            version = db_column_int(s, 0);
+        db_finalize(s);
         if (version < 0 || version >= latest) {
             int rc = 0;
             if (version < 0)
@@ -883,81 +1301,142 @@ static int migrate(struct store *st, struct slim_error *err)
             else if (version > latest)
                 rc = slim_error_set(err, SLIM_EIO, "database schema version %d is newer than "
                                     "this slimd knows (%d): upgrade slimd", version, latest);
-            sqlite3_exec(st->db, rc ? "ROLLBACK" : "COMMIT", NULL, NULL, NULL);
+            db_exec(st->db, rc ? "ROLLBACK" : "COMMIT");
             return rc;
         }
         /* PRAGMA takes no bound parameters; the number is ours, not input */
         snprintf(bump, sizeof bump, "PRAGMA user_version = %d", version + 1);
-        if (sqlite3_exec(st->db, migrations[version], NULL, NULL, NULL) ||
-            sqlite3_exec(st->db, bump, NULL, NULL, NULL) ||
-            sqlite3_exec(st->db, "COMMIT", NULL, NULL, NULL)) {
+        if (db_exec(st->db, migrations[version]) || db_exec(st->db, bump) ||
+            db_exec(st->db, "COMMIT")) {
             int rc = db_error(st, err, "schema migration to version %d failed", version + 1);
-            sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+            db_exec(st->db, "ROLLBACK");
             return rc;
         }
     }
 }
 
+/* PostgreSQL: every pending step and the version bump in one
+ * transaction, under an advisory lock that a second daemon starting at
+ * the same time waits for (it then finds the schema current).  The
+ * version is the one row of schema_version (db.h). */
+static int migrate_pg(struct store *st, struct slim_error *err)
+{
+    const int latest = (int)(sizeof migrations_pg / sizeof migrations_pg[0]);
+    struct db_stmt *s = NULL;
+    char bump[64];
+    int version = -1, rc = 0;
+
+    if (db_exec(st->db, "BEGIN; SELECT pg_advisory_xact_lock(" STORE_PG_MIGRATE_LOCK ");"
+                " CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")) {
+        rc = db_error(st, err, "cannot start the schema migration");
+        goto out;
+    }
+    if (db_prepare(st->db, "SELECT version FROM schema_version", 0, &s) == DB_OK) {
+        int step = db_step(s);
+        version = step == DB_ROW ? db_column_int(s, 0) : step == DB_DONE ? 0 : -1;
+    }
+    db_finalize(s);
+    if (version < 0) {
+        rc = db_error(st, err, "cannot read the schema version");
+        goto out;
+    }
+    if (version > latest) {
+        rc = slim_error_set(err, SLIM_EIO, "database schema version %d is newer than this slimd "
+                            "knows (%d): upgrade slimd", version, latest);
+        goto out;
+    }
+    for (int v = version; v < latest; v++)
+        if (db_exec(st->db, migrations_pg[v])) {
+            rc = db_error(st, err, "schema migration to version %d failed", v + 1);
+            goto out;
+        }
+    /* the number is ours, not input */
+    snprintf(bump, sizeof bump, version ? "UPDATE schema_version SET version = %d"
+                                        : "INSERT INTO schema_version VALUES (%d)", latest);
+    if (version < latest && db_exec(st->db, bump))
+        rc = db_error(st, err, "schema migration to version %d failed", latest);
+out:
+    if (!rc && db_exec(st->db, "COMMIT"))
+        rc = db_error(st, err, "schema migration to version %d failed", latest);
+    if (rc)
+        db_exec(st->db, "ROLLBACK");
+    return rc;
+}
+
+/* Opens the database st->db_spec names (NULL: sqlite in the data dir),
+ * migrates it and prepares every statement of sql[] (or its PostgreSQL
+ * form, sql_pg[], where the dialects differ). */
 static int open_db(struct store *st, struct slim_error *err)
 {
-    char path[4096];
-    sqlite3_stmt *s = NULL;
-    const char *mode = NULL;
+    char spec[4200];
     int rc;
 
-    snprintf(path, sizeof path, "%s/slimd.db", st->dir);
-    if (sqlite3_open_v2(path, &st->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
-                        SQLITE_OPEN_FULLMUTEX, NULL) != SQLITE_OK)
-        return st->db ? db_error(st, err, "cannot open %s", path)
-                      : slim_error_set(err, SLIM_ENOMEM, "out of memory opening %s", path);
-    sqlite3_extended_result_codes(st->db, 1);
-    /* only matters when another process (a second slimd, the sqlite3
-     * shell) holds the database: our own threads queue on st->lock */
-    sqlite3_busy_timeout(st->db, 5000);
-    /* Persistent WAL: the -wal and -shm files stay (allocated) when the
-     * last connection closes, instead of being deleted and created again
-     * at the next open, which on a full disk fails ("disk I/O error":
-     * slimd could not start).  The WAL keeps the size it grew to (no
-     * journal_size_limit: that would truncate it to 0 at close), a few
-     * MiB with the default checkpoints, and is reused from its start
-     * after each checkpoint, so writes need no new space either. */
-    int persist = 1;
-    sqlite3_file_control(st->db, "main", SQLITE_FCNTL_PERSIST_WAL, &persist);
-    if (sqlite3_exec(st->db, "PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL", NULL, NULL,
-                     NULL))
-        return db_error(st, err, "cannot configure %s", path);
-    if (sqlite3_prepare_v2(st->db, "PRAGMA journal_mode = WAL", -1, &s, NULL) == SQLITE_OK &&
-        sqlite3_step(s) == SQLITE_ROW)
-        mode = (const char *)sqlite3_column_text(s, 0);
-    rc = mode && !strcmp(mode, "wal") ? 0 : db_error(st, err, "cannot switch %s to WAL", path);
-    sqlite3_finalize(s);
-    if (rc || (rc = migrate(st, err)))
+    if (st->db_spec && *st->db_spec)
+        snprintf(spec, sizeof spec, "%s", st->db_spec);
+    else
+        snprintf(spec, sizeof spec, "sqlite:%s/slimd.db", st->dir);
+    if (!db_spec_is_pg(spec) && strncmp(spec, "sqlite:", 7))
+        return slim_error_set(err, SLIM_EINVAL, "--store: expected sqlite:PATH or "
+                              "postgresql://..., not '%.64s'", spec);
+    if (!db_spec_is_pg(spec) && !(st->db_path = slim_strdup(spec + 7)))
+        return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    if ((rc = db_open(spec, &st->db, err)))
         return rc;
-    /* The persisted WAL still holds the frames of the last run (all in
-     * the database file after the checkpoint at close, but recovery does
-     * not know it): a checkpoint now lets the first write start the WAL
-     * over in the space it has, instead of appending, which a full disk
-     * refuses.  Its failure is harmless: writes then append as usual. */
-    sqlite3_wal_checkpoint_v2(st->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+    st->pg = db_dialect(st->db) == DB_POSTGRESQL;
+    if ((rc = st->pg ? migrate_pg(st, err) : migrate_sqlite(st, err)))
+        return rc;
+    /* Its failure is harmless: writes then append to the WAL as usual. */
+    db_checkpoint(st->db);
     for (int i = 0; i < Q_COUNT; i++)
-        if (sqlite3_prepare_v3(st->db, sql[i], -1, SQLITE_PREPARE_PERSISTENT, &st->q[i], NULL))
+        if (db_prepare(st->db, st->pg && sql_pg[i] ? sql_pg[i] : sql[i], 1, &st->q[i]))
             return db_error(st, err, "cannot prepare statement %d", i);
-    sqlite3_update_hook(st->db, on_row_change, st);
+    db_update_hook(st->db, on_row_change, st);
     return 0;
+}
+
+static struct store *store_new(const char *data_dir, const char *db_spec)
+{
+    struct store *st = slim_calloc(1, sizeof *st);
+    if (!st)
+        return NULL;
+    pthread_mutex_init(&st->lock, NULL);
+    if (!(st->dir = slim_strdup(data_dir)) ||
+        (db_spec && *db_spec && !(st->db_spec = slim_strdup(db_spec)))) {
+        store_close(st);
+        return NULL;
+    }
+    return st;
 }
 
 int store_open(const char *data_dir, struct store **out, struct slim_error *err)
 {
-    struct store *st = slim_calloc(1, sizeof *st);
+    return store_open_full(data_dir, NULL, NULL, out, err);
+}
+
+int store_open_db(const char *data_dir, const char *db_spec, struct store **out,
+                  struct slim_error *err)
+{
+    return store_open_full(data_dir, db_spec, NULL, out, err);
+}
+
+int store_open_blobs(const char *data_dir, const char *blobs, struct store **out,
+                     struct slim_error *err)
+{
+    return store_open_full(data_dir, NULL, blobs, out, err);
+}
+
+int store_open_full(const char *data_dir, const char *db_spec, const char *blobs,
+                    struct store **out, struct slim_error *err)
+{
+    struct store *st = store_new(data_dir, db_spec);
     char sub[4096];
     int rc;
 
-    if (!st || !(st->dir = slim_strdup(data_dir))) {
-        slim_free(st);
+    if (!st)
         return slim_error_set(err, SLIM_ENOMEM, "out of memory");
-    }
-    pthread_mutex_init(&st->lock, NULL);
     rc = mkdir_p(data_dir, err);
+    if (!rc)
+        rc = blob_backend_new(blobs, data_dir, &st->blobs, err);
     snprintf(sub, sizeof sub, "%s/blobs", data_dir);
     if (!rc)
         rc = mkdir_p(sub, err);
@@ -989,15 +1468,20 @@ int store_open(const char *data_dir, struct store **out, struct slim_error *err)
 
 int store_open_meta(const char *data_dir, struct store **out, struct slim_error *err)
 {
-    struct store *st = slim_calloc(1, sizeof *st);
+    return store_open_meta_db(data_dir, NULL, out, err);
+}
+
+int store_open_meta_db(const char *data_dir, const char *db_spec, struct store **out,
+                       struct slim_error *err)
+{
+    struct store *st = store_new(data_dir, db_spec);
     int rc;
 
-    if (!st || !(st->dir = slim_strdup(data_dir))) {
-        slim_free(st);
+    if (!st)
         return slim_error_set(err, SLIM_ENOMEM, "out of memory");
-    }
-    pthread_mutex_init(&st->lock, NULL);
     rc = mkdir_p(data_dir, err);
+    if (!rc)
+        rc = blob_backend_new(NULL, data_dir, &st->blobs, err);
     if (!rc)
         rc = open_db(st, err);
     if (rc) {
@@ -1046,10 +1530,15 @@ void store_close(struct store *st)
     if (!st)
         return;
     for (int i = 0; i < Q_COUNT; i++)
-        sqlite3_finalize(st->q[i]);
-    sqlite3_close(st->db);
+        db_finalize(st->q[i]);
+    db_close(st->db);
     pthread_mutex_destroy(&st->lock);
+    blob_backend_free(st->blobs);
     slim_free(st->dir);
+    slim_free(st->db_spec);
+    slim_free(st->db_path);
+    slim_free(st->node);
+    slim_free(st->prev_node);
     slim_free(st);
 }
 
@@ -1059,11 +1548,10 @@ void store_close(struct store *st)
  * either sees our row or has already removed the file we then miss. */
 static int blob_present(struct store *st, const char *sha, struct slim_error *err)
 {
-    char path[4096];
-    store_blob_path(st, sha, path, sizeof path);
-    if (!path[0] || access(path, F_OK))
-        return slim_error_set(err, SLIM_EIO, "blob %.64s is not in the blob store",
-                              sha ? sha : "(null)");
+    struct slim_error why = {0};
+    if (!sha || !blob_exists(st, sha, &why))
+        return slim_error_set(err, SLIM_EIO, "blob %.64s is not in the blob store%s%s",
+                              sha ? sha : "(null)", why.msg[0] ? ": " : "", why.msg);
     return 0;
 }
 
@@ -1073,11 +1561,11 @@ struct upload_kind {
     const char *what;        /* "model": in messages */
     const char *prefix;      /* of new ids */
     enum q insert, get, list, count, user, del;
-    json_t *(*to_json)(sqlite3_stmt *);
+    json_t *(*to_json)(struct db_stmt *);
     int sha_col;             /* column of sha256 in get's row */
 };
 
-static json_t *dataset_row(sqlite3_stmt *s);
+static json_t *dataset_row(struct db_stmt *s);
 
 static const struct upload_kind model_kind = {
     "model", "mdl_", Q_MODEL_INSERT, Q_MODEL_GET, Q_MODEL_LIST, Q_MODEL_COUNT, Q_MODEL_USER,
@@ -1090,17 +1578,17 @@ static const struct upload_kind dataset_kind = {
 
 /* Columns first, then what the describe object adds (a key of info never
  * hides a column). */
-static json_t *dataset_row(sqlite3_stmt *s)
+static json_t *dataset_row(struct db_stmt *s)
 {
     json_t *info = col_json(s, 5);
     json_t *row = json_pack("{s:s?, s:s?, s:s?, s:I, s:s?, s:s?, s:s?}", "id", col_text(s, 0),
                             "name", col_text(s, 1), "format", col_text(s, 2),
-                            "bytes", (json_int_t)sqlite3_column_int64(s, 3),
+                            "bytes", (json_int_t)db_column_int64(s, 3),
                             "sha256", col_text(s, 4), "created_at", col_text(s, 6),
                             "owner", col_text(s, 7));
     if (row) {
-        json_object_set_new(row, "duplicates", json_integer(sqlite3_column_int64(s, 8)));
-        json_object_set_new(row, "shared_blob", json_boolean(sqlite3_column_int64(s, 8) > 0));
+        json_object_set_new(row, "duplicates", json_integer(db_column_int64(s, 8)));
+        json_object_set_new(row, "shared_blob", json_boolean(db_column_int64(s, 8) > 0));
     }
     if (row && json_is_object(info) && json_object_update_missing(row, info)) {
         json_decref(row);
@@ -1116,7 +1604,7 @@ static int upload_insert(struct store *st, const struct upload_kind *k, const ch
 {
     const char *format = json_string_value(json_object_get(info, "format"));
     json_t *utf8 = name ? json_string(name) : NULL;   /* NULL unless valid UTF-8 */
-    sqlite3_stmt *s;
+    struct db_stmt *s;
     char id[32], *text;
     int rc;
 
@@ -1145,7 +1633,7 @@ static int upload_insert(struct store *st, const struct upload_kind *k, const ch
 static int upload_get(struct store *st, const struct upload_kind *k, const char *id,
                       json_t **row, struct slim_error *err)
 {
-    sqlite3_stmt *s;
+    struct db_stmt *s;
     int rc;
     pthread_mutex_lock(&st->lock);
     rc = prep(st, k->get, &s, err, "s", id);
@@ -1159,7 +1647,7 @@ static int upload_list(struct store *st, const struct upload_kind *k, const char
                        const char *name, const char *sha, int limit, int offset, json_t **rows,
                        int *total, struct slim_error *err)
 {
-    sqlite3_stmt *list, *count;
+    struct db_stmt *list, *count;
     int rc;
     pthread_mutex_lock(&st->lock);
     /* one read transaction, so total and rows come from one snapshot */
@@ -1180,19 +1668,15 @@ static int upload_list(struct store *st, const struct upload_kind *k, const char
  * Called with the lock held, after the row is gone. */
 static uint64_t drop_blob_if_unused(struct store *st, const char *sha)
 {
-    char path[4096];
-    sqlite3_stmt *s;
-    struct stat sb;
+    struct db_stmt *s;
     int unused = 0;
     if (!sha || prep(st, Q_SHA_REFS, &s, NULL, "s", sha))
         return 0;
-    unused = sqlite3_step(s) == SQLITE_ROW && sqlite3_column_int(s, 0) == 0;
+    unused = db_step(s) == DB_ROW && db_column_int(s, 0) == 0;
     done(s);
-    store_blob_path(st, sha, path, sizeof path);
-    /* what it freed, in allocated blocks (what du counts) */
-    if (unused && path[0] && stat(path, &sb) == 0 && unlink(path) == 0)
-        return (uint64_t)sb.st_blocks * 512;
-    return 0;
+    /* what it freed, in allocated blocks (what du counts); at a shared
+     * location nothing (blob.c's opening comment says why) */
+    return unused ? blob_remove(st, sha) : 0;
 }
 
 void store_blob_drop_unused(struct store *st, const char *sha)
@@ -1207,7 +1691,7 @@ void store_blob_drop_unused(struct store *st, const char *sha)
 static int upload_delete(struct store *st, const struct upload_kind *k, const char *id,
                          struct slim_error *err)
 {
-    sqlite3_stmt *s;
+    struct db_stmt *s;
     char sha[65] = "";
     int rc;
 
@@ -1216,24 +1700,24 @@ static int upload_delete(struct store *st, const struct upload_kind *k, const ch
         goto out;
     if ((rc = prep(st, k->get, &s, err, "s", id)))
         goto end;
-    rc = sqlite3_step(s);
-    if (rc == SQLITE_ROW) {
+    rc = db_step(s);
+    if (rc == DB_ROW) {
         snprintf(sha, sizeof sha, "%s", col_text(s, k->sha_col) ? col_text(s, k->sha_col) : "");
         rc = 0;
-    } else if (rc == SQLITE_DONE)
+    } else if (rc == DB_DONE)
         rc = slim_error_set(err, SLIM_ENOTFOUND, "%s %.64s does not exist", k->what, id);
     else
         rc = db_error(st, err, "cannot read %s %.64s", k->what, id);
     done(s);
     if (rc || (rc = prep(st, k->user, &s, err, "s", id)))
         goto end;
-    rc = sqlite3_step(s);
-    if (rc == SQLITE_ROW)
+    rc = db_step(s);
+    if (rc == DB_ROW)
         rc = slim_error_set(err, SLIM_ECONFLICT, "%s %.64s is used by job %s (%s); "
                             "cancel it or wait", k->what, id, col_text(s, 0),
-                            store_job_state_name(sqlite3_column_int(s, 1)));
+                            store_job_state_name(db_column_int(s, 1)));
     else
-        rc = rc == SQLITE_DONE ? 0 : db_error(st, err, "cannot read jobs");
+        rc = rc == DB_DONE ? 0 : db_error(st, err, "cannot read jobs");
     done(s);
     if (!rc)
         rc = run(st, k->del, NULL, err, "s", id);
@@ -1308,11 +1792,11 @@ int store_dataset_delete(struct store *st, const char *id, struct slim_error *er
 /* 1 when statement i (a get by id) finds a row for id.  Lock held. */
 static int row_exists(struct store *st, enum q i, const char *id)
 {
-    sqlite3_stmt *s;
+    struct db_stmt *s;
     int found;
     if (prep(st, i, &s, NULL, "s", id))
         return 0;
-    found = sqlite3_step(s) == SQLITE_ROW;
+    found = db_step(s) == DB_ROW;
     done(s);
     return found;
 }
@@ -1321,7 +1805,7 @@ int store_job_insert(struct store *st, const char *owner, const char *model_id,
                      const char *dataset_id, json_t *spec, uint64_t mem_bytes,
                      int64_t max_queued, json_t **row, struct slim_error *err)
 {
-    sqlite3_stmt *s;
+    struct db_stmt *s;
     char id[32], *text;
     int rc;
 
@@ -1344,6 +1828,8 @@ int store_job_insert(struct store *st, const char *owner, const char *model_id,
                                 "daemon's --max-queued): try again later",
                                 (long long)max_queued);
     }
+    if (!rc)
+        notify(st, "slimd_jobs", "");
     pthread_mutex_unlock(&st->lock);
     free(text);
     return rc;
@@ -1351,7 +1837,7 @@ int store_job_insert(struct store *st, const char *owner, const char *model_id,
 
 int store_job_get(struct store *st, const char *id, json_t **row, struct slim_error *err)
 {
-    sqlite3_stmt *s;
+    struct db_stmt *s;
     int rc;
     pthread_mutex_lock(&st->lock);
     rc = prep(st, Q_JOB_GET, &s, err, "s", id);
@@ -1371,7 +1857,7 @@ int store_job_list(struct store *st, const char *owner, int state, int limit, in
 int store_job_find(struct store *st, const struct store_job_filter *f, int limit, int offset,
                    json_t **rows, int *total, struct slim_error *err)
 {
-    sqlite3_stmt *list, *count;
+    struct db_stmt *list, *count;
     int rc;
     pthread_mutex_lock(&st->lock);
     rc = run(st, Q_BEGIN, NULL, err, "");
@@ -1390,14 +1876,19 @@ int store_job_find(struct store *st, const struct store_job_filter *f, int limit
 }
 
 /* The claim is one UPDATE ... RETURNING: atomic even against another
- * process on the same database, not only against our threads. */
+ * process on the same database, not only against our threads.  On
+ * PostgreSQL its subquery takes the oldest queued row FOR UPDATE SKIP
+ * LOCKED, so nodes claiming at once take different rows instead of
+ * queueing behind one lock (graphile-worker's, river's pattern); on
+ * SQLite the database has one writer at a time anyway. */
 int store_job_claim(struct store *st, uint64_t mem_left, json_t **row, struct slim_error *err)
 {
-    sqlite3_stmt *s;
+    struct db_stmt *s;
     int rc;
     pthread_mutex_lock(&st->lock);
-    rc = prep(st, Q_JOB_CLAIM, &s, err, "I",
-              (int64_t)(mem_left > (uint64_t)INT64_MAX ? (uint64_t)INT64_MAX : mem_left));
+    rc = prep(st, Q_JOB_CLAIM, &s, err, "Isd",
+              (int64_t)(mem_left > (uint64_t)INT64_MAX ? (uint64_t)INT64_MAX : mem_left),
+              st->node, st->lease);
     if (!rc) {
         rc = one_row(st, s, job_row, row, "job", "claim", err);
         if (rc == SLIM_ENOTFOUND)
@@ -1412,15 +1903,15 @@ int store_job_claim(struct store *st, uint64_t mem_left, json_t **row, struct sl
 /* The job's state in *state; SLIM_ENOTFOUND when there is no such job. */
 static int job_state(struct store *st, const char *id, int *state, struct slim_error *err)
 {
-    sqlite3_stmt *s;
+    struct db_stmt *s;
     int rc = prep(st, Q_JOB_REPORT, &s, err, "s", id);
     if (rc)
         return rc;
-    rc = sqlite3_step(s);
-    if (rc == SQLITE_ROW) {
-        *state = sqlite3_column_int(s, 0);
+    rc = db_step(s);
+    if (rc == DB_ROW) {
+        *state = db_column_int(s, 0);
         rc = 0;
-    } else if (rc == SQLITE_DONE) {
+    } else if (rc == DB_DONE) {
         rc = slim_error_set(err, SLIM_ENOTFOUND, "job %.64s does not exist", id);
     } else {
         rc = db_error(st, err, "cannot read job %.64s", id);
@@ -1431,7 +1922,23 @@ static int job_state(struct store *st, const char *id, int *state, struct slim_e
 
 static int job_not_in(struct store *st, const char *id, const char *want, struct slim_error *err)
 {
+    struct db_stmt *s;
+    const char *holder;
     int state, rc = job_state(st, id, &state, err);
+    /* running, but held by another node: this node's lease ran out and
+     * the job was claimed again (the other node's outcome counts) */
+    if (!rc && state == STORE_JOB_RUNNING && !prep(st, Q_JOB_HOLDER, &s, NULL, "s", id)) {
+        if (db_step(s) == DB_ROW) {
+            holder = col_text(s, 1);
+            if ((holder || st->node) && (!holder || !st->node || strcmp(holder, st->node)))
+                rc = slim_error_set(err, SLIM_ECONFLICT, "job %.64s is held by node %s now "
+                                    "(this node's lease on it ran out)", id,
+                                    holder ? holder : "(none)");
+        }
+        done(s);
+        if (rc)
+            return rc;
+    }
     if (!rc)
         rc = slim_error_set(err, SLIM_ECONFLICT, "job %.64s is %s, not %s", id,
                             store_job_state_name(state), want);
@@ -1447,7 +1954,7 @@ int store_job_progress(struct store *st, const char *id, double progress, const 
     if (progress > 1)
         progress = 1;
     pthread_mutex_lock(&st->lock);
-    rc = run(st, Q_JOB_PROGRESS, NULL, err, "sds", id, progress, stage);
+    rc = run(st, Q_JOB_PROGRESS, NULL, err, "sdss", id, progress, stage, st->node);
     pthread_mutex_unlock(&st->lock);
     return rc;
 }
@@ -1457,7 +1964,7 @@ int store_job_training(struct store *st, const char *id, const char *training,
 {
     int rc;
     pthread_mutex_lock(&st->lock);
-    rc = run(st, Q_JOB_TRAINING, NULL, err, "ss", id, training);
+    rc = run(st, Q_JOB_TRAINING, NULL, err, "sss", id, training, st->node);
     pthread_mutex_unlock(&st->lock);
     return rc;
 }
@@ -1492,8 +1999,8 @@ int store_job_succeed(struct store *st, const char *id, const char *artifact_sha
     pthread_mutex_lock(&st->lock);
     rc = blob_present(st, artifact_sha, err);
     if (!rc)
-        rc = run(st, Q_JOB_SUCCEED, &n, err, "ssIs", id, artifact_sha, (int64_t)artifact_bytes,
-                 text);
+        rc = run(st, Q_JOB_SUCCEED, &n, err, "ssIss", id, artifact_sha, (int64_t)artifact_bytes,
+                 text, st->node);
     rc = ended_with_artifact(st, id, artifact_sha, rc, n, err);
     pthread_mutex_unlock(&st->lock);
     free(text);
@@ -1507,9 +2014,12 @@ static int job_change(struct store *st, enum q i, const char *id, const char *te
 {
     int rc, n = 0;
     pthread_mutex_lock(&st->lock);
-    rc = text ? run(st, i, &n, err, "ss", id, text) : run(st, i, &n, err, "s", id);
+    rc = text ? run(st, i, &n, err, "sss", id, text, st->node)
+              : run(st, i, &n, err, "ss", id, st->node);
     if (!rc && !n)
         rc = job_not_in(st, id, want, err);
+    if (!rc && i == Q_JOB_REQUEUE)
+        notify(st, "slimd_jobs", "");
     pthread_mutex_unlock(&st->lock);
     return rc;
 }
@@ -1519,8 +2029,8 @@ int store_job_fail(struct store *st, const char *id, int code, const char *messa
 {
     int rc, n = 0;
     pthread_mutex_lock(&st->lock);
-    rc = run(st, Q_JOB_FAIL, &n, err, "sss", id, message ? message : "failed",
-             slim_errcode(code ? code : SLIM_EINTERNAL));
+    rc = run(st, Q_JOB_FAIL, &n, err, "ssss", id, message ? message : "failed",
+             slim_errcode(code ? code : SLIM_EINTERNAL), st->node);
     if (!rc && !n)
         rc = job_not_in(st, id, "running", err);
     pthread_mutex_unlock(&st->lock);
@@ -1530,19 +2040,22 @@ int store_job_fail(struct store *st, const char *id, int code, const char *messa
 int store_job_retry(struct store *st, const char *id, int max_attempts, int code,
                     const char *message, int *state, struct slim_error *err)
 {
-    sqlite3_stmt *s;
+    struct db_stmt *s;
     json_t *row = NULL;
     int rc;
     *state = -1;
     pthread_mutex_lock(&st->lock);
-    rc = prep(st, Q_JOB_RETRY, &s, err, "siss", id, max_attempts < 1 ? 1 : max_attempts,
-              message ? message : "no space left", slim_errcode(code ? code : SLIM_ENOSPACE));
+    rc = prep(st, Q_JOB_RETRY, &s, err, "sisss", id, max_attempts < 1 ? 1 : max_attempts,
+              message ? message : "no space left", slim_errcode(code ? code : SLIM_ENOSPACE),
+              st->node);
     if (!rc)
         rc = one_row(st, s, job_row, &row, "job", id, err);
     if (rc == SLIM_ENOTFOUND)   /* no row changed: not running, or gone */
         rc = job_not_in(st, id, "running", err);
     if (!rc)
         *state = store_job_state_parse(json_string_value(json_object_get(row, "state")));
+    if (!rc && *state == STORE_JOB_QUEUED)
+        notify(st, "slimd_jobs", "");
     pthread_mutex_unlock(&st->lock);
     json_decref(row);
     return rc;
@@ -1567,6 +2080,10 @@ int store_job_cancel(struct store *st, const char *id, int *was_running, struct 
     rc = run(st, Q_JOB_CANCEL_QUEUED, &n, err, "s", id);
     if (!rc && !n && !(rc = run(st, Q_JOB_CANCEL_RUNNING, &n, err, "s", id)))
         *was_running = n > 0;
+    /* the node running it may be another: it hears at once (its
+     * heartbeat reads the flag too, within a fraction of a second) */
+    if (!rc && *was_running)
+        notify(st, "slimd_cancel", id);
     if (!rc && !n && !(rc = job_state(st, id, &state, err)))
         /* it finished first: the cancel comes too late, and says so */
         rc = state == STORE_JOB_CANCELED
@@ -1580,44 +2097,185 @@ int store_job_cancel(struct store *st, const char *id, int *was_running, struct 
 /* A running job whose cancel was requested before the stop ends
  * canceled (counted in neither *requeued nor *failed); max_attempts < 1
  * counts as 1. */
-int store_job_recover(struct store *st, int max_attempts, int *requeued, int *failed,
-                      struct slim_error *err)
+static int recover(struct store *st, int all, const char *node, const char *prev,
+                   int max_attempts, int *requeued, int *failed, struct slim_error *err)
 {
     int rc;
     *requeued = *failed = 0;
+    if (max_attempts < 1)
+        max_attempts = 1;
     pthread_mutex_lock(&st->lock);
     if (!(rc = run(st, Q_BEGIN_IMMEDIATE, NULL, err, ""))) {
-        rc = run(st, Q_RECOVER_CANCELED, NULL, err, "");
+        rc = run(st, Q_RECOVER_CANCELED, NULL, err, "iiss", max_attempts, all, node, prev);
         if (!rc)
-            rc = run(st, Q_RECOVER_FAIL, failed, err, "i", max_attempts < 1 ? 1 : max_attempts);
+            rc = run(st, Q_RECOVER_FAIL, failed, err, "iiss", max_attempts, all, node, prev);
         if (!rc)
-            rc = run(st, Q_RECOVER_REQUEUE, requeued, err, "");
+            rc = run(st, Q_RECOVER_REQUEUE, requeued, err, "iiss", max_attempts, all, node, prev);
         if ((rc = finish(st, rc, err)))
             *requeued = *failed = 0;
     }
+    if (!rc && *requeued)
+        notify(st, "slimd_jobs", "");
     pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+/* At start: on SQLite every running job (one daemon per database: the
+ * data dir's lock); on PostgreSQL this node's and those whose lease ran
+ * out, never another live node's. */
+int store_job_recover(struct store *st, int max_attempts, int *requeued, int *failed,
+                      struct slim_error *err)
+{
+    return recover(st, !st->pg, st->node, st->prev_node, max_attempts, requeued, failed, err);
+}
+
+int store_job_recover_expired(struct store *st, int max_attempts, int *requeued, int *failed,
+                              struct slim_error *err)
+{
+    return recover(st, 0, NULL, NULL, max_attempts, requeued, failed, err);
+}
+
+/* DATA_DIR/node-id: the node id of the last daemon on this data dir
+ * (one line), so that one restarted under another id (the default
+ * HOSTNAME:PORT, on another port) still recovers its predecessor's jobs
+ * at once.  Read into *prev (NULL when missing or the same as node),
+ * then replaced by node (temp file and rename).  Only SLIM_ENOMEM. */
+static int node_file(struct store *st, const char *node, char **prev, struct slim_error *err)
+{
+    char path[4096], tmp[4200], buf[256] = "";
+    FILE *f;
+    *prev = NULL;
+    snprintf(path, sizeof path, "%s/node-id", st->dir);
+    if ((f = fopen(path, "re"))) {
+        if (fgets(buf, sizeof buf, f))
+            buf[strcspn(buf, "\n")] = 0;
+        fclose(f);
+    }
+    if (buf[0] && (!node || strcmp(buf, node)) && !(*prev = slim_strdup(buf)))
+        return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    if (!node || (buf[0] && !strcmp(buf, node)))
+        return 0;
+    /* best effort: a full disk must not stop the start (it costs only
+     * the quick recovery of the next start under another id) */
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    if ((f = fopen(tmp, "we"))) {
+        int bad = fprintf(f, "%s\n", node) < 0 || fflush(f) || fsync(fileno(f));
+        if (fclose(f) || bad || rename(tmp, path))
+            unlink(tmp);
+    }
+    return 0;
+}
+
+int store_set_node(struct store *st, const char *node, double lease_seconds,
+                   struct slim_error *err)
+{
+    char *copy = node ? slim_strdup(node) : NULL, *prev = NULL;
+    int rc;
+    if (node && !copy)
+        return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    if ((rc = node_file(st, node, &prev, err))) {
+        slim_free(copy);
+        return rc;
+    }
+    pthread_mutex_lock(&st->lock);
+    slim_free(st->node);
+    slim_free(st->prev_node);
+    st->node = copy;
+    st->prev_node = prev;
+    st->lease = lease_seconds > 0 ? lease_seconds : 30;
+    pthread_mutex_unlock(&st->lock);
+    return 0;
+}
+
+const char *store_node(const struct store *st)
+{
+    return st->node;
+}
+
+int store_is_shared(const struct store *st)
+{
+    return st->pg;
+}
+
+const char *store_db_spec(const struct store *st)
+{
+    return st->db_spec;
+}
+
+int store_job_heartbeat(struct store *st, json_t **held, struct slim_error *err)
+{
+    struct db_stmt *s;
+    json_t *out = json_object();
+    int rc;
+    *held = NULL;
+    if (!out)
+        return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    pthread_mutex_lock(&st->lock);
+    rc = prep(st, Q_JOB_HEARTBEAT, &s, err, "sd", st->node, st->lease);
+    if (!rc) {
+        while ((rc = db_step(s)) == DB_ROW)
+            json_object_set_new(out, col_text(s, 0) ? col_text(s, 0) : "",
+                                json_boolean(db_column_int(s, 1) != 0));
+        /* the statement's commit comes with its last step (see one_row) */
+        rc = rc == DB_DONE ? 0 : db_error(st, err, "cannot renew the leases");
+        done(s);
+    }
+    pthread_mutex_unlock(&st->lock);
+    if (rc)
+        json_decref(out);
+    else
+        *held = out;
+    return rc;
+}
+
+int store_node_jobs(struct store *st, json_t **by_node, struct slim_error *err)
+{
+    struct db_stmt *s;
+    json_t *out = json_object();
+    int rc;
+    *by_node = NULL;
+    if (!out)
+        return slim_error_set(err, SLIM_ENOMEM, "out of memory");
+    pthread_mutex_lock(&st->lock);
+    rc = prep(st, Q_NODE_JOBS, &s, err, "");
+    if (!rc) {
+        while ((rc = db_step(s)) == DB_ROW) {
+            const char *node = col_text(s, 0) ? col_text(s, 0) : "";
+            json_t *ids = json_object_get(out, node);
+            if (!ids)
+                json_object_set_new(out, node, ids = json_array());
+            json_array_append_new(ids, json_string(col_text(s, 1) ? col_text(s, 1) : ""));
+        }
+        rc = rc == DB_DONE ? 0 : db_error(st, err, "cannot list the running jobs");
+        done(s);
+    }
+    pthread_mutex_unlock(&st->lock);
+    if (rc)
+        json_decref(out);
+    else
+        *by_node = out;
     return rc;
 }
 
 int store_job_report(struct store *st, const char *id, json_t **report, struct slim_error *err)
 {
-    sqlite3_stmt *s;
+    struct db_stmt *s;
     int rc, state;
     pthread_mutex_lock(&st->lock);
     if ((rc = prep(st, Q_JOB_REPORT, &s, err, "s", id)))
         goto out;
-    rc = sqlite3_step(s);
-    state = rc == SQLITE_ROW ? sqlite3_column_int(s, 0) : -1;
+    rc = db_step(s);
+    state = rc == DB_ROW ? db_column_int(s, 0) : -1;
     /* a job failed by a quality gate keeps its report */
-    if (rc == SQLITE_ROW && state != STORE_JOB_SUCCEEDED &&
-        !(state == STORE_JOB_FAILED && sqlite3_column_type(s, 1) != SQLITE_NULL))
+    if (rc == DB_ROW && state != STORE_JOB_SUCCEEDED &&
+        !(state == STORE_JOB_FAILED && !db_column_is_null(s, 1)))
         rc = slim_error_set(err, SLIM_ECONFLICT,
                             "job %.64s is %s: its report exists once it has succeeded", id,
                             store_job_state_name(state));
-    else if (rc == SQLITE_ROW)
+    else if (rc == DB_ROW)
         rc = (*report = col_json(s, 1)) ? 0
              : slim_error_set(err, SLIM_EIO, "job %.64s: its stored report is unreadable", id);
-    else if (rc == SQLITE_DONE)
+    else if (rc == DB_DONE)
         rc = slim_error_set(err, SLIM_ENOTFOUND, "job %.64s does not exist", id);
     else
         rc = db_error(st, err, "cannot read job %.64s", id);
@@ -1629,17 +2287,17 @@ out:
 
 int store_job_counts(struct store *st, int64_t counts[5], struct slim_error *err)
 {
-    sqlite3_stmt *s;
+    struct db_stmt *s;
     int rc;
     memset(counts, 0, 5 * sizeof counts[0]);
     pthread_mutex_lock(&st->lock);
     if (!(rc = prep(st, Q_JOB_COUNTS, &s, err, ""))) {
-        while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-            int state = sqlite3_column_int(s, 0);
+        while ((rc = db_step(s)) == DB_ROW) {
+            int state = db_column_int(s, 0);
             if (state >= 0 && state < 5)
-                counts[state] = sqlite3_column_int64(s, 1);
+                counts[state] = db_column_int64(s, 1);
         }
-        rc = rc == SQLITE_DONE ? 0 : db_error(st, err, "cannot count jobs");
+        rc = rc == DB_DONE ? 0 : db_error(st, err, "cannot count jobs");
         done(s);
     }
     pthread_mutex_unlock(&st->lock);
@@ -1648,9 +2306,9 @@ int store_job_counts(struct store *st, int64_t counts[5], struct slim_error *err
 
 /* ---- tokens ---- */
 
-static json_t *token_row(sqlite3_stmt *s)
+static json_t *token_row(struct db_stmt *s)
 {
-    unsigned bits = (unsigned)sqlite3_column_int(s, 2);
+    unsigned bits = (unsigned)db_column_int(s, 2);
     json_t *scopes = json_array();
     char name[24];
     for (unsigned bit = 1; scopes && bit <= STORE_SCOPES_ALL; bit <<= 1) {
@@ -1660,7 +2318,7 @@ static json_t *token_row(sqlite3_stmt *s)
     }
     return json_pack("{s:s?, s:s?, s:o?, s:s?, s:s?, s:b}", "id", col_text(s, 0),
                      "name", col_text(s, 1), "scopes", scopes, "created_at", col_text(s, 3),
-                     "last_used_at", col_text(s, 4), "revoked", sqlite3_column_int(s, 5) != 0);
+                     "last_used_at", col_text(s, 4), "revoked", db_column_int(s, 5) != 0);
 }
 
 int store_token_create(struct store *st, const char *name, unsigned scopes,
@@ -1669,7 +2327,7 @@ int store_token_create(struct store *st, const char *name, unsigned scopes,
 {
     json_t *utf8 = name ? json_string(name) : NULL;   /* NULL unless valid UTF-8 */
     char id[32], hash[65];
-    sqlite3_stmt *s;
+    struct db_stmt *s;
     int rc;
 
     json_decref(utf8);
@@ -1697,16 +2355,16 @@ out:
 int store_token_list(struct store *st, json_t **rows, struct slim_error *err)
 {
     json_t *arr = json_array();
-    sqlite3_stmt *s;
-    int rc, step = SQLITE_DONE;
+    struct db_stmt *s;
+    int rc, step = DB_DONE;
     if (!arr)
         return slim_error_set(err, SLIM_ENOMEM, "out of memory");
     pthread_mutex_lock(&st->lock);
     if (!(rc = prep(st, Q_TOKEN_LIST, &s, err, ""))) {
-        while (!rc && (step = sqlite3_step(s)) == SQLITE_ROW)
+        while (!rc && (step = db_step(s)) == DB_ROW)
             if (json_array_append_new(arr, token_row(s)))
                 rc = slim_error_set(err, SLIM_ENOMEM, "out of memory");
-        if (!rc && step != SQLITE_DONE)
+        if (!rc && step != DB_DONE)
             rc = db_error(st, err, "cannot list tokens");
         done(s);
     }
@@ -1741,7 +2399,7 @@ int store_token_verify(struct store *st, const char *secret, struct store_token 
 {
     size_t pre = strlen(STORE_TOKEN_PREFIX);
     char hash[65];
-    sqlite3_stmt *s;
+    struct db_stmt *s;
     int rc, step, touch = 0;
 
     memset(out, 0, sizeof *out);
@@ -1755,14 +2413,14 @@ int store_token_verify(struct store *st, const char *secret, struct store_token 
     pthread_mutex_lock(&st->lock);
     if ((rc = prep(st, Q_TOKEN_FIND, &s, err, "s", hash)))
         goto out;
-    step = sqlite3_step(s);
-    if (step == SQLITE_ROW && sqlite3_column_int(s, 2)) {
+    step = db_step(s);
+    if (step == DB_ROW && db_column_int(s, 2)) {
         rc = slim_error_set(err, SLIM_EUNAUTH, "the bearer token %s was revoked", col_text(s, 0));
-    } else if (step == SQLITE_ROW) {
+    } else if (step == DB_ROW) {
         snprintf(out->id, sizeof out->id, "%s", col_text(s, 0) ? col_text(s, 0) : "");
-        out->scopes = (unsigned)sqlite3_column_int(s, 1) & STORE_SCOPES_ALL;
-        touch = sqlite3_column_int(s, 3);
-    } else if (step == SQLITE_DONE) {
+        out->scopes = (unsigned)db_column_int(s, 1) & STORE_SCOPES_ALL;
+        touch = db_column_int(s, 3);
+    } else if (step == DB_DONE) {
         rc = slim_error_set(err, SLIM_EUNAUTH, "the bearer token is not one of this daemon's");
     } else {
         rc = db_error(st, err, "cannot read tokens");
@@ -1777,13 +2435,13 @@ out:
 
 int store_token_count_live(struct store *st, int64_t *n, struct slim_error *err)
 {
-    sqlite3_stmt *s;
+    struct db_stmt *s;
     int rc;
     *n = 0;
     pthread_mutex_lock(&st->lock);
     if (!(rc = prep(st, Q_TOKEN_COUNT_LIVE, &s, err, ""))) {
-        if (sqlite3_step(s) == SQLITE_ROW)
-            *n = sqlite3_column_int64(s, 0);
+        if (db_step(s) == DB_ROW)
+            *n = db_column_int64(s, 0);
         else
             rc = db_error(st, err, "cannot count tokens");
         done(s);
@@ -1809,19 +2467,19 @@ int store_token_count_live(struct store *st, int64_t *n, struct slim_error *err)
  * ("" without one).  Lock held. */
 static int delete_job(struct store *st, const char *id, char sha[65], struct slim_error *err)
 {
-    sqlite3_stmt *s;
+    struct db_stmt *s;
     int rc, step, state, none = 0;
     sha[0] = 0;
     if ((rc = prep(st, Q_JOB_DELETE, &s, err, "s", id)))
         return rc;
-    step = sqlite3_step(s);
-    if (step == SQLITE_ROW) {
+    step = db_step(s);
+    if (step == DB_ROW) {
         snprintf(sha, 65, "%s", col_text(s, 0) ? col_text(s, 0) : "");
-        while ((step = sqlite3_step(s)) == SQLITE_ROW)
+        while ((step = db_step(s)) == DB_ROW)
             ;
-        if (step != SQLITE_DONE || sqlite3_reset(s) != SQLITE_OK)
+        if (step != DB_DONE || db_reset(s) != DB_OK)
             rc = db_error(st, err, "cannot delete job %.64s", id);
-    } else if (step == SQLITE_DONE) {
+    } else if (step == DB_DONE) {
         none = 1;   /* nothing deleted: running, or no such job */
     } else {
         rc = db_error(st, err, "cannot delete job %.64s", id);
@@ -1851,7 +2509,7 @@ int store_job_delete(struct store *st, const char *id, uint64_t *freed, struct s
 int store_job_pin(struct store *st, const char *id, int pinned, json_t **row,
                   struct slim_error *err)
 {
-    sqlite3_stmt *s;
+    struct db_stmt *s;
     int rc;
     pthread_mutex_lock(&st->lock);
     rc = prep(st, Q_JOB_PIN, &s, err, "si", id, pinned ? 1 : 0);
@@ -1888,14 +2546,14 @@ uint64_t store_data_bytes(struct store *st)
 static int select_ids(struct store *st, enum q i, const char *arg, char ids[][32], int *n,
                       struct slim_error *err)
 {
-    sqlite3_stmt *s;
-    int rc, step = SQLITE_DONE;
+    struct db_stmt *s;
+    int rc, step = DB_DONE;
     *n = 0;
     if ((rc = arg ? prep(st, i, &s, err, "s", arg) : prep(st, i, &s, err, "")))
         return rc;
-    while (*n < 100 && (step = sqlite3_step(s)) == SQLITE_ROW)
+    while (*n < 100 && (step = db_step(s)) == DB_ROW)
         snprintf(ids[(*n)++], 32, "%s", col_text(s, 0) ? col_text(s, 0) : "");
-    if (*n < 100 && step != SQLITE_DONE)
+    if (*n < 100 && step != DB_DONE)
         rc = db_error(st, err, "cannot read jobs");
     done(s);
     return rc;
@@ -1945,6 +2603,11 @@ int store_retention_sweep(struct store *st, const struct store_retention *cfg,
      * less the headroom the caller keeps for an artifact on its way */
     target = cfg->max_bytes > cfg->headroom ? cfg->max_bytes - cfg->headroom : 0;
     out->bytes_before = bytes = store_data_bytes(st);
+    if (bytes > target) {   /* --blobs s3: local copies go before any job */
+        uint64_t freed = blob_cache_trim(st, bytes - target);
+        out->freed += freed;
+        bytes = bytes > freed ? bytes - freed : 0;
+    }
     while (bytes > target) {
         pthread_mutex_lock(&st->lock);
         rc = select_ids(st, Q_RET_OLDEST, NULL, ids, &n, err);
@@ -1973,7 +2636,7 @@ int store_retention_sweep(struct store *st, const struct store_retention *cfg,
 int store_idem_claim(struct store *st, const char *route, const char *owner, const char *key,
                      const char *request_sha, struct store_idem *replay, struct slim_error *err)
 {
-    sqlite3_stmt *s;
+    struct db_stmt *s;
     int rc, step;
     memset(replay, 0, sizeof *replay);
     owner = owner ? owner : "";
@@ -1984,28 +2647,28 @@ int store_idem_claim(struct store *st, const char *route, const char *owner, con
     if ((rc = run(st, Q_IDEM_EXPIRE, NULL, err, "")) ||
         (rc = prep(st, Q_IDEM_GET, &s, err, "sss", route, owner, key)))
         goto end;
-    step = sqlite3_step(s);
-    if (step == SQLITE_ROW) {
+    step = db_step(s);
+    if (step == DB_ROW) {
         if (strcmp(col_text(s, 0) ? col_text(s, 0) : "", request_sha))
             rc = slim_error_set(err, SLIM_EIDEMPOTENCY, "Idempotency-Key '%.64s' was used in "
                                 "the last 24 h for a different request: use a new key for "
                                 "a new request", key);
-        else if (sqlite3_column_int(s, 1) == 0)
+        else if (db_column_int(s, 1) == 0)
             rc = slim_error_set(err, SLIM_ECONFLICT, "a request with Idempotency-Key '%.64s' "
                                 "is still being processed: retry once it has finished", key);
         else {
-            replay->status = sqlite3_column_int(s, 1);
+            replay->status = db_column_int(s, 1);
             snprintf(replay->location, sizeof replay->location, "%s",
                      col_text(s, 2) ? col_text(s, 2) : "");
             if (!(replay->response = col_json(s, 3)))
                 rc = slim_error_set(err, SLIM_EIO, "the stored response of Idempotency-Key "
                                     "'%.64s' is unreadable", key);
         }
-    } else if (step != SQLITE_DONE) {
+    } else if (step != DB_DONE) {
         rc = db_error(st, err, "cannot read idempotency keys");
     }
     done(s);
-    if (!rc && step == SQLITE_DONE)
+    if (!rc && step == DB_DONE)
         rc = run(st, Q_IDEM_INSERT, NULL, err, "ssss", route, owner, key, request_sha);
 end:
     rc = finish(st, rc, err);
@@ -2042,7 +2705,7 @@ void store_idem_release(struct store *st, const char *route, const char *owner, 
 
 /* ---- job listeners, gate failures and webhook deliveries (ci) ----
  *
- * These statements are prepared when used (sqlite3_prepare_v2 under the
+ * These statements are prepared when used (db_prepare under the
  * lock), not kept in sql[]: each runs at most a few times a second. */
 
 int store_job_listen(struct store *st, void (*fn)(void *ud), void *ud, int on)
@@ -2067,20 +2730,21 @@ int store_job_listen(struct store *st, void (*fn)(void *ud), void *ud, int on)
 }
 
 /* Prepares sql and binds types as bindv does ('s', 'i', 'I', 'd'). */
-static int adhoc(struct store *st, const char *text, sqlite3_stmt **out, struct slim_error *err,
+static int adhoc(struct store *st, const char *text, struct db_stmt **out, struct slim_error *err,
                  const char *types, ...)
 {
-    sqlite3_stmt *s = NULL;
+    struct db_stmt *s = NULL;
     va_list ap;
     int rc;
-    if (sqlite3_prepare_v2(st->db, text, -1, &s, NULL) != SQLITE_OK)
+    if (db_prepare(st->db, text, 0, &s) != DB_OK)
         return db_error(st, err, "cannot prepare a statement");
     va_start(ap, types);
-    rc = bind_values(s, types, ap, SQLITE_TRANSIENT);
+    rc = bind_values(s, types, ap);
     va_end(ap);
-    if (rc != SQLITE_OK) {
-        sqlite3_finalize(s);
-        return slim_error_set(err, SLIM_EIO, "cannot bind a value: %s", sqlite3_errstr(rc));
+    if (rc != DB_OK) {
+        rc = slim_error_set(err, SLIM_EIO, "cannot bind a value: %s", db_errmsg(st->db));
+        db_finalize(s);
+        return rc;
     }
     *out = s;
     return 0;
@@ -2091,24 +2755,31 @@ int store_job_fail_kept(struct store *st, const char *id, const char *artifact_s
                         struct slim_error *err)
 {
     char *text = json_dumps(report, JSON_COMPACT);
-    sqlite3_stmt *s = NULL;
+    struct db_stmt *s = NULL;
     int rc, n = 0;
     if (!text)
         return slim_error_set(err, SLIM_ENOMEM, "out of memory serializing the report");
     pthread_mutex_lock(&st->lock);
     rc = blob_present(st, artifact_sha, err);
     if (!rc)
-        rc = adhoc(st, "UPDATE jobs SET state = 3, progress = 1, stage = NULL, finished_at = " NOW
+        rc = adhoc(st, st->pg ?
+                   "UPDATE jobs SET state = 3, progress = 1, stage = NULL, finished_at = " PG_NOW
+                   ", artifact_sha = ?2, artifact_bytes = ?3, report = ?4::text, error = ?5,"
+                   " error_code = ?6, warning_count = " PG_WARNINGS(4)
+                   " WHERE id = ?1 AND state = 1 AND cancel_requested = 0"
+                   " AND node IS NOT DISTINCT FROM ?7::text" :
+                   "UPDATE jobs SET state = 3, progress = 1, stage = NULL, finished_at = " NOW
                    ", artifact_sha = ?2, artifact_bytes = ?3, report = ?4, error = ?5,"
                    " error_code = ?6, warning_count = json_array_length(?4, '$.warnings')"
-                   " WHERE id = ?1 AND state = 1 AND cancel_requested = 0", &s, err, "ssIsss",
-                   id, artifact_sha, (int64_t)artifact_bytes, text, message, slim_errcode(code));
+                   " WHERE id = ?1 AND state = 1 AND cancel_requested = 0 AND node IS ?7", &s,
+                   err, "ssIssss", id, artifact_sha, (int64_t)artifact_bytes, text, message,
+                   slim_errcode(code), st->node);
     if (!rc) {
-        if (sqlite3_step(s) != SQLITE_DONE)
+        if (db_step(s) != DB_DONE)
             rc = db_error(st, err, "cannot update the database");
         else
-            n = sqlite3_changes(st->db);
-        sqlite3_finalize(s);
+            n = db_changes(st->db);
+        db_finalize(s);
     }
     rc = ended_with_artifact(st, id, artifact_sha, rc, n, err);
     pthread_mutex_unlock(&st->lock);
@@ -2117,22 +2788,27 @@ int store_job_fail_kept(struct store *st, const char *id, const char *artifact_s
 }
 
 /* Runs a prepared ad-hoc statement that returns no rows. */
-static int adhoc_run(struct store *st, sqlite3_stmt *s, struct slim_error *err)
+static int adhoc_run(struct store *st, struct db_stmt *s, struct slim_error *err)
 {
     int rc = 0;
-    if (sqlite3_step(s) != SQLITE_DONE)
+    if (db_step(s) != DB_DONE)
         rc = db_error(st, err, "cannot update the database");
-    sqlite3_finalize(s);
+    db_finalize(s);
     return rc;
 }
 
 int store_webhook_add(struct store *st, const char *job_id, const char *url,
                       struct slim_error *err)
 {
-    sqlite3_stmt *s;
+    struct db_stmt *s;
     int rc;
     pthread_mutex_lock(&st->lock);
-    if (!(rc = adhoc(st, "INSERT OR REPLACE INTO webhooks (job_id, url) VALUES (?1, ?2)", &s, err,
+    /* OR REPLACE: a new row, its defaults and all */
+    if (!(rc = adhoc(st, st->pg ? "INSERT INTO webhooks (job_id, url) VALUES (?1, ?2)"
+                     " ON CONFLICT (job_id) DO UPDATE SET url = excluded.url, state = 0,"
+                     " attempts = 0, next_at = 0, last_status = NULL, last_error = NULL,"
+                     " delivered_at = NULL"
+                     : "INSERT OR REPLACE INTO webhooks (job_id, url) VALUES (?1, ?2)", &s, err,
                      "ss", job_id, url)))
         rc = adhoc_run(st, s, err);
     pthread_mutex_unlock(&st->lock);
@@ -2142,8 +2818,8 @@ int store_webhook_add(struct store *st, const char *job_id, const char *url,
 int store_webhook_due(struct store *st, double now, int limit, json_t **rows, double *next_at,
                       struct slim_error *err)
 {
-    sqlite3_stmt *s = NULL;
-    int rc, step = SQLITE_DONE;
+    struct db_stmt *s = NULL;
+    int rc, step = DB_DONE;
     *rows = json_array();
     *next_at = 0;
     if (!*rows)
@@ -2152,20 +2828,20 @@ int store_webhook_due(struct store *st, double now, int limit, json_t **rows, do
     rc = adhoc(st, "SELECT w.job_id, w.url, w.attempts, w.next_at FROM webhooks w"
                " JOIN jobs j ON j.id = w.job_id WHERE w.state = 0 AND j.state IN (2, 3, 4)"
                " ORDER BY w.next_at LIMIT ?1", &s, err, "i", limit);
-    while (!rc && (step = sqlite3_step(s)) == SQLITE_ROW) {
-        double at = sqlite3_column_double(s, 3);
+    while (!rc && (step = db_step(s)) == DB_ROW) {
+        double at = db_column_double(s, 3);
         if (at > now) {   /* the earliest one not yet due: when to look again */
             *next_at = at;
             break;
         }
         json_array_append_new(*rows, json_pack("{s:s, s:s, s:I}", "job_id", col_text(s, 0),
                                                "url", col_text(s, 1), "attempts",
-                                               (json_int_t)sqlite3_column_int64(s, 2)));
+                                               (json_int_t)db_column_int64(s, 2)));
     }
     if (s) {
-        if (!rc && step != SQLITE_ROW && step != SQLITE_DONE)
+        if (!rc && step != DB_ROW && step != DB_DONE)
             rc = db_error(st, err, "cannot read webhooks");
-        sqlite3_finalize(s);
+        db_finalize(s);
     }
     pthread_mutex_unlock(&st->lock);
     if (rc) {
@@ -2178,10 +2854,14 @@ int store_webhook_due(struct store *st, double now, int limit, json_t **rows, do
 int store_webhook_result(struct store *st, const char *job_id, int state, double next_at,
                          int http_status, const char *error, struct slim_error *err)
 {
-    sqlite3_stmt *s;
+    struct db_stmt *s;
     int rc;
     pthread_mutex_lock(&st->lock);
-    if (!(rc = adhoc(st, "UPDATE webhooks SET state = ?2, attempts = attempts + 1, next_at = ?3,"
+    if (!(rc = adhoc(st, st->pg ?
+                     "UPDATE webhooks SET state = ?2::bigint, attempts = attempts + 1,"
+                     " next_at = ?3, last_status = ?4, last_error = ?5, delivered_at ="
+                     " CASE WHEN ?2::bigint = 1 THEN " PG_NOW " END WHERE job_id = ?1" :
+                     "UPDATE webhooks SET state = ?2, attempts = attempts + 1, next_at = ?3,"
                      " last_status = ?4, last_error = ?5, delivered_at = CASE WHEN ?2 = 1 THEN "
                      NOW " END WHERE job_id = ?1", &s, err, "sidis", job_id, state, next_at,
                      http_status, error)))
@@ -2193,27 +2873,27 @@ int store_webhook_result(struct store *st, const char *job_id, int state, double
 int store_webhook_get(struct store *st, const char *job_id, json_t **row, struct slim_error *err)
 {
     static const char *const names[] = {"pending", "delivered", "failed"};
-    sqlite3_stmt *s;
+    struct db_stmt *s;
     int rc, step;
     *row = NULL;
     pthread_mutex_lock(&st->lock);
     if (!(rc = adhoc(st, "SELECT url, state, attempts, last_status, last_error, delivered_at"
                      " FROM webhooks WHERE job_id = ?1", &s, err, "s", job_id))) {
-        step = sqlite3_step(s);
-        if (step == SQLITE_ROW) {
-            int state = sqlite3_column_int(s, 1);
+        step = db_step(s);
+        if (step == DB_ROW) {
+            int state = db_column_int(s, 1);
             *row = json_pack("{s:s?, s:s, s:I, s:o, s:s?, s:s?}", "url", col_text(s, 0),
                              "state", names[state >= 0 && state < 3 ? state : 0], "attempts",
-                             (json_int_t)sqlite3_column_int64(s, 2), "last_status",
-                             sqlite3_column_type(s, 3) == SQLITE_NULL
-                                 ? json_null() : json_integer(sqlite3_column_int(s, 3)),
+                             (json_int_t)db_column_int64(s, 2), "last_status",
+                             db_column_is_null(s, 3)
+                                 ? json_null() : json_integer(db_column_int(s, 3)),
                              "last_error", col_text(s, 4), "delivered_at", col_text(s, 5));
-        } else if (step == SQLITE_DONE) {
+        } else if (step == DB_DONE) {
             rc = SLIM_ENOTFOUND;
         } else {
             rc = db_error(st, err, "cannot read webhooks");
         }
-        sqlite3_finalize(s);
+        db_finalize(s);
     }
     pthread_mutex_unlock(&st->lock);
     return rc;

@@ -1,8 +1,10 @@
 /*
- * store.h - slimd's persistent state: SQLite metadata and the blob store.
+ * store.h - slimd's persistent state: SQLite (or PostgreSQL) metadata and
+ * the blob store.
  *
- * One struct store per data dir.  It owns one SQLite connection (WAL
- * mode, foreign keys on, busy timeout) guarded by a mutex, so every
+ * One struct store per data dir.  It owns one database connection
+ * (storage/db.h: SQLite in WAL mode, foreign keys on, busy timeout; or
+ * PostgreSQL with --store postgresql://...) guarded by a mutex, so every
  * function here may be called from any thread: the HTTP threads and the
  * runner share it.  A single connection behind a mutex was chosen over a
  * connection per thread because every statement here is short (the heavy
@@ -13,6 +15,8 @@
  *   slimd.db            SQLite database (schema versioned by user_version),
  *                       bearer tokens included (their sha256, never the secret)
  *   blobs/ab/abcdef...  content-addressed files, named by their sha256
+ *                       (elsewhere with --blobs: store_open_blobs)
+ *   cache/ab/abcdef...  with --blobs s3://..., local copies of blobs
  *   tmp/                uploads and artifacts being written
  *   slimd.lock          flock()ed by the daemon that serves the dir
  *   slimd.db-wal, -shm  SQLite's, kept between runs (store.c says why)
@@ -62,12 +66,41 @@ int store_job_state_parse(const char *name);        /* state, or -1 */
  * names (a blob committed just before a crash, whose row never came).
  * store_open_sweep says what was cleaned. */
 int store_open(const char *data_dir, struct store **out, struct slim_error *err);
+/* store_open with the blobs somewhere else (--blobs): NULL or "" for the
+ * default (DATA_DIR/blobs), "dir:PATH" (a folder other daemons may share)
+ * or "s3://bucket[/prefix]" (SLIMD_S3_ENDPOINT, AWS_ACCESS_KEY_ID,
+ * AWS_SECRET_ACCESS_KEY, AWS_REGION from the environment; local copies
+ * in DATA_DIR/cache).  At a shared location the open does not sweep
+ * unreferenced blobs, and no blob is ever removed there (blob.c says
+ * why): deleting rows frees only the s3 backend's local copies.
+ * SLIM_EINVAL naming a malformed spec or a missing setting. */
+int store_open_blobs(const char *data_dir, const char *blobs, struct store **out,
+                     struct slim_error *err);
 /* Opens the database only, for `slimd token`, which may run beside a
  * daemon on the same data dir: creates the data dir and migrates like
  * store_open, but leaves blobs/ and tmp/ alone (store_open empties tmp/,
  * which would destroy a running daemon's uploads).  Only the token
  * functions may be used on it. */
 int store_open_meta(const char *data_dir, struct store **out, struct slim_error *err);
+/* The same two with the database named by db_spec (`slimd serve
+ * --store`): NULL or "" for SQLite in data_dir/slimd.db (store_open's),
+ * "sqlite:PATH" for SQLite in the file PATH, "postgresql://..." (or
+ * "postgres://...") for a PostgreSQL database that several daemons may
+ * share (storage/db.h).  The data dir keeps tmp/, the lock and blobs/
+ * either way.  On PostgreSQL, store_open_db's orphan sweep leaves blobs
+ * younger than an hour (another daemon may be between a blob's commit
+ * and its row), and so does its clearing of unfinished Idempotency-Key
+ * claims.  SLIM_EINVAL for a spec of another scheme, SLIM_EIO
+ * ("postgresql: cannot connect to ...") when the server cannot be
+ * reached. */
+int store_open_db(const char *data_dir, const char *db_spec, struct store **out,
+                  struct slim_error *err);
+int store_open_meta_db(const char *data_dir, const char *db_spec, struct store **out,
+                       struct slim_error *err);
+/* store_open with both: the database at db_spec (store_open_db's) and
+ * the blobs at blobs (store_open_blobs'); NULL or "" for either default. */
+int store_open_full(const char *data_dir, const char *db_spec, const char *blobs,
+                    struct store **out, struct slim_error *err);
 void store_close(struct store *st);
 const char *store_data_dir(const struct store *st);
 
@@ -148,8 +181,19 @@ void store_hash_free(struct store_hash *h);
 int store_check_free(struct store *st, uint64_t need, struct slim_error *err);
 /* Path of a temp file name under tmp/ that nothing else uses (buf >= 4096). */
 int store_tmp_path(struct store *st, const char *suffix, char *buf, size_t len);
-/* Path of the blob with this sha256 into buf (>= 4096 bytes). */
+/* Path of the blob with this sha256 into buf (>= 4096 bytes): its file
+ * (DATA_DIR/blobs/ab/<sha>, or PATH/ab/<sha> with --blobs dir:PATH), or
+ * with s3 its local copy, DATA_DIR/cache/ab/<sha>, which may not be
+ * there yet: store_blob_fetch makes it. */
 void store_blob_path(const struct store *st, const char *sha, char *buf, size_t len);
+/* Makes path (store_blob_path's) a local file: with s3, when there is no
+ * local copy, downloads the object, checks its sha256 against its name
+ * and renames it into place; 0 at once otherwise (a missing file is then
+ * the caller's to report).  Any thread, no lock held: a download takes
+ * as long as the blob is large.  SLIM_EIO "s3: GET http://ENDPOINT/...:
+ * ..." when the server cannot be reached or refuses, SLIM_ENOTFOUND when
+ * the bucket has no such object, SLIM_ENOSPACE when the disk is full. */
+int store_blob_fetch(struct store *st, const char *path, struct slim_error *err);
 
 /* Removes the blob with this sha256 unless a model, a dataset or a job's
  * artifact names it: for an upload whose row could not be inserted after
@@ -284,6 +328,46 @@ int store_job_requeue(struct store *st, const char *id, struct slim_error *err);
  * them. */
 int store_job_recover(struct store *st, int max_attempts, int *requeued, int *failed,
                       struct slim_error *err);
+/* ---- schema 9: nodes and leases (several daemons on one database) ----
+ *
+ * A running job is held by a node (the daemon's --node-id) under a
+ * lease (lease_until, by the database's clock).  The node renews the
+ * leases of all its jobs in one statement (store_job_heartbeat) a few
+ * times a second; a node that dies stops renewing, and once its leases
+ * have run out any node's store_job_recover_expired re-queues its jobs
+ * (attempts counted, failed after max_attempts, canceled when a cancel
+ * was asked for).  Progress, training state and every way out of
+ * running (succeed, fail, fail_kept, retry, canceled, requeue) change
+ * the row only while this store's node holds it: a node that lost its
+ * lease gets SLIM_ECONFLICT ("held by node ... now") and changes nothing.
+ * store_job_recover (at start) takes, on PostgreSQL, this node's jobs,
+ * those of the id the data dir's previous daemon had (DATA_DIR/node-id:
+ * the data dir's lock says that daemon is gone) and the expired ones,
+ * never another live node's; on SQLite every running job (one daemon
+ * per SQLite database). */
+/* Sets the node id that claims and leases name (NULL: none; rows then
+ * hold NULL) and the lease in seconds (<= 0: 30); records node in
+ * DATA_DIR/node-id (best effort).  Call with the data dir locked, before the
+ * runner starts. */
+int store_set_node(struct store *st, const char *node, double lease_seconds,
+                   struct slim_error *err);
+const char *store_node(const struct store *st);
+/* Renews the lease of every job this node holds; *held: an object
+ * {job id: cancel_requested} of those jobs (new reference), so the
+ * runner stops the ones canceled through another node and learns of
+ * any it no longer holds. */
+int store_job_heartbeat(struct store *st, json_t **held, struct slim_error *err);
+/* Re-queues (or fails, or cancels) running jobs whose lease ran out,
+ * whatever node held them. */
+int store_job_recover_expired(struct store *st, int max_attempts, int *requeued, int *failed,
+                              struct slim_error *err);
+/* Every running job by node: {node: [job ids, oldest first]} (new
+ * reference; "" for rows without one). */
+int store_node_jobs(struct store *st, json_t **by_node, struct slim_error *err);
+/* 1 on PostgreSQL (other daemons may share the database): store_db_spec
+ * is its connection URI, for store_listen. */
+int store_is_shared(const struct store *st);
+const char *store_db_spec(const struct store *st);
 /* The report of a succeeded job; new reference.  SLIM_ECONFLICT while
  * the job has not succeeded. */
 int store_job_report(struct store *st, const char *id, json_t **report, struct slim_error *err);

@@ -60,6 +60,8 @@ _TMPDIRS = []       # temp dirs to remove at exit (kept when KEEP is set)
 def _cleanup():
     for d in list(_LIVE):
         d.kill()
+    if "pg_harness" in sys.modules:   # after the daemons that use it
+        sys.modules["pg_harness"].shutdown()
     if not os.environ.get("SLIMD_TEST_KEEP"):
         for t in _TMPDIRS:
             shutil.rmtree(t, ignore_errors=True)
@@ -89,6 +91,52 @@ SANITIZED = bool(os.environ.get("SLIMD_SANITIZED"))
 def slimd_bin():
     """The daemon under test: $SLIMD_BIN, else ./slimd (the build dir)."""
     return os.path.abspath(os.environ.get("SLIMD_BIN", "./slimd"))
+
+
+# SLIMD_TEST_STORE=postgresql (make check-pg): every daemon this harness
+# starts, and every `slimd token` a test runs with store_flags(), uses a
+# PostgreSQL database instead of the data dir's SQLite file: one private
+# server per test process (pg_harness.py), one fresh database per data
+# dir (a daemon restarted, or started again on the same data dir, finds
+# its rows).  Anything else (default "sqlite"): the data dir's slimd.db.
+STORE = os.environ.get("SLIMD_TEST_STORE", "sqlite") or "sqlite"
+if STORE not in ("sqlite", "postgresql"):
+    raise SystemExit("SLIMD_TEST_STORE=%s: expected sqlite or postgresql" % STORE)
+PG = STORE == "postgresql"
+_STORE_URIS = {}    # realpath(data dir) -> its database's URI
+
+
+def store_uri(data_dir):
+    """The --store of data_dir under SLIMD_TEST_STORE=postgresql (made on
+    first use), else None (the data dir's own SQLite database)."""
+    if not PG:
+        return None
+    key = os.path.realpath(data_dir)
+    if key not in _STORE_URIS:
+        import pg_harness
+        try:
+            _STORE_URIS[key] = pg_harness.server(stop_at_exit=False).new_database()
+        except pg_harness.PgError as e:
+            raise HarnessError(str(e))
+    return _STORE_URIS[key]
+
+
+def store_flags(data_dir):
+    """["--store", URI] for a `slimd serve` or `slimd token` on data_dir
+    under SLIMD_TEST_STORE=postgresql; [] otherwise."""
+    uri = store_uri(data_dir)
+    return ["--store", uri] if uri else []
+
+
+def store_query(data_dir, sql):
+    """Under SLIMD_TEST_STORE=postgresql: runs sql (psql, as the server's
+    superuser) on data_dir's database and returns its rows, each a list
+    of column texts (a test that reads or ages rows behind the daemon's
+    back, as others do with the sqlite3 module)."""
+    import pg_harness
+    uri = store_uri(data_dir)
+    out = pg_harness.server(stop_at_exit=False).psql(sql, db=uri.rsplit("/", 1)[1])
+    return [line.split("|") for line in out.splitlines() if line]
 
 
 def make_tmpdir(prefix="slimd-test-"):
@@ -169,7 +217,7 @@ class Daemon:
         env = dict(os.environ)
         for k in ("SLIMD_LISTEN", "SLIMD_DATA_DIR", "SLIMD_WORKERS", "SLIMD_MAX_UPLOAD_BYTES",
                   "SLIMD_LOG", "SLIMD_AUTH", "SLIMD_ALLOWED_HOSTS", "SLIMD_CORS_ORIGINS",
-                  "SLIMD_TLS_CERT", "SLIMD_TLS_KEY"):
+                  "SLIMD_TLS_CERT", "SLIMD_TLS_KEY", "SLIMD_STORE"):
             env.pop(k, None)
         settings = [("--listen", "SLIMD_LISTEN", "%s:%d" % (self.host, port)),
                     ("--data-dir", "SLIMD_DATA_DIR", self.data_dir)]
@@ -178,6 +226,8 @@ class Daemon:
         if self.max_upload is not None:
             settings.append(("--max-upload-bytes", "SLIMD_MAX_UPLOAD_BYTES",
                              str(self.max_upload)))
+        if store_uri(self.data_dir):
+            settings.append(("--store", "SLIMD_STORE", store_uri(self.data_dir)))
         for flag, var, val in settings:
             if self.use_flags:
                 argv += [flag, val]

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -218,10 +219,14 @@ def check_job_object(j, model_id=None, listed=False):
 
 @test
 def test_health():
-    """GET /v1/health: 200 {"status": "ok", "version": "0.1.0"}"""
+    """GET /v1/health: 200 {"status": "ok", "version": "0.1.0", "node": {id, role, jobs}}"""
     r = D.get("/v1/health")
     assert r.status == 200, r
+    node = r.json.pop("node", None)
     assert r.json == {"status": "ok", "version": "0.1.0"}, r.json
+    # the default node id is HOSTNAME:PORT, role all; no job runs now
+    assert node == {"id": "%s:%d" % (socket.gethostname(), D.port), "role": "all",
+                    "jobs": []}, node
     assert r.header("Content-Type", "").startswith("application/json"), r.headers
 
 

@@ -261,7 +261,8 @@ def test_events_and_wait_need_the_job_scope():
 
     def token(scope, name):
         p = subprocess.run([h.slimd_bin(), "token", "create", "--scope", scope, "--name", name,
-                            "--data-dir", data], capture_output=True, text=True, env=env,
+                            "--data-dir", data] + h.store_flags(data), capture_output=True,
+                           text=True, env=env,
                            timeout=30)
         assert p.returncode == 0, p.stderr
         return {"Authorization": "Bearer " + p.stdout.strip()}

@@ -681,7 +681,7 @@ def test_dashboard_with_token_and_csp_holds():
     need_browser()
     data = h.make_tmpdir()
     p = subprocess.run([h.slimd_bin(), "token", "create", "--scope", "read,submit", "--name",
-                        "page", "--data-dir", data], capture_output=True)
+                        "page", "--data-dir", data] + h.store_flags(data), capture_output=True)
     assert p.returncode == 0, p.stderr
     tok = p.stdout.decode().strip()
     f = Fixture({"Authorization": "Bearer " + tok}, name="page-token")

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""test_docker.py - docker/Dockerfile, docker/compose.yaml and .dockerignore,
+"""test_docker.py - docker/Dockerfile, docker/compose.yaml, docker/compose.cluster.yaml
+and .dockerignore,
 checked without a Docker engine (none runs in CI).
 
   * compose.yaml parses (PyYAML) and has what a service left running
@@ -7,6 +8,10 @@ checked without a Docker engine (none runs in CI).
     shutdown, a named volume on the data dir, a healthcheck on
     /v1/health, the port published on loopback only, and a build that
     names the Dockerfile;
+  * compose.cluster.yaml: PostgreSQL (with a healthcheck the nodes wait
+    for) and two slimd nodes with one SLIMD_STORE, one named blob volume
+    (SLIMD_BLOBS=dir:...), a data dir volume each, distinct node ids and
+    ports, roles that take uploads and run jobs;
   * the Dockerfile: every COPY source exists in the tree and is not
     excluded by .dockerignore; the build stage installs scripts/deps.sh's
     list; the runtime stage's ENV SLIMD_LISTEN, EXPOSE, the healthcheck
@@ -109,6 +114,56 @@ def test_compose():
 
 
 @test
+def test_compose_cluster():
+    """compose.cluster.yaml: PostgreSQL and two nodes sharing the database and one blob volume, each its own data dir"""
+    if yaml is None:
+        raise h.HarnessError("python3-yaml is not installed (scripts/deps.sh installs it)")
+    c = yaml.safe_load(read("docker/compose.cluster.yaml"))
+    svcs = c["services"]
+    named = c.get("volumes") or {}
+    pg = svcs["postgres"]
+    assert str(pg["image"]).startswith("postgres:"), pg["image"]
+    assert any("pg_isready" in str(x) for x in pg["healthcheck"]["test"]), pg["healthcheck"]
+    assert any(str(v).split(":")[0] in named and str(v).split(":")[1] ==
+               "/var/lib/postgresql/data" for v in pg["volumes"]), pg["volumes"]
+    nodes = {k: v for k, v in svcs.items() if v.get("environment", {}).get("SLIMD_STORE")}
+    assert len(nodes) == 2, list(svcs)
+    stores, blobs, data_vols, ids, ports = set(), set(), set(), set(), set()
+    roles = []
+    for name, svc in nodes.items():
+        env = svc["environment"]
+        assert env["SLIMD_STORE"].startswith("postgresql://") and "@postgres:" in env["SLIMD_STORE"]
+        stores.add(env["SLIMD_STORE"])
+        assert env["SLIMD_BLOBS"].startswith("dir:"), env
+        path = env["SLIMD_BLOBS"][4:]
+        mounts = {str(v).split(":")[1]: str(v).split(":")[0] for v in svc["volumes"]}
+        assert mounts.get(path) in named, "%s: the blob folder %s is not a named volume" % (
+            name, path)
+        blobs.add(mounts[path])
+        assert mounts.get("/var/lib/slimd") in named, "%s: no data dir volume" % name
+        data_vols.add(mounts["/var/lib/slimd"])
+        assert env["SLIMD_ROLE"] in ("api", "worker", "all"), env
+        roles.append(env["SLIMD_ROLE"])
+        ids.add(env["SLIMD_NODE_ID"])
+        assert int(env["SLIMD_LEASE_SECONDS"]) > 0
+        assert svc["depends_on"]["postgres"]["condition"] == "service_healthy", svc["depends_on"]
+        assert svc.get("restart") == "unless-stopped"
+        assert 10 < duration(svc["stop_grace_period"])
+        assert any("/v1/health" in str(x) for x in svc["healthcheck"]["test"])
+        for p in svc["ports"]:
+            assert str(p).startswith("127.0.0.1:"), "port %s is published on every address" % p
+            ports.add(str(p).split(":")[1])
+    assert len(stores) == 1, "the nodes do not share one database: %s" % stores
+    assert len(blobs) == 1, "the nodes do not share one blob volume: %s" % blobs
+    assert len(data_vols) == 2, "the nodes share a data dir (each needs its own): %s" % data_vols
+    assert len(ids) == 2 and len(ports) == 2, (ids, ports)
+    assert any(r in ("api", "all") for r in roles) and any(r in ("worker", "all") for r in roles)
+    # the blob volume is handed to the image's user before the nodes start
+    owner = [s for s in svcs.values() if "chown" in " ".join(map(str, s.get("entrypoint", [])))]
+    assert owner and any(str(v).split(":")[0] in blobs for v in owner[0]["volumes"]), owner
+
+
+@test
 def test_dockerfile():
     """Dockerfile: COPY sources exist, deps from scripts/deps.sh, port and data dir agree, not root"""
     st = stages()
@@ -148,7 +203,7 @@ def test_dockerfile():
     assert any(str(p).endswith(":" + port) for p in svc["ports"]), svc["ports"]
     # the runtime libraries are those the binary links (Debian package names)
     runtime = " ".join(a for i, a in st[1] if i == "RUN")
-    for lib in ("libmicrohttpd12", "libjansson4", "libsqlite3-0", "liblapacke", "libuv1",
+    for lib in ("libmicrohttpd12", "libjansson4", "libsqlite3-0", "libpq5", "liblapacke", "libuv1",
                 "libprotobuf-c1", "libssl3", "zlib1g", "curl"):
         assert lib in runtime, "runtime stage lacks " + lib
 
@@ -292,12 +347,13 @@ def test_compose_config():
     docker = shutil.which("docker")
     if not docker:
         h.skip("docker is not installed")
-    p = subprocess.run([docker, "compose", "-f", os.path.join(SRCDIR, "docker/compose.yaml"),
-                        "config", "-q"], capture_output=True, timeout=120)
-    if p.returncode != 0 and (b"is not a docker command" in p.stderr or
-                              b"unknown shorthand flag" in p.stderr):
-        h.skip("docker compose plugin not installed")
-    assert p.returncode == 0, p.stderr.decode()
+    for f in ("docker/compose.yaml", "docker/compose.cluster.yaml"):
+        p = subprocess.run([docker, "compose", "-f", os.path.join(SRCDIR, f), "config", "-q"],
+                           capture_output=True, timeout=120)
+        if p.returncode != 0 and (b"is not a docker command" in p.stderr or
+                                  b"unknown shorthand flag" in p.stderr):
+            h.skip("docker compose plugin not installed")
+        assert p.returncode == 0, "%s: %s" % (f, p.stderr.decode())
 
 
 @test

@@ -102,7 +102,8 @@ def test_data_dir_locked():
     # the first daemon's files were not touched (no tmp/ purge, no sweep)
     assert D.get("/v1/models/" + r.json["id"] + "/file").status == 200
     # `slimd token` may still run beside it (it takes no lock)
-    p = subprocess.run([h.slimd_bin(), "token", "list", "--data-dir", D.data_dir],
+    p = subprocess.run([h.slimd_bin(), "token", "list", "--data-dir", D.data_dir] +
+                       h.store_flags(D.data_dir),
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=20)
     assert p.returncode == 0, p.stdout
 
@@ -470,13 +471,20 @@ def test_retention_retain_days():
         assert all(j["state"] == "succeeded" for j in jobs)
         d.stop()
         # age three of them (the test stands in for the calendar)
-        db = sqlite3.connect(os.path.join(d.data_dir, "slimd.db"))
-        for j in jobs[:3]:
-            db.execute("UPDATE jobs SET finished_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now',"
-                       " '-3 days') WHERE id = ?", (j["id"],))
-        db.execute("UPDATE jobs SET pinned = 1 WHERE id = ?", (jobs[1]["id"],))
-        db.commit()
-        db.close()
+        if h.PG:   # ids are hex: safe in the SQL text
+            h.store_query(d.data_dir, "UPDATE jobs SET finished_at = to_char((now() - interval"
+                          " '3 days') AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+                          " WHERE id IN (%s)" % ", ".join("'%s'" % j["id"] for j in jobs[:3]))
+            h.store_query(d.data_dir, "UPDATE jobs SET pinned = 1 WHERE id = '%s'"
+                          % jobs[1]["id"])
+        else:
+            db = sqlite3.connect(os.path.join(d.data_dir, "slimd.db"))
+            for j in jobs[:3]:
+                db.execute("UPDATE jobs SET finished_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now',"
+                           " '-3 days') WHERE id = ?", (j["id"],))
+            db.execute("UPDATE jobs SET pinned = 1 WHERE id = ?", (jobs[1]["id"],))
+            db.commit()
+            db.close()
         d.start()      # a sweep runs at start (and every minute, and after each job)
         gone, pinned, young = jobs[0], jobs[1], jobs[3]
         check_error(d.get("/v1/jobs/" + gone["id"]), 404)

@@ -316,7 +316,8 @@ def check_body(doc, r, method):
 
 def token(data_dir, scope, name):
     p = subprocess.run([h.slimd_bin(), "token", "create", "--scope", scope, "--name", name,
-                        "--data-dir", data_dir], capture_output=True, timeout=60)
+                        "--data-dir", data_dir] + h.store_flags(data_dir), capture_output=True,
+                       timeout=60)
     assert p.returncode == 0, p.stderr
     return p.stdout.decode().strip()
 

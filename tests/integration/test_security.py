@@ -40,7 +40,7 @@ def slimd(*args, data_dir=None, timeout=30):
     """Runs the slimd binary; returns (exit status, stdout, stderr)."""
     argv = [h.slimd_bin()] + list(args)
     if data_dir:
-        argv += ["--data-dir", data_dir]
+        argv += ["--data-dir", data_dir] + h.store_flags(data_dir)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLIMD_")}
     p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout,
                        env=env)
@@ -130,11 +130,14 @@ def test_cli_token_create_list_revoke():
     assert rc == 0 and tid in table and "read,submit" in table, table
     assert tok not in table and tok[6:] not in out and tok[6:] not in table, "a secret was listed"
     # the database keeps the hash only
-    with open(os.path.join(d, "slimd.db"), "rb") as f:
-        db = f.read()
-    if os.path.exists(os.path.join(d, "slimd.db-wal")):
-        with open(os.path.join(d, "slimd.db-wal"), "rb") as f:
-            db += f.read()
+    if h.PG:   # every column of the row, as PostgreSQL gives it
+        db = "\n".join("|".join(r) for r in h.store_query(d, "SELECT * FROM tokens")).encode()
+    else:
+        with open(os.path.join(d, "slimd.db"), "rb") as f:
+            db = f.read()
+        if os.path.exists(os.path.join(d, "slimd.db-wal")):
+            with open(os.path.join(d, "slimd.db-wal"), "rb") as f:
+                db += f.read()
     assert tok[6:].encode() not in db, "the secret is in slimd.db"
     assert hashlib.sha256(tok.encode()).hexdigest().encode() in db, "the hash is not in slimd.db"
 

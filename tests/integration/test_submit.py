@@ -413,7 +413,7 @@ def test_token():
     t.start()
     try:
         tok = subprocess.run([h.slimd_bin(), "token", "create", "--scope", "read,submit",
-                              "--name", "ci", "--data-dir", t.data_dir],
+                              "--name", "ci", "--data-dir", t.data_dir] + h.store_flags(t.data_dir),
                              capture_output=True, text=True, check=True).stdout.strip()
         spec = spec_file({"passes": [INT8]})
         p = submit([MODEL, "--spec", spec, "--server", t.base])

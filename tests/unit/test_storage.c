@@ -12,6 +12,7 @@
 #include <dirent.h>
 #include <pthread.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <sqlite3.h>
 #include "tests/unit/util.h"
 #include "tests/unit/full_vfs.h"
@@ -158,7 +159,7 @@ static void claim_expect(struct store *st, const char *id)
 }
 
 /* The schema version store.c migrates to. */
-#define LATEST 8   /* schema version after every migration */
+#define LATEST 9   /* schema version after every migration */
 
 /* The schema as earlier slimd versions left it, frozen here as they
  * shipped (store.c's migrations[0] and [1]), so a migration is tested
@@ -899,6 +900,88 @@ static void test_blob_ring(void **state)
     assert_int_equal(slim_alloc_live(), before);
 }
 
+/* Schema 9: a claim names the node and its lease; the heartbeat renews
+ * this node's leases and reports cancels; only the holder ends a job;
+ * recovery of expired leases leaves live ones alone. */
+static void test_leases(void **state)
+{
+    (void)state;
+    struct store *st = open_store(data_dir("leases"));
+    struct slim_error err;
+    const char *m = put_model(st, "m", "model bytes");
+    const char *j1 = put_job(st, m);
+    json_t *row, *held;
+    int was_running, requeued = -1, failed = -1, state_after;
+
+    assert_int_equal(store_set_node(st, "node-a", 1, &err), 0);
+    assert_string_equal(store_node(st), "node-a");
+    assert_int_equal(store_job_claim(st, UINT64_MAX, &row, &err), 0);
+    assert_string_equal(sfield(row, "id"), j1);
+    assert_string_equal(sfield(row, "node"), "node-a");
+    json_decref(row);
+    /* the heartbeat names it, not canceled; then canceled */
+    assert_int_equal(store_job_heartbeat(st, &held, &err), 0);
+    assert_int_equal(json_object_size(held), 1);
+    assert_true(json_is_false(json_object_get(held, j1)));
+    json_decref(held);
+    assert_int_equal(store_job_cancel(st, j1, &was_running, &err), 0);
+    assert_int_equal(was_running, 1);
+    assert_int_equal(store_job_heartbeat(st, &held, &err), 0);
+    assert_true(json_is_true(json_object_get(held, j1)));
+    json_decref(held);
+    /* another node: its heartbeat holds nothing, and it cannot end the job */
+    assert_int_equal(store_set_node(st, "node-b", 1, &err), 0);
+    assert_int_equal(store_job_heartbeat(st, &held, &err), 0);
+    assert_int_equal(json_object_size(held), 0);
+    json_decref(held);
+    assert_int_equal(store_job_canceled(st, j1, &err), SLIM_ECONFLICT);
+    assert_non_null(strstr(err.msg, "held by node node-a"));
+    assert_int_equal(store_job_fail(st, j1, SLIM_EIO, "x", &err), SLIM_ECONFLICT);
+    assert_int_equal(store_job_retry(st, j1, 3, SLIM_ENOSPACE, "x", &state_after, &err),
+                     SLIM_ECONFLICT);
+    row = get_job(st, j1);
+    assert_string_equal(sfield(row, "state"), "running");
+    json_decref(row);
+    /* its lease is live: recovery leaves it; once it ran out, it goes
+     * (canceled, since a cancel was asked for) */
+    assert_int_equal(store_job_recover_expired(st, 3, &requeued, &failed, &err), 0);
+    assert_int_equal(requeued + failed, 0);
+    row = get_job(st, j1);
+    assert_string_equal(sfield(row, "state"), "running");
+    json_decref(row);
+    usleep(1100 * 1000);
+    assert_int_equal(store_job_recover_expired(st, 3, &requeued, &failed, &err), 0);
+    row = get_job(st, j1);
+    assert_string_equal(sfield(row, "state"), "canceled");
+    json_decref(row);
+
+    /* an expired job without a cancel is re-queued, its attempt counted,
+     * and the next claim (another node's) makes it attempt 2 */
+    const char *j2 = put_job(st, m);
+    assert_int_equal(store_set_node(st, "node-a", 1, &err), 0);
+    assert_int_equal(store_job_claim(st, UINT64_MAX, &row, &err), 0);
+    assert_string_equal(sfield(row, "id"), j2);
+    json_decref(row);
+    usleep(1100 * 1000);
+    assert_int_equal(store_set_node(st, "node-b", 1, &err), 0);
+    assert_int_equal(store_job_recover_expired(st, 3, &requeued, &failed, &err), 0);
+    assert_int_equal(requeued, 1);
+    row = get_job(st, j2);
+    assert_string_equal(sfield(row, "state"), "queued");
+    assert_true(json_is_null(json_object_get(row, "node")));
+    json_decref(row);
+    assert_int_equal(store_job_claim(st, UINT64_MAX, &row, &err), 0);
+    assert_string_equal(sfield(row, "node"), "node-b");
+    assert_int_equal(json_integer_value(json_object_get(row, "attempts")), 2);
+    json_decref(row);
+    /* node-a, back, may not record over node-b's claim */
+    assert_int_equal(store_set_node(st, "node-a", 1, &err), 0);
+    assert_int_equal(store_job_requeue(st, j2, &err), SLIM_ECONFLICT);
+    assert_int_equal(store_set_node(st, "node-b", 1, &err), 0);
+    assert_int_equal(store_job_fail(st, j2, SLIM_EIO, "disk", &err), 0);
+    store_close(st);
+}
+
 static void test_job_lifecycle(void **state)
 {
     (void)state;
@@ -1533,6 +1616,101 @@ static void test_sweep_orphans(void **state)
     store_close(st);
 }
 
+static void test_shared_blob_dir(void **state)
+{
+    /* --blobs dir:PATH for two stores (two daemons): the same bytes from
+     * both make one blob at PATH, nothing in their data dirs; a store
+     * without rows naming it does not remove it, nor does a reopen's
+     * sweep (it may be another daemon's, between commit and insert); an
+     * artifact adopted from the data dir's tmp/ lands at PATH; nothing
+     * is left in PATH/.incoming */
+    (void)state;
+    const char *a_dir = data_dir("shared-a");
+    char b_dir[1024], shared[1024], spec[1100], path[4096], sha[65], sha2[65], tmp[4096];
+    struct store *a, *b;
+    struct store_sweep sweep;
+    struct slim_error err;
+    const char *m;
+    uint64_t bytes = 0;
+    FILE *f;
+
+    snprintf(b_dir, sizeof b_dir, "%s", data_dir("shared-b"));
+    snprintf(shared, sizeof shared, "%s", data_dir("shared-blobs"));
+    snprintf(spec, sizeof spec, "dir:%s", shared);
+    assert_int_equal(store_open_blobs(a_dir, spec, &a, &err), 0);
+    assert_int_equal(store_open_blobs(b_dir, spec, &b, &err), 0);
+    m = put_model(a, "m", "shared bytes");
+    snprintf(sha, sizeof sha, "%s", put_blob(b, "shared bytes"));
+    snprintf(path, sizeof path, "%s/%.2s/%s", shared, sha, sha);
+    assert_int_equal(access(path, F_OK), 0);
+    assert_true(blob_exists(a, sha) && blob_exists(b, sha));
+    snprintf(path, sizeof path, "%s/blobs", a_dir);
+    assert_int_equal(count_files(path), 0);
+    store_blob_drop_unused(b, sha);       /* b has no row: it is a's */
+    assert_true(blob_exists(a, sha));
+    snprintf(sha2, sizeof sha2, "%s", put_blob(b, "committed, no row yet"));
+    store_close(b);
+    assert_int_equal(store_open_blobs(b_dir, spec, &b, &err), 0);
+    store_open_sweep(b, &sweep);
+    assert_int_equal(sweep.orphans_removed, 0);
+    assert_true(blob_exists(b, sha2));
+    /* an artifact written in a's tmp/ */
+    assert_int_equal(store_tmp_path(a, ".safetensors", tmp, sizeof tmp), 0);
+    assert_non_null(f = fopen(tmp, "w"));
+    fputs("artifact bytes", f);
+    fclose(f);
+    assert_int_equal(store_blob_adopt(a, tmp, sha2, &bytes, &err), 0);
+    assert_int_equal(bytes, strlen("artifact bytes"));
+    assert_int_equal(access(tmp, F_OK), -1);
+    snprintf(path, sizeof path, "%s/%.2s/%s", shared, sha2, sha2);
+    assert_int_equal(access(path, F_OK), 0);
+    snprintf(path, sizeof path, "%s/.incoming", shared);
+    assert_int_equal(count_files(path), 0);
+    /* deleting a's model frees nothing at the shared location */
+    assert_int_equal(store_model_delete(a, m, &err), 0);
+    assert_true(blob_exists(b, sha));
+    store_close(a);
+    store_close(b);
+}
+
+static void test_blob_specs(void **state)
+{
+    /* malformed --blobs and missing S3 settings are SLIM_EINVAL naming
+     * them; an unreachable S3 endpoint opens (nothing is asked of it)
+     * and a commit then fails SLIM_EIO naming s3 and the endpoint, with
+     * no temp file left */
+    (void)state;
+    const char *dir = data_dir("specs");
+    struct store *st = NULL;
+    struct blob_writer *bw;
+    struct slim_error err;
+    char sha[65];
+
+    assert_int_equal(store_open_blobs(dir, "nfs:/x", &st, &err), SLIM_EINVAL);
+    assert_non_null(strstr(err.msg, "dir:PATH or s3://"));
+    unsetenv("SLIMD_S3_ENDPOINT");
+    assert_int_equal(store_open_blobs(dir, "s3://bucket/p", &st, &err), SLIM_EINVAL);
+    assert_non_null(strstr(err.msg, "SLIMD_S3_ENDPOINT"));
+    setenv("SLIMD_S3_ENDPOINT", "http://127.0.0.1:1", 1);
+    unsetenv("AWS_ACCESS_KEY_ID");
+    assert_int_equal(store_open_blobs(dir, "s3://bucket/p", &st, &err), SLIM_EINVAL);
+    assert_non_null(strstr(err.msg, "AWS_ACCESS_KEY_ID"));
+    setenv("AWS_ACCESS_KEY_ID", "id", 1);
+    setenv("AWS_SECRET_ACCESS_KEY", "secret", 1);
+    assert_int_equal(store_open_blobs(dir, "s3://Bad_Bucket", &st, &err), SLIM_EINVAL);
+    assert_int_equal(store_open_blobs(dir, "s3://bucket/p", &st, &err), 0);
+    assert_int_equal(store_blob_begin(st, &bw, &err), 0);
+    assert_int_equal(store_blob_write(bw, "abc", 3, &err), 0);
+    assert_int_equal(store_blob_commit(bw, sha, &err), SLIM_EIO);
+    assert_non_null(strstr(err.msg, "s3: "));
+    assert_non_null(strstr(err.msg, "127.0.0.1:1"));
+    assert_int_equal(tmp_files(st), 0);
+    store_close(st);
+    unsetenv("SLIMD_S3_ENDPOINT");
+    unsetenv("AWS_ACCESS_KEY_ID");
+    unsetenv("AWS_SECRET_ACCESS_KEY");
+}
+
 static void test_token_hash_and_scopes(void **state)
 {
     /* the hash is SHA-256 of the secret's bytes (FIPS 180-2's "abc"
@@ -1819,7 +1997,9 @@ static void test_alloc_failures(void **state)
     int rc = -1;
     (void)state;
 
-    for (long n = 0; rc && n < 10; n++) {
+    /* every allocation of the open fails in turn (one per statement:
+     * storage/db_sqlite.c wraps each) */
+    for (long n = 0; rc && n < 200; n++) {
         slim_alloc_fail_after(n);
         rc = store_open(dir, &st, &err);
         slim_alloc_fail_after(-1);
@@ -2019,6 +2199,7 @@ int main(void)
         cmocka_unit_test(test_blob_sha_and_dedup),
         cmocka_unit_test(test_blob_ring),
         cmocka_unit_test(test_job_lifecycle),
+        cmocka_unit_test(test_leases),
         cmocka_unit_test(test_recover),
         cmocka_unit_test(test_model_delete_and_jobs),
         cmocka_unit_test(test_concurrent_claim),
@@ -2028,6 +2209,8 @@ int main(void)
         cmocka_unit_test(test_retry_counts_attempts),
         cmocka_unit_test(test_wal_kept_and_reserved),
         cmocka_unit_test(test_sweep_orphans),
+        cmocka_unit_test(test_shared_blob_dir),
+        cmocka_unit_test(test_blob_specs),
         cmocka_unit_test(test_alloc_failures),
         cmocka_unit_test(test_no_leaks_in_wrappers),
         cmocka_unit_test(test_lifecycle),
