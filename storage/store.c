@@ -1,12 +1,28 @@
 /*
- * store.c - slimd's metadata in SQLite: schema, migrations, models,
- * datasets and the job queue (blob files are blob.c's).
+ * store.c - slimd's metadata in SQLite (or PostgreSQL): schema,
+ * migrations, models, datasets and the job queue (blob files are
+ * blob.c's).
+ *
+ * The database is reached through storage/db.h, whose calls are
+ * SQLite's one to one; everything below is written for SQLite, and
+ * PostgreSQL (--store postgresql://...) runs the same code, with its own
+ * SQL where the dialects differ (sql_pg[], migrations_pg[], and the
+ * st->pg switches at the few ad-hoc statements) and without what only
+ * SQLite's file needs (the WAL's reserve).  Rejected: an ORM-like layer
+ * building SQL for both (more code than the two dozen statements it
+ * would replace, and every statement harder to read).
  *
  * One connection (SQLITE_OPEN_FULLMUTEX) and our own mutex around every
  * public function: the mutex is what makes the reused prepared statements,
- * sqlite3_errmsg() and read-then-write sequences safe across the HTTP
+ * db_errmsg() and read-then-write sequences safe across the HTTP
  * threads and the runner.  All SQL is static text prepared once at open
- * (SQLITE_PREPARE_PERSISTENT); every value is bound.
+ * (SQLITE_PREPARE_PERSISTENT); every value is bound.  On PostgreSQL, the
+ * same: one connection behind the mutex (each statement is a round trip
+ * to the server, a fraction of a millisecond on a LAN, held under the
+ * lock: fine for the few statements a request makes), and BEGIN
+ * IMMEDIATE's one writer at a time is an advisory lock
+ * (Q_BEGIN_IMMEDIATE), so the read-then-write sequences below hold
+ * across daemons too.
  *
  * WAL with synchronous=FULL, not NORMAL: NORMAL may lose the last commits
  * on power loss, and a job acknowledged with 202 must survive (DESIGN.md);
