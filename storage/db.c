@@ -153,3 +153,13 @@ void db_checkpoint(struct db *db)
 {
     db->ops->checkpoint(db);
 }
+
+int db_listen(struct db *db, const char *channel)
+{
+    return db->ops->listen(db, channel);
+}
+
+int db_wait_notify(struct db *db, int timeout_ms)
+{
+    return db->ops->wait_notify(db, timeout_ms);
+}

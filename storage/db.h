@@ -22,7 +22,9 @@
  *     protocol: store.c's "BEGIN; SELECT pg_advisory_xact_lock(..)";
  *   - the update hook (sqlite3_update_hook) is called after a statement
  *     that inserted, updated or deleted rows of a table (INSERT INTO t,
- *     UPDATE t, DELETE FROM t), once per statement, with t's name;
+ *     UPDATE t, DELETE FROM t), once per statement, with t's name; other
+ *     processes' changes come through LISTEN/NOTIFY (db_listen,
+ *     db_wait_notify) on a connection of their own;
  *   - a dropped connection fails the statement that found it (SLIM_EIO,
  *     "postgresql: the connection to the server was lost ...") and is
  *     re-established (PQreset) for the next one;
@@ -138,5 +140,14 @@ void db_update_hook(struct db *db, void (*fn)(void *ud, const char *table), void
 /* SQLite: a passive WAL checkpoint (harmless when it fails); PostgreSQL:
  * nothing. */
 void db_checkpoint(struct db *db);
+/* Change notices between processes (PostgreSQL's LISTEN/NOTIFY): makes
+ * the connection listen on channel (an SQL name, ours: not input).
+ * DB_OK, or DB_ERROR (SQLite has none: DB_ERROR). */
+int db_listen(struct db *db, const char *channel);
+/* Waits up to timeout_ms for a notification on a channel the connection
+ * listens on, and consumes every one that came: 1 when any did, 0 when
+ * none, -1 when the connection failed (it is reset: listen again, and
+ * count notices as missed).  SQLite: -1. */
+int db_wait_notify(struct db *db, int timeout_ms);
 
 #endif

@@ -31,6 +31,8 @@ struct db_ops {
     int (*errcode)(struct db *db);
     void (*update_hook)(struct db *db, void (*fn)(void *ud, const char *table), void *ud);
     void (*checkpoint)(struct db *db);
+    int (*listen)(struct db *db, const char *channel);
+    int (*wait_notify)(struct db *db, int timeout_ms);
 };
 
 struct db {

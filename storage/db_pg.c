@@ -30,6 +30,7 @@
  */
 #include <ctype.h>
 #include <errno.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -558,11 +559,54 @@ static void pg_checkpoint(struct db *db)
     (void)db;
 }
 
+static int pg_listen(struct db *db, const char *channel)
+{
+    char sql[96];
+    snprintf(sql, sizeof sql, "LISTEN %s", channel);
+    return pg_exec(db, sql);
+}
+
+/* Consumes what the server sent: 1 when notifications came, 0 when none,
+ * -1 when the connection failed (then reset). */
+static int take_notices(struct pg_db *db)
+{
+    PGnotify *n;
+    int got = 0;
+    if (!PQconsumeInput(db->conn)) {
+        result_error(db, NULL);
+        return -1;
+    }
+    while ((n = PQnotifies(db->conn))) {
+        got = 1;
+        PQfreemem(n);
+    }
+    return got;
+}
+
+static int pg_wait_notify(struct db *dbh, int timeout_ms)
+{
+    struct pg_db *db = PG(dbh);
+    struct pollfd p;
+    int got, rc;
+    if (PQstatus(db->conn) != CONNECTION_OK) {
+        ensure_conn(db);
+        return -1;
+    }
+    if ((got = take_notices(db)))
+        return got;
+    p.fd = PQsocket(db->conn);
+    p.events = POLLIN;
+    p.revents = 0;
+    if ((rc = poll(&p, 1, timeout_ms)) <= 0)
+        return rc < 0 && errno != EINTR ? -1 : 0;
+    return take_notices(db);
+}
+
 static const struct db_ops pg_ops = {
     pg_close, pg_prepare, pg_bind_text, pg_bind_blob, pg_bind_int64, pg_bind_double,
     pg_bind_null, pg_step, pg_column_text, pg_column_int64, pg_column_double, pg_column_is_null,
     pg_reset, pg_clear_bindings, pg_stmt_readonly, pg_finalize, pg_changes, pg_exec, pg_errmsg,
-    pg_errcode, pg_update_hook, pg_checkpoint,
+    pg_errcode, pg_update_hook, pg_checkpoint, pg_listen, pg_wait_notify,
 };
 
 /* The URI without its password, for messages: "postgresql://u@h/db". */

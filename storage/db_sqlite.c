@@ -190,11 +190,26 @@ static void sq_checkpoint(struct db *db)
     sqlite3_wal_checkpoint_v2(H(db), NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
 }
 
+/* no notices between processes: each has its own update hook */
+static int sq_listen(struct db *db, const char *channel)
+{
+    (void)db;
+    (void)channel;
+    return DB_ERROR;
+}
+
+static int sq_wait_notify(struct db *db, int timeout_ms)
+{
+    (void)db;
+    (void)timeout_ms;
+    return -1;
+}
+
 static const struct db_ops sq_ops = {
     sq_close, sq_prepare, sq_bind_text, sq_bind_blob, sq_bind_int64, sq_bind_double,
     sq_bind_null, sq_step, sq_column_text, sq_column_int64, sq_column_double, sq_column_is_null,
     sq_reset, sq_clear_bindings, sq_stmt_readonly, sq_finalize, sq_changes, sq_exec, sq_errmsg,
-    sq_errcode, sq_update_hook, sq_checkpoint,
+    sq_errcode, sq_update_hook, sq_checkpoint, sq_listen, sq_wait_notify,
 };
 
 static int open_error(struct sq_db *db, struct slim_error *err, const char *what, const char *path)

@@ -437,7 +437,8 @@ void store_idem_release(struct store *st, const char *route, const char *owner, 
 
 /* Adds (on = 1) or removes (on = 0) fn as a listener: fn(ud) is called
  * whenever a jobs row is inserted, changed or deleted, by the thread
- * making the change, with the store's lock held: it must only note the
+ * making the change (on PostgreSQL also by the store's thread that hears
+ * of other daemons' changes, at their commit), with the store's lock held: it must only note the
  * change (bump a counter, signal a condition), never call the store.
  * At most 4 listeners (SLIM_ENOMEM past that). */
 int store_job_listen(struct store *st, void (*fn)(void *ud), void *ud, int on);

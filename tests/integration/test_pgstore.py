@@ -11,6 +11,8 @@ its binaries are missing), whatever SLIMD_TEST_STORE says:
     database: the schema is made once (schema_version 8) and both serve
     it: a model and a job one makes the other lists, and a token made
     with `slimd token --store` works on both;
+  * ?wait= on one daemon answers when a job that another daemon runs
+    ends (the jobs trigger's NOTIFY, the store's listening thread);
   * a dropped connection (pg_terminate_backend): the daemon goes on, the
     request or background task that found it got a clear error
     ("postgresql: the connection to the server was lost"), and requests
@@ -151,6 +153,35 @@ def test_two_daemons_one_database():
 
 
 @test
+def test_wait_sees_other_daemons():
+    """?wait= on one daemon answers when a job that another daemon runs ends (LISTEN/NOTIFY), not when its time is up"""
+    need_pg()
+    uri = PG.new_database("notify")
+    # b's runner cannot claim the job (1 MiB for jobs; the job reserves
+    # its 4 MiB tensor), so a runs it and b only hears of it
+    a = serve(h.make_tmpdir(), uri, name="runs").start()
+    b = serve(h.make_tmpdir(), uri, ["--job-memory-mb", "1"], name="waits").start()
+    try:
+        mid = a.upload(h.safetensors_bytes([h.t_f32("w.weight", [1024, 1024], 3)]),
+                       name="big").json["id"]
+        jid = a.submit({"model": mid, "passes": [
+            {"op": "lowrank", "rank": 64, "algorithm": "exact"}]}).json["id"]
+        t0 = time.monotonic()
+        r = b.get("/v1/jobs/%s?wait=60" % jid, timeout=90)
+        took = time.monotonic() - t0
+        assert r.status == 200 and r.json["state"] == "succeeded", r
+        ran = a.get("/v1/jobs/" + jid).json
+        h._diag("?wait on the other daemon answered %.2f s after the submission (the job ran "
+                "%s to %s)" % (took, ran["started_at"], ran["finished_at"]))
+        assert took < 30, "?wait answered after %.1f s: the notice did not come" % took
+        assert "job %s running" % jid in a.stderr_text(), a.stderr_tail()
+        assert "job %s running" % jid not in b.stderr_text(), b.stderr_tail()
+    finally:
+        a.stop()
+        b.stop()
+
+
+@test
 def test_connection_dropped():
     """the server drops the daemon's connection: a clear error for what found it, and the next requests are answered"""
     need_pg()
@@ -160,7 +191,8 @@ def test_connection_dropped():
         mid = d.upload(model(), name="before").json["id"]
         out = PG.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '%s'"
                       " AND application_name = 'slimd'" % uri.rsplit("/", 1)[1])
-        assert out.strip() == "t", out
+        # its two connections: the store's and the one that listens
+        assert out.split() == ["t", "t"], out
         time.sleep(0.3)
         statuses, messages = [], []
         for _ in range(3):

@@ -165,8 +165,6 @@ static void test_pg(void **state)
     struct db *db;
     struct db_stmt *s;
     (void)state;
-    if (!pg_uri())
-        skip();
     db = open_or_fail(pg_uri());
     assert_int_equal(db_dialect(db), DB_POSTGRESQL);
     common(db);
@@ -209,8 +207,6 @@ static void test_pg_reconnect(void **state)
     struct db_stmt *pid, *kill, *q;
     int backend;
     (void)state;
-    if (!pg_uri())
-        skip();
     db = open_or_fail(pg_uri());
     other = open_or_fail(pg_uri());
     assert_int_equal(db_prepare(db, "SELECT pg_backend_pid()", 1, &pid), DB_OK);
@@ -240,6 +236,9 @@ static void test_pg_reconnect(void **state)
     db_close(db);
 }
 
+/* The PostgreSQL cases run only with a database to run on (cmocka's
+ * skip() reads as a failure to automake's TAP driver): they are then
+ * left out of the plan, and test_pgstore.py checks that all 4 ran. */
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -248,5 +247,5 @@ int main(void)
         cmocka_unit_test(test_pg),
         cmocka_unit_test(test_pg_reconnect),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return _cmocka_run_group_tests("tests", tests, pg_uri() ? 4 : 2, NULL, NULL);
 }
