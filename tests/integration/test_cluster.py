@@ -17,8 +17,11 @@ within seconds.
   * kill -9 a worker while its job runs: the other worker takes the job
     once the lease has run out and finishes it (attempts 2).  Printed:
     the seconds from the kill to the pickup.
+  * a node restarting while another runs a job leaves that job alone;
   * a cancel sent to the api node stops the job running on a worker
-    within 1 s (NOTIFY, or the worker's heartbeat).
+    within 1 s (NOTIFY, or the worker's heartbeat);
+  * the LISTEN connections dropped by the server come back, and jobs
+    run meanwhile (the slow poll); /metrics per node.
 
 Skips (with the reason) when the PostgreSQL 15 binaries are missing.
 
@@ -277,6 +280,23 @@ def test_dead_worker_job_taken_over():
     victim.start()
     r = victim.get("/v1/health").json
     assert r["node"]["jobs"] == [], r
+
+
+@test
+def test_start_leaves_live_jobs():
+    """a node that starts (and recovers) while another runs a job leaves that job alone"""
+    need_pg()
+    spec = {"model": BIG, "passes": [{"op": "lowrank", "rank": 256, "algorithm": "exact"}]}
+    jid = NODES["api"].submit(spec).json["id"]
+    j = wait_running(jid)
+    holder = j["node"]
+    other = NODES["w2" if holder == "w1" else "w1"]
+    other.restart()     # its start runs recovery against the shared database
+    assert "job %s" % jid not in other.stderr_text(), other.stderr_tail()
+    j = NODES["api"].get("/v1/jobs/" + jid).json
+    assert j["state"] == "succeeded" or (j["state"] == "running" and j["node"] == holder), j
+    j = NODES["api"].get("/v1/jobs/%s?wait=120" % jid, timeout=150).json
+    assert j["state"] == "succeeded" and j["attempts"] == 1 and j["node"] == holder, j
 
 
 @test
