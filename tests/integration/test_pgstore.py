@@ -157,10 +157,10 @@ def test_wait_sees_other_daemons():
     """?wait= on one daemon answers when a job that another daemon runs ends (LISTEN/NOTIFY), not when its time is up"""
     need_pg()
     uri = PG.new_database("notify")
-    # b's runner cannot claim the job (1 MiB for jobs; the job reserves
-    # its 4 MiB tensor), so a runs it and b only hears of it
+    # b is an api node (--role api): it never claims, so a runs the job
+    # and b only hears of it
     a = serve(h.make_tmpdir(), uri, name="runs").start()
-    b = serve(h.make_tmpdir(), uri, ["--job-memory-mb", "1"], name="waits").start()
+    b = serve(h.make_tmpdir(), uri, ["--role", "api"], name="waits").start()
     try:
         mid = a.upload(h.safetensors_bytes([h.t_f32("w.weight", [1024, 1024], 3)]),
                        name="big").json["id"]
