@@ -261,11 +261,14 @@ int api_jobs_wait(struct api_ctx *ctx, struct MHD_Connection *conn, struct api_r
     deadline = mono_now() + secs;
     active_add(w, 1);
     /* the generation is read before the row: a change between the two
-     * is then seen as a change, never lost */
+     * is then seen as a change, never lost.  The caller's row was read
+     * before this generation, so it is read again once: a job that ended
+     * in between would otherwise wait, unseen, until the deadline (and
+     * answer its stale running row then: test_ci saw one after 120 s). */
     seen = watch_gen(w);
-    while (!finished(*row)) {
+    for (int first = 1; !finished(*row); first = 0) {
         json_t *fresh;
-        if (wait_change(w, &seen, deadline, fd) != WAIT_CHANGED)
+        if (!first && wait_change(w, &seen, deadline, fd) != WAIT_CHANGED)
             break;
         if (store_job_get(ctx->st, id, &fresh, &err)) {
             /* gone meanwhile (deleted): say so, as GET would now */
