@@ -61,8 +61,13 @@ def s3_daemon(prefix, data_dir=None, env=None, name="s3"):
 
 
 def copy_db(src, dst):
-    """The metadata of a stopped daemon, for a second one (a shared store's stand-in)."""
+    """The metadata of a stopped daemon, for a second one: under
+    SLIMD_TEST_STORE=postgresql the same database (the shared store
+    itself), else a copy of its SQLite file (a shared store's stand-in)."""
     os.makedirs(dst, exist_ok=True)
+    if h.PG:
+        h._STORE_URIS[os.path.realpath(dst)] = h.store_uri(src)
+        return
     for f in os.listdir(src):
         if f.startswith("slimd.db"):
             shutil.copy2(os.path.join(src, f), os.path.join(dst, f))
