@@ -306,14 +306,14 @@ static int fsync_dir(const char *path)
     return rc;
 }
 
-static void to_hex(const unsigned char md[32], char out[65])
+void store_hex(const unsigned char *d, size_t n, char *out)
 {
-    static const char hex[] = "0123456789abcdef";
-    for (int i = 0; i < 32; i++) {
-        out[2 * i] = hex[md[i] >> 4];
-        out[2 * i + 1] = hex[md[i] & 15];
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = digits[d[i] >> 4];
+        out[2 * i + 1] = digits[d[i] & 15];
     }
-    out[64] = 0;
+    out[2 * n] = 0;
 }
 
 static int digest_final(EVP_MD_CTX *md, char sha_out[65], struct slim_error *err)
@@ -322,7 +322,7 @@ static int digest_final(EVP_MD_CTX *md, char sha_out[65], struct slim_error *err
     unsigned int n = 0;
     if (!EVP_DigestFinal_ex(md, d, &n) || n != 32)
         return slim_error_set(err, SLIM_EINTERNAL, "sha256: digest failed");
-    to_hex(d, sha_out);
+    store_hex(d, 32, sha_out);
     return 0;
 }
 

@@ -33,6 +33,7 @@
 #include <curl/curl.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include "storage/store.h"
 #include <openssl/sha.h>
 #include "storage/s3.h"
 
@@ -158,21 +159,11 @@ const char *s3_describe(const struct s3 *s)
 
 /* ---- signing ---- */
 
-static void hex(const unsigned char *d, size_t n, char *out)
-{
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = digits[d[i] >> 4];
-        out[2 * i + 1] = digits[d[i] & 15];
-    }
-    out[2 * n] = 0;
-}
-
 static void sha256_hex(const void *buf, size_t len, char out[65])
 {
     unsigned char d[32];
     SHA256(buf, len, d);
-    hex(d, 32, out);
+    store_hex(d, 32, out);
 }
 
 static void hmac(const void *key, size_t klen, const char *msg, unsigned char out[32])
@@ -232,7 +223,7 @@ static void sign(const struct s3 *s, const char *method, const char *path, const
     hmac(k2, 32, "s3", k);
     hmac(k, 32, "aws4_request", k2);
     hmac(k2, 32, to_sign, k);
-    hex(k, 32, sig);
+    store_hex(k, 32, sig);
     snprintf(auth, cap, "Authorization: AWS4-HMAC-SHA256 Credential=%s/%s, "
              "SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature=%s", s->key_id,
              scope, sig);
@@ -517,7 +508,7 @@ static int hash_range(int fd, uint64_t off, uint64_t len, char out[65], struct s
         len -= (uint64_t)got;
     }
     EVP_DigestFinal_ex(md, d, &n);
-    hex(d, 32, out);
+    store_hex(d, 32, out);
 out:
     EVP_MD_CTX_free(md);
     slim_free(buf);

@@ -175,6 +175,9 @@ void store_hash_update(void *h, const void *buf, size_t len);
 /* Writes the hex digest into sha_out and frees h. */
 int store_hash_final(struct store_hash *h, char sha_out[65], struct slim_error *err);
 void store_hash_free(struct store_hash *h);
+/* n bytes as 2n lowercase hex digits and a NUL into out (digests,
+ * signatures, token secrets). */
+void store_hex(const unsigned char *d, size_t n, char *out);
 /* SLIM_ENOSPACE, with a message giving both figures, when the data
  * dir's file system has fewer than `need` bytes free for this process
  * (statvfs f_bavail); 0 otherwise (and when it cannot be measured). */

@@ -77,7 +77,6 @@ void store_scopes_format(unsigned scopes, char *buf, size_t len)
 
 int store_token_secret_new(char secret[STORE_TOKEN_LEN + 1], struct slim_error *err)
 {
-    static const char hex[] = "0123456789abcdef";
     unsigned char r[32];
     size_t got = 0, pre = strlen(STORE_TOKEN_PREFIX);
     while (got < sizeof r) {
@@ -88,26 +87,17 @@ int store_token_secret_new(char secret[STORE_TOKEN_LEN + 1], struct slim_error *
             got += (size_t)n;
     }
     memcpy(secret, STORE_TOKEN_PREFIX, pre);
-    for (size_t i = 0; i < sizeof r; i++) {
-        secret[pre + 2 * i] = hex[r[i] >> 4];
-        secret[pre + 2 * i + 1] = hex[r[i] & 15];
-    }
-    secret[STORE_TOKEN_LEN] = 0;
+    store_hex(r, sizeof r, secret + pre);
     explicit_bzero(r, sizeof r);
     return 0;
 }
 
 int store_token_hash(const char *secret, char hash[65], struct slim_error *err)
 {
-    static const char hex[] = "0123456789abcdef";
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int n = 0;
     if (!EVP_Digest(secret, strlen(secret), md, &n, EVP_sha256(), NULL) || n != 32)
         return slim_error_set(err, SLIM_EINTERNAL, "sha256: digest failed");
-    for (unsigned i = 0; i < 32; i++) {
-        hash[2 * i] = hex[md[i] >> 4];
-        hash[2 * i + 1] = hex[md[i] & 15];
-    }
-    hash[64] = 0;
+    store_hex(md, 32, hash);
     return 0;
 }
