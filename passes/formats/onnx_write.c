@@ -659,34 +659,30 @@ static const char *mask_bits(struct wctx *c, const char *base, const char *mn, i
  * floor(d / 15) symbols 15 ("15 more zeros, no weight") and one symbol
  * d mod 15 ("this many zeros, then a weight"); 4 bits a symbol, two a
  * byte, low nibble first, an odd count padded with a 15 (which adds no
- * weight, so a reader needs no count).  Returns the packed symbols (arena) and their
- * count, or, with out NULL, only counts them. */
-static int64_t gap_symbols(struct wctx *c, const uint8_t *mask, int64_t n, uint8_t **out)
+ * weight, so a reader needs no count).  *out gets the packed symbols
+ * (arena); returns their count, or -1 (no memory). */
+static int64_t gap_symbols(struct wctx *c, const uint8_t *mask, int64_t n, int64_t nnz,
+                           uint8_t **out)
 {
+    /* one symbol per stored weight, one per 15 zeros at most besides */
+    uint8_t *p = arena_alloc(&c->a, (size_t)((nnz + n / 15 + 2) / 2));
     int64_t syms = 0, d = 0;
-    uint8_t *p = NULL;
-    for (int pass = out ? 0 : 1; pass < 2; pass++) {
-        syms = d = 0;
-        for (int64_t i = 0; i < n; i++) {
-            if (!((mask[i >> 3] >> (i & 7)) & 1)) {
-                d++;
-                continue;
-            }
-            for (; d >= 15; d -= 15, syms++)
-                if (p)
-                    p[syms >> 1] |= (uint8_t)(15 << ((syms & 1) * 4));
-            if (p)
-                p[syms >> 1] |= (uint8_t)(d << ((syms & 1) * 4));
-            syms++;
-            d = 0;
+    if (!p)
+        return -1;
+    for (int64_t i = 0; i < n; i++) {
+        if (!((mask[i >> 3] >> (i & 7)) & 1)) {
+            d++;
+            continue;
         }
-        if (pass == 0 && !(p = arena_alloc(&c->a, (size_t)(syms + 1) / 2 + 1)))
-            return -1;
+        for (; d >= 15; d -= 15, syms++)
+            p[syms >> 1] |= (uint8_t)(15 << ((syms & 1) * 4));
+        p[syms >> 1] |= (uint8_t)(d << ((syms & 1) * 4));
+        syms++;
+        d = 0;
     }
-    if (p && (syms & 1))
+    if (syms & 1)
         p[syms >> 1] |= 15 << 4;    /* the pad nibble: "15 zeros", no weight */
-    if (out)
-        *out = p;
+    *out = p;
     return syms;
 }
 
@@ -745,6 +741,7 @@ static int decode_sparse_cluster(struct wctx *c, json_t *e, const char *out,
     int bits = (int)e_int(e, "index_bits", e_int(e, "bits", 8));
     int64_t n = 1, nnz = 0, nb, syms, qdims[1], cdims[1];
     const char *qn, *cn, *v, *zero, *axis_n;
+    uint8_t *packed;
     char base[600];
 
     if (!q || !cb || !mk || (bits != 8 && bits != 4 && bits != 2 && bits != 1))
@@ -790,7 +787,7 @@ static int decode_sparse_cluster(struct wctx *c, json_t *e, const char *out,
     if (!v || !axis_n)
         return SLIM_ENOMEM;
 
-    if ((syms = gap_symbols(c, mk->data, n, NULL)) < 0)
+    if ((syms = gap_symbols(c, mk->data, n, nnz, &packed)) < 0)
         return SLIM_ENOMEM;
     if ((syms + 1) / 2 + 64 >= nb) {
         /* the bit mask: numbers 1..nnz where a weight is, else 0 */
@@ -804,12 +801,9 @@ static int decode_sparse_cluster(struct wctx *c, json_t *e, const char *out,
         v = pos ? node2(c, "Gather", out, NULL, v, pos) : NULL;
     } else {
         /* the gaps: each symbol's position and value number, scattered */
-        uint8_t *packed;
         int64_t sdims[1] = {syms}, len[1] = {n};
         const char *g, *adv, *car, *pos, *num, *zeros, *lenn, *onen;
         Onnx__NodeProto *sc;
-        if (gap_symbols(c, mk->data, n, &packed) != syms)
-            return SLIM_ENOMEM;
         snprintf(base, sizeof base, "%s_gaps", out);
         qdims[0] = (syms + 1) / 2;
         g = init_add(c, base, SLIM_ONNX_UINT8, 1, qdims, packed, (size_t)qdims[0]);
