@@ -30,6 +30,7 @@
 #include <openssl/evp.h>
 #include "daemon/log.h"
 #include "daemon/webhook.h"
+#include "storage/store.h"
 
 #define MAX_ATTEMPTS 10
 #define BACKOFF_BASE 1.0
@@ -101,8 +102,7 @@ static int sign(const char *secret, const char *ts, const char *body, size_t len
     }
     free(msg);
     strcpy(out, "sha256=");
-    for (unsigned i = 0; i < n; i++)
-        sprintf(out + 7 + 2 * i, "%02x", mac[i]);
+    store_hex(mac, n, out + 7);
     return 0;
 }
 
