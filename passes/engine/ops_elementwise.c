@@ -114,14 +114,26 @@ static void row_f32(enum bin_op op, const float *a, int64_t sa, const float *b, 
     }
 }
 
+/* Integer tensors wrap as two's complement, as ONNX Runtime's do; C's
+ * signed overflow is undefined, so sums and products go through unsigned.
+ * Division by zero gives 0 rather than a trap, and MIN / -1 wraps to MIN. */
+static inline int64_t idiv64(int64_t x, int64_t z)
+{
+    if (!z)
+        return 0;
+    if (z == -1)
+        return (int64_t)(0 - (uint64_t)x);
+    return x / z;
+}
+
 static void row_i64(enum bin_op op, const int64_t *a, int64_t sa, const int64_t *b, int64_t sb,
                     int64_t *y, int64_t n)
 {
     switch (op) {
-    case BIN_ADD: ROW_LOOPS(int64_t, x + z); break;
-    case BIN_SUB: ROW_LOOPS(int64_t, x - z); break;
-    case BIN_MUL: ROW_LOOPS(int64_t, x * z); break;
-    case BIN_DIV: ROW_LOOPS(int64_t, z ? x / z : 0); break;
+    case BIN_ADD: ROW_LOOPS(int64_t, (int64_t)((uint64_t)x + (uint64_t)z)); break;
+    case BIN_SUB: ROW_LOOPS(int64_t, (int64_t)((uint64_t)x - (uint64_t)z)); break;
+    case BIN_MUL: ROW_LOOPS(int64_t, (int64_t)((uint64_t)x * (uint64_t)z)); break;
+    case BIN_DIV: ROW_LOOPS(int64_t, idiv64(x, z)); break;
     }
 }
 
@@ -129,10 +141,10 @@ static void row_i32(enum bin_op op, const int32_t *a, int64_t sa, const int32_t 
                     int32_t *y, int64_t n)
 {
     switch (op) {
-    case BIN_ADD: ROW_LOOPS(int32_t, x + z); break;
-    case BIN_SUB: ROW_LOOPS(int32_t, x - z); break;
-    case BIN_MUL: ROW_LOOPS(int32_t, x * z); break;
-    case BIN_DIV: ROW_LOOPS(int32_t, z ? x / z : 0); break;
+    case BIN_ADD: ROW_LOOPS(int32_t, (int32_t)((uint32_t)x + (uint32_t)z)); break;
+    case BIN_SUB: ROW_LOOPS(int32_t, (int32_t)((uint32_t)x - (uint32_t)z)); break;
+    case BIN_MUL: ROW_LOOPS(int32_t, (int32_t)((uint32_t)x * (uint32_t)z)); break;
+    case BIN_DIV: ROW_LOOPS(int32_t, (int32_t)idiv64(x, z)); break;
     }
 }
 

@@ -564,7 +564,7 @@ static int cumsum_compile(struct slim_engine *e, struct eng_node *n, struct slim
 }
 
 /* One running sum along the axis, per (outer, inner) line; T is the
- * held element type, the sum kept in A (int64 for the integers, double
+ * held element type, the sum kept in A (uint64 for the integers, double
  * for float: a long float sum would drift from ONNX Runtime's). */
 #define CUMSUM_LINES(T, A)                                                                 \
     do {                                                                                   \
@@ -588,7 +588,8 @@ static int cumsum_compile(struct slim_engine *e, struct eng_node *n, struct slim
 
 /* CumSum (opset 11, 14): the running sum along the axis given as a
  * scalar input; exclusive leaves the element itself out, reverse runs
- * from the end.  Float, int32 and int64. */
+ * from the end.  Float, int32 and int64; integer sums wrap as two's
+ * complement (as ONNX Runtime's do), so they run in uint64. */
 static int cumsum_run(struct slim_engine *e, struct eng_node *n, struct slim_error *err)
 {
     const struct eng_value *x = eng_in(e, n, 0), *ax = eng_in(e, n, 1);
@@ -615,9 +616,9 @@ static int cumsum_run(struct slim_engine *e, struct eng_node *n, struct slim_err
     if (eng_is_float(x->type))
         CUMSUM_LINES(float, double);
     else if (x->type == SLIM_ONNX_INT64)
-        CUMSUM_LINES(int64_t, int64_t);
+        CUMSUM_LINES(int64_t, uint64_t);
     else
-        CUMSUM_LINES(int32_t, int64_t);
+        CUMSUM_LINES(int32_t, uint64_t);
     if (x->type == SLIM_ONNX_FLOAT16)
         eng_round_f16(y->data, y->numel);
     return 0;

@@ -191,6 +191,28 @@ def test_binary_broadcast():
 
 
 @case
+def test_integer_wrap():
+    """int32 and int64 Add/Sub/Mul that overflow wrap as ONNX Runtime's do (two's
+    complement), at run time and folded from initializers at load time"""
+    big = {TensorProto.INT32: (2.0e9, np.int32), TensorProto.INT64: (9.0e18, np.int64)}
+    for to, (v, dt) in big.items():
+        x = np.array([[v, -v, v / 2, -v / 2, 123.0]], np.float32)
+        c = np.array(x[0].astype(np.float64).astype(dt))
+        for op in ("Add", "Sub", "Mul"):
+            k = np.array([3] * 5, dt) if op == "Mul" else -c if op == "Sub" else c
+            m = model([node("Cast", ["input"], ["xi"], to=to),
+                       node(op, ["xi", "k"], ["yi"]),
+                       node("Cast", ["yi"], ["output"], to=TensorProto.FLOAT)], (1, 5),
+                      [init("k", k)])
+            check(m, x, "%s %s at run time" % (op, dt.__name__))
+            m = model([node(op, ["c", "k"], ["yi"]),
+                       node("Cast", ["yi"], ["yf"], to=TensorProto.FLOAT),
+                       node("Add", ["yf", "input"], ["output"])], (1, 5),
+                      [init("c", c), init("k", k)])
+            check(m, np.zeros((1, 5), np.float32), "%s %s folded" % (op, dt.__name__))
+
+
+@case
 def test_activations():
     """Relu, LeakyRelu, Sigmoid, Tanh, Erf, Clip (opset 6 attributes, 11+ inputs)"""
     x = randn(4, 3, 5, scale=4.0)
