@@ -379,8 +379,9 @@ static int split_run(struct slim_engine *e, struct eng_node *n, struct slim_erro
         }
         count = n->n_out;
     }
-    for (int k = 0; k < count; k++)
-        total += sizes[k];
+    for (int k = 0; k < count && total <= x->shape[axis]; k++)
+        total = sizes[k] < 0 || sizes[k] > x->shape[axis] ? x->shape[axis] + 1
+                                                          : total + sizes[k];
     if (count != n->n_out || total != x->shape[axis])
         return slim_error_set(err, SLIM_EINVAL, "split sizes do not fit dim %lld into %d "
                               "outputs", (long long)x->shape[axis], n->n_out);
@@ -479,6 +480,9 @@ static int slice_run(struct slim_engine *e, struct eng_node *n, struct slim_erro
         if (!st)
             return slim_error_set(err, SLIM_EINVAL, "a step of 0");
         dim = x->shape[a];
+        /* a step longer than the dim takes one element, as dim + 1 does;
+         * clamped, the counts and strides below cannot overflow */
+        st = clamp64(st, -dim - 1, dim + 1);
         b = starts[i] < 0 ? starts[i] + dim : starts[i];
         en = ends[i] < 0 ? ends[i] + dim : ends[i];
         /* ONNX's clamping: [0, dim] going forward, [-1, dim - 1] backward */

@@ -482,14 +482,16 @@ def test_constant_of_shape_scatter_elements():
 
 @case
 def test_slice_opsets():
-    """Slice: attributes before opset 10; inputs with axes and steps (negative too) from 10"""
+    """Slice: attributes before opset 10; inputs with axes and steps (negative, and longer
+    than the dim: INT64_MAX, INT64_MIN) from 10"""
     x = randn(4, 6, 5)
     one("Slice", x.shape, x=x, opset=9, starts=[1, 0], ends=[3, -1], axes=[1, 2],
         what="Slice-9 axes")
     one("Slice", x.shape, x=x, opset=9, starts=[0, 1, 1], ends=[2, 100, 4], what="Slice-9")
     big = np.iinfo(np.int64).max
     cases = [([1], [big], [1], [1]), ([-1], [-big], [1], [-1]), ([5, 4], [0, 0], [1, 2], [-2, -1]),
-             ([0, 1], [6, 5], [1, 2], [2, 3]), ([2], [2], [0], [1]), ([0], [-1], [-1], None)]
+             ([0, 1], [6, 5], [1, 2], [2, 3]), ([2], [2], [0], [1]), ([0], [-1], [-1], None),
+             ([1, 0], [big, big], [1, 2], [big, big]), ([-1], [-big], [1], [-big - 1])]
     for st, en, ax, sp in cases:
         ins = ["s", "e", "a"] + (["p"] if sp else [])
         inits = [init("s", np.array(st, np.int64)), init("e", np.array(en, np.int64)),
