@@ -280,6 +280,9 @@ static int const_fill(struct eng_value *v, int type, const void *src, size_t nby
 
 /* Makes v a constant holding TensorProto t (an initializer, or a
  * Constant's value). */
+static int extent_ok(const struct slim_engine *e, const struct eng_value *v,
+                     struct slim_error *err);
+
 static int const_from_tensor(struct slim_engine *e, struct eng_value *v,
                              const Onnx__TensorProto *t, struct slim_error *err)
 {
@@ -293,7 +296,8 @@ static int const_from_tensor(struct slim_engine *e, struct eng_value *v,
     for (size_t i = 0; i < t->n_dims; i++)
         v->shape[i] = t->dims[i];
     v->numel = slim_onnx_numel(t);
-    if ((rc = slim_onnx_tensor_data(e->m, t, &data, &nbytes, NULL, err)))
+    if ((rc = extent_ok(e, v, err)) ||
+        (rc = slim_onnx_tensor_data(e->m, t, &data, &nbytes, NULL, err)))
         return rc;
     return const_fill(v, t->has_data_type ? t->data_type : 0, data, nbytes, err);
 }
@@ -387,6 +391,22 @@ static int set_shape(struct eng_value *v, int type, int ndim, const int64_t *sha
     return 0;
 }
 
+/* An empty tensor's other dims still bound the ops' loops (a Gather of
+ * [2^40, 0] walks 2^40 rows of nothing): their product, each 0 taken as
+ * 1, is held to what the engine could hold as 4-byte elements. */
+static int extent_ok(const struct slim_engine *e, const struct eng_value *v,
+                     struct slim_error *err)
+{
+    int64_t n = 1, cap = e->max_bytes ? (int64_t)(e->max_bytes / 4) : ENG_MAX_NUMEL;
+    if (v->numel)
+        return 0;
+    for (int i = 0; i < v->ndim; i++)
+        if (v->shape[i] && (__builtin_mul_overflow(n, v->shape[i], &n) || n > cap))
+            return slim_error_set(err, SLIM_EBUDGET, "'%.60s' is empty, but its other dims "
+                                  "span more than the engine's limit", v->name);
+    return 0;
+}
+
 int eng_out(struct slim_engine *e, const struct eng_node *n, int k, int type, int ndim,
             const int64_t *shape, struct slim_error *err)
 {
@@ -395,7 +415,7 @@ int eng_out(struct slim_engine *e, const struct eng_node *n, int k, int type, in
     int rc, over;
     if (!v)
         return slim_error_set(err, SLIM_EINTERNAL, "output %d is not produced", k);
-    if ((rc = set_shape(v, type, ndim, shape, err)))
+    if ((rc = set_shape(v, type, ndim, shape, err)) || (rc = extent_ok(e, v, err)))
         return rc;
     value_release(v);
     /* rounded up to a cache line, so the pool's best fit sees the same
@@ -424,7 +444,7 @@ int eng_out_view(struct slim_engine *e, const struct eng_node *n, int k,
         return slim_error_set(err, SLIM_EINVAL, "cannot view %s as %s",
                               eng_shape_str(src->ndim, src->shape, a, sizeof a),
                               eng_shape_str(ndim, shape, b, sizeof b));
-    if ((rc = set_shape(v, src->type, ndim, shape, err)))
+    if ((rc = set_shape(v, src->type, ndim, shape, err)) || (rc = extent_ok(e, v, err)))
         return rc;
     value_release(v);
     v->data = src->data;

@@ -818,6 +818,8 @@ static int softmax_any(struct slim_engine *e, struct eng_node *n, int lg, struct
                               x->ndim);
     if ((rc = eng_out(e, n, 0, x->type, x->ndim, x->shape, err)))
         return rc;
+    if (!x->numel)
+        return 0;
     yd = eng_outv(e, n, 0)->data;
     outer = eng_numel((int)axis, x->shape);
     if (e->opset < 13) {

@@ -142,6 +142,8 @@ static int dequantize_run(struct slim_engine *e, struct eng_node *n, struct slim
         (rc = eng_out(e, n, 0, s->type, x->ndim, x->shape, err)))
         return rc;
     y = eng_outv(e, n, 0);
+    if (!y->numel)
+        return 0;
     yd = y->data;
     sd = s->data;
     for (int64_t o = 0; o < q.outer; o++)
@@ -184,6 +186,8 @@ static int quantize_run(struct slim_engine *e, struct eng_node *n, struct slim_e
         (rc = eng_out(e, n, 0, type, x->ndim, x->shape, err)))
         return rc;
     y = eng_outv(e, n, 0);
+    if (!y->numel)
+        return 0;
     sd = s->data;
     xd = x->data;
     for (int64_t o = 0; o < q.outer; o++)

@@ -535,6 +535,8 @@ static int gather_run(struct slim_engine *e, struct eng_node *n, struct slim_err
     if ((rc = eng_out(e, n, 0, x->type, nd, shape, err)))
         return rc;
     y = eng_outv(e, n, 0);
+    if (!y->numel)
+        return 0;
     outer = eng_numel((int)axis, x->shape);
     inner = eng_numel(x->ndim - (int)axis - 1, x->shape + axis + 1);
     dim = x->shape[axis];
@@ -614,6 +616,8 @@ static int cumsum_run(struct slim_engine *e, struct eng_node *n, struct slim_err
     if ((rc = eng_out(e, n, 0, x->type, x->ndim, x->shape, err)))
         return rc;
     y = eng_outv(e, n, 0);
+    if (!y->numel)
+        return 0;
     outer = eng_numel((int)axis, x->shape);
     dim = x->shape[axis];
     inner = eng_numel(x->ndim - (int)axis - 1, x->shape + axis + 1);
