@@ -555,7 +555,7 @@ static int run_train(const void *cfgp, struct slim_train_run *tr, struct slim_er
     have_teacher = 1;
     if (cfg->distill) {
         int64_t ed;
-        if ((rc = slim_engine_new(&teacher, &e, err))) {
+        if ((rc = slim_engine_new_limited(&teacher, tr->memory_limit, &e, err))) {
             slim_error_prefix(err, "the teacher");
             goto out;
         }

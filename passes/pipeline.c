@@ -177,6 +177,19 @@ const char *slim_spec_ref(const struct slim_spec *spec, size_t i, int *kind, cha
     return id;
 }
 
+/* What an engine (evaluation, a teacher) may hold: the job's budget, or
+ * half the machine: a graph can ask for any size, and overcommitted
+ * memory would otherwise end in the OOM killer taking the daemon. */
+static uint64_t engine_limit(const struct slim_spec *spec)
+{
+    long pages, page;
+    if (spec->memory_limit)
+        return spec->memory_limit;
+    pages = sysconf(_SC_PHYS_PAGES);
+    page = sysconf(_SC_PAGESIZE);
+    return pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page / 2 : 0;
+}
+
 uint64_t slim_spec_memory_limit(const struct slim_spec *spec)
 {
     return spec->memory_limit;
@@ -1464,14 +1477,7 @@ static int evaluate(struct run *r, struct slim_onnx *before, const char *out_pat
     eo.dataset_id = r->spec->eval_dataset;
     eo.max_samples = r->spec->eval_max_samples;
     eo.batch = r->spec->eval_batch;
-    /* the job's budget, or half the machine: a graph can ask for any
-     * size, and overcommitted memory would otherwise end in the OOM
-     * killer taking the daemon */
-    eo.memory_limit = r->spec->memory_limit;
-    if (!eo.memory_limit) {
-        long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-        eo.memory_limit = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page / 2 : 0;
-    }
+    eo.memory_limit = engine_limit(r->spec);
     eo.check = eval_poll;
     eo.check_ud = r;
     if (r->spec->eval_dataset && !eo.dataset)
@@ -2160,6 +2166,7 @@ static int run_training_job(const struct slim_spec *spec, const char *in_path,
         entry = json_pack("{s:I}", "index", (json_int_t)k);
         memset(&tr, 0, sizeof tr);
         tr.index = k;
+        tr.memory_limit = engine_limit(spec);
         tr.in_path = cur;
         tr.out_path = train_out;
         {

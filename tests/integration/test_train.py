@@ -423,6 +423,44 @@ def test_cli_compress():
     assert p.returncode != 0 and "passes[0].dataset" in p.stderr, p.stderr
 
 
+@test
+def test_teacher_within_budget():
+    """distill: the teacher runs within the job's memory budget (limits.memory_mb): a teacher
+    whose graph makes a 400 MB tensor fails the job, naming the teacher and the limit"""
+    need()
+    ds = os.path.join(WORK, "budget.safetensors")
+    with open(ds, "wb") as f:
+        f.write(h.safetensors_bytes([h.Tensor("input", "F32", [8, 4], bytes(8 * 4 * 4)),
+                                     h.Tensor("labels", "I64", [8], bytes(8 * 8))]))
+    big = 100 * 1000 * 1000           # floats: 400 MB
+    g = helper.make_graph(
+        [helper.make_node("ConstantOfShape", ["shape"], ["big"]),
+         helper.make_node("Slice", ["big", "s0", "s1"], ["few"]),
+         helper.make_node("Gemm", ["input", "w"], ["z"]),
+         helper.make_node("Add", ["z", "few"], ["output"])],
+        "t", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["n", 3])],
+        [numpy_helper.from_array(np.array([big], np.int64), "shape"),
+         numpy_helper.from_array(np.array([0], np.int64), "s0"),
+         numpy_helper.from_array(np.array([3], np.int64), "s1"),
+         numpy_helper.from_array(np.ones((4, 3), np.float32), "w")])
+    teacher = os.path.join(WORK, "big-teacher.onnx")
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), teacher)
+    spec = os.path.join(WORK, "budget-spec.json")
+    out = os.path.join(WORK, "budget-out")
+    for mb, ok in ((64, False), (1024, True)):
+        with open(spec, "w") as f:
+            json.dump({"passes": [{"op": "distill", "student": {"hidden": [4]}, "dataset": ds,
+                                   "epochs": 1}], "limits": {"memory_mb": mb}}, f)
+        p = subprocess.run([h.slimd_bin(), "compress", teacher, "--spec", spec, "-o", out],
+                           capture_output=True, text=True, timeout=120)
+        if ok:
+            assert p.returncode == 0, p.stderr
+        else:
+            assert p.returncode != 0, "a 400 MB teacher ran in a 64 MiB budget"
+            assert "the teacher" in p.stderr and "limit of 64 MiB" in p.stderr, p.stderr
+
+
 def teardown():
     if D is not None:
         D.stop()
