@@ -183,7 +183,8 @@ struct slim_train_run {
     const char *out_path;        /* where the trained model goes (ONNX) */
     const char *dataset;         /* the dataset's file (formats/dataset.h) */
     const char *student;         /* distill with a model id: that model's file */
-    uint64_t memory_limit;       /* the teacher engine's buffers at most this (0: no cap) */
+    uint64_t memory_limit;       /* the teacher engine's buffers, and the trainer's
+                                  * activations and gradients, each at most this (0: no cap) */
     /* what the passes before did, per tensor name: {"pruned": bool,
      * "encoded": bool} (borrowed; NULL: nothing) and the encoding pass
      * (cluster or quantize) that "encoded" refers to, with its cfg */

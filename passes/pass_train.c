@@ -632,6 +632,7 @@ static int run_train(const void *cfgp, struct slim_train_run *tr, struct slim_er
     o.seed = (uint64_t)cfg->seed;
     o.temperature = (float)cfg->temperature;
     o.alpha = cfg->distill ? (float)cfg->alpha : 0.0f;
+    o.max_bytes = tr->memory_limit;
     if ((rc = slim_trainer_new(have_student ? &student : &teacher, &o, &r.t, err))) {
         if (have_student)
             slim_error_prefix(err, "student");

@@ -66,6 +66,24 @@ uint64_t tr_rand(struct slim_trainer *t)
 
 /* ---- buffers ------------------------------------------------------------------ */
 
+/* Whether growing a buffer from cap to bytes keeps the trainer's
+ * activations and gradients within o.max_bytes; counts the growth. */
+static int tr_budget(struct slim_trainer *t, size_t cap, size_t bytes, const char *name,
+                     struct slim_error *err)
+{
+    if (bytes < 64)
+        bytes = 64;
+    if (bytes <= cap)
+        return 0;
+    if (t->o.max_bytes && t->held - cap + bytes > t->o.max_bytes)
+        return slim_error_set(err, SLIM_EBUDGET, "training '%.60s' needs %llu MiB, past the "
+                              "limit of %llu MiB for activations and gradients", name,
+                              (unsigned long long)((t->held - cap + bytes + (1u << 20) - 1) >> 20),
+                              (unsigned long long)(t->o.max_bytes >> 20));
+    t->held = t->held - cap + bytes;
+    return 0;
+}
+
 void *tr_scratch(void **p, size_t *cap, size_t bytes)
 {
     if (bytes < 64)
@@ -87,7 +105,7 @@ int tr_ensure(struct slim_trainer *t, struct tv *v, int ndim, const int64_t *sha
 {
     int64_t n = 1;
     size_t bytes;
-    (void)t;
+    int rc;
     for (int i = 0; i < ndim; i++) {
         if (shape[i] < 0 || (shape[i] && n > TR_MAX_NUMEL / shape[i]))
             return slim_error_set(err, SLIM_EINVAL, "'%.80s': shape too large", v->name);
@@ -97,6 +115,8 @@ int tr_ensure(struct slim_trainer *t, struct tv *v, int ndim, const int64_t *sha
     memcpy(v->shape, shape, (size_t)ndim * sizeof *shape);
     v->numel = n;
     bytes = (size_t)n * sizeof(float);
+    if ((rc = tr_budget(t, v->cap, bytes, v->name, err)))
+        return rc;
     if (!tr_scratch((void **)&v->buf, &v->cap, bytes))
         return slim_error_set(err, SLIM_ENOMEM, "out of memory for '%.80s' (%lld floats)",
                               v->name, (long long)n);
@@ -109,6 +129,8 @@ float *tr_grad(struct slim_trainer *t, struct tv *v, int *acc, struct slim_error
     if (v->kind == TV_PARAM) {
         v->grad = t->p[v->param].g;
     } else {
+        if (tr_budget(t, v->gcap, (size_t)v->numel * sizeof(float), v->name, err))
+            return NULL;
         if (!tr_scratch((void **)&v->gbuf, &v->gcap, (size_t)v->numel * sizeof(float))) {
             slim_error_set(err, SLIM_ENOMEM, "out of memory for the gradient of '%.80s'",
                            v->name);

@@ -91,6 +91,8 @@ struct slim_train_opts {
     int shuffle;                /* 1: a new permutation every epoch (default) */
     float temperature;          /* T (> 0) */
     float alpha;                /* weight of the distillation term, [0, 1] */
+    uint64_t max_bytes;         /* activations and their gradients at most this
+                                 * (0: no cap); past it, SLIM_EBUDGET */
 };
 
 /* Defaults: Adam, lr 1e-3, momentum 0.9, betas 0.9/0.999, eps 1e-8, no

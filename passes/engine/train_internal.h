@@ -127,6 +127,7 @@ struct slim_trainer {
     pthread_mutex_t mu;
     struct slim_train_progress prog;
     int cancel;                 /* atomic */
+    uint64_t held;              /* bytes of activation and gradient buffers (o.max_bytes) */
 };
 
 /* train.c */

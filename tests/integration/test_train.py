@@ -424,9 +424,10 @@ def test_cli_compress():
 
 
 @test
-def test_teacher_within_budget():
-    """distill: the teacher runs within the job's memory budget (limits.memory_mb): a teacher
-    whose graph makes a 400 MB tensor fails the job, naming the teacher and the limit"""
+def test_training_within_budget():
+    """training within the job's memory budget (limits.memory_mb): a distill teacher whose
+    graph makes a 400 MB tensor, and a finetune whose batch's activations pass the budget,
+    fail the job naming the teacher or the tensor and the limit"""
     need()
     ds = os.path.join(WORK, "budget.safetensors")
     with open(ds, "wb") as f:
@@ -459,6 +460,24 @@ def test_teacher_within_budget():
         else:
             assert p.returncode != 0, "a 400 MB teacher ran in a 64 MiB budget"
             assert "the teacher" in p.stderr and "limit of 64 MiB" in p.stderr, p.stderr
+    # finetune of the 784-300-100-10 MLP, batch 4096: about 38 MB of activations and
+    # gradients, past a 16 MiB budget (its largest weight, 0.9 MiB, is within it)
+    n = 4096
+    x = np.zeros((n, 784), np.float32)
+    with open(ds, "wb") as f:
+        f.write(h.safetensors_bytes([h.Tensor("input", "F32", [n, 784], x.tobytes()),
+                                     h.Tensor("labels", "I64", [n], bytes(n * 8))]))
+    for mb, ok in ((16, False), (256, True)):
+        with open(spec, "w") as f:
+            json.dump({"passes": [{"op": "finetune", "dataset": ds, "epochs": 1,
+                                   "batch_size": n}], "limits": {"memory_mb": mb}}, f)
+        p = subprocess.run([h.slimd_bin(), "compress", os.path.join(FIX, "mlp.onnx"), "--spec",
+                            spec, "-o", out], capture_output=True, text=True, timeout=120)
+        if ok:
+            assert p.returncode == 0, p.stderr
+        else:
+            assert p.returncode != 0, "a 38 MB batch trained in a 16 MiB budget"
+            assert "limit of 16 MiB for activations" in p.stderr, p.stderr
 
 
 def teardown():
