@@ -278,11 +278,11 @@ static int const_fill(struct eng_value *v, int type, const void *src, size_t nby
     return 0;
 }
 
-/* Makes v a constant holding TensorProto t (an initializer, or a
- * Constant's value). */
 static int extent_ok(const struct slim_engine *e, const struct eng_value *v,
                      struct slim_error *err);
 
+/* Makes v a constant holding TensorProto t (an initializer, or a
+ * Constant's value). */
 static int const_from_tensor(struct slim_engine *e, struct eng_value *v,
                              const Onnx__TensorProto *t, struct slim_error *err)
 {
