@@ -33,9 +33,9 @@
 #include <curl/curl.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
-#include "storage/store.h"
 #include <openssl/sha.h>
 #include "storage/s3.h"
+#include "storage/store.h"
 
 #define EMPTY_SHA "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 #define BODY_CAP (64u << 10)     /* error and XML answers kept for parsing */

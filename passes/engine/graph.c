@@ -278,8 +278,21 @@ static int const_fill(struct eng_value *v, int type, const void *src, size_t nby
     return 0;
 }
 
+/* An empty tensor's other dims still bound the ops' loops (a Gather of
+ * [2^40, 0] walks 2^40 rows of nothing): their product, each 0 taken as
+ * 1, is held to what the engine could hold as 4-byte elements. */
 static int extent_ok(const struct slim_engine *e, const struct eng_value *v,
-                     struct slim_error *err);
+                     struct slim_error *err)
+{
+    int64_t n = 1, cap = e->max_bytes ? (int64_t)(e->max_bytes / 4) : ENG_MAX_NUMEL;
+    if (v->numel)
+        return 0;
+    for (int i = 0; i < v->ndim; i++)
+        if (v->shape[i] && (__builtin_mul_overflow(n, v->shape[i], &n) || n > cap))
+            return slim_error_set(err, SLIM_EBUDGET, "'%.60s' is empty, but its other dims "
+                                  "span more than the engine's limit", v->name);
+    return 0;
+}
 
 /* Makes v a constant holding TensorProto t (an initializer, or a
  * Constant's value). */
@@ -388,22 +401,6 @@ static int set_shape(struct eng_value *v, int type, int ndim, const int64_t *sha
     if (ndim)
         memmove(v->shape, shape, (size_t)ndim * sizeof *shape);
     v->numel = eng_numel(ndim, v->shape);
-    return 0;
-}
-
-/* An empty tensor's other dims still bound the ops' loops (a Gather of
- * [2^40, 0] walks 2^40 rows of nothing): their product, each 0 taken as
- * 1, is held to what the engine could hold as 4-byte elements. */
-static int extent_ok(const struct slim_engine *e, const struct eng_value *v,
-                     struct slim_error *err)
-{
-    int64_t n = 1, cap = e->max_bytes ? (int64_t)(e->max_bytes / 4) : ENG_MAX_NUMEL;
-    if (v->numel)
-        return 0;
-    for (int i = 0; i < v->ndim; i++)
-        if (v->shape[i] && (__builtin_mul_overflow(n, v->shape[i], &n) || n > cap))
-            return slim_error_set(err, SLIM_EBUDGET, "'%.60s' is empty, but its other dims "
-                                  "span more than the engine's limit", v->name);
     return 0;
 }
 

@@ -379,9 +379,10 @@ static int split_run(struct slim_engine *e, struct eng_node *n, struct slim_erro
         }
         count = n->n_out;
     }
-    for (int k = 0; k < count && total <= x->shape[axis]; k++)
-        total = sizes[k] < 0 || sizes[k] > x->shape[axis] ? x->shape[axis] + 1
-                                                          : total + sizes[k];
+    /* each size checked against what is left of the dim before it is
+     * added, so no sum of sizes can overflow */
+    for (int k = 0; k < count && total >= 0; k++)
+        total = sizes[k] < 0 || sizes[k] > x->shape[axis] - total ? -1 : total + sizes[k];
     if (count != n->n_out || total != x->shape[axis])
         return slim_error_set(err, SLIM_EINVAL, "split sizes do not fit dim %lld into %d "
                               "outputs", (long long)x->shape[axis], n->n_out);
